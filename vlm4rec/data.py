@@ -1,0 +1,188 @@
+"""Prepared dataset tables: the one schema every source adapter produces and every stage reads.
+
+A source adapter (``vlm4rec.datasets.*``) returns a :class:`RawDataset` keyed by the source's own ids;
+:func:`prepare` turns it into a :class:`PreparedData` with dense indices, implicit positives, the user
+filter and a split, and :func:`save_prepared` / :func:`load_prepared` move it through Parquet so that
+later stages never re-read the raw files.
+
+Prepared tables
+---------------
+``items``         item_idx (int64, 0..n-1), item_id (str), title (str), year (Int64, nullable),
+                  genres (str, ``|``-joined, may be empty), meta_text (str: genres or categories as
+                  readable text), image_path (str or None), has_image (bool), image_url (str or None)
+``users``         user_idx (int64, 0..m-1), user_id (str)
+``interactions``  user_idx, item_idx (int64), timestamp (int64, seconds), rating (float32),
+                  split (str: ``train`` / ``val`` / ``test``)
+``features``      optional precomputed item features, ``name -> (n_items, d)`` float32, rows aligned
+                  to item_idx; an all-zero row means "missing" (e.g. the Align-MacridVAE CLIP release)
+"""
+from __future__ import annotations
+
+import json
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import numpy as np
+import pandas as pd
+
+from vlm4rec.splits import SPLITS, SplitConfig, assign_split
+
+ITEM_COLUMNS = ["item_id", "title", "year", "genres", "meta_text", "image_path", "has_image", "image_url"]
+
+
+class DataFormatError(ValueError):
+    """A source file does not have the documented format; the message names file and line."""
+
+    def __init__(self, path: str | Path, line: int | None, reason: str):
+        where = f"{path}:{line}" if line is not None else str(path)
+        super().__init__(f"{where}: {reason}")
+        self.path, self.line, self.reason = str(path), line, reason
+
+
+@dataclass
+class RawDataset:
+    """What a source adapter returns, in the source's own ids.
+
+    interactions: user_id (str), item_id (str), rating (float), timestamp (int64 seconds), and an
+    optional ``split`` column when the source ships its own split (then it is used as is).
+    items: :data:`ITEM_COLUMNS` (missing optional columns are filled by :func:`prepare`).
+    features: name -> array aligned to ``items`` row order.
+    """
+
+    name: str
+    interactions: pd.DataFrame
+    items: pd.DataFrame
+    features: dict[str, np.ndarray] = field(default_factory=dict)
+    counts: dict[str, int] = field(default_factory=dict)
+
+
+@dataclass
+class PreparedData:
+    """Dense-indexed tables of one prepared dataset (see module docstring)."""
+
+    items: pd.DataFrame
+    users: pd.DataFrame
+    interactions: pd.DataFrame
+    features: dict[str, np.ndarray] = field(default_factory=dict)
+
+    @property
+    def n_users(self) -> int:
+        return len(self.users)
+
+    @property
+    def n_items(self) -> int:
+        return len(self.items)
+
+
+def _complete_items(items: pd.DataFrame) -> pd.DataFrame:
+    """Fill optional item columns with their documented empty values, in schema order."""
+    items = items.copy()
+    defaults = {"title": "", "year": pd.NA, "genres": "", "meta_text": "", "image_path": None,
+                "image_url": None}
+    for col, default in defaults.items():
+        if col not in items:
+            items[col] = default
+    if "has_image" not in items:
+        items["has_image"] = items["image_path"].notna()
+    items["item_id"] = items["item_id"].astype(str)
+    items["year"] = items["year"].astype("Int64")
+    items["has_image"] = items["has_image"].astype(bool)
+    for col in ("title", "genres", "meta_text"):
+        items[col] = items[col].fillna("").astype(str)
+    return items[ITEM_COLUMNS]
+
+
+def implicit_positives(interactions: pd.DataFrame, min_rating: float | None) -> pd.DataFrame:
+    """Keep interactions rated at least ``min_rating`` (all of them when None: already implicit)."""
+    if min_rating is None:
+        return interactions
+    return interactions[interactions["rating"] >= min_rating]
+
+
+def filter_users(interactions: pd.DataFrame, min_positives: int) -> pd.DataFrame:
+    """Keep users with at least ``min_positives`` positive interactions."""
+    counts = interactions.groupby("user_id")["item_id"].transform("size")
+    return interactions[counts >= min_positives]
+
+
+def prepare(raw: RawDataset, min_rating: float | None, min_positives: int,
+            split: SplitConfig) -> PreparedData:
+    """Implicit positives, user filter, dense indices and the split (or the source's own split).
+
+    The item universe is every item with at least one kept positive, cold items included; item and
+    user indices follow the sorted source ids so that they are stable across runs.
+    """
+    inter = raw.interactions.copy()
+    inter["user_id"] = inter["user_id"].astype(str)
+    inter["item_id"] = inter["item_id"].astype(str)
+    given_split = "split" in inter.columns
+    if not given_split:
+        inter = filter_users(implicit_positives(inter, min_rating), min_positives)
+    # One positive per (user, item): a repeated interaction keeps its earliest timestamp.
+    inter = inter.sort_values(["user_id", "timestamp", "item_id"], kind="mergesort")
+    inter = inter.drop_duplicates(["user_id", "item_id"], keep="first")
+
+    items = _complete_items(raw.items)
+    universe = sorted(set(inter["item_id"]))
+    known = set(items["item_id"])
+    unknown = [i for i in universe if i not in known]
+    if unknown:
+        raise DataFormatError(raw.name, None, f"{len(unknown)} interacted items have no item record, "
+                              f"e.g. {unknown[:5]}")
+    order = {item_id: idx for idx, item_id in enumerate(items["item_id"])}
+    items = items.set_index("item_id").loc[universe].reset_index()
+    items.insert(0, "item_idx", np.arange(len(items), dtype=np.int64))
+    features = {name: np.asarray(arr, dtype=np.float32)[[order[i] for i in universe]]
+                for name, arr in raw.features.items()}
+
+    users = pd.DataFrame({"user_id": sorted(set(inter["user_id"]))})
+    users.insert(0, "user_idx", np.arange(len(users), dtype=np.int64))
+    inter = inter.merge(users, on="user_id").merge(items[["item_id", "item_idx"]], on="item_id")
+    inter["timestamp"] = inter["timestamp"].astype(np.int64)
+    inter["rating"] = inter["rating"].astype(np.float32)
+    inter = inter.sort_values(["user_idx", "timestamp", "item_idx"], kind="mergesort")
+    if not given_split:
+        inter["split"] = assign_split(inter, split)
+    unknown_splits = set(inter["split"]) - set(SPLITS)
+    if unknown_splits:
+        raise DataFormatError(raw.name, None, f"unknown split labels {sorted(unknown_splits)}")
+    inter = inter[["user_idx", "item_idx", "timestamp", "rating", "split"]].reset_index(drop=True)
+    return PreparedData(items=items, users=users, interactions=inter, features=features)
+
+
+def dataset_counts(data: PreparedData) -> dict[str, int]:
+    """The counts a reader checks first: sizes per split, cold items, image availability."""
+    inter = data.interactions
+    train_items = set(inter.loc[inter["split"] == "train", "item_idx"])
+    counts = {"users": data.n_users, "items": data.n_items, "interactions": len(inter),
+              "items_with_image": int(data.items["has_image"].sum()),
+              "items_without_image": int((~data.items["has_image"]).sum())}
+    for name in SPLITS:
+        part = inter[inter["split"] == name]
+        counts[f"interactions_{name}"] = len(part)
+        counts[f"users_with_{name}"] = int(part["user_idx"].nunique())
+        if name != "train":
+            counts[f"cold_items_in_{name}"] = int(len(set(part["item_idx"]) - train_items))
+    return counts
+
+
+def save_prepared(data: PreparedData, out_dir: str | Path) -> None:
+    """Write the prepared tables as Parquet (and features as ``.npy``) under ``out_dir``."""
+    out = Path(out_dir)
+    (out / "features").mkdir(parents=True, exist_ok=True)
+    data.items.to_parquet(out / "items.parquet", index=False)
+    data.users.to_parquet(out / "users.parquet", index=False)
+    data.interactions.to_parquet(out / "interactions.parquet", index=False)
+    for name, arr in data.features.items():
+        np.save(out / "features" / f"{name}.npy", arr.astype(np.float32))
+    (out / "features" / "index.json").write_text(json.dumps(sorted(data.features), indent=1))
+
+
+def load_prepared(in_dir: str | Path) -> PreparedData:
+    """Read what :func:`save_prepared` wrote."""
+    path = Path(in_dir)
+    names = json.loads((path / "features" / "index.json").read_text())
+    return PreparedData(items=pd.read_parquet(path / "items.parquet"),
+                        users=pd.read_parquet(path / "users.parquet"),
+                        interactions=pd.read_parquet(path / "interactions.parquet"),
+                        features={n: np.load(path / "features" / f"{n}.npy") for n in names})

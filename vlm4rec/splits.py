@@ -1,0 +1,132 @@
+"""Train / validation / test splits and the user-history matrices built from them.
+
+Protocols (STUDY.md section 4), all deterministic with ties broken by item index:
+
+``temporal_ratio`` (default)  per user, positives sorted by (timestamp, item): the last
+                              ``max(1, round(test_ratio * n))`` are test, the ``max(1, round(val_ratio * n))``
+                              before them validation, the rest train (Python's ``round``).
+``leave_last_out``            the last positive is test, the one before it validation.
+``random_ratio``              per user, a seeded permutation cut by the same ratios (the reference's
+                              60/20/20 with ``val_ratio=0.2, test_ratio=0.2``).
+``global_time``               one time cut for everybody: interactions at or after the
+                              ``1 - test_ratio`` quantile of all timestamps are test, those at or after
+                              the ``1 - test_ratio - val_ratio`` quantile validation.
+"""
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Literal
+
+import numpy as np
+import pandas as pd
+import scipy.sparse as sp
+
+SPLITS = ("train", "val", "test")
+Protocol = Literal["temporal_ratio", "leave_last_out", "random_ratio", "global_time"]
+
+
+@dataclass(frozen=True)
+class SplitConfig:
+    """Which protocol and its knobs (``params.yaml: split``)."""
+
+    protocol: Protocol = "temporal_ratio"
+    val_ratio: float = 0.1
+    test_ratio: float = 0.2
+    seed: int = 0
+
+
+def _per_user_cut(n: int, val_ratio: float, test_ratio: float) -> tuple[int, int]:
+    """(n_val, n_test) for a user with ``n`` positives under the ratio protocols."""
+    n_test = max(1, round(test_ratio * n))
+    n_val = max(1, round(val_ratio * n))
+    return n_val, n_test
+
+
+def _labels_from_positions(pos: np.ndarray, n: np.ndarray, n_val: np.ndarray,
+                           n_test: np.ndarray) -> np.ndarray:
+    """Label position ``pos`` (0-based within a user of size ``n``) as train / val / test."""
+    labels = np.full(len(pos), "train", dtype=object)
+    labels[pos >= n - n_test - n_val] = "val"
+    labels[pos >= n - n_test] = "test"
+    return labels
+
+
+def assign_split(inter: pd.DataFrame, config: SplitConfig) -> np.ndarray:
+    """Split labels for ``inter`` (columns user_idx, item_idx, timestamp), in its row order."""
+    frame = inter[["user_idx", "item_idx", "timestamp"]].reset_index(drop=True)
+    if config.protocol == "global_time":
+        ts = frame["timestamp"].to_numpy()
+        test_cut = np.quantile(ts, 1 - config.test_ratio)
+        val_cut = np.quantile(ts, 1 - config.test_ratio - config.val_ratio)
+        labels = np.full(len(ts), "train", dtype=object)
+        labels[ts >= val_cut] = "val"
+        labels[ts >= test_cut] = "test"
+        return labels
+    if config.protocol == "random_ratio":
+        rng = np.random.default_rng(config.seed)
+        key = rng.permutation(len(frame))
+        order = np.lexsort((frame["item_idx"].to_numpy(), key, frame["user_idx"].to_numpy()))
+    else:
+        order = np.lexsort((frame["item_idx"].to_numpy(), frame["timestamp"].to_numpy(),
+                            frame["user_idx"].to_numpy()))
+    users = frame["user_idx"].to_numpy()[order]
+    sizes = np.bincount(users)
+    n = sizes[users]
+    starts = np.concatenate([[0], np.cumsum(sizes)[:-1]])
+    pos = np.arange(len(users)) - starts[users]
+    if config.protocol == "leave_last_out":
+        n_val = np.ones_like(n)
+        n_test = np.ones_like(n)
+    elif config.protocol in ("temporal_ratio", "random_ratio"):
+        cuts = {int(m): _per_user_cut(int(m), config.val_ratio, config.test_ratio) for m in np.unique(n)}
+        n_val = np.array([cuts[int(m)][0] for m in n])
+        n_test = np.array([cuts[int(m)][1] for m in n])
+    else:
+        raise ValueError(f"unknown split protocol {config.protocol!r}")
+    labels = np.empty(len(frame), dtype=object)
+    labels[order] = _labels_from_positions(pos, n, n_val, n_test)
+    return labels
+
+
+@dataclass
+class History:
+    """Users' histories as sparse matrices (users x items).
+
+    ``matrix`` holds 1.0 for every history interaction; ``recency`` has the same sparsity with the
+    interaction's rank from the user's most recent one (0 = latest, stored as rank + 1 so that the
+    latest is not an implicit zero). Recency weighting and history caps read it.
+    """
+
+    matrix: sp.csr_matrix
+    recency: sp.csr_matrix
+
+    @property
+    def n_users(self) -> int:
+        return self.matrix.shape[0]
+
+    @property
+    def n_items(self) -> int:
+        return self.matrix.shape[1]
+
+
+def build_history(inter: pd.DataFrame, splits: tuple[str, ...], n_users: int, n_items: int) -> History:
+    """History matrices from the interactions whose split is in ``splits``."""
+    part = inter[inter["split"].isin(splits)]
+    part = part.sort_values(["user_idx", "timestamp", "item_idx"], kind="mergesort")
+    users = part["user_idx"].to_numpy()
+    items = part["item_idx"].to_numpy()
+    sizes = np.bincount(users, minlength=n_users)
+    starts = np.concatenate([[0], np.cumsum(sizes)[:-1]])
+    rank_from_latest = sizes[users] - 1 - (np.arange(len(users)) - starts[users])
+    shape = (n_users, n_items)
+    matrix = sp.csr_matrix((np.ones(len(users), dtype=np.float32), (users, items)), shape=shape)
+    recency = sp.csr_matrix(((rank_from_latest + 1).astype(np.float32), (users, items)), shape=shape)
+    return History(matrix=matrix, recency=recency)
+
+
+def targets_of(inter: pd.DataFrame, split: str, n_users: int, n_items: int) -> sp.csr_matrix:
+    """Binary users x items matrix of the ``split`` interactions (the relevant items)."""
+    part = inter[inter["split"] == split]
+    return sp.csr_matrix((np.ones(len(part), dtype=np.float32),
+                          (part["user_idx"].to_numpy(), part["item_idx"].to_numpy())),
+                         shape=(n_users, n_items))
