@@ -117,10 +117,13 @@ def prepare(raw: RawDataset, min_rating: float | None, min_positives: int,
     inter["item_id"] = inter["item_id"].astype(str)
     given_split = "split" in inter.columns
     if not given_split:
-        inter = filter_users(implicit_positives(inter, min_rating), min_positives)
-    # One positive per (user, item): a repeated interaction keeps its earliest timestamp.
+        inter = implicit_positives(inter, min_rating)
+    # One positive per (user, item): a repeated interaction keeps its earliest timestamp. Done before
+    # the user filter so that a repeat does not count as a second positive.
     inter = inter.sort_values(["user_id", "timestamp", "item_id"], kind="mergesort")
     inter = inter.drop_duplicates(["user_id", "item_id"], keep="first")
+    if not given_split:
+        inter = filter_users(inter, min_positives)
 
     items = _complete_items(raw.items)
     universe = sorted(set(inter["item_id"]))

@@ -1,0 +1,24 @@
+"""Source adapters and their registry: every adapter returns a :class:`vlm4rec.data.RawDataset`.
+
+``load_source(name, **keys)`` looks the adapter up in :data:`SOURCES` and calls it with the keyword
+arguments of that source (e.g. ``root=...``, ``posters_dir=...`` for ``movielens_1m``), as given by
+``params.yaml: data``. A new source is one module under ``vlm4rec/datasets/`` plus one line in
+:data:`SOURCES` mapping its name to its loader.
+"""
+from __future__ import annotations
+
+from typing import Callable
+
+from vlm4rec.data import RawDataset
+from vlm4rec.datasets.movielens import load_movielens_1m
+
+SOURCES: dict[str, Callable[..., RawDataset]] = {
+    "movielens_1m": load_movielens_1m,
+}
+
+
+def load_source(source: str, **keys) -> RawDataset:
+    """Load the raw dataset of ``source`` with its adapter's keyword arguments."""
+    if source not in SOURCES:
+        raise ValueError(f"unknown data source {source!r}; known: {sorted(SOURCES)}")
+    return SOURCES[source](**keys)

@@ -1,0 +1,125 @@
+"""prepare(), dataset_counts() and the Parquet round trip on a hand-built raw dataset."""
+from __future__ import annotations
+
+import numpy as np
+import pandas as pd
+import pytest
+
+from vlm4rec.data import (ITEM_COLUMNS, DataFormatError, RawDataset, dataset_counts, load_prepared, prepare,
+                          save_prepared)
+from vlm4rec.splits import SplitConfig
+
+
+def ratings(user: str, items: list[str], stars: list[float], start: int = 100) -> list[dict]:
+    return [{"user_id": user, "item_id": i, "rating": r, "timestamp": start + t}
+            for t, (i, r) in enumerate(zip(items, stars))]
+
+
+def item_table(ids: list[str]) -> pd.DataFrame:
+    return pd.DataFrame({"item_id": ids, "title": [f"Movie {i}" for i in ids],
+                         "image_path": [None if i == "c" else f"/posters/{i}.jpg" for i in ids]})
+
+
+def raw_dataset() -> RawDataset:
+    """Users: u1 five positives (kept), u2 four positives and a 3-star (dropped), u3 five positives with
+    one repeated item (four distinct: dropped), u4 five positives incl. item f that only u4 has (cold).
+    Item z has no positive and leaves the universe; item c has no image."""
+    rows = (ratings("u1", ["a", "b", "c", "d", "e"], [4, 5, 4, 5, 4])
+            + ratings("u2", ["a", "b", "c", "d", "e"], [4, 4, 4, 4, 3])
+            + ratings("u3", ["a", "b", "a", "c", "d"], [4, 4, 5, 4, 4])
+            + ratings("u4", ["b", "a", "c", "d", "f", "z"], [5, 4, 4, 4, 5, 1]))
+    items = item_table(["a", "b", "c", "d", "e", "f", "z"])
+    features = {"vec": np.arange(7, dtype=np.float32)[:, None] * np.ones((1, 2), dtype=np.float32)}
+    return RawDataset(name="tiny", interactions=pd.DataFrame(rows), items=items, features=features)
+
+
+@pytest.fixture(scope="module")
+def prepared():
+    return prepare(raw_dataset(), min_rating=4, min_positives=5, split=SplitConfig())
+
+
+def test_prepare_keeps_positives_of_users_with_enough_distinct_positives(prepared):
+    assert list(prepared.users["user_id"]) == ["u1", "u4"]
+    assert list(prepared.users["user_idx"]) == [0, 1]
+    assert len(prepared.interactions) == 10
+    assert (prepared.interactions["rating"] >= 4).all()
+
+
+def test_prepare_universe_is_every_positive_item_including_cold_ones(prepared):
+    assert list(prepared.items["item_id"]) == ["a", "b", "c", "d", "e", "f"]
+    assert list(prepared.items["item_idx"]) == list(range(6))
+    assert list(prepared.items.columns) == ["item_idx", *ITEM_COLUMNS]
+    f_idx = 5
+    f_rows = prepared.interactions[prepared.interactions["item_idx"] == f_idx]
+    assert list(f_rows["split"]) == ["test"]  # u4's latest positive: never in train, still in the universe
+    np.testing.assert_array_equal(prepared.items["has_image"], [True, True, False, True, True, True])
+
+
+def test_prepare_reorders_features_to_the_item_universe(prepared):
+    np.testing.assert_array_equal(prepared.features["vec"][:, 0], [0, 1, 2, 3, 4, 5])
+    assert prepared.features["vec"].dtype == np.float32
+
+
+def test_prepare_splits_each_user_temporally(prepared):
+    inter = prepared.interactions
+    u1 = inter[inter["user_idx"] == 0]
+    assert list(u1["item_idx"]) == [0, 1, 2, 3, 4]
+    assert list(u1["split"]) == ["train", "train", "train", "val", "test"]
+    u4 = inter[inter["user_idx"] == 1]
+    assert list(u4["item_idx"]) == [1, 0, 2, 3, 5]
+    assert list(u4["split"]) == ["train", "train", "train", "val", "test"]
+
+
+def test_prepare_keeps_the_earliest_of_repeated_interactions():
+    rows = ratings("u", ["a", "b", "c", "d", "e"], [4, 4, 4, 4, 4]) + [
+        {"user_id": "u", "item_id": "a", "rating": 5, "timestamp": 999}]
+    raw = RawDataset("dup", pd.DataFrame(rows), item_table(["a", "b", "c", "d", "e"]))
+    data = prepare(raw, min_rating=4, min_positives=5, split=SplitConfig(protocol="leave_last_out"))
+    inter = data.interactions
+    assert len(inter) == 5
+    assert inter.loc[inter["item_idx"] == 0, "timestamp"].tolist() == [100]
+    assert inter.loc[inter["item_idx"] == 4, "split"].tolist() == ["test"]
+
+
+def test_prepare_treats_all_rows_as_positive_when_min_rating_is_none():
+    rows = ratings("u", ["a", "b", "c"], [1, 2, 3])
+    raw = RawDataset("implicit", pd.DataFrame(rows), item_table(["a", "b", "c"]))
+    data = prepare(raw, min_rating=None, min_positives=3, split=SplitConfig(protocol="leave_last_out"))
+    assert list(data.interactions["split"]) == ["train", "val", "test"]
+
+
+def test_prepare_uses_a_given_split_as_is():
+    rows = pd.DataFrame({"user_id": ["u", "u", "v"], "item_id": ["a", "b", "a"], "rating": [1.0, 1.0, 1.0],
+                         "timestamp": [1, 2, 3], "split": ["test", "train", "val"]})
+    data = prepare(RawDataset("given", rows, item_table(["a", "b"])), min_rating=4, min_positives=5,
+                   split=SplitConfig())
+    inter = data.interactions
+    assert list(zip(inter["user_idx"], inter["item_idx"], inter["split"])) == [
+        (0, 0, "test"), (0, 1, "train"), (1, 0, "val")]
+
+
+def test_prepare_rejects_unknown_split_labels_and_items_without_records():
+    rows = pd.DataFrame({"user_id": ["u"], "item_id": ["a"], "rating": [1.0], "timestamp": [1],
+                         "split": ["holdout"]})
+    with pytest.raises(DataFormatError, match="unknown split labels"):
+        prepare(RawDataset("bad", rows, item_table(["a"])), None, 1, SplitConfig())
+    with pytest.raises(DataFormatError, match="no item record"):
+        prepare(RawDataset("bad", rows.drop(columns="split"), item_table(["b"])), None, 1, SplitConfig())
+
+
+def test_dataset_counts_match_hand_counts(prepared):
+    assert dataset_counts(prepared) == {
+        "users": 2, "items": 6, "interactions": 10, "items_with_image": 5, "items_without_image": 1,
+        "interactions_train": 6, "users_with_train": 2, "interactions_val": 2, "users_with_val": 2,
+        "cold_items_in_val": 1,  # d: both users' validation item, in no train row
+        "interactions_test": 2, "users_with_test": 2,
+        "cold_items_in_test": 2,  # e (u1's test) and f (u4's test) are in no train row
+    }
+
+
+def test_save_and_load_prepared_round_trip(prepared, tmp_path):
+    save_prepared(prepared, tmp_path)
+    loaded = load_prepared(tmp_path)
+    pd.testing.assert_frame_equal(loaded.interactions, prepared.interactions, check_dtype=False)
+    assert list(loaded.items["item_id"]) == list(prepared.items["item_id"])
+    np.testing.assert_array_equal(loaded.features["vec"], prepared.features["vec"])

@@ -1,0 +1,119 @@
+"""Split protocols, history matrices and targets on hand-built interactions with hand-computed labels."""
+from __future__ import annotations
+
+import numpy as np
+import pandas as pd
+import pytest
+
+from vlm4rec.splits import SplitConfig, assign_split, build_history, targets_of
+
+
+def user_rows(user: int, items: list[int], timestamps: list[int]) -> pd.DataFrame:
+    return pd.DataFrame({"user_idx": user, "item_idx": items, "timestamp": timestamps})
+
+
+def labels_by_item(frame: pd.DataFrame, config: SplitConfig, user: int) -> dict[int, str]:
+    labels = assign_split(frame, config)
+    mine = (frame["user_idx"] == user).to_numpy()
+    return dict(zip(frame["item_idx"].to_numpy()[mine], labels[mine]))
+
+
+def split_sizes(labels: np.ndarray) -> tuple[int, int, int]:
+    return tuple(int((labels == name).sum()) for name in ("train", "val", "test"))
+
+
+@pytest.mark.parametrize("n, expected", [
+    (5, (3, 1, 1)),    # test round(1.0)=1, val max(1, round(0.5)=0)=1
+    (7, (5, 1, 1)),    # round(1.4)=1, round(0.7)=1
+    (8, (5, 1, 2)),    # round(1.6)=2, round(0.8)=1
+    (15, (10, 2, 3)),  # round(3.0)=3, round(1.5)=2
+    (25, (18, 2, 5)),  # round(5.0)=5, round(2.5)=2 (Python rounds half to even)
+])
+def test_temporal_ratio_sizes_follow_python_round(n, expected):
+    frame = user_rows(0, list(range(n)), list(range(100, 100 + n)))
+    assert split_sizes(assign_split(frame, SplitConfig())) == expected
+
+
+def test_temporal_ratio_takes_the_latest_as_test_and_breaks_time_ties_by_item():
+    # Row order shuffled on purpose: labels come back in the frame's row order.
+    frame = pd.concat([
+        user_rows(0, [40, 10, 30, 20, 50], [5, 1, 3, 2, 5]),   # items 40 and 50 tie at t=5: 50 is later
+        user_rows(1, [7, 3, 9, 1, 5], [10, 10, 10, 10, 10]),   # all tie: order by item 1,3,5,7,9
+    ], ignore_index=True).sample(frac=1.0, random_state=3).reset_index(drop=True)
+    assert labels_by_item(frame, SplitConfig(), 0) == {10: "train", 20: "train", 30: "train",
+                                                       40: "val", 50: "test"}
+    assert labels_by_item(frame, SplitConfig(), 1) == {1: "train", 3: "train", 5: "train",
+                                                       7: "val", 9: "test"}
+
+
+def test_leave_last_out_keeps_one_val_and_one_test_per_user():
+    frame = pd.concat([user_rows(0, [1, 2, 3, 4], [4, 3, 2, 1]),
+                       user_rows(1, [5, 6], [1, 2]),
+                       user_rows(2, [8], [1])], ignore_index=True)
+    config = SplitConfig(protocol="leave_last_out")
+    assert labels_by_item(frame, config, 0) == {4: "train", 3: "train", 2: "val", 1: "test"}
+    assert labels_by_item(frame, config, 1) == {5: "val", 6: "test"}
+    assert labels_by_item(frame, config, 2) == {8: "test"}
+
+
+def test_random_ratio_is_seeded_sized_by_ratio_and_ignores_time():
+    frame = pd.concat([user_rows(u, list(range(20)), list(range(20))) for u in range(3)], ignore_index=True)
+    config = SplitConfig(protocol="random_ratio", val_ratio=0.2, test_ratio=0.2, seed=7)
+    first, again = assign_split(frame, config), assign_split(frame, config)
+    other_seed = assign_split(frame, SplitConfig(protocol="random_ratio", val_ratio=0.2, test_ratio=0.2,
+                                                 seed=8))
+    np.testing.assert_array_equal(first, again)
+    assert not np.array_equal(first, other_seed)
+    temporal = assign_split(frame, SplitConfig(protocol="temporal_ratio", val_ratio=0.2, test_ratio=0.2))
+    assert not np.array_equal(first, temporal)
+    for user in range(3):
+        mine = (frame["user_idx"] == user).to_numpy()
+        assert split_sizes(first[mine]) == (12, 4, 4)
+
+
+def test_global_time_cuts_at_timestamp_quantiles():
+    # Timestamps 1..10: quantile 0.8 = 8.2 (test: 9, 10), quantile 0.7 = 7.3 (val: 8).
+    frame = pd.DataFrame({"user_idx": [0, 1, 0, 1, 0, 1, 0, 1, 0, 1], "item_idx": np.arange(10),
+                          "timestamp": np.arange(10, 0, -1)})
+    labels = assign_split(frame, SplitConfig(protocol="global_time", val_ratio=0.1, test_ratio=0.2))
+    expected = {10: "test", 9: "test", 8: "val"}
+    assert list(labels) == [expected.get(t, "train") for t in frame["timestamp"]]
+
+
+def test_unknown_protocol_is_an_error():
+    with pytest.raises(ValueError, match="unknown split protocol"):
+        assign_split(user_rows(0, [1, 2], [1, 2]), SplitConfig(protocol="bogus"))  # type: ignore[arg-type]
+
+
+def interactions_with_splits() -> pd.DataFrame:
+    return pd.DataFrame({
+        "user_idx": [0, 0, 0, 0, 1, 1, 1],
+        "item_idx": [3, 1, 2, 0, 2, 4, 0],
+        "timestamp": [30, 10, 20, 40, 5, 5, 9],
+        "split": ["train", "train", "val", "test", "train", "train", "test"],
+    })
+
+
+def test_build_history_marks_interactions_and_ranks_them_from_the_latest():
+    history = build_history(interactions_with_splits(), ("train", "val"), n_users=3, n_items=5)
+    assert history.n_users == 3 and history.n_items == 5
+    np.testing.assert_array_equal(history.matrix.toarray(), [[0, 1, 1, 1, 0],
+                                                             [0, 0, 1, 0, 1],
+                                                             [0, 0, 0, 0, 0]])
+    # User 0: item 1 (t=10), 2 (t=20, val), 3 (t=30) -> latest = 3 stored as 1, then 2, then 1.
+    # User 1: items 2 and 4 tie at t=5 -> item 4 counts as the later one.
+    np.testing.assert_array_equal(history.recency.toarray(), [[0, 3, 2, 1, 0],
+                                                              [0, 0, 2, 0, 1],
+                                                              [0, 0, 0, 0, 0]])
+
+
+def test_build_history_uses_only_the_requested_splits():
+    history = build_history(interactions_with_splits(), ("train",), n_users=2, n_items=5)
+    np.testing.assert_array_equal(history.matrix.toarray(), [[0, 1, 0, 1, 0], [0, 0, 1, 0, 1]])
+    np.testing.assert_array_equal(history.recency.toarray(), [[0, 2, 0, 1, 0], [0, 0, 2, 0, 1]])
+
+
+def test_targets_of_is_the_binary_matrix_of_one_split():
+    targets = targets_of(interactions_with_splits(), "test", n_users=3, n_items=5)
+    assert targets.shape == (3, 5)
+    np.testing.assert_array_equal(targets.toarray(), [[1, 0, 0, 0, 0], [1, 0, 0, 0, 0], [0, 0, 0, 0, 0]])

@@ -1,0 +1,131 @@
+"""Classic collaborative-filtering baselines on the binary history matrix.
+
+``MostPop``    train popularity (the same score row for every user).
+``ItemKNNCF``  item-item cosine with shrinkage, each item's top-k neighbours kept: score = H S.
+``EASE``       Steck (2019) EASE^R closed form: B = I - P diag(1/diag P), P = (X^T X + l2 I)^-1.
+
+Each is a :class:`~vlm4rec.matching.Recommender`; the matching engine masks seen items and breaks ties
+by item index, so scores here are raw.
+"""
+from __future__ import annotations
+
+import numpy as np
+import scipy.linalg
+import scipy.sparse as sp
+
+from vlm4rec.matching import Recommender
+from vlm4rec.splits import History
+
+
+def binary_matrix(history: History) -> sp.csr_matrix:
+    """The history as a users x items float32 0/1 matrix (any stored value > 0 counts as one)."""
+    matrix = sp.csr_matrix(history.matrix, dtype=np.float32, copy=True)
+    matrix.data = (matrix.data > 0).astype(np.float32)
+    matrix.eliminate_zeros()
+    return matrix
+
+
+class _HistoryRecommender(Recommender):
+    """Keeps the binary history of ``fit`` and refuses to score before it."""
+
+    _history: sp.csr_matrix | None = None
+
+    def _history_rows(self, users: np.ndarray) -> sp.csr_matrix:
+        if self._history is None:
+            raise RuntimeError(f"{type(self).__name__}.fit() must be called before score_block()")
+        return self._history[np.asarray(users, dtype=np.int64)]
+
+
+class MostPop(_HistoryRecommender):
+    """Scores every item by its number of users in the fitted history."""
+
+    name = "mostpop"
+
+    def fit(self, history: History) -> "MostPop":
+        self._history = binary_matrix(history)
+        self.popularity = np.asarray(self._history.sum(axis=0), dtype=np.float32).ravel()
+        return self
+
+    def score_block(self, users: np.ndarray) -> np.ndarray:
+        n_rows = self._history_rows(users).shape[0]
+        return np.repeat(self.popularity[None, :], n_rows, axis=0)
+
+
+def cosine_topk_similarity(matrix: sp.csr_matrix, k_neighbours: int, shrinkage: float,
+                           block_size: int = 512) -> sp.csr_matrix:
+    """Items x items sparse S: column j holds item j's ``k_neighbours`` most similar other items.
+
+    sim(i, j) = <x_i, x_j> / (|x_i| |x_j| + shrinkage) over the item columns of ``matrix``; only
+    positive similarities are kept; ties are broken by the lower item index. Columns are computed in
+    blocks, so memory is O(n_items * block_size) besides the result, and the cost is that of X^T X.
+    """
+    n_items = matrix.shape[1]
+    by_item = sp.csr_matrix(matrix.T)
+    columns = sp.csc_matrix(matrix)
+    norms = np.sqrt(np.asarray(columns.multiply(columns).sum(axis=0), dtype=np.float64).ravel())
+    keep = min(k_neighbours, max(n_items - 1, 0))
+    rows, cols, vals = [], [], []
+    for start in range(0, n_items, block_size):
+        block = np.arange(start, min(start + block_size, n_items))
+        dots = (by_item @ columns[:, block]).toarray().astype(np.float64)
+        denominator = norms[:, None] * norms[None, block] + shrinkage
+        sims = np.divide(dots, denominator, out=np.zeros_like(dots), where=denominator > 0)
+        sims[block, np.arange(len(block))] = 0.0
+        top = np.argsort(-sims, axis=0, kind="stable")[:keep]
+        top_sims = np.take_along_axis(sims, top, axis=0)
+        positive = top_sims > 0
+        rows.append(top[positive])
+        cols.append(np.broadcast_to(block[None, :], top.shape)[positive])
+        vals.append(top_sims[positive])
+    entries = (np.concatenate(rows), np.concatenate(cols))
+    return sp.csr_matrix((np.concatenate(vals).astype(np.float32), entries), shape=(n_items, n_items))
+
+
+class ItemKNNCF(_HistoryRecommender):
+    """Item-based CF: a user's score for item j sums j's top-k neighbour similarities in the history."""
+
+    name = "itemknn_cf"
+
+    def __init__(self, k_neighbours: int = 100, shrinkage: float = 0.0):
+        if k_neighbours < 1:
+            raise ValueError(f"k_neighbours must be >= 1, got {k_neighbours}")
+        if shrinkage < 0:
+            raise ValueError(f"shrinkage must be >= 0, got {shrinkage}")
+        self.k_neighbours, self.shrinkage = k_neighbours, shrinkage
+
+    def fit(self, history: History) -> "ItemKNNCF":
+        self._history = binary_matrix(history)
+        self.similarity = cosine_topk_similarity(self._history, self.k_neighbours, self.shrinkage)
+        return self
+
+    def score_block(self, users: np.ndarray) -> np.ndarray:
+        return (self._history_rows(users) @ self.similarity).toarray().astype(np.float32)
+
+
+def ease_weights(matrix: sp.csr_matrix, l2: float) -> np.ndarray:
+    """EASE^R item-item weights B (float64, zero diagonal) by the closed form on the Gram matrix."""
+    gram = (matrix.T @ matrix).toarray().astype(np.float64)
+    gram[np.diag_indices_from(gram)] += l2
+    precision = scipy.linalg.cho_solve(scipy.linalg.cho_factor(gram), np.eye(len(gram)))
+    weights = -precision / np.diag(precision)[None, :]
+    weights[np.diag_indices_from(weights)] = 0.0
+    return weights
+
+
+class EASE(_HistoryRecommender):
+    """Embarrassingly shallow autoencoder (Steck 2019): score = X_u B."""
+
+    name = "ease"
+
+    def __init__(self, l2: float = 500.0):
+        if l2 <= 0:
+            raise ValueError(f"l2 must be > 0, got {l2}")
+        self.l2 = l2
+
+    def fit(self, history: History) -> "EASE":
+        self._history = binary_matrix(history)
+        self.weights = ease_weights(self._history, self.l2).astype(np.float32)
+        return self
+
+    def score_block(self, users: np.ndarray) -> np.ndarray:
+        return np.asarray(self._history_rows(users) @ self.weights, dtype=np.float32)
