@@ -10,10 +10,16 @@ from __future__ import annotations
 from typing import Callable
 
 from vlm4rec.data import RawDataset
+from vlm4rec.datasets.amazon import load_amazon2023
+from vlm4rec.datasets.macridvae import load_align_macridvae
+from vlm4rec.datasets.mmrec import load_mmrec
 from vlm4rec.datasets.movielens import load_movielens_1m
 
 SOURCES: dict[str, Callable[..., RawDataset]] = {
     "movielens_1m": load_movielens_1m,
+    "amazon2023": load_amazon2023,
+    "align_macridvae": load_align_macridvae,
+    "mmrec": load_mmrec,
 }
 
 

@@ -1,4 +1,4 @@
-"""Amazon Reviews 2023 (McAuley Lab): ``{Category}.jsonl[.gz]`` reviews + ``meta_{Category}.jsonl[.gz]``.
+"""Amazon Reviews 2023 (McAuley Lab): ``{Category}.jsonl[.gz]`` + ``meta_{Category}.jsonl[.gz]``.
 
 Reviews: one JSON object a line with ``user_id``, ``parent_asin`` (the item), ``rating`` (1-5) and
 ``timestamp`` in **milliseconds** (converted to seconds here). Metadata: ``parent_asin``, ``title``,
@@ -28,6 +28,7 @@ import html
 import json
 import math
 import re
+from array import array
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any, Literal
@@ -112,10 +113,22 @@ def _review_fields(record: dict[str, Any]) -> tuple[str, str, float, int]:
     return user, item, float(rating), int(stamp) // 1000
 
 
+def _coded(codes: array, keys: dict[str, int]) -> pd.Categorical:
+    """Categorical strings from integer codes and the key -> code dict that assigned them."""
+    return pd.Categorical.from_codes(np.frombuffer(codes, dtype=np.int64),
+                                     categories=pd.Index(list(keys), dtype=object))
+
+
 def read_reviews(path: str | Path, on_bad_line: BadLinePolicy,
                  counts: dict[str, int]) -> pd.DataFrame:
-    """Reviews as user_id, item_id, rating, timestamp (seconds), in file order."""
-    users, items, ratings, stamps = [], [], [], []
+    """Reviews as user_id, item_id (categorical), rating, timestamp (seconds), in file order.
+
+    Ids are stored once each and referenced by integer codes, so that a category with tens of
+    millions of reviews fits in memory (a Python string per review would not).
+    """
+    user_keys: dict[str, int] = {}
+    item_keys: dict[str, int] = {}
+    users, items, ratings, stamps = array("q"), array("q"), array("d"), array("q")
     for number, record in iter_json_lines(path, on_bad_line, counts, "reviews"):
         try:
             user, item, rating, stamp = _review_fields(record)
@@ -124,22 +137,21 @@ def read_reviews(path: str | Path, on_bad_line: BadLinePolicy,
                 raise DataFormatError(path, number, str(err)) from err
             counts["reviews_bad_lines"] += 1
             continue
-        users.append(user)
-        items.append(item)
+        users.append(user_keys.setdefault(user, len(user_keys)))
+        items.append(item_keys.setdefault(item, len(item_keys)))
         ratings.append(rating)
         stamps.append(stamp)
     counts["reviews_read"] = len(users)
-    return pd.DataFrame({"user_id": pd.Series(users, dtype=object),
-                         "item_id": pd.Series(items, dtype=object),
-                         "rating": np.asarray(ratings, dtype=np.float64),
-                         "timestamp": np.asarray(stamps, dtype=np.int64)})
+    return pd.DataFrame({"user_id": _coded(users, user_keys), "item_id": _coded(items, item_keys),
+                         "rating": np.frombuffer(ratings, dtype=np.float64),
+                         "timestamp": np.frombuffer(stamps, dtype=np.int64)})
 
 
 def k_core_filter(inter: pd.DataFrame, k: int) -> pd.DataFrame:
     """Iteratively keep users and items with at least ``k`` interactions each (rows are pairs)."""
     while k > 1 and len(inter):
-        user_n = inter.groupby("user_id")["item_id"].transform("size")
-        item_n = inter.groupby("item_id")["user_id"].transform("size")
+        user_n = inter.groupby("user_id", observed=True)["item_id"].transform("size")
+        item_n = inter.groupby("item_id", observed=True)["user_id"].transform("size")
         keep = (user_n >= k) & (item_n >= k)
         if keep.all():
             break
@@ -229,11 +241,9 @@ def items_with_meta(item_ids: list[str], meta: pd.DataFrame, counts: dict[str, i
     return items
 
 
-def _download_main_images(items: pd.DataFrame, images_dir: str | Path | None,
+def _download_main_images(items: pd.DataFrame, images_dir: str | Path,
                           counts: dict[str, int]) -> None:
     """Fetch each item's ``image_url`` into ``images_dir``; add the report's counts as ``images_*``."""
-    if images_dir is None:
-        raise ValueError("download_images=True needs an images_dir to download into")
     with_url = items[items["image_url"].notna()]
     report = fetch_images(dict(zip(with_url["item_id"], with_url["image_url"])), images_dir)
     counts.update({f"images_{key}": n for key, n in report.counts().items()})
@@ -254,6 +264,8 @@ def load_amazon2023(reviews_path: str | Path, meta_path: str | Path,
     """
     if on_bad_line not in ("error", "skip"):
         raise ValueError(f"on_bad_line must be 'error' or 'skip', not {on_bad_line!r}")
+    if download_images and images_dir is None:
+        raise ValueError("download_images=True needs an images_dir to download into")
     counts: dict[str, int] = {}
     inter = read_reviews(reviews_path, on_bad_line, counts)
     if min_rating is not None:
@@ -265,12 +277,13 @@ def load_amazon2023(reviews_path: str | Path, meta_path: str | Path,
     counts["duplicate_pairs_dropped"] = len(inter) - len(deduped)
     cored = k_core_filter(deduped, k_core).reset_index(drop=True)
     counts["k_core_removed"] = len(deduped) - len(cored)
+    cored = cored.astype({"user_id": object, "item_id": object})
     counts.update(interactions=len(cored), users=int(cored["user_id"].nunique()),
                   items=int(cored["item_id"].nunique()))
     item_ids = sorted(set(cored["item_id"]))
     meta = read_item_meta(meta_path, set(item_ids), on_bad_line, counts)
     items = items_with_meta(item_ids, meta, counts)
-    if download_images:
+    if download_images and images_dir is not None:
         _download_main_images(items, images_dir, counts)
     items = attach_image_paths(items, images_dir)
     counts["items_with_image_file"] = int(items["has_image"].sum())

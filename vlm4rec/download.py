@@ -1,0 +1,234 @@
+"""Item images on disk (``<images_dir>/<item_id>.jpg``) and a resumable concurrent downloader.
+
+The adapters (``vlm4rec.datasets.*``) read the layout with :func:`attach_image_paths`;
+:func:`download_images` fills it from URLs. A download is kept only when its bytes fully decode
+(:func:`vlm4rec.images.load_image`, the same check grounding applies);
+it is written to a temporary file in the same folder and moved into place with ``os.replace``, so a
+killed run never leaves a partial file under a final name, and a rerun skips every file that is already
+there and decodes. Every failure is recorded with its reason, nothing is dropped silently.
+"""
+from __future__ import annotations
+
+import io
+import os
+import re
+import tempfile
+import threading
+import time
+from collections import Counter
+from collections.abc import Mapping
+from concurrent.futures import ThreadPoolExecutor, as_completed
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import pandas as pd
+import requests
+from tqdm.auto import tqdm
+
+from vlm4rec.images import ImageLoadError, load_image
+
+IMAGE_SUFFIX = ".jpg"
+RETRY_STATUSES = frozenset({429, 500, 502, 503, 504})
+_SAFE_ID = re.compile(r"^[A-Za-z0-9._-]+$")
+_CHUNK = 1 << 16
+
+
+def image_file(images_dir: str | Path, item_id: str) -> Path:
+    """Where the image of ``item_id`` lives: ``<images_dir>/<item_id>.jpg`` (bytes as served)."""
+    return Path(images_dir) / f"{item_id}{IMAGE_SUFFIX}"
+
+
+def attach_image_paths(items: pd.DataFrame, images_dir: str | Path | None,
+                       key: str = "item_id") -> pd.DataFrame:
+    """Set ``image_path`` / ``has_image`` from the files present under ``images_dir``.
+
+    ``key`` names the column whose value names the file (the item id, or e.g. the ASIN of a release
+    whose item ids are integers). Without ``images_dir`` every item has no image.
+    """
+    items = items.copy()
+    if images_dir is None:
+        items["image_path"] = None
+        items["has_image"] = False
+        return items
+    paths = [image_file(images_dir, str(name)) for name in items[key]]
+    present = [path.is_file() for path in paths]
+    items["image_path"] = pd.Series([str(p) if ok else None for p, ok in zip(paths, present)],
+                                    index=items.index, dtype=object)
+    items["has_image"] = present
+    return items
+
+
+@dataclass(frozen=True)
+class DownloadFailure:
+    """An item whose image could not be fetched, and why (``http_404``, ``timeout``, ``too_large``,
+    ``truncated`` ...)."""
+
+    item_id: str
+    url: str
+    reason: str
+
+
+@dataclass
+class DownloadReport:
+    """What a :func:`download_images` run did: downloaded, already there, stale temporary files
+    removed, failed (with reasons)."""
+
+    downloaded: int = 0
+    skipped_existing: int = 0
+    removed_partial: int = 0
+    failures: list[DownloadFailure] = field(default_factory=list)
+
+    @property
+    def failed_by_reason(self) -> dict[str, int]:
+        return dict(Counter(f.reason for f in self.failures))
+
+    def counts(self) -> dict[str, int]:
+        """Flat counts for a metrics file: downloaded, skipped_existing, failed, failed_<reason>."""
+        out = {"downloaded": self.downloaded, "skipped_existing": self.skipped_existing,
+               "removed_partial": self.removed_partial, "failed": len(self.failures)}
+        out.update({f"failed_{reason}": n for reason, n in sorted(self.failed_by_reason.items())})
+        return out
+
+    def failures_frame(self) -> pd.DataFrame:
+        return pd.DataFrame([vars(f) for f in self.failures], columns=["item_id", "url", "reason"])
+
+    def write_failures(self, path: str | Path) -> None:
+        """Write the failures as CSV, or Parquet when ``path`` ends in ``.parquet``."""
+        path = Path(path)
+        path.parent.mkdir(parents=True, exist_ok=True)
+        frame = self.failures_frame()
+        if path.suffix == ".parquet":
+            frame.to_parquet(path, index=False)
+        else:
+            frame.to_csv(path, index=False)
+
+
+class _FetchError(Exception):
+    """A fetch failed for ``reason``; ``retryable`` says whether another attempt may succeed."""
+
+    def __init__(self, reason: str, retryable: bool):
+        super().__init__(reason)
+        self.reason, self.retryable = reason, retryable
+
+
+def image_problem(source: bytes | Path) -> str | None:
+    """Why the bytes (or the file) are not a usable image (an :class:`ImageLoadError` kind such as
+    ``not_an_image`` or ``truncated``), or None when :func:`vlm4rec.images.load_image` decodes them."""
+    try:
+        load_image(source)
+    except ImageLoadError as err:
+        return err.kind
+    return None
+
+
+def _fetch_once(session: requests.Session, url: str, timeout_s: float, max_bytes: int) -> bytes:
+    """GET ``url`` streaming, enforcing the timeout and the size cap; raise :class:`_FetchError`."""
+    try:
+        with session.get(url, timeout=timeout_s, stream=True) as response:
+            if response.status_code != 200:
+                status = response.status_code
+                raise _FetchError(f"http_{status}", retryable=status in RETRY_STATUSES)
+            declared = response.headers.get("Content-Length")
+            if declared is not None and declared.isdigit() and int(declared) > max_bytes:
+                raise _FetchError("too_large", retryable=False)
+            body = bytearray()
+            for chunk in response.iter_content(_CHUNK):
+                body.extend(chunk)
+                if len(body) > max_bytes:
+                    raise _FetchError("too_large", retryable=False)
+            return bytes(body)
+    except requests.Timeout as exc:
+        raise _FetchError("timeout", retryable=True) from exc
+    except requests.ConnectionError as exc:
+        raise _FetchError("connection_error", retryable=True) from exc
+    except requests.RequestException as exc:
+        raise _FetchError(f"request_error:{type(exc).__name__}", retryable=False) from exc
+
+
+def _fetch_with_retries(session: requests.Session, url: str, timeout_s: float, max_bytes: int,
+                        retries: int, backoff_s: float) -> bytes:
+    """:func:`_fetch_once`, retried up to ``retries`` times on retryable errors, backoff doubling."""
+    attempt = 0
+    while True:
+        try:
+            return _fetch_once(session, url, timeout_s, max_bytes)
+        except _FetchError as err:
+            if not err.retryable or attempt >= retries:
+                raise
+            time.sleep(backoff_s * 2 ** attempt)
+            attempt += 1
+
+
+def _write_atomically(data: bytes, target: Path) -> None:
+    """Write ``data`` to a temporary file beside ``target`` and move it into place."""
+    fd, tmp = tempfile.mkstemp(dir=target.parent, prefix=f".{target.name}.", suffix=".part")
+    try:
+        with os.fdopen(fd, "wb") as handle:
+            handle.write(data)
+        os.replace(tmp, target)
+    except BaseException:
+        Path(tmp).unlink(missing_ok=True)
+        raise
+
+
+def _remove_partial_files(out: Path) -> int:
+    """Delete temporary files a killed run left behind; return how many."""
+    stale = list(out.glob(".*.part"))
+    for path in stale:
+        path.unlink(missing_ok=True)
+    return len(stale)
+
+
+def download_images(urls: Mapping[str, str | None], out_dir: str | Path, concurrency: int = 8,
+                    timeout_s: float = 20, max_bytes: int = 20_000_000, retries: int = 3,
+                    backoff_s: float = 0.5, progress: bool = True) -> DownloadReport:
+    """Fetch ``item_id -> url`` into ``out_dir/<item_id>.jpg``; resumable, retried, verified.
+
+    Skips items whose file exists and decodes; retries 429 / 5xx / timeouts / connection errors with
+    exponential backoff (``backoff_s * 2**attempt``), never other statuses such as 404; aborts bodies
+    over ``max_bytes`` (declared or streamed); keeps only bytes that decode as an image (else the
+    failure reason is the decoder's: ``not_an_image``, ``truncated``, ``empty`` ...). ``timeout_s``
+    bounds connecting and each read (the ``requests`` meaning), not the whole transfer.
+    """
+    out = Path(out_dir)
+    out.mkdir(parents=True, exist_ok=True)
+    report = DownloadReport(removed_partial=_remove_partial_files(out))
+    todo: list[tuple[str, str]] = []
+    for item_id, url in urls.items():
+        item_id = str(item_id)
+        if not _SAFE_ID.match(item_id) or item_id in (".", ".."):
+            report.failures.append(DownloadFailure(item_id, url or "", "unsafe_item_id"))
+        elif not url:
+            report.failures.append(DownloadFailure(item_id, "", "no_url"))
+        elif image_file(out, item_id).is_file() and image_problem(image_file(out, item_id)) is None:
+            report.skipped_existing += 1
+        else:
+            todo.append((item_id, url))
+
+    local = threading.local()
+
+    def fetch(item_id: str, url: str) -> DownloadFailure | None:
+        if not hasattr(local, "session"):
+            local.session = requests.Session()
+        try:
+            data = _fetch_with_retries(local.session, url, timeout_s, max_bytes, retries, backoff_s)
+        except _FetchError as err:
+            return DownloadFailure(item_id, url, err.reason)
+        problem = image_problem(data)
+        if problem is not None:
+            return DownloadFailure(item_id, url, problem)
+        _write_atomically(data, image_file(out, item_id))
+        return None
+
+    with ThreadPoolExecutor(max_workers=max(1, concurrency)) as pool, \
+            tqdm(total=len(todo), disable=not progress, desc="images", unit="img") as bar:
+        futures = [pool.submit(fetch, item_id, url) for item_id, url in todo]
+        for future in as_completed(futures):
+            failure = future.result()
+            if failure is None:
+                report.downloaded += 1
+            else:
+                report.failures.append(failure)
+            bar.update(1)
+    report.failures.sort(key=lambda f: f.item_id)
+    return report
