@@ -27,11 +27,24 @@ def split_overview(data: PreparedData) -> plt.Figure:
     return fig
 
 
+def description_lengths(descriptions: pd.DataFrame) -> plt.Figure:
+    """Distribution of description length in words, per prompt arm (successful descriptions)."""
+    ok = descriptions[descriptions["status"] == "ok"]
+    words = ok.assign(words=ok["description"].str.split().str.len())
+    fig, ax = plt.subplots(figsize=(7, 3.5))
+    sns.histplot(data=words, x="words", hue="arm", discrete=True, element="step", ax=ax)
+    ax.set(xlabel="words per description", ylabel="items")
+    fig.tight_layout()
+    return fig
+
+
 def metric_bars(table: pd.DataFrame, metric: str) -> plt.Figure:
-    """Bars of one metric per method with their 95% CI (table: method, metric, mean, low, high)."""
+    """Bars of one metric per method with their 95% CI (table: method, metric, mean, ci_low, ci_high,
+    as :func:`vlm4rec.stats.results_table` returns it)."""
     rows = table[table["metric"] == metric].sort_values("mean")
     fig, ax = plt.subplots(figsize=(7, 0.35 * len(rows) + 1.2))
-    ax.barh(rows["method"], rows["mean"], xerr=[rows["mean"] - rows["low"], rows["high"] - rows["mean"]],
+    ax.barh(rows["method"], rows["mean"],
+            xerr=[rows["mean"] - rows["ci_low"], rows["ci_high"] - rows["mean"]],
             color=sns.color_palette("deep", len(rows)), capsize=3)
     ax.set(xlabel=f"{metric} (test, 95% bootstrap CI)", ylabel="")
     fig.tight_layout()
