@@ -1,0 +1,480 @@
+"""Fusion of item modalities into one item vector for profile matching (STUDY.md section 2).
+
+Items carry several modality matrices (e.g. description / title text embeddings, image features),
+each ``(n_items, d_m)`` float32, an all-zero row meaning "missing". A fusion maps them to one
+``(n_items, d)`` matrix that the mean-profile cosine matcher uses like any single representation.
+
+- ``weighted_concat``: no training. Concatenating ``sqrt(w_m) * normalize(x_m)`` makes the dot product of
+  two items the weighted sum of their per-modality cosines, i.e. late score fusion.
+- ``AttentionFusion``, ``GatingFusion``, ``SpectralFusion``: learned. ``train_fusion`` fits them on a real
+  preference objective (reference pitfall 6: never an item against itself): a user's profile, the
+  normalised mean of the fused vectors of their train history with one train positive held out, must
+  score that held-out positive above sampled items outside the history (sampled softmax). Epochs are
+  selected by the validation loss (profile from the validation-input history, positives = validation
+  items, full-catalogue softmax over unseen items) and the best epoch's weights are restored from a
+  deep copy. Test interactions are never an input.
+"""
+from __future__ import annotations
+
+import copy
+import math
+import time
+from dataclasses import dataclass
+from typing import Any, Literal, Mapping, Sequence
+
+import numpy as np
+import scipy.sparse as sp
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+from vlm4rec.splits import History
+
+FusionKind = Literal["attention", "gating", "spectral"]
+_EPS = 1e-12
+
+
+# --------------------------------------------------------------------------- inputs
+
+def _check_modalities(modalities: Mapping[str, np.ndarray]) -> int:
+    """Validate modality matrices (2-D, finite, same number of rows); return that number of items."""
+    if not modalities:
+        raise ValueError("no modalities given")
+    n_rows = {name: np.shape(x)[0] for name, x in modalities.items() if np.ndim(x) == 2}
+    if len(n_rows) != len(modalities):
+        bad = [name for name, x in modalities.items() if np.ndim(x) != 2]
+        raise ValueError(f"modalities must be 2-D (n_items, d); not 2-D: {bad}")
+    if len(set(n_rows.values())) != 1:
+        raise ValueError(f"modalities disagree on the number of items: {n_rows}")
+    for name, x in modalities.items():
+        if not np.all(np.isfinite(x)):
+            raise ValueError(f"modality {name!r} has non-finite values")
+    return next(iter(n_rows.values()))
+
+
+def l2_normalize_rows(x: np.ndarray) -> np.ndarray:
+    """Rows scaled to unit L2 norm (float32); all-zero rows (missing) stay zero."""
+    x = np.asarray(x, dtype=np.float32)
+    norms = np.linalg.norm(x, axis=1, keepdims=True)
+    return np.divide(x, norms, out=np.zeros_like(x), where=norms > 0)
+
+
+def weighted_concat(modalities: Mapping[str, np.ndarray], weights: Mapping[str, float]) -> np.ndarray:
+    """Concatenate ``sqrt(w_m) * normalize(x_m)`` over modalities (in ``modalities`` order).
+
+    The dot product of two rows is ``sum_m w_m cos_m`` (a missing modality contributes 0), so cosine
+    matching on the result is late score fusion with weights ``w``. Modalities with weight 0 are kept
+    (as zero blocks) so that every weighting has the same layout.
+    """
+    _check_modalities(modalities)
+    if set(weights) != set(modalities):
+        raise ValueError(f"weights {sorted(weights)} must name exactly the modalities {sorted(modalities)}")
+    if any(not math.isfinite(w) or w < 0 for w in weights.values()):
+        raise ValueError(f"weights must be finite and >= 0, got {dict(weights)}")
+    blocks = [math.sqrt(weights[name]) * l2_normalize_rows(x) for name, x in modalities.items()]
+    return np.concatenate(blocks, axis=1).astype(np.float32)
+
+
+# --------------------------------------------------------------------------- modules
+
+class FusionModule(nn.Module):
+    """Base: per-modality linear projection of the L2-normalised input to a common width ``dim``.
+
+    ``forward(inputs)`` takes ``{modality: (batch, d_m) tensor}`` (the names given at construction) and
+    returns the fused ``(batch, dim)`` vectors. A modality whose input row is all zero is missing for
+    that item: it gets no weight, and an item with every modality missing fuses to zero.
+    """
+
+    def __init__(self, dims: Mapping[str, int], dim: int) -> None:
+        super().__init__()
+        if not dims:
+            raise ValueError("a fusion needs at least one modality")
+        self.names: tuple[str, ...] = tuple(dims)
+        self.dim = dim
+        self.projections = nn.ModuleList(nn.Linear(d_m, dim, bias=False) for d_m in dims.values())
+
+    def project(self, inputs: Mapping[str, torch.Tensor]) -> tuple[torch.Tensor, torch.Tensor]:
+        """Projected modalities ``(batch, M, dim)`` and the presence mask ``(batch, M)`` (bool)."""
+        if set(inputs) != set(self.names):
+            raise ValueError(f"inputs {sorted(inputs)} must be exactly the modalities {sorted(self.names)}")
+        projected, present = [], []
+        for name, projection in zip(self.names, self.projections):
+            x = inputs[name]
+            present.append((x != 0).any(dim=-1))
+            projected.append(projection(F.normalize(x, dim=-1, eps=_EPS)))
+        mask = torch.stack(present, dim=1)
+        return torch.stack(projected, dim=1) * mask.unsqueeze(-1), mask
+
+
+class AttentionFusion(FusionModule):
+    """Attention over modalities: ``a_m = softmax_m(q . tanh(W h_m))`` over present modalities,
+    fused = ``sum_m a_m h_m`` with a learned query ``q``."""
+
+    def __init__(self, dims: Mapping[str, int], dim: int = 128, hidden: int = 64) -> None:
+        super().__init__(dims, dim)
+        self.key = nn.Linear(dim, hidden)
+        self.query = nn.Parameter(torch.randn(hidden) / math.sqrt(hidden))
+
+    def _weights(self, h: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
+        logits = torch.tanh(self.key(h)) @ self.query
+        logits = logits.masked_fill(~mask, torch.finfo(logits.dtype).min)
+        return torch.softmax(logits, dim=1) * mask  # an all-missing row gets all-zero weights
+
+    def modality_weights(self, inputs: Mapping[str, torch.Tensor]) -> torch.Tensor:
+        """Attention weights ``(batch, M)`` in ``self.names`` order (0 for missing modalities)."""
+        return self._weights(*self.project(inputs))
+
+    def forward(self, inputs: Mapping[str, torch.Tensor]) -> torch.Tensor:
+        h, mask = self.project(inputs)
+        return (self._weights(h, mask).unsqueeze(-1) * h).sum(dim=1)
+
+
+class GatingFusion(FusionModule):
+    """Per-modality sigmoid gates from the concatenated projections: ``g = sigmoid(W [h_1; ...; h_M])``,
+    fused = ``sum_m g_m h_m`` (missing modalities gated to 0)."""
+
+    def __init__(self, dims: Mapping[str, int], dim: int = 128) -> None:
+        super().__init__(dims, dim)
+        self.gate = nn.Linear(len(self.names) * dim, len(self.names))
+
+    def _gates(self, h: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
+        return torch.sigmoid(self.gate(h.flatten(start_dim=1))) * mask
+
+    def modality_weights(self, inputs: Mapping[str, torch.Tensor]) -> torch.Tensor:
+        """Gates ``(batch, M)`` in ``self.names`` order (0 for missing modalities)."""
+        return self._gates(*self.project(inputs))
+
+    def forward(self, inputs: Mapping[str, torch.Tensor]) -> torch.Tensor:
+        h, mask = self.project(inputs)
+        return (self._gates(h, mask).unsqueeze(-1) * h).sum(dim=1)
+
+
+class SpectralFusion(FusionModule):
+    """SMORE-style spectral fusion (Ong & Khong, WSDM 2025, "Spectrum-based Modality Representation
+    Fusion"): each projected modality goes to the frequency domain (``rfft`` over the feature axis,
+    orthonormal), is multiplied by its own learnable complex filter (denoising), the filtered spectra
+    are combined, the combination is multiplied by a learnable fused-spectrum filter, and ``irfft``
+    (``n=dim``) returns to the feature domain.
+
+    ``combine="sum"`` adds the filtered spectra. The module is then linear in its (normalised)
+    inputs: each modality's projection followed by a learned circulant filter, summed; i.e. a linear
+    fusion parameterised in the frequency domain. ``combine="product"`` multiplies the spectra
+    point-wise, as SMORE's cross-modal branch does (a circular convolution of the modalities in feature
+    space, a multiplicative interaction); a missing modality is then the identity (all-ones spectrum).
+    Filters start at the identity (1 + 0j). SMORE's graph convolutions and ID embeddings are not part
+    of this module: it fuses content only.
+    """
+
+    def __init__(self, dims: Mapping[str, int], dim: int = 128,
+                 combine: Literal["sum", "product"] = "sum") -> None:
+        super().__init__(dims, dim)
+        if combine not in ("sum", "product"):
+            raise ValueError(f"combine must be 'sum' or 'product', got {combine!r}")
+        self.combine = combine
+        n_freq = dim // 2 + 1
+        identity = torch.zeros(n_freq, 2)
+        identity[:, 0] = 1.0
+        self.modality_filters = nn.Parameter(identity.repeat(len(self.names), 1, 1))
+        self.fused_filter = nn.Parameter(identity.clone())
+
+    def forward(self, inputs: Mapping[str, torch.Tensor]) -> torch.Tensor:
+        h, mask = self.project(inputs)
+        spectra = torch.fft.rfft(h, dim=-1, norm="ortho") * torch.view_as_complex(self.modality_filters)
+        present = mask.unsqueeze(-1)
+        if self.combine == "sum":
+            fused = (spectra * present).sum(dim=1)
+        else:
+            fused = torch.where(present, spectra, torch.ones_like(spectra)).prod(dim=1)
+        fused = fused * torch.view_as_complex(self.fused_filter)
+        out = torch.fft.irfft(fused, n=self.dim, dim=-1, norm="ortho")
+        return out * mask.any(dim=1, keepdim=True)
+
+
+_KINDS: dict[str, type[FusionModule]] = {
+    "attention": AttentionFusion, "gating": GatingFusion, "spectral": SpectralFusion}
+
+
+def make_fusion(kind: FusionKind, dims: Mapping[str, int], dim: int = 128, seed: int = 0,
+                **options: Any) -> FusionModule:
+    """A freshly initialised fusion module of ``kind``; initial weights depend only on ``seed``."""
+    if kind not in _KINDS:
+        raise ValueError(f"unknown fusion kind {kind!r}; expected one of {sorted(_KINDS)}")
+    torch.manual_seed(seed)
+    return _KINDS[kind](dims, dim, **options)
+
+
+def _as_tensors(modalities: Mapping[str, np.ndarray]) -> dict[str, torch.Tensor]:
+    return {name: torch.as_tensor(np.asarray(x, dtype=np.float32)) for name, x in modalities.items()}
+
+
+def _fuse(model: FusionModule, features: Mapping[str, torch.Tensor], items: torch.Tensor) -> torch.Tensor:
+    """L2-normalised fused vectors of ``items`` (differentiable)."""
+    return F.normalize(model({name: x[items] for name, x in features.items()}), dim=-1, eps=_EPS)
+
+
+@torch.no_grad()
+def encode(model: FusionModule, modalities: Mapping[str, np.ndarray], block_size: int = 4096) -> np.ndarray:
+    """Fused, L2-normalised vectors of every item: float32 ``(n_items, dim)`` (all-missing items: 0)."""
+    n_items = _check_modalities(modalities)
+    features = _as_tensors(modalities)
+    was_training = model.training
+    model.eval()
+    blocks = [_fuse(model, features, torch.arange(start, min(start + block_size, n_items)))
+              for start in range(0, n_items, block_size)]
+    model.train(was_training)
+    return torch.cat(blocks).numpy()
+
+
+# --------------------------------------------------------------------------- training examples
+
+def _binary(matrix: sp.spmatrix) -> sp.csr_matrix:
+    """Sorted-index csr with explicit zeros removed and every stored value set to 1."""
+    out = sp.csr_matrix(matrix, dtype=np.float32, copy=True)
+    out.eliminate_zeros()
+    out.sort_indices()
+    out.data[:] = 1.0
+    return out
+
+
+def held_out_examples(history: sp.csr_matrix, rng: np.random.Generator) -> tuple[np.ndarray, np.ndarray]:
+    """One training example per user with >= 2 history items: (users, a uniformly drawn history item
+    to hold out). The rest of the user's history forms the profile, so both come from ``history`` only."""
+    counts = np.diff(history.indptr)
+    users = np.flatnonzero(counts >= 2)
+    offsets = rng.integers(0, counts[users])
+    return users, history.indices[history.indptr[users] + offsets]
+
+
+def sample_negatives(history: sp.csr_matrix, users: np.ndarray, n_negatives: int,
+                     rng: np.random.Generator, max_rounds: int = 1000) -> np.ndarray:
+    """``(len(users), n_negatives)`` items drawn uniformly from those outside each user's history."""
+    n_items = history.shape[1]
+    full = np.flatnonzero(np.diff(history.indptr)[users] >= n_items)
+    if len(full):
+        raise ValueError(f"{len(full)} users have every item in their history; no negatives exist")
+    keys = np.repeat(np.arange(history.shape[0], dtype=np.int64), np.diff(history.indptr)) * n_items
+    keys = np.sort(keys + history.indices)
+    negatives = rng.integers(0, n_items, size=(len(users), n_negatives))
+    for _ in range(max_rounds):
+        probe = users[:, None].astype(np.int64) * n_items + negatives
+        pos = np.minimum(np.searchsorted(keys, probe), len(keys) - 1)
+        clash = keys[pos] == probe if len(keys) else np.zeros_like(probe, dtype=bool)
+        if not clash.any():
+            return negatives
+        negatives[clash] = rng.integers(0, n_items, size=int(clash.sum()))
+    raise RuntimeError(f"negative sampling did not converge in {max_rounds} rounds")
+
+
+def _batch_loss(model: FusionModule, features: Mapping[str, torch.Tensor], history: sp.csr_matrix,
+                users: np.ndarray, held_out: np.ndarray, negatives: np.ndarray,
+                temperature: float) -> torch.Tensor:
+    """Sampled softmax of the held-out positive against the negatives, scored by cosine with the profile
+    built from the rest of each user's history."""
+    rows = history[users].tocoo()
+    keep = rows.col != held_out[rows.row]
+    profile_rows, profile_items = rows.row[keep], rows.col[keep]
+    items, inverse = np.unique(np.concatenate([profile_items, held_out, negatives.ravel()]),
+                               return_inverse=True)
+    fused = _fuse(model, features, torch.as_tensor(items))
+    n_prof, n_users = len(profile_items), len(users)
+    profile_idx = torch.as_tensor(inverse[:n_prof])
+    positive_idx = torch.as_tensor(inverse[n_prof:n_prof + n_users])
+    negative_idx = torch.as_tensor(inverse[n_prof + n_users:].reshape(negatives.shape))
+    membership = torch.sparse_coo_tensor(
+        torch.stack([torch.as_tensor(profile_rows, dtype=torch.long), profile_idx]),
+        torch.ones(n_prof), (n_users, len(items)), check_invariants=False)
+    profiles = F.normalize(torch.sparse.mm(membership, fused), dim=-1, eps=_EPS)
+    positive = (profiles * fused[positive_idx]).sum(dim=-1, keepdim=True)
+    negative = torch.einsum("bd,bkd->bk", profiles, fused[negative_idx])
+    logits = torch.cat([positive, negative], dim=1) / temperature
+    return F.cross_entropy(logits, torch.zeros(n_users, dtype=torch.long))
+
+
+# --------------------------------------------------------------------------- validation
+
+@dataclass(frozen=True)
+class ValidationSet:
+    """Validation users with a non-empty input history and validation positives."""
+
+    history: sp.csr_matrix    # binary, users x items (validation-input history rows of ``users``)
+    targets: sp.csr_matrix    # binary, users x items (validation positives of ``users``)
+    users: np.ndarray         # original user indices
+    n_pairs: int              # (user, positive) pairs the loss averages over
+    n_users_without_history: int  # users with validation positives but no history: not scorable, counted
+
+
+def validation_set(val_history: History, val_targets: sp.spmatrix) -> ValidationSet:
+    """Select validation users; refuse a validation positive that is also in the input history (leak)."""
+    history, targets = _binary(val_history.matrix), _binary(val_targets)
+    if history.shape != targets.shape:
+        raise ValueError(f"val_history {history.shape} and val_targets {targets.shape} differ in shape")
+    overlap = history.multiply(targets).nnz
+    if overlap:
+        raise ValueError(f"{overlap} validation positives are also in the validation-input history")
+    has_targets = np.diff(targets.indptr) > 0
+    has_history = np.diff(history.indptr) > 0
+    users = np.flatnonzero(has_targets & has_history)
+    kept_targets = targets[users]
+    return ValidationSet(history=history[users], targets=kept_targets, users=users,
+                         n_pairs=int(kept_targets.nnz),
+                         n_users_without_history=int((has_targets & ~has_history).sum()))
+
+
+@torch.no_grad()
+def validation_loss(vectors: np.ndarray, validation: ValidationSet, temperature: float = 0.1,
+                    block_size: int = 1024) -> float:
+    """Mean over (user, validation positive) pairs of the full-catalogue softmax loss
+    ``-s_ui + log(exp(s_ui) + sum_{j unseen, not positive} exp(s_uj))``, ``s = cos(profile, item) / T``,
+    profile = normalize(mean of the user's L2-normalised history vectors)."""
+    items = torch.as_tensor(l2_normalize_rows(vectors))
+    total = 0.0
+    for start in range(0, len(validation.users), block_size):
+        history = validation.history[start:start + block_size]
+        targets = validation.targets[start:start + block_size]
+        profiles = F.normalize(torch.as_tensor(history @ items.numpy()), dim=-1, eps=_EPS)
+        scores = profiles @ items.T / temperature
+        excluded = torch.as_tensor((history + targets).toarray() > 0)
+        lse_negatives = torch.logsumexp(scores.masked_fill(excluded, -math.inf), dim=1)
+        coo = targets.tocoo()
+        positive = scores[coo.row, coo.col]
+        total += float(F.softplus(lse_negatives[coo.row] - positive).sum())
+    return total / validation.n_pairs
+
+
+# --------------------------------------------------------------------------- training
+
+@dataclass
+class FusionResult:
+    """A trained fusion: item vectors from the best validation epoch and how it got there."""
+
+    vectors: np.ndarray           # (n_items, dim) fused, L2-normalised, best epoch
+    val_loss_curve: list[float]   # index 0 = before training, index e = after epoch e
+    train_loss_curve: list[float] # index e-1 = mean training loss of epoch e
+    best_epoch: int               # argmin of val_loss_curve (0 = the untrained model was best)
+    seed: int
+    train_s: float
+    n_val_pairs: int
+    n_val_users_without_history: int
+    model: FusionModule           # holds the best epoch's weights
+
+    @property
+    def best_val_loss(self) -> float:
+        return self.val_loss_curve[self.best_epoch]
+
+
+def _train_epoch(model: FusionModule, optimizer: torch.optim.Optimizer,
+                 features: Mapping[str, torch.Tensor], history: sp.csr_matrix, rng: np.random.Generator,
+                 batch_size: int, negatives: int, temperature: float) -> float:
+    """One pass over the users with >= 2 train items (one held-out positive each); mean batch loss."""
+    users, held_out = held_out_examples(history, rng)
+    if not len(users):
+        raise ValueError("no user has >= 2 train items: nothing to train on")
+    order = rng.permutation(len(users))
+    losses = []
+    model.train()
+    for start in range(0, len(order), batch_size):
+        batch = order[start:start + batch_size]
+        sampled = sample_negatives(history, users[batch], negatives, rng)
+        loss = _batch_loss(model, features, history, users[batch], held_out[batch], sampled, temperature)
+        optimizer.zero_grad()
+        loss.backward()
+        optimizer.step()
+        losses.append(loss.detach().item())
+    return float(np.mean(losses))
+
+
+def train_fusion(model: FusionModule, modalities: Mapping[str, np.ndarray], train_history: History,
+                 val_history: History, val_targets: sp.spmatrix, *, seed: int = 0, epochs: int = 50,
+                 batch_size: int = 512, lr: float = 1e-3, patience: int = 5, negatives: int = 100,
+                 temperature: float = 0.1, weight_decay: float = 0.0) -> FusionResult:
+    """Train ``model`` with the held-out-positive sampled softmax on ``train_history``; keep the epoch
+    with the lowest validation loss (``val_history`` as input, ``val_targets`` as positives), stopping
+    after ``patience`` epochs without improvement. Deterministic given ``seed``; ``model`` ends holding
+    the best epoch's weights (restored from a deep copy, never a live reference)."""
+    n_items = _check_modalities(modalities)
+    if train_history.n_items != n_items or val_history.n_items != n_items:
+        raise ValueError(f"histories have {train_history.n_items}/{val_history.n_items} items, "
+                         f"modalities {n_items}")
+    if set(modalities) != set(model.names):
+        raise ValueError(f"modalities {sorted(modalities)} differ from the model's {sorted(model.names)}")
+    started = time.perf_counter()
+    torch.manual_seed(seed)
+    rng = np.random.default_rng(seed)
+    features = _as_tensors(modalities)
+    history = _binary(train_history.matrix)
+    validation = validation_set(val_history, val_targets)
+    if validation.n_pairs == 0:
+        raise ValueError("no validation pairs: no user has both validation positives and a history")
+    optimizer = torch.optim.Adam(model.parameters(), lr=lr, weight_decay=weight_decay)
+
+    val_curve = [validation_loss(encode(model, modalities), validation, temperature)]
+    train_curve: list[float] = []
+    best_epoch, best_state = 0, copy.deepcopy(model.state_dict())
+    for epoch in range(1, epochs + 1):
+        train_curve.append(_train_epoch(model, optimizer, features, history, rng, batch_size,
+                                        negatives, temperature))
+        val_curve.append(validation_loss(encode(model, modalities), validation, temperature))
+        if val_curve[-1] < val_curve[best_epoch]:
+            best_epoch, best_state = epoch, copy.deepcopy(model.state_dict())
+        elif epoch - best_epoch >= patience:
+            break
+    model.load_state_dict(best_state)
+    return FusionResult(vectors=encode(model, modalities), val_loss_curve=val_curve,
+                        train_loss_curve=train_curve, best_epoch=best_epoch, seed=seed,
+                        train_s=time.perf_counter() - started, n_val_pairs=validation.n_pairs,
+                        n_val_users_without_history=validation.n_users_without_history, model=model)
+
+
+def fit_fusion_seeds(kind: FusionKind, modalities: Mapping[str, np.ndarray], train_history: History,
+                     val_history: History, val_targets: sp.spmatrix, *, seeds: Sequence[int] = (0, 1, 2),
+                     dim: int = 128, module_options: Mapping[str, Any] | None = None,
+                     **train_options: Any) -> list[FusionResult]:
+    """Train one ``kind`` fusion per seed (the seed drives initialisation and sampling);
+    ``train_options`` go to ``train_fusion``, ``module_options`` to the module's constructor."""
+    dims = {name: int(np.shape(x)[1]) for name, x in modalities.items()}
+    return [train_fusion(make_fusion(kind, dims, dim, seed, **(module_options or {})), modalities,
+                         train_history, val_history, val_targets, seed=seed, **train_options)
+            for seed in seeds]
+
+
+# --------------------------------------------------------------------------- reporting
+
+@dataclass(frozen=True)
+class SeedSummary:
+    """Mean and spread of one number over seeds (std with ddof=1; 0 for a single seed)."""
+
+    mean: float
+    std: float
+    min: float
+    max: float
+    n: int
+
+
+def summarize_seeds(values: Sequence[float]) -> SeedSummary:
+    """Mean / sample std / range of ``values`` (one per seed)."""
+    arr = np.asarray(values, dtype=np.float64)
+    if arr.size == 0:
+        raise ValueError("no values to summarise")
+    std = float(arr.std(ddof=1)) if arr.size > 1 else 0.0
+    return SeedSummary(mean=float(arr.mean()), std=std, min=float(arr.min()), max=float(arr.max()),
+                       n=int(arr.size))
+
+
+def summarize_fusion_results(results: Sequence[FusionResult]) -> dict[str, SeedSummary]:
+    """Seed summaries of the best validation loss, the best epoch and the training time."""
+    return {"best_val_loss": summarize_seeds([r.best_val_loss for r in results]),
+            "best_epoch": summarize_seeds([r.best_epoch for r in results]),
+            "train_s": summarize_seeds([r.train_s for r in results])}
+
+
+def modality_ablation(model: FusionModule, modalities: Mapping[str, np.ndarray], val_history: History,
+                      val_targets: sp.spmatrix, temperature: float = 0.1) -> dict[str, float]:
+    """Validation loss increase when each modality is zeroed (treated as missing for every item):
+    a model-agnostic measure of how much the fusion relies on it."""
+    validation = validation_set(val_history, val_targets)
+    base = validation_loss(encode(model, modalities), validation, temperature)
+    increase = {}
+    for name in modalities:
+        ablated = {m: (np.zeros_like(x) if m == name else x) for m, x in modalities.items()}
+        increase[name] = validation_loss(encode(model, ablated), validation, temperature) - base
+    return increase
