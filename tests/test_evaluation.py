@@ -1,0 +1,174 @@
+import dataclasses
+
+import numpy as np
+import pandas as pd
+import pytest
+import scipy.sparse as sp
+
+from vlm4rec.data import PreparedData
+from vlm4rec.evaluation import Candidate, EvalData, evaluate, load_result, select_and_test
+from vlm4rec.stats import paired_tests
+from vlm4rec.matching import ProfileRecommender
+from vlm4rec.splits import History, SplitConfig, assign_split
+
+N_USERS, N_ITEMS, PER_USER = 60, 50, 10
+
+
+def planted_prepared(seed: int = 0) -> tuple[PreparedData, np.ndarray]:
+    """Users of group g interact with items of cluster g (items 0..24 / 25..49), temporal split;
+    returns the data and item vectors that carry the clusters."""
+    rng = np.random.default_rng(seed)
+    cluster = np.repeat([0, 1], N_ITEMS // 2)
+    rows = []
+    for user in range(N_USERS):
+        items = rng.choice(np.flatnonzero(cluster == user % 2), PER_USER, replace=False)
+        rows += [(user, int(item), 1000 * user + t, 5.0) for t, item in enumerate(items)]
+    inter = pd.DataFrame(rows, columns=["user_idx", "item_idx", "timestamp", "rating"])
+    inter["split"] = assign_split(inter, SplitConfig())
+    items = pd.DataFrame({"item_idx": np.arange(N_ITEMS), "item_id": [str(i) for i in range(N_ITEMS)]})
+    users = pd.DataFrame({"user_idx": np.arange(N_USERS), "user_id": [str(u) for u in range(N_USERS)]})
+    centroids = rng.normal(size=(2, 8))
+    vectors = (centroids[cluster] + 0.5 * rng.normal(size=(N_ITEMS, 8))).astype(np.float32)
+    return PreparedData(items=items, users=users, interactions=inter), vectors
+
+
+@pytest.fixture(scope="module")
+def planted() -> tuple[EvalData, PreparedData, np.ndarray]:
+    prepared, vectors = planted_prepared()
+    return EvalData.from_prepared(prepared), prepared, vectors
+
+
+def shuffled(vectors: np.ndarray) -> np.ndarray:
+    return vectors[np.random.default_rng(1).permutation(len(vectors))]
+
+
+def profile_grid(vectors: np.ndarray) -> list[Candidate]:
+    return [Candidate({"vectors": "shuffled"}, lambda: ProfileRecommender(shuffled(vectors))),
+            Candidate({"vectors": "signal"}, lambda: ProfileRecommender(vectors))]
+
+
+def test_eval_data_from_prepared(planted) -> None:
+    data, prepared, _ = planted
+    inter = prepared.interactions
+    counts = inter["split"].value_counts()
+    assert (counts["train"], counts["val"], counts["test"]) == (7 * N_USERS, N_USERS, 2 * N_USERS)
+    assert data.train_history.matrix.nnz == counts["train"]
+    assert data.trainval_history.matrix.nnz == counts["train"] + counts["val"]
+    assert data.val_targets.nnz == counts["val"] and data.test_targets.nnz == counts["test"]
+    np.testing.assert_array_equal(data.val_users, np.arange(N_USERS))
+    np.testing.assert_array_equal(data.test_users, np.arange(N_USERS))
+    train = inter[inter["split"] == "train"]
+    np.testing.assert_array_equal(data.item_popularity, np.bincount(train["item_idx"], minlength=N_ITEMS))
+
+
+def test_evaluate_fills_timing_and_ranks_every_user(planted) -> None:
+    data, _, vectors = planted
+    split = data.validation()
+    timing: dict[str, float] = {}
+    topk, per_user = evaluate(ProfileRecommender(vectors), split.history, split.exclude, split.targets,
+                              split.users, (5, 10), timing)
+    assert topk.shape == (N_USERS, 10)
+    assert list(per_user["user_idx"]) == list(split.users)
+    assert set(timing) == {"fit_s", "score_s", "users_per_s"}
+
+
+def test_planted_signal_beats_shuffled_vectors(planted) -> None:
+    data, _, vectors = planted
+    signal = select_and_test("signal", lambda: ProfileRecommender(vectors), data, ks=(10,))
+    noise = select_and_test("shuffled", lambda: ProfileRecommender(shuffled(vectors)), data, ks=(10,))
+    assert signal.test_summary()["ndcg@10"] > noise.test_summary()["ndcg@10"] + 0.2
+    assert signal.config == {}
+
+
+def test_per_user_results_feed_paired_tests(planted) -> None:
+    data, _, vectors = planted
+    signal = select_and_test("signal", lambda: ProfileRecommender(vectors), data, ks=(10,))
+    noise = select_and_test("shuffled", lambda: ProfileRecommender(shuffled(vectors)), data, ks=(10,))
+    long = pd.concat([r.test_per_user.assign(method=r.method) for r in (signal, noise)])
+    table = paired_tests(long, "shuffled", "ndcg@10")
+    assert table.loc[0, "method"] == "signal" and table.loc[0, "n_users"] == N_USERS
+    assert table.loc[0, "mean_diff"] > 0 and table.loc[0, "wilcoxon_p"] < 0.01
+
+
+def test_selection_picks_best_on_validation_and_first_on_ties(planted) -> None:
+    data, _, vectors = planted
+    result = select_and_test("profile", profile_grid(vectors), data, ks=(5, 10))
+    assert result.config == {"vectors": "signal"}
+    assert list(result.val_grid["config"]) == ['{"vectors": "shuffled"}', '{"vectors": "signal"}']
+    assert result.val_grid.loc[1, "ndcg@10"] == pytest.approx(result.val_per_user["ndcg@10"].mean())
+    twins = [Candidate({"copy": i}, lambda: ProfileRecommender(vectors)) for i in range(2)]
+    assert select_and_test("profile", twins, data, ks=(10,)).config == {"copy": 0}
+
+
+def test_selection_never_reads_test_targets(planted) -> None:
+    data, _, vectors = planted
+    rng = np.random.default_rng(5)
+    fake_dense = (rng.random((N_USERS, N_ITEMS)) < 0.1).astype(np.float32)
+    fake_dense[np.arange(N_USERS), rng.integers(0, N_ITEMS, N_USERS)] = 1.0
+    fake_test = sp.csr_matrix(fake_dense)
+    scrambled = dataclasses.replace(data, test_targets=fake_test)
+    real = select_and_test("profile", profile_grid(vectors), data, ks=(10,))
+    fake = select_and_test("profile", profile_grid(vectors), scrambled, ks=(10,))
+    assert real.config == fake.config
+    metric_columns = [c for c in real.val_grid.columns if not c.endswith("_s")]
+    pd.testing.assert_frame_equal(real.val_grid[metric_columns], fake.val_grid[metric_columns])
+    pd.testing.assert_frame_equal(real.val_per_user, fake.val_per_user)
+    assert not real.test_per_user.equals(fake.test_per_user)
+
+
+class HistorySpy(ProfileRecommender):
+    """A profile model that remembers every history it was fitted on."""
+
+    fitted_on: list[History] = []
+
+    def fit(self, history: History) -> "HistorySpy":
+        HistorySpy.fitted_on.append(history)
+        return super().fit(history)
+
+
+def entries(matrix: sp.csr_matrix) -> set[tuple[int, int]]:
+    return {(int(u), int(i)) for u, i in zip(*matrix.nonzero())}
+
+
+def pairs_in(inter: pd.DataFrame, splits: list[str]) -> set[tuple[int, int]]:
+    part = inter[inter["split"].isin(splits)]
+    return {(int(u), int(i)) for u, i in zip(part["user_idx"], part["item_idx"])}
+
+
+def test_test_items_never_enter_profiles_and_seen_items_are_excluded(planted) -> None:
+    data, prepared, vectors = planted
+    HistorySpy.fitted_on = []
+    result = select_and_test("spy", lambda: HistorySpy(vectors), data, ks=(10,))
+    validation_fit, test_fit = HistorySpy.fitted_on
+    inter = prepared.interactions
+    assert entries(validation_fit.matrix) == pairs_in(inter, ["train"])
+    assert entries(test_fit.matrix) == pairs_in(inter, ["train", "val"])
+    recommended = {(u, i) for u, row in zip(data.test_users, result.test_topk) for i in row}
+    assert not recommended & pairs_in(inter, ["train", "val"])
+
+
+def test_save_and_load_round_trip(planted, tmp_path) -> None:
+    data, _, vectors = planted
+    result = select_and_test("profile", profile_grid(vectors), data, ks=(5, 10), out_dir=tmp_path)
+    assert {p.name for p in tmp_path.iterdir()} == {
+        "chosen.json", "val_grid.parquet", "val_per_user.parquet", "test_per_user.parquet",
+        "test_topk.npy", "summary.json"}
+    loaded = load_result(tmp_path)
+    assert (loaded.method, loaded.config, loaded.select_metric) == ("profile", {"vectors": "signal"},
+                                                                    "ndcg@10")
+    pd.testing.assert_frame_equal(loaded.val_grid, result.val_grid)
+    pd.testing.assert_frame_equal(loaded.test_per_user, result.test_per_user)
+    np.testing.assert_array_equal(loaded.test_topk, result.test_topk)
+    assert loaded.coverage == pytest.approx(result.coverage)
+    assert loaded.diagnostics == {"n_empty_profiles": 0, "n_missing_items": 0}
+    assert loaded.test_summary() == pytest.approx(result.test_summary())
+
+
+def test_bad_selection_inputs_fail_before_testing(planted) -> None:
+    data, _, vectors = planted
+    with pytest.raises(ValueError, match="select_metric"):
+        select_and_test("p", lambda: ProfileRecommender(vectors), data, ks=(5,), select_metric="ndcg@10")
+    with pytest.raises(TypeError):
+        select_and_test("p", [Candidate({"v": vectors}, lambda: ProfileRecommender(vectors))], data)
+    with pytest.raises(ValueError, match="no candidate"):
+        select_and_test("p", [], data)

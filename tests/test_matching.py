@@ -1,0 +1,224 @@
+import numpy as np
+import pandas as pd
+import pytest
+import scipy.sparse as sp
+
+from recommender_contract import RecommenderContract, planted_item_vectors
+from vlm4rec.matching import (ProfileRecommender, Recommender, ScoreMix, history_weights,
+                              recommend, standardize_rows, top_k)
+from vlm4rec.splits import History, build_history
+
+
+class FixedScores(Recommender):
+    """Returns rows of a given score matrix; records the block sizes it was asked for."""
+
+    def __init__(self, scores: np.ndarray):
+        self.scores = scores
+        self.blocks: list[int] = []
+
+    def fit(self, history: History) -> "FixedScores":
+        return self
+
+    def score_block(self, users: np.ndarray) -> np.ndarray:
+        self.blocks.append(len(users))
+        return self.scores[users].copy()
+
+
+def reference_topk(scores: np.ndarray, exclude: sp.csr_matrix, k: int) -> np.ndarray:
+    """Full sort per user by (seen last, -score, item index): the definition, written plainly."""
+    out = []
+    for u, row in enumerate(scores):
+        seen = set(exclude[u].indices)
+        rankable = [i not in seen and np.isfinite(row[i]) for i in range(len(row))]
+        key = [(0, -row[i], i) if rankable[i] else (1, 0, i) for i in range(len(row))]
+        out.append([item for *_, item in sorted(key)[:k]])
+    return np.array(out)
+
+
+def history_of(rows: list[tuple[int, int, int]], n_users: int, n_items: int) -> History:
+    """History from (user, item, timestamp) triples, all in train."""
+    inter = pd.DataFrame(rows, columns=["user_idx", "item_idx", "timestamp"]).assign(split="train")
+    return build_history(inter, ("train",), n_users, n_items)
+
+
+@pytest.mark.parametrize("k,block_size", [(1, 3), (5, 4), (12, 100), (30, 7)])
+def test_recommend_matches_full_sort_with_many_ties(k: int, block_size: int) -> None:
+    rng = np.random.default_rng(k)
+    scores = rng.integers(0, 3, size=(17, 30)).astype(np.float32)
+    scores[rng.random(scores.shape) < 0.1] = -np.inf
+    exclude = sp.csr_matrix(rng.random((17, 30)) < 0.3)
+    got = recommend(FixedScores(scores), np.arange(17), exclude, k, block_size=block_size)
+    assert got.dtype == np.int64 and got.shape == (17, k)
+    np.testing.assert_array_equal(got, reference_topk(scores, exclude, k))
+
+
+@pytest.mark.parametrize("k", [1, 3, 10, 40])
+def test_top_k_equals_stable_full_sort_on_large_tied_rows(k: int) -> None:
+    """Rows long enough for the group prefilter, with a tail, ties, -inf and all-tied rows."""
+    rng = np.random.default_rng(k)
+    scores = rng.integers(0, 50, size=(40, 2003)).astype(np.float32)
+    scores[rng.random(scores.shape) < 0.3] = -np.inf
+    scores[5] = 0.0
+    scores[7] = -np.inf
+    scores[9, :1990] = -np.inf  # the only finite scores are in the tail
+    scores[11] = rng.random(2003)
+    expected = np.argsort(-scores, axis=1, kind="stable")[:, :k]
+    np.testing.assert_array_equal(top_k(scores, k), expected)
+
+
+def test_all_zero_scores_rank_by_index_with_seen_items_last() -> None:
+    exclude = sp.csr_matrix(np.array([[0, 1, 0, 1, 0], [1, 0, 0, 0, 0]]))
+    got = recommend(FixedScores(np.zeros((2, 5), np.float32)), np.array([0, 1]), exclude, 5)
+    np.testing.assert_array_equal(got, [[0, 2, 4, 1, 3], [1, 2, 3, 4, 0]])
+
+
+def test_recommend_scores_one_block_at_a_time_in_user_order() -> None:
+    scores = np.random.default_rng(0).random((10, 6)).astype(np.float32)
+    model = FixedScores(scores)
+    users = np.array([9, 2, 4, 0, 7])
+    got = recommend(model, users, sp.csr_matrix((10, 6)), 3, block_size=2)
+    assert model.blocks == [2, 2, 1]
+    np.testing.assert_array_equal(got, np.argsort(-scores[users], axis=1)[:, :3])
+
+
+def test_recommend_rejects_bad_input() -> None:
+    scores = np.zeros((3, 4), np.float32)
+    with pytest.raises(ValueError, match="exceeds the number of items"):
+        recommend(FixedScores(scores), np.arange(3), sp.csr_matrix((3, 4)), 5)
+    scores[1, 2] = np.nan
+    with pytest.raises(ValueError, match="NaN"):
+        recommend(FixedScores(scores), np.arange(3), sp.csr_matrix((3, 4)), 2)
+    with pytest.raises(ValueError, match="k=0"):
+        top_k(np.zeros((2, 4), np.float32), 0)
+
+
+def test_recommender_diagnostics_default_to_none() -> None:
+    assert FixedScores(np.zeros((1, 2))).diagnostics() == {}
+
+
+def test_score_block_of_wrong_shape_is_an_error() -> None:
+    class WrongShape(FixedScores):
+        def score_block(self, users: np.ndarray) -> np.ndarray:
+            return np.zeros((len(users) + 1, 4), np.float32)
+
+    with pytest.raises(ValueError, match="shape"):
+        recommend(WrongShape(np.zeros((3, 4))), np.arange(3), sp.csr_matrix((3, 4)), 2)
+
+
+# ---- ProfileRecommender -------------------------------------------------------------------------
+
+VECTORS = np.array([[1, 0, 0], [0, 2, 0], [0, 0, 3], [1, 1, 0], [0, 0, 0]], dtype=np.float32)
+# user 0: items 0 (t=1), 1 (t=2), 2 (t=3) -> recency ranks 2, 1, 0; user 1: only missing item 4.
+HISTORY = history_of([(0, 0, 1), (0, 1, 2), (0, 2, 3), (1, 4, 5)], n_users=3, n_items=5)
+
+
+def test_mean_profile_scores_are_cosines_to_normalised_mean() -> None:
+    model = ProfileRecommender(VECTORS).fit(HISTORY)
+    profile = np.array([1, 1, 1]) / np.sqrt(3)  # mean of e_0, e_1, e_2 (unit vectors), normalised
+    expected = [profile[0], profile[1], profile[2], (profile[0] + profile[1]) / np.sqrt(2), -np.inf]
+    np.testing.assert_allclose(model.score_block(np.array([0]))[0], expected, rtol=1e-6)
+    np.testing.assert_allclose(model.profiles(np.array([0]))[0], profile, rtol=1e-6)
+
+
+def test_recency_weights_halve_every_half_life() -> None:
+    weights = history_weights(HISTORY, "recency", half_life=1.0).toarray()
+    np.testing.assert_allclose(weights[0, :3], [0.25, 0.5, 1.0])
+    model = ProfileRecommender(VECTORS, aggregation="recency", half_life=1.0).fit(HISTORY)
+    profile = np.array([0.25, 0.5, 1.0]) / np.linalg.norm([0.25, 0.5, 1.0])
+    np.testing.assert_allclose(model.score_block(np.array([0]))[0, :3], profile, rtol=1e-6)
+
+
+def test_history_cap_keeps_most_recent_items() -> None:
+    model = ProfileRecommender(VECTORS, history_cap=2).fit(HISTORY)
+    scores = model.score_block(np.array([0]))[0]
+    np.testing.assert_allclose(scores[:3], [0, 1 / np.sqrt(2), 1 / np.sqrt(2)], atol=1e-7)
+
+
+def test_missing_items_rank_last_and_empty_profiles_are_counted() -> None:
+    model = ProfileRecommender(VECTORS).fit(HISTORY)
+    assert model.n_empty_profiles == 2  # user 1 (only a missing item) and user 2 (no history)
+    assert model.diagnostics() == {"n_empty_profiles": 2, "n_missing_items": 1}
+    scores = model.score_block(np.array([1, 2]))
+    np.testing.assert_array_equal(scores[:, :4], 0.0)
+    topk = recommend(model, np.array([0, 1, 2]), HISTORY.matrix, 5)
+    np.testing.assert_array_equal(topk, [[3, 0, 1, 2, 4], [0, 1, 2, 3, 4], [0, 1, 2, 3, 4]])
+
+
+def test_knn_sum_without_truncation_ranks_like_unnormalised_mean() -> None:
+    rng = np.random.default_rng(1)
+    vectors = rng.normal(size=(25, 6)).astype(np.float32)
+    rows = [(u, int(i), t) for u in range(8) for t, i in enumerate(rng.choice(25, 6, replace=False))]
+    history = history_of(rows, 8, 25)
+    knn = ProfileRecommender(vectors, aggregation="knn_sum", knn_k=24).fit(history)
+    items = vectors / np.linalg.norm(vectors, axis=1, keepdims=True)
+    expected = FixedScores((history.matrix.toarray() @ items @ items.T).astype(np.float32))
+    users = np.arange(8)
+    np.testing.assert_array_equal(recommend(knn, users, history.matrix, 10),
+                                  recommend(expected, users, history.matrix, 10))
+
+
+def test_knn_sum_keeps_only_each_history_items_top_neighbours() -> None:
+    vectors = np.array([[1, 0], [0.9, 0.1], [0.5, 0.5], [0, 1]], dtype=np.float32)
+    history = history_of([(0, 0, 1)], 1, 4)
+    scores = ProfileRecommender(vectors, aggregation="knn_sum", knn_k=2).fit(history).score_block(
+        np.array([0]))[0]
+    unit = vectors / np.linalg.norm(vectors, axis=1, keepdims=True)
+    # item 0's two nearest other items are 1 and 2; item 3 falls outside its neighbourhood.
+    np.testing.assert_allclose(scores, [0, unit[0] @ unit[1], unit[0] @ unit[2], 0], rtol=1e-6)
+
+
+def test_profile_recommender_rejects_bad_configuration() -> None:
+    with pytest.raises(ValueError, match="aggregation"):
+        ProfileRecommender(VECTORS, aggregation="max")
+    with pytest.raises(ValueError, match="NaN"):
+        ProfileRecommender(np.full((2, 2), np.nan))
+    with pytest.raises(ValueError, match="items"):
+        ProfileRecommender(VECTORS[:3]).fit(HISTORY)
+    with pytest.raises(RuntimeError, match="fit"):
+        ProfileRecommender(VECTORS).score_block(np.array([0]))
+
+
+# ---- ScoreMix -----------------------------------------------------------------------------------
+
+def test_standardize_rows_uses_finite_entries_only() -> None:
+    z = standardize_rows(np.array([[1, 2, 3, -np.inf], [5, 5, 5, 5]], dtype=np.float32))
+    np.testing.assert_allclose(z[0, :3], [-np.sqrt(1.5), 0, np.sqrt(1.5)], rtol=1e-6)
+    assert np.isnan(z[0, 3])
+    np.testing.assert_array_equal(z[1], 0.0)
+
+
+def test_score_mix_combines_z_scores_and_keeps_unscorable_items_last() -> None:
+    a = np.array([[1, 2, 3, -np.inf, -np.inf]], dtype=np.float32)
+    b = np.array([[30, 20, 10, 0, -np.inf]], dtype=np.float32)
+    mix = ScoreMix(FixedScores(a), FixedScores(b), alpha=0.25).fit(HISTORY)
+    z_a = np.array([-1, 0, 1]) * np.sqrt(1.5)
+    z_b = (np.array([30, 20, 10, 0]) - 15) / np.std([30, 20, 10, 0])
+    expected = [0.25 * z_a[0] + 0.75 * z_b[0], 0.25 * z_a[1] + 0.75 * z_b[1],
+                0.25 * z_a[2] + 0.75 * z_b[2], 0.75 * z_b[3], -np.inf]
+    np.testing.assert_allclose(mix.score_block(np.array([0]))[0], expected, rtol=1e-5)
+    with pytest.raises(ValueError, match="alpha"):
+        ScoreMix(FixedScores(a), FixedScores(b), alpha=1.5)
+
+
+# ---- the shared recommender contract ------------------------------------------------------------
+
+class TestProfileMeanContract(RecommenderContract):
+    def make(self) -> Recommender:
+        return ProfileRecommender(planted_item_vectors())
+
+
+class TestProfileRecencyCappedContract(RecommenderContract):
+    def make(self) -> Recommender:
+        return ProfileRecommender(planted_item_vectors(), aggregation="recency", half_life=3.0,
+                                  history_cap=5)
+
+
+class TestProfileKnnSumContract(RecommenderContract):
+    def make(self) -> Recommender:
+        return ProfileRecommender(planted_item_vectors(), aggregation="knn_sum", knn_k=10)
+
+
+class TestScoreMixContract(RecommenderContract):
+    def make(self) -> Recommender:
+        return ScoreMix(ProfileRecommender(planted_item_vectors()),
+                        ProfileRecommender(planted_item_vectors(seed=1), aggregation="knn_sum"), 0.5)

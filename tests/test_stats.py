@@ -1,0 +1,85 @@
+import numpy as np
+import pandas as pd
+import pytest
+from scipy import stats as sps
+
+from vlm4rec.stats import bootstrap_ci, holm, paired_tests, results_table
+
+
+def test_holm_against_hand_computation() -> None:
+    # sorted: 0.01 (x4 = 0.04), 0.02 (x3 = 0.06), 0.03 (x2 = 0.06), 0.5 (x1 = 0.5)
+    np.testing.assert_allclose(holm([0.03, 0.5, 0.01, 0.02]), [0.06, 0.5, 0.04, 0.06])
+    # step-down monotonicity: 0.05 x 1 = 0.05 is raised to the earlier 0.04 x 2 = 0.08
+    np.testing.assert_allclose(holm([0.05, 0.04]), [0.08, 0.08])
+    np.testing.assert_allclose(holm([0.6, 0.9]), [1.0, 1.0])
+    with pytest.raises(ValueError):
+        holm([0.1, np.nan])
+
+
+def test_bootstrap_ci_brackets_the_mean_and_is_seeded() -> None:
+    values = np.random.default_rng(0).random(500)
+    mean, low, high = bootstrap_ci(values, n_resamples=2000, seed=3)
+    assert mean == pytest.approx(values.mean())
+    assert low < mean < high
+    # the percentile interval of the mean is close to the normal one for 500 uniform values
+    half_width = 1.96 * values.std(ddof=1) / np.sqrt(len(values))
+    assert high - low == pytest.approx(2 * half_width, rel=0.15)
+    assert bootstrap_ci(values, n_resamples=2000, seed=3) == (mean, low, high)
+    assert bootstrap_ci(values, n_resamples=2000, seed=4) != (mean, low, high)
+
+
+def test_bootstrap_ci_of_constant_values_is_a_point() -> None:
+    assert bootstrap_ci(np.full(10, 0.25)) == pytest.approx((0.25, 0.25, 0.25))
+    with pytest.raises(ValueError):
+        bootstrap_ci(np.array([]))
+
+
+def long_table() -> pd.DataFrame:
+    rng = np.random.default_rng(1)
+    ref = rng.random(80)
+    frames = [pd.DataFrame({"method": "ref", "user_idx": np.arange(80), "ndcg@10": ref}),
+              pd.DataFrame({"method": "better", "user_idx": np.arange(80), "ndcg@10": ref + 0.1
+                            + 0.05 * rng.normal(size=80)}),
+              pd.DataFrame({"method": "same", "user_idx": np.arange(80), "ndcg@10": ref}),
+              # evaluated on a subset of users only: compared on the common ones
+              pd.DataFrame({"method": "noisy", "user_idx": np.arange(10, 60),
+                            "ndcg@10": ref[10:60] + 0.2 * rng.normal(size=50)})]
+    return pd.concat(frames, ignore_index=True)
+
+
+def test_paired_tests_against_scipy_and_holm() -> None:
+    per_user = long_table()
+    table = paired_tests(per_user, "ref", "ndcg@10").set_index("method")
+    assert list(table.index) == ["better", "same", "noisy"]
+    ref = per_user[per_user["method"] == "ref"].set_index("user_idx")["ndcg@10"]
+    for method in ["better", "noisy"]:
+        other = per_user[per_user["method"] == method].set_index("user_idx")["ndcg@10"]
+        x, y = other.to_numpy(), ref.loc[other.index].to_numpy()
+        row = table.loc[method]
+        assert row["n_users"] == len(other)
+        assert row["mean_diff"] == pytest.approx((x - y).mean())
+        assert row["wilcoxon_p"] == pytest.approx(sps.wilcoxon(x, y, zero_method="wilcox").pvalue)
+        assert row["ttest_p"] == pytest.approx(sps.ttest_rel(x, y).pvalue)
+    assert table.loc["same", "wilcoxon_p"] == 1.0 and table.loc["same", "ttest_p"] == 1.0
+    np.testing.assert_allclose(table["wilcoxon_p_holm"], holm(table["wilcoxon_p"]))
+    np.testing.assert_allclose(table["ttest_p_holm"], holm(table["ttest_p"]))
+    assert table.loc["better", "wilcoxon_p_holm"] < 0.001
+
+
+def test_paired_tests_reject_bad_tables() -> None:
+    per_user = long_table()
+    with pytest.raises(ValueError, match="reference"):
+        paired_tests(per_user, "missing", "ndcg@10")
+    with pytest.raises(ValueError, match="more than one row"):
+        paired_tests(pd.concat([per_user, per_user.iloc[:1]]), "ref", "ndcg@10")
+
+
+def test_results_table_has_mean_and_ci_per_method_and_metric() -> None:
+    per_user = long_table().assign(recall=lambda t: t["ndcg@10"] / 2)
+    table = results_table(per_user, ["ndcg@10", "recall"], n_resamples=200)
+    assert len(table) == 8
+    row = table[(table["method"] == "noisy") & (table["metric"] == "recall")].iloc[0]
+    values = per_user.loc[per_user["method"] == "noisy", "recall"].to_numpy()
+    assert (row["mean"], row["ci_low"], row["ci_high"]) == pytest.approx(
+        bootstrap_ci(values, n_resamples=200))
+    assert row["n_users"] == 50
