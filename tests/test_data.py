@@ -123,3 +123,10 @@ def test_save_and_load_prepared_round_trip(prepared, tmp_path):
     pd.testing.assert_frame_equal(loaded.interactions, prepared.interactions, check_dtype=False)
     assert list(loaded.items["item_id"]) == list(prepared.items["item_id"])
     np.testing.assert_array_equal(loaded.features["vec"], prepared.features["vec"])
+
+
+def test_prepare_counts_everything_it_drops(prepared):
+    """21 rows read; 2 below 4 stars (u2's 3, u4's z); u3's repeated 'a'; u2 and u3 (4 distinct
+    positives each, 8 in all) fall below five positives."""
+    assert prepared.dropped == {"interactions_read": 21, "below_min_rating": 2, "repeated_user_item_pairs": 1,
+                                "users_below_min_positives": 2, "positives_of_those_users": 8}

@@ -85,10 +85,11 @@ def test_metrics_recomputed_independently_from_saved_topk(study: Path) -> None:
     inter = pd.read_parquet(study / "data/prepared/interactions.parquet")
     test = inter[inter["split"] == "test"].groupby("user_idx")["item_idx"].apply(set)
     for method_dir in sorted((study / "data/results").glob("*/*")):
-        per_user = pd.read_parquet(method_dir / "test_per_user.parquet").set_index("user_idx")
+        per_user = pd.read_parquet(method_dir / "test_per_user.parquet")
         topk = np.load(method_dir / "test_topk.npy")
-        users = np.load(method_dir / "test_users.npy")
-        for row, user in enumerate(users):
+        assert sorted(per_user["user_idx"]) == sorted(test.index), method_dir.name  # every test user, once
+        per_user = per_user.set_index("user_idx")
+        for row, user in enumerate(per_user.index):
             relevant = test[user]
             hits = [int(item) in relevant for item in topk[row, :10]]
             recall = sum(hits) / len(relevant)

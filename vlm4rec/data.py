@@ -64,6 +64,7 @@ class PreparedData:
     users: pd.DataFrame
     interactions: pd.DataFrame
     features: dict[str, np.ndarray] = field(default_factory=dict)
+    dropped: dict[str, int] = field(default_factory=dict)  # what preparation removed, and why
 
     @property
     def n_users(self) -> int:
@@ -116,14 +117,21 @@ def prepare(raw: RawDataset, min_rating: float | None, min_positives: int,
     inter["user_id"] = inter["user_id"].astype(str)
     inter["item_id"] = inter["item_id"].astype(str)
     given_split = "split" in inter.columns
+    dropped = {"interactions_read": len(inter)}
     if not given_split:
         inter = implicit_positives(inter, min_rating)
+    dropped["below_min_rating"] = dropped["interactions_read"] - len(inter)
     # One positive per (user, item): a repeated interaction keeps its earliest timestamp. Done before
     # the user filter so that a repeat does not count as a second positive.
     inter = inter.sort_values(["user_id", "timestamp", "item_id"], kind="mergesort")
+    before = len(inter)
     inter = inter.drop_duplicates(["user_id", "item_id"], keep="first")
+    dropped["repeated_user_item_pairs"] = before - len(inter)
     if not given_split:
+        before_users, before = inter["user_id"].nunique(), len(inter)
         inter = filter_users(inter, min_positives)
+        dropped["users_below_min_positives"] = before_users - inter["user_id"].nunique()
+        dropped["positives_of_those_users"] = before - len(inter)
 
     items = _complete_items(raw.items)
     universe = sorted(set(inter["item_id"]))
@@ -150,7 +158,7 @@ def prepare(raw: RawDataset, min_rating: float | None, min_positives: int,
     if unknown_splits:
         raise DataFormatError(raw.name, None, f"unknown split labels {sorted(unknown_splits)}")
     inter = inter[["user_idx", "item_idx", "timestamp", "rating", "split"]].reset_index(drop=True)
-    return PreparedData(items=items, users=users, interactions=inter, features=features)
+    return PreparedData(items=items, users=users, interactions=inter, features=features, dropped=dropped)
 
 
 def dataset_counts(data: PreparedData) -> dict[str, int]:

@@ -99,7 +99,7 @@ def prepare_stage(data: dict[str, Any], split: dict[str, Any]) -> tuple[Prepared
         prepared = prepare(raw, data.get("min_rating"), data["min_positives"], SplitConfig(**split))
         save_prepared(prepared, PREPARED_DIR)
     metrics = {"dataset": data["source"], "counts": dataset_counts(prepared),
-               "source_counts": raw.counts, "cost": costs | {"peak_rss_mb": round(peak_rss_mb(), 1)}}
+               "source_counts": raw.counts, "dropped_in_preparation": prepared.dropped, "cost": costs | {"peak_rss_mb": round(peak_rss_mb(), 1)}}
     write_json(METRICS_DIR / "prepare.json", metrics)
     return prepared, metrics
 
