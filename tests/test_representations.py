@@ -1,0 +1,151 @@
+"""Item texts with fallbacks, Representation bookkeeping and persistence, precomputed features."""
+from __future__ import annotations
+
+import hashlib
+import json
+
+import numpy as np
+import pandas as pd
+import pytest
+
+from vlm4rec.representations import Representation, coverage_of, from_features, from_texts, item_texts
+
+
+class HashingEncoder:
+    """Deterministic stand-in for a SentenceTransformer: a text's vector is seeded by its sha256."""
+
+    dim = 8
+
+    def __init__(self):
+        self.seen: list[str] = []
+
+    def get_embedding_dimension(self) -> int:
+        return self.dim
+
+    def encode(self, texts, batch_size, convert_to_numpy, normalize_embeddings, show_progress_bar):
+        self.seen.extend(texts)
+        rows = [np.random.default_rng(int(hashlib.sha256(t.encode()).hexdigest()[:8], 16)).normal(size=self.dim)
+                for t in texts]
+        rows = np.array(rows, dtype=np.float32)
+        return rows / np.linalg.norm(rows, axis=1, keepdims=True)
+
+    def vector(self, text: str) -> np.ndarray:
+        return self.encode([text], 1, True, True, False)[0]
+
+
+@pytest.fixture
+def items() -> pd.DataFrame:
+    return pd.DataFrame({
+        "item_idx": [0, 1, 2, 3],
+        "title": ["Toy Story (1995)", "Heat (1995)", "Casino (1995)", "Babe (1995)"],
+        "meta_text": ["Animation, Comedy", "Action, Crime", "", "Comedy"],
+    })
+
+
+@pytest.fixture
+def descriptions() -> pd.Series:
+    # item 1 has no image, item 3's grounding failed: neither is in the (status ok) descriptions
+    return pd.Series({2: "A man in a suit before neon lights.", 0: "Cartoon toys on a bed."})
+
+
+def test_title_texts_have_no_fallback(items):
+    texts = item_texts(items, "title")
+    assert texts.texts == items["title"].tolist()
+    assert texts.n_fallback == 0
+
+
+def test_title_meta_joins_genres_and_falls_back_to_title_without_metadata(items):
+    texts = item_texts(items, "title_meta")
+    assert texts.texts == ["Toy Story (1995). Genres: Animation, Comedy", "Heat (1995). Genres: Action, Crime",
+                           "Casino (1995)", "Babe (1995). Genres: Comedy"]
+    assert texts.is_fallback.tolist() == [False, False, True, False]
+
+
+def test_description_falls_back_to_title_for_items_without_a_description(items, descriptions):
+    texts = item_texts(items, "description", descriptions)
+    assert texts.texts == ["Cartoon toys on a bed.", "Heat (1995)", "A man in a suit before neon lights.",
+                           "Babe (1995)"]
+    assert texts.is_fallback.tolist() == [False, True, False, True]
+    assert texts.n_fallback == 2 and "title" in texts.fallback_rule
+
+
+def test_title_description_prepends_the_title(items, descriptions):
+    texts = item_texts(items, "title_description", descriptions)
+    assert texts.texts == ["Toy Story (1995). Cartoon toys on a bed.", "Heat (1995)",
+                           "Casino (1995). A man in a suit before neon lights.", "Babe (1995)"]
+    assert texts.is_fallback.tolist() == [False, True, False, True]
+
+
+def test_blank_description_counts_as_missing(items):
+    texts = item_texts(items, "description", pd.Series({0: "  ", 1: "Two men and a gun."}))
+    assert texts.texts[:2] == ["Toy Story (1995)", "Two men and a gun."]
+    assert texts.is_fallback.tolist() == [True, False, True, True]
+
+
+@pytest.mark.parametrize("bad, message", [
+    (None, "need `descriptions`"),
+    (pd.Series({7: "unknown item"}), "not in items"),
+    (pd.Series(["a", "b"], index=[0, 0]), "repeated"),
+])
+def test_bad_descriptions_are_refused(items, bad, message):
+    with pytest.raises(ValueError, match=message):
+        item_texts(items, "description", bad)
+
+
+def test_items_without_title_are_refused(items):
+    items.loc[1, "title"] = " "
+    with pytest.raises(ValueError, match=r"1 items have no title \(item_idx \[1\]\)"):
+        item_texts(items, "title")
+
+
+def test_unknown_kind_is_refused(items):
+    with pytest.raises(ValueError, match="unknown text kind"):
+        item_texts(items, "image")
+
+
+def test_from_texts_encodes_the_chosen_texts_and_reports_coverage(items, descriptions):
+    encoder = HashingEncoder()
+    texts = item_texts(items, "description", descriptions)
+    rep = from_texts("description_image_only", texts, encoder, "hash-8 on tagger descriptions", progress=False)
+    assert rep.name == "description_image_only" and rep.source == "hash-8 on tagger descriptions"
+    assert rep.n_fallback == 2 and rep.n_missing == 0 and rep.coverage == 0.5
+    assert rep.fallback_rule == texts.fallback_rule
+    np.testing.assert_allclose(rep.vectors[1], encoder.vector("Heat (1995)"), atol=1e-6)
+    np.testing.assert_allclose(rep.vectors[2], encoder.vector("A man in a suit before neon lights."), atol=1e-6)
+
+
+def test_from_features_normalises_rows_and_counts_zero_rows_missing():
+    array = np.array([[3.0, 4.0], [0.0, 0.0], [0.0, -2.0]])
+    rep = from_features("clip_image", array, "Align-MacridVAE CLIP image features")
+    np.testing.assert_allclose(rep.vectors, [[0.6, 0.8], [0.0, 0.0], [0.0, -1.0]])
+    assert rep.vectors.dtype == np.float32
+    assert rep.n_missing == 1 and rep.n_fallback == 0 and rep.coverage == pytest.approx(2 / 3)
+
+
+@pytest.mark.parametrize("array, message", [(np.array([1.0, 2.0]), "2-d"),
+                                            (np.array([[np.nan, 1.0]]), "NaN")])
+def test_from_features_refuses_bad_arrays(array, message):
+    with pytest.raises(ValueError, match=message):
+        from_features("x", array, "test")
+
+
+def test_coverage_of_counts_nonzero_rows():
+    assert coverage_of(np.array([[0.0, 1.0], [0.0, 0.0], [1e-9, 0.0], [0.0, 0.0]])) == 0.5
+
+
+def test_save_and_load_round_trip(tmp_path, items):
+    rep = from_texts("title", item_texts(items, "title"), HashingEncoder(), "hash-8 on titles", progress=False)
+    rep.save(tmp_path)
+    meta = json.loads((tmp_path / "title.json").read_text())
+    assert meta["n_items"] == 4 and meta["dim"] == 8 and meta["coverage"] == 1.0
+    loaded = Representation.load(tmp_path, "title")
+    np.testing.assert_array_equal(loaded.vectors, rep.vectors)
+    assert loaded.meta() == rep.meta()
+
+
+def test_load_refuses_a_matrix_that_disagrees_with_its_metadata(tmp_path):
+    rep = from_features("image", np.eye(3), "identity")
+    rep.save(tmp_path)
+    np.save(tmp_path / "image.npy", np.eye(2, dtype=np.float32))
+    with pytest.raises(ValueError, match="shape"):
+        Representation.load(tmp_path, "image")

@@ -1,0 +1,175 @@
+"""Item representations the study compares (STUDY.md section 2), each a named ``(n_items, d)`` matrix.
+
+Text representations are built in two visible steps: :func:`item_texts` chooses each item's text and
+records which items fall back to their title (no image, failed grounding, no metadata), then
+:func:`from_texts` encodes them. Image and precomputed features enter through
+:func:`from_features`, where an all-zero row means "missing" and stays zero: a missing item is never
+scored as if it had a real vector. Every :class:`Representation` carries its coverage, so that results
+can report it next to every number.
+"""
+from __future__ import annotations
+
+import json
+from dataclasses import asdict, dataclass
+from pathlib import Path
+from typing import TYPE_CHECKING, Literal, get_args
+
+import numpy as np
+import pandas as pd
+
+from vlm4rec.encoders import encode_texts, l2_normalise_rows
+
+if TYPE_CHECKING:
+    from sentence_transformers import SentenceTransformer
+
+TextKind = Literal["title", "title_meta", "description", "title_description"]
+TEXT_KINDS: tuple[str, ...] = get_args(TextKind)
+
+_NO_DESCRIPTION_RULE = "items without a grounded description (no image or failed grounding) use their title text"
+FALLBACK_RULES = {
+    "title": "none: every item has a title",
+    "title_meta": "items with no genres/metadata use their title text",
+    "description": _NO_DESCRIPTION_RULE,
+    "title_description": _NO_DESCRIPTION_RULE,
+}
+
+
+@dataclass(frozen=True)
+class TextsWithFallback:
+    """One text per item (``items`` row order) and which of them are the documented fallback."""
+
+    texts: list[str]
+    is_fallback: np.ndarray
+    fallback_rule: str
+
+    @property
+    def n_fallback(self) -> int:
+        return int(self.is_fallback.sum())
+
+
+def _clean(values: pd.Series) -> pd.Series:
+    """Strings with surrounding blanks removed; missing values become ""."""
+    return values.fillna("").astype(str).str.strip()
+
+
+def _descriptions_for(items: pd.DataFrame, descriptions: pd.Series | None) -> pd.Series:
+    """Description text per ``items`` row ("" where there is none); refuses unknown or repeated items."""
+    if descriptions is None:
+        raise ValueError("description kinds need `descriptions` (text indexed by item_idx, status ok only)")
+    if not descriptions.index.is_unique:
+        raise ValueError("descriptions has repeated item_idx values")
+    unknown = descriptions.index.difference(pd.Index(items["item_idx"]))
+    if len(unknown):
+        raise ValueError(f"descriptions name {len(unknown)} item_idx values not in items, "
+                         f"e.g. {unknown[:5].tolist()}")
+    return _clean(descriptions.reindex(items["item_idx"].to_numpy())).reset_index(drop=True)
+
+
+def item_texts(items: pd.DataFrame, kind: TextKind, descriptions: pd.Series | None = None) -> TextsWithFallback:
+    """The text each item is encoded from under representation ``kind``.
+
+    ``title``: the title. ``title_meta``: ``f"{title}. Genres: {meta_text}"``. ``description``: the
+    grounded description. ``title_description``: ``title + ". " + description``. ``descriptions`` holds
+    description text indexed by ``item_idx``, successful groundings only; an item absent from it (or with
+    blank text), or with no metadata for ``title_meta``, gets its title text and is flagged as a fallback.
+    Raises ``ValueError`` for items without a title: the title is every kind's fallback.
+    """
+    if kind not in TEXT_KINDS:
+        raise ValueError(f"unknown text kind {kind!r}; choose one of {TEXT_KINDS}")
+    titles = _clean(items["title"]).reset_index(drop=True)
+    untitled = items["item_idx"].to_numpy()[titles.eq("").to_numpy()]
+    if len(untitled):
+        raise ValueError(f"{len(untitled)} items have no title (item_idx {untitled[:10].tolist()}); "
+                         "the title is the fallback text of every representation")
+    if kind == "title":
+        content, joined = titles, titles
+    elif kind == "title_meta":
+        content = _clean(items["meta_text"]).reset_index(drop=True)
+        joined = titles + ". Genres: " + content
+    else:
+        content = _descriptions_for(items, descriptions)
+        joined = content if kind == "description" else titles + ". " + content
+    is_fallback = content.eq("").to_numpy()
+    texts = joined.where(~is_fallback, titles)
+    return TextsWithFallback(texts.tolist(), is_fallback, FALLBACK_RULES[kind])
+
+
+def coverage_of(vectors: np.ndarray) -> float:
+    """Share of rows that are real vectors (not all zero)."""
+    if len(vectors) == 0:
+        return float("nan")
+    return float(np.any(vectors != 0, axis=1).mean())
+
+
+@dataclass
+class Representation:
+    """A named item matrix: ``vectors`` ``(n_items, d)`` float32 rows aligned to item_idx, unit length or
+    all zero (= missing). ``coverage`` is the share of items with a real, non-fallback vector."""
+
+    name: str
+    vectors: np.ndarray
+    source: str
+    coverage: float
+    n_fallback: int
+    n_missing: int
+    fallback_rule: str = ""
+
+    @property
+    def n_items(self) -> int:
+        return len(self.vectors)
+
+    @property
+    def dim(self) -> int:
+        return int(self.vectors.shape[1])
+
+    def meta(self) -> dict:
+        """Everything but the vectors, JSON-ready."""
+        fields = asdict(self)
+        del fields["vectors"]
+        return fields | {"n_items": self.n_items, "dim": self.dim}
+
+    def save(self, directory: str | Path) -> Path:
+        """Write ``<name>.npy`` and ``<name>.json``; returns the ``.npy`` path."""
+        directory = Path(directory)
+        directory.mkdir(parents=True, exist_ok=True)
+        np.save(directory / f"{self.name}.npy", self.vectors)
+        (directory / f"{self.name}.json").write_text(json.dumps(self.meta(), indent=2) + "\n")
+        return directory / f"{self.name}.npy"
+
+    @classmethod
+    def load(cls, directory: str | Path, name: str) -> Representation:
+        """Read what :meth:`save` wrote; refuses a matrix whose shape disagrees with its metadata."""
+        directory = Path(directory)
+        meta = json.loads((directory / f"{name}.json").read_text())
+        vectors = np.load(directory / f"{name}.npy")
+        if vectors.shape != (meta["n_items"], meta["dim"]):
+            raise ValueError(f"{name}.npy has shape {vectors.shape}, its metadata says "
+                             f"({meta['n_items']}, {meta['dim']})")
+        return cls(name=meta["name"], vectors=vectors, source=meta["source"], coverage=meta["coverage"],
+                   n_fallback=meta["n_fallback"], n_missing=meta["n_missing"],
+                   fallback_rule=meta["fallback_rule"])
+
+
+def from_texts(name: str, texts: TextsWithFallback, encoder: SentenceTransformer, source: str,
+               batch_size: int = 256, progress: bool = True) -> Representation:
+    """Encode ``texts``; fallback items keep their (title) vector and count against coverage."""
+    vectors = encode_texts(texts.texts, encoder, batch_size=batch_size, progress=progress)
+    n = len(vectors)
+    return Representation(name=name, vectors=vectors, source=source,
+                          coverage=(n - texts.n_fallback) / n if n else float("nan"),
+                          n_fallback=texts.n_fallback, n_missing=0, fallback_rule=texts.fallback_rule)
+
+
+def from_features(name: str, array: np.ndarray, source: str) -> Representation:
+    """Precomputed or image features as a representation: non-zero rows L2-normalised, all-zero rows
+    kept as zero and counted missing. Refuses non-finite values and arrays that are not 2-d."""
+    array = np.asarray(array, dtype=np.float32)
+    if array.ndim != 2:
+        raise ValueError(f"{name}: features must be 2-d (n_items, d), got shape {array.shape}")
+    if not np.isfinite(array).all():
+        raise ValueError(f"{name}: features contain NaN or infinite values")
+    vectors = l2_normalise_rows(array)
+    present = np.any(vectors != 0, axis=1)
+    return Representation(name=name, vectors=vectors, source=source, coverage=coverage_of(vectors),
+                          n_fallback=0, n_missing=int((~present).sum()),
+                          fallback_rule="items without features keep an all-zero row (never scored as real)")
