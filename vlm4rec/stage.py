@@ -101,9 +101,9 @@ def run_notebook_stage(stage: str, extra: dict[str, Any] | None = None) -> Path:
 def run_cell_stage(stage: str, item: dict[str, Any]) -> None:
     """Run one cell of a grid stage (no notebook: a grid has dozens of cells, a kernel each would
     cost more than the cell); the stage's own notebook summarises all cells afterwards."""
-    from vlm4rec import pipeline
+    from vlm4rec.pipeline import ablate
 
-    pipeline.run_grid_cell(stage, declared_params(stage), item)
+    ablate.run_cell(stage, declared_params(stage), item)
 
 
 def parse_cell(pairs: list[str]) -> dict[str, Any]:

@@ -1,0 +1,73 @@
+"""Embed stage: every item representation the study compares, aligned to the item table."""
+from __future__ import annotations
+
+import json
+from typing import Any
+
+import pandas as pd
+
+from vlm4rec.encoders import (EfficientNetLite0Features, ImageEncoder, OpenClipImageEncoder,
+                              encode_image_paths, load_text_encoder)
+from vlm4rec.pipeline.common import (EMBEDDINGS_DIR, METRICS_DIR, load_descriptions, load_prepared_data,
+                                     peak_rss_mb, timed, write_json)
+from vlm4rec.representations import Representation, from_features, from_texts, item_texts
+
+
+def description_series(descriptions: pd.DataFrame, arm: str) -> pd.Series:
+    """Successful descriptions of one arm, indexed by item_idx (what representations expect)."""
+    ok = descriptions[(descriptions["arm"] == arm) & (descriptions["status"] == "ok")]
+    return ok.set_index("item_idx")["description"]
+
+def image_encoder_from_params(embed: dict[str, Any]) -> ImageEncoder:
+    """``embed.image_encoder``: offline EfficientNet-Lite0, or open_clip with a local weights file."""
+    if embed["image_encoder"] == "efficientnet_lite0":
+        return EfficientNetLite0Features()
+    if embed["image_encoder"] == "open_clip":
+        clip = embed["open_clip"]
+        if not clip.get("pretrained"):
+            raise ValueError("embed.open_clip.pretrained must name a weights file (or a tag when online)")
+        return OpenClipImageEncoder(clip["model_name"], clip["pretrained"])
+    raise ValueError(f"unknown embed.image_encoder {embed['image_encoder']!r}")
+
+def text_representations(items: pd.DataFrame, descriptions: pd.DataFrame, arms: list[str],
+                         encoder_spec: str, batch_size: int, grounder: str) -> list[Representation]:
+    """title, title_meta and, per prompt arm, description_<arm> and title_description_<arm>."""
+    encoder = load_text_encoder(encoder_spec)
+    label = f"sentence encoder {encoder_spec}"
+    jobs: list[tuple[str, str, pd.Series | None, str]] = [
+        ("title", "title", None, "title"), ("title_meta", "title_meta", None, "title + genres/metadata")]
+    for arm in arms:
+        series = description_series(descriptions, arm)
+        jobs += [(f"description_{arm}", "description", series, f"{grounder} descriptions, prompt arm {arm}"),
+                 (f"title_description_{arm}", "title_description", series,
+                  f"title + {grounder} descriptions, prompt arm {arm}")]
+    return [from_texts(name, item_texts(items, kind, series), encoder, f"{label} on {what}", batch_size)
+            for name, kind, series, what in jobs]
+
+def run(embed: dict[str, Any], ground: dict[str, Any]) -> tuple[pd.DataFrame, dict[str, Any]]:
+    """Encode every representation the study compares and save them aligned to the item table."""
+    costs: dict[str, Any] = {}
+    data = load_prepared_data()
+    descriptions = load_descriptions()
+    grounder = json.loads((METRICS_DIR / "ground.json").read_text())["grounder"]["description_of_method"]
+    with timed(costs, "wall"):
+        with timed(costs, "text"):
+            reps = text_representations(data.items, descriptions, ground["prompt_arms"],
+                                        embed["text_encoder"], embed["text_batch_size"], grounder)
+        encoder = image_encoder_from_params(embed)
+        features = encode_image_paths(data.items["image_path"].tolist(), encoder, embed["image_batch_size"])
+        costs["image_s"] = round(features.seconds, 3)
+        reps.append(from_features("image", features.vectors, f"image features: {features.encoder}"))
+        reps += [from_features(name, array, f"precomputed {name} shipped with the dataset")
+                 for name, array in data.features.items()]
+        for rep in reps:
+            rep.save(EMBEDDINGS_DIR)
+    n_texts = sum(r.n_items for r in reps if r.name not in data.features and r.name != "image")
+    costs |= {"text_items_per_s": round(n_texts / max(costs["text_s"], 1e-9), 1),
+              "images_per_s": round(features.images_per_s, 1), "peak_rss_mb": round(peak_rss_mb(), 1)}
+    summary = pd.DataFrame([{"name": r.name, "dim": r.dim, "coverage": r.coverage, "fallback": r.n_fallback,
+                             "missing": r.n_missing, "source": r.source} for r in reps]).set_index("name")
+    metrics = {"representations": summary.drop(columns="source").to_dict(orient="index"),
+               "image_failures": features.failures.to_dict(orient="records"), "cost": costs}
+    write_json(METRICS_DIR / "embed.json", metrics)
+    return summary, metrics

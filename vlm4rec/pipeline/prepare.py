@@ -1,0 +1,43 @@
+"""Prepare stage: read the source, make implicit positives, filter users, split."""
+from __future__ import annotations
+
+from typing import Any
+
+import numpy as np
+
+from vlm4rec.data import PreparedData, RawDataset, dataset_counts, prepare, save_prepared
+from vlm4rec.pipeline.common import METRICS_DIR, PREPARED_DIR, peak_rss_mb, timed, write_json
+from vlm4rec.splits import SplitConfig
+
+
+def load_raw(data_params: dict[str, Any]) -> RawDataset:
+    """The source named by ``data.source``, read with that source's own keys."""
+    from vlm4rec.datasets import load_source
+
+    source = data_params["source"]
+    keys = {k: v for k, v in (data_params.get(source) or {}).items() if v is not None}
+    return load_source(source, **keys)
+
+def sample_users(raw: RawDataset, n_users: int | None, seed: int) -> RawDataset:
+    """A seeded sample of ``n_users`` source users (all when None), for smoke runs and tests."""
+    if n_users is None:
+        return raw
+    users = np.sort(raw.interactions["user_id"].astype(str).unique())
+    if n_users >= len(users):
+        return raw
+    keep = set(np.random.default_rng(seed).choice(users, size=n_users, replace=False))
+    inter = raw.interactions[raw.interactions["user_id"].astype(str).isin(keep)]
+    return RawDataset(name=raw.name, interactions=inter, items=raw.items, features=raw.features,
+                      counts=raw.counts | {"sampled_users": n_users})
+
+def run(data: dict[str, Any], split: dict[str, Any]) -> tuple[PreparedData, dict[str, Any]]:
+    """Read the source, make implicit positives, filter users, split, write Parquet and metrics."""
+    costs: dict[str, Any] = {}
+    with timed(costs, "wall"):
+        raw = sample_users(load_raw(data), data.get("user_sample"), data.get("seed", 0))
+        prepared = prepare(raw, data.get("min_rating"), data["min_positives"], SplitConfig(**split))
+        save_prepared(prepared, PREPARED_DIR)
+    metrics = {"dataset": data["source"], "counts": dataset_counts(prepared),
+               "source_counts": raw.counts, "dropped_in_preparation": prepared.dropped, "cost": costs | {"peak_rss_mb": round(peak_rss_mb(), 1)}}
+    write_json(METRICS_DIR / "prepare.json", metrics)
+    return prepared, metrics
