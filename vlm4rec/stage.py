@@ -33,11 +33,11 @@ def stage_definition(stage: str, dvc_file: str | Path = "dvc.yaml") -> dict[str,
     return definition.get("do", definition)
 
 
-def _lookup(params: dict[str, Any], dotted: str) -> Any:
+def _lookup(params: dict[str, Any], dotted: str, source: str | Path = "params.yaml") -> Any:
     node: Any = params
     for part in dotted.split("."):
         if not isinstance(node, dict) or part not in node:
-            raise KeyError(f"params.yaml has no key {dotted!r}")
+            raise KeyError(f"{source} has no key {dotted!r}")
         node = node[part]
     return node
 
@@ -51,16 +51,20 @@ def _assign(target: dict[str, Any], dotted: str, value: Any) -> None:
 
 def declared_params(stage: str, params_file: str | Path = "params.yaml",
                     dvc_file: str | Path = "dvc.yaml") -> dict[str, Any]:
-    """The subset of ``params.yaml`` that ``stage`` declares, nested by top-level key.
+    """The subset of the parameter files that ``stage`` declares, nested by top-level key.
 
-    ``params: [data, eval.ks]`` gives ``{"data": {...}, "eval": {"ks": [...]}}``.
+    ``params: [data, eval.ks]`` gives ``{"data": {...}, "eval": {"ks": [...]}}``; an entry
+    ``{other.yaml: [x.y]}`` reads ``x.y`` from ``other.yaml`` (beside ``dvc.yaml``), as DVC does.
     """
-    params = load_yaml(params_file)
+    base = Path(dvc_file).parent
     selected: dict[str, Any] = {}
     for entry in stage_definition(stage, dvc_file).get("params", []):
-        keys = [entry] if isinstance(entry, str) else [k for keys in entry.values() for k in keys]
-        for key in keys:
-            _assign(selected, key, _lookup(params, key))
+        sources = {str(params_file): [entry]} if isinstance(entry, str) else {
+            str(base / name): keys for name, keys in entry.items()}
+        for path, keys in sources.items():
+            values = load_yaml(path)
+            for key in keys:
+                _assign(selected, key, _lookup(values, key, path))
     return selected
 
 
