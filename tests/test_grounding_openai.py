@@ -1,0 +1,224 @@
+"""OpenAIGrounder against a real HTTP server on 127.0.0.1 that plays scripted responses."""
+import base64
+import io
+import json
+import threading
+import time
+from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+
+import numpy as np
+import pandas as pd
+import pytest
+from PIL import Image
+
+from vlm4rec.grounding import openai_api
+from vlm4rec.grounding.base import GroundingError
+from vlm4rec.grounding.cache import DescriptionCache
+from vlm4rec.grounding.openai_api import OpenAIGrounder
+from vlm4rec.grounding.runner import ground_items
+
+KEY_ENV, KEY = "VLM4REC_TEST_KEY", "sk-test-SECRET-0123456789"
+IMAGE = Image.new("RGB", (6, 4), (200, 30, 30))
+
+
+def completion(text):
+    return {"id": "x", "choices": [{"index": 0, "finish_reason": "stop",
+                                    "message": {"role": "assistant", "content": text}}]}
+
+
+class ScriptedServer:
+    """Answers POST /v1/chat/completions with the next scripted action; default: a completion.
+
+    Actions: ("json", payload), ("status", code, headers), ("raw", bytes), ("sleep", seconds, payload),
+    ("echo_auth", code) (an error body quoting the Authorization header), ("barrier", n) (wait until n
+    requests are in flight, proving concurrency).
+    """
+
+    def __init__(self, script=()):
+        self.script, self.requests, self.lock = list(script), [], threading.Lock()
+        self.in_flight = self.max_in_flight = 0
+        self.barrier = None
+        server = self
+
+        class Handler(BaseHTTPRequestHandler):
+            def log_message(self, *args):
+                pass
+
+            def do_POST(self):
+                body = json.loads(self.rfile.read(int(self.headers["Content-Length"])))
+                with server.lock:
+                    server.requests.append({"path": self.path, "headers": dict(self.headers), "body": body})
+                    action = server.script.pop(0) if server.script else ("json", completion("a red poster"))
+                    server.in_flight += 1
+                    server.max_in_flight = max(server.max_in_flight, server.in_flight)
+                try:
+                    self.act(action)
+                except (BrokenPipeError, ConnectionResetError):
+                    pass  # the client gave up (timeout test)
+                finally:
+                    with server.lock:
+                        server.in_flight -= 1
+
+            def act(self, action):
+                kind = action[0]
+                if kind == "barrier":
+                    server.barrier.wait(timeout=5)
+                    return self.reply(200, json.dumps(completion("together")).encode())
+                if kind == "sleep":
+                    time.sleep(action[1])
+                    return self.reply(200, json.dumps(action[2]).encode())
+                if kind == "json":
+                    return self.reply(200, json.dumps(action[1]).encode())
+                if kind == "raw":
+                    return self.reply(200, action[1])
+                if kind == "echo_auth":
+                    return self.reply(action[1], f"bad key {self.headers.get('Authorization')}".encode())
+                return self.reply(action[1], b'{"error": "busy"}', action[2] if len(action) > 2 else {})
+
+            def reply(self, code, payload, headers=None):
+                self.send_response(code)
+                for name, value in (headers or {}).items():
+                    self.send_header(name, value)
+                self.send_header("Content-Type", "application/json")
+                self.send_header("Content-Length", str(len(payload)))
+                self.end_headers()
+                self.wfile.write(payload)
+
+        self.httpd = ThreadingHTTPServer(("127.0.0.1", 0), Handler)
+        self.httpd.daemon_threads = True
+        self.url = f"http://127.0.0.1:{self.httpd.server_address[1]}/v1"
+        threading.Thread(target=self.httpd.serve_forever, kwargs={"poll_interval": 0.01}, daemon=True).start()
+
+    def close(self):
+        self.httpd.shutdown()
+        self.httpd.server_close()
+
+
+@pytest.fixture
+def server():
+    servers = []
+
+    def start(script=()):
+        servers.append(ScriptedServer(script))
+        return servers[-1]
+
+    yield start
+    for s in servers:
+        s.close()
+
+
+@pytest.fixture(autouse=True)
+def api_key(monkeypatch):
+    monkeypatch.setenv(KEY_ENV, KEY)
+
+
+def grounder(url, **kwargs):
+    options = dict(model="vlm-test", api_key_env=KEY_ENV, max_new_tokens=32, concurrency=2, max_retries=3,
+                   backoff_s=0.001, timeout_s=2)
+    return OpenAIGrounder(url, **{**options, **kwargs})
+
+
+def test_request_format_and_success(server):
+    s = server()
+    assert grounder(s.url + "/").describe([IMAGE], ["Describe it."]) == ["a red poster"]
+    request = s.requests[0]
+    assert request["path"] == "/v1/chat/completions"
+    assert request["headers"]["Authorization"] == f"Bearer {KEY}"
+    body = request["body"]
+    assert (body["model"], body["max_tokens"], body["temperature"]) == ("vlm-test", 32, 0.0)
+    text, image = body["messages"][0]["content"]
+    assert text == {"type": "text", "text": "Describe it."}
+    prefix = "data:image/jpeg;base64,"
+    assert image["type"] == "image_url" and image["image_url"]["url"].startswith(prefix)
+    decoded = Image.open(io.BytesIO(base64.b64decode(image["image_url"]["url"][len(prefix):])))
+    assert decoded.format == "JPEG" and decoded.size == (6, 4)
+    assert np.abs(np.asarray(decoded).astype(int) - [200, 30, 30]).max() < 10
+
+
+def test_no_key_variable_means_no_authorization_header(server, monkeypatch):
+    monkeypatch.delenv(KEY_ENV)
+    s = server()
+    grounder(s.url).describe([IMAGE], ["x"])
+    assert "Authorization" not in s.requests[0]["headers"]
+
+
+@pytest.mark.parametrize("first", [("status", 429, {"Retry-After": "0"}), ("status", 500), ("status", 503)])
+def test_transient_errors_are_retried(server, first):
+    s = server([first])
+    assert grounder(s.url).describe([IMAGE], ["x"]) == ["a red poster"]
+    assert len(s.requests) == 2
+
+
+def test_backoff_is_exponential_and_retry_after_is_honoured(server, monkeypatch):
+    waits = []
+    monkeypatch.setattr(openai_api.time, "sleep", waits.append)
+    s = server([("status", 500), ("status", 502), ("status", 429, {"Retry-After": "7"})])
+    assert grounder(s.url, backoff_s=0.5).describe([IMAGE], ["x"]) == ["a red poster"]
+    assert waits == [0.5, 1.0, 7.0]
+
+
+def test_timeout_then_success_and_timeout_exhausted(server):
+    s = server([("sleep", 1.0, completion("late"))])
+    assert grounder(s.url, timeout_s=0.2).describe([IMAGE], ["x"]) == ["a red poster"]
+    s = server([("sleep", 1.0, completion("late"))] * 2)
+    with pytest.raises(GroundingError, match=r"retries_exhausted: .* failed 2 times; last: no response within 0.2 s"):
+        grounder(s.url, timeout_s=0.2, max_retries=1).describe([IMAGE], ["x"])
+
+
+@pytest.mark.parametrize("action, kind, message", [
+    (("raw", b"<html>gateway</html>"), "malformed_response", "response is not JSON"),
+    (("json", {"object": "error"}), "malformed_response", "response has no 'choices' list"),
+    (("json", {"choices": [{"message": {"role": "assistant"}}]}), "malformed_response",
+     r"no choices\[0\].message.content"),
+    (("json", completion("")), "empty_response", r"content is empty \(finish_reason='stop'\)"),
+    (("status", 400), "http_400", "answered HTTP 400"),
+])
+def test_bad_responses_fail_at_once_with_a_clear_reason(server, action, kind, message):
+    s = server([action])
+    with pytest.raises(GroundingError, match=message) as info:
+        grounder(s.url).describe([IMAGE], ["x"])
+    assert info.value.kind == kind and len(s.requests) == 1
+
+
+def test_requests_run_concurrently_and_keep_their_order(server):
+    s = server([("barrier", 3)] * 3)
+    s.barrier = threading.Barrier(3)
+    images = [IMAGE, IMAGE.resize((8, 8)), IMAGE.resize((10, 10))]
+    assert grounder(s.url, concurrency=3).describe(images, ["a", "b", "c"]) == ["together"] * 3
+    assert s.max_in_flight == 3
+
+
+def test_outcomes_isolate_a_failing_request(server):
+    s = server([("status", 400)])
+    outcomes = grounder(s.url, concurrency=1).describe_outcomes([IMAGE, IMAGE], ["a", "b"])
+    assert isinstance(outcomes[0], GroundingError) and outcomes[1] == "a red poster"
+
+
+def test_key_never_leaks(server, tmp_path):
+    s = server([("echo_auth", 401)])
+    g = grounder(s.url, concurrency=1)
+    assert KEY not in json.dumps(g.settings()) and KEY not in repr(g) and KEY not in str(vars(g))
+    with pytest.raises(GroundingError) as info:
+        g.describe([IMAGE], ["x"])
+    assert "bad key Bearer ***" in str(info.value) and KEY not in str(info.value)
+
+    IMAGE.save(tmp_path / "a.png")
+    Image.new("RGB", (5, 5), (0, 0, 255)).save(tmp_path / "b.png")
+    s.script = [("echo_auth", 403)]
+    items = pd.DataFrame({"item_idx": [0, 1], "item_id": ["a", "b"], "title": ["A", "B"],
+                          "image_path": [str(tmp_path / "a.png"), str(tmp_path / "b.png")], "has_image": True})
+    with DescriptionCache(tmp_path / "cache.sqlite") as cache:
+        result = ground_items(items, g, cache, "image_only", progress=False)
+    assert sorted(result.table["status"]) == ["failed", "ok"]
+    assert KEY not in result.table.to_csv()
+    for path in tmp_path.glob("cache.sqlite*"):
+        assert KEY.encode() not in path.read_bytes()
+
+
+def test_build_grounder_by_name():
+    from vlm4rec.grounding import build_grounder
+
+    built = build_grounder("openai", base_url="http://127.0.0.1:9/v1", model="m", api_key_env=KEY_ENV)
+    assert isinstance(built, OpenAIGrounder) and built.url == "http://127.0.0.1:9/v1/chat/completions"
+    with pytest.raises(ValueError, match="unknown grounder 'llava'"):
+        build_grounder("llava")
