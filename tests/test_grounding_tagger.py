@@ -45,7 +45,20 @@ def test_deterministic_and_independent_of_batching(tagger, chelsea):
     prompts = [build_prompt(IMAGE_ONLY, "")] * 3
     first = tagger.describe(images, prompts)
     assert tagger.describe(images, prompts) == first
-    assert [tagger.describe([image], [prompts[0]])[0] for image in images] == first
+    fresh = TaggerGrounder(batch_size=1)  # no memory of the batch above: recomputed one image at a time
+    assert [fresh.describe([image], [prompts[0]])[0] for image in images] == first
+
+
+def test_second_prompt_arm_reuses_the_image_analysis(chelsea, monkeypatch):
+    tagger = TaggerGrounder()
+    calls = []
+    original = tagger.objects
+    monkeypatch.setattr(tagger, "objects", lambda images: calls.append(len(images)) or original(images))
+    coffee = Image.fromarray(data.coffee())
+    plain = tagger.describe([chelsea, coffee, chelsea], [build_prompt(IMAGE_ONLY, "")] * 3)
+    leaked = tagger.describe([chelsea, coffee], [build_prompt(IMAGE_TITLE, "Heat (1995)")] * 2)
+    assert calls == [2]  # the repeated chelsea and the second arm never reach the classifier
+    assert plain[0] == plain[2] and leaked[1] == f"Poster of Heat (1995): {plain[1]}"
 
 
 def test_threshold_above_one_names_no_objects(tagger, chelsea):

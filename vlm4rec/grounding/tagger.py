@@ -24,6 +24,7 @@ the plain description.
 """
 from __future__ import annotations
 
+import hashlib
 from typing import Any
 
 import numpy as np
@@ -48,6 +49,7 @@ PALETTE: dict[str, tuple[int, int, int]] = {
     "brown": (120, 75, 35),
 }
 MIN_COLOUR_SHARE = 0.10
+MEMO_SIZE = 200_000
 TONE_THRESHOLDS = {"dark_below": 0.30, "bright_above": 0.65, "black_and_white_below": 0.06,
                    "muted_below": 0.20, "vivid_above": 0.50, "low_contrast_below": 0.12,
                    "high_contrast_above": 0.28}
@@ -69,6 +71,7 @@ class TaggerGrounder(Grounder):
         self._preprocess = imagenet_transform(RESIZE, CROP)
         self._palette = np.array(list(PALETTE.values()), dtype=np.float32) / 255.0
         self._names = [*ACHROMATIC, *PALETTE]
+        self._described: dict[bytes, str] = {}
 
     @property
     def model_id(self) -> str:
@@ -80,17 +83,31 @@ class TaggerGrounder(Grounder):
     def describe(self, images: list[Image.Image], prompts: list[str]) -> list[str]:
         if len(images) != len(prompts):
             raise ValueError(f"{len(images)} images but {len(prompts)} prompts")
-        if not images:
-            return []
-        objects = self.objects(images)
-        descriptions = []
-        for image, labels, prompt in zip(images, objects, prompts):
-            thumbnail = np.asarray(image.convert("RGB").resize((THUMBNAIL, THUMBNAIL), Image.BILINEAR),
-                                   dtype=np.float32) / 255.0
-            text = compose_description(tone_words(thumbnail), self.colour_names(thumbnail), labels)
-            title = title_in_prompt(prompt)
-            descriptions.append(f"Poster of {title}: {text}" if title is not None else text)
-        return descriptions
+        texts = self.describe_pixels(images)
+        titles = [title_in_prompt(prompt) for prompt in prompts]
+        return [f"Poster of {title}: {text}" if title is not None else text for text, title in zip(texts, titles)]
+
+    def describe_pixels(self, images: list[Image.Image]) -> list[str]:
+        """The prompt-independent description of each image.
+
+        Remembered per image content and settings for the life of the grounder (at most :data:`MEMO_SIZE` images), so
+        a second prompt arm over the same catalogue only composes text instead of re-running the classifier.
+        """
+        settings = repr(sorted(self.settings().items())).encode()
+        keys = [_content_key(image) + settings for image in images]
+        todo = list({key: image for key, image in zip(keys, images) if key not in self._described}.items())
+        if todo:
+            for (key, image), labels in zip(todo, self.objects([image for _, image in todo])):
+                thumbnail = np.asarray(image.convert("RGB").resize((THUMBNAIL, THUMBNAIL), Image.BILINEAR),
+                                       dtype=np.float32) / 255.0
+                self._remember(key, compose_description(tone_words(thumbnail), self.colour_names(thumbnail),
+                                                        labels))
+        return [self._described[key] for key in keys]
+
+    def _remember(self, key: bytes, text: str) -> None:
+        if len(self._described) >= MEMO_SIZE:
+            self._described.pop(next(iter(self._described)))
+        self._described[key] = text
 
     @torch.inference_mode()
     def objects(self, images: list[Image.Image]) -> list[list[str]]:
@@ -114,6 +131,13 @@ class TaggerGrounder(Grounder):
         shares = np.bincount(index, minlength=len(self._names)) / len(pixels)
         order = np.argsort(-shares, kind="stable")[: self.n_colours]
         return [self._names[i] for i in order if shares[i] >= MIN_COLOUR_SHARE]
+
+
+def _content_key(image: Image.Image) -> bytes:
+    """Digest of an image's mode, size and pixels (what the description is a function of)."""
+    digest = hashlib.blake2b(f"{image.mode}{image.size}".encode(), digest_size=16)
+    digest.update(image.tobytes())
+    return digest.digest()
 
 
 def tone_words(rgb: np.ndarray) -> list[str]:
