@@ -73,26 +73,30 @@ def slice_plot(slices: pd.DataFrame, value: str, slice_col: str = "slice") -> pl
 
 
 def image_grid(paths: Sequence[str | None], captions: Sequence[str], ncols: int = 6,
-               cell_inches: float = 2.0, row_titles: Sequence[str] | None = None) -> plt.Figure:
-    """Posters (or a grey placeholder where an item has no image) with wrapped captions."""
+               cell_inches: float = 2.0, width_chars: int = 30) -> plt.Figure:
+    """Posters (a grey placeholder where an item has no image) with captions wrapped above each.
+
+    Each row is as tall as its image plus its longest wrapped caption, so captions never overlap posters.
+    """
     from textwrap import fill
 
     from vlm4rec.images import ImageLoadError, load_image
 
+    wrapped = ["\n".join(fill(part, width_chars) for part in caption.split("\n")) for caption in captions]
     nrows = max(1, int(np.ceil(len(paths) / ncols)))
-    fig, axes = plt.subplots(nrows, ncols, figsize=(ncols * cell_inches, nrows * cell_inches * 1.9),
-                             squeeze=False)
+    row_lines = [max([w.count("\n") + 1 for w in wrapped[r * ncols:(r + 1) * ncols]] or [1]) for r in range(nrows)]
+    line_inches = 0.13
+    heights = [cell_inches * 1.5 + line_inches * lines for lines in row_lines]
+    fig, axes = plt.subplots(nrows, ncols, figsize=(ncols * cell_inches, sum(heights)), squeeze=False,
+                             gridspec_kw={"height_ratios": heights})
     for ax in axes.flat:
         ax.axis("off")
-    for ax, path, caption in zip(axes.flat, paths, captions):
+    placeholder = np.full((3, 2, 3), 200, dtype=np.uint8)
+    for ax, path, caption in zip(axes.flat, paths, wrapped):
         try:
-            ax.imshow(load_image(path) if path else np.full((3, 2, 3), 200, dtype=np.uint8))
+            ax.imshow(load_image(path) if path else placeholder)
         except ImageLoadError:
-            ax.imshow(np.full((3, 2, 3), 200, dtype=np.uint8))
-        ax.set_title(fill(caption, 28), fontsize=7, loc="left")
-    if row_titles is not None:
-        for row, title in zip(axes[:, 0], row_titles):
-            row.text(-0.1, 0.5, title, transform=row.transAxes, rotation=90, va="center", ha="right",
-                     fontsize=9)
+            ax.imshow(placeholder)
+        ax.set_title(caption, fontsize=7, loc="left")
     fig.tight_layout()
     return fig
