@@ -41,6 +41,10 @@ def _small_params(params: dict, posters: Path) -> dict:
     params["eval"]["bootstrap_resamples"] = 200
     params["baselines"]["itemknn_cf"] = {"k_neighbours": [20, 50], "shrinkage": [0]}
     params["baselines"]["ease"] = {"l2": [50, 500]}
+    params["fusion"] |= {"seeds": [0, 1], "epochs": 3}
+    # A few cells of each matrix stage: the machinery is the same, each cell costs a process start.
+    params["ablation"] = {"grounded": ["description"], "ungrounded": ["title"], "arms": ["image_only"],
+                          "aggregations": ["mean", "knn_sum"], "caps": ["all"]}
     return params
 
 

@@ -34,8 +34,9 @@ def test_image_grid_lays_out_rows_and_uses_a_placeholder_for_missing_or_broken_i
     Image.fromarray(np.full((30, 20, 3), 255, dtype=np.uint8)).save(good)
     broken = tmp_path / "broken.jpg"
     broken.write_bytes(b"not an image")
-    fig = plots.image_grid([str(good), None, str(broken)], ["one", "two\nlines", "three"], ncols=2)
-    assert len(fig.axes) == 4  # two rows of two, the last cell empty
-    shapes = [ax.get_images()[0].get_array().shape for ax in fig.axes[:3]]
-    assert shapes == [(30, 20, 3), (3, 2, 3), (3, 2, 3)]
+    fig = plots.image_grid([str(good), None, str(broken), float("nan")], ["one", "two\nlines", "three", "four"],
+                           ncols=3)
+    assert len(fig.axes) == 6  # two rows of three, the last two cells empty
+    shapes = [ax.get_images()[0].get_array().shape for ax in fig.axes[:4]]
+    assert shapes == [(30, 20, 3), (3, 2, 3), (3, 2, 3), (3, 2, 3)]
     assert fig.axes[1].get_title(loc="left") == "two\nlines"

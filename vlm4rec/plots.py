@@ -2,6 +2,7 @@
 from __future__ import annotations
 
 from collections.abc import Sequence
+from pathlib import Path
 
 import matplotlib.pyplot as plt
 import numpy as np
@@ -72,9 +73,10 @@ def slice_plot(slices: pd.DataFrame, value: str, slice_col: str = "slice") -> pl
     return fig
 
 
-def image_grid(paths: Sequence[str | None], captions: Sequence[str], ncols: int = 6,
+def image_grid(paths: Sequence[str | float | None], captions: Sequence[str], ncols: int = 6,
                cell_inches: float = 2.0, width_chars: int = 30) -> plt.Figure:
-    """Posters (a grey placeholder where an item has no image) with captions wrapped above each.
+    """Posters (a grey placeholder where an item has no image: None or NaN path, or a broken file) with
+    captions wrapped above each.
 
     Each row is as tall as its image plus its longest wrapped caption, so captions never overlap posters.
     """
@@ -94,7 +96,7 @@ def image_grid(paths: Sequence[str | None], captions: Sequence[str], ncols: int 
     placeholder = np.full((3, 2, 3), 200, dtype=np.uint8)
     for ax, path, caption in zip(axes.flat, paths, wrapped):
         try:
-            ax.imshow(load_image(path) if path else placeholder)
+            ax.imshow(load_image(path) if isinstance(path, (str, Path)) and str(path) else placeholder)
         except ImageLoadError:
             ax.imshow(placeholder)
         ax.set_title(caption, fontsize=7, loc="left")
