@@ -16,9 +16,11 @@ def cell_name(cell: dict[str, Any]) -> str:
     """Directory / metrics name of one grid cell, e.g. ``description-image_only-mean-all``."""
     return "-".join(str(cell[k]) for k in ("representation", "arm", "aggregation", "cap") if k in cell)
 
+
 def cell_representation(cell: dict[str, Any]) -> str:
     """The embedding a cell matches with: ``<representation>_<arm>`` for grounded representations."""
     return f"{cell['representation']}_{cell['arm']}" if "arm" in cell else cell["representation"]
+
 
 def run_cell(stage: str, params: dict[str, Any], cell: dict[str, Any]) -> MethodResult:
     """One ablation cell: its aggregation's knob chosen on validation, test read once."""
@@ -35,6 +37,7 @@ def run_cell(stage: str, params: dict[str, Any], cell: dict[str, Any]) -> Method
                 "cost": {"wall_s": round(time.perf_counter() - start, 3),
                          "peak_rss_mb": round(peak_rss_mb(), 1)}})
     return result
+
 
 def ablation_table() -> pd.DataFrame:
     """Every finished cell's chosen configuration and test metrics (one row per cell)."""

@@ -18,6 +18,7 @@ def description_series(descriptions: pd.DataFrame, arm: str) -> pd.Series:
     ok = descriptions[(descriptions["arm"] == arm) & (descriptions["status"] == "ok")]
     return ok.set_index("item_idx")["description"]
 
+
 def image_encoder_from_params(embed: dict[str, Any]) -> ImageEncoder:
     """``embed.image_encoder``: offline EfficientNet-Lite0, or open_clip with a local weights file."""
     if embed["image_encoder"] == "efficientnet_lite0":
@@ -28,6 +29,7 @@ def image_encoder_from_params(embed: dict[str, Any]) -> ImageEncoder:
             raise ValueError("embed.open_clip.pretrained must name a weights file (or a tag when online)")
         return OpenClipImageEncoder(clip["model_name"], clip["pretrained"])
     raise ValueError(f"unknown embed.image_encoder {embed['image_encoder']!r}")
+
 
 def text_representations(items: pd.DataFrame, descriptions: pd.DataFrame, arms: list[str],
                          encoder_spec: str, batch_size: int, grounder: str) -> list[Representation]:
@@ -44,16 +46,27 @@ def text_representations(items: pd.DataFrame, descriptions: pd.DataFrame, arms: 
     return [from_texts(name, item_texts(items, kind, series), encoder, f"{label} on {what}", batch_size)
             for name, kind, series, what in jobs]
 
+
 def run(embed: dict[str, Any], ground: dict[str, Any]) -> tuple[pd.DataFrame, dict[str, Any]]:
-    """Encode every representation the study compares and save them aligned to the item table."""
+    """Encode every representation the study compares and save them aligned to the item table.
+
+    Text representations need every item's title (the fallback of every text kind); a source without
+    titles (MMRec without its metadata file) gets none, and ``metrics/embed.json`` says why under ``skipped``.
+    """
     costs: dict[str, Any] = {}
     data = load_prepared_data()
     descriptions = load_descriptions()
     grounder = json.loads((METRICS_DIR / "ground.json").read_text())["grounder"]["description_of_method"]
+    untitled = int((data.items["title"].str.strip() == "").sum())
+    skipped = {}
     with timed(costs, "wall"):
         with timed(costs, "text"):
-            reps = text_representations(data.items, descriptions, ground["prompt_arms"],
-                                        embed["text_encoder"], embed["text_batch_size"], grounder)
+            if untitled:  # every text representation falls back to the title: none can be built honestly
+                skipped["text representations"] = f"{untitled} of {data.n_items} items have no title"
+                reps = []
+            else:
+                reps = text_representations(data.items, descriptions, ground["prompt_arms"],
+                                            embed["text_encoder"], embed["text_batch_size"], grounder)
         encoder = image_encoder_from_params(embed)
         features = encode_image_paths(data.items["image_path"].tolist(), encoder, embed["image_batch_size"])
         costs["image_s"] = round(features.seconds, 3)
@@ -68,6 +81,7 @@ def run(embed: dict[str, Any], ground: dict[str, Any]) -> tuple[pd.DataFrame, di
     summary = pd.DataFrame([{"name": r.name, "dim": r.dim, "coverage": r.coverage, "fallback": r.n_fallback,
                              "missing": r.n_missing, "source": r.source} for r in reps]).set_index("name")
     metrics = {"representations": summary.drop(columns="source").to_dict(orient="index"),
-               "image_failures": features.failures.to_dict(orient="records"), "cost": costs}
+               "image_failures": features.failures.to_dict(orient="records"), "skipped": skipped,
+               "cost": costs}
     write_json(METRICS_DIR / "embed.json", metrics)
     return summary, metrics

@@ -26,11 +26,13 @@ def simplex_grid(names: list[str], step: float) -> list[dict[str, float]]:
     return [{n: c / n_steps for n, c in zip(names, counts)}
             for counts in product(range(n_steps + 1), repeat=len(names)) if sum(counts) == n_steps]
 
+
 def concat_candidates(modalities: dict[str, np.ndarray], step: float) -> list[Candidate]:
     """Weighted concat (= late score fusion) over the weight simplex, each with the mean profile."""
     return [Candidate({"weights": w}, lambda w=w: ProfileRecommender(weighted_concat(modalities, w),
                                                                       name="fusion_concat"))
             for w in simplex_grid(list(modalities), step)]
+
 
 def hybrid_candidates(vectors: np.ndarray, l2: float, alphas: list[float], name: str) -> list[Candidate]:
     """Content profile score mixed with EASE^R (its L2 as chosen on validation by the match stage)."""
@@ -39,9 +41,11 @@ def hybrid_candidates(vectors: np.ndarray, l2: float, alphas: list[float], name:
                                            name=f"hybrid_{name}_ease"))
             for a in alphas]
 
+
 def seed_method(kind: str, seed: int) -> str:
     """Result name of one seed of a learned fusion (the report groups them by the part before '@')."""
     return f"fusion_{kind}@seed{seed}"
+
 
 def run(eval: dict[str, Any], fusion: dict[str, Any]) -> tuple[dict[str, MethodResult], dict[str, Any]]:
     """Weighted concat, learned fusions over seeds, and content + EASE^R hybrids; same users and items."""
@@ -79,6 +83,7 @@ def run(eval: dict[str, Any], fusion: dict[str, Any]) -> tuple[dict[str, MethodR
         PLOTS_DIR / "fusion_val_loss.csv", index=False)
     return results, metrics
 
+
 def modality_weight_summary(run: FusionResult, modalities: dict[str, np.ndarray]) -> dict[str, float] | None:
     """Mean weight a trained attention / gating fusion puts on each modality (None for spectral)."""
     if not hasattr(run.model, "modality_weights"):
@@ -86,6 +91,7 @@ def modality_weight_summary(run: FusionResult, modalities: dict[str, np.ndarray]
     with torch.no_grad():
         weights = run.model.modality_weights({n: torch.as_tensor(x) for n, x in modalities.items()})
     return {name: float(w) for name, w in zip(run.model.names, weights.mean(dim=0).tolist())}
+
 
 def seed_spread(results: dict[str, MethodResult], metric: str) -> pd.DataFrame:
     """Mean and standard deviation over seeds of a seeded method's test ``metric``."""

@@ -17,6 +17,7 @@ def grounder_from_params(ground: dict[str, Any]) -> Grounder:
     options = {k: v for k, v in (ground.get(backend) or {}).items() if v is not None}
     return build_grounder(backend, **options)
 
+
 def run(ground: dict[str, Any]) -> tuple[pd.DataFrame, dict[str, Any]]:
     """Describe every item image under each prompt arm through the cache; one long table out."""
     costs: dict[str, Any] = {}
@@ -42,6 +43,7 @@ def run(ground: dict[str, Any]) -> tuple[pd.DataFrame, dict[str, Any]]:
     write_json(METRICS_DIR / "ground.json", metrics)
     return descriptions, metrics
 
+
 def grounding_gallery(descriptions: pd.DataFrame, n_items: int = 12, seed: int = 0) -> pd.DataFrame:
     """A seeded sample of described items with one caption holding every arm's description."""
     ok = descriptions[descriptions["status"] == "ok"]
@@ -53,6 +55,7 @@ def grounding_gallery(descriptions: pd.DataFrame, n_items: int = 12, seed: int =
             f"[{arm}] {text}" for arm, text in zip(part["arm"], part["description"]))
         rows.append({"item_idx": item, "image_path": part["image_path"].iloc[0], "caption": caption})
     return pd.DataFrame(rows)
+
 
 def description_diagnostics(descriptions: pd.DataFrame, top: int = 30) -> dict[str, pd.DataFrame]:
     """Per arm: length statistics, vocabulary size, title-mention (leakage) rate; most frequent words."""

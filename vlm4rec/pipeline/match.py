@@ -24,6 +24,7 @@ def baseline_candidates(method: str, baselines: dict[str, Any]) -> list[Candidat
         return [Candidate({"l2": l2}, lambda l2=l2: EASE(l2=l2)) for l2 in baselines["ease"]["l2"]]
     raise ValueError(f"unknown baseline {method!r}; known: mostpop, itemknn_cf, ease")
 
+
 def run(eval: dict[str, Any], match: dict[str, Any], profile: dict[str, Any],
                 baselines: dict[str, Any]) -> tuple[dict[str, MethodResult], dict[str, Any]]:
     """Classic baselines and profile matching over every representation, on the same users and items."""

@@ -18,6 +18,7 @@ def load_raw(data_params: dict[str, Any]) -> RawDataset:
     keys = {k: v for k, v in (data_params.get(source) or {}).items() if v is not None}
     return load_source(source, **keys)
 
+
 def sample_users(raw: RawDataset, n_users: int | None, seed: int) -> RawDataset:
     """A seeded sample of ``n_users`` source users (all when None), for smoke runs and tests."""
     if n_users is None:
@@ -29,6 +30,7 @@ def sample_users(raw: RawDataset, n_users: int | None, seed: int) -> RawDataset:
     inter = raw.interactions[raw.interactions["user_id"].astype(str).isin(keep)]
     return RawDataset(name=raw.name, interactions=inter, items=raw.items, features=raw.features,
                       counts=raw.counts | {"sampled_users": n_users})
+
 
 def run(data: dict[str, Any], split: dict[str, Any]) -> tuple[PreparedData, dict[str, Any]]:
     """Read the source, make implicit positives, filter users, split, write Parquet and metrics."""

@@ -17,11 +17,13 @@ def load_all_results() -> dict[str, MethodResult]:
     return {path.name: load_result(path) for stage in ("match", "fusion")
             for path in sorted((RESULTS_DIR / stage).glob("*")) if path.is_dir()}
 
+
 def paired_test_table(results: dict[str, MethodResult], references: list[str], metric: str) -> pd.DataFrame:
     """Paired Wilcoxon and t-tests of every method against each reference (Holm within a reference)."""
     per_user = collapse_seeds(per_user_long(results))
     tables = [paired_tests(per_user, ref, metric) for ref in references if ref in set(per_user["method"])]
     return pd.concat(tables, ignore_index=True) if tables else pd.DataFrame()
+
 
 def cost_table() -> pd.DataFrame:
     """Wall time, throughput and peak memory per stage, from the stages' metrics JSON."""
@@ -38,6 +40,7 @@ def cost_table() -> pd.DataFrame:
     for arm, counts in grounding.items():
         rows[f"ground: {arm}"] = {k: counts.get(k) for k in ("wall_s", "images_per_s", "items_per_s")}
     return pd.DataFrame(rows).T
+
 
 def user_gallery(results: dict[str, MethodResult], methods: list[str], n_users: int = 3, history: int = 6,
                  k: int = 5, seed: int = 0) -> list[tuple[str, list[str | None], list[str]]]:
