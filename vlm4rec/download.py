@@ -9,7 +9,6 @@ there and decodes. Every failure is recorded with its reason, nothing is dropped
 """
 from __future__ import annotations
 
-import io
 import os
 import re
 import tempfile
