@@ -92,10 +92,19 @@ def test_bad_descriptions_are_refused(items, bad, message):
         item_texts(items, "description", bad)
 
 
-def test_items_without_title_are_refused(items):
-    items.loc[1, "title"] = " "
-    with pytest.raises(ValueError, match=r"1 items have no title \(item_idx \[1\]\)"):
-        item_texts(items, "title")
+def test_items_without_title_use_what_else_they_have_or_go_missing(items, descriptions):
+    items.loc[[0, 1], "title"] = " "  # item 0 has metadata and a description, item 1 neither
+    assert item_texts(items, "title").texts[:2] == ["", ""]
+    meta = item_texts(items, "title_meta")
+    assert meta.texts[:2] == ["Genres: Animation, Comedy", "Genres: Action, Crime"] and not meta.is_fallback[:2].any()
+    described = item_texts(items, "title_description", descriptions)
+    assert described.texts[:2] == ["Cartoon toys on a bed.", ""]
+    assert list(described.is_missing) == [False, True, False, False]
+    assert list(described.is_fallback) == [False, False, False, True]  # item 1 has no title to fall back on
+    encoder = HashingEncoder()
+    rep = from_texts("title_description", described, encoder, "hash-8", progress=False)
+    assert rep.n_missing == 1 and rep.n_fallback == 1 and rep.coverage == 0.5
+    assert not rep.vectors[1].any() and "" not in encoder.seen
 
 
 def test_unknown_kind_is_refused(items):

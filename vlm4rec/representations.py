@@ -26,8 +26,9 @@ TextKind = Literal["title", "title_meta", "description", "title_description"]
 TEXT_KINDS: tuple[str, ...] = get_args(TextKind)
 
 _NO_DESCRIPTION_RULE = "items without a grounded description (no image or failed grounding) use their title text"
+_NO_TEXT_RULE = "; items with no text at all (no title and nothing else) get no vector (missing, ranked last)"
 FALLBACK_RULES = {
-    "title": "none: every item has a title",
+    "title": "none: items without a title get no vector (missing, ranked last)",
     "title_meta": "items with no genres/metadata use their title text",
     "description": _NO_DESCRIPTION_RULE,
     "title_description": _NO_DESCRIPTION_RULE,
@@ -36,11 +37,16 @@ FALLBACK_RULES = {
 
 @dataclass(frozen=True)
 class TextsWithFallback:
-    """One text per item (``items`` row order) and which of them are the documented fallback."""
+    """One text per item (``items`` row order; "" where an item has no text at all), which of them are
+    the documented fallback, and which items have nothing to encode (``is_missing``)."""
 
     texts: list[str]
     is_fallback: np.ndarray
     fallback_rule: str
+
+    @property
+    def is_missing(self) -> np.ndarray:
+        return np.array([text == "" for text in self.texts], dtype=bool)
 
     @property
     def n_fallback(self) -> int:
@@ -72,26 +78,29 @@ def item_texts(items: pd.DataFrame, kind: TextKind, descriptions: pd.Series | No
     grounded description. ``title_description``: ``title + ". " + description``. ``descriptions`` holds
     description text indexed by ``item_idx``, successful groundings only; an item absent from it (or with
     blank text), or with no metadata for ``title_meta``, gets its title text and is flagged as a fallback.
-    Raises ``ValueError`` for items without a title: the title is every kind's fallback.
+    An item without a title (e.g. an Amazon product with no metadata row) uses what else it has; with
+    nothing at all its text is "" and it gets no vector (:attr:`TextsWithFallback.is_missing`).
     """
     if kind not in TEXT_KINDS:
         raise ValueError(f"unknown text kind {kind!r}; choose one of {TEXT_KINDS}")
     titles = _clean(items["title"]).reset_index(drop=True)
-    untitled = items["item_idx"].to_numpy()[titles.eq("").to_numpy()]
-    if len(untitled):
-        raise ValueError(f"{len(untitled)} items have no title (item_idx {untitled[:10].tolist()}); "
-                         "the title is the fallback text of every representation")
     if kind == "title":
-        content, joined = titles, titles
-    elif kind == "title_meta":
+        return TextsWithFallback(titles.tolist(), np.zeros(len(titles), dtype=bool), FALLBACK_RULES[kind])
+    if kind == "title_meta":
         content = _clean(items["meta_text"]).reset_index(drop=True)
-        joined = titles + ". Genres: " + content
+        joined = _join(titles, "Genres: " + content)
     else:
         content = _descriptions_for(items, descriptions)
-        joined = content if kind == "description" else titles + ". " + content
-    is_fallback = content.eq("").to_numpy()
-    texts = joined.where(~is_fallback, titles)
-    return TextsWithFallback(texts.tolist(), is_fallback, FALLBACK_RULES[kind])
+        joined = content if kind == "description" else _join(titles, content)
+    is_fallback = content.eq("").to_numpy() & titles.ne("").to_numpy()
+    texts = joined.where(content.ne(""), titles)
+    return TextsWithFallback(texts.tolist(), is_fallback, FALLBACK_RULES[kind] + _NO_TEXT_RULE)
+
+
+def _join(first: pd.Series, second: pd.Series) -> pd.Series:
+    """``first + ". " + second`` per row, or whichever of the two is non-empty."""
+    both = first.ne("") & second.ne("")
+    return (first + ". " + second).where(both, first + second)
 
 
 def coverage_of(vectors: np.ndarray) -> float:
@@ -152,12 +161,19 @@ class Representation:
 
 def from_texts(name: str, texts: TextsWithFallback, encoder: SentenceTransformer, source: str,
                batch_size: int = 256, progress: bool = True) -> Representation:
-    """Encode ``texts``; fallback items keep their (title) vector and count against coverage."""
-    vectors = encode_texts(texts.texts, encoder, batch_size=batch_size, progress=progress)
+    """Encode ``texts``; fallback items keep their (title) vector and count against coverage, items with
+    no text keep an all-zero row (missing)."""
+    missing = texts.is_missing
+    present = [text for text, gone in zip(texts.texts, missing) if not gone]
+    encoded = encode_texts(present, encoder, batch_size=batch_size, progress=progress) if present else None
+    vectors = np.zeros((len(texts.texts), encoder.get_embedding_dimension()), dtype=np.float32)
+    if encoded is not None:
+        vectors[~missing] = encoded
     n = len(vectors)
-    return Representation(name=name, vectors=vectors, source=source,
-                          coverage=(n - texts.n_fallback) / n if n else float("nan"),
-                          n_fallback=texts.n_fallback, n_missing=0, fallback_rule=texts.fallback_rule)
+    real = n - texts.n_fallback - int(missing.sum())
+    return Representation(name=name, vectors=vectors, source=source, coverage=real / n if n else float("nan"),
+                          n_fallback=texts.n_fallback, n_missing=int(missing.sum()),
+                          fallback_rule=texts.fallback_rule)
 
 
 def from_features(name: str, array: np.ndarray, source: str) -> Representation:

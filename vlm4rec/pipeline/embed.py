@@ -48,25 +48,15 @@ def text_representations(items: pd.DataFrame, descriptions: pd.DataFrame, arms: 
 
 
 def run(embed: dict[str, Any], ground: dict[str, Any]) -> tuple[pd.DataFrame, dict[str, Any]]:
-    """Encode every representation the study compares and save them aligned to the item table.
-
-    Text representations need every item's title (the fallback of every text kind); a source without
-    titles (MMRec without its metadata file) gets none, and ``metrics/embed.json`` says why under ``skipped``.
-    """
+    """Encode every representation the study compares and save them aligned to the item table."""
     costs: dict[str, Any] = {}
     data = load_prepared_data()
     descriptions = load_descriptions()
     grounder = json.loads((METRICS_DIR / "ground.json").read_text())["grounder"]["description_of_method"]
-    untitled = int((data.items["title"].str.strip() == "").sum())
-    skipped = {}
     with timed(costs, "wall"):
         with timed(costs, "text"):
-            if untitled:  # every text representation falls back to the title: none can be built honestly
-                skipped["text representations"] = f"{untitled} of {data.n_items} items have no title"
-                reps = []
-            else:
-                reps = text_representations(data.items, descriptions, ground["prompt_arms"],
-                                            embed["text_encoder"], embed["text_batch_size"], grounder)
+            reps = text_representations(data.items, descriptions, ground["prompt_arms"],
+                                        embed["text_encoder"], embed["text_batch_size"], grounder)
         encoder = image_encoder_from_params(embed)
         features = encode_image_paths(data.items["image_path"].tolist(), encoder, embed["image_batch_size"])
         costs["image_s"] = round(features.seconds, 3)
@@ -81,7 +71,6 @@ def run(embed: dict[str, Any], ground: dict[str, Any]) -> tuple[pd.DataFrame, di
     summary = pd.DataFrame([{"name": r.name, "dim": r.dim, "coverage": r.coverage, "fallback": r.n_fallback,
                              "missing": r.n_missing, "source": r.source} for r in reps]).set_index("name")
     metrics = {"representations": summary.drop(columns="source").to_dict(orient="index"),
-               "image_failures": features.failures.to_dict(orient="records"), "skipped": skipped,
-               "cost": costs}
+               "image_failures": features.failures.to_dict(orient="records"), "cost": costs}
     write_json(METRICS_DIR / "embed.json", metrics)
     return summary, metrics
