@@ -55,8 +55,9 @@ def study(tmp_path_factory) -> Path:
     work = root / "repo"
     files = subprocess.run(["git", "ls-files", "--cached", "--others", "--exclude-standard"], cwd=REPO,
                            capture_output=True, text=True, check=True).stdout.split()
+    stage_outputs = ("data/", "metrics/", "plots/", "reports/", "dvc.lock")  # a developer's earlier runs
     for name in files:
-        if (REPO / name).is_file():
+        if (REPO / name).is_file() and not name.startswith(stage_outputs):
             (work / name).parent.mkdir(parents=True, exist_ok=True)
             shutil.copy2(REPO / name, work / name)
     posters = root / "posters"
