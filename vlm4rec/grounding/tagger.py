@@ -104,6 +104,10 @@ class TaggerGrounder(Grounder):
                                                         labels))
         return [self._described[key] for key in keys]
 
+    def forget(self) -> None:
+        """Drop the remembered image analyses (benchmarks time cold runs with it)."""
+        self._described.clear()
+
     def _remember(self, key: bytes, text: str) -> None:
         if len(self._described) >= MEMO_SIZE:
             self._described.pop(next(iter(self._described)))
