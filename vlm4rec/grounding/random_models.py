@@ -130,42 +130,25 @@ def _text_config(spec: RandomVLMSpec, tokenizer: Any, default_type: str) -> dict
             "eos_token_id": tokenizer.eos_token_id}
 
 
-def _llava(spec: RandomVLMSpec) -> tuple[Any, Any]:
-    from transformers import CLIPImageProcessor, LlavaConfig, LlavaProcessor
+def _llava_family(spec: RandomVLMSpec) -> tuple[Any, Any]:
+    """LLaVA-1.5 (``llava``) or LLaVA-NeXT (``llava_next``, anyres tiling over ``image_grid_pinpoints``)."""
+    import transformers as tf
 
+    image_processor_cls, processor_cls, config_cls = {
+        "llava": (tf.CLIPImageProcessor, tf.LlavaProcessor, tf.LlavaConfig),
+        "llava_next": (tf.LlavaNextImageProcessor, tf.LlavaNextProcessor, tf.LlavaNextConfig)}[spec.family]
+    tiling = {"image_grid_pinpoints": spec.extra["image_grid_pinpoints"]} if spec.family == "llava_next" else {}
     tokenizer = byte_level_tokenizer(list(_LLAVA_TOKENS.values()), spec.vocab_size)
-    image_processor = CLIPImageProcessor(size={"shortest_edge": spec.image_size},
-                                         crop_size={"height": spec.image_size, "width": spec.image_size})
-    processor = LlavaProcessor(image_processor=image_processor, tokenizer=tokenizer,
-                               patch_size=spec.vision["patch_size"], vision_feature_select_strategy="default",
-                               num_additional_image_tokens=1,
-                               chat_template=_CHAT_TEMPLATE.replace("IMAGE_MARKUP", _LLAVA_TOKENS["image"]))
-    config = LlavaConfig(vision_config={"model_type": "clip_vision_model", "image_size": spec.image_size,
-                                        **spec.vision},
-                         text_config=_text_config(spec, tokenizer, "llama"),
-                         image_token_index=tokenizer.convert_tokens_to_ids(_LLAVA_TOKENS["image"]),
-                         vision_feature_select_strategy="default", vision_feature_layer=-2)
-    return processor, config
-
-
-def _llava_next(spec: RandomVLMSpec) -> tuple[Any, Any]:
-    from transformers import LlavaNextConfig, LlavaNextImageProcessor, LlavaNextProcessor
-
-    tokenizer = byte_level_tokenizer(list(_LLAVA_TOKENS.values()), spec.vocab_size)
-    pinpoints = spec.extra["image_grid_pinpoints"]
-    image_processor = LlavaNextImageProcessor(size={"shortest_edge": spec.image_size},
-                                              crop_size={"height": spec.image_size, "width": spec.image_size},
-                                              image_grid_pinpoints=pinpoints)
-    processor = LlavaNextProcessor(image_processor=image_processor, tokenizer=tokenizer,
-                                   patch_size=spec.vision["patch_size"], vision_feature_select_strategy="default",
-                                   num_additional_image_tokens=1,
-                                   chat_template=_CHAT_TEMPLATE.replace("IMAGE_MARKUP", _LLAVA_TOKENS["image"]))
-    config = LlavaNextConfig(vision_config={"model_type": "clip_vision_model", "image_size": spec.image_size,
-                                            **spec.vision},
-                             text_config=_text_config(spec, tokenizer, "llama"),
-                             image_token_index=tokenizer.convert_tokens_to_ids(_LLAVA_TOKENS["image"]),
-                             image_grid_pinpoints=pinpoints, vision_feature_select_strategy="default",
-                             vision_feature_layer=-2)
+    image_processor = image_processor_cls(size={"shortest_edge": spec.image_size},
+                                          crop_size={"height": spec.image_size, "width": spec.image_size}, **tiling)
+    processor = processor_cls(image_processor=image_processor, tokenizer=tokenizer,
+                              patch_size=spec.vision["patch_size"], vision_feature_select_strategy="default",
+                              num_additional_image_tokens=1,
+                              chat_template=_CHAT_TEMPLATE.replace("IMAGE_MARKUP", _LLAVA_TOKENS["image"]))
+    config = config_cls(vision_config={"model_type": "clip_vision_model", "image_size": spec.image_size, **spec.vision},
+                        text_config=_text_config(spec, tokenizer, "llama"),
+                        image_token_index=tokenizer.convert_tokens_to_ids(_LLAVA_TOKENS["image"]),
+                        vision_feature_select_strategy="default", vision_feature_layer=-2, **tiling)
     return processor, config
 
 
@@ -189,4 +172,4 @@ def _qwen2_vl(spec: RandomVLMSpec) -> tuple[Any, Any]:
     return processor, config
 
 
-_PROCESSOR_AND_CONFIG = {"llava": _llava, "llava_next": _llava_next, "qwen2_vl": _qwen2_vl}
+_PROCESSOR_AND_CONFIG = {"llava": _llava_family, "llava_next": _llava_family, "qwen2_vl": _qwen2_vl}
