@@ -53,21 +53,25 @@ def metric_bars(table: pd.DataFrame, metric: str) -> plt.Figure:
 
 
 def metric_at_k_curves(curves: pd.DataFrame, metric: str = "recall") -> plt.Figure:
-    """``metric``@K against K per method (curves: method, k, <metric>)."""
-    fig, ax = plt.subplots(figsize=(6.5, 4))
-    sns.lineplot(data=curves, x="k", y=metric, hue="method", marker="o", ax=ax)
-    ax.set(xscale="log", xticks=sorted(curves["k"].unique()), xlabel="K", ylabel=f"{metric}@K (test)")
-    ax.get_xaxis().set_major_formatter(plt.ScalarFormatter())
-    ax.legend(bbox_to_anchor=(1.02, 1), loc="upper left", fontsize="small")
+    """``metric``@K against K per method (curves: method, k, <metric>); the legend sits below the plot."""
+    n_methods = curves["method"].nunique()
+    fig, ax = plt.subplots(figsize=(9, 4.5 + 0.12 * n_methods))
+    sns.lineplot(data=curves, x="k", y=metric, hue="method", style="method", markers=True, dashes=False,
+                 palette="tab20" if n_methods > 10 else "tab10", ax=ax)
+    ax.set_xticks(sorted(curves["k"].unique()))
+    ax.set(xlabel="K", ylabel=f"{metric}@K (test)")
+    ax.legend(loc="upper center", bbox_to_anchor=(0.5, -0.15), ncol=3, fontsize="small", frameon=False)
     fig.tight_layout()
     return fig
 
 
-def slice_plot(slices: pd.DataFrame, value: str, slice_col: str = "slice") -> plt.Figure:
-    """Grouped bars of ``value`` per slice and method (slices: method, slice, value, ...)."""
+def slice_plot(slices: pd.DataFrame, value: str = "value", slice_col: str = "slice") -> plt.Figure:
+    """Grouped bars of ``value`` per slice and method (slices: method, slice, value, and optionally the
+    ``metric`` the values are, which labels the axis)."""
     fig, ax = plt.subplots(figsize=(9, 3.8))
     sns.barplot(data=slices, x=slice_col, y=value, hue="method", ax=ax)
-    ax.set(xlabel="", ylabel=value)
+    label = slices["metric"].iloc[0] if "metric" in slices and slices["metric"].nunique() == 1 else value
+    ax.set(xlabel="", ylabel=label)
     ax.legend(bbox_to_anchor=(1.02, 1), loc="upper left", fontsize="small")
     fig.tight_layout()
     return fig
