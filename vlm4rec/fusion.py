@@ -27,6 +27,7 @@ import scipy.sparse as sp
 import torch
 import torch.nn.functional as F
 from torch import nn
+from tqdm.auto import tqdm
 
 from vlm4rec.splits import History
 
@@ -386,7 +387,7 @@ def _train_epoch(model: FusionModule, optimizer: torch.optim.Optimizer,
 def train_fusion(model: FusionModule, modalities: Mapping[str, np.ndarray], train_history: History,
                  val_history: History, val_targets: sp.spmatrix, *, seed: int = 0, epochs: int = 50,
                  batch_size: int = 512, lr: float = 1e-3, patience: int = 5, negatives: int = 100,
-                 temperature: float = 0.1, weight_decay: float = 0.0) -> FusionResult:
+                 temperature: float = 0.1, weight_decay: float = 0.0, progress: bool = True) -> FusionResult:
     """Train ``model`` with the held-out-positive sampled softmax on ``train_history``; keep the epoch
     with the lowest validation loss (``val_history`` as input, ``val_targets`` as positives), stopping
     after ``patience`` epochs without improvement. Deterministic given ``seed``; ``model`` ends holding
@@ -410,14 +411,17 @@ def train_fusion(model: FusionModule, modalities: Mapping[str, np.ndarray], trai
     val_curve = [validation_loss(encode(model, modalities), validation, temperature)]
     train_curve: list[float] = []
     best_epoch, best_state = 0, copy.deepcopy(model.state_dict())
-    for epoch in range(1, epochs + 1):
+    bar = tqdm(range(1, epochs + 1), unit="epoch", desc=f"{type(model).__name__} seed {seed}", disable=not progress)
+    for epoch in bar:
         train_curve.append(_train_epoch(model, optimizer, features, history, rng, batch_size,
                                         negatives, temperature))
         val_curve.append(validation_loss(encode(model, modalities), validation, temperature))
+        bar.set_postfix(train_loss=f"{train_curve[-1]:.3f}", val_loss=f"{val_curve[-1]:.3f}", best=best_epoch)
         if val_curve[-1] < val_curve[best_epoch]:
             best_epoch, best_state = epoch, copy.deepcopy(model.state_dict())
         elif epoch - best_epoch >= patience:
             break
+    bar.close()
     model.load_state_dict(best_state)
     return FusionResult(vectors=encode(model, modalities), val_loss_curve=val_curve,
                         train_loss_curve=train_curve, best_epoch=best_epoch, seed=seed,
