@@ -8,7 +8,7 @@ import pandas as pd
 
 from vlm4rec.evaluation import MethodResult, load_result
 from vlm4rec.pipeline.common import (METRICS_DIR, RESULTS_DIR, collapse_seeds, load_prepared_data,
-                                     per_user_long)
+                                     method_family, per_user_long)
 from vlm4rec.stats import paired_tests
 
 
@@ -23,6 +23,16 @@ def paired_test_table(results: dict[str, MethodResult], references: list[str], m
     per_user = collapse_seeds(per_user_long(results))
     tables = [paired_tests(per_user, ref, metric) for ref in references if ref in set(per_user["method"])]
     return pd.concat(tables, ignore_index=True) if tables else pd.DataFrame()
+
+
+def coverage_columns(results: dict[str, MethodResult]) -> pd.DataFrame:
+    """Per method family: the item coverage of its representation (embed stage; NaN for methods that use
+    no single representation) and its catalogue coverage@10 (mean over seeds)."""
+    embedded = json.loads((METRICS_DIR / "embed.json").read_text())["representations"]
+    catalogue = pd.Series({m: r.coverage["coverage@10"] for m, r in results.items()})
+    catalogue = catalogue.groupby(catalogue.index.map(method_family)).mean()
+    items = pd.Series({m: embedded[m]["coverage"] if m in embedded else np.nan for m in catalogue.index})
+    return pd.DataFrame({"item_coverage": items, "catalogue_coverage@10": catalogue})
 
 
 def cost_table() -> pd.DataFrame:
