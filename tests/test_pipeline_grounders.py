@@ -45,8 +45,12 @@ def ground_params(backend: str, options: dict) -> dict:
 
 
 def run_twice(params: dict) -> tuple[pd.DataFrame, pd.DataFrame, dict]:
+    """Ground twice; the stage's output file must not change when the second run is served from cache
+    (later stages would otherwise re-run for nothing)."""
     first, metrics = ground.run(params)
+    written = Path("data/grounding/descriptions.parquet").read_bytes()
     again, _ = ground.run(params)
+    assert Path("data/grounding/descriptions.parquet").read_bytes() == written
     return first, again, metrics
 
 

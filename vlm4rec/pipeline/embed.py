@@ -1,7 +1,6 @@
 """Embed stage: every item representation the study compares, aligned to the item table."""
 from __future__ import annotations
 
-import json
 from typing import Any
 
 import pandas as pd
@@ -52,7 +51,7 @@ def run(embed: dict[str, Any], ground: dict[str, Any]) -> tuple[pd.DataFrame, di
     costs: dict[str, Any] = {}
     data = load_prepared_data()
     descriptions = load_descriptions()
-    grounder = json.loads((METRICS_DIR / "ground.json").read_text())["grounder"]["description_of_method"]
+    grounder = descriptions["grounder_method"].iloc[0] if len(descriptions) else "no grounder"
     with timed(costs, "wall"):
         with timed(costs, "text"):
             reps = text_representations(data.items, descriptions, ground["prompt_arms"],

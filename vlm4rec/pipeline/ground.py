@@ -35,8 +35,11 @@ def run(ground: dict[str, Any]) -> tuple[pd.DataFrame, dict[str, Any]]:
                                                                                 "mentions_title"].mean())}
     descriptions = pd.concat(tables, ignore_index=True).merge(
         items[["item_idx", "title", "image_path"]], on="item_idx")
+    descriptions["grounder_method"] = grounder.description_of_method
     GROUNDING_DIR.mkdir(parents=True, exist_ok=True)
-    descriptions.to_parquet(GROUNDING_DIR / "descriptions.parquet", index=False)
+    # The file holds content only: whether a row came from the cache is run provenance (in the metrics),
+    # and would otherwise make a cached re-run look like new descriptions to every later stage.
+    descriptions.drop(columns="from_cache").to_parquet(GROUNDING_DIR / "descriptions.parquet", index=False)
     metrics = {"grounder": {"backend": ground["backend"], "model": grounder.model_id,
                             "description_of_method": grounder.description_of_method},
                "arms": arms, "cost": costs | {"peak_rss_mb": round(peak_rss_mb(), 1)}}
