@@ -11,6 +11,7 @@ so images/s and generated tokens/s are comparable across batch sizes. Images are
     python benchmarks/bench_hf_gpu.py --quick            # ~3 min on one H100: both models, batch 1/8/32
     python benchmarks/bench_hf_gpu.py --batch-sizes 1 4 16 64 --new-tokens 64
     python benchmarks/bench_hf_gpu.py --device cpu --specs tiny-llava --batch-sizes 2 --new-tokens 4  # smoke test
+    python benchmarks/bench_hf_gpu.py --check-batching   # batched == one-by-one greedy outputs, float32
 
 Exits with status 2 and a message when CUDA is asked for but unavailable.
 """
@@ -99,6 +100,26 @@ def run_spec(name: str, batch_sizes: list[int], new_tokens: int, batches: int, d
     return report
 
 
+def check_batching(name: str, device: str, new_tokens: int = 16) -> dict:
+    """Greedy outputs of one left-padded batch against one image at a time, in float32 (random bf16
+    weights tie too easily for an exact comparison): the reference code's padding bug would show here."""
+    spec = SPECS[name]
+    model, processor = build_random_vlm(spec, seed=0, dtype=torch.float32, device=device)
+    grounder = HFGrounder.from_components(model, processor, model_id=f"random:{name}", max_new_tokens=new_tokens)
+    images = poster_like_images(4)
+    prompts = [build_prompt(IMAGE_ONLY, ""), "Colours?", "Describe this poster in two short sentences, please.",
+               "Who is on it?"]
+    batched = grounder.describe(images, prompts)
+    single = [grounder.describe([image], [prompt])[0] for image, prompt in zip(images, prompts)]
+    result = {"spec": name, "device": device, "dtype": "float32", "new_tokens": new_tokens,
+              "images": len(images), "identical": sum(b == s for b, s in zip(batched, single))}
+    print(json.dumps(result), flush=True)
+    del grounder, model
+    if device == "cuda":
+        torch.cuda.empty_cache()
+    return result
+
+
 def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--quick", action="store_true", help="batch sizes 1 8 32, 32 new tokens, 2 timed batches")
@@ -109,6 +130,8 @@ def main() -> int:
     parser.add_argument("--batches", type=int, default=3, help="timed batches per batch size")
     parser.add_argument("--device", default="cuda")
     parser.add_argument("--json", help="also write the results to this file")
+    parser.add_argument("--check-batching", action="store_true",
+                        help="only compare batched and one-by-one greedy outputs (float32) per spec")
     args = parser.parse_args()
     if args.quick:
         args.batch_sizes, args.new_tokens, args.batches = [1, 8, 32], 32, 2
@@ -119,7 +142,11 @@ def main() -> int:
     header = {"device": torch.cuda.get_device_name() if args.device == "cuda" else "cpu",
               "torch": torch.__version__}
     print(json.dumps(header), flush=True)
-    reports = [run_spec(name, args.batch_sizes, args.new_tokens, args.batches, args.device) for name in args.specs]
+    if args.check_batching:
+        reports = [check_batching(name, args.device) for name in args.specs]
+    else:
+        reports = [run_spec(name, args.batch_sizes, args.new_tokens, args.batches, args.device)
+                   for name in args.specs]
     if args.json:
         with open(args.json, "w") as out:
             json.dump({**header, "results": reports}, out, indent=1)
