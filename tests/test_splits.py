@@ -4,8 +4,9 @@ from __future__ import annotations
 import numpy as np
 import pandas as pd
 import pytest
+import scipy.sparse as sp
 
-from vlm4rec.splits import SplitConfig, assign_split, build_history, targets_of
+from vlm4rec.splits import SplitConfig, assign_split, binarize, build_history, targets_of
 
 
 def user_rows(user: int, items: list[int], timestamps: list[int]) -> pd.DataFrame:
@@ -117,3 +118,12 @@ def test_targets_of_is_the_binary_matrix_of_one_split():
     targets = targets_of(interactions_with_splits(), "test", n_users=3, n_items=5)
     assert targets.shape == (3, 5)
     np.testing.assert_array_equal(targets.toarray(), [[1, 0, 0, 0, 0], [1, 0, 0, 0, 0], [0, 0, 0, 0, 0]])
+
+
+def test_binarize_keeps_positive_entries_as_ones_with_sorted_indices():
+    raw = sp.csr_matrix((np.array([3.0, -1.0, 0.5, 0.0]), np.array([2, 0, 1, 0]), np.array([0, 2, 4])),
+                        shape=(2, 3))
+    out = binarize(raw)
+    assert out.dtype == np.float32 and out.has_sorted_indices
+    np.testing.assert_array_equal(out.toarray(), [[0, 0, 1], [0, 1, 0]])
+    assert out.nnz == 2  # the negative and the explicit zero are dropped, not stored

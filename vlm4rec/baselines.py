@@ -14,15 +14,7 @@ import scipy.linalg
 import scipy.sparse as sp
 
 from vlm4rec.matching import Recommender
-from vlm4rec.splits import History
-
-
-def binary_matrix(history: History) -> sp.csr_matrix:
-    """The history as a users x items float32 0/1 matrix (any stored value > 0 counts as one)."""
-    matrix = sp.csr_matrix(history.matrix, dtype=np.float32, copy=True)
-    matrix.data = (matrix.data > 0).astype(np.float32)
-    matrix.eliminate_zeros()
-    return matrix
+from vlm4rec.splits import History, binarize
 
 
 class _HistoryRecommender(Recommender):
@@ -42,7 +34,7 @@ class MostPop(_HistoryRecommender):
     name = "mostpop"
 
     def fit(self, history: History) -> "MostPop":
-        self._history = binary_matrix(history)
+        self._history = binarize(history.matrix)
         self.popularity = np.asarray(self._history.sum(axis=0), dtype=np.float32).ravel()
         return self
 
@@ -94,7 +86,7 @@ class ItemKNNCF(_HistoryRecommender):
         self.k_neighbours, self.shrinkage = k_neighbours, shrinkage
 
     def fit(self, history: History) -> "ItemKNNCF":
-        self._history = binary_matrix(history)
+        self._history = binarize(history.matrix)
         self.similarity = cosine_topk_similarity(self._history, self.k_neighbours, self.shrinkage)
         return self
 
@@ -123,7 +115,7 @@ class EASE(_HistoryRecommender):
         self.l2 = l2
 
     def fit(self, history: History) -> "EASE":
-        self._history = binary_matrix(history)
+        self._history = binarize(history.matrix)
         self.weights = ease_weights(self._history, self.l2).astype(np.float32)
         return self
 

@@ -33,6 +33,7 @@ from PIL import Image
 from tqdm.auto import tqdm
 
 from vlm4rec.images import ImageLoadError, load_image
+from vlm4rec.matching import normalize_rows
 
 if TYPE_CHECKING:
     from sentence_transformers import SentenceTransformer
@@ -126,13 +127,6 @@ def encode_texts(texts: Sequence[str], encoder: SentenceTransformer, batch_size:
 
 # --- images ---------------------------------------------------------------------------------------
 
-def l2_normalise_rows(vectors: np.ndarray) -> np.ndarray:
-    """Rows scaled to unit length as float32; all-zero rows stay zero (they mean "missing")."""
-    vectors = np.asarray(vectors, dtype=np.float32)
-    norms = np.linalg.norm(vectors, axis=1, keepdims=True)
-    return np.divide(vectors, norms, out=np.zeros_like(vectors), where=norms > 0)
-
-
 def imagenet_transform(resize: int = 256, crop: int = 224) -> Callable[[Image.Image], torch.Tensor]:
     """ImageNet evaluation preprocessing: shorter side to ``resize`` (PIL bicubic), centre crop ``crop``,
     mean/std normalisation; returns a ``(3, crop, crop)`` float32 tensor.
@@ -196,7 +190,7 @@ class ImageEncoder(ABC):
         """L2-normalised float32 ``(n, dim)`` features of a preprocessed batch."""
         with torch.inference_mode():
             features = self._features(pixels)
-        return l2_normalise_rows(features.float().cpu().numpy())
+        return normalize_rows(features.float().cpu().numpy())
 
     def encode(self, images: list[Image.Image]) -> np.ndarray:
         """L2-normalised float32 ``(len(images), dim)`` features of RGB images."""

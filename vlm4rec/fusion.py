@@ -29,7 +29,8 @@ import torch.nn.functional as F
 from torch import nn
 from tqdm.auto import tqdm
 
-from vlm4rec.splits import History
+from vlm4rec.matching import normalize_rows
+from vlm4rec.splits import History, binarize
 
 FusionKind = Literal["attention", "gating", "spectral"]
 _EPS = 1e-12
@@ -53,13 +54,6 @@ def _check_modalities(modalities: Mapping[str, np.ndarray]) -> int:
     return next(iter(n_rows.values()))
 
 
-def l2_normalize_rows(x: np.ndarray) -> np.ndarray:
-    """Rows scaled to unit L2 norm (float32); all-zero rows (missing) stay zero."""
-    x = np.asarray(x, dtype=np.float32)
-    norms = np.linalg.norm(x, axis=1, keepdims=True)
-    return np.divide(x, norms, out=np.zeros_like(x), where=norms > 0)
-
-
 def weighted_concat(modalities: Mapping[str, np.ndarray], weights: Mapping[str, float]) -> np.ndarray:
     """Concatenate ``sqrt(w_m) * normalize(x_m)`` over modalities (in ``modalities`` order).
 
@@ -72,7 +66,7 @@ def weighted_concat(modalities: Mapping[str, np.ndarray], weights: Mapping[str, 
         raise ValueError(f"weights {sorted(weights)} must name exactly the modalities {sorted(modalities)}")
     if any(not math.isfinite(w) or w < 0 for w in weights.values()):
         raise ValueError(f"weights must be finite and >= 0, got {dict(weights)}")
-    blocks = [math.sqrt(weights[name]) * l2_normalize_rows(x) for name, x in modalities.items()]
+    blocks = [math.sqrt(weights[name]) * normalize_rows(x) for name, x in modalities.items()]
     return np.concatenate(blocks, axis=1).astype(np.float32)
 
 
@@ -228,15 +222,6 @@ def encode(model: FusionModule, modalities: Mapping[str, np.ndarray], block_size
 
 # --------------------------------------------------------------------------- training examples
 
-def _binary(matrix: sp.spmatrix) -> sp.csr_matrix:
-    """Sorted-index csr with explicit zeros removed and every stored value set to 1."""
-    out = sp.csr_matrix(matrix, dtype=np.float32, copy=True)
-    out.eliminate_zeros()
-    out.sort_indices()
-    out.data[:] = 1.0
-    return out
-
-
 def held_out_examples(history: sp.csr_matrix, rng: np.random.Generator) -> tuple[np.ndarray, np.ndarray]:
     """One training example per user with >= 2 history items: (users, a uniformly drawn history item
     to hold out). The rest of the user's history forms the profile, so both come from ``history`` only."""
@@ -306,7 +291,7 @@ class ValidationSet:
 
 def validation_set(val_history: History, val_targets: sp.spmatrix) -> ValidationSet:
     """Select validation users; refuse a validation positive that is also in the input history (leak)."""
-    history, targets = _binary(val_history.matrix), _binary(val_targets)
+    history, targets = binarize(val_history.matrix), binarize(val_targets)
     if history.shape != targets.shape:
         raise ValueError(f"val_history {history.shape} and val_targets {targets.shape} differ in shape")
     overlap = history.multiply(targets).nnz
@@ -327,7 +312,7 @@ def validation_loss(vectors: np.ndarray, validation: ValidationSet, temperature:
     """Mean over (user, validation positive) pairs of the full-catalogue softmax loss
     ``-s_ui + log(exp(s_ui) + sum_{j unseen, not positive} exp(s_uj))``, ``s = cos(profile, item) / T``,
     profile = normalize(mean of the user's L2-normalised history vectors)."""
-    items = torch.as_tensor(l2_normalize_rows(vectors))
+    items = torch.as_tensor(normalize_rows(vectors))
     total = 0.0
     for start in range(0, len(validation.users), block_size):
         history = validation.history[start:start + block_size]
@@ -402,7 +387,7 @@ def train_fusion(model: FusionModule, modalities: Mapping[str, np.ndarray], trai
     torch.manual_seed(seed)
     rng = np.random.default_rng(seed)
     features = _as_tensors(modalities)
-    history = _binary(train_history.matrix)
+    history = binarize(train_history.matrix)
     validation = validation_set(val_history, val_targets)
     if validation.n_pairs == 0:
         raise ValueError("no validation pairs: no user has both validation positives and a history")

@@ -17,7 +17,8 @@ from typing import TYPE_CHECKING, Literal, get_args
 import numpy as np
 import pandas as pd
 
-from vlm4rec.encoders import encode_texts, l2_normalise_rows
+from vlm4rec.encoders import encode_texts
+from vlm4rec.matching import normalize_rows
 
 if TYPE_CHECKING:
     from sentence_transformers import SentenceTransformer
@@ -184,7 +185,7 @@ def from_features(name: str, array: np.ndarray, source: str) -> Representation:
         raise ValueError(f"{name}: features must be 2-d (n_items, d), got shape {array.shape}")
     if not np.isfinite(array).all():
         raise ValueError(f"{name}: features contain NaN or infinite values")
-    vectors = l2_normalise_rows(array)
+    vectors = normalize_rows(array)
     present = np.any(vectors != 0, axis=1)
     return Representation(name=name, vectors=vectors, source=source, coverage=coverage_of(vectors),
                           n_fallback=0, n_missing=int((~present).sum()),

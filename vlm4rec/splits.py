@@ -109,6 +109,15 @@ class History:
         return self.matrix.shape[1]
 
 
+def binarize(matrix: sp.spmatrix) -> sp.csr_matrix:
+    """float32 csr with sorted indices where every stored value > 0 becomes 1 and the rest is dropped."""
+    out = sp.csr_matrix(matrix, dtype=np.float32, copy=True)
+    out.data = (out.data > 0).astype(np.float32)
+    out.eliminate_zeros()
+    out.sort_indices()
+    return out
+
+
 def build_history(inter: pd.DataFrame, splits: tuple[str, ...], n_users: int, n_items: int) -> History:
     """History matrices from the interactions whose split is in ``splits``."""
     part = inter[inter["split"].isin(splits)]
