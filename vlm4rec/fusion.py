@@ -101,7 +101,23 @@ class FusionModule(nn.Module):
         return torch.stack(projected, dim=1) * mask.unsqueeze(-1), mask
 
 
-class AttentionFusion(FusionModule):
+class WeightedSumFusion(FusionModule):
+    """Fusions that weight each projected modality per item and sum: fused = ``sum_m w_m h_m``."""
+
+    def _weights(self, h: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
+        """``(batch, M)`` modality weights from projections ``h`` and the presence ``mask``."""
+        raise NotImplementedError
+
+    def modality_weights(self, inputs: Mapping[str, torch.Tensor]) -> torch.Tensor:
+        """Weights ``(batch, M)`` in ``self.names`` order (0 for missing modalities)."""
+        return self._weights(*self.project(inputs))
+
+    def forward(self, inputs: Mapping[str, torch.Tensor]) -> torch.Tensor:
+        h, mask = self.project(inputs)
+        return (self._weights(h, mask).unsqueeze(-1) * h).sum(dim=1)
+
+
+class AttentionFusion(WeightedSumFusion):
     """Attention over modalities: ``a_m = softmax_m(q . tanh(W h_m))`` over present modalities,
     fused = ``sum_m a_m h_m`` with a learned query ``q``."""
 
@@ -115,16 +131,8 @@ class AttentionFusion(FusionModule):
         logits = logits.masked_fill(~mask, torch.finfo(logits.dtype).min)
         return torch.softmax(logits, dim=1) * mask  # an all-missing row gets all-zero weights
 
-    def modality_weights(self, inputs: Mapping[str, torch.Tensor]) -> torch.Tensor:
-        """Attention weights ``(batch, M)`` in ``self.names`` order (0 for missing modalities)."""
-        return self._weights(*self.project(inputs))
 
-    def forward(self, inputs: Mapping[str, torch.Tensor]) -> torch.Tensor:
-        h, mask = self.project(inputs)
-        return (self._weights(h, mask).unsqueeze(-1) * h).sum(dim=1)
-
-
-class GatingFusion(FusionModule):
+class GatingFusion(WeightedSumFusion):
     """Per-modality sigmoid gates from the concatenated projections: ``g = sigmoid(W [h_1; ...; h_M])``,
     fused = ``sum_m g_m h_m`` (missing modalities gated to 0)."""
 
@@ -132,16 +140,8 @@ class GatingFusion(FusionModule):
         super().__init__(dims, dim)
         self.gate = nn.Linear(len(self.names) * dim, len(self.names))
 
-    def _gates(self, h: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
+    def _weights(self, h: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
         return torch.sigmoid(self.gate(h.flatten(start_dim=1))) * mask
-
-    def modality_weights(self, inputs: Mapping[str, torch.Tensor]) -> torch.Tensor:
-        """Gates ``(batch, M)`` in ``self.names`` order (0 for missing modalities)."""
-        return self._gates(*self.project(inputs))
-
-    def forward(self, inputs: Mapping[str, torch.Tensor]) -> torch.Tensor:
-        h, mask = self.project(inputs)
-        return (self._gates(h, mask).unsqueeze(-1) * h).sum(dim=1)
 
 
 class SpectralFusion(FusionModule):
