@@ -4,8 +4,8 @@ import pytest
 import scipy.sparse as sp
 
 from recommender_contract import RecommenderContract, planted_item_vectors
-from vlm4rec.matching import (ProfileRecommender, Recommender, ScoreMix, history_weights,
-                              normalize_rows, recommend, standardize_rows, top_k)
+from vlm4rec.matching import (ProfileRecommender, Recommender, ScoreMix, history_weights, recommend,
+                              standardize_rows, top_k)
 from vlm4rec.splits import History, build_history
 
 
@@ -224,7 +224,3 @@ class TestScoreMixContract(RecommenderContract):
                         ProfileRecommender(planted_item_vectors(seed=1), aggregation="knn_sum"), 0.5)
 
 
-def test_normalize_rows_keeps_zero_rows_zero():
-    out = normalize_rows(np.array([[3.0, 4.0], [0.0, 0.0]]))
-    np.testing.assert_allclose(out, [[0.6, 0.8], [0.0, 0.0]])
-    assert out.dtype == np.float32

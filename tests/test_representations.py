@@ -8,7 +8,7 @@ import numpy as np
 import pandas as pd
 import pytest
 
-from vlm4rec.representations import Representation, coverage_of, from_features, from_texts, item_texts
+from vlm4rec.representations import Representation, from_features, from_texts, item_texts
 
 
 class HashingEncoder:
@@ -31,6 +31,9 @@ class HashingEncoder:
 
     def vector(self, text: str) -> np.ndarray:
         return self.encode([text], 1, True, True, False)[0]
+
+    def embed(self, texts: list[str]) -> np.ndarray:
+        return self.encode(list(texts), 8, True, True, False)
 
 
 @pytest.fixture
@@ -102,7 +105,7 @@ def test_items_without_title_use_what_else_they_have_or_go_missing(items, descri
     assert list(described.is_missing) == [False, True, False, False]
     assert list(described.is_fallback) == [False, False, False, True]  # item 1 has no title to fall back on
     encoder = HashingEncoder()
-    rep = from_texts("title_description", described, encoder, "hash-8", progress=False)
+    rep = from_texts("title_description", described, encoder.embed, encoder.dim, "hash-8")
     assert rep.n_missing == 1 and rep.n_fallback == 1 and rep.coverage == 0.5
     assert not rep.vectors[1].any() and "" not in encoder.seen
 
@@ -115,7 +118,7 @@ def test_unknown_kind_is_refused(items):
 def test_from_texts_encodes_the_chosen_texts_and_reports_coverage(items, descriptions):
     encoder = HashingEncoder()
     texts = item_texts(items, "description", descriptions)
-    rep = from_texts("description_image_only", texts, encoder, "hash-8 on tagger descriptions", progress=False)
+    rep = from_texts("description_image_only", texts, encoder.embed, encoder.dim, "hash-8 on tagger descriptions")
     assert rep.name == "description_image_only" and rep.source == "hash-8 on tagger descriptions"
     assert rep.n_fallback == 2 and rep.n_missing == 0 and rep.coverage == 0.5
     assert rep.fallback_rule == texts.fallback_rule
@@ -138,12 +141,9 @@ def test_from_features_refuses_bad_arrays(array, message):
         from_features("x", array, "test")
 
 
-def test_coverage_of_counts_nonzero_rows():
-    assert coverage_of(np.array([[0.0, 1.0], [0.0, 0.0], [1e-9, 0.0], [0.0, 0.0]])) == 0.5
-
-
 def test_save_and_load_round_trip(tmp_path, items):
-    rep = from_texts("title", item_texts(items, "title"), HashingEncoder(), "hash-8 on titles", progress=False)
+    encoder = HashingEncoder()
+    rep = from_texts("title", item_texts(items, "title"), encoder.embed, encoder.dim, "hash-8 on titles")
     rep.save(tmp_path)
     meta = json.loads((tmp_path / "title.json").read_text())
     assert meta["n_items"] == 4 and meta["dim"] == 8 and meta["coverage"] == 1.0

@@ -33,7 +33,7 @@ from PIL import Image
 from tqdm.auto import tqdm
 
 from vlm4rec.images import ImageLoadError, load_image
-from vlm4rec.matching import normalize_rows
+from vlm4rec.vectors import normalize_rows
 
 if TYPE_CHECKING:
     from sentence_transformers import SentenceTransformer

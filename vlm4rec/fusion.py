@@ -29,7 +29,7 @@ import torch.nn.functional as F
 from torch import nn
 from tqdm.auto import tqdm
 
-from vlm4rec.matching import normalize_rows
+from vlm4rec.vectors import normalize_rows
 from vlm4rec.splits import History, binarize
 
 FusionKind = Literal["attention", "gating", "spectral"]

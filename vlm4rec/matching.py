@@ -21,6 +21,7 @@ import numpy as np
 import scipy.sparse as sp
 
 from vlm4rec.splits import History
+from vlm4rec.vectors import normalize_rows
 
 Aggregation = Literal["mean", "recency", "knn_sum"]
 AGGREGATIONS: tuple[str, ...] = ("mean", "recency", "knn_sum")
@@ -180,13 +181,6 @@ def recommend(model: Recommender, users: np.ndarray, exclude: sp.csr_matrix, k: 
 # --------------------------------------------------------------------------------------------------
 # Content profiles (the VLM4Rec method)
 # --------------------------------------------------------------------------------------------------
-
-def normalize_rows(x: np.ndarray) -> np.ndarray:
-    """Row-wise L2 normalisation in float32; all-zero rows stay zero."""
-    x = np.asarray(x, dtype=np.float32)
-    norms = np.linalg.norm(x, axis=1, keepdims=True)
-    return np.divide(x, norms, out=np.zeros_like(x), where=norms > 0)
-
 
 def item_vectors(vectors: np.ndarray) -> np.ndarray:
     """Offline part: L2-normalised item embeddings (n_items, d); an all-zero row marks a missing item."""

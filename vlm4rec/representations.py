@@ -12,16 +12,12 @@ from __future__ import annotations
 import json
 from dataclasses import asdict, dataclass
 from pathlib import Path
-from typing import TYPE_CHECKING, Literal, get_args
+from typing import Callable, Literal, Sequence, get_args
 
 import numpy as np
 import pandas as pd
 
-from vlm4rec.encoders import encode_texts
-from vlm4rec.matching import normalize_rows
-
-if TYPE_CHECKING:
-    from sentence_transformers import SentenceTransformer
+from vlm4rec.vectors import coverage_of, normalize_rows
 
 TextKind = Literal["title", "title_meta", "description", "title_description"]
 TEXT_KINDS: tuple[str, ...] = get_args(TextKind)
@@ -104,13 +100,6 @@ def _join(first: pd.Series, second: pd.Series) -> pd.Series:
     return (first + ". " + second).where(both, first + second)
 
 
-def coverage_of(vectors: np.ndarray) -> float:
-    """Share of rows that are real vectors (not all zero)."""
-    if len(vectors) == 0:
-        return float("nan")
-    return float(np.any(vectors != 0, axis=1).mean())
-
-
 @dataclass
 class Representation:
     """A named item matrix: ``vectors`` ``(n_items, d)`` float32 rows aligned to item_idx, unit length or
@@ -160,14 +149,15 @@ class Representation:
                    fallback_rule=meta["fallback_rule"])
 
 
-def from_texts(name: str, texts: TextsWithFallback, encoder: SentenceTransformer, source: str,
-               batch_size: int = 256, progress: bool = True) -> Representation:
-    """Encode ``texts``; fallback items keep their (title) vector and count against coverage, items with
-    no text keep an all-zero row (missing)."""
+def from_texts(name: str, texts: TextsWithFallback, encode: Callable[[Sequence[str]], np.ndarray], dim: int,
+               source: str) -> Representation:
+    """Encode ``texts`` with ``encode`` (non-empty texts -> ``(n, dim)`` L2-normalised rows, e.g.
+    :func:`vlm4rec.encoders.encode_texts` bound to a sentence encoder); fallback items keep their (title)
+    vector and count against coverage, items with no text keep an all-zero row (missing)."""
     missing = texts.is_missing
     present = [text for text, gone in zip(texts.texts, missing) if not gone]
-    encoded = encode_texts(present, encoder, batch_size=batch_size, progress=progress) if present else None
-    vectors = np.zeros((len(texts.texts), encoder.get_embedding_dimension()), dtype=np.float32)
+    encoded = encode(present) if present else None
+    vectors = np.zeros((len(texts.texts), dim), dtype=np.float32)
     if encoded is not None:
         vectors[~missing] = encoded
     n = len(vectors)

@@ -1,12 +1,13 @@
 """Embed stage: every item representation the study compares, aligned to the item table."""
 from __future__ import annotations
 
-from typing import Any
+from typing import Any, Sequence
 
+import numpy as np
 import pandas as pd
 
 from vlm4rec.encoders import (EfficientNetLite0Features, ImageEncoder, OpenClipImageEncoder,
-                              encode_image_paths, load_text_encoder)
+                              encode_image_paths, encode_texts, load_text_encoder)
 from vlm4rec.pipeline.common import (EMBEDDINGS_DIR, METRICS_DIR, load_descriptions, load_prepared_data,
                                      peak_rss_mb, timed, write_json)
 from vlm4rec.representations import Representation, from_features, from_texts, item_texts
@@ -42,7 +43,11 @@ def text_representations(items: pd.DataFrame, descriptions: pd.DataFrame, arms: 
         jobs += [(f"description_{arm}", "description", series, f"{grounder} descriptions, prompt arm {arm}"),
                  (f"title_description_{arm}", "title_description", series,
                   f"title + {grounder} descriptions, prompt arm {arm}")]
-    return [from_texts(name, item_texts(items, kind, series), encoder, f"{label} on {what}", batch_size)
+    def encode(texts: Sequence[str]) -> np.ndarray:
+        return encode_texts(texts, encoder, batch_size=batch_size)
+
+    dim = encoder.get_embedding_dimension()
+    return [from_texts(name, item_texts(items, kind, series), encode, dim, f"{label} on {what}")
             for name, kind, series, what in jobs]
 
 
