@@ -5,8 +5,8 @@ import numpy as np
 import pandas as pd
 import pytest
 
-from vlm4rec.data import (ITEM_COLUMNS, DataFormatError, RawDataset, dataset_counts, load_prepared, prepare,
-                          save_prepared)
+from vlm4rec.data import (ITEM_COLUMNS, DataFormatError, RawDataset, dataset_counts, id_order, load_prepared,
+                          prepare, save_prepared)
 from vlm4rec.splits import SplitConfig
 
 
@@ -35,7 +35,7 @@ def raw_dataset() -> RawDataset:
 
 @pytest.fixture(scope="module")
 def prepared():
-    return prepare(raw_dataset(), min_rating=4, min_positives=5, split=SplitConfig())
+    return prepare(raw_dataset(), min_rating=4, min_positives=5, split=SplitConfig(), universe="interacted")
 
 
 def test_prepare_keeps_positives_of_users_with_enough_distinct_positives(prepared):
@@ -45,7 +45,7 @@ def test_prepare_keeps_positives_of_users_with_enough_distinct_positives(prepare
     assert (prepared.interactions["rating"] >= 4).all()
 
 
-def test_prepare_universe_is_every_positive_item_including_cold_ones(prepared):
+def test_interacted_universe_is_every_positive_item_including_cold_ones(prepared):
     assert list(prepared.items["item_id"]) == ["a", "b", "c", "d", "e", "f"]
     assert list(prepared.items["item_idx"]) == list(range(6))
     assert list(prepared.items.columns) == ["item_idx", *ITEM_COLUMNS]
@@ -58,6 +58,46 @@ def test_prepare_universe_is_every_positive_item_including_cold_ones(prepared):
 def test_prepare_reorders_features_to_the_item_universe(prepared):
     np.testing.assert_array_equal(prepared.features["vec"][:, 0], [0, 1, 2, 3, 4, 5])
     assert prepared.features["vec"].dtype == np.float32
+
+
+def test_catalogue_universe_keeps_every_item_of_the_item_table():
+    data = prepare(raw_dataset(), min_rating=4, min_positives=5, split=SplitConfig())
+    assert list(data.items["item_id"]) == ["a", "b", "c", "d", "e", "f", "z"]
+    np.testing.assert_array_equal(data.features["vec"][:, 0], np.arange(7))
+    assert dataset_counts(data)["items_without_positives"] == 1  # z: one 1-star rating, no positive
+    assert 6 not in set(data.interactions["item_idx"])
+
+
+def test_unknown_universe_and_repeated_item_ids_are_refused():
+    with pytest.raises(ValueError, match="unknown universe 'all'"):
+        prepare(raw_dataset(), 4, 5, SplitConfig(), universe="all")
+    raw = raw_dataset()
+    raw.items = pd.concat([raw.items, raw.items.iloc[[0]]], ignore_index=True)
+    with pytest.raises(DataFormatError, match="appear twice"):
+        prepare(raw, 4, 5, SplitConfig())
+
+
+def test_id_order_is_numeric_for_integer_ids_and_lexicographic_otherwise():
+    assert id_order(["10", "9", "100", "9", "1"]) == ["1", "9", "10", "100"]
+    assert id_order(["b10", "b9", "a"]) == ["a", "b10", "b9"]
+    assert id_order(["10", "x"]) == ["10", "x"]
+
+
+def test_integer_ids_order_indices_and_break_same_second_ties_by_movie_id():
+    """Items 9, 10 and 100 rated in the same second: as strings "10" < "100" < "9" would make 9 the user's
+    latest positive; by MovieID 100 is, so 100 is the test item and 10 the validation item."""
+    rows = [{"user_id": "2", "item_id": i, "rating": 5, "timestamp": t}
+            for i, t in [("1", 1), ("5", 2), ("7", 3), ("100", 9), ("10", 9), ("9", 9)]]
+    rows += [{"user_id": "10", "item_id": i, "rating": 5, "timestamp": t}
+             for t, i in enumerate(["1", "5", "7", "9", "10"])]
+    raw = RawDataset(name="ids", interactions=pd.DataFrame(rows),
+                     items=item_table(["100", "10", "9", "7", "5", "1"]))
+    data = prepare(raw, min_rating=4, min_positives=5, split=SplitConfig(val_ratio=0.2, test_ratio=0.2))
+    assert list(data.items["item_id"]) == ["1", "5", "7", "9", "10", "100"]
+    assert list(data.users["user_id"]) == ["2", "10"]
+    user = data.interactions[data.interactions["user_idx"] == 0].merge(data.items, on="item_idx")
+    labels = dict(zip(user["item_id"], user["split"]))
+    assert (labels["100"], labels["10"], labels["9"]) == ("test", "val", "train")
 
 
 def test_prepare_splits_each_user_temporally(prepared):
@@ -109,7 +149,8 @@ def test_prepare_rejects_unknown_split_labels_and_items_without_records():
 
 def test_dataset_counts_match_hand_counts(prepared):
     assert dataset_counts(prepared) == {
-        "users": 2, "items": 6, "interactions": 10, "items_with_image": 5, "items_without_image": 1,
+        "users": 2, "items": 6, "interactions": 10, "items_without_positives": 0, "items_with_image": 5,
+        "items_without_image": 1,
         "interactions_train": 6, "users_with_train": 2, "interactions_val": 2, "users_with_val": 2,
         "cold_items_in_val": 1,  # d: both users' validation item, in no train row
         "interactions_test": 2, "users_with_test": 2,

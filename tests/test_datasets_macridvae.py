@@ -75,7 +75,7 @@ def test_items_file_separator_header_and_column_order_detected(tmp_path, items_t
 def test_prepare_keeps_split_and_aligns_features(tmp_path):
     arrays = make_release(tmp_path / "rel")
     raw = load_align_macridvae(tmp_path / "rel")
-    data = prepare(raw, min_rating=4, min_positives=5, split=SplitConfig())
+    data = prepare(raw, min_rating=4, min_positives=5, split=SplitConfig(), universe="interacted")
     # the given split is used as is: no rating filter, no user filter
     assert len(data.interactions) == 14 and data.n_users == 3
     assert data.interactions.groupby("split").size().to_dict() == {"test": 3, "train": 8, "val": 3}

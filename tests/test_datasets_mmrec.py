@@ -52,7 +52,8 @@ def test_x_label_mapping_and_counts(tmp_path):
 
 def test_prepare_keeps_split_and_aligns_features(tmp_path):
     arrays = make_release(tmp_path)
-    data = prepare(load_mmrec(tmp_path, "baby"), min_rating=4, min_positives=5, split=SplitConfig())
+    data = prepare(load_mmrec(tmp_path, "baby"), min_rating=4, min_positives=5, split=SplitConfig(),
+                   universe="interacted")
     assert len(data.interactions) == len(ROWS)  # the given split: no rating or user filter
     assert data.interactions.groupby("split").size().to_dict() == {"test": 3, "train": 5, "val": 3}
     assert data.items["item_id"].tolist() == ["0", "1", "2", "3", "4"]  # item 5: no interaction

@@ -21,6 +21,7 @@ from __future__ import annotations
 import json
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import Iterable, Literal
 
 import numpy as np
 import pandas as pd
@@ -28,6 +29,8 @@ import pandas as pd
 from vlm4rec.splits import SPLITS, SplitConfig, assign_split
 
 ITEM_COLUMNS = ["item_id", "title", "year", "genres", "meta_text", "image_path", "has_image", "image_url"]
+Universe = Literal["catalogue", "interacted"]
+UNIVERSES: tuple[str, ...] = ("catalogue", "interacted")
 
 
 class DataFormatError(ValueError):
@@ -93,6 +96,24 @@ def _complete_items(items: pd.DataFrame) -> pd.DataFrame:
     return items[ITEM_COLUMNS]
 
 
+def id_order(ids: Iterable[str]) -> list[str]:
+    """The distinct source ids in the study's order: numerically when every id is an integer (MovieLens
+    MovieIDs and UserIDs: 1, 2, 10, not 1, 10, 2), else lexicographically. Dense indices, the split's
+    same-timestamp tie rule and the score tie rule all follow this order."""
+    unique = sorted(set(map(str, ids)))
+    if unique and all(_is_integer(i) for i in unique):
+        return sorted(unique, key=int)
+    return unique
+
+
+def _is_integer(text: str) -> bool:
+    try:
+        int(text)
+    except ValueError:
+        return False
+    return True
+
+
 def implicit_positives(interactions: pd.DataFrame, min_rating: float | None) -> pd.DataFrame:
     """Keep interactions rated at least ``min_rating`` (all of them when None: already implicit)."""
     if min_rating is None:
@@ -106,13 +127,17 @@ def filter_users(interactions: pd.DataFrame, min_positives: int) -> pd.DataFrame
     return interactions[counts >= min_positives]
 
 
-def prepare(raw: RawDataset, min_rating: float | None, min_positives: int,
-            split: SplitConfig) -> PreparedData:
+def prepare(raw: RawDataset, min_rating: float | None, min_positives: int, split: SplitConfig,
+            universe: Universe = "catalogue") -> PreparedData:
     """Implicit positives, user filter, dense indices and the split (or the source's own split).
 
-    The item universe is every item with at least one kept positive, cold items included; item and
-    user indices follow the sorted source ids so that they are stable across runs.
+    ``universe``: ``catalogue`` (default) ranks every item of the source's item table, so that no future
+    interaction decides which items exist; ``interacted`` keeps only items with at least one kept positive
+    (any split), as many papers do. Cold items stay either way. Item and user indices follow
+    :func:`id_order` of the source ids, so they are stable across runs and integer ids sort numerically.
     """
+    if universe not in UNIVERSES:
+        raise ValueError(f"unknown universe {universe!r}; expected one of {UNIVERSES}")
     inter = raw.interactions.copy()
     inter["user_id"] = inter["user_id"].astype(str)
     inter["item_id"] = inter["item_id"].astype(str)
@@ -134,19 +159,23 @@ def prepare(raw: RawDataset, min_rating: float | None, min_positives: int,
         dropped["positives_of_those_users"] = before - len(inter)
 
     items = _complete_items(raw.items)
-    universe = sorted(set(inter["item_id"]))
+    repeated = items["item_id"][items["item_id"].duplicated()]
+    if len(repeated):
+        raise DataFormatError(raw.name, None, f"{len(repeated)} item ids appear twice in the item table, "
+                              f"e.g. {repeated.head(5).tolist()}")
     known = set(items["item_id"])
-    unknown = [i for i in universe if i not in known]
+    unknown = [i for i in id_order(inter["item_id"]) if i not in known]
     if unknown:
         raise DataFormatError(raw.name, None, f"{len(unknown)} interacted items have no item record, "
                               f"e.g. {unknown[:5]}")
+    kept = id_order(items["item_id"] if universe == "catalogue" else inter["item_id"])
     order = {item_id: idx for idx, item_id in enumerate(items["item_id"])}
-    items = items.set_index("item_id").loc[universe].reset_index()
+    items = items.set_index("item_id").loc[kept].reset_index()
     items.insert(0, "item_idx", np.arange(len(items), dtype=np.int64))
-    features = {name: np.asarray(arr, dtype=np.float32)[[order[i] for i in universe]]
+    features = {name: np.asarray(arr, dtype=np.float32)[[order[i] for i in kept]]
                 for name, arr in raw.features.items()}
 
-    users = pd.DataFrame({"user_id": sorted(set(inter["user_id"]))})
+    users = pd.DataFrame({"user_id": id_order(inter["user_id"])})
     users.insert(0, "user_idx", np.arange(len(users), dtype=np.int64))
     inter = inter.merge(users, on="user_id").merge(items[["item_id", "item_idx"]], on="item_id")
     inter["timestamp"] = inter["timestamp"].astype(np.int64)
@@ -166,6 +195,7 @@ def dataset_counts(data: PreparedData) -> dict[str, int]:
     inter = data.interactions
     train_items = set(inter.loc[inter["split"] == "train", "item_idx"])
     counts = {"users": data.n_users, "items": data.n_items, "interactions": len(inter),
+              "items_without_positives": int(data.n_items - inter["item_idx"].nunique()),
               "items_with_image": int(data.items["has_image"].sum()),
               "items_without_image": int((~data.items["has_image"]).sum())}
     for name in SPLITS:
