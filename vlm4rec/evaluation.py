@@ -21,7 +21,7 @@ import pandas as pd
 import scipy.sparse as sp
 
 from vlm4rec.data import PreparedData
-from vlm4rec.matching import Recommender, recommend
+from vlm4rec.matching import IterativeRecommender, Recommender, TrainingLog, recommend
 from vlm4rec.metrics import catalogue_coverage, ranking_metrics, summarize
 from vlm4rec.splits import History, build_history, targets_of
 
@@ -94,21 +94,40 @@ class Candidate:
 
 @dataclass
 class MethodResult:
-    """What a method's selection and single test evaluation produced."""
+    """What a method's selection and single test evaluation produced.
+
+    Everything but ``timing`` is saved by :func:`save_result`; wall times go to the stage's metrics (cost),
+    never into result files, so that a rerun writes byte-identical results."""
 
     method: str
     config: dict[str, Any]
-    val_grid: pd.DataFrame        # one row per candidate: candidate, config (JSON), macro metrics, times
+    val_grid: pd.DataFrame        # one row per candidate: candidate, config (JSON), macro validation metrics
     val_per_user: pd.DataFrame    # chosen configuration on validation
     test_per_user: pd.DataFrame
     test_topk: np.ndarray
     coverage: dict[str, float]    # catalogue_coverage@k on test
-    timing: dict[str, float]      # test phase: fit_s, score_s, users_per_s
+    timing: dict[str, float]      # val_s (whole selection), fit_s, score_s, users_per_s (test phase)
     diagnostics: dict[str, Any] = field(default_factory=dict)
     select_metric: str = "ndcg@10"
+    training: dict[str, Any] | None = None  # TrainingLog.as_dict() of the chosen candidate (iterative models)
 
     def test_summary(self) -> dict[str, float]:
         return summarize(self.test_per_user)
+
+    def val_summary(self) -> dict[str, float]:
+        return summarize(self.val_per_user)
+
+
+def rank_and_score(model: Recommender, split: EvalSplit, ks: Sequence[int],
+                   timing: dict[str, float] | None = None) -> tuple[np.ndarray, pd.DataFrame]:
+    """Rank top-max(ks) for the split's users with its seen items excluded, and score against its
+    targets, with an already fitted ``model``. Returns (topk, per-user metrics)."""
+    start = time.perf_counter()
+    topk = recommend(model, split.users, split.exclude, max(ks))
+    if timing is not None:
+        seconds = time.perf_counter() - start
+        timing.update(score_s=seconds, users_per_s=len(split.users) / max(seconds, 1e-12))
+    return topk, ranking_metrics(topk, split.targets, split.users, ks)
 
 
 def evaluate(model: Recommender, history: History, exclude: sp.csr_matrix, targets: sp.csr_matrix,
@@ -119,13 +138,9 @@ def evaluate(model: Recommender, history: History, exclude: sp.csr_matrix, targe
     users_per_s) when given."""
     start = time.perf_counter()
     model.fit(history)
-    fitted = time.perf_counter()
-    topk = recommend(model, users, exclude, max(ks))
-    scored = time.perf_counter()
     if timing is not None:
-        timing.update(fit_s=fitted - start, score_s=scored - fitted,
-                      users_per_s=len(users) / max(scored - fitted, 1e-12))
-    return topk, ranking_metrics(topk, targets, users, ks)
+        timing["fit_s"] = time.perf_counter() - start
+    return rank_and_score(model, EvalSplit(history, exclude, targets, np.asarray(users)), ks, timing)
 
 
 def _as_candidates(candidates: Sequence[Candidate] | Callable[[], Recommender]) -> list[Candidate]:
@@ -140,25 +155,82 @@ def _as_candidates(candidates: Sequence[Candidate] | Callable[[], Recommender]) 
     return candidates
 
 
-def select_on_validation(candidates: Sequence[Candidate], split: EvalSplit, ks: Sequence[int],
-                         select_metric: str) -> tuple[int, pd.DataFrame, pd.DataFrame]:
-    """(index of the best candidate, grid table, its validation per-user metrics).
+def validation_monitor(split: EvalSplit, ks: Sequence[int], select_metric: str) -> Callable[[Recommender], float]:
+    """The selection metric of a fitted model on ``split``, through the same ranking and metrics as the
+    selection itself (what early stopping of an :class:`IterativeRecommender` watches)."""
+    def monitor(model: Recommender) -> float:
+        return summarize(rank_and_score(model, split, ks)[1])[select_metric]
+    return monitor
 
-    ``split`` is the validation split: this function never sees test data.
+
+@dataclass
+class Selection:
+    """Outcome of :func:`select_on_validation`: the chosen candidate and what selection saw."""
+
+    index: int
+    config: dict[str, Any]        # the candidate's config, plus ``epochs`` (best epoch) for iterative models
+    val_grid: pd.DataFrame
+    val_per_user: pd.DataFrame
+    training: dict[str, Any] | None
+    seconds: float
+
+
+def _fit_for_validation(model: Recommender, split: EvalSplit, ks: Sequence[int],
+                        select_metric: str) -> TrainingLog | None:
+    """Fit on the validation split's history; iterative models early-stop on the selection metric."""
+    if isinstance(model, IterativeRecommender):
+        return model.fit_monitored(split.history, validation_monitor(split, ks, select_metric))
+    model.fit(split.history)
+    return None
+
+
+def select_on_validation(candidates: Sequence[Candidate], split: EvalSplit, ks: Sequence[int],
+                         select_metric: str) -> Selection:
+    """The best candidate by ``select_metric`` on ``split`` (the validation split; first on ties).
+
+    ``split`` is the validation split: this function never sees test data. Iterative models are early-
+    stopped on the same metric; their chosen number of epochs becomes part of the chosen configuration.
+    A grid in which no candidate reaches a finite validation metric is an error, never a silent pick.
     """
-    rows, best_index, best_value, best_per_user = [], -1, -np.inf, None
+    started = time.perf_counter()
+    rows, best, best_value, best_per_user, best_log = [], -1, -np.inf, None, None
+    configs = []
     for index, cand in enumerate(candidates):
-        timing: dict[str, float] = {}
-        _, per_user = evaluate(cand.build(), split.history, split.exclude, split.targets, split.users,
-                               ks, timing)
+        model = cand.build()
+        log = _fit_for_validation(model, split, ks, select_metric)
+        per_user = rank_and_score(model, split, ks)[1]
         macro = summarize(per_user)
         if select_metric not in macro:
             raise ValueError(f"select_metric {select_metric!r} is not computed (have {sorted(macro)})")
-        rows.append({"candidate": index, "config": json.dumps(cand.config, sort_keys=True), **macro,
-                     "fit_s": timing["fit_s"], "score_s": timing["score_s"]})
-        if macro[select_metric] > best_value:
-            best_index, best_value, best_per_user = index, macro[select_metric], per_user
-    return best_index, pd.DataFrame(rows), best_per_user
+        config = cand.config | ({"epochs": log.best_epoch} if log is not None else {})
+        configs.append(config)
+        rows.append({"candidate": index, "config": json.dumps(config, sort_keys=True), **macro})
+        if np.isfinite(macro[select_metric]) and macro[select_metric] > best_value:
+            best, best_value, best_per_user, best_log = index, macro[select_metric], per_user, log
+    if best < 0:
+        raise ValueError(f"no candidate reached a finite validation {select_metric} "
+                         f"({len(candidates)} candidates over {len(split.users)} validation users): "
+                         "nothing to select; check the split (does validation hold any targets?)")
+    return Selection(best, configs[best], pd.DataFrame(rows), best_per_user,
+                     best_log.as_dict() if best_log is not None else None, time.perf_counter() - started)
+
+
+def _test_once(method: str, model: Recommender, selection: Selection, data: EvalData, ks: Sequence[int],
+               select_metric: str, out_dir: Path | None) -> MethodResult:
+    """Fit the chosen model on train + validation (for the chosen number of epochs) and test it once."""
+    if isinstance(model, IterativeRecommender) and "epochs" in selection.config:
+        model.epochs = int(selection.config["epochs"])
+    test = data.test()
+    timing: dict[str, float] = {"val_s": selection.seconds}
+    topk, test_per_user = evaluate(model, test.history, test.exclude, test.targets, test.users, ks, timing)
+    result = MethodResult(method=method, config=selection.config, val_grid=selection.val_grid,
+                          val_per_user=selection.val_per_user, test_per_user=test_per_user, test_topk=topk,
+                          coverage={f"coverage@{k}": catalogue_coverage(topk, data.n_items, k) for k in ks},
+                          timing=timing, diagnostics=model.diagnostics(), select_metric=select_metric,
+                          training=selection.training)
+    if out_dir is not None:
+        save_result(result, out_dir)
+    return result
 
 
 def select_and_test(method: str, candidates: Sequence[Candidate] | Callable[[], Recommender],
@@ -171,24 +243,42 @@ def select_and_test(method: str, candidates: Sequence[Candidate] | Callable[[], 
     under ``out_dir`` (see :func:`save_result`) when given.
     """
     grid = _as_candidates(candidates)
-    best, val_grid, val_per_user = select_on_validation(grid, data.validation(), ks, select_metric)
-    chosen = grid[best]
-    model = chosen.build()
-    test = data.test()
-    timing: dict[str, float] = {}
-    topk, test_per_user = evaluate(model, test.history, test.exclude, test.targets, test.users, ks, timing)
-    result = MethodResult(method=method, config=chosen.config, val_grid=val_grid,
-                          val_per_user=val_per_user, test_per_user=test_per_user, test_topk=topk,
-                          coverage={f"coverage@{k}": catalogue_coverage(topk, data.n_items, k) for k in ks},
-                          timing=timing, diagnostics=model.diagnostics(), select_metric=select_metric)
-    if out_dir is not None:
-        save_result(result, out_dir)
-    return result
+    selection = select_on_validation(grid, data.validation(), ks, select_metric)
+    return _test_once(method, grid[selection.index].build(), selection, data, ks, select_metric, out_dir)
+
+
+def seed_method(method: str, seed: int) -> str:
+    """Result name of one seed of a seeded method (reports group them by the part before '@')."""
+    return f"{method}@seed{seed}"
+
+
+def select_and_test_seeds(method: str, candidates_for: Callable[[int], Sequence[Candidate]], data: EvalData,
+                          seeds: Sequence[int], ks: Sequence[int] = DEFAULT_KS, select_metric: str = "ndcg@10",
+                          out_dir: Path | None = None) -> dict[str, MethodResult]:
+    """A seeded method: its configuration (and number of epochs) is selected on validation with the first
+    seed; the chosen configuration is then refitted on train + validation and tested once per seed.
+
+    ``candidates_for(seed)`` returns the same grid, in the same order, built with ``seed``. Results are
+    named :func:`seed_method` and saved under ``out_dir/<name>``; every seed's result carries the
+    selection run's validation numbers.
+    """
+    if not seeds:
+        raise ValueError(f"{method}: no seeds given; a seeded method needs at least one")
+    grid = _as_candidates(candidates_for(seeds[0]))
+    selection = select_on_validation(grid, data.validation(), ks, select_metric)
+    results = {}
+    for seed in seeds:
+        name = seed_method(method, seed)
+        chosen = _as_candidates(candidates_for(seed))[selection.index]
+        results[name] = _test_once(name, chosen.build(), selection, data, ks, select_metric,
+                                   out_dir / name if out_dir is not None else None)
+    return results
 
 
 def save_result(result: MethodResult, out_dir: str | Path) -> None:
-    """Write chosen.json, val_grid.parquet, val_per_user.parquet, test_per_user.parquet,
-    test_topk.npy and summary.json (test macro metrics, coverage, timing, diagnostics)."""
+    """Write chosen.json, val_grid.parquet, val_per_user.parquet, test_per_user.parquet, test_topk.npy,
+    summary.json (test macro metrics, coverage, diagnostics) and, for iterative models, training.json.
+    No wall times: the files of two identical runs are byte-identical."""
     out = Path(out_dir)
     out.mkdir(parents=True, exist_ok=True)
     (out / "chosen.json").write_text(json.dumps({"method": result.method, "config": result.config,
@@ -198,19 +288,22 @@ def save_result(result: MethodResult, out_dir: str | Path) -> None:
     result.test_per_user.to_parquet(out / "test_per_user.parquet", index=False)
     np.save(out / "test_topk.npy", result.test_topk)
     summary = {"method": result.method, "test": result.test_summary(), "coverage": result.coverage,
-               "timing": result.timing, "diagnostics": result.diagnostics}
+               "diagnostics": result.diagnostics}
     (out / "summary.json").write_text(json.dumps(summary, indent=1))
+    if result.training is not None:
+        (out / "training.json").write_text(json.dumps(result.training, indent=1))
 
 
 def load_result(in_dir: str | Path) -> MethodResult:
-    """Read what :func:`save_result` wrote."""
+    """Read what :func:`save_result` wrote (``timing`` is empty: it lives in the stage's metrics)."""
     path = Path(in_dir)
     chosen = json.loads((path / "chosen.json").read_text())
     summary = json.loads((path / "summary.json").read_text())
+    training = path / "training.json"
     return MethodResult(method=chosen["method"], config=chosen["config"],
                         val_grid=pd.read_parquet(path / "val_grid.parquet"),
                         val_per_user=pd.read_parquet(path / "val_per_user.parquet"),
                         test_per_user=pd.read_parquet(path / "test_per_user.parquet"),
                         test_topk=np.load(path / "test_topk.npy"), coverage=summary["coverage"],
-                        timing=summary["timing"], diagnostics=summary["diagnostics"],
-                        select_metric=chosen["select_metric"])
+                        timing={}, diagnostics=summary["diagnostics"], select_metric=chosen["select_metric"],
+                        training=json.loads(training.read_text()) if training.exists() else None)

@@ -11,11 +11,14 @@
                          sum per user, done at fit) followed by one matrix product ``profiles @ items.T``
                          per block of users.
 ``ScoreMix``             hybrid of two recommenders on per-user standardised scores.
+``IterativeRecommender`` a recommender trained epoch by epoch whose number of epochs is chosen on
+                         validation (:func:`vlm4rec.evaluation.select_on_validation` early-stops it).
 """
 from __future__ import annotations
 
 from abc import ABC, abstractmethod
-from typing import Literal
+from dataclasses import dataclass, field
+from typing import Callable, Literal
 
 import numpy as np
 import scipy.sparse as sp
@@ -52,6 +55,44 @@ class Recommender(ABC):
     def diagnostics(self) -> dict[str, float | int]:
         """Counts a report shows next to the model's numbers (fallbacks taken, sizes); none by default."""
         return {}
+
+
+@dataclass
+class TrainingLog:
+    """How a monitored training run went: the validation metric after every evaluated epoch, the epoch
+    whose state was kept (0 = the initial, untrained state was best) and the mean training loss per epoch.
+    Holds no wall times, so that it can be saved with the results and stay identical across reruns."""
+
+    curve: list[tuple[int, float]] = field(default_factory=list)   # (epoch, validation metric)
+    train_loss: list[float] = field(default_factory=list)          # index e-1 = epoch e
+    best_epoch: int = 0
+
+    @property
+    def epochs_run(self) -> int:
+        return len(self.train_loss)
+
+    def as_dict(self) -> dict[str, object]:
+        return {"curve": [[int(e), float(v)] for e, v in self.curve], "train_loss": list(map(float, self.train_loss)),
+                "best_epoch": int(self.best_epoch), "epochs_run": self.epochs_run}
+
+
+class IterativeRecommender(Recommender):
+    """A recommender trained epoch by epoch, whose number of epochs is a hyperparameter chosen on validation.
+
+    ``fit(history)`` trains exactly ``epochs`` epochs from the seeded initialisation (the refit that is
+    tested). :meth:`fit_monitored` trains up to ``epochs`` epochs, calls ``monitor(self)`` (the validation
+    metric computed through the evaluation path, higher is better) before training and after every
+    ``eval_every`` epochs, stops after ``patience`` evaluations without improvement, and ends holding the
+    best evaluated state. The model never sees validation targets: ``monitor`` returns one number.
+    """
+
+    epochs: int
+    eval_every: int = 1
+    patience: int = 3
+
+    @abstractmethod
+    def fit_monitored(self, history: History, monitor: Callable[["IterativeRecommender"], float]) -> TrainingLog:
+        """Train with early stopping on ``monitor``; the model ends in its best evaluated state."""
 
 
 # --------------------------------------------------------------------------------------------------
