@@ -26,6 +26,7 @@ from typing import Iterable, Literal
 import numpy as np
 import pandas as pd
 
+from vlm4rec.errors import StudyError
 from vlm4rec.splits import SPLITS, SplitConfig, assign_split
 
 ITEM_COLUMNS = ["item_id", "title", "year", "genres", "meta_text", "image_path", "has_image", "image_url"]
@@ -33,7 +34,7 @@ Universe = Literal["catalogue", "interacted"]
 UNIVERSES: tuple[str, ...] = ("catalogue", "interacted")
 
 
-class DataFormatError(ValueError):
+class DataFormatError(StudyError, ValueError):
     """A source file does not have the documented format; the message names file and line."""
 
     def __init__(self, path: str | Path, line: int | None, reason: str):
