@@ -83,3 +83,50 @@ def test_results_table_has_mean_and_ci_per_method_and_metric() -> None:
     assert (row["mean"], row["ci_low"], row["ci_high"]) == pytest.approx(
         bootstrap_ci(values, n_resamples=200))
     assert row["n_users"] == 50
+
+
+def test_seeded_bootstrap_matches_a_loop_over_the_same_draws() -> None:
+    """Each resample averages the cells of the drawn seeds and the drawn users (an independent loop)."""
+    grid = np.random.default_rng(2).random((3, 40))
+    mean, low, high = bootstrap_ci(grid, n_resamples=300, seed=7)
+    rng = np.random.default_rng(7)
+    users = rng.integers(0, 40, size=(300, 40))
+    seeds = rng.integers(0, 3, size=(300, 3))
+    loop = [grid[seeds[r]][:, users[r]].mean() for r in range(300)]
+    assert mean == pytest.approx(grid.mean())
+    assert (low, high) == pytest.approx(tuple(np.quantile(loop, [0.025, 0.975])))
+
+
+def test_seeded_bootstrap_carries_the_seed_to_seed_variation() -> None:
+    base = np.random.default_rng(3).random(400)
+    same = np.stack([base, base, base])
+    shifted = same + np.array([[-0.05], [0.0], [0.05]])  # a training seed moves every user's value
+    _, low_same, high_same = bootstrap_ci(same, n_resamples=1000)
+    _, low_user, high_user = bootstrap_ci(base, n_resamples=1000)
+    assert high_same - low_same == pytest.approx(high_user - low_user, rel=0.15)
+    _, low, high = bootstrap_ci(shifted, n_resamples=1000)
+    _, low_avg, high_avg = bootstrap_ci(shifted.mean(axis=0), n_resamples=1000)
+    assert high - low > 1.5 * (high_avg - low_avg)  # averaging seeds first hides their spread
+
+
+def test_seeded_methods_in_results_table_and_paired_tests() -> None:
+    rng = np.random.default_rng(4)
+    ref = rng.random(60)
+    rows = [pd.DataFrame({"method": "ref", "user_idx": np.arange(60), "ndcg@10": ref})]
+    for s, shift in enumerate([0.05, 0.15]):
+        rows.append(pd.DataFrame({"method": "learned", "seed": s, "user_idx": np.arange(60),
+                                  "ndcg@10": ref + shift + 0.01 * rng.normal(size=60)}))
+    per_user = pd.concat(rows, ignore_index=True)
+    table = results_table(per_user, ["ndcg@10"], n_resamples=300).set_index("method")
+    assert table.loc["learned", "n_seeds"] == 2 and table.loc["ref", "n_seeds"] == 1
+    learned = per_user[per_user["method"] == "learned"].pivot(index="seed", columns="user_idx", values="ndcg@10")
+    assert (table.loc["learned", "mean"], table.loc["learned", "ci_low"], table.loc["learned", "ci_high"]) == \
+        pytest.approx(bootstrap_ci(learned.to_numpy(), n_resamples=300))
+    tests = paired_tests(per_user, "ref", "ndcg@10", n_resamples=300).set_index("method")
+    diff = learned.mean(axis=0).to_numpy() - ref
+    assert tests.loc["learned", "mean_diff"] == pytest.approx(diff.mean())
+    assert tests.loc["learned", "wilcoxon_p"] == pytest.approx(sps.wilcoxon(diff).pvalue)
+    assert tests.loc["learned", "diff_ci_low"] < diff.mean() < tests.loc["learned", "diff_ci_high"]
+    assert tests.loc["learned", "diff_ci_low"] < 0.08  # the seed spread (0.05 vs 0.15) widens the interval
+    with pytest.raises(ValueError, match="different users"):
+        paired_tests(per_user[~((per_user["seed"] == 1) & (per_user["user_idx"] == 0))], "ref", "ndcg@10")
