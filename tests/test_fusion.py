@@ -8,7 +8,9 @@ import pytest
 import scipy.sparse as sp
 import torch
 
+from recommender_contract import RecommenderContract, planted_item_vectors
 from vlm4rec import fusion as fu
+from vlm4rec.matching import ProfileRecommender, Recommender
 from vlm4rec.splits import History
 
 
@@ -40,15 +42,6 @@ def planted(seed: int = 0, n_clusters: int = 4, per_cluster: int = 30, n_users: 
             _csr(val, shape))
 
 
-@pytest.fixture(scope="module", autouse=True)
-def single_thread():
-    """Tiny tensors: one intra-op thread is faster and immune to a busy machine; restored afterwards."""
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
-
-
 TRAIN = dict(epochs=40, batch_size=32, lr=1e-2, patience=5, negatives=20)
 
 
@@ -63,40 +56,45 @@ def trained(data) -> dict[str, fu.FusionResult]:
     dims = {name: x.shape[1] for name, x in modalities.items()}
     return {kind: fu.train_fusion(fu.make_fusion(kind, dims, dim=16, seed=0), modalities, history, history,
                                   val_targets, seed=0, **TRAIN)
-            for kind in ("attention", "gating", "spectral")}
+            for kind in ("attention", "gating", "frequency_filter")}
 
 
-# --------------------------------------------------------------------------- weighted_concat
+# --------------------------------------------------------------------------- weighted late fusion
 
-def test_weighted_concat_dot_equals_weighted_sum_of_cosines() -> None:
+def test_weighted_late_fusion_score_is_the_weighted_sum_of_per_modality_profile_scores() -> None:
+    """s(u, i) = sum_m w_m <p_u^m, x_i^m>, with each term the single-modality VLM4Rec score (independent
+    formulation: one ProfileRecommender per modality); a missing modality adds 0, no renormalisation."""
     rng = np.random.default_rng(1)
     a, b = rng.normal(size=(6, 3)).astype(np.float32), rng.normal(size=(6, 5)).astype(np.float32) * 7
-    a[2] = 0.0  # item 2 has no modality a
+    a[2] = 0.0  # item 2 has no modality a: its score is w_b * cos_b only
+    a[4], b[4] = 0.0, 0.0  # item 4 has nothing: ranked last
     weights = {"a": 0.3, "b": 2.0}
-    fused = fu.weighted_concat({"a": a, "b": b}, weights)
-    assert fused.shape == (6, 8)
-
-    def cosines(x: np.ndarray) -> np.ndarray:
-        out = np.zeros((len(x), len(x)))
-        for i in range(len(x)):
-            for j in range(len(x)):
-                ni, nj = np.linalg.norm(x[i]), np.linalg.norm(x[j])
-                out[i, j] = x[i] @ x[j] / (ni * nj) if ni > 0 and nj > 0 else 0.0
-        return out
-
-    late_fusion = 0.3 * cosines(a) + 2.0 * cosines(b)
-    np.testing.assert_allclose(fused @ fused.T, late_fusion, atol=1e-5)
-    assert np.all(fused[2, :3] == 0)
+    history = _history(_csr([(0, 0), (0, 1), (1, 2), (1, 5), (2, 3)], (3, 6)))
+    fused = fu.WeightedLateFusion({"a": a, "b": b}, weights).fit(history)
+    users = np.arange(3)
+    expected = np.zeros((3, 6))
+    for name, x in (("a", a), ("b", b)):
+        single = ProfileRecommender(x).fit(history).score_block(users)
+        expected += weights[name] * np.where(np.isfinite(single), single, 0.0)
+    scores = fused.score_block(users)
+    np.testing.assert_allclose(scores[:, [0, 1, 2, 3, 5]], expected[:, [0, 1, 2, 3, 5]], atol=1e-5)
+    assert np.all(scores[:, 4] == -np.inf) and fused.diagnostics() == {"n_missing_items": 1}
 
 
-def test_weighted_concat_rejects_bad_weights() -> None:
+def test_weighted_late_fusion_rejects_bad_weights() -> None:
     x = {"a": np.ones((2, 2), np.float32)}
     with pytest.raises(ValueError, match="exactly the modalities"):
-        fu.weighted_concat(x, {"b": 1.0})
+        fu.WeightedLateFusion(x, {"b": 1.0})
     with pytest.raises(ValueError, match=">= 0"):
-        fu.weighted_concat(x, {"a": -1.0})
+        fu.WeightedLateFusion(x, {"a": -1.0})
     with pytest.raises(ValueError, match="number of items"):
-        fu.weighted_concat({"a": np.ones((2, 2)), "b": np.ones((3, 2))}, {"a": 1.0, "b": 1.0})
+        fu.WeightedLateFusion({"a": np.ones((2, 2)), "b": np.ones((3, 2))}, {"a": 1.0, "b": 1.0})
+
+
+class TestWeightedLateFusionContract(RecommenderContract):
+    def make(self) -> Recommender:
+        return fu.WeightedLateFusion({"signal": planted_item_vectors(), "noise": planted_item_vectors(seed=3)},
+                                     {"signal": 0.75, "noise": 0.25})
 
 
 # --------------------------------------------------------------------------- modules
@@ -111,7 +109,7 @@ def _inputs() -> dict[str, torch.Tensor]:
     return {"A": a, "B": b}
 
 
-@pytest.mark.parametrize("kind", ["attention", "gating", "spectral"])
+@pytest.mark.parametrize("kind", ["attention", "gating", "frequency_filter"])
 def test_module_shapes_and_all_missing_item_is_zero(kind: str) -> None:
     model = fu.make_fusion(kind, {"A": 5, "B": 7}, dim=8, seed=0)
     out = model(_inputs())
@@ -144,15 +142,15 @@ def test_gating_masks_missing_modalities() -> None:
     torch.testing.assert_close(model(inputs)[1], gates[1, 0] * h[1, 0])
 
 
-def test_spectral_sum_with_identity_filters_is_sum_of_projections() -> None:
-    model = fu.make_fusion("spectral", {"A": 5, "B": 7}, dim=8, seed=0)
+def test_frequency_filter_sum_with_identity_filters_is_sum_of_projections() -> None:
+    model = fu.make_fusion("frequency_filter", {"A": 5, "B": 7}, dim=8, seed=0)
     inputs = _inputs()
     h, _ = model.project(inputs)
     torch.testing.assert_close(model(inputs), h.sum(dim=1), atol=1e-6, rtol=1e-5)
 
 
-def test_spectral_filters_act_per_frequency() -> None:
-    model = fu.make_fusion("spectral", {"A": 5, "B": 7}, dim=8, seed=0)
+def test_frequency_filter_filters_act_per_frequency() -> None:
+    model = fu.make_fusion("frequency_filter", {"A": 5, "B": 7}, dim=8, seed=0)
     with torch.no_grad():
         model.modality_filters[1] = 0.0          # B filtered out entirely
         model.fused_filter[1:] = 0.0             # keep only the zero frequency (the feature mean)
@@ -162,8 +160,8 @@ def test_spectral_filters_act_per_frequency() -> None:
     torch.testing.assert_close(model(inputs), expected, atol=1e-6, rtol=1e-5)
 
 
-def test_spectral_product_is_circular_convolution_and_missing_is_identity() -> None:
-    model = fu.make_fusion("spectral", {"A": 5, "B": 7}, dim=8, seed=0, combine="product")
+def test_frequency_filter_product_is_circular_convolution_and_missing_is_identity() -> None:
+    model = fu.make_fusion("frequency_filter", {"A": 5, "B": 7}, dim=8, seed=0, combine="product")
     inputs = _inputs()
     h, _ = model.project(inputs)
     out = model(inputs).detach().numpy()
@@ -279,7 +277,7 @@ def test_returned_vectors_are_from_the_best_epoch(data, trained) -> None:
 def test_training_is_deterministic_given_the_seed(data) -> None:
     modalities, history, val_targets = data
     options = dict(TRAIN, epochs=3)
-    runs = fu.fit_fusion_seeds("spectral", modalities, history, history, val_targets, seeds=(7, 7, 8),
+    runs = fu.fit_fusion_seeds("frequency_filter", modalities, history, history, val_targets, seeds=(7, 7, 8),
                                dim=8, **options)
     np.testing.assert_array_equal(runs[0].vectors, runs[1].vectors)
     assert runs[0].val_loss_curve == runs[1].val_loss_curve
@@ -302,12 +300,3 @@ def test_training_does_not_touch_the_validation_positives(data) -> None:
     assert results[0].val_loss_curve != results[1].val_loss_curve
     for name in states[0]:
         torch.testing.assert_close(states[0][name], states[1][name], rtol=0, atol=0)
-
-
-def test_summaries_over_seeds() -> None:
-    summary = fu.summarize_seeds([1.0, 2.0, 4.0])
-    assert (summary.mean, summary.min, summary.max, summary.n) == (7 / 3, 1.0, 4.0, 3)
-    assert summary.std == pytest.approx(np.sqrt(((1 - 7 / 3) ** 2 + (2 - 7 / 3) ** 2 + (4 - 7 / 3) ** 2) / 2))
-    assert fu.summarize_seeds([5.0]).std == 0.0
-    with pytest.raises(ValueError):
-        fu.summarize_seeds([])

@@ -1,18 +1,24 @@
-"""Fusion of item modalities into one item vector for profile matching (STUDY.md section 2).
+"""Content fusions of item modalities for profile matching (docs/protocol.md, "Methods").
 
 Items carry several modality matrices (e.g. description / title text embeddings, image features),
-each ``(n_items, d_m)`` float32, an all-zero row meaning "missing". A fusion maps them to one
-``(n_items, d)`` matrix that the mean-profile cosine matcher uses like any single representation.
+each ``(n_items, d_m)`` float32, an all-zero row meaning "missing".
 
-- ``weighted_concat``: no training. Concatenating ``sqrt(w_m) * normalize(x_m)`` makes the dot product of
-  two items the weighted sum of their per-modality cosines, i.e. late score fusion.
-- ``AttentionFusion``, ``GatingFusion``, ``SpectralFusion``: learned. ``train_fusion`` fits them on a real
-  preference objective (reference pitfall 6: never an item against itself): a user's profile, the
-  normalised mean of the fused vectors of their train history with one train positive held out, must
-  score that held-out positive above sampled items outside the history (sampled softmax). Epochs are
-  selected by the validation loss (profile from the validation-input history, positives = validation
-  items, full-catalogue softmax over unseen items) and the best epoch's weights are restored from a
-  deep copy. Test interactions are never an input.
+- :class:`WeightedLateFusion`: no training. The score is the weighted sum of the single-modality VLM4Rec
+  scores, ``s(u, i) = sum_m w_m <p_u^m, x_i^m>`` with ``p_u^m`` the user's normalised mean profile in
+  modality m and ``x_i^m`` the normalised item vector; a modality the item lacks adds 0 (no
+  renormalisation of the others). Computed as one product of concatenated ``sqrt(w_m)``-scaled blocks.
+- ``AttentionFusion``, ``GatingFusion``, ``FrequencyFilterFusion``: learned item encoders mapping the
+  modalities to one ``(n_items, d)`` matrix that the mean-profile matcher uses like any representation.
+  ``train_fusion`` fits them on a real preference objective (never an item against itself): a user's
+  profile, the normalised mean of the fused vectors of their train history with one train positive held
+  out, must score that held-out positive above sampled items outside the history (sampled softmax).
+  Epochs are selected by the validation loss (profile from the validation-input history, positives =
+  validation items, full-catalogue softmax over unseen items) and the best epoch's weights are restored
+  from a deep copy. Test interactions are never an input. Training is deterministic
+  (:func:`vlm4rec.reproducibility.deterministic_torch`): a rerun gives byte-identical vectors.
+
+None of these is SMORE (a graph recommender with ID embeddings, :mod:`vlm4rec.multimodal`): the
+frequency-filter fusion only borrows its spectral parameterisation.
 """
 from __future__ import annotations
 
@@ -27,12 +33,14 @@ import scipy.sparse as sp
 import torch
 import torch.nn.functional as F
 from torch import nn
-from tqdm.auto import tqdm
+from tqdm import tqdm
 
-from vlm4rec.vectors import normalize_rows
+from vlm4rec.matching import Recommender, history_weights, user_profiles
+from vlm4rec.reproducibility import deterministic_torch
 from vlm4rec.splits import History, binarize
+from vlm4rec.vectors import normalize_rows
 
-FusionKind = Literal["attention", "gating", "spectral"]
+FusionKind = Literal["attention", "gating", "frequency_filter"]
 _EPS = 1e-12
 
 
@@ -54,20 +62,47 @@ def _check_modalities(modalities: Mapping[str, np.ndarray]) -> int:
     return next(iter(n_rows.values()))
 
 
-def weighted_concat(modalities: Mapping[str, np.ndarray], weights: Mapping[str, float]) -> np.ndarray:
-    """Concatenate ``sqrt(w_m) * normalize(x_m)`` over modalities (in ``modalities`` order).
+class WeightedLateFusion(Recommender):
+    """Late fusion of the per-modality VLM4Rec scores: ``s(u, i) = sum_m w_m <p_u^m, x_i^m>``.
 
-    The dot product of two rows is ``sum_m w_m cos_m`` (a missing modality contributes 0), so cosine
-    matching on the result is late score fusion with weights ``w``. Modalities with weight 0 are kept
-    (as zero blocks) so that every weighting has the same layout.
+    ``p_u^m = normalize(mean of the user's history vectors in modality m)`` (the single-representation
+    profile) and ``x_i^m`` the L2-normalised item vector; an item without modality m contributes 0 for
+    it (the other modalities keep their weight), an item with no modality at all is ranked last. Scored
+    as one matrix product of the concatenations of ``sqrt(w_m) p_u^m`` and ``sqrt(w_m) x_i^m``.
     """
-    _check_modalities(modalities)
-    if set(weights) != set(modalities):
-        raise ValueError(f"weights {sorted(weights)} must name exactly the modalities {sorted(modalities)}")
-    if any(not math.isfinite(w) or w < 0 for w in weights.values()):
-        raise ValueError(f"weights must be finite and >= 0, got {dict(weights)}")
-    blocks = [math.sqrt(weights[name]) * normalize_rows(x) for name, x in modalities.items()]
-    return np.concatenate(blocks, axis=1).astype(np.float32)
+
+    def __init__(self, modalities: Mapping[str, np.ndarray], weights: Mapping[str, float],
+                 name: str = "fusion_late"):
+        _check_modalities(modalities)
+        if set(weights) != set(modalities):
+            raise ValueError(f"weights {sorted(weights)} must name exactly the modalities {sorted(modalities)}")
+        if any(not math.isfinite(w) or w < 0 for w in weights.values()):
+            raise ValueError(f"weights must be finite and >= 0, got {dict(weights)}")
+        self.names = tuple(modalities)
+        self.weights = {name: float(weights[name]) for name in self.names}
+        self.blocks = [normalize_rows(modalities[m]) for m in self.names]
+        self.items = np.concatenate([math.sqrt(self.weights[m]) * x for m, x in zip(self.names, self.blocks)],
+                                    axis=1)
+        self.missing = ~np.stack([x.any(axis=1) for x in self.blocks]).any(axis=0)
+        self.name = name
+        self._profiles: np.ndarray | None = None
+
+    def fit(self, history: History) -> "WeightedLateFusion":
+        weights = history_weights(history, "mean")
+        self._profiles = np.concatenate(
+            [math.sqrt(self.weights[m]) * user_profiles(weights, x) for m, x in zip(self.names, self.blocks)],
+            axis=1)
+        return self
+
+    def score_block(self, users: np.ndarray) -> np.ndarray:
+        if self._profiles is None:
+            raise RuntimeError(f"{self.name}: call fit(history) before scoring")
+        scores = self._profiles[users] @ self.items.T
+        scores[:, self.missing] = -np.inf
+        return scores.astype(np.float32, copy=False)
+
+    def diagnostics(self) -> dict[str, float | int]:
+        return {"n_missing_items": int(self.missing.sum())}
 
 
 # --------------------------------------------------------------------------- modules
@@ -144,20 +179,19 @@ class GatingFusion(WeightedSumFusion):
         return torch.sigmoid(self.gate(h.flatten(start_dim=1))) * mask
 
 
-class SpectralFusion(FusionModule):
-    """SMORE-style spectral fusion (Ong & Khong, WSDM 2025, "Spectrum-based Modality Representation
-    Fusion"): each projected modality goes to the frequency domain (``rfft`` over the feature axis,
-    orthonormal), is multiplied by its own learnable complex filter (denoising), the filtered spectra
-    are combined, the combination is multiplied by a learnable fused-spectrum filter, and ``irfft``
-    (``n=dim``) returns to the feature domain.
+class FrequencyFilterFusion(FusionModule):
+    """A content fusion parameterised in the frequency domain, borrowing SMORE's spectral filters (Ong &
+    Khong, WSDM 2025) but not SMORE itself (no graphs, no ID embeddings): each projected modality goes to
+    the frequency domain (``rfft`` over the feature axis, orthonormal), is multiplied by its own learnable
+    complex filter, the filtered spectra are combined, the combination is multiplied by a learnable
+    fused-spectrum filter, and ``irfft`` (``n=dim``) returns to the feature domain.
 
     ``combine="sum"`` adds the filtered spectra. The module is then linear in its (normalised)
     inputs: each modality's projection followed by a learned circulant filter, summed; i.e. a linear
     fusion parameterised in the frequency domain. ``combine="product"`` multiplies the spectra
     point-wise, as SMORE's cross-modal branch does (a circular convolution of the modalities in feature
     space, a multiplicative interaction); a missing modality is then the identity (all-ones spectrum).
-    Filters start at the identity (1 + 0j). SMORE's graph convolutions and ID embeddings are not part
-    of this module: it fuses content only.
+    Filters start at the identity (1 + 0j).
     """
 
     def __init__(self, dims: Mapping[str, int], dim: int = 128,
@@ -186,7 +220,7 @@ class SpectralFusion(FusionModule):
 
 
 _KINDS: dict[str, type[FusionModule]] = {
-    "attention": AttentionFusion, "gating": GatingFusion, "spectral": SpectralFusion}
+    "attention": AttentionFusion, "gating": GatingFusion, "frequency_filter": FrequencyFilterFusion}
 
 
 def make_fusion(kind: FusionKind, dims: Mapping[str, int], dim: int = 128, seed: int = 0,
@@ -376,7 +410,18 @@ def train_fusion(model: FusionModule, modalities: Mapping[str, np.ndarray], trai
     """Train ``model`` with the held-out-positive sampled softmax on ``train_history``; keep the epoch
     with the lowest validation loss (``val_history`` as input, ``val_targets`` as positives), stopping
     after ``patience`` epochs without improvement. Deterministic given ``seed``; ``model`` ends holding
-    the best epoch's weights (restored from a deep copy, never a live reference)."""
+    the best epoch's weights (restored from a deep copy, never a live reference). Runs inside
+    :func:`~vlm4rec.reproducibility.deterministic_torch`, so a rerun gives byte-identical vectors."""
+    with deterministic_torch():
+        return _train_fusion(model, modalities, train_history, val_history, val_targets, seed=seed, epochs=epochs,
+                             batch_size=batch_size, lr=lr, patience=patience, negatives=negatives,
+                             temperature=temperature, weight_decay=weight_decay, progress=progress)
+
+
+def _train_fusion(model: FusionModule, modalities: Mapping[str, np.ndarray], train_history: History,
+                  val_history: History, val_targets: sp.spmatrix, *, seed: int, epochs: int, batch_size: int,
+                  lr: float, patience: int, negatives: int, temperature: float, weight_decay: float,
+                  progress: bool) -> FusionResult:
     n_items = _check_modalities(modalities)
     if train_history.n_items != n_items or val_history.n_items != n_items:
         raise ValueError(f"histories have {train_history.n_items}/{val_history.n_items} items, "
@@ -426,35 +471,7 @@ def fit_fusion_seeds(kind: FusionKind, modalities: Mapping[str, np.ndarray], tra
             for seed in seeds]
 
 
-# --------------------------------------------------------------------------- reporting
-
-@dataclass(frozen=True)
-class SeedSummary:
-    """Mean and spread of one number over seeds (std with ddof=1; 0 for a single seed)."""
-
-    mean: float
-    std: float
-    min: float
-    max: float
-    n: int
-
-
-def summarize_seeds(values: Sequence[float]) -> SeedSummary:
-    """Mean / sample std / range of ``values`` (one per seed)."""
-    arr = np.asarray(values, dtype=np.float64)
-    if arr.size == 0:
-        raise ValueError("no values to summarise")
-    std = float(arr.std(ddof=1)) if arr.size > 1 else 0.0
-    return SeedSummary(mean=float(arr.mean()), std=std, min=float(arr.min()), max=float(arr.max()),
-                       n=int(arr.size))
-
-
-def summarize_fusion_results(results: Sequence[FusionResult]) -> dict[str, SeedSummary]:
-    """Seed summaries of the best validation loss, the best epoch and the training time."""
-    return {"best_val_loss": summarize_seeds([r.best_val_loss for r in results]),
-            "best_epoch": summarize_seeds([r.best_epoch for r in results]),
-            "train_s": summarize_seeds([r.train_s for r in results])}
-
+# --------------------------------------------------------------------------- diagnostics
 
 def modality_ablation(model: FusionModule, modalities: Mapping[str, np.ndarray], val_history: History,
                       val_targets: sp.spmatrix, temperature: float = 0.1) -> dict[str, float]:
