@@ -40,3 +40,27 @@ def test_image_grid_lays_out_rows_and_uses_a_placeholder_for_missing_or_broken_i
     shapes = [ax.get_images()[0].get_array().shape for ax in fig.axes[:4]]
     assert shapes == [(30, 20, 3), (3, 2, 3), (3, 2, 3), (3, 2, 3)]
     assert fig.axes[1].get_title(loc="left") == "two\nlines"
+
+
+def test_metric_at_k_curves_put_each_group_in_its_own_panel() -> None:
+    curves = pd.DataFrame({"method": ["a"] * 2 + ["b"] * 2 + ["c"] * 2, "k": [5, 10] * 3,
+                           "recall": [0.1, 0.2, 0.0, 0.1, 0.3, 0.4], "group": ["x"] * 4 + ["y"] * 2})
+    fig = plots.metric_at_k_curves(curves, group="group")
+    assert [ax.get_title() for ax in fig.axes] == ["x", "y"]
+    assert [sorted(t.get_text() for t in ax.get_legend().get_texts()) for ax in fig.axes] == [["a", "b"], ["c"]]
+
+
+def test_image_grid_title_sits_above_the_first_row_of_captions(tmp_path) -> None:
+    fig = plots.image_grid([None, None], ["a caption\non two lines", "b"], ncols=2, title="user 7")
+    fig.canvas.draw()
+    renderer = fig.canvas.get_renderer()
+    title_box = fig._suptitle.get_window_extent(renderer)
+    caption_box = fig.axes[0].title.get_window_extent(renderer)
+    assert title_box.y0 >= caption_box.y1  # no overlap
+
+
+def test_slice_plot_leaves_out_empty_slices() -> None:
+    slices = pd.DataFrame({"method": ["a", "a"], "slice": ["0", "1-10"], "value": [np.nan, 0.2], "n": [0, 5],
+                           "metric": ["recall@20"] * 2})
+    fig = plots.slice_plot(slices)
+    assert [t.get_text() for t in fig.axes[0].get_xticklabels()] == ["1-10"]

@@ -8,12 +8,11 @@ from vlm4rec.data import PreparedData
 from vlm4rec.evaluation import EvalData
 from vlm4rec.metrics import ranking_metrics
 from vlm4rec.slices import (history_bin_labels, image_availability_groups, item_popularity_groups,
-                            item_slice_recall, per_user_slice_table, slices_for_methods,
+                            item_slice_recall, per_user_recall_on, per_user_slice_table, slices_for_methods,
                             user_history_groups)
 
 N_ITEMS = 8
-# (user, item, split). Train popularity in distinct users: item 0: 4, item 1: 3, items 2, 3, 4: 1 each
-# (item 3's row is repeated); items 5, 6, 7 only in validation / test: cold. User 4 has only a test item.
+# (user, item, split). Items 6 and 7 only in test: cold. User 4 has only a test item.
 ROWS = [(0, 0, "train"), (0, 1, "train"), (0, 2, "train"), (0, 5, "val"),
         (0, 6, "test"), (0, 3, "test"),
         (1, 0, "train"), (1, 1, "train"), (1, 3, "val"), (1, 2, "test"), (1, 7, "test"),
@@ -47,20 +46,22 @@ def prepared() -> PreparedData:
 
 
 def test_popularity_groups_hand_computed() -> None:
-    groups = item_popularity_groups(interactions(), N_ITEMS, head_share=0.4)  # ceil(0.4 * 5) = 2 head
+    """Train + validation popularity in distinct users: items 0 and 1: 4 each (item 1 gets user 2's
+    validation row), items 2 and 3: 2 (item 3's repeated train row counts once), items 4 and 5: 1 (item 5
+    only in validation); items 6 and 7 appear only in test: cold."""
+    groups = item_popularity_groups(interactions(), N_ITEMS, head_share=0.4)  # ceil(0.4 * 6) = 3 head
     assert list(groups.index) == list(range(N_ITEMS))
-    assert list(groups) == ["head", "head", "tail", "tail", "tail", "cold", "cold", "cold"]
-    # ceil(0.5 * 5) = 3: the tie among items 2, 3, 4 (popularity 1; item 3's repeated row counts
-    # once) goes to the lowest index
+    assert list(groups) == ["head", "head", "head", "tail", "tail", "tail", "cold", "cold"]
+    # ceil(0.5 * 6) = 3; ceil(0.2 * 6) = 2: the tie between items 0 and 1 goes to the lower index
     assert list(item_popularity_groups(interactions(), N_ITEMS, 0.5)[:5]) == ["head"] * 3 + ["tail"] * 2
-    assert list(item_popularity_groups(interactions(), N_ITEMS, 0.2)[:2]) == ["head", "tail"]
+    assert list(item_popularity_groups(interactions(), N_ITEMS, 0.1)[:2]) == ["head", "tail"]
 
 
 def loop_popularity_groups(frame: pd.DataFrame, n_items: int, head_share: float) -> list[str]:
     """The definition with Python sets and sorted()."""
     users_of: dict[int, set[int]] = {i: set() for i in range(n_items)}
     for user, item, split in zip(frame["user_idx"], frame["item_idx"], frame["split"]):
-        if split == "train":
+        if split in ("train", "val"):
             users_of[item].add(user)
     warm = sorted((i for i in range(n_items) if users_of[i]), key=lambda i: (-len(users_of[i]), i))
     n_head = math.ceil(round(head_share * len(warm), 9))
@@ -131,8 +132,8 @@ def test_per_user_slice_table_hand_computed() -> None:
         per_user_slice_table(per_user, groups.drop(4), ["recall@2"])
 
 
-@pytest.mark.parametrize("k,expected", [(2, {"head": (1, 0), "tail": (4, 2), "cold": (2, 1)}),
-                                        (3, {"head": (1, 1), "tail": (4, 2), "cold": (2, 1)})])
+@pytest.mark.parametrize("k,expected", [(2, {"head": (2, 1), "tail": (3, 1), "cold": (2, 1)}),
+                                        (3, {"head": (2, 2), "tail": (3, 1), "cold": (2, 1)})])
 def test_item_slice_recall_popularity_hand_computed(k: int, expected: dict[str, tuple[int, int]]) -> None:
     groups = item_popularity_groups(interactions(), N_ITEMS, head_share=0.4)
     table = item_slice_recall(TOPK, USERS, interactions(), groups, k)
@@ -208,11 +209,11 @@ def test_slices_for_methods_long_format() -> None:
     assert a.loc[("user_history", "0", "recall@2"), "value"] == 0.0
     assert a.loc[("user_history", ">100", "ndcg@2"), "n"] == 0
     assert [a.loc[("item_popularity", s, "pair_recall@2"), "value"] for s in ("head", "tail", "cold")] == \
-        [0.0, 0.5, 0.5]
+        pytest.approx([0.5, 1 / 3, 0.5])
     assert a.loc[("image_availability", "without image", "pair_recall@2"), "value"] == pytest.approx(1 / 3)
-    # method b ranks the third item second: user 4's item 0 becomes a hit at k=2
+    # method b reverses the lists: user 4's item 0 becomes a hit at k=2, user 1's item 2 a miss
     b = out[out["method"] == "b"].set_index(["slice_kind", "slice", "metric"])
-    assert b.loc[("item_popularity", "head", "pair_recall@2"), "value"] == 1.0
+    assert b.loc[("item_popularity", "head", "pair_recall@2"), "value"] == 0.5
 
 
 def test_slices_for_methods_rejects_mismatched_users() -> None:
@@ -220,3 +221,11 @@ def test_slices_for_methods_rejects_mismatched_users() -> None:
     per_user = ranking_metrics(TOPK, EvalData.from_prepared(data).test_targets, USERS, [2])
     with pytest.raises(ValueError, match="different users"):
         slices_for_methods({"a": (TOPK, USERS, per_user.iloc[1:])}, data, k=2)
+
+
+def test_per_user_recall_on_a_set_of_items_hand_computed() -> None:
+    """Cold test items are 6 and 7: user 0 has item 6 (hit at rank 2), user 1 has item 7 (miss)."""
+    table = per_user_recall_on(TOPK, USERS, interactions(), np.array([6, 7]), k=2)
+    assert table.to_dict(orient="list") == {"user_idx": [0, 1], "n_items": [1, 1], "recall@2": [1.0, 0.0]}
+    both = per_user_recall_on(TOPK, USERS, interactions(), np.array([2, 6, 7]), k=2)
+    assert both.set_index("user_idx").loc[1, "recall@2"] == 0.5  # item 2 hit, item 7 missed

@@ -52,22 +52,30 @@ def metric_bars(table: pd.DataFrame, metric: str) -> plt.Figure:
     return fig
 
 
-def metric_at_k_curves(curves: pd.DataFrame, metric: str = "recall") -> plt.Figure:
-    """``metric``@K against K per method (curves: method, k, <metric>); the legend sits below the plot."""
-    n_methods = curves["method"].nunique()
-    fig, ax = plt.subplots(figsize=(9, 4.5 + 0.12 * n_methods))
-    sns.lineplot(data=curves, x="k", y=metric, hue="method", style="method", markers=True, dashes=False,
-                 palette="tab20" if n_methods > 10 else "tab10", ax=ax)
-    ax.set_xticks(sorted(curves["k"].unique()))
-    ax.set(xlabel="K", ylabel=f"{metric}@K (test)")
-    ax.legend(loc="upper center", bbox_to_anchor=(0.5, -0.15), ncol=3, fontsize="small", frameon=False)
+def metric_at_k_curves(curves: pd.DataFrame, metric: str = "recall", group: str | None = None) -> plt.Figure:
+    """``metric``@K against K per method (curves: method, k, <metric>, and optionally a ``group`` column that
+    puts each group of methods (baselines, single representations, fusions...) in its own panel, so that
+    lines stay few enough per panel to tell apart); one legend per panel, below it."""
+    groups = list(dict.fromkeys(curves[group])) if group else [None]
+    fig, axes = plt.subplots(1, len(groups), figsize=(5.2 * len(groups), 5.2), sharey=True, squeeze=False)
+    for ax, name in zip(axes[0], groups):
+        part = curves if name is None else curves[curves[group] == name]
+        n_methods = part["method"].nunique()
+        sns.lineplot(data=part, x="k", y=metric, hue="method", style="method", markers=True, dashes=False,
+                     palette="tab20" if n_methods > 10 else "tab10", ax=ax)
+        ax.set_xticks(sorted(curves["k"].unique()))
+        ax.set(xlabel="K", ylabel=f"{metric}@K (test)", title=name or "")
+        ax.legend(loc="upper center", bbox_to_anchor=(0.5, -0.13), ncol=2, fontsize="small", frameon=False)
     fig.tight_layout()
     return fig
 
 
 def slice_plot(slices: pd.DataFrame, value: str = "value", slice_col: str = "slice") -> plt.Figure:
     """Grouped bars of ``value`` per slice and method (slices: method, slice, value, and optionally the
-    ``metric`` the values are, which labels the axis)."""
+    ``metric`` the values are, which labels the axis, and ``n``: slices without users or pairs are left
+    out of the figure; the tables keep them)."""
+    if "n" in slices:
+        slices = slices[slices["n"] > 0]
     fig, ax = plt.subplots(figsize=(9, 3.8))
     sns.barplot(data=slices, x=slice_col, y=value, hue="method", ax=ax)
     label = slices["metric"].iloc[0] if "metric" in slices and slices["metric"].nunique() == 1 else value
@@ -78,11 +86,12 @@ def slice_plot(slices: pd.DataFrame, value: str = "value", slice_col: str = "sli
 
 
 def image_grid(paths: Sequence[str | float | None], captions: Sequence[str], ncols: int = 6,
-               cell_inches: float = 2.0, width_chars: int = 30) -> plt.Figure:
+               cell_inches: float = 2.0, width_chars: int = 30, title: str | None = None) -> plt.Figure:
     """Posters (a grey placeholder where an item has no image: None or NaN path, or a broken file) with
-    captions wrapped above each.
+    captions wrapped above each, and an optional figure ``title`` above everything.
 
-    Each row is as tall as its image plus its longest wrapped caption, so captions never overlap posters.
+    Each row is as tall as its image plus its longest wrapped caption, so captions never overlap posters;
+    the title gets its own band, so it never overlaps the first captions.
     """
     from textwrap import fill
 
@@ -104,5 +113,9 @@ def image_grid(paths: Sequence[str | float | None], captions: Sequence[str], nco
         except ImageLoadError:
             ax.imshow(placeholder)
         ax.set_title(caption, fontsize=7, loc="left")
-    fig.tight_layout()
+    title_inches = 0.35 if title else 0.0
+    fig.set_figheight(sum(heights) + title_inches)
+    fig.tight_layout(rect=(0, 0, 1, 1 - title_inches / (sum(heights) + title_inches)))
+    if title:
+        fig.suptitle(title, x=0.01, y=1 - 0.05 / (sum(heights) + title_inches), ha="left", va="top", fontsize=10)
     return fig

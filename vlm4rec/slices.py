@@ -1,4 +1,4 @@
-"""Result slices (STUDY.md section 4): where a method wins or loses, by user and by test item.
+"""Result slices (docs/protocol.md, "Slices"): where a method wins or loses, by user and by test item.
 
 Three slice kinds, all read from the prepared tables and a method's test output (``topk`` rows in
 the order of ``users``, per-user metrics with a ``user_idx`` column):
@@ -6,8 +6,8 @@ the order of ``users``, per-user metrics with a ``user_idx`` column):
 ``user_history``        users grouped by the length of the history they are ranked from at test time
                         (train + validation positives); the value is the macro mean of a per-user
                         metric over the group's users.
-``item_popularity``     test (user, item) pairs grouped by the test item's train popularity
-                        (head / tail / cold, :func:`item_popularity_groups`).
+``item_popularity``     test (user, item) pairs grouped by the test item's popularity in the test-time
+                        history (head / tail / cold, :func:`item_popularity_groups`).
 ``image_availability``  test pairs grouped by whether the test item has an image.
 
 Item slices cannot use per-user metrics (a user's test items fall into several groups), so their value
@@ -39,20 +39,21 @@ def _categorical(labels: Sequence[str] | np.ndarray, categories: Sequence[str], 
 
 
 def item_popularity_groups(interactions: pd.DataFrame, n_items: int, head_share: float = 0.2) -> pd.Series:
-    """Label every item 0..n_items-1 as ``head``, ``tail`` or ``cold`` by its train popularity.
+    """Label every item 0..n_items-1 as ``head``, ``tail`` or ``cold`` by its popularity in the history
+    that test-time models are fitted on (train + validation).
 
-    Popularity = number of distinct users with a train interaction on the item. Items with
-    popularity 0 are ``cold``. The other ("warm") items are ranked by popularity, descending, ties
-    broken by ascending item index; the first ``ceil(head_share * n_warm)`` are ``head``, the rest
-    ``tail``. Validation and test interactions never enter the labels.
+    Popularity = number of distinct users with a train or validation interaction on the item. Items with
+    popularity 0 are ``cold`` (no model saw them interacted with before ranking test). The other ("warm")
+    items are ranked by popularity, descending, ties broken by ascending item index; the first
+    ``ceil(head_share * n_warm)`` are ``head``, the rest ``tail``. Test interactions never enter the labels.
     """
     if not 0 < head_share < 1:
         raise ValueError(f"head_share must be in (0, 1), got {head_share}")
-    train = interactions.loc[interactions["split"] == "train", ["user_idx", "item_idx"]]
-    items = train["item_idx"].to_numpy()
+    seen = interactions.loc[interactions["split"].isin(HISTORY_SPLITS), ["user_idx", "item_idx"]]
+    items = seen["item_idx"].to_numpy()
     if items.size and (items.min() < 0 or items.max() >= n_items):
-        raise ValueError(f"train interactions hold item indices outside 0..{n_items - 1}")
-    popularity = np.bincount(train.drop_duplicates()["item_idx"].to_numpy(), minlength=n_items)
+        raise ValueError(f"train / validation interactions hold item indices outside 0..{n_items - 1}")
+    popularity = np.bincount(seen.drop_duplicates()["item_idx"].to_numpy(), minlength=n_items)
     warm = np.flatnonzero(popularity > 0)
     ranked = warm[np.lexsort((warm, -popularity[warm]))]
     labels = np.full(n_items, "cold", dtype=object)
@@ -84,6 +85,14 @@ def history_bin_labels(bins: Sequence[float]) -> list[str]:
     return labels
 
 
+def history_lengths(interactions: pd.DataFrame) -> pd.Series:
+    """Distinct train + validation positives per user (the history test-time models rank from), for every
+    user in ``interactions`` (0 for users with none)."""
+    in_history = interactions["split"].isin(HISTORY_SPLITS)
+    return (interactions.loc[in_history].drop_duplicates(["user_idx", "item_idx"]).groupby("user_idx").size()
+            .reindex(np.unique(interactions["user_idx"].to_numpy()), fill_value=0))
+
+
 def user_history_groups(interactions: pd.DataFrame,
                         bins: Sequence[float] = HISTORY_BINS) -> pd.Series:
     """Label every user in ``interactions`` by the number of positives in their test-time history.
@@ -98,10 +107,7 @@ def user_history_groups(interactions: pd.DataFrame,
         raise ValueError(f"bins must be at least two strictly increasing edges >= 0, got {list(bins)}")
     if any(not (math.isinf(b) or b == int(b)) for b in edges):
         raise ValueError(f"bins must be integer counts (or inf), got {list(bins)}")
-    in_history = interactions["split"].isin(HISTORY_SPLITS)
-    counts = (interactions.loc[in_history].drop_duplicates(["user_idx", "item_idx"])
-              .groupby("user_idx").size()
-              .reindex(np.unique(interactions["user_idx"].to_numpy()), fill_value=0))
+    counts = history_lengths(interactions)
     values = counts.to_numpy()
     position = np.searchsorted(edges, values, side="left")  # (edges[p-1], edges[p]] holds the value
     covered = (values == 0) | ((position >= 1) & (position < len(edges)))
@@ -174,6 +180,18 @@ def item_slice_recall(topk: np.ndarray, users: np.ndarray, interactions: pd.Data
     grouped = pairs.groupby("slice", observed=False, sort=True)["hit"]
     table = pd.DataFrame({"n_pairs": grouped.size(), "hits": grouped.sum().astype(np.int64)})
     table["recall"] = table["hits"] / table["n_pairs"].where(table["n_pairs"] > 0)
+    return table.reset_index()
+
+
+def per_user_recall_on(topk: np.ndarray, users: np.ndarray, interactions: pd.DataFrame, items: np.ndarray,
+                       k: int) -> pd.DataFrame:
+    """Per-user recall@k over the user's test items that are in ``items`` (e.g. the cold ones): hits among
+    them / their number, for every user with at least one (columns user_idx, n_items, recall@k). Unlike
+    the pair-level slice recall this is one value per user, so it takes paired tests and user bootstraps."""
+    pairs = pair_hits(topk, users, interactions, k)
+    pairs = pairs[np.isin(pairs["item_idx"].to_numpy(), np.asarray(items))]
+    grouped = pairs.groupby("user_idx")["hit"]
+    table = pd.DataFrame({"n_items": grouped.size(), f"recall@{k}": grouped.mean()})
     return table.reset_index()
 
 
