@@ -6,9 +6,10 @@ import pytest
 import scipy.sparse as sp
 
 from vlm4rec.data import PreparedData
-from vlm4rec.evaluation import Candidate, EvalData, evaluate, load_result, select_and_test
+from vlm4rec.evaluation import (Candidate, EvalData, evaluate, load_result, select_and_test,
+                                select_and_test_seeds)
 from vlm4rec.stats import paired_tests
-from vlm4rec.matching import ProfileRecommender
+from vlm4rec.matching import IterativeRecommender, ProfileRecommender, TrainingLog
 from vlm4rec.splits import History, SplitConfig, assign_split
 
 N_USERS, N_ITEMS, PER_USER = 60, 50, 10
@@ -65,8 +66,7 @@ def test_evaluate_fills_timing_and_ranks_every_user(planted) -> None:
     data, _, vectors = planted
     split = data.validation()
     timing: dict[str, float] = {}
-    topk, per_user = evaluate(ProfileRecommender(vectors), split.history, split.exclude, split.targets,
-                              split.users, (5, 10), timing)
+    topk, per_user = evaluate(ProfileRecommender(vectors), split, (5, 10), timing)
     assert topk.shape == (N_USERS, 10)
     assert list(per_user["user_idx"]) == list(split.users)
     assert set(timing) == {"fit_s", "score_s", "users_per_s"}
@@ -172,3 +172,93 @@ def test_bad_selection_inputs_fail_before_testing(planted) -> None:
         select_and_test("p", [Candidate({"v": vectors}, lambda: ProfileRecommender(vectors))], data)
     with pytest.raises(ValueError, match="no candidate"):
         select_and_test("p", [], data)
+
+
+class EpochModel(IterativeRecommender):
+    """A fake iterative model: after epoch ``good_epoch`` (counted from its seed) it ranks with the signal
+    vectors, at every other epoch with shuffled ones; records what it was fitted on."""
+
+    calls: list[tuple[str, int, int, History]] = []
+
+    def __init__(self, vectors: np.ndarray, good_epoch: int, seed: int = 0, epochs: int = 10):
+        self.vectors, self.good_epoch, self.seed, self.epochs = vectors, good_epoch, seed, epochs
+        self.eval_every, self.patience = 1, 5
+
+    def _at(self, epoch: int) -> None:
+        self.epoch = epoch
+        self.inner = ProfileRecommender(self.vectors if epoch == self.good_epoch else shuffled(self.vectors))
+        self.inner.fit(self.history)
+
+    def fit(self, history: History) -> "EpochModel":
+        self.history = history
+        EpochModel.calls.append(("fit", self.seed, self.epochs, history))
+        self._at(self.epochs)
+        return self
+
+    def fit_monitored(self, history: History, monitor) -> TrainingLog:
+        self.history = history
+        EpochModel.calls.append(("monitored", self.seed, self.epochs, history))
+        log = TrainingLog()
+        for epoch in range(self.epochs + 1):
+            self._at(epoch)
+            if epoch:
+                log.train_loss.append(1.0 / epoch)
+            log.curve.append((epoch, monitor(self)))
+            best = max(log.curve, key=lambda point: point[1])[0]
+            if epoch - best >= self.patience:
+                break
+        log.best_epoch = max(log.curve, key=lambda point: point[1])[0]
+        self._at(log.best_epoch)
+        return log
+
+    def score_block(self, users: np.ndarray) -> np.ndarray:
+        return self.inner.score_block(users)
+
+
+def test_iterative_models_are_early_stopped_on_validation_and_refitted_for_the_chosen_epochs(planted):
+    data, prepared, vectors = planted
+    EpochModel.calls = []
+    result = select_and_test("epochs", [Candidate({"good": 3}, lambda: EpochModel(vectors, 3))], data, ks=(10,))
+    assert result.config == {"good": 3, "epochs": 3}
+    assert result.training["best_epoch"] == 3 and result.training["epochs_run"] == 8  # patience 5 after 3
+    assert [e for e, _ in result.training["curve"]] == list(range(9))
+    (kind_val, _, _, val_history), (kind_test, _, epochs, test_history) = EpochModel.calls
+    assert (kind_val, kind_test, epochs) == ("monitored", "fit", 3)
+    assert entries(val_history.matrix) == pairs_in(prepared.interactions, ["train"])
+    assert entries(test_history.matrix) == pairs_in(prepared.interactions, ["train", "val"])
+    assert result.val_summary()["ndcg@10"] == pytest.approx(max(v for _, v in result.training["curve"]))
+
+
+def test_seeded_methods_select_on_the_first_seed_and_test_every_seed(planted, tmp_path):
+    data, _, vectors = planted
+    EpochModel.calls = []
+
+    def grid(seed: int) -> list[Candidate]:
+        return [Candidate({"good": g}, lambda g=g: EpochModel(vectors, g, seed=seed)) for g in (2, 4)]
+
+    results = select_and_test_seeds("epochs", grid, data, seeds=[5, 6], ks=(10,), out_dir=tmp_path)
+    assert list(results) == ["epochs@seed5", "epochs@seed6"]
+    assert [(kind, seed) for kind, seed, _, _ in EpochModel.calls] == [
+        ("monitored", 5), ("monitored", 5), ("fit", 5), ("fit", 6)]
+    assert all(r.config == {"good": 2, "epochs": 2} for r in results.values())  # first of the tie
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["epochs@seed5", "epochs@seed6"]
+    assert load_result(tmp_path / "epochs@seed6").training == results["epochs@seed6"].training
+    with pytest.raises(ValueError, match="no seeds"):
+        select_and_test_seeds("epochs", grid, data, seeds=[], ks=(10,))
+
+
+def test_a_grid_without_any_finite_validation_metric_is_an_error(planted):
+    data, _, vectors = planted
+    no_validation = dataclasses.replace(data, val_targets=sp.csr_matrix(data.val_targets.shape))
+    with pytest.raises(ValueError, match="no candidate reached a finite validation ndcg@10"):
+        select_and_test("p", profile_grid(vectors), no_validation, ks=(10,))
+
+
+def test_result_files_hold_no_wall_times_and_are_identical_across_runs(planted, tmp_path):
+    data, _, vectors = planted
+    for run in ("a", "b"):
+        select_and_test("profile", profile_grid(vectors), data, ks=(5, 10), out_dir=tmp_path / run)
+    for name in ("chosen.json", "val_grid.parquet", "val_per_user.parquet", "test_per_user.parquet",
+                 "test_topk.npy", "summary.json"):
+        assert (tmp_path / "a" / name).read_bytes() == (tmp_path / "b" / name).read_bytes(), name
+    assert "_s" not in (tmp_path / "a" / "summary.json").read_text()

@@ -7,11 +7,13 @@ import pytest
 
 from vlm4rec.data import RawDataset
 from vlm4rec.matching import ProfileRecommender
-from vlm4rec.pipeline.ablate import cell_name, cell_representation
-from vlm4rec.pipeline.common import collapse_seeds, method_family, profile_candidates
-from vlm4rec.pipeline.fuse import seed_method, simplex_grid
+from vlm4rec.evaluation import seed_method
+from vlm4rec.pipeline.ablate import cell_name, cell_representation, parse_cell
+from vlm4rec.pipeline.fuse import learned_grid, simplex_grid
 from vlm4rec.pipeline.match import baseline_candidates
 from vlm4rec.pipeline.prepare import sample_users
+from vlm4rec.pipeline.profiles import profile_candidates
+from vlm4rec.pipeline.tables import method_family, method_group, seed_of
 
 
 def test_simplex_grid_enumerates_every_weight_vector_summing_to_one() -> None:
@@ -52,14 +54,28 @@ def test_cell_names_and_representations() -> None:
     assert cell_name(plain) == "image-knn_sum-20" and cell_representation(plain) == "image"
 
 
-def test_collapse_seeds_averages_each_user_over_seeds_and_keeps_other_methods() -> None:
-    per_user = pd.DataFrame({
-        "method": [seed_method("gating", 0)] * 2 + [seed_method("gating", 1)] * 2 + ["title"] * 2,
-        "user_idx": [0, 1, 0, 1, 0, 1], "recall@10": [0.0, 1.0, 1.0, 1.0, 0.5, 0.25]})
-    collapsed = collapse_seeds(per_user).set_index(["method", "user_idx"])["recall@10"]
-    assert collapsed.to_dict() == {("fusion_gating", 0): 0.5, ("fusion_gating", 1): 1.0,
-                                   ("title", 0): 0.5, ("title", 1): 0.25}
-    assert method_family("fusion_gating@seed1") == "fusion_gating" and method_family("ease") == "ease"
+def test_seed_names_families_and_groups() -> None:
+    name = seed_method("fusion_gating", 1)
+    assert name == "fusion_gating@seed1" and method_family(name) == "fusion_gating" and seed_of(name) == 1
+    assert method_family("ease") == "ease" and seed_of("ease") is None
+    reps = ["title", "image"]
+    assert [method_group(m, reps) for m in ("ease", "image", "hybrid_title_ease", "fusion_late", "smore-x")] == [
+        "collaborative baselines", "profile matching (one representation)", "content fusions and hybrids",
+        "content fusions and hybrids", "multimodal recommenders"]
+
+
+def test_learned_grid_crosses_the_knobs_and_adds_combine_only_for_frequency_filter() -> None:
+    fusion = {"temperature_grid": [0.05, 0.1], "weight_decay_grid": [0.0], "combine_grid": ["sum", "product"]}
+    assert learned_grid("gating", fusion) == [{"temperature": 0.05, "weight_decay": 0.0},
+                                              {"temperature": 0.1, "weight_decay": 0.0}]
+    assert len(learned_grid("frequency_filter", fusion)) == 4
+    assert {c["combine"] for c in learned_grid("frequency_filter", fusion)} == {"sum", "product"}
+
+
+def test_parse_cell_reads_yaml_scalars() -> None:
+    assert parse_cell(["cap=20", "arm=image_only", "x=all"]) == {"cap": 20, "arm": "image_only", "x": "all"}
+    with pytest.raises(ValueError, match="KEY=VALUE"):
+        parse_cell(["cap"])
 
 
 def test_sample_users_is_seeded_and_keeps_every_row_of_the_sampled_users() -> None:

@@ -158,3 +158,13 @@ def test_load_refuses_a_matrix_that_disagrees_with_its_metadata(tmp_path):
     np.save(tmp_path / "image.npy", np.eye(2, dtype=np.float32))
     with pytest.raises(ValueError, match="shape"):
         Representation.load(tmp_path, "image")
+
+
+def test_load_vectors_names_the_key_and_lists_what_exists(tmp_path):
+    from vlm4rec.errors import StudyError
+    from vlm4rec.representations import load_vectors
+
+    from_features("image", np.eye(3), "identity").save(tmp_path)
+    np.testing.assert_array_equal(load_vectors(tmp_path, "image"), np.eye(3, dtype=np.float32))
+    with pytest.raises(StudyError, match="match.representations names 'imgae'.*: image$"):
+        load_vectors(tmp_path, "imgae", "match.representations")

@@ -22,7 +22,7 @@ from pathlib import Path
 
 import pandas as pd
 import requests
-from tqdm.auto import tqdm
+from tqdm import tqdm
 
 from vlm4rec.images import ImageLoadError, load_image
 

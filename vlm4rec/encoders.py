@@ -30,7 +30,7 @@ import numpy as np
 import pandas as pd
 import torch
 from PIL import Image
-from tqdm.auto import tqdm
+from tqdm import tqdm
 
 from vlm4rec.images import ImageLoadError, load_image
 from vlm4rec.vectors import normalize_rows

@@ -1,6 +1,6 @@
 """The one path from a model to numbers: fit, recommend, score; select on validation, test once.
 
-Protocol (STUDY.md section 4): every candidate configuration is fitted on the train history and
+Protocol (docs/protocol.md): every candidate configuration is fitted on the train history and
 ranked on validation (train items excluded); the best one by ``select_metric`` (first on ties) is
 refitted on train + validation and evaluated on test (train + validation items excluded) exactly once.
 
@@ -29,14 +29,26 @@ DEFAULT_KS: tuple[int, ...] = (5, 10, 20, 50)
 
 
 @dataclass(frozen=True)
+class Ranking:
+    """How top-K lists are computed: the blocked engine of :func:`vlm4rec.matching.recommend`, scoring
+    ``block_size`` users at a time (bounds memory at block_size x n_items floats)."""
+
+    block_size: int = 2048
+
+    def recommend(self, model: Recommender, users: np.ndarray, exclude: sp.csr_matrix, k: int) -> np.ndarray:
+        return recommend(model, users, exclude, k, block_size=self.block_size)
+
+
+@dataclass(frozen=True)
 class EvalSplit:
     """Everything one evaluation phase may see: the history to fit on, the items to exclude, the
-    relevant items and the users that have some."""
+    relevant items and the users that have some, and how to rank."""
 
     history: History
     exclude: sp.csr_matrix
     targets: sp.csr_matrix
     users: np.ndarray
+    ranking: Ranking = Ranking()
 
 
 def users_with_targets(targets: sp.csr_matrix) -> np.ndarray:
@@ -55,16 +67,23 @@ class EvalData:
     val_targets: sp.csr_matrix
     test_targets: sp.csr_matrix
     item_popularity: np.ndarray  # train interactions per item
+    ranking: Ranking = Ranking()
 
     @classmethod
-    def from_prepared(cls, data: PreparedData) -> "EvalData":
-        inter, n_users, n_items = data.interactions, data.n_users, data.n_items
+    def from_prepared(cls, data: PreparedData, ranking: Ranking = Ranking()) -> "EvalData":
+        return cls.from_interactions(data.interactions, data.n_users, data.n_items, ranking)
+
+    @classmethod
+    def from_interactions(cls, inter: pd.DataFrame, n_users: int, n_items: int,
+                          ranking: Ranking = Ranking()) -> "EvalData":
+        """From interactions labelled train / val / test (e.g. re-split under another protocol)."""
         train = build_history(inter, ("train",), n_users, n_items)
         return cls(n_users=n_users, n_items=n_items, train_history=train,
                    trainval_history=build_history(inter, ("train", "val"), n_users, n_items),
                    val_targets=targets_of(inter, "val", n_users, n_items),
                    test_targets=targets_of(inter, "test", n_users, n_items),
-                   item_popularity=np.asarray(train.matrix.sum(axis=0)).ravel().astype(np.int64))
+                   item_popularity=np.asarray(train.matrix.sum(axis=0)).ravel().astype(np.int64),
+                   ranking=ranking)
 
     @property
     def val_users(self) -> np.ndarray:
@@ -76,12 +95,13 @@ class EvalData:
 
     def validation(self) -> EvalSplit:
         """Fit on train, exclude train items, rank against validation targets."""
-        return EvalSplit(self.train_history, self.train_history.matrix, self.val_targets, self.val_users)
+        return EvalSplit(self.train_history, self.train_history.matrix, self.val_targets, self.val_users,
+                         self.ranking)
 
     def test(self) -> EvalSplit:
         """Fit on train + validation, exclude both, rank against test targets (select_and_test only)."""
         return EvalSplit(self.trainval_history, self.trainval_history.matrix, self.test_targets,
-                         self.test_users)
+                         self.test_users, self.ranking)
 
 
 @dataclass(frozen=True)
@@ -123,24 +143,22 @@ def rank_and_score(model: Recommender, split: EvalSplit, ks: Sequence[int],
     """Rank top-max(ks) for the split's users with its seen items excluded, and score against its
     targets, with an already fitted ``model``. Returns (topk, per-user metrics)."""
     start = time.perf_counter()
-    topk = recommend(model, split.users, split.exclude, max(ks))
+    topk = split.ranking.recommend(model, split.users, split.exclude, max(ks))
     if timing is not None:
         seconds = time.perf_counter() - start
         timing.update(score_s=seconds, users_per_s=len(split.users) / max(seconds, 1e-12))
     return topk, ranking_metrics(topk, split.targets, split.users, ks)
 
 
-def evaluate(model: Recommender, history: History, exclude: sp.csr_matrix, targets: sp.csr_matrix,
-             users: np.ndarray, ks: Sequence[int] = DEFAULT_KS,
+def evaluate(model: Recommender, split: EvalSplit, ks: Sequence[int] = DEFAULT_KS,
              timing: dict[str, float] | None = None) -> tuple[np.ndarray, pd.DataFrame]:
-    """Fit ``model`` on ``history``, rank top-max(ks) for ``users`` with ``exclude`` masked, and
-    score against ``targets``. Returns (topk, per-user metrics); fills ``timing`` (fit_s, score_s,
-    users_per_s) when given."""
+    """Fit ``model`` on the split's history, then :func:`rank_and_score`. Returns (topk, per-user
+    metrics); fills ``timing`` (fit_s, score_s, users_per_s) when given."""
     start = time.perf_counter()
-    model.fit(history)
+    model.fit(split.history)
     if timing is not None:
         timing["fit_s"] = time.perf_counter() - start
-    return rank_and_score(model, EvalSplit(history, exclude, targets, np.asarray(users)), ks, timing)
+    return rank_and_score(model, split, ks, timing)
 
 
 def _as_candidates(candidates: Sequence[Candidate] | Callable[[], Recommender]) -> list[Candidate]:
@@ -220,9 +238,8 @@ def _test_once(method: str, model: Recommender, selection: Selection, data: Eval
     """Fit the chosen model on train + validation (for the chosen number of epochs) and test it once."""
     if isinstance(model, IterativeRecommender) and "epochs" in selection.config:
         model.epochs = int(selection.config["epochs"])
-    test = data.test()
     timing: dict[str, float] = {"val_s": selection.seconds}
-    topk, test_per_user = evaluate(model, test.history, test.exclude, test.targets, test.users, ks, timing)
+    topk, test_per_user = evaluate(model, data.test(), ks, timing)
     result = MethodResult(method=method, config=selection.config, val_grid=selection.val_grid,
                           val_per_user=selection.val_per_user, test_per_user=test_per_user, test_topk=topk,
                           coverage={f"coverage@{k}": catalogue_coverage(topk, data.n_items, k) for k in ks},
@@ -245,6 +262,14 @@ def select_and_test(method: str, candidates: Sequence[Candidate] | Callable[[], 
     grid = _as_candidates(candidates)
     selection = select_on_validation(grid, data.validation(), ks, select_metric)
     return _test_once(method, grid[selection.index].build(), selection, data, ks, select_metric, out_dir)
+
+
+def select_and_test_methods(methods: dict[str, Sequence[Candidate]], data: EvalData, ks: Sequence[int],
+                            select_metric: str, out_dir: Path | None = None) -> dict[str, MethodResult]:
+    """:func:`select_and_test` for each method on the same data; results under ``out_dir/<method>``."""
+    return {method: select_and_test(method, candidates, data, ks, select_metric,
+                                    out_dir / method if out_dir is not None else None)
+            for method, candidates in methods.items()}
 
 
 def seed_method(method: str, seed: int) -> str:

@@ -17,6 +17,7 @@ from typing import Callable, Literal, Sequence, get_args
 import numpy as np
 import pandas as pd
 
+from vlm4rec.errors import StudyError
 from vlm4rec.vectors import coverage_of, normalize_rows
 
 TextKind = Literal["title", "title_meta", "description", "title_description"]
@@ -180,3 +181,18 @@ def from_features(name: str, array: np.ndarray, source: str) -> Representation:
     return Representation(name=name, vectors=vectors, source=source, coverage=coverage_of(vectors),
                           n_fallback=0, n_missing=int((~present).sum()),
                           fallback_rule="items without features keep an all-zero row (never scored as real)")
+
+
+def available_representations(directory: str | Path) -> list[str]:
+    """Names of the representations saved under ``directory`` (sorted)."""
+    return sorted(path.stem for path in Path(directory).glob("*.json"))
+
+
+def load_vectors(directory: str | Path, name: str, key: str = "a representation name") -> np.ndarray:
+    """The vectors of representation ``name``; a name the embed stage did not write is a
+    :class:`StudyError` that names the parameter ``key`` it came from and lists what exists."""
+    if not (Path(directory) / f"{name}.json").exists():
+        known = available_representations(directory)
+        raise StudyError(f"{key} names {name!r}, which is not among the representations the embed stage "
+                         f"wrote to {directory}: {', '.join(known) or 'none (has the embed stage run?)'}")
+    return Representation.load(directory, name).vectors

@@ -1,19 +1,31 @@
-"""Run one DVC stage: its notebook through papermill (plus an HTML export), or one grid cell.
+"""Run one DVC stage: validate params.yaml, then execute the stage's notebook through papermill (plus an
+HTML export), or call a notebook-less stage's ``run``.
 
-``dvc.yaml`` is the single source of truth for what a stage reads: the runner passes a stage exactly the
-``params.yaml`` keys its ``params:`` list declares, nothing else, so a stage cannot silently depend on a
-parameter DVC does not track. Usage (what ``dvc.yaml`` calls)::
+``dvc.yaml`` is the single source of truth for what a stage reads: a stage receives exactly the
+``params.yaml`` keys its ``params:`` list declares, so it cannot silently depend on a parameter DVC does
+not track. The whole file is validated against :mod:`vlm4rec.config` first, so a bad value stops the
+stage before any work with a message naming the key. Usage (what ``dvc.yaml`` calls)::
 
-    python -m vlm4rec.stage prepare                        # notebook stage (notebook from the stage's deps)
-    python -m vlm4rec.stage ablate_ungrounded --cell representation=title aggregation=mean cap=all
+    python -m vlm4rec.stage prepare            # notebook stage (the notebook is the stage's one .ipynb dep)
+
+Notebook-less stages (grid cells, the data fetch) are modules with a ``main`` that calls
+:func:`run_stage_function`. Errors about the study's inputs (:class:`vlm4rec.errors.StudyError`) are
+printed as one message without a traceback and exit with status 1; SIGTERM / SIGINT take the notebook's
+kernel down with the runner.
 """
 from __future__ import annotations
 
 import argparse
+import copy
+import signal
+import sys
 from pathlib import Path
-from typing import Any
+from typing import Any, Callable
 
 import yaml
+
+from vlm4rec.config import load_params
+from vlm4rec.errors import StudyError
 
 REPORTS_DIR = Path("reports")
 
@@ -64,7 +76,7 @@ def declared_params(stage: str, params_file: str | Path = "params.yaml",
         for path, keys in sources.items():
             values = load_yaml(path)
             for key in keys:
-                _assign(selected, key, _lookup(values, key, path))
+                _assign(selected, key, copy.deepcopy(_lookup(values, key, path)))
     return selected
 
 
@@ -78,59 +90,88 @@ def stage_notebook(stage: str, dvc_file: str | Path = "dvc.yaml") -> Path:
 
 
 def export_html(executed: Path) -> Path:
-    """Write an HTML rendering beside an executed notebook (tables and figures included)."""
+    """An HTML rendering beside an executed notebook for readers: prose, tables and figures.
+
+    Code is left out (the executed ``.ipynb`` keeps it) and so are stderr streams (progress bars and
+    warnings, which go to the console and can print machine paths)."""
     import nbformat
     from nbconvert import HTMLExporter
 
-    body, _ = HTMLExporter().from_notebook_node(nbformat.read(executed, as_version=4))
+    notebook = nbformat.read(executed, as_version=4)
+    for cell in notebook.cells:
+        if cell.cell_type == "code":
+            cell.outputs = [out for out in cell.outputs
+                            if not (out.get("output_type") == "stream" and out.get("name") == "stderr")]
+    exporter = HTMLExporter(exclude_input=True, exclude_input_prompt=True, exclude_output_prompt=True)
+    body, _ = exporter.from_notebook_node(notebook)
     html = executed.with_suffix(".html")
     html.write_text(body, encoding="utf-8")
     return html
 
 
-def run_notebook_stage(stage: str, extra: dict[str, Any] | None = None) -> Path:
+def run_notebook_stage(stage: str) -> Path:
     """Execute the stage's notebook with its declared params and export it; returns the HTML path."""
     import papermill
 
     notebook = stage_notebook(stage)
-    parameters = declared_params(stage) | (extra or {})
     REPORTS_DIR.mkdir(exist_ok=True)
     executed = REPORTS_DIR / notebook.name
-    papermill.execute_notebook(str(notebook), str(executed), parameters=parameters,
-                               cwd=str(Path.cwd()), progress_bar=False, log_output=True,
-                               kernel_name="python3")
+    try:
+        papermill.execute_notebook(str(notebook), str(executed), parameters=declared_params(stage),
+                                   cwd=str(Path.cwd()), progress_bar=False, log_output=True,
+                                   kernel_name="python3")
+    except papermill.PapermillExecutionError as err:
+        if err.ename in _study_error_names():
+            raise StudyError(f"{stage}: {err.evalue}") from None
+        raise
     return export_html(executed)
 
 
-def run_cell_stage(stage: str, item: dict[str, Any]) -> None:
-    """Run one cell of a grid stage (no notebook: a grid has dozens of cells, a kernel each would
-    cost more than the cell); the stage's own notebook summarises all cells afterwards."""
-    from vlm4rec.pipeline import ablate
+def _study_error_names() -> set[str]:
+    """Class names of every StudyError subclass (how a notebook's error is recognised after papermill)."""
+    names, todo = set(), [StudyError]
+    while todo:
+        cls = todo.pop()
+        names.add(cls.__name__)
+        todo += cls.__subclasses__()
+    return names
 
-    ablate.run_cell(stage, declared_params(stage), item)
+
+def run_stage_function(stage: str, function: Callable[..., Any], **extra: Any) -> Any:
+    """Call a notebook-less stage's ``function`` with its declared params (as keyword arguments, one per
+    top-level params.yaml key) plus ``extra``, after validating params.yaml."""
+    load_params()
+    return function(**declared_params(stage), **extra)
 
 
-def parse_cell(pairs: list[str]) -> dict[str, Any]:
-    """``["cap=20", "arm=image_only"]`` -> ``{"cap": 20, "arm": "image_only"}``."""
-    cell = {}
-    for pair in pairs:
-        key, sep, value = pair.partition("=")
-        if not sep:
-            raise ValueError(f"grid cell entries are KEY=VALUE, got {pair!r}")
-        cell[key] = yaml.safe_load(value)
-    return cell
+def _terminate_on_signals() -> None:
+    """Turn SIGTERM / SIGINT into an exception, so that papermill shuts its kernel down on the way out."""
+    def stop(signum: int, _frame: Any) -> None:
+        raise KeyboardInterrupt(f"stage stopped by signal {signal.Signals(signum).name}")
+    signal.signal(signal.SIGTERM, stop)
+    signal.signal(signal.SIGINT, stop)
+
+
+def exit_on_study_error(body: Callable[[], Any]) -> None:
+    """Run ``body``; a :class:`StudyError` becomes its message on stderr and exit status 1."""
+    try:
+        body()
+    except StudyError as err:
+        sys.stderr.write(f"ERROR: {err}\n")
+        sys.exit(1)
 
 
 def main(argv: list[str] | None = None) -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawTextHelpFormatter)
     parser.add_argument("stage", help="stage name in dvc.yaml")
-    parser.add_argument("--cell", nargs="+", metavar="KEY=VALUE",
-                        help="one cell of a matrix stage; values are parsed as YAML scalars")
     args = parser.parse_args(argv)
-    if args.cell:
-        run_cell_stage(args.stage, parse_cell(args.cell))
-    else:
+    _terminate_on_signals()
+
+    def body() -> None:
+        load_params()
         print(run_notebook_stage(args.stage))
+
+    exit_on_study_error(body)
 
 
 if __name__ == "__main__":

@@ -16,7 +16,7 @@ from typing import Any
 
 import pandas as pd
 from PIL import Image
-from tqdm.auto import tqdm
+from tqdm import tqdm
 
 from vlm4rec.grounding.base import Grounder, GroundingError
 from vlm4rec.grounding.cache import FAILED, OK, CacheEntry, DescriptionCache, cache_key

@@ -8,8 +8,8 @@ import pandas as pd
 
 from vlm4rec.encoders import (EfficientNetLite0Features, ImageEncoder, OpenClipImageEncoder,
                               encode_image_paths, encode_texts, load_text_encoder)
-from vlm4rec.pipeline.common import (EMBEDDINGS_DIR, METRICS_DIR, load_descriptions, load_prepared_data,
-                                     peak_rss_mb, timed, write_json)
+from vlm4rec.data import load_prepared
+from vlm4rec.pipeline.outputs import EMBEDDINGS_DIR, GROUNDING_DIR, METRICS_DIR, PREPARED_DIR, peak_rss_mb, timed, write_json
 from vlm4rec.representations import Representation, from_features, from_texts, item_texts
 
 
@@ -54,8 +54,8 @@ def text_representations(items: pd.DataFrame, descriptions: pd.DataFrame, arms: 
 def run(embed: dict[str, Any], ground: dict[str, Any]) -> tuple[pd.DataFrame, dict[str, Any]]:
     """Encode every representation the study compares and save them aligned to the item table."""
     costs: dict[str, Any] = {}
-    data = load_prepared_data()
-    descriptions = load_descriptions()
+    data = load_prepared(PREPARED_DIR)
+    descriptions = pd.read_parquet(GROUNDING_DIR / "descriptions.parquet")
     grounder = descriptions["grounder_method"].iloc[0] if len(descriptions) else "no grounder"
     with timed(costs, "wall"):
         with timed(costs, "text"):

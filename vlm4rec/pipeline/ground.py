@@ -3,12 +3,12 @@ from __future__ import annotations
 
 from typing import Any
 
-import numpy as np
 import pandas as pd
 
-from vlm4rec.grounding import DescriptionCache, Grounder, build_grounder, ground_items, mentions_title
-from vlm4rec.pipeline.common import (GROUNDING_DIR, METRICS_DIR, load_prepared_data, peak_rss_mb, timed,
-                                     write_json)
+from vlm4rec.data import load_prepared
+from vlm4rec.errors import StudyError
+from vlm4rec.grounding import DescriptionCache, Grounder, GroundingResult, build_grounder, ground_items, mentions_title
+from vlm4rec.pipeline.outputs import GROUNDING_DIR, METRICS_DIR, PREPARED_DIR, peak_rss_mb, timed, write_json
 
 
 def grounder_from_params(ground: dict[str, Any]) -> Grounder:
@@ -18,15 +18,31 @@ def grounder_from_params(ground: dict[str, Any]) -> Grounder:
     return build_grounder(backend, **options)
 
 
+def check_success_rate(result: GroundingResult, arm: str, min_success_rate: float) -> None:
+    """A :class:`StudyError` when fewer than ``min_success_rate`` of the items with an image were described
+    under ``arm``, naming the most frequent failure kinds (finished descriptions stay in the cache)."""
+    counts = result.counts
+    with_image = counts["items"] - counts["no_image"]
+    if with_image == 0 or counts["ok"] / with_image >= min_success_rate:
+        return
+    kinds = sorted(counts["failed_by_kind"].items(), key=lambda kv: -kv[1])[:3]
+    raise StudyError(
+        f"only {counts['ok']:,} of {with_image:,} items with an image were described under prompt arm {arm} "
+        f"({counts['ok'] / with_image:.1%} < ground.min_success_rate {min_success_rate}); most frequent "
+        f"failures: {', '.join(f'{kind} ({n:,})' for kind, n in kinds)}. Finished descriptions are cached: "
+        "a rerun describes only what is missing.")
+
+
 def run(ground: dict[str, Any]) -> tuple[pd.DataFrame, dict[str, Any]]:
     """Describe every item image under each prompt arm through the cache; one long table out."""
     costs: dict[str, Any] = {}
-    items = load_prepared_data().items
+    items = load_prepared(PREPARED_DIR).items
     grounder = grounder_from_params(ground)
     tables, arms = [], {}
     with timed(costs, "wall"), DescriptionCache(ground["cache"]) as cache:
         for arm in ground["prompt_arms"]:
             result = ground_items(items, grounder, cache, arm)
+            check_success_rate(result, arm, ground["min_success_rate"])
             table = result.table.assign(arm=arm)
             table["mentions_title"] = [
                 bool(d) and mentions_title(d, t) for d, t in zip(table["description"].fillna(""), items["title"])]
@@ -45,34 +61,3 @@ def run(ground: dict[str, Any]) -> tuple[pd.DataFrame, dict[str, Any]]:
                "arms": arms, "cost": costs | {"peak_rss_mb": round(peak_rss_mb(), 1)}}
     write_json(METRICS_DIR / "ground.json", metrics)
     return descriptions, metrics
-
-
-def grounding_gallery(descriptions: pd.DataFrame, n_items: int = 12, seed: int = 0) -> pd.DataFrame:
-    """A seeded sample of described items with one caption holding every arm's description."""
-    ok = descriptions[descriptions["status"] == "ok"]
-    chosen = np.random.default_rng(seed).permutation(np.sort(ok["item_idx"].unique()))[:n_items]
-    rows = []
-    for item in chosen:
-        part = ok[ok["item_idx"] == item]
-        caption = part["title"].iloc[0] + "\n" + "\n".join(
-            f"[{arm}] {text}" for arm, text in zip(part["arm"], part["description"]))
-        rows.append({"item_idx": item, "image_path": part["image_path"].iloc[0], "caption": caption})
-    return pd.DataFrame(rows)
-
-
-def description_diagnostics(descriptions: pd.DataFrame, top: int = 30) -> dict[str, pd.DataFrame]:
-    """Per arm: length statistics, vocabulary size, title-mention (leakage) rate; most frequent words."""
-    ok = descriptions[descriptions["status"] == "ok"].copy()
-    ok["words"] = ok["description"].str.lower().str.findall(r"[a-z][a-z'-]+")
-    ok["n_words"] = ok["words"].str.len()
-    summary = ok.groupby("arm").agg(items=("item_idx", "size"), mean_words=("n_words", "mean"),
-                                    median_words=("n_words", "median"), max_words=("n_words", "max"),
-                                    vocabulary=("words", lambda w: len(set().union(*w))))
-    leakage = descriptions.groupby("arm").agg(
-        described=("status", lambda s: int((s == "ok").sum())),
-        naming_title=("mentions_title", "sum"))
-    leakage["title_mention_rate"] = leakage["naming_title"] / leakage["described"].clip(lower=1)
-    words = ok.explode("words").groupby(["arm", "words"]).size().rename("count").reset_index()
-    top_words = (words.sort_values(["arm", "count"], ascending=[True, False]).groupby("arm").head(top)
-                 .rename(columns={"words": "word"}).reset_index(drop=True))
-    return {"summary": summary, "leakage": leakage, "top_words": top_words}

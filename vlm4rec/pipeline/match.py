@@ -5,10 +5,13 @@ from itertools import product
 from typing import Any
 
 from vlm4rec.baselines import EASE, ItemKNNCF, MostPop
-from vlm4rec.evaluation import Candidate, EvalData, MethodResult
-from vlm4rec.pipeline.common import (METRICS_DIR, PLOTS_DIR, RESULTS_DIR, load_prepared_data,
-                                     load_representation_vectors, metric_curves, peak_rss_mb,
-                                     profile_candidates, run_methods, test_metrics_json, timed, write_json)
+from vlm4rec.data import load_prepared
+from vlm4rec.evaluation import Candidate, EvalData, MethodResult, Ranking, select_and_test_methods
+from vlm4rec.pipeline.outputs import (EMBEDDINGS_DIR, METRICS_DIR, PLOTS_DIR, PREPARED_DIR, RESULTS_DIR,
+                                      peak_rss_mb, timed, write_json)
+from vlm4rec.pipeline.profiles import profile_candidates
+from vlm4rec.pipeline.tables import metric_curves, test_metrics_json, timing_json
+from vlm4rec.representations import load_vectors
 
 
 def baseline_candidates(method: str, baselines: dict[str, Any]) -> list[Candidate]:
@@ -25,18 +28,25 @@ def baseline_candidates(method: str, baselines: dict[str, Any]) -> list[Candidat
     raise ValueError(f"unknown baseline {method!r}; known: mostpop, itemknn_cf, ease")
 
 
+def method_grid(representations: list[str], key: str, profile: dict[str, Any],
+                baselines: dict[str, Any]) -> dict[str, list[Candidate]]:
+    """Every baseline of ``baselines.methods`` and a profile matcher per representation (read now, so that
+    an unknown name fails before any work, naming the params ``key``)."""
+    methods = {m: baseline_candidates(m, baselines) for m in baselines["methods"]}
+    return methods | {rep: profile_candidates(load_vectors(EMBEDDINGS_DIR, rep, key), profile, rep)
+                      for rep in representations}
+
+
 def run(eval: dict[str, Any], match: dict[str, Any], profile: dict[str, Any],
-                baselines: dict[str, Any]) -> tuple[dict[str, MethodResult], dict[str, Any]]:
+        baselines: dict[str, Any]) -> tuple[dict[str, MethodResult], dict[str, Any]]:
     """Classic baselines and profile matching over every representation, on the same users and items."""
     costs: dict[str, Any] = {}
     with timed(costs, "wall"):
-        data = EvalData.from_prepared(load_prepared_data())
-        methods = {m: baseline_candidates(m, baselines) for m in baselines["methods"]}
-        methods |= {rep: profile_candidates(load_representation_vectors(rep), profile, rep)
-                    for rep in match["representations"]}
-        results = run_methods(methods, data, eval, RESULTS_DIR / "match")
+        methods = method_grid(match["representations"], "match.representations", profile, baselines)
+        data = EvalData.from_prepared(load_prepared(PREPARED_DIR), Ranking(eval["block_size"]))
+        results = select_and_test_methods(methods, data, eval["ks"], eval["select_metric"], RESULTS_DIR / "match")
     metrics = {"methods": test_metrics_json(results),
-               "cost": costs | {"peak_rss_mb": round(peak_rss_mb(), 1)}}
+               "cost": costs | {"peak_rss_mb": round(peak_rss_mb(), 1), "methods": timing_json(results)}}
     write_json(METRICS_DIR / "match.json", metrics)
     PLOTS_DIR.mkdir(exist_ok=True)
     metric_curves(results, "recall").to_csv(PLOTS_DIR / "match_recall_at_k.csv", index=False)

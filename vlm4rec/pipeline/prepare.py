@@ -5,17 +5,20 @@ from typing import Any
 
 import numpy as np
 
-from vlm4rec.data import PreparedData, RawDataset, dataset_counts, prepare, save_prepared
-from vlm4rec.pipeline.common import METRICS_DIR, PREPARED_DIR, peak_rss_mb, timed, write_json
+from vlm4rec.data import PreparedData, RawDataset, dataset_counts, id_order, prepare, save_prepared
+from vlm4rec.datasets import load_source
+from vlm4rec.pipeline.outputs import METRICS_DIR, PREPARED_DIR, peak_rss_mb, timed, write_json
 from vlm4rec.splits import SplitConfig
 
 
-def load_raw(data_params: dict[str, Any]) -> RawDataset:
-    """The source named by ``data.source``, read with that source's own keys."""
-    from vlm4rec.datasets import load_source
+FETCH_ONLY_KEYS = {"download_dir", "zip_url", "posters_url"}
 
+
+def load_raw(data_params: dict[str, Any]) -> RawDataset:
+    """The source named by ``data.source``, read with that source's own keys (those of the fetch stage
+    aside)."""
     source = data_params["source"]
-    keys = {k: v for k, v in (data_params.get(source) or {}).items() if v is not None}
+    keys = {k: v for k, v in (data_params.get(source) or {}).items() if v is not None and k not in FETCH_ONLY_KEYS}
     return load_source(source, **keys)
 
 
@@ -23,7 +26,7 @@ def sample_users(raw: RawDataset, n_users: int | None, seed: int) -> RawDataset:
     """A seeded sample of ``n_users`` source users (all when None), for smoke runs and tests."""
     if n_users is None:
         return raw
-    users = np.sort(raw.interactions["user_id"].astype(str).unique())
+    users = np.array(id_order(raw.interactions["user_id"]), dtype=object)
     if n_users >= len(users):
         return raw
     keep = set(np.random.default_rng(seed).choice(users, size=n_users, replace=False))
@@ -36,10 +39,12 @@ def run(data: dict[str, Any], split: dict[str, Any]) -> tuple[PreparedData, dict
     """Read the source, make implicit positives, filter users, split, write Parquet and metrics."""
     costs: dict[str, Any] = {}
     with timed(costs, "wall"):
-        raw = sample_users(load_raw(data), data.get("user_sample"), data.get("seed", 0))
-        prepared = prepare(raw, data.get("min_rating"), data["min_positives"], SplitConfig(**split))
+        raw = sample_users(load_raw(data), data["user_sample"], data["seed"])
+        prepared = prepare(raw, data["min_rating"], data["min_positives"], SplitConfig(**split), data["universe"])
         save_prepared(prepared, PREPARED_DIR)
-    metrics = {"dataset": data["source"], "counts": dataset_counts(prepared),
-               "source_counts": raw.counts, "dropped_in_preparation": prepared.dropped, "cost": costs | {"peak_rss_mb": round(peak_rss_mb(), 1)}}
+    metrics = {"dataset": data["source"], "universe": data["universe"], "split_protocol": split["protocol"],
+               "counts": dataset_counts(prepared),
+               "source_counts": raw.counts, "dropped_in_preparation": prepared.dropped,
+               "cost": costs | {"peak_rss_mb": round(peak_rss_mb(), 1)}}
     write_json(METRICS_DIR / "prepare.json", metrics)
     return prepared, metrics

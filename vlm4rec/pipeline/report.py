@@ -1,28 +1,204 @@
-"""Report stage: everything read back from the stage outputs, nothing recomputed but statistics."""
+"""Report stage: everything read back from the stage outputs, nothing recomputed but statistics.
+
+The report opens with findings generated from the numbers: each of the study's questions answered with
+the paired difference, its 95% CI and the Holm-corrected p-value (Holm across the findings), plus the
+caveats that apply. The same findings go to ``metrics/report.json`` so that ``dvc exp show`` compares
+them across experiments.
+"""
 from __future__ import annotations
 
 import json
+from dataclasses import asdict, dataclass
+from typing import Any
 
 import numpy as np
 import pandas as pd
 
+from vlm4rec.data import PreparedData, load_prepared
 from vlm4rec.evaluation import MethodResult, load_result
-from vlm4rec.pipeline.common import (METRICS_DIR, RESULTS_DIR, collapse_seeds, load_prepared_data,
-                                     method_family, per_user_long)
-from vlm4rec.stats import paired_tests
+from vlm4rec.pipeline.outputs import GROUNDING_DIR, METRICS_DIR, PREPARED_DIR, RESULTS_DIR, write_json
+from vlm4rec.pipeline.tables import format_p, method_family, per_user_long, seed_of
+from vlm4rec.slices import history_lengths, item_popularity_groups, per_user_recall_on
+from vlm4rec.stats import holm, paired_tests
+
+RESULT_STAGES = ("match", "fusion")
+SIGNIFICANCE = 0.05
 
 
-def load_all_results() -> dict[str, MethodResult]:
-    """Every method evaluated by the match and fusion stages, by name."""
-    return {path.name: load_result(path) for stage in ("match", "fusion")
+def load_all_results(stages: tuple[str, ...] = RESULT_STAGES) -> dict[str, MethodResult]:
+    """Every method evaluated by the given stages (result folders under data/results), by name."""
+    return {path.name: load_result(path) for stage in stages
             for path in sorted((RESULTS_DIR / stage).glob("*")) if path.is_dir()}
 
 
-def paired_test_table(results: dict[str, MethodResult], references: list[str], metric: str) -> pd.DataFrame:
-    """Paired Wilcoxon and t-tests of every method against each reference (Holm within a reference)."""
-    per_user = collapse_seeds(per_user_long(results))
-    tables = [paired_tests(per_user, ref, metric) for ref in references if ref in set(per_user["method"])]
-    return pd.concat(tables, ignore_index=True) if tables else pd.DataFrame()
+def families(results: dict[str, MethodResult]) -> dict[str, list[str]]:
+    """Result names grouped by method family (seeds of one method together), in result order."""
+    grouped: dict[str, list[str]] = {}
+    for name in results:
+        grouped.setdefault(method_family(name), []).append(name)
+    return grouped
+
+
+def validation_score(results: dict[str, MethodResult], family: str, metric: str) -> float:
+    """A family's validation ``metric`` (its selection run: the first seed's for seeded families)."""
+    return results[families(results)[family][0]].val_summary()[metric]
+
+
+def best_by_validation(results: dict[str, MethodResult], candidates: list[str], metric: str) -> str:
+    """The family among ``candidates`` with the best validation metric (never chosen on test)."""
+    present = [c for c in candidates if c in families(results)]
+    if not present:
+        raise ValueError(f"none of {candidates} has results")
+    return max(present, key=lambda c: validation_score(results, c, metric))
+
+
+@dataclass
+class Finding:
+    """One of the study's questions, answered by a paired comparison on test."""
+
+    id: str
+    question: str
+    method: str
+    against: str
+    metric: str
+    users: str
+    n_users: int
+    difference: float
+    ci_low: float
+    ci_high: float
+    wilcoxon_p: float
+    p_holm: float = float("nan")
+
+    @property
+    def answer(self) -> str:
+        if self.p_holm < SIGNIFICANCE and (self.ci_low > 0 or self.ci_high < 0):
+            verdict = "yes" if self.difference > 0 else "no, it is worse"
+        else:
+            verdict = "no clear difference"
+        return (f"{verdict}: {self.method} - {self.against} = {self.difference:+.4f} {self.metric} "
+                f"[95% CI {self.ci_low:+.4f}, {self.ci_high:+.4f}], Holm-corrected Wilcoxon p = "
+                f"{format_p(self.p_holm)}, {self.n_users:,} users ({self.users})")
+
+
+def _compare(fid: str, question: str, per_user: pd.DataFrame, method: str, against: str, metric: str,
+             users: str, eval: dict[str, Any]) -> Finding:
+    """Paired comparison of two families in a per-user table (columns method, seed, user_idx, metric)."""
+    pair = per_user[per_user["method"].isin([method, against])]
+    row = paired_tests(pair, against, metric, eval["bootstrap_resamples"], eval["seed"]).iloc[0]
+    return Finding(fid, question, method, against, metric, users, int(row["n_users"]), float(row["mean_diff"]),
+                   float(row["diff_ci_low"]), float(row["diff_ci_high"]), float(row["wilcoxon_p"]))
+
+
+def restricted_per_user(results: dict[str, MethodResult], names: list[str], prepared: PreparedData,
+                        items: np.ndarray | None = None, users: np.ndarray | None = None,
+                        k: int = 20) -> pd.DataFrame:
+    """Per-user recall@k of the named families over a slice: only the test items in ``items`` (users
+    with at least one such item), or only the users in ``users``."""
+    frames = []
+    for family in names:
+        for name in families(results)[family]:
+            r = results[name]
+            ranked_users = r.test_per_user["user_idx"].to_numpy()
+            if items is not None:
+                table = per_user_recall_on(r.test_topk, ranked_users, prepared.interactions, items, k)
+            else:
+                table = r.test_per_user[r.test_per_user["user_idx"].isin(users)][["user_idx", f"recall@{k}"]]
+            frames.append(table.assign(method=family, seed=seed_of(name)))
+    return pd.concat(frames, ignore_index=True).astype({"seed": "float64"})
+
+
+def findings(results: dict[str, MethodResult], eval: dict[str, Any], report: dict[str, Any],
+             representations: list[str], prepared: PreparedData) -> list[Finding]:
+    """The study's questions, each a paired test on test users; Holm across all of them.
+
+    Which fusion and which single representation are compared is decided on validation."""
+    cfg = report["findings"]
+    metric, description, title, image = cfg["metric"], cfg["description"], cfg["title"], cfg["image"]
+    per_user = per_user_long(results)
+    out = [
+        _compare("description_vs_image", "Do grounded descriptions beat raw visual features?", per_user,
+                 description, image, metric, "all test users", eval),
+        _compare("description_vs_title", "Do grounded descriptions beat the title?", per_user,
+                 description, title, metric, "all test users", eval)]
+    fusions = [f for f in families(results) if f.startswith("fusion_")]
+    singles = [r for r in representations if r in families(results)]
+    if fusions and singles:
+        best_fusion = best_by_validation(results, fusions, eval["select_metric"])
+        best_single = best_by_validation(results, singles, eval["select_metric"])
+        out.append(_compare("fusion_vs_best_single", "Does the best content fusion beat the best single "
+                            "representation (both chosen on validation)?", per_user, best_fusion, best_single,
+                            metric, "all test users", eval))
+    hybrid = f"hybrid_{description}_ease"
+    if hybrid in families(results) and "ease" in families(results):
+        out.append(_compare("hybrid_vs_ease", "Do grounded descriptions add to collaborative filtering "
+                            f"({hybrid} against EASE^R)?", per_user, hybrid, "ease", metric, "all test users", eval))
+    k = cfg["slice_k"]
+    cold = np.flatnonzero(item_popularity_groups(prepared.interactions, prepared.n_items).to_numpy() == "cold")
+    lengths = history_lengths(prepared.interactions)
+    short_users = lengths.index[lengths <= cfg["short_history"]].to_numpy()
+    for against in (title, image):
+        cold_table = restricted_per_user(results, [description, against], prepared, items=cold, k=k)
+        out.append(_compare(f"description_vs_{against}_cold_items",
+                            f"Do descriptions beat {against} on cold test items?", cold_table, description,
+                            against, f"recall@{k}", "users with a cold test item; recall over those items", eval))
+        short_table = restricted_per_user(results, [description, against], prepared, users=short_users, k=k)
+        out.append(_compare(f"description_vs_{against}_short_histories",
+                            f"Do descriptions beat {against} for users with short histories?", short_table,
+                            description, against, f"recall@{k}",
+                            f"users with at most {cfg['short_history']} history items", eval))
+    for finding, p in zip(out, holm([f.wilcoxon_p for f in out])):
+        finding.p_holm = float(p)
+    return out
+
+
+def caveats(grounding: dict[str, Any], split: str, robustness: pd.DataFrame | None) -> list[str]:
+    """What a reader must keep in mind when reading the findings, from the stage outputs."""
+    notes = [f"Every description comes from: {grounding['grounder']['description_of_method']}."]
+    if grounding["grounder"]["backend"] == "tagger":
+        notes.append("The default grounder is a classifier-based tagger, not a vision-language model: the "
+                     "findings on descriptions are about its descriptions and do not measure an LVLM.")
+    for arm, counts in grounding["arms"].items():
+        notes.append(f"Prompt arm {arm}: {counts['ok']:,} of {counts['items']:,} items described; "
+                     f"{counts['title_mention_rate']:.1%} of the descriptions name their item's title.")
+    if split != "global_time":
+        notes.append(f"The split is {split}: one user's training data can postdate another user's test data, "
+                     "which favours collaborative methods. The robustness table re-evaluates the main "
+                     "methods under a global time cut.")
+    if robustness is not None and len(robustness) > 1:
+        tau = robustness[["study_split", "global_time"]].corr(method="kendall").iloc[0, 1]
+        notes.append(f"Kendall's tau between the two protocols' orderings of {len(robustness)} methods: "
+                     f"{tau:.2f}.")
+    return notes
+
+
+def robustness_table(metric: str) -> pd.DataFrame | None:
+    """Test ``metric`` of each method under the study's split and under the robustness protocol, with
+    their ranks (None when the robustness stage has not run)."""
+    path = METRICS_DIR / "robustness.json"
+    if not path.exists():
+        return None
+    other = json.loads(path.read_text())
+    main = json.loads((METRICS_DIR / "match.json").read_text())["methods"]
+    rows = [{"method": m, "study_split": main[m]["test"][metric], other["protocol"]: e["test"][metric]}
+            for m, e in other["methods"].items() if m in main]
+    table = pd.DataFrame(rows).set_index("method").sort_values("study_split", ascending=False)
+    for column in list(table.columns):
+        table[f"rank ({column})"] = table[column].rank(ascending=False, method="min").astype(int)
+    return table
+
+
+def write_report_metrics(found: list[Finding], notes: list[str]) -> dict[str, Any]:
+    """``metrics/report.json``: every finding's numbers (keyed by id, for ``dvc exp show``) and the caveats."""
+    payload = {"findings": {f.id: {k: v for k, v in asdict(f).items() if k != "id"} | {"answer": f.answer}
+                            for f in found},
+               "caveats": notes}
+    write_json(METRICS_DIR / "report.json", payload)
+    return payload
+
+
+def findings_table(found: list[Finding]) -> pd.DataFrame:
+    """The findings as a table: question, answer."""
+    return pd.DataFrame({"question": [f.question for f in found], "answer": [f.answer for f in found]})
 
 
 def coverage_columns(results: dict[str, MethodResult]) -> pd.DataFrame:
@@ -35,12 +211,20 @@ def coverage_columns(results: dict[str, MethodResult]) -> pd.DataFrame:
     return pd.DataFrame({"item_coverage": items, "catalogue_coverage@10": catalogue})
 
 
+def chosen_configurations(results: dict[str, MethodResult]) -> pd.Series:
+    """Per method family, its chosen configuration as compact JSON (a hybrid's content weight alpha, a
+    fusion's weights...; the first seed's for seeded families)."""
+    return pd.Series({family: json.dumps(results[names[0]].config, sort_keys=True)
+                      for family, names in families(results).items()}, name="chosen")
+
+
 def cost_table() -> pd.DataFrame:
     """Wall time, throughput and peak memory per stage (and per grounding arm), from the metrics JSON
     the stages wrote (all declared dependencies of the report stage)."""
     stages = {name: json.loads((METRICS_DIR / f"{name}.json").read_text())
-              for name in ("prepare", "ground", "embed", "match", "fusion")}
-    rows = {name: metrics["cost"] for name, metrics in stages.items()}
+              for name in ("prepare", "ground", "embed", "match", "robustness", "fusion")}
+    rows = {name: {k: v for k, v in metrics["cost"].items() if not isinstance(v, dict)}
+            for name, metrics in stages.items()}
     for arm, counts in stages["ground"]["arms"].items():
         rows[f"ground: {arm}"] = {k: counts[k] for k in ("wall_s", "described", "from_cache", "images_per_s")}
     cells = [json.loads(p.read_text())["cost"] for p in sorted((METRICS_DIR / "ablations").glob("*.json"))]
@@ -50,14 +234,22 @@ def cost_table() -> pd.DataFrame:
     return pd.DataFrame(rows).T
 
 
-def user_gallery(results: dict[str, MethodResult], methods: list[str], n_users: int = 3, history: int = 6,
-                 k: int = 5, seed: int = 0) -> list[tuple[str, list[str | None], list[str]]]:
+def load_descriptions() -> pd.DataFrame:
+    """The ground stage's long table (item_idx, arm, status, description, ...)."""
+    return pd.read_parquet(GROUNDING_DIR / "descriptions.parquet")
+
+
+def load_prepared_data() -> PreparedData:
+    return load_prepared(PREPARED_DIR)
+
+
+def user_gallery(results: dict[str, MethodResult], methods: list[str], prepared: PreparedData, n_users: int = 3,
+                 history: int = 6, k: int = 5, seed: int = 0) -> list[tuple[str, list[str | None], list[str]]]:
     """For a seeded sample of test users: their latest history posters, then each method's top-k.
 
     Returns (row title, image paths, captions) rows for :func:`vlm4rec.plots.image_grid`."""
-    data = load_prepared_data()
-    items = data.items.set_index("item_idx")
-    inter = data.interactions
+    items = prepared.items.set_index("item_idx")
+    inter = prepared.interactions
     test = inter[inter["split"] == "test"].groupby("user_idx")["item_idx"].apply(set)
     users = np.random.default_rng(seed).permutation(np.sort(test.index.to_numpy()))[:n_users]
     rows = []

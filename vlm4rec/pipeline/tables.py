@@ -1,0 +1,123 @@
+"""Tables and metrics JSON built from :class:`~vlm4rec.evaluation.MethodResult` objects: the main table
+with seed-aware 95% CIs, the paired tests, metric@K curves and the per-method entries of a stage's
+metrics file. Seeded methods are named ``<family>@seed<k>`` and enter every table as one family."""
+from __future__ import annotations
+
+from typing import Any, Sequence
+
+import pandas as pd
+
+from vlm4rec.evaluation import MethodResult
+from vlm4rec.stats import paired_tests, results_table
+
+MAIN_TABLE_METRICS = ("recall@10", "ndcg@10", "hit_rate@10", "recall@20", "ndcg@20", "hit_rate@20")
+
+
+def method_family(method: str) -> str:
+    """``fusion_attention@seed1`` -> ``fusion_attention``; other names are their own family."""
+    return method.split("@")[0]
+
+
+def method_group(family: str, representations: Sequence[str]) -> str:
+    """Which kind of method a family is, for figures that put each kind in its own panel."""
+    if family in ("mostpop", "itemknn_cf", "ease"):
+        return "collaborative baselines"
+    if family in representations:
+        return "profile matching (one representation)"
+    if family.startswith(("fusion_", "hybrid_")):
+        return "content fusions and hybrids"
+    return "multimodal recommenders"
+
+
+def seed_of(method: str) -> int | None:
+    """``fusion_attention@seed1`` -> 1; None for an unseeded method."""
+    _, _, tag = method.partition("@seed")
+    return int(tag) if tag else None
+
+
+def per_user_long(results: dict[str, MethodResult], split: str = "test") -> pd.DataFrame:
+    """Every method's per-user metrics on ``split`` (test or val) stacked: columns ``method`` (the
+    family), ``seed`` (NaN for unseeded methods), ``user_idx`` and the metrics."""
+    frames = [(r.test_per_user if split == "test" else r.val_per_user)
+              .assign(method=method_family(name), seed=seed_of(name)) for name, r in results.items()]
+    long = pd.concat(frames, ignore_index=True)
+    return long.astype({"seed": "float64"})
+
+
+def main_table(results: dict[str, MethodResult], eval: dict[str, Any],
+               metrics: Sequence[str] = MAIN_TABLE_METRICS) -> tuple[pd.DataFrame, pd.DataFrame]:
+    """(long table with mean and 95% CI per method family x metric, wide 'mean [low, high]' display
+    table sorted by the second metric). Seeded families' CIs resample users and seeds."""
+    long = results_table(per_user_long(results), list(metrics), eval["bootstrap_resamples"], seed=eval["seed"])
+    long["value"] = [f"{m:.4f} [{lo:.4f}, {hi:.4f}]" for m, lo, hi in
+                     zip(long["mean"], long["ci_low"], long["ci_high"])]
+    wide = long.pivot(index="method", columns="metric", values="value")[list(metrics)]
+    seeds = long.groupby("method")["n_seeds"].first()
+    wide.insert(0, "seeds", seeds.reindex(wide.index))
+    order = long[long["metric"] == metrics[1]].sort_values("mean", ascending=False)["method"]
+    return long, wide.loc[order]
+
+
+def format_p(p: float) -> str:
+    """A p-value a reader can scan: ``0.032``, ``1.2e-04``, ``<1e-10``."""
+    if p < 1e-10:
+        return "<1e-10"
+    return f"{p:.3f}" if p >= 1e-3 else f"{p:.1e}"
+
+
+def paired_test_table(results: dict[str, MethodResult], references: Sequence[str], metrics: Sequence[str],
+                      eval: dict[str, Any]) -> tuple[pd.DataFrame, pd.DataFrame]:
+    """(long paired-test table, compact display table).
+
+    Every method family against each reference on each metric (Wilcoxon and t-test on per-user values,
+    Holm within a reference and metric, bootstrap CI of the mean difference). The display has one row per
+    method and metric and, per reference, the difference with its CI and the Holm-corrected Wilcoxon p.
+    """
+    per_user = per_user_long(results)
+    present = set(per_user["method"])
+    long = pd.concat([paired_tests(per_user, ref, metric, eval["bootstrap_resamples"], eval["seed"])
+                      for ref in references if ref in present for metric in metrics], ignore_index=True)
+    if long.empty:
+        return long, pd.DataFrame()
+    long["difference"] = [f"{d:+.4f} [{lo:+.4f}, {hi:+.4f}]" for d, lo, hi in
+                          zip(long["mean_diff"], long["diff_ci_low"], long["diff_ci_high"])]
+    long["p (Wilcoxon, Holm)"] = long["wilcoxon_p_holm"].map(format_p)
+    wide = long.pivot_table(index=["metric", "method"], columns="reference",
+                            values=["difference", "p (Wilcoxon, Holm)"], aggfunc="first")
+    wide = wide.swaplevel(axis=1).sort_index(axis=1, level=0)
+    return long, wide
+
+
+def metric_curves(results: dict[str, MethodResult], metric: str = "recall") -> pd.DataFrame:
+    """``metric``@K per method family and K, seeded families averaged over seeds (plot data)."""
+    rows = [{"method": method_family(name), "k": int(key.split("@")[1]), metric: value}
+            for name, result in results.items()
+            for key, value in result.test_summary().items() if key.startswith(f"{metric}@")]
+    frame = pd.DataFrame(rows, columns=["method", "k", metric])
+    return frame.groupby(["method", "k"], as_index=False, sort=False)[metric].mean()
+
+
+def test_metrics_json(results: dict[str, MethodResult]) -> dict[str, Any]:
+    """Per method: test macro metrics, the chosen configuration's validation selection metric, catalogue
+    coverage and the chosen configuration (for ``dvc metrics show``)."""
+    entries = {}
+    for method, r in results.items():
+        validation = r.val_summary()
+        entries[method] = {"test": r.test_summary(), "validation": {r.select_metric: validation[r.select_metric]},
+                           "coverage": r.coverage, "chosen": r.config}
+    return entries
+
+
+def timing_json(results: dict[str, MethodResult]) -> dict[str, dict[str, float]]:
+    """Per method: selection, fit and scoring seconds and users/s (the ``cost`` part of a stage's metrics)."""
+    return {method: {key: round(float(value), 3) for key, value in r.timing.items()}
+            for method, r in results.items()}
+
+
+def seed_spread(results: dict[str, MethodResult], metric: str) -> pd.DataFrame:
+    """Per seeded family: the number of seeds and the mean, standard deviation, min and max over seeds of
+    the test ``metric``."""
+    rows = [{"method": method_family(m), metric: r.test_summary()[metric]}
+            for m, r in results.items() if seed_of(m) is not None]
+    frame = pd.DataFrame(rows, columns=["method", metric])
+    return frame.groupby("method")[metric].agg(n_seeds="size", mean="mean", std="std", min="min", max="max")
