@@ -1,6 +1,7 @@
 """Item images on disk (``<images_dir>/<item_id>.jpg``) and a resumable concurrent downloader.
 
-The adapters (``vlm4rec.datasets.*``) read the layout with :func:`attach_image_paths`;
+The adapters (``vlm4rec.datasets.*``) read the layout with :func:`attach_image_paths`, which takes only
+regular files and notes files that are links leaving the folder;
 :func:`download_images` fills it from URLs. A download is kept only when its bytes fully decode
 (:func:`vlm4rec.images.load_image`, the same check grounding applies);
 it is written to a temporary file in the same folder and moved into place with ``os.replace``, so a
@@ -11,6 +12,7 @@ from __future__ import annotations
 
 import os
 import re
+import stat
 import tempfile
 import threading
 import time
@@ -19,14 +21,20 @@ from collections.abc import Mapping
 from concurrent.futures import ThreadPoolExecutor, as_completed
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import Literal
 
 import pandas as pd
 import requests
 from tqdm.auto import tqdm
 
+from vlm4rec.errors import StudyError
 from vlm4rec.images import ImageLoadError, load_image
 
 IMAGE_SUFFIX = ".jpg"
+#: What to do with an image file whose real path (symlinks resolved) lies outside its images folder:
+#: ``record`` keeps it and counts it, ``refuse`` treats the item as having no image and counts it.
+OutsideFolderPolicy = Literal["record", "refuse"]
+OUTSIDE_FOLDER_POLICIES: tuple[str, ...] = ("record", "refuse")
 RETRY_STATUSES = frozenset({429, 500, 502, 503, 504})
 _SAFE_ID = re.compile(r"^[A-Za-z0-9._-]+$")
 _CHUNK = 1 << 16
@@ -37,23 +45,51 @@ def image_file(images_dir: str | Path, item_id: str) -> Path:
     return Path(images_dir) / f"{item_id}{IMAGE_SUFFIX}"
 
 
-def attach_image_paths(items: pd.DataFrame, images_dir: str | Path | None,
-                       key: str = "item_id") -> pd.DataFrame:
-    """Set ``image_path`` / ``has_image`` from the files present under ``images_dir``.
+def image_file_state(path: Path, real_folder: Path) -> str:
+    """``ok``, ``absent``, ``not_regular_file`` or ``outside_folder`` for the image file ``path``.
+
+    Decided from ``os.stat`` (symlinks followed) without opening the file: a named pipe or a device
+    named ``1.jpg`` is ``not_regular_file``; a regular file whose real path is not under ``real_folder``
+    (a symlink leaving it, an id holding ``..``) is ``outside_folder``; a dangling link is ``absent``.
+    """
+    try:
+        mode = os.stat(path).st_mode
+    except OSError:
+        return "absent"
+    if not stat.S_ISREG(mode):
+        return "not_regular_file"
+    if not Path(os.path.realpath(path)).is_relative_to(real_folder):
+        return "outside_folder"
+    return "ok"
+
+
+def attach_image_paths(items: pd.DataFrame, images_dir: str | Path | None, counts: dict[str, int],
+                       key: str = "item_id",
+                       outside_folder: OutsideFolderPolicy = "record") -> pd.DataFrame:
+    """Set ``image_path`` / ``has_image`` from the regular files present under ``images_dir``.
 
     ``key`` names the column whose value names the file (the item id, or e.g. the ASIN of a release
-    whose item ids are integers). Without ``images_dir`` every item has no image.
+    whose item ids are integers). Without ``images_dir`` every item has no image. Adds to ``counts``:
+    ``images_not_regular_file`` (never an image) and ``images_outside_folder`` (links whose target lies
+    outside ``images_dir``: kept with ``outside_folder="record"``, no image with ``"refuse"``).
     """
+    if outside_folder not in OUTSIDE_FOLDER_POLICIES:
+        raise StudyError(f"images_outside_folder must be one of {OUTSIDE_FOLDER_POLICIES}, "
+                         f"got {outside_folder!r}")
     items = items.copy()
     if images_dir is None:
-        items["image_path"] = None
-        items["has_image"] = False
-        return items
-    paths = [image_file(images_dir, str(name)) for name in items[key]]
-    present = [path.is_file() for path in paths]
+        paths, states = [None] * len(items), ["absent"] * len(items)
+    else:
+        real_folder = Path(os.path.realpath(images_dir))
+        paths = [image_file(images_dir, str(name)) for name in items[key]]
+        states = [image_file_state(path, real_folder) for path in paths]
+    usable = {"ok", "outside_folder"} if outside_folder == "record" else {"ok"}
+    present = [state in usable for state in states]
     items["image_path"] = pd.Series([str(p) if ok else None for p, ok in zip(paths, present)],
                                     index=items.index, dtype=object)
     items["has_image"] = present
+    counts["images_not_regular_file"] = states.count("not_regular_file")
+    counts["images_outside_folder"] = states.count("outside_folder")
     return items
 
 
