@@ -46,11 +46,13 @@ def image_file(images_dir: str | Path, item_id: str) -> Path:
 
 
 def image_file_state(path: Path, real_folder: Path) -> str:
-    """``ok``, ``absent``, ``not_regular_file`` or ``outside_folder`` for the image file ``path``.
+    """``ok``, ``absent``, ``not_regular_file`` or ``outside_folder`` for an image file ``path`` built as
+    ``image_file(real_folder, key)`` (``real_folder``: the images folder with symlinks resolved).
 
     Decided from ``os.stat`` (symlinks followed) without opening the file: a named pipe or a device
     named ``1.jpg`` is ``not_regular_file``; a regular file whose real path is not under ``real_folder``
-    (a symlink leaving it, an id holding ``..``) is ``outside_folder``; a dangling link is ``absent``.
+    (a symlink leaving it, a key holding ``../``) is ``outside_folder``; a dangling link is ``absent``.
+    Only links and keys with a path separator are resolved (a plain file needs no lookup).
     """
     try:
         mode = os.stat(path).st_mode
@@ -58,7 +60,8 @@ def image_file_state(path: Path, real_folder: Path) -> str:
         return "absent"
     if not stat.S_ISREG(mode):
         return "not_regular_file"
-    if not Path(os.path.realpath(path)).is_relative_to(real_folder):
+    if (path.parent != real_folder or path.is_symlink()) and not Path(
+            os.path.realpath(path)).is_relative_to(real_folder):
         return "outside_folder"
     return "ok"
 
@@ -82,7 +85,7 @@ def attach_image_paths(items: pd.DataFrame, images_dir: str | Path | None, count
     else:
         real_folder = Path(os.path.realpath(images_dir))
         paths = [image_file(images_dir, str(name)) for name in items[key]]
-        states = [image_file_state(path, real_folder) for path in paths]
+        states = [image_file_state(image_file(real_folder, str(name)), real_folder) for name in items[key]]
     usable = {"ok", "outside_folder"} if outside_folder == "record" else {"ok"}
     present = [state in usable for state in states]
     items["image_path"] = pd.Series([str(p) if ok else None for p, ok in zip(paths, present)],
