@@ -5,6 +5,7 @@ import io
 import json
 import os
 import signal
+import socket
 import subprocess
 import sys
 import threading
@@ -17,10 +18,12 @@ import pandas as pd
 import pytest
 from PIL import Image
 
-from vlm4rec.download import DownloadFailure, attach_image_paths, download_images, image_file, image_problem
+from vlm4rec.download import (DownloadFailure, FetchError, attach_image_paths, download_images, fetch_bytes,
+                              image_file, image_problem)
 from vlm4rec.errors import StudyError
 
 FAST = dict(timeout_s=0.3, retries=2, backoff_s=0.01, progress=False)
+FAST_FETCH = dict(timeout_s=0.3, retries=1, backoff_s=0.01)
 
 
 def png_bytes(colour: tuple[int, int, int]) -> bytes:
@@ -248,3 +251,16 @@ def test_attach_can_refuse_images_outside_the_folder(tmp_path):
     with pytest.raises(StudyError, match="images_outside_folder must be one of .*'follow'"):
         attach_image_paths(items, folder, counts, outside_folder="follow")
 
+
+def test_fetch_bytes_says_why_in_words(host):
+    assert fetch_bytes(host.url("/ok/z"), **FAST_FETCH) == png_bytes((len("/ok/z") * 20 % 255, 10, 200))
+    with pytest.raises(FetchError) as missing:
+        fetch_bytes(host.url("/missing"), **FAST_FETCH)
+    assert (missing.value.reason, missing.value.detail, missing.value.retryable) == ("http_404", "HTTP 404", False)
+    closed = socket.socket()
+    closed.bind(("127.0.0.1", 0))
+    port = closed.getsockname()[1]
+    closed.close()  # nothing listens on this port any more
+    with pytest.raises(FetchError) as refused:
+        fetch_bytes(f"http://127.0.0.1:{port}/x", **FAST_FETCH)
+    assert (refused.value.reason, refused.value.detail) == ("connection_error", "Connection refused")

@@ -141,12 +141,13 @@ class DownloadReport:
             frame.to_csv(path, index=False)
 
 
-class _FetchError(Exception):
-    """A fetch failed for ``reason``; ``retryable`` says whether another attempt may succeed."""
+class FetchError(Exception):
+    """A fetch failed: ``reason`` is countable (``http_404``, ``timeout``, ``connection_error`` ...),
+    ``detail`` says it in words (``Connection refused``); ``retryable``: another attempt may succeed."""
 
-    def __init__(self, reason: str, retryable: bool):
-        super().__init__(reason)
-        self.reason, self.retryable = reason, retryable
+    def __init__(self, reason: str, retryable: bool, detail: str = ""):
+        super().__init__(detail or reason)
+        self.reason, self.retryable, self.detail = reason, retryable, detail or reason
 
 
 def image_problem(source: bytes | Path) -> str | None:
@@ -159,28 +160,45 @@ def image_problem(source: bytes | Path) -> str | None:
     return None
 
 
+def _innermost_reason(exc: BaseException) -> str:
+    """The operating system's words for why a request failed (``Connection refused``, ``Name or service
+    not known``), found under the layers ``requests`` and ``urllib3`` wrap it in; else the class name."""
+    node: BaseException | None = exc
+    seen: set[int] = set()
+    while node is not None and id(node) not in seen:
+        seen.add(id(node))
+        if isinstance(node, OSError) and node.strerror:
+            return node.strerror
+        wrapped = getattr(node, "reason", None)
+        inner = [a for a in node.args if isinstance(a, BaseException)]
+        node = (wrapped if isinstance(wrapped, BaseException) else None) or node.__cause__ or (
+            inner[0] if inner else None)
+    return type(exc).__name__
+
+
 def _fetch_once(session: requests.Session, url: str, timeout_s: float, max_bytes: int) -> bytes:
-    """GET ``url`` streaming, enforcing the timeout and the size cap; raise :class:`_FetchError`."""
+    """GET ``url`` streaming, enforcing the timeout and the size cap; raise :class:`FetchError`."""
     try:
         with session.get(url, timeout=timeout_s, stream=True) as response:
             if response.status_code != 200:
                 status = response.status_code
-                raise _FetchError(f"http_{status}", retryable=status in RETRY_STATUSES)
+                raise FetchError(f"http_{status}", retryable=status in RETRY_STATUSES, detail=f"HTTP {status}")
             declared = response.headers.get("Content-Length")
             if declared is not None and declared.isdigit() and int(declared) > max_bytes:
-                raise _FetchError("too_large", retryable=False)
+                raise FetchError("too_large", retryable=False, detail=f"{declared} bytes > limit {max_bytes}")
             body = bytearray()
             for chunk in response.iter_content(_CHUNK):
                 body.extend(chunk)
                 if len(body) > max_bytes:
-                    raise _FetchError("too_large", retryable=False)
+                    raise FetchError("too_large", retryable=False, detail=f"more than {max_bytes} bytes")
             return bytes(body)
     except requests.Timeout as exc:
-        raise _FetchError("timeout", retryable=True) from exc
+        raise FetchError("timeout", retryable=True, detail=f"no answer within {timeout_s} s") from exc
     except requests.ConnectionError as exc:
-        raise _FetchError("connection_error", retryable=True) from exc
+        raise FetchError("connection_error", retryable=True, detail=_innermost_reason(exc)) from exc
     except requests.RequestException as exc:
-        raise _FetchError(f"request_error:{type(exc).__name__}", retryable=False) from exc
+        raise FetchError(f"request_error:{type(exc).__name__}", retryable=False,
+                         detail=_innermost_reason(exc)) from exc
 
 
 def _fetch_with_retries(session: requests.Session, url: str, timeout_s: float, max_bytes: int,
@@ -190,15 +208,24 @@ def _fetch_with_retries(session: requests.Session, url: str, timeout_s: float, m
     while True:
         try:
             return _fetch_once(session, url, timeout_s, max_bytes)
-        except _FetchError as err:
+        except FetchError as err:
             if not err.retryable or attempt >= retries:
                 raise
             time.sleep(backoff_s * 2 ** attempt)
             attempt += 1
 
 
-def _write_atomically(data: bytes, target: Path) -> None:
-    """Write ``data`` to a temporary file beside ``target`` and move it into place."""
+def fetch_bytes(url: str, timeout_s: float = 20, max_bytes: int = 20_000_000, retries: int = 3,
+                backoff_s: float = 0.5) -> bytes:
+    """The body of ``url``, with the same timeout, size cap and retry rules as :func:`download_images`;
+    :class:`FetchError` when it cannot be had."""
+    with requests.Session() as session:
+        return _fetch_with_retries(session, url, timeout_s, max_bytes, retries, backoff_s)
+
+
+def write_atomically(data: bytes, target: Path) -> None:
+    """Write ``data`` to a temporary file beside ``target`` and move it into place, so that ``target``
+    is either absent or complete, never partial."""
     fd, tmp = tempfile.mkstemp(dir=target.parent, prefix=f".{target.name}.", suffix=".part")
     try:
         with os.fdopen(fd, "wb") as handle:
@@ -250,12 +277,12 @@ def download_images(urls: Mapping[str, str | None], out_dir: str | Path, concurr
             local.session = requests.Session()
         try:
             data = _fetch_with_retries(local.session, url, timeout_s, max_bytes, retries, backoff_s)
-        except _FetchError as err:
+        except FetchError as err:
             return DownloadFailure(item_id, url, err.reason)
         problem = image_problem(data)
         if problem is not None:
             return DownloadFailure(item_id, url, problem)
-        _write_atomically(data, image_file(out, item_id))
+        write_atomically(data, image_file(out, item_id))
         return None
 
     with ThreadPoolExecutor(max_workers=max(1, concurrency)) as pool, \
