@@ -11,7 +11,8 @@ from pathlib import Path
 import pytest
 import yaml
 
-from test_datasets_movielens_fetch import closed_port_url, offline_urls, official, poster, write_release  # noqa: F401
+from test_datasets_movielens_fetch import official  # noqa: F401 (a fixture used here)
+from test_datasets_movielens_fetch import closed_port_url, offline_urls, poster, write_release
 from vlm4rec.datasets import load_source
 from vlm4rec.errors import StudyError
 from vlm4rec.pipeline.fetch import SOURCE_MANIFEST, adapter_keys, load_source_manifest, main, run

@@ -47,7 +47,7 @@ POSTERS_MANIFEST = "manifest.csv"
 #: sha256 of the study's 3,872 posters concatenated in file-name order, as recorded in
 #: ../shared/data/ml-1m/README.md: equal when a folder holds exactly the posters the study used.
 STUDY_POSTERS_SHA256 = "6fc0c7ead6f162c465721bd3bb096b32198ddce0c84863bb07d6d507e9f9fd89"
-#: Largest accepted archive and member; the official zip is 5.9 MB, its largest file 24.6 MB.
+#: Largest accepted archive and member; the official zip is about 6 MB, its largest file 24.6 MB.
 MAX_ZIP_BYTES = 64_000_000
 MAX_MEMBER_BYTES = 128_000_000
 #: Poster failures that mean the network is down: the remaining posters are then not tried this run.
@@ -73,8 +73,9 @@ def verify_release(folder: Path) -> dict[str, dict[str, Any]]:
         data = (folder / name).read_bytes()
         actual = sha256_hex(data)
         if actual != expected:
-            raise StudyError(f"{folder / name} is not the official MovieLens-1M {name}: its sha256 is {actual}, "
-                             f"the GroupLens release's is {expected}. Restore the official file ({ZIP_URL}).")
+            raise StudyError(f"{folder / name} is not the official MovieLens-1M {name}: its sha256 is "
+                             f"{actual}, the GroupLens release's is {expected}. Restore the official file "
+                             f"({ZIP_URL}).")
         found[name] = {"size": len(data), "sha256": actual}
     return found
 
@@ -105,8 +106,8 @@ def release_members(archive: bytes, source: str) -> dict[str, bytes]:
     for name, expected in OFFICIAL_SHA256.items():
         actual = sha256_hex(members[name])
         if actual != expected:
-            raise StudyError(f"{source}: {ZIP_FOLDER}/{name} in the archive has sha256 {actual}, not the official "
-                             f"{expected}; nothing was unpacked. {PROVIDE_FOLDER}")
+            raise StudyError(f"{source}: {ZIP_FOLDER}/{name} in the archive has sha256 {actual}, not the "
+                             f"official {expected}; nothing was unpacked. {PROVIDE_FOLDER}")
     return members
 
 
@@ -168,6 +169,7 @@ def read_poster_statuses(manifest: Path) -> dict[str, str]:
 
 
 def _merge(first: DownloadReport, rest: DownloadReport) -> DownloadReport:
+    """One report for two runs of the downloader."""
     return DownloadReport(downloaded=first.downloaded + rest.downloaded,
                           skipped_existing=first.skipped_existing + rest.skipped_existing,
                           removed_partial=first.removed_partial + rest.removed_partial,
@@ -196,12 +198,13 @@ def download_posters(movie_ids: list[str], folder: Path, posters_url: str, progr
     return _merge(first, download_images(todo, folder, retries=retries, backoff_s=backoff_s, progress=progress))
 
 
-def write_poster_manifest(posters: Posters, movie_ids: list[str], report: DownloadReport) -> Path:
+def write_poster_manifest(posters: Posters, movie_ids: list[str], report: DownloadReport) -> None:
     """Write ``posters/manifest.csv``: movie_id, status (``ok``, ``no_poster``, ``failed_<reason>``), sha256,
     size. A movie this run did not try keeps its earlier status."""
     path = posters.folder / POSTERS_MANIFEST
     earlier = read_poster_statuses(path)
-    failed = {f.item_id: "no_poster" if f.reason == "http_404" else f"failed_{f.reason}" for f in report.failures}
+    failed = {f.item_id: "no_poster" if f.reason == "http_404" else f"failed_{f.reason}"
+              for f in report.failures}
     rows = []
     for movie in movie_ids:
         file = posters.files.get(movie)
@@ -209,8 +212,8 @@ def write_poster_manifest(posters: Posters, movie_ids: list[str], report: Downlo
         rows.append({"movie_id": movie, "status": status, "sha256": file["sha256"] if file else "",
                      "size": file["size"] if file else ""})
     table = pd.DataFrame(rows, columns=["movie_id", "status", "sha256", "size"])
+    path.parent.mkdir(parents=True, exist_ok=True)
     write_atomically(table.to_csv(index=False).encode(), path)
-    return path
 
 
 @dataclass
@@ -225,19 +228,23 @@ class MovieLensFiles:
 
     def manifest(self) -> dict[str, Any]:
         """What the fetch stage records: resolved locations and fingerprints, nothing run-dependent."""
-        return {"root": self.root.as_posix(), "files": self.release, "posters_dir": self.posters.folder.as_posix(),
-                "posters": self.posters.files, "movies_without_poster": self.posters.missing,
+        return {"root": self.root.as_posix(), "files": self.release,
+                "posters_dir": self.posters.folder.as_posix(), "posters": self.posters.files,
+                "movies_without_poster": self.posters.missing,
                 "posters_not_regular_file": self.posters.not_regular_file,
                 "posters_outside_folder": self.posters.outside_folder}
 
     def counts(self) -> dict[str, int]:
+        """For metrics/fetch.json: what was downloaded, found, missing, failed this run (posters_failed:
+        not a 404, which means the source has no poster; those are among posters_missing)."""
         report = self.poster_download or DownloadReport()
         return {"release_downloaded": int(self.release_from == "downloaded"),
                 "posters_found": len(self.posters.files), "posters_missing": len(self.posters.missing),
                 "posters_are_the_study_set": int(self.posters.set_sha256 == STUDY_POSTERS_SHA256),
                 "posters_not_regular_file": len(self.posters.not_regular_file),
                 "posters_outside_folder": len(self.posters.outside_folder),
-                "posters_downloaded": report.downloaded, "posters_failed": len(report.failures)}
+                "posters_downloaded": report.downloaded,
+                "posters_failed": sum(f.reason != "http_404" for f in report.failures)}
 
 
 def _release_folder(root: Path, download_dir: Path, zip_url: str, retries: int,
