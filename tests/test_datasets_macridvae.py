@@ -57,7 +57,8 @@ def test_release_read_as_is(tmp_path):
         np.testing.assert_array_equal(raw.features[name], array)
     assert raw.counts == {"items_listed": 12, "users_listed": 3, "interactions_train": 8,
                           "interactions_val": 3, "interactions_test": 3, "titles_from_asin": 12,
-                          "items_with_image_file": 0, "clip_title_text_zero_rows": 1,
+                          "items_with_image_file": 0, "images_not_regular_file": 0,
+                          "images_outside_folder": 0, "clip_title_text_zero_rows": 1,
                           "clip_image_zero_rows": 2}
 
 

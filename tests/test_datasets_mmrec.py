@@ -46,6 +46,7 @@ def test_x_label_mapping_and_counts(tmp_path):
     assert raw.items["image_url"].isna().all()
     assert raw.counts == {"interactions": 11, "items_with_features": 6, "interactions_train": 5,
                           "interactions_val": 3, "interactions_test": 3, "items_with_image_file": 0,
+                          "images_not_regular_file": 0, "images_outside_folder": 0,
                           "mmrec_image_feat_zero_rows": 0, "mmrec_text_feat_zero_rows": 0}
     assert raw.name == "mmrec:baby"
 

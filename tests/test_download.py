@@ -3,22 +3,27 @@ from __future__ import annotations
 
 import io
 import json
+import os
 import signal
+import socket
 import subprocess
 import sys
 import threading
 import time
 from collections import Counter
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+from pathlib import Path
 
 import pandas as pd
 import pytest
 from PIL import Image
 
-from vlm4rec.download import (DownloadFailure, attach_image_paths, download_images, image_file,
-                              image_problem)
+from vlm4rec.download import (DownloadFailure, FetchError, attach_image_paths, download_images, fetch_bytes,
+                              image_file, image_problem)
+from vlm4rec.errors import StudyError
 
 FAST = dict(timeout_s=0.3, retries=2, backoff_s=0.01, progress=False)
+FAST_FETCH = dict(timeout_s=0.3, retries=1, backoff_s=0.01)
 
 
 def png_bytes(colour: tuple[int, int, int]) -> bytes:
@@ -199,10 +204,63 @@ def test_progress_bar_run_and_attach_image_paths(host, tmp_path):
     report = download_images({"7": host.url("/ok/7")}, tmp_path, progress=True, timeout_s=2)
     assert report.downloaded == 1
     items = pd.DataFrame({"item_id": ["7", "8"], "asin": ["B7", "B8"]})
-    attached = attach_image_paths(items, tmp_path)
+    attached = attach_image_paths(items, tmp_path, {})
     assert attached["image_path"].tolist() == [str(tmp_path / "7.jpg"), None]
     assert attached["has_image"].tolist() == [True, False]
     (tmp_path / "B8.jpg").write_bytes(b"x")
-    by_asin = attach_image_paths(items, tmp_path, key="asin")
+    by_asin = attach_image_paths(items, tmp_path, {}, key="asin")
     assert by_asin["has_image"].tolist() == [False, True]
-    assert attach_image_paths(items, None)["has_image"].tolist() == [False, False]
+    counts: dict[str, int] = {}
+    assert attach_image_paths(items, None, counts)["has_image"].tolist() == [False, False]
+    assert counts == {"images_not_regular_file": 0, "images_outside_folder": 0}
+
+
+def odd_images_folder(tmp_path: Path) -> tuple[Path, pd.DataFrame]:
+    """A folder where a.jpg is a plain image, fifo.jpg a named pipe, dir.jpg a folder, link.jpg a symlink
+    to an image outside the folder, inner.jpg a symlink inside it, dangling.jpg a broken link."""
+    folder, elsewhere = tmp_path / "images", tmp_path / "elsewhere"
+    folder.mkdir()
+    elsewhere.mkdir()
+    (folder / "a.jpg").write_bytes(png_bytes((1, 2, 3)))
+    os.mkfifo(folder / "fifo.jpg")
+    (folder / "dir.jpg").mkdir()
+    (elsewhere / "x.jpg").write_bytes(png_bytes((4, 5, 6)))
+    (folder / "link.jpg").symlink_to(elsewhere / "x.jpg")
+    (folder / "inner.jpg").symlink_to(folder / "a.jpg")
+    (folder / "dangling.jpg").symlink_to(tmp_path / "gone.jpg")
+    ids = ["a", "fifo", "dir", "link", "inner", "dangling", "absent", "../elsewhere/x"]
+    return folder, pd.DataFrame({"item_id": ids})
+
+
+def test_attach_takes_regular_files_only_and_records_links_leaving_the_folder(tmp_path):
+    folder, items = odd_images_folder(tmp_path)
+    counts: dict[str, int] = {}
+    attached = attach_image_paths(items, folder, counts).set_index("item_id")["has_image"]
+    assert attached.to_dict() == {"a": True, "fifo": False, "dir": False, "link": True, "inner": True,
+                                  "dangling": False, "absent": False, "../elsewhere/x": True}
+    assert counts == {"images_not_regular_file": 2, "images_outside_folder": 2}
+
+
+def test_attach_can_refuse_images_outside_the_folder(tmp_path):
+    folder, items = odd_images_folder(tmp_path)
+    counts: dict[str, int] = {}
+    attached = attach_image_paths(items, folder, counts, outside_folder="refuse")
+    assert attached.loc[attached["has_image"], "item_id"].tolist() == ["a", "inner"]
+    assert attached.set_index("item_id")["image_path"].isna().to_dict()["link"]
+    assert counts == {"images_not_regular_file": 2, "images_outside_folder": 2}
+    with pytest.raises(StudyError, match="images_outside_folder must be one of .*'follow'"):
+        attach_image_paths(items, folder, counts, outside_folder="follow")
+
+
+def test_fetch_bytes_says_why_in_words(host):
+    assert fetch_bytes(host.url("/ok/z"), **FAST_FETCH) == png_bytes((len("/ok/z") * 20 % 255, 10, 200))
+    with pytest.raises(FetchError) as missing:
+        fetch_bytes(host.url("/missing"), **FAST_FETCH)
+    assert (missing.value.reason, missing.value.detail, missing.value.retryable) == ("http_404", "HTTP 404", False)
+    closed = socket.socket()
+    closed.bind(("127.0.0.1", 0))
+    port = closed.getsockname()[1]
+    closed.close()  # nothing listens on this port any more
+    with pytest.raises(FetchError) as refused:
+        fetch_bytes(f"http://127.0.0.1:{port}/x", **FAST_FETCH)
+    assert (refused.value.reason, refused.value.detail) == ("connection_error", "Connection refused")

@@ -1,7 +1,10 @@
 import hashlib
 import io
+import os
 import struct
+import threading
 import zlib
+from pathlib import Path
 
 import numpy as np
 import pytest
@@ -119,3 +122,46 @@ def test_image_sha256_of_path_and_bytes(tmp_path):
     assert image_sha256(path) == image_sha256(payload) == hashlib.sha256(payload).hexdigest()
     with pytest.raises(ImageLoadError, match="missing_file"):
         image_sha256(tmp_path / "nope.png")
+
+
+def load_in_thread(path: Path, seconds: float = 5.0) -> BaseException | None:
+    """Run load_image(path) in a daemon thread; return what it raised, failing if it has not returned
+    within ``seconds`` (a reader blocked on a named pipe never would)."""
+    outcome: list[BaseException | None] = []
+
+    def read() -> None:
+        try:
+            load_image(path)
+            outcome.append(None)
+        except BaseException as err:  # handed to the test thread
+            outcome.append(err)
+
+    worker = threading.Thread(target=read, daemon=True)
+    worker.start()
+    worker.join(seconds)
+    assert outcome, f"load_image({path}) still blocked after {seconds} s"
+    return outcome[0]
+
+
+def test_named_pipe_is_refused_without_being_opened(tmp_path):
+    fifo = tmp_path / "1.jpg"
+    os.mkfifo(fifo)
+    error = load_in_thread(fifo)
+    assert isinstance(error, ImageLoadError) and error.kind == "not_a_regular_file"
+    assert str(error) == f"not_a_regular_file: {fifo} is a named pipe (FIFO), not a regular file"
+
+
+def test_directory_is_not_an_image_file(tmp_path):
+    with pytest.raises(ImageLoadError, match="is a directory, not a regular file"):
+        image_sha256(tmp_path)
+
+
+def test_non_image_error_gives_kind_and_size_never_content(tmp_path):
+    secret = tmp_path / "passwd"
+    secret.write_bytes(b"root:x:0:0:root:/root:/bin/bash\n")
+    link = tmp_path / "2.jpg"
+    link.symlink_to(secret)
+    with pytest.raises(ImageLoadError) as info:
+        load_image(link)
+    assert str(info.value) == "not_an_image: 32 bytes in no image format PIL reads"
+    assert "root" not in str(info.value)

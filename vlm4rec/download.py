@@ -1,6 +1,7 @@
 """Item images on disk (``<images_dir>/<item_id>.jpg``) and a resumable concurrent downloader.
 
-The adapters (``vlm4rec.datasets.*``) read the layout with :func:`attach_image_paths`;
+The adapters (``vlm4rec.datasets.*``) read the layout with :func:`attach_image_paths`, which takes only
+regular files and notes files that are links leaving the folder;
 :func:`download_images` fills it from URLs. A download is kept only when its bytes fully decode
 (:func:`vlm4rec.images.load_image`, the same check grounding applies);
 it is written to a temporary file in the same folder and moved into place with ``os.replace``, so a
@@ -11,6 +12,7 @@ from __future__ import annotations
 
 import os
 import re
+import stat
 import tempfile
 import threading
 import time
@@ -19,14 +21,20 @@ from collections.abc import Mapping
 from concurrent.futures import ThreadPoolExecutor, as_completed
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import Literal
 
 import pandas as pd
 import requests
 from tqdm import tqdm
 
+from vlm4rec.errors import StudyError
 from vlm4rec.images import ImageLoadError, load_image
 
 IMAGE_SUFFIX = ".jpg"
+#: What to do with an image file whose real path (symlinks resolved) lies outside its images folder:
+#: ``record`` keeps it and counts it, ``refuse`` treats the item as having no image and counts it.
+OutsideFolderPolicy = Literal["record", "refuse"]
+OUTSIDE_FOLDER_POLICIES: tuple[str, ...] = ("record", "refuse")
 RETRY_STATUSES = frozenset({429, 500, 502, 503, 504})
 _SAFE_ID = re.compile(r"^[A-Za-z0-9._-]+$")
 _CHUNK = 1 << 16
@@ -37,23 +45,54 @@ def image_file(images_dir: str | Path, item_id: str) -> Path:
     return Path(images_dir) / f"{item_id}{IMAGE_SUFFIX}"
 
 
-def attach_image_paths(items: pd.DataFrame, images_dir: str | Path | None,
-                       key: str = "item_id") -> pd.DataFrame:
-    """Set ``image_path`` / ``has_image`` from the files present under ``images_dir``.
+def image_file_state(path: Path, real_folder: Path) -> str:
+    """``ok``, ``absent``, ``not_regular_file`` or ``outside_folder`` for an image file ``path`` built as
+    ``image_file(real_folder, key)`` (``real_folder``: the images folder with symlinks resolved).
+
+    Decided from ``os.stat`` (symlinks followed) without opening the file: a named pipe or a device
+    named ``1.jpg`` is ``not_regular_file``; a regular file whose real path is not under ``real_folder``
+    (a symlink leaving it, a key holding ``../``) is ``outside_folder``; a dangling link is ``absent``.
+    Only links and keys with a path separator are resolved (a plain file needs no lookup).
+    """
+    try:
+        mode = os.stat(path).st_mode
+    except OSError:
+        return "absent"
+    if not stat.S_ISREG(mode):
+        return "not_regular_file"
+    if (path.parent != real_folder or path.is_symlink()) and not Path(
+            os.path.realpath(path)).is_relative_to(real_folder):
+        return "outside_folder"
+    return "ok"
+
+
+def attach_image_paths(items: pd.DataFrame, images_dir: str | Path | None, counts: dict[str, int],
+                       key: str = "item_id",
+                       outside_folder: OutsideFolderPolicy = "record") -> pd.DataFrame:
+    """Set ``image_path`` / ``has_image`` from the regular files present under ``images_dir``.
 
     ``key`` names the column whose value names the file (the item id, or e.g. the ASIN of a release
-    whose item ids are integers). Without ``images_dir`` every item has no image.
+    whose item ids are integers). Without ``images_dir`` every item has no image. Adds to ``counts``:
+    ``images_not_regular_file`` (never an image) and ``images_outside_folder`` (links whose target lies
+    outside ``images_dir``: kept with ``outside_folder="record"``, no image with ``"refuse"``).
     """
+    if outside_folder not in OUTSIDE_FOLDER_POLICIES:
+        raise StudyError(f"images_outside_folder must be one of {OUTSIDE_FOLDER_POLICIES}, "
+                         f"got {outside_folder!r}")
     items = items.copy()
     if images_dir is None:
-        items["image_path"] = None
-        items["has_image"] = False
-        return items
-    paths = [image_file(images_dir, str(name)) for name in items[key]]
-    present = [path.is_file() for path in paths]
+        paths, states = [None] * len(items), ["absent"] * len(items)
+    else:
+        real_folder = Path(os.path.realpath(images_dir))
+        paths = [image_file(images_dir, str(name)) for name in items[key]]
+        states = [image_file_state(image_file(real_folder, str(name)), real_folder) for name in items[key]]
+    usable = {"ok", "outside_folder"} if outside_folder == "record" else {"ok"}
+    present = [state in usable for state in states]
     items["image_path"] = pd.Series([str(p) if ok else None for p, ok in zip(paths, present)],
                                     index=items.index, dtype=object)
     items["has_image"] = present
+    counts["images_not_regular_file"] = states.count("not_regular_file")
+    counts["images_outside_folder"] = states.count("outside_folder")
     return items
 
 
@@ -102,12 +141,13 @@ class DownloadReport:
             frame.to_csv(path, index=False)
 
 
-class _FetchError(Exception):
-    """A fetch failed for ``reason``; ``retryable`` says whether another attempt may succeed."""
+class FetchError(Exception):
+    """A fetch failed: ``reason`` is countable (``http_404``, ``timeout``, ``connection_error`` ...),
+    ``detail`` says it in words (``Connection refused``); ``retryable``: another attempt may succeed."""
 
-    def __init__(self, reason: str, retryable: bool):
-        super().__init__(reason)
-        self.reason, self.retryable = reason, retryable
+    def __init__(self, reason: str, retryable: bool, detail: str = ""):
+        super().__init__(detail or reason)
+        self.reason, self.retryable, self.detail = reason, retryable, detail or reason
 
 
 def image_problem(source: bytes | Path) -> str | None:
@@ -120,28 +160,45 @@ def image_problem(source: bytes | Path) -> str | None:
     return None
 
 
+def _innermost_reason(exc: BaseException) -> str:
+    """The operating system's words for why a request failed (``Connection refused``, ``Name or service
+    not known``), found under the layers ``requests`` and ``urllib3`` wrap it in; else the class name."""
+    node: BaseException | None = exc
+    seen: set[int] = set()
+    while node is not None and id(node) not in seen:
+        seen.add(id(node))
+        if isinstance(node, OSError) and node.strerror:
+            return node.strerror
+        wrapped = getattr(node, "reason", None)
+        inner = [a for a in node.args if isinstance(a, BaseException)]
+        node = (wrapped if isinstance(wrapped, BaseException) else None) or node.__cause__ or (
+            inner[0] if inner else None)
+    return type(exc).__name__
+
+
 def _fetch_once(session: requests.Session, url: str, timeout_s: float, max_bytes: int) -> bytes:
-    """GET ``url`` streaming, enforcing the timeout and the size cap; raise :class:`_FetchError`."""
+    """GET ``url`` streaming, enforcing the timeout and the size cap; raise :class:`FetchError`."""
     try:
         with session.get(url, timeout=timeout_s, stream=True) as response:
             if response.status_code != 200:
                 status = response.status_code
-                raise _FetchError(f"http_{status}", retryable=status in RETRY_STATUSES)
+                raise FetchError(f"http_{status}", retryable=status in RETRY_STATUSES, detail=f"HTTP {status}")
             declared = response.headers.get("Content-Length")
             if declared is not None and declared.isdigit() and int(declared) > max_bytes:
-                raise _FetchError("too_large", retryable=False)
+                raise FetchError("too_large", retryable=False, detail=f"{declared} bytes > limit {max_bytes}")
             body = bytearray()
             for chunk in response.iter_content(_CHUNK):
                 body.extend(chunk)
                 if len(body) > max_bytes:
-                    raise _FetchError("too_large", retryable=False)
+                    raise FetchError("too_large", retryable=False, detail=f"more than {max_bytes} bytes")
             return bytes(body)
     except requests.Timeout as exc:
-        raise _FetchError("timeout", retryable=True) from exc
+        raise FetchError("timeout", retryable=True, detail=f"no answer within {timeout_s} s") from exc
     except requests.ConnectionError as exc:
-        raise _FetchError("connection_error", retryable=True) from exc
+        raise FetchError("connection_error", retryable=True, detail=_innermost_reason(exc)) from exc
     except requests.RequestException as exc:
-        raise _FetchError(f"request_error:{type(exc).__name__}", retryable=False) from exc
+        raise FetchError(f"request_error:{type(exc).__name__}", retryable=False,
+                         detail=_innermost_reason(exc)) from exc
 
 
 def _fetch_with_retries(session: requests.Session, url: str, timeout_s: float, max_bytes: int,
@@ -151,15 +208,24 @@ def _fetch_with_retries(session: requests.Session, url: str, timeout_s: float, m
     while True:
         try:
             return _fetch_once(session, url, timeout_s, max_bytes)
-        except _FetchError as err:
+        except FetchError as err:
             if not err.retryable or attempt >= retries:
                 raise
             time.sleep(backoff_s * 2 ** attempt)
             attempt += 1
 
 
-def _write_atomically(data: bytes, target: Path) -> None:
-    """Write ``data`` to a temporary file beside ``target`` and move it into place."""
+def fetch_bytes(url: str, timeout_s: float = 20, max_bytes: int = 20_000_000, retries: int = 3,
+                backoff_s: float = 0.5) -> bytes:
+    """The body of ``url``, with the same timeout, size cap and retry rules as :func:`download_images`;
+    :class:`FetchError` when it cannot be had."""
+    with requests.Session() as session:
+        return _fetch_with_retries(session, url, timeout_s, max_bytes, retries, backoff_s)
+
+
+def write_atomically(data: bytes, target: Path) -> None:
+    """Write ``data`` to a temporary file beside ``target`` and move it into place, so that ``target``
+    is either absent or complete, never partial."""
     fd, tmp = tempfile.mkstemp(dir=target.parent, prefix=f".{target.name}.", suffix=".part")
     try:
         with os.fdopen(fd, "wb") as handle:
@@ -211,12 +277,12 @@ def download_images(urls: Mapping[str, str | None], out_dir: str | Path, concurr
             local.session = requests.Session()
         try:
             data = _fetch_with_retries(local.session, url, timeout_s, max_bytes, retries, backoff_s)
-        except _FetchError as err:
+        except FetchError as err:
             return DownloadFailure(item_id, url, err.reason)
         problem = image_problem(data)
         if problem is not None:
             return DownloadFailure(item_id, url, problem)
-        _write_atomically(data, image_file(out, item_id))
+        write_atomically(data, image_file(out, item_id))
         return None
 
     with ThreadPoolExecutor(max_workers=max(1, concurrency)) as pool, \

@@ -9,6 +9,8 @@ from __future__ import annotations
 
 import hashlib
 import io
+import os
+import stat
 import warnings
 from pathlib import Path
 
@@ -28,8 +30,9 @@ ImageSource = str | Path | bytes
 class ImageLoadError(ValueError):
     """An image cannot be used. ``kind`` is a short countable category, ``reason`` the details.
 
-    Kinds: ``missing_file``, ``unreadable``, ``empty``, ``not_an_image``, ``truncated``,
-    ``decompression_bomb``, ``unsupported_mode``.
+    Kinds: ``missing_file``, ``not_a_regular_file``, ``unreadable``, ``empty``, ``not_an_image``,
+    ``truncated``, ``decompression_bomb``, ``unsupported_mode``. Reasons name the file and its size, never
+    its content (a path may point anywhere, e.g. through a symlink to a system file).
     """
 
     def __init__(self, kind: str, reason: str):
@@ -37,12 +40,27 @@ class ImageLoadError(ValueError):
         self.kind, self.reason = kind, reason
 
 
+def file_kind(mode: int) -> str:
+    """What an ``os.stat`` mode says a path is, in words (``regular file``, ``named pipe (FIFO)`` ...)."""
+    kinds = ((stat.S_ISREG, "regular file"), (stat.S_ISDIR, "directory"), (stat.S_ISFIFO, "named pipe (FIFO)"),
+             (stat.S_ISSOCK, "socket"), (stat.S_ISCHR, "character device"), (stat.S_ISBLK, "block device"))
+    return next((name for test, name in kinds if test(mode)), "special file")
+
+
 def read_image_bytes(source: ImageSource) -> bytes:
-    """The raw bytes of an image given as a path or as bytes; ``missing_file`` / ``unreadable`` errors."""
+    """The raw bytes of an image given as a path or as bytes.
+
+    A path must be a regular file (symlinks followed); anything else is refused from its ``os.stat`` mode
+    before it is opened, because opening a named pipe blocks and a device never ends. Errors:
+    ``missing_file``, ``not_a_regular_file``, ``unreadable``.
+    """
     if isinstance(source, bytes):
         return source
     path = Path(source)
     try:
+        mode = os.stat(path).st_mode
+        if not stat.S_ISREG(mode):
+            raise ImageLoadError("not_a_regular_file", f"{path} is a {file_kind(mode)}, not a regular file")
         return path.read_bytes()
     except FileNotFoundError:
         raise ImageLoadError("missing_file", f"no such file: {path}") from None
@@ -85,8 +103,7 @@ def _decode(data: bytes, max_pixels: int) -> Image.Image:
         except (Image.DecompressionBombError, Image.DecompressionBombWarning) as err:
             raise ImageLoadError("decompression_bomb", str(err)) from None
         except UnidentifiedImageError:
-            raise ImageLoadError("not_an_image", f"{len(data)} bytes in no image format PIL reads "
-                                 f"(starts with {data[:8]!r})") from None
+            raise ImageLoadError("not_an_image", f"{len(data):,} bytes in no image format PIL reads") from None
         except (OSError, SyntaxError, ValueError, EOFError) as err:
             raise ImageLoadError("truncated", f"{_format_of(image)} data ends early or is corrupt: {err}") from None
     return image

@@ -3,7 +3,8 @@
 ``load_source(name, **keys)`` looks the adapter up in :data:`SOURCES` and calls it with the keyword
 arguments of that source (e.g. ``root=...``, ``posters_dir=...`` for ``movielens_1m``), as given by
 ``params.yaml: data``. A new source is one module under ``vlm4rec/datasets/`` plus one line in
-:data:`SOURCES` mapping its name to its loader.
+:data:`SOURCES` mapping its name to its loader and one in :data:`INPUT_PATH_KEYS` naming the loader's
+arguments that are paths (MovieLens-1M is found or downloaded by :mod:`vlm4rec.datasets.movielens_fetch`).
 """
 from __future__ import annotations
 
@@ -20,6 +21,14 @@ SOURCES: dict[str, Callable[..., RawDataset]] = {
     "amazon2023": load_amazon2023,
     "align_macridvae": load_align_macridvae,
     "mmrec": load_mmrec,
+}
+
+#: The keyword arguments of each loader that name a file or folder it reads: the fetch stage fingerprints
+#: them so that ``prepare`` re-runs when they change.
+INPUT_PATH_KEYS: dict[str, tuple[str, ...]] = {
+    "amazon2023": ("reviews_path", "meta_path", "images_dir"),
+    "align_macridvae": ("root", "meta_path", "images_dir"),
+    "mmrec": ("root", "meta_csv", "images_dir"),
 }
 
 

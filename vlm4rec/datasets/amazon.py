@@ -37,7 +37,7 @@ import numpy as np
 import pandas as pd
 
 from vlm4rec.data import DataFormatError, RawDataset
-from vlm4rec.download import attach_image_paths
+from vlm4rec.download import OutsideFolderPolicy, attach_image_paths
 from vlm4rec.download import download_images as fetch_images
 
 BadLinePolicy = Literal["error", "skip"]
@@ -254,13 +254,15 @@ def _download_main_images(items: pd.DataFrame, images_dir: str | Path,
 def load_amazon2023(reviews_path: str | Path, meta_path: str | Path,
                     images_dir: str | Path | None = None, k_core: int = 5,
                     min_rating: float | None = None, on_bad_line: BadLinePolicy = "error",
-                    download_images: bool = False) -> RawDataset:
+                    download_images: bool = False,
+                    images_outside_folder: OutsideFolderPolicy = "record") -> RawDataset:
     """Read one Amazon Reviews 2023 category into a :class:`RawDataset` (see the module docstring).
 
     ``k_core``: users and items keep at least this many distinct interactions (1 or less: no filter).
     ``on_bad_line``: ``"error"`` raises :class:`DataFormatError` with file and line, ``"skip"`` counts
     the line and goes on. ``download_images``: first fetch the kept items' main images into
     ``images_dir`` (resumable; counts ``images_*``, failures in ``images_dir/download_failures.csv``).
+    ``images_outside_folder``: see :func:`vlm4rec.download.attach_image_paths`.
     """
     if on_bad_line not in ("error", "skip"):
         raise ValueError(f"on_bad_line must be 'error' or 'skip', not {on_bad_line!r}")
@@ -285,7 +287,7 @@ def load_amazon2023(reviews_path: str | Path, meta_path: str | Path,
     items = items_with_meta(item_ids, meta, counts)
     if download_images and images_dir is not None:
         _download_main_images(items, images_dir, counts)
-    items = attach_image_paths(items, images_dir)
+    items = attach_image_paths(items, images_dir, counts, outside_folder=images_outside_folder)
     counts["items_with_image_file"] = int(items["has_image"].sum())
     name = Path(reviews_path).name.split(".")[0]
     return RawDataset(name=f"amazon2023:{name}", interactions=cored, items=items, counts=counts)

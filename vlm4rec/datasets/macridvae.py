@@ -31,7 +31,7 @@ import pandas as pd
 
 from vlm4rec.data import DataFormatError, RawDataset
 from vlm4rec.datasets.amazon import items_with_meta, read_item_meta
-from vlm4rec.download import attach_image_paths
+from vlm4rec.download import OutsideFolderPolicy, attach_image_paths
 
 SPLIT_FILES = {"train": "train.txt", "val": "validation.txt", "test": "test.txt"}
 FEATURE_FILES = {"clip_title_text": "embed_text.npy", "clip_image": "embed_image.npy"}
@@ -146,8 +146,10 @@ def _check_ids(path: Path, ids: np.ndarray, n: int, what: str) -> None:
 
 
 def load_align_macridvae(root: str | Path, images_dir: str | Path | None = None,
-                         meta_path: str | Path | None = None) -> RawDataset:
-    """Read the Align-MacridVAE release folder ``root`` (see the module docstring)."""
+                         meta_path: str | Path | None = None,
+                         images_outside_folder: OutsideFolderPolicy = "record") -> RawDataset:
+    """Read the Align-MacridVAE release folder ``root`` (see the module docstring);
+    ``images_outside_folder``: see :func:`vlm4rec.download.attach_image_paths`."""
     root = Path(root)
     asins = read_id_table(root / "items.txt", ("item", "item_id", "itemid", "id"),
                           ("asin", "item_asin", "org_id", "original_id"))
@@ -171,7 +173,8 @@ def load_align_macridvae(root: str | Path, images_dir: str | Path | None = None,
     if n_users is not None:
         counts["users_listed"] = n_users
 
-    items = attach_image_paths(_describe(asins, meta_path, counts), images_dir, key="asin")
+    items = attach_image_paths(_describe(asins, meta_path, counts), images_dir, counts, key="asin",
+                               outside_folder=images_outside_folder)
     counts["items_with_image_file"] = int(items["has_image"].sum())
     features = {name: _load_feature(root / file_name, len(items))
                 for name, file_name in FEATURE_FILES.items()}

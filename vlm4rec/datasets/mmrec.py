@@ -22,7 +22,7 @@ import pandas as pd
 
 from vlm4rec.data import DataFormatError, RawDataset
 from vlm4rec.datasets.amazon import clean_text, items_with_meta
-from vlm4rec.download import attach_image_paths
+from vlm4rec.download import OutsideFolderPolicy, attach_image_paths
 
 INTER_COLUMNS = ["userID", "itemID", "rating", "timestamp", "x_label"]
 X_LABELS = {0: "train", 1: "val", 2: "test"}
@@ -85,8 +85,10 @@ def read_meta_csv(path: Path, n_items: int, counts: dict[str, int]) -> pd.DataFr
 
 
 def load_mmrec(root: str | Path, name: str, meta_csv: str | Path | None = None,
-               images_dir: str | Path | None = None) -> RawDataset:
-    """Read MMRec dataset ``name`` (e.g. ``baby``: ``baby.inter``) from ``root`` (module docstring)."""
+               images_dir: str | Path | None = None,
+               images_outside_folder: OutsideFolderPolicy = "record") -> RawDataset:
+    """Read MMRec dataset ``name`` (e.g. ``baby``: ``baby.inter``) from ``root`` (module docstring);
+    ``images_outside_folder``: see :func:`vlm4rec.download.attach_image_paths`."""
     root = Path(root)
     inter = read_inter(root / f"{name}.inter")
     features = {}
@@ -111,7 +113,7 @@ def load_mmrec(root: str | Path, name: str, meta_csv: str | Path | None = None,
         items = pd.DataFrame({"item_id": pd.Series(ids, dtype=object), "title": "", "image_url": None})
     else:
         items = items_with_meta(ids, read_meta_csv(Path(meta_csv), n_items, counts), counts)
-    items = attach_image_paths(items, images_dir)
+    items = attach_image_paths(items, images_dir, counts, outside_folder=images_outside_folder)
     counts["items_with_image_file"] = int(items["has_image"].sum())
     for feature, array in features.items():
         counts[f"{feature}_zero_rows"] = int((~array.any(axis=1)).sum())

@@ -1,0 +1,121 @@
+"""The fetch stage glue (vlm4rec/pipeline/fetch.py): the source manifest prepare depends on, the adapter
+keys it resolves, and the stage's exit on a machine without the data and without a network."""
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+import yaml
+
+from test_datasets_movielens_fetch import official  # noqa: F401 (a fixture used here)
+from test_datasets_movielens_fetch import closed_port_url, offline_urls, poster, write_release
+from vlm4rec.datasets import load_source
+from vlm4rec.errors import StudyError
+from vlm4rec.pipeline.fetch import SOURCE_MANIFEST, adapter_keys, load_source_manifest, main, run
+
+REPO = Path(__file__).resolve().parents[1]
+
+
+@pytest.fixture()
+def workdir(tmp_path, monkeypatch) -> Path:
+    """An empty project root as the current directory (the stage writes data/raw and metrics there)."""
+    work = tmp_path / "project"
+    work.mkdir()
+    monkeypatch.chdir(work)
+    return work
+
+
+def movielens_params(root: Path, **keys) -> dict:
+    return {"source": "movielens_1m", "images_outside_folder": "refuse",
+            "movielens_1m": {"root": str(root), "posters_dir": None, **offline_urls()} | keys}
+
+
+def test_movielens_manifest_metrics_and_adapter_keys(official, workdir, tmp_path):
+    root = write_release(tmp_path / "ml-1m", official)
+    data = movielens_params(root)
+    metrics = run(data)
+    assert metrics["release_from"] == "root" and metrics["counts"]["posters_found"] == 3
+    assert json.loads((workdir / "metrics" / "fetch.json").read_text())["counts"] == metrics["counts"]
+    manifest = load_source_manifest()
+    assert manifest["source"] == "movielens_1m" and manifest["root"] == root.as_posix()
+    assert manifest["posters_dir"] == (root / "posters").as_posix()
+    assert set(manifest["files"]) == {"ratings.dat", "movies.dat", "users.dat"}
+    assert manifest["movies_without_poster"] == ["73"]
+    keys = adapter_keys(data)
+    assert keys == {"root": root.as_posix(), "posters_dir": (root / "posters").as_posix(),
+                    "images_outside_folder": "refuse"}
+    assert load_source("movielens_1m", **keys).counts["posters_found"] == 3
+    assert not (workdir / "data" / "raw" / "ml-1m").exists()  # nothing downloaded
+
+
+def test_manifest_bytes_change_only_when_a_file_does(official, workdir, tmp_path):
+    root = write_release(tmp_path / "ml-1m", official)
+    data = movielens_params(root)
+    run(data)
+    before = SOURCE_MANIFEST.read_bytes()
+    run(data)
+    assert SOURCE_MANIFEST.read_bytes() == before
+    (root / "posters" / "99.jpg").write_bytes(poster("1"))  # another picture
+    run(data)
+    assert SOURCE_MANIFEST.read_bytes() != before
+
+
+def test_other_sources_are_fingerprinted_by_size_and_mtime_never_downloaded(workdir, tmp_path):
+    root, images = tmp_path / "baby", tmp_path / "images"
+    root.mkdir()
+    images.mkdir()
+    for name in ("baby.inter", "image_feat.npy", "text_feat.npy"):
+        (root / name).write_bytes(b"x" * 10)
+    (images / "0.jpg").write_bytes(b"jpeg")
+    data = {"source": "mmrec", "mmrec": {"root": str(root), "name": "baby", "meta_csv": str(tmp_path / "meta.csv"),
+                                         "images_dir": str(images)}}
+    metrics = run(data)
+    paths = load_source_manifest()["paths"]
+    assert metrics["counts"] == {"paths": 3, "paths_missing": 1}
+    assert paths["root"]["files"] == 3 and paths["root"]["bytes"] == 30
+    assert paths["meta_csv"] == {"path": (tmp_path / "meta.csv").as_posix(), "missing": True}
+    before = SOURCE_MANIFEST.read_bytes()
+    (images / "1.jpg").write_bytes(b"jpeg")
+    run(data)
+    assert load_source_manifest()["paths"]["images_dir"]["files"] == 2 and SOURCE_MANIFEST.read_bytes() != before
+    assert adapter_keys(data) == data["mmrec"] | {"images_outside_folder": "record"}
+
+
+def test_stage_outputs_must_match_the_chosen_source(workdir):
+    with pytest.raises(StudyError, match="source.json is missing: run the fetch stage first"):
+        adapter_keys({"source": "mmrec"})
+    run({"source": "amazon2023", "amazon2023": {"reviews_path": "r.jsonl", "meta_path": "m.jsonl"}})
+    with pytest.raises(StudyError, match="records source 'amazon2023' but data.source is 'mmrec'"):
+        adapter_keys({"source": "mmrec"})
+    with pytest.raises(StudyError, match="unknown data source 'nope'"):
+        run({"source": "nope"})
+
+
+def test_main_turns_a_study_error_into_its_message(workdir, tmp_path):
+    data = movielens_params(tmp_path / "absent", download_dir=str(tmp_path / "download"))
+    with pytest.raises(SystemExit, match="^fetch: MovieLens-1M is not at .*absent and could not be downloaded"):
+        main(data)
+
+
+def test_stage_command_without_data_or_network_prints_the_instruction(workdir, tmp_path):
+    zip_url = closed_port_url("/ml-1m.zip")
+    params = {"data": {"source": "movielens_1m", "movielens_1m": {
+        "root": "../shared/data/ml-1m", "posters_dir": None, "download_dir": "data/raw/ml-1m",
+        "zip_url": zip_url, "posters_url": closed_port_url("/{movie_id}.jpg")}}}
+    (workdir / "params.yaml").write_text(yaml.safe_dump(params))
+    (workdir / "dvc.yaml").write_text(yaml.safe_dump({"stages": {"fetch": {
+        "cmd": "python -m vlm4rec.pipeline.fetch", "params": ["data"], "always_changed": True,
+        "outs": ["data/raw/source.json"]}}}))
+    env = os.environ | {"PYTHONPATH": str(REPO)}
+    done = subprocess.run([sys.executable, "-m", "vlm4rec.pipeline.fetch"], cwd=workdir, env=env,
+                          capture_output=True, text=True, timeout=60)
+    assert done.returncode == 1 and "Traceback" not in done.stderr
+    assert done.stderr.strip() == (
+        f"fetch: MovieLens-1M is not at ../shared/data/ml-1m and could not be downloaded from {zip_url} "
+        "(Connection refused). Provide a folder holding the official ml-1m files ratings.dat, movies.dat, "
+        "users.dat and posters/<MovieID>.jpg, and set data.movielens_1m.root to it (params.yaml).")
+    assert not (workdir / "data" / "raw" / "source.json").exists()
