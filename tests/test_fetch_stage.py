@@ -15,7 +15,7 @@ from test_datasets_movielens_fetch import official  # noqa: F401 (a fixture used
 from test_datasets_movielens_fetch import closed_port_url, offline_urls, poster, write_release
 from vlm4rec.datasets import load_source
 from vlm4rec.errors import StudyError
-from vlm4rec.pipeline.fetch import SOURCE_MANIFEST, adapter_keys, load_source_manifest, main, run
+from vlm4rec.pipeline.fetch import SOURCE_MANIFEST, adapter_keys, load_source_manifest, run
 
 REPO = Path(__file__).resolve().parents[1]
 
@@ -95,27 +95,19 @@ def test_stage_outputs_must_match_the_chosen_source(workdir):
         run({"source": "nope"})
 
 
-def test_main_turns_a_study_error_into_its_message(workdir, tmp_path):
-    data = movielens_params(tmp_path / "absent", download_dir=str(tmp_path / "download"))
-    with pytest.raises(SystemExit, match="^fetch: MovieLens-1M is not at .*absent and could not be downloaded"):
-        main(data)
-
-
 def test_stage_command_without_data_or_network_prints_the_instruction(workdir, tmp_path):
     zip_url = closed_port_url("/ml-1m.zip")
-    params = {"data": {"source": "movielens_1m", "movielens_1m": {
-        "root": "../shared/data/ml-1m", "posters_dir": None, "download_dir": "data/raw/ml-1m",
-        "zip_url": zip_url, "posters_url": closed_port_url("/{movie_id}.jpg")}}}
+    params = yaml.safe_load((REPO / "params.yaml").read_text())
+    params["data"]["movielens_1m"] |= {"root": "../shared/data/ml-1m", "zip_url": zip_url,
+                                       "posters_url": closed_port_url("/{movie_id}.jpg")}
     (workdir / "params.yaml").write_text(yaml.safe_dump(params))
-    (workdir / "dvc.yaml").write_text(yaml.safe_dump({"stages": {"fetch": {
-        "cmd": "python -m vlm4rec.pipeline.fetch", "params": ["data"], "always_changed": True,
-        "outs": ["data/raw/source.json"]}}}))
+    (workdir / "dvc.yaml").write_text((REPO / "dvc.yaml").read_text())
     env = os.environ | {"PYTHONPATH": str(REPO)}
     done = subprocess.run([sys.executable, "-m", "vlm4rec.pipeline.fetch"], cwd=workdir, env=env,
                           capture_output=True, text=True, timeout=60)
     assert done.returncode == 1 and "Traceback" not in done.stderr
     assert done.stderr.strip() == (
-        f"fetch: MovieLens-1M is not at ../shared/data/ml-1m and could not be downloaded from {zip_url} "
+        f"ERROR: MovieLens-1M is not at ../shared/data/ml-1m and could not be downloaded from {zip_url} "
         "(Connection refused). Provide a folder holding the official ml-1m files ratings.dat, movies.dat, "
         "users.dat and posters/<MovieID>.jpg, and set data.movielens_1m.root to it (params.yaml).")
     assert not (workdir / "data" / "raw" / "source.json").exists()

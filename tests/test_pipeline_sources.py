@@ -18,7 +18,7 @@ from PIL import Image
 from test_datasets_amazon import meta, review, write_jsonl
 from test_datasets_macridvae import write_pairs
 from test_datasets_mmrec import write_inter
-from vlm4rec.pipeline import embed, ground, match, prepare
+from vlm4rec.pipeline import embed, fetch, ground, match, prepare
 
 REPO = Path(__file__).resolve().parents[1]
 N_USERS, N_ITEMS, PER_USER = 30, 60, 8
@@ -86,7 +86,7 @@ SOURCES = {
 
 
 @pytest.mark.parametrize("source", sorted(SOURCES))
-def test_source_runs_through_prepare_ground_embed_match(source: str, tmp_path: Path,
+def test_source_runs_through_fetch_prepare_ground_embed_match(source: str, tmp_path: Path,
                                                         monkeypatch: pytest.MonkeyPatch) -> None:
     write_files, representations = SOURCES[source]
     params = yaml.safe_load((REPO / "params.yaml").read_text())
@@ -96,6 +96,7 @@ def test_source_runs_through_prepare_ground_embed_match(source: str, tmp_path: P
     params["baselines"] |= {"itemknn_cf": {"k_neighbours": [5], "shrinkage": [0]}, "ease": {"l2": [10.0]}}
     monkeypatch.chdir(tmp_path)
 
+    fetch.run(params["data"])
     prepared, counts = prepare.run(params["data"], params["split"])
     assert counts["counts"]["users"] == N_USERS and counts["counts"]["interactions_test"] > 0
     ground.run(params["ground"])

@@ -27,7 +27,7 @@ from vlm4rec.datasets import INPUT_PATH_KEYS
 from vlm4rec.datasets.movielens_fetch import resolve_movielens_1m
 from vlm4rec.errors import StudyError
 from vlm4rec.pipeline.outputs import METRICS_DIR, RAW_DIR, timed, write_json
-from vlm4rec.stage import declared_params
+from vlm4rec.stage import exit_on_study_error, run_stage_function
 
 SOURCE_MANIFEST = RAW_DIR / "source.json"
 #: Where MovieLens-1M is downloaded when ``data.movielens_1m.download_dir`` is not set (git-ignored).
@@ -102,17 +102,16 @@ def adapter_keys(data: dict[str, Any], manifest_path: str | Path = SOURCE_MANIFE
     return {k: v for k, v in (data.get(source) or {}).items() if v is not None} | policy
 
 
-def main(data: dict[str, Any] | None = None) -> dict[str, Any]:
-    """Stage entry point (``python -m vlm4rec.pipeline.fetch``): :func:`run` with ``data`` or else the
-    ``data`` params the stage declares in ``dvc.yaml``; a StudyError ends the process with its message
-    only (exit status 1, no traceback)."""
-    try:
-        metrics = run(data if data is not None else declared_params("fetch")["data"])
-    except StudyError as err:
-        raise SystemExit(f"fetch: {err}") from None
-    print(f"fetch: {metrics['source']}: {json.dumps(metrics['counts'], sort_keys=True)}, "
-          f"{metrics['cost']['wall_s']} s")
-    return metrics
+def main() -> None:
+    """Stage entry point (``python -m vlm4rec.pipeline.fetch``): params.yaml validated, :func:`run` with the
+    ``data`` params the stage declares in ``dvc.yaml``; a StudyError ends the process with its message only
+    (exit status 1, no traceback)."""
+    def body() -> None:
+        metrics = run_stage_function("fetch", run)
+        print(f"fetch: {metrics['source']}: {json.dumps(metrics['counts'], sort_keys=True)}, "
+              f"{metrics['cost']['wall_s']} s")
+
+    exit_on_study_error(body)
 
 
 if __name__ == "__main__":

@@ -7,19 +7,14 @@ import numpy as np
 
 from vlm4rec.data import PreparedData, RawDataset, dataset_counts, id_order, prepare, save_prepared
 from vlm4rec.datasets import load_source
+from vlm4rec.pipeline.fetch import adapter_keys
 from vlm4rec.pipeline.outputs import METRICS_DIR, PREPARED_DIR, peak_rss_mb, timed, write_json
 from vlm4rec.splits import SplitConfig
 
 
-FETCH_ONLY_KEYS = {"download_dir", "zip_url", "posters_url"}
-
-
 def load_raw(data_params: dict[str, Any]) -> RawDataset:
-    """The source named by ``data.source``, read with that source's own keys (those of the fetch stage
-    aside)."""
-    source = data_params["source"]
-    keys = {k: v for k, v in (data_params.get(source) or {}).items() if v is not None and k not in FETCH_ONLY_KEYS}
-    return load_source(source, **keys)
+    """The source named by ``data.source``, read where the fetch stage found (or put) its files."""
+    return load_source(data_params["source"], **adapter_keys(data_params))
 
 
 def sample_users(raw: RawDataset, n_users: int | None, seed: int) -> RawDataset:
