@@ -5,7 +5,7 @@
                          optional score_into(users, out) writes into a reused block buffer.
 ``recommend``            blocked over users: score one block, mask seen items, partial-sort top-K,
                          ties broken by the smaller item index. Never holds more than one block of scores.
-``ProfileRecommender``   the VLM4Rec method (STUDY.md section 1). Its cost splits into an offline part,
+``ProfileRecommender``   the VLM4Rec method (docs/protocol.md, "Method"). Its cost splits into an offline part,
                          :func:`item_vectors` (L2-normalised item embeddings, paid once per item), and an
                          online part, :func:`history_weights` + :func:`user_profiles` (one sparse weighted
                          sum per user, done at fit) followed by one matrix product ``profiles @ items.T``

@@ -1,4 +1,4 @@
-"""Top-K ranking metrics per user (STUDY.md section 4) and catalogue coverage.
+"""Top-K ranking metrics per user (docs/protocol.md, "Metrics") and catalogue coverage.
 
 For a user with relevant set G and ranked list r_1..r_K (binary relevance):
 recall@k = hits@k / |G|; precision@k = hits@k / k; hit_rate@k = [hits@k > 0];

@@ -1,4 +1,4 @@
-"""Item representations the study compares (STUDY.md section 2), each a named ``(n_items, d)`` matrix.
+"""Item representations the study compares (docs/protocol.md, "Data and item universe"), each a named ``(n_items, d)`` matrix.
 
 Text representations are built in two visible steps: :func:`item_texts` chooses each item's text and
 records which items fall back to their title (no image, failed grounding, no metadata), then

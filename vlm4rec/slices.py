@@ -97,7 +97,7 @@ def user_history_groups(interactions: pd.DataFrame,
                         bins: Sequence[float] = HISTORY_BINS) -> pd.Series:
     """Label every user in ``interactions`` by the number of positives in their test-time history.
 
-    The test-time history is train + validation (STUDY.md section 4), so that is what is counted.
+    The test-time history is train + validation (docs/protocol.md, "Split and histories"), so that is what is counted.
     ``bins`` are integer edges of right-closed intervals (lo, hi]; the default gives ``1-10``,
     ``11-25``, ``26-50``, ``51-100``, ``>100``. Users with no train or validation positive (possible
     under the global-time split) get their own group ``0``; a count outside every bin is an error.

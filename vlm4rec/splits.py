@@ -1,6 +1,6 @@
 """Train / validation / test splits and the user-history matrices built from them.
 
-Protocols (STUDY.md section 4), all deterministic with ties broken by item index:
+Protocols (docs/protocol.md, "Split and histories"), all deterministic with ties broken by item index:
 
 ``temporal_ratio`` (default)  per user, positives sorted by (timestamp, item): the last
                               ``max(1, round(test_ratio * n))`` are test, the ``max(1, round(val_ratio * n))``

@@ -32,9 +32,9 @@ RATINGS_FILE = "ratings.dat"
 MOVIES_FILE = "movies.dat"
 USERS_FILE = "users.dat"
 SEPARATOR = "::"
-#: sha256 of the official GroupLens release files (ml-1m.zip from files.grouplens.org), as recorded
-#: in the README of the study's copy (../shared/data/ml-1m/README.md). A file with this hash is the
-#: official one; the fetch stage refuses any other under these names.
+#: sha256 of the official GroupLens release files (ml-1m.zip from files.grouplens.org; ratings.dat is
+#: byte for byte the original). A file with this hash is the official one; the fetch stage refuses any
+#: other under these names.
 OFFICIAL_SHA256 = {
     RATINGS_FILE: "506d64ca44484487c11dc2d9a28de5c54948213e6b96285e298afe28d6ea4e0f",
     MOVIES_FILE: "0140fc2356357c1a851d0f52e893a1e4d3696df632c4141cea8d5bc3d621f0b9",

@@ -44,8 +44,8 @@ POSTERS_URL = ("https://raw.githubusercontent.com/liangfgithub/liangfgithub.gith
 ZIP_FOLDER = "ml-1m"
 RELEASE_FILES = (*OFFICIAL_SHA256, "README")
 POSTERS_MANIFEST = "manifest.csv"
-#: sha256 of the study's 3,872 posters concatenated in file-name order, as recorded in
-#: ../shared/data/ml-1m/README.md: equal when a folder holds exactly the posters the study used.
+#: sha256 of the study's 3,872 posters concatenated in file-name order (Python ``sorted(os.listdir())``):
+#: equal when a folder holds exactly the posters the study used.
 STUDY_POSTERS_SHA256 = "6fc0c7ead6f162c465721bd3bb096b32198ddce0c84863bb07d6d507e9f9fd89"
 #: Largest accepted archive and member; the official zip is about 6 MB, its largest file 24.6 MB.
 MAX_ZIP_BYTES = 64_000_000

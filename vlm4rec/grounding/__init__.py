@@ -1,4 +1,4 @@
-"""Grounding: item image -> natural-language description, cached (STUDY.md sections 1 and 3).
+"""Grounding: item image -> natural-language description, cached (docs/protocol.md, "Method").
 
 Backends: ``tagger`` (offline default, classifier-grounded; not an LVLM), ``hf`` (transformers
 vision-language models) and ``openai`` (OpenAI-compatible servers). :func:`ground_items` runs one over a
