@@ -9,7 +9,8 @@ from __future__ import annotations
 
 import sys
 from pathlib import Path
-from typing import Annotated, Any, Literal, get_args
+from types import UnionType
+from typing import Annotated, Any, Literal, Union, get_args, get_origin
 
 import yaml
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_validator
@@ -454,14 +455,44 @@ def _rows(model: type[BaseModel], prefix: str) -> list[str]:
         if isinstance(info.annotation, type) and issubclass(info.annotation, BaseModel):
             rows += _rows(info.annotation, dotted)
             continue
-        rows.append(f"| `{dotted}` | `{_type_name(info)}` | {info.description or ''} |")
+        cells = [f"`{dotted}`", f"`{_type_name(info)}`", info.description or ""]
+        rows.append("| " + " | ".join(cell.replace("|", "\\|") for cell in cells) + " |")
     return rows
 
 
 def _type_name(info: Any) -> str:
-    text = repr(info.annotation).replace("typing.", "").replace("Annotated", "")
-    constraints = [repr(m) for m in info.metadata]
-    return text + (f" {' '.join(constraints)}" if constraints else "")
+    """A field's type for readers: ``float in (0, 1)``, ``list[int >= 1], non-empty``, ``str | null``."""
+    return _readable(info.annotation) + _constraints(info.metadata)
+
+
+def _readable(annotation: Any) -> str:
+    origin, args = get_origin(annotation), get_args(annotation)
+    if origin is Annotated:
+        base, *metadata = args
+        return _readable(base) + _constraints(metadata)
+    if origin in (Union, UnionType):
+        return " | ".join(_readable(arg) for arg in args)
+    if origin is Literal:
+        return " | ".join(str(arg) for arg in args)
+    if origin is list:
+        return f"list[{_readable(args[0])}]"
+    return "null" if annotation is type(None) else getattr(annotation, "__name__", str(annotation))
+
+
+_BOUNDS = {"gt": ">", "ge": ">=", "lt": "<", "le": "<="}
+
+
+def _constraints(metadata: list[Any]) -> str:
+    """`` >= 1``, `` > 0, < 1``, ``, non-empty`` from pydantic / annotated-types constraint objects."""
+    bounds, extra = [], []
+    for item in metadata:
+        for inner in getattr(item, "metadata", [item]):
+            for name, symbol in _BOUNDS.items():
+                if getattr(inner, name, None) is not None:
+                    bounds.append(f"{symbol} {getattr(inner, name)}")
+            if getattr(inner, "min_length", None):
+                extra.append("non-empty")
+    return (" " + ", ".join(bounds) if bounds else "") + ("".join(f", {e}" for e in extra))
 
 
 if __name__ == "__main__":
