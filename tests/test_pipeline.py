@@ -4,12 +4,14 @@ The repository's tracked files are copied into a temporary git repository, ``par
 (a user sample, a poster subset, smaller grids), and ``dvc repro`` runs every stage exactly as a user
 would. The test then checks the stage outputs, recomputes the test metrics from the saved top-K lists
 with an independent implementation, and checks DVC's incrementality (a second repro does nothing, a
-matching parameter invalidates only matching and what depends on it).
+matching parameter invalidates only matching and what depends on it; a touched module invalidates exactly
+the stages that import it).
 """
 from __future__ import annotations
 
 import json
 import os
+import re
 import shutil
 import subprocess
 from pathlib import Path
@@ -18,6 +20,8 @@ import numpy as np
 import pandas as pd
 import pytest
 import yaml
+
+from test_stage_deps import stage_code_files
 
 REPO = Path(__file__).resolve().parents[1]
 ML1M = (REPO.parent / "shared" / "data" / "ml-1m").resolve()
@@ -37,11 +41,12 @@ def _run(cmd: list[str], cwd: Path) -> str:
 
 def _small_params(params: dict, posters: Path) -> dict:
     params["data"]["user_sample"] = 40
-    params["data"]["movielens_1m"] = {"root": str(ML1M), "posters_dir": str(posters)}
+    params["data"]["movielens_1m"] |= {"root": str(ML1M), "posters_dir": str(posters)}
     params["eval"]["bootstrap_resamples"] = 200
     params["baselines"]["itemknn_cf"] = {"k_neighbours": [20, 50], "shrinkage": [0]}
     params["baselines"]["ease"] = {"l2": [50, 500]}
-    params["fusion"] |= {"seeds": [0, 1], "epochs": 3}
+    params["fusion"] |= {"seeds": [0, 1], "epochs": 3, "combine_grid": ["sum"]}
+    params["robustness"]["representations"] = ["title", "description_image_only"]
     # A few cells of each matrix stage: the machinery is the same, each cell costs a process start.
     params["ablation"] = {"grounded": ["description"], "ungrounded": ["title"], "arms": ["image_only"],
                           "aggregations": ["mean", "knn_sum"], "caps": ["all"]}
@@ -104,9 +109,20 @@ def test_metrics_recomputed_independently_from_saved_topk(study: Path) -> None:
             assert per_user.loc[user, "ndcg@10"] == pytest.approx(dcg / idcg, abs=1e-6), method_dir.name
 
 
-def test_second_repro_does_nothing_and_matching_param_invalidates_only_downstream(study: Path) -> None:
+def test_reports_show_prose_tables_and_figures_without_code_warnings_or_machine_paths(study: Path) -> None:
+    for html in sorted((study / "reports").glob("*.html")):
+        text = html.read_text()
+        assert "Traceback" not in text and "IProgress" not in text, html.name
+        assert str(study) not in text and "site-packages" not in text and "/root/" not in text, html.name
+        assert "<img" in text or "<table" in text, html.name
+    findings = json.loads((study / "metrics" / "report.json").read_text())["findings"]
+    assert {"description_vs_image", "description_vs_title"} <= set(findings)
+    assert all(-1 <= f["difference"] <= 1 and f["ci_low"] <= f["difference"] <= f["ci_high"] for f in findings.values())
+
+
+def test_second_repro_runs_only_the_data_check_and_a_param_invalidates_only_its_readers(study: Path) -> None:
     out = _run(["dvc", "repro"], study)
-    assert "Data and pipelines are up to date" in out
+    assert re.findall(r"Running stage '([^']+)'", out) == ["fetch"], out  # always_changed, cheap, same manifest
     params = yaml.safe_load((study / "params.yaml").read_text())
     params["profile"]["half_life_grid"] = [7]
     (study / "params.yaml").write_text(yaml.safe_dump(params, sort_keys=False))
@@ -114,3 +130,22 @@ def test_second_repro_does_nothing_and_matching_param_invalidates_only_downstrea
     changed = {name.split("@")[0] for name in status}
     assert "prepare" not in changed and "ground" not in changed and "embed" not in changed
     assert "match" in changed
+    _run(["git", "checkout", "params.yaml"], study)
+
+
+@pytest.mark.parametrize("module", ["vlm4rec/metrics.py", "vlm4rec/encoders.py", "vlm4rec/pipeline/tables.py"])
+def test_touching_a_module_invalidates_exactly_the_stages_that_import_it(study: Path, module: str) -> None:
+    """dvc status after an edit of one module lists exactly the stages whose code closure (the import
+    analysis of tests/test_stage_deps.py) contains it, besides the always-changed fetch stage."""
+    stages = yaml.safe_load((study / "dvc.yaml").read_text())["stages"]
+    importers = {name for name, stage in stages.items() if module in stage_code_files(stage, study)}
+    listed = _run(["dvc", "stage", "list", "--name-only"], study).split()
+    expected = {name for name in listed if name.split("@")[0] in importers} | {"fetch"}
+    path = study / module
+    original = path.read_text()
+    path.write_text(original + "\n# touched\n")
+    try:
+        status = json.loads(_run(["dvc", "status", "--json"], study).splitlines()[-1])
+    finally:
+        path.write_text(original)
+    assert set(status) == expected

@@ -1,8 +1,11 @@
 """The stage runner: declared params only, notebook lookup, grid cells, and the real dvc.yaml grid."""
 from __future__ import annotations
 
+import ast
 import itertools
+import json
 import subprocess
+import sys
 from pathlib import Path
 
 import pytest
@@ -85,3 +88,62 @@ def test_ablation_grid_expands_to_the_expected_cells() -> None:
     expected |= {f"ablate_ungrounded@{r}-{g}-{c}" for r, g, c in
                  itertools.product(grid["ungrounded"], grid["aggregations"], grid["caps"])}
     assert {name for name in listed if name.startswith("ablate_")} == expected
+
+
+def parameters_cell_values(notebook: Path) -> dict:
+    """The literal assignments of a notebook's cell tagged ``parameters``."""
+    cells = json.loads(notebook.read_text())["cells"]
+    tagged = [c for c in cells if "parameters" in c.get("metadata", {}).get("tags", [])]
+    assert len(tagged) == 1, f"{notebook} must have exactly one parameters cell"
+    tree = ast.parse("".join(tagged[0]["source"]))
+    return {node.targets[0].id: ast.literal_eval(node.value) for node in tree.body if isinstance(node, ast.Assign)}
+
+
+def test_notebook_parameter_defaults_equal_what_the_runner_injects() -> None:
+    """A notebook opened by hand runs with the same values as the stage: its parameters cell holds exactly
+    the params.yaml keys the stage declares, with the current values."""
+    stages = yaml.safe_load((REPO / "dvc.yaml").read_text())["stages"]
+    for name, stage in stages.items():
+        if not stage["cmd"].startswith("python -m vlm4rec.stage "):
+            continue
+        notebook = REPO / stage_notebook(name, REPO / "dvc.yaml")
+        assert parameters_cell_values(notebook) == declared_params(name, REPO / "params.yaml", REPO / "dvc.yaml"), name
+
+
+def test_source_notebooks_are_stored_without_outputs() -> None:
+    for notebook in sorted((REPO / "notebooks").glob("*.ipynb")):
+        cells = json.loads(notebook.read_text())["cells"]
+        assert not any(c.get("outputs") or c.get("execution_count") for c in cells), notebook.name
+
+
+def test_sigterm_takes_the_notebook_kernel_down_with_the_runner(tmp_path: Path) -> None:
+    """The kernel runs in its own process session and would notice its parent's death only after a while
+    (and meanwhile keep computing): the runner must have shut it down by the time it exits."""
+    import nbformat
+    import os
+    import signal
+    import time
+
+    notebook = nbformat.v4.new_notebook(cells=[
+        nbformat.v4.new_code_cell("eval = {}", metadata={"tags": ["parameters"]}),
+        nbformat.v4.new_code_cell("import os, time\nopen('kernel.pid', 'w').write(str(os.getpid()))\ntime.sleep(120)")])
+    notebook.metadata["kernelspec"] = {"name": "python3", "display_name": "Python 3", "language": "python"}
+    (tmp_path / "notebooks").mkdir()
+    nbformat.write(notebook, tmp_path / "notebooks" / "slow.ipynb")
+    (tmp_path / "dvc.yaml").write_text(yaml.safe_dump({"stages": {"slow": {
+        "cmd": "python -m vlm4rec.stage slow", "deps": ["notebooks/slow.ipynb"], "params": ["eval.seed"]}}}))
+    (tmp_path / "params.yaml").write_text((REPO / "params.yaml").read_text())
+    runner = subprocess.Popen([sys.executable, "-m", "vlm4rec.stage", "slow"], cwd=tmp_path,
+                              env=os.environ | {"PYTHONPATH": str(REPO)}, stdout=subprocess.DEVNULL,
+                              stderr=subprocess.DEVNULL)
+    pid_file = tmp_path / "kernel.pid"
+    deadline = time.monotonic() + 90
+    while not (pid_file.exists() and pid_file.read_text()) and time.monotonic() < deadline:
+        time.sleep(0.2)
+    kernel = int(pid_file.read_text())
+    runner.send_signal(signal.SIGTERM)
+    assert runner.wait(timeout=30) != 0
+    deadline = time.monotonic() + 0.3
+    while Path(f"/proc/{kernel}").exists() and time.monotonic() < deadline:
+        time.sleep(0.2)
+    assert not Path(f"/proc/{kernel}").exists() or "Z" in Path(f"/proc/{kernel}/stat").read_text().split()[2]
