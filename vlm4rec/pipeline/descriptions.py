@@ -7,7 +7,8 @@ import pandas as pd
 
 
 def grounding_gallery(descriptions: pd.DataFrame, n_items: int = 12, seed: int = 0) -> pd.DataFrame:
-    """A seeded sample of described items with one caption holding every arm's description."""
+    """A seeded sample of described items with one caption holding every arm's description (columns
+    item_idx, image_path, caption; no rows when nothing was described)."""
     ok = descriptions[descriptions["status"] == "ok"]
     chosen = np.random.default_rng(seed).permutation(np.sort(ok["item_idx"].unique()))[:n_items]
     rows = []
@@ -16,7 +17,7 @@ def grounding_gallery(descriptions: pd.DataFrame, n_items: int = 12, seed: int =
         caption = part["title"].iloc[0] + "\n" + "\n".join(
             f"[{arm}] {text}" for arm, text in zip(part["arm"], part["description"]))
         rows.append({"item_idx": item, "image_path": part["image_path"].iloc[0], "caption": caption})
-    return pd.DataFrame(rows)
+    return pd.DataFrame(rows, columns=["item_idx", "image_path", "caption"])
 
 
 def description_diagnostics(descriptions: pd.DataFrame, top: int = 30) -> dict[str, pd.DataFrame]:

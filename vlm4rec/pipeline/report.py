@@ -81,9 +81,12 @@ class Finding:
 
 
 def _compare(fid: str, question: str, per_user: pd.DataFrame, method: str, against: str, metric: str,
-             users: str, eval: dict[str, Any]) -> Finding:
-    """Paired comparison of two families in a per-user table (columns method, seed, user_idx, metric)."""
+             users: str, eval: dict[str, Any]) -> Finding | None:
+    """Paired comparison of two families in a per-user table (columns method, seed, user_idx, metric);
+    None when the slice holds no user of both."""
     pair = per_user[per_user["method"].isin([method, against])]
+    if set(pair["method"]) != {method, against}:
+        return None
     row = paired_tests(pair, against, metric, eval["bootstrap_resamples"], eval["seed"]).iloc[0]
     return Finding(fid, question, method, against, metric, users, int(row["n_users"]), float(row["mean_diff"]),
                    float(row["diff_ci_low"]), float(row["diff_ci_high"]), float(row["wilcoxon_p"]))
@@ -93,7 +96,7 @@ def restricted_per_user(results: dict[str, MethodResult], names: list[str], prep
                         items: np.ndarray | None = None, users: np.ndarray | None = None,
                         k: int = 20) -> pd.DataFrame:
     """Per-user recall@k of the named families over a slice: only the test items in ``items`` (users
-    with at least one such item), or only the users in ``users``."""
+    with at least one such item), or only the users in ``users`` (no rows when the slice is empty)."""
     frames = []
     for family in names:
         for name in families(results)[family]:
@@ -115,7 +118,7 @@ def findings(results: dict[str, MethodResult], eval: dict[str, Any], report: dic
     cfg = report["findings"]
     metric, description, title, image = cfg["metric"], cfg["description"], cfg["title"], cfg["image"]
     per_user = per_user_long(results)
-    out = [
+    out: list[Finding | None] = [
         _compare("description_vs_image", "Do grounded descriptions beat raw visual features?", per_user,
                  description, image, metric, "all test users", eval),
         _compare("description_vs_title", "Do grounded descriptions beat the title?", per_user,
@@ -146,9 +149,10 @@ def findings(results: dict[str, MethodResult], eval: dict[str, Any], report: dic
                             f"Do descriptions beat {against} for users with short histories?", short_table,
                             description, against, f"recall@{k}",
                             f"users with at most {cfg['short_history']} history items", eval))
-    for finding, p in zip(out, holm([f.wilcoxon_p for f in out])):
+    answered = [finding for finding in out if finding is not None]
+    for finding, p in zip(answered, holm([f.wilcoxon_p for f in answered])):
         finding.p_holm = float(p)
-    return out
+    return answered
 
 
 def caveats(grounding: dict[str, Any], split: str, robustness: pd.DataFrame | None) -> list[str]:

@@ -1,0 +1,67 @@
+"""Result tables of the stage glue (vlm4rec/pipeline/tables.py): seeded families, paired-test layout,
+readable p-values, curves and the metrics JSON."""
+from __future__ import annotations
+
+import numpy as np
+import pandas as pd
+import pytest
+
+from vlm4rec.evaluation import MethodResult
+from vlm4rec.pipeline import tables
+from vlm4rec.stats import bootstrap_ci
+
+N_USERS = 50
+
+
+def result(name: str, ndcg: np.ndarray, val: float = 0.1, config: dict | None = None) -> MethodResult:
+    per_user = pd.DataFrame({"user_idx": np.arange(N_USERS), "ndcg@10": ndcg, "recall@10": ndcg / 2,
+                             "recall@20": ndcg})
+    val_per_user = pd.DataFrame({"user_idx": np.arange(N_USERS), "ndcg@10": np.full(N_USERS, val)})
+    return MethodResult(method=name, config=config or {}, val_grid=pd.DataFrame(), val_per_user=val_per_user,
+                        test_per_user=per_user, test_topk=np.zeros((N_USERS, 20), dtype=np.int64),
+                        coverage={"coverage@10": 0.5}, timing={"fit_s": 1.23456})
+
+
+@pytest.fixture(scope="module")
+def results() -> dict[str, MethodResult]:
+    rng = np.random.default_rng(0)
+    base = rng.random(N_USERS)
+    return {"title": result("title", base, 0.2),
+            "fusion_gating@seed0": result("fusion_gating@seed0", base + 0.05 + 0.01 * rng.random(N_USERS), 0.3),
+            "fusion_gating@seed1": result("fusion_gating@seed1", base + 0.15 + 0.01 * rng.random(N_USERS), 0.3)}
+
+
+EVAL = {"bootstrap_resamples": 200, "seed": 0}
+
+
+def test_main_table_treats_seeds_as_one_family_with_a_seed_aware_ci(results) -> None:
+    long, wide = tables.main_table(results, EVAL, metrics=("recall@10", "ndcg@10"))
+    assert list(wide.index) == ["fusion_gating", "title"]  # sorted by the second metric
+    assert wide.loc["fusion_gating", "seeds"] == 2 and wide.loc["title", "seeds"] == 1
+    row = long[(long["method"] == "fusion_gating") & (long["metric"] == "ndcg@10")].iloc[0]
+    grid = np.stack([results[f"fusion_gating@seed{s}"].test_per_user["ndcg@10"] for s in (0, 1)])
+    assert (row["mean"], row["ci_low"], row["ci_high"]) == pytest.approx(bootstrap_ci(grid, 200))
+
+
+def test_paired_test_table_has_one_row_per_metric_and_method_and_a_column_group_per_reference(results) -> None:
+    long, wide = tables.paired_test_table(results, ["title", "missing"], ["ndcg@10", "recall@20"], EVAL)
+    assert set(long["reference"]) == {"title"}
+    assert list(wide.index) == [("ndcg@10", "fusion_gating"), ("recall@20", "fusion_gating")]
+    assert list(wide.columns) == [("title", "difference"), ("title", "p (Wilcoxon, Holm)")]
+    assert wide.loc[("ndcg@10", "fusion_gating"), ("title", "difference")].startswith("+0.10")
+
+
+@pytest.mark.parametrize("p, text", [(0.5, "0.500"), (0.0321, "0.032"), (1.2e-4, "1.2e-04"), (0.0, "<1e-10")])
+def test_p_values_are_printed_readably(p: float, text: str) -> None:
+    assert tables.format_p(p) == text
+
+
+def test_curves_average_seeds_and_metrics_json_holds_validation_and_timing(results) -> None:
+    curves = tables.metric_curves(results, "recall").set_index(["method", "k"])["recall"]
+    expected = np.mean([results[f"fusion_gating@seed{s}"].test_summary()["recall@20"] for s in (0, 1)])
+    assert curves[("fusion_gating", 20)] == pytest.approx(expected)
+    entry = tables.test_metrics_json(results)["title"]
+    assert entry["validation"] == {"ndcg@10": pytest.approx(0.2)} and "fit_s" not in str(entry)
+    assert tables.timing_json(results)["title"] == {"fit_s": 1.235}
+    spread = tables.seed_spread(results, "ndcg@10")
+    assert spread.loc["fusion_gating", "n_seeds"] == 2 and "title" not in spread.index
