@@ -91,10 +91,20 @@ def test_every_stage_left_its_report_and_metrics(study: Path) -> None:
 
 
 def test_metrics_recomputed_independently_from_saved_topk(study: Path) -> None:
-    """Recall / NDCG@10 from the saved test top-K lists and test targets, by a plain Python loop."""
+    """Recall / NDCG@10 from the saved test top-K lists and test targets, by a plain Python loop; the
+    robustness results against a global time cut computed here from the timestamps."""
     inter = pd.read_parquet(study / "data/prepared/interactions.parquet")
-    test = inter[inter["split"] == "test"].groupby("user_idx")["item_idx"].apply(set)
-    for method_dir in sorted((study / "data/results").glob("*/*")):
+    robustness = yaml.safe_load((study / "params.yaml").read_text())["robustness"]
+    global_test = inter["timestamp"] >= np.quantile(inter["timestamp"], 1 - robustness["test_ratio"])
+    tests = {"match": inter["split"] == "test", "fusion": inter["split"] == "test", "global_time": global_test}
+    for stage, is_test in tests.items():
+        check_saved_topk(study / "data/results" / stage, inter[is_test].groupby("user_idx")["item_idx"].apply(set))
+
+
+def check_saved_topk(results: Path, test: pd.Series) -> None:
+    method_dirs = sorted(results.glob("*"))
+    assert method_dirs, results
+    for method_dir in method_dirs:
         per_user = pd.read_parquet(method_dir / "test_per_user.parquet")
         topk = np.load(method_dir / "test_topk.npy")
         assert sorted(per_user["user_idx"]) == sorted(test.index), method_dir.name  # every test user, once
