@@ -1,6 +1,7 @@
 """The Ray executor on a real local cluster (2 CPUs, started once for the module): grounding, embedding and
 matching give the local executor's outputs; a killed actor is restarted; a fleet of loopback servers."""
 import functools
+import importlib.util
 import os
 import signal
 import sys
@@ -13,8 +14,8 @@ from PIL import Image
 
 from test_grounding_openai import KEY, KEY_ENV, ScriptedServer, closed_port_url
 from test_grounding_runner import CountingGrounder
-from vlm4rec.distributed import (GrounderSpec, RayConfig, RayDescriber, encode_image_paths_ray, encode_texts_ray,
-                                 ray_config_from_params, recommend_ray)
+from vlm4rec.distributed import (GrounderSpec, RayConfig, RayDescriber, connect, encode_image_paths_ray,
+                                 encode_texts_ray, ray_config_from_params, recommend_ray)
 from vlm4rec.encoders import EfficientNetLite0Features, encode_image_paths, encode_texts, load_text_encoder
 from vlm4rec.errors import StudyError
 from vlm4rec.grounding import DescriptionCache, build_grounder, ground_items
@@ -209,3 +210,10 @@ def test_params_and_pinning_without_a_cluster():
     assert spec.pinned(4).options["prefer_first"] and "prefer_first" not in spec.options
     assert openai_spec("http://a/v1").pinned(1) == openai_spec("http://a/v1")
     assert GrounderSpec("tagger").pinned(3) == GrounderSpec("tagger")
+
+
+@pytest.mark.skipif(importlib.util.find_spec("grpc") is not None, reason="the Ray Client is installed")
+def test_a_ray_client_address_without_the_client_says_what_to_install(monkeypatch):
+    monkeypatch.setattr(ray, "is_initialized", lambda: False)
+    with pytest.raises(StudyError, match=r"needs the Ray Client \(pip install 'ray\[client\]==2.60.0'"):
+        connect(RayConfig(address="ray://head:10001"))

@@ -21,8 +21,10 @@ the package imports and runs without it.
 """
 from __future__ import annotations
 
+import importlib.util
 import pickle
 import time
+from abc import ABC, abstractmethod
 from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass, field, replace
 from pathlib import Path
@@ -93,22 +95,27 @@ def connect(config: RayConfig) -> None:
         return
     if config.address is None:
         ray.init(include_dashboard=False)
-    else:
-        import vlm4rec
+        return
+    if config.address.startswith("ray://") and importlib.util.find_spec("grpc") is None:
+        raise StudyError(f"compute.ray.address {config.address} needs the Ray Client (pip install "
+                         "'ray[client]==2.60.0', not pinned here); or run the stage on a node of the cluster "
+                         "with address: auto")
+    import vlm4rec
 
-        ray.init(address=config.address, runtime_env={"py_modules": [vlm4rec]})
+    ray.init(address=config.address, runtime_env={"py_modules": [vlm4rec]})
 
 
 # --------------------------------------------------------------------------------------------------
 # Actor pools over Ray Data
 # --------------------------------------------------------------------------------------------------
 
-class _BatchActor:
+class _BatchActor(ABC):
     """A Ray Data actor: each input row is one pickled (index, work) pair, each output row the pickled
     (index, result) of :meth:`process`."""
 
+    @abstractmethod
     def process(self, index: int, work: Any) -> Any:
-        raise NotImplementedError
+        """The result of one work item (one batch)."""
 
     def __call__(self, batch: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
         results = [pickle.dumps((index, self.process(index, work)))
