@@ -15,7 +15,7 @@ from PIL import Image
 from test_grounding_openai import KEY, KEY_ENV, ScriptedServer, closed_port_url
 from test_grounding_runner import CountingGrounder
 from vlm4rec.distributed import (GrounderSpec, RayConfig, RayDescriber, connect, encode_image_paths_ray,
-                                 encode_texts_ray, ray_config_from_params, recommend_ray)
+                                 encode_texts_ray, ranker, ray_config_from_params, recommend_ray)
 from vlm4rec.encoders import EfficientNetLite0Features, encode_image_paths, encode_texts, load_text_encoder
 from vlm4rec.errors import StudyError
 from vlm4rec.grounding import DescriptionCache, build_grounder, ground_items
@@ -191,6 +191,8 @@ def test_matching_on_ray_equals_local_ties_included():
     np.testing.assert_array_equal(recommend_ray(model, users, history.matrix, 50, 64, CONFIG), expected)
     torch_on_ray = recommend_ray(model, users, history.matrix, 50, 64, CONFIG, device="cpu")
     np.testing.assert_array_equal(torch_on_ray, recommend_torch(model, users, history.matrix, 50, 64, "cpu"))
+    for config in (None, CONFIG):  # what compute.executor and eval.device select
+        np.testing.assert_array_equal(ranker(config, "cpu", 100)(model, users, history.matrix, 50), expected)
 
 
 def test_params_and_pinning_without_a_cluster():

@@ -21,6 +21,7 @@ the package imports and runs without it.
 """
 from __future__ import annotations
 
+import functools
 import importlib.util
 import pickle
 import time
@@ -32,7 +33,7 @@ from typing import TYPE_CHECKING, Any
 
 import numpy as np
 import scipy.sparse as sp
-from tqdm.auto import tqdm
+from tqdm import tqdm
 
 from vlm4rec.errors import StudyError
 from vlm4rec.grounding import build_grounder
@@ -314,8 +315,13 @@ def encode_image_paths_ray(paths: Sequence[str | Path | None], encoder_factory: 
 # Matching
 # --------------------------------------------------------------------------------------------------
 
-def _rank_block(model: Recommender, users: np.ndarray, exclude: sp.csr_matrix, k: int, block_size: int,
-                device: str | None) -> np.ndarray:
+Ranker = Callable[[Recommender, np.ndarray, sp.csr_matrix, int], np.ndarray]
+
+
+def rank_here(model: Recommender, users: np.ndarray, exclude: sp.csr_matrix, k: int, block_size: int,
+              device: str | None) -> np.ndarray:
+    """In this process: :func:`~vlm4rec.matching.recommend` (``device`` None) or
+    :func:`~vlm4rec.matching.recommend_torch` on ``device``."""
     if device is None:
         return recommend(model, users, exclude, k, block_size)
     return recommend_torch(model, users, exclude, k, block_size, device)
@@ -323,10 +329,9 @@ def _rank_block(model: Recommender, users: np.ndarray, exclude: sp.csr_matrix, k
 
 def recommend_ray(model: Recommender, users: np.ndarray, exclude: sp.csr_matrix, k: int, block_size: int,
                   config: RayConfig, device: str | None = None) -> np.ndarray:
-    """:func:`vlm4rec.matching.recommend` (``device`` None) or :func:`~vlm4rec.matching.recommend_torch`
-    (``device`` e.g. ``cuda``) with each block of ``block_size`` users ranked by one Ray task; the fitted
-    ``model`` and ``exclude`` go to the object store once and every task reads them from there. Returns
-    exactly the local engine's top-K lists, in user order."""
+    """:func:`rank_here` with each block of ``block_size`` users ranked by one Ray task; the fitted ``model``
+    and ``exclude`` go to the object store once and every task reads them from there. Returns exactly the
+    local engine's top-K lists, in user order."""
     import ray
 
     if device is not None and device.startswith("cuda") and config.num_gpus <= 0:
@@ -336,7 +341,16 @@ def recommend_ray(model: Recommender, users: np.ndarray, exclude: sp.csr_matrix,
         return recommend(model, users, exclude, k, block_size)
     connect(config)
     model_ref, exclude_ref = ray.put(model), ray.put(sp.csr_matrix(exclude))
-    rank = ray.remote(num_cpus=config.num_cpus, num_gpus=config.num_gpus)(_rank_block)
+    rank = ray.remote(num_cpus=config.num_cpus, num_gpus=config.num_gpus)(rank_here)
     blocks = [rank.remote(model_ref, users[start:start + block_size], exclude_ref, k, block_size, device)
               for start in range(0, len(users), block_size)]
     return np.concatenate(ray.get(blocks))
+
+
+def ranker(config: RayConfig | None, device: str = "cpu", block_size: int = 2048) -> Ranker:
+    """``rank(model, users, exclude, k)`` as ``compute`` (``config``: None = local) and ``eval.device`` ask:
+    the numpy engine for ``cpu``, the torch engine on any other device; here or on Ray."""
+    torch_device = None if device == "cpu" else device
+    if config is None:
+        return functools.partial(rank_here, block_size=block_size, device=torch_device)
+    return functools.partial(recommend_ray, block_size=block_size, config=config, device=torch_device)
