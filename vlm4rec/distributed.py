@@ -12,6 +12,7 @@
   local :func:`~vlm4rec.encoders.encode_texts` / :func:`~vlm4rec.encoders.encode_image_paths`, on actors.
 * matching: :func:`recommend_ray`, one Ray task per block of users, all reading the fitted model (item
   matrix, profiles) from the object store, where it is put once; top-K lists come back in user order.
+  :func:`ranker` picks the ranking function for ``compute.executor`` x ``eval.device``.
 
 Each batch or block is one Ray task, retried with Ray's defaults when its worker dies: Ray Data restarts a
 dead actor and reruns its batch without limit (a batch that kills its actor every time would loop; a
