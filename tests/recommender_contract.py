@@ -21,7 +21,7 @@ import pandas as pd
 import pytest
 import scipy.sparse as sp
 
-from vlm4rec.matching import Recommender, recommend
+from vlm4rec.matching import Recommender, recommend, recommend_torch
 from vlm4rec.metrics import ranking_metrics
 from vlm4rec.splits import History, build_history, targets_of
 
@@ -128,6 +128,13 @@ class RecommenderContract:
         reordered = np.array([41, 3, 17])
         np.testing.assert_allclose(second_model.score_block(reordered), first[reordered],
                                    rtol=1e-5, atol=1e-6)
+
+    def test_torch_engine_on_the_cpu_gives_the_same_top_k(self, planted: PlantedData) -> None:
+        model = self.fitted(planted)
+        seen = planted.history.matrix
+        for k in (1, 10, seen.shape[1]):
+            np.testing.assert_array_equal(recommend_torch(model, planted.users, seen, k, 16, device="cpu"),
+                                          recommend(model, planted.users, seen, k, 16))
 
     def test_recommend_excludes_seen_items(self, planted: PlantedData) -> None:
         model = self.fitted(planted)

@@ -1,7 +1,8 @@
-"""OpenAIGrounder against a real HTTP server on 127.0.0.1 that plays scripted responses."""
+"""OpenAIGrounder against real HTTP servers on 127.0.0.1 that play scripted responses."""
 import base64
 import io
 import json
+import socket
 import threading
 import time
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
@@ -12,7 +13,8 @@ import pytest
 from PIL import Image
 
 from vlm4rec.grounding import openai_api
-from vlm4rec.grounding.base import GroundingError
+from vlm4rec.errors import StudyError
+from vlm4rec.grounding.base import GroundingError, GroundingStopped
 from vlm4rec.grounding.cache import DescriptionCache
 from vlm4rec.grounding.openai_api import OpenAIGrounder
 from vlm4rec.grounding.runner import ground_items
@@ -30,8 +32,8 @@ class ScriptedServer:
     """Answers POST /v1/chat/completions with the next scripted action; default: a completion.
 
     Actions: ("json", payload), ("status", code, headers), ("raw", bytes), ("sleep", seconds, payload),
-    ("echo_auth", code) (an error body quoting the Authorization header), ("barrier", n) (wait until n
-    requests are in flight, proving concurrency).
+    ("echo_auth", code) (an error body quoting the Authorization header), ("body", code, text), ("barrier", n)
+    (wait until n requests are in flight, proving concurrency).
     """
 
     def __init__(self, script=()):
@@ -73,6 +75,8 @@ class ScriptedServer:
                     return self.reply(200, action[1])
                 if kind == "echo_auth":
                     return self.reply(action[1], f"bad key {self.headers.get('Authorization')}".encode())
+                if kind == "body":
+                    return self.reply(action[1], action[2].encode())
                 return self.reply(action[1], b'{"error": "busy"}', action[2] if len(action) > 2 else {})
 
             def reply(self, code, payload, headers=None):
@@ -154,14 +158,14 @@ def test_backoff_is_exponential_and_retry_after_is_honoured(server, monkeypatch)
     monkeypatch.setattr(openai_api.time, "sleep", waits.append)
     s = server([("status", 500), ("status", 502), ("status", 429, {"Retry-After": "7"})])
     assert grounder(s.url, backoff_s=0.5).describe([IMAGE], ["x"]) == ["a red poster"]
-    assert waits == [0.5, 1.0, 7.0]
+    assert waits == pytest.approx([0.5, 1.0, 7.0], abs=0.05)  # the server's out period, less the time spent
 
 
 def test_timeout_then_success_and_timeout_exhausted(server):
     s = server([("sleep", 1.0, completion("late"))])
     assert grounder(s.url, timeout_s=0.2).describe([IMAGE], ["x"]) == ["a red poster"]
     s = server([("sleep", 1.0, completion("late"))] * 2)
-    with pytest.raises(GroundingError, match=r"retries_exhausted: .* failed 2 times; last: no response within 0.2 s"):
+    with pytest.raises(GroundingError, match=r"retries_exhausted: failed 2 times; last: http://127.*: no response within 0.2 s"):
         grounder(s.url, timeout_s=0.2, max_retries=1).describe([IMAGE], ["x"])
 
 
@@ -219,6 +223,95 @@ def test_build_grounder_by_name():
     from vlm4rec.grounding import build_grounder
 
     built = build_grounder("openai", base_url="http://127.0.0.1:9/v1", model="m", api_key_env=KEY_ENV)
-    assert isinstance(built, OpenAIGrounder) and built.url == "http://127.0.0.1:9/v1/chat/completions"
+    assert isinstance(built, OpenAIGrounder)
+    assert [s.endpoint for s in built.fleet.servers] == ["http://127.0.0.1:9/v1/chat/completions"]
     with pytest.raises(ValueError, match="unknown grounder 'llava'"):
         build_grounder("llava")
+
+
+# ---- fleets, unreachable servers, the key in echoed text ------------------------------------------
+
+def closed_port_url() -> str:
+    """A loopback URL on which nothing listens (connections are refused)."""
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        port = sock.getsockname()[1]
+    return f"http://127.0.0.1:{port}/v1"
+
+
+def poster_items(tmp_path, n):
+    paths = []
+    for i in range(n):
+        paths.append(str(tmp_path / f"{i}.png"))
+        Image.new("RGB", (5, 5), (10 * i, 0, 0)).save(paths[-1])
+    return pd.DataFrame({"item_idx": range(n), "item_id": [f"i{i}" for i in range(n)],
+                         "title": [f"T{i}" for i in range(n)], "image_path": paths, "has_image": True})
+
+
+def test_closed_port_stops_the_run_at_once_with_counts(server, tmp_path):
+    live = server()
+    items = poster_items(tmp_path, 4)
+    dead = closed_port_url()
+    with DescriptionCache(tmp_path / "cache.sqlite") as cache:
+        ground_items(items[:1], grounder(live.url), cache, "image_only", progress=False)
+        started = time.perf_counter()
+        with pytest.raises(StudyError, match=rf"^server unreachable at {dead}: connection refused; "
+                                             r"1 of 4 described; rerun resumes from the cache$"):
+            ground_items(items, grounder(dead, max_retries=5, backoff_s=0.05, max_connection_failures=3), cache,
+                         "image_only", progress=False)
+    assert time.perf_counter() - started < 2  # 3 refused connections, not 6 attempts for each of 3 items
+
+
+def test_unknown_host_is_unreachable_too():
+    g = grounder("http://no-such-host.invalid/v1", max_connection_failures=1)
+    with pytest.raises(GroundingStopped, match="unreachable at http://no-such-host.invalid/v1: name resolution"):
+        g.describe([IMAGE], ["x"])
+
+
+def test_overload_never_counts_as_unreachable(server):
+    s = server([("status", 503)] * 4)
+    with pytest.raises(GroundingError, match=r"retries_exhausted: failed 4 times; last: .*HTTP 503"):
+        grounder(s.url, max_connection_failures=1).describe([IMAGE], ["x"])
+
+
+@pytest.mark.parametrize("failing", ["closed", "overloaded"])
+def test_fleet_moves_a_failing_servers_share_to_the_other(server, tmp_path, failing):
+    good = server()
+    bad_url = closed_port_url() if failing == "closed" else server([("status", 503)] * 100).url
+    g = grounder([bad_url, good.url], concurrency=2, backoff_s=30)
+    with DescriptionCache(tmp_path / "cache.sqlite") as cache:
+        result = ground_items(poster_items(tmp_path, 8), g, cache, "image_only", progress=False)
+    assert (result.table["status"] == "ok").all()
+    servers = result.counts["usage"]["servers"]
+    bad, ok = servers[bad_url], servers[good.url]
+    failures = bad["connection_failures"] if failing == "closed" else bad["retryable_failures"]
+    assert 1 <= bad["requests"] == failures == bad["taken_out"] <= 2 and bad["ok"] == 0
+    assert ok["ok"] == ok["requests"] == 8 == len(good.requests)
+
+
+def test_every_server_of_a_fleet_unreachable():
+    first, second = closed_port_url(), closed_port_url()
+    with pytest.raises(GroundingStopped, match=rf"^all 2 servers unreachable: {first}: connection refused; "
+                                               rf"{second}: connection refused$"):
+        grounder([first, second], backoff_s=0.01, max_retries=10).describe([IMAGE] * 3, ["x"] * 3)
+
+
+def test_prefer_first_keeps_requests_on_the_first_server_while_it_is_in(server):
+    first, second = server(), server()
+    grounder([first.url, second.url], prefer_first=True).describe([IMAGE] * 4, ["x"] * 4)
+    assert (len(first.requests), len(second.requests)) == (4, 0)
+
+
+def test_key_is_redacted_before_error_text_is_cut_and_in_descriptions(server, tmp_path):
+    # Cut first, the error texts below would keep the key's first 5 characters (at 300 and at 200).
+    s = server([("body", 400, "x" * 295 + KEY), ("json", completion(f"poster; key {KEY}")),
+                ("json", {"choices": [{"echo": "y" * 185 + KEY, "message": {"role": "assistant"}}]})])
+    g = grounder(s.url, concurrency=1)
+    with DescriptionCache(tmp_path / "cache.sqlite") as cache:
+        result = ground_items(poster_items(tmp_path, 3), g, cache, "image_only", progress=False)
+    assert result.table["status"].tolist() == ["failed", "ok", "failed"]
+    assert result.table["description"][1] == "poster; key ***"
+    text = result.table.to_csv() + json.dumps(result.counts) + json.dumps(g.usage()) + repr(g)
+    assert "***" in result.table["error"][0] and KEY[:5] not in text
+    for path in tmp_path.glob("cache.sqlite*"):
+        assert KEY[:5].encode() not in path.read_bytes()

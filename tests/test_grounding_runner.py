@@ -6,10 +6,11 @@ import pandas as pd
 import pytest
 from PIL import Image
 
-from vlm4rec.grounding.base import Grounder
+from vlm4rec.errors import StudyError
+from vlm4rec.grounding.base import Grounder, GroundingStopped
 from vlm4rec.grounding.cache import DescriptionCache
 from vlm4rec.grounding.prompts import IMAGE_ONLY, IMAGE_TITLE
-from vlm4rec.grounding.runner import TABLE_COLUMNS, ground_items
+from vlm4rec.grounding.runner import TABLE_COLUMNS, Describer, LocalDescriber, add_counts, ground_items
 
 
 class CountingGrounder(Grounder):
@@ -18,8 +19,8 @@ class CountingGrounder(Grounder):
     grounder_id = "fake"
     description_of_method = "fake (test double)"
 
-    def __init__(self, batch_size=2, fail_red=None, version=1):
-        self.batch_size, self.fail_red, self.version = batch_size, fail_red, version
+    def __init__(self, batch_size=2, fail_red=None, version=1, stop_red=None):
+        self.batch_size, self.fail_red, self.version, self.stop_red = batch_size, fail_red, version, stop_red
         self.calls: list[int] = []
 
     @property
@@ -29,11 +30,16 @@ class CountingGrounder(Grounder):
     def settings(self):
         return {"version": self.version}
 
+    def usage(self):
+        return {"calls": len(self.calls), "images": {"seen": sum(self.calls)}}
+
     def describe(self, images, prompts):
         self.calls.append(len(images))
         reds = [int(np.asarray(image)[..., 0].mean()) for image in images]
         if self.fail_red in reds:
             raise RuntimeError(f"cannot describe red={self.fail_red}")
+        if self.stop_red in reds:
+            raise GroundingStopped("server unreachable at http://gone: connection refused")
         return [f"red {red} for {prompt}" for red, prompt in zip(reds, prompts)]
 
 
@@ -135,3 +141,43 @@ def test_relative_paths_and_missing_columns(tmp_path):
         assert result.table["status"].tolist() == ["ok"]
         with pytest.raises(ValueError, match=r"lacks columns \['has_image'\]"):
             ground_items(items.drop(columns="has_image"), CountingGrounder(), cache, IMAGE_ONLY, progress=False)
+
+
+def test_a_stopped_grounder_ends_the_run_and_keeps_finished_batches(tmp_path):
+    items = catalogue(tmp_path, [10, 20, 30, 40, 50], has_image=[True, True, True, True, False])
+    with DescriptionCache(tmp_path / "c.sqlite") as cache:
+        with pytest.raises(StudyError, match=r"^server unreachable at http://gone: connection refused; "
+                                             r"2 of 4 described; rerun resumes from the cache$"):
+            ground_items(items, CountingGrounder(batch_size=2, stop_red=30), cache, IMAGE_ONLY, progress=False)
+        assert len(cache) == 2
+        resumed = CountingGrounder(batch_size=2)
+        result = ground_items(items, resumed, cache, IMAGE_ONLY, progress=False)
+    assert resumed.calls == [2] and result.counts["from_cache"] == 2 and result.counts["ok"] == 4
+
+
+class ReversedDescriber(LocalDescriber):
+    """Finishes the batches last to first, as a distributed describer may."""
+
+    def describe(self, batches):
+        finished = list(super().describe(batches))
+        return iter(finished[::-1])
+
+
+def test_any_describer_gives_the_local_result_and_usage_is_counted_per_run(tmp_path):
+    items = catalogue(tmp_path, [10, 20, 30, 10, 40])
+    with DescriptionCache(tmp_path / "a.sqlite") as cache:
+        local = ground_items(items, CountingGrounder(), cache, IMAGE_ONLY, progress=False)
+    grounder = CountingGrounder()
+    grounder.calls = [7]  # usage before the run does not count towards it
+    describer = ReversedDescriber(grounder)
+    assert isinstance(describer, Describer) and describer.identity.model_id == "fake-model@1"
+    with DescriptionCache(tmp_path / "b.sqlite") as cache:
+        reversed_run = ground_items(items, describer, cache, IMAGE_ONLY, progress=False)
+    pd.testing.assert_frame_equal(reversed_run.table, local.table)
+    assert local.counts["usage"] == reversed_run.counts["usage"] == {"calls": 2, "images": {"seen": 4}}
+
+
+def test_add_counts_over_nested_dicts():
+    assert add_counts({"a": 1, "s": {"x": 2}}, {"a": 2, "b": 1, "s": {"x": 1, "y": 3}}) == \
+        {"a": 3, "b": 1, "s": {"x": 3, "y": 3}}
+    assert add_counts({"a": 5, "s": {"x": 2}}, {"a": 2, "s": {"x": 2}}, sign=-1) == {"a": 3, "s": {"x": 0}}

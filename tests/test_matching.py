@@ -4,8 +4,10 @@ import pytest
 import scipy.sparse as sp
 
 from recommender_contract import RecommenderContract, planted_item_vectors
+import torch
+
 from vlm4rec.matching import (ProfileRecommender, Recommender, ScoreMix, history_weights, recommend,
-                              standardize_rows, top_k)
+                              recommend_torch, standardize_rows, top_k, top_k_torch)
 from vlm4rec.splits import History, build_history
 
 
@@ -41,15 +43,70 @@ def history_of(rows: list[tuple[int, int, int]], n_users: int, n_items: int) -> 
     return build_history(inter, ("train",), n_users, n_items)
 
 
+def recommend_on_torch_cpu(model, users, exclude, k, block_size=2048):
+    return recommend_torch(model, users, exclude, k, block_size, device="cpu")
+
+
+ENGINES = [pytest.param(recommend, id="numpy"), pytest.param(recommend_on_torch_cpu, id="torch")]
+
+
+@pytest.mark.parametrize("engine", ENGINES)
 @pytest.mark.parametrize("k,block_size", [(1, 3), (5, 4), (12, 100), (30, 7)])
-def test_recommend_matches_full_sort_with_many_ties(k: int, block_size: int) -> None:
+def test_recommend_matches_full_sort_with_many_ties(engine, k: int, block_size: int) -> None:
     rng = np.random.default_rng(k)
     scores = rng.integers(0, 3, size=(17, 30)).astype(np.float32)
     scores[rng.random(scores.shape) < 0.1] = -np.inf
+    scores[2, ::3] = -0.0  # equal to 0.0: ties by index
     exclude = sp.csr_matrix(rng.random((17, 30)) < 0.3)
-    got = recommend(FixedScores(scores), np.arange(17), exclude, k, block_size=block_size)
+    got = engine(FixedScores(scores), np.arange(17), exclude, k, block_size=block_size)
     assert got.dtype == np.int64 and got.shape == (17, k)
     np.testing.assert_array_equal(got, reference_topk(scores, exclude, k))
+
+
+@pytest.mark.parametrize("k", [1, 50, 200])
+@pytest.mark.parametrize("block_size", [1, 97, 1000])
+def test_torch_engine_equals_numpy_engine_on_random_tied_scores(k: int, block_size: int) -> None:
+    rng = np.random.default_rng(k + block_size)
+    scores = np.round(rng.normal(size=(300, 1500)), 1).astype(np.float32)  # about 60 distinct values
+    scores[rng.random(scores.shape) < 0.05] = -np.inf
+    scores[7] = 0.0
+    exclude = sp.csr_matrix(rng.random(scores.shape) < 0.1)
+    users = rng.permutation(300)[:250]
+    np.testing.assert_array_equal(recommend_on_torch_cpu(FixedScores(scores), users, exclude, k, block_size),
+                                  recommend(FixedScores(scores), users, exclude, k, block_size))
+
+
+def test_top_k_torch_orders_every_float_like_numpy() -> None:
+    values = np.array([-np.inf, -3.4e38, -1.0, -1e-45, -0.0, 0.0, 1e-45, 1.0, 3.4e38, np.inf], np.float32)
+    scores = np.tile(values, (2, 3))
+    scores[1] = scores[1, ::-1]
+    expected = np.argsort(-scores, axis=1, kind="stable")
+    np.testing.assert_array_equal(top_k_torch(torch.from_numpy(scores), scores.shape[1]).numpy(), expected)
+
+
+def test_profile_scores_on_torch_equal_numpy_scores() -> None:
+    rng = np.random.default_rng(3)
+    vectors = rng.normal(size=(60, 16)).astype(np.float32)
+    vectors[[5, 9]] = 0.0  # missing items
+    vectors[20] = vectors[21]  # duplicate items tie
+    rows = [(u, int(i), t) for u in range(30) for t, i in enumerate(rng.choice(60, 8, replace=False))]
+    history = history_of(rows + [(31, 5, 0)], 33, 60)  # user 31 has only a missing item, user 32 nothing
+    model = ProfileRecommender(vectors).fit(history)
+    users = np.arange(33)
+    torch_scores = model.torch_scorer("cpu")(users).numpy()
+    np.testing.assert_allclose(torch_scores, model.score_block(users), rtol=0, atol=1e-6)
+    assert np.isneginf(torch_scores[:, [5, 9]]).all()
+    np.testing.assert_array_equal(recommend_on_torch_cpu(model, users, history.matrix, 20, 7),
+                                  recommend(model, users, history.matrix, 20, 7))
+
+
+def test_torch_engine_rejects_float64_and_nan_scores() -> None:
+    with pytest.raises(ValueError, match="float32"):
+        recommend_on_torch_cpu(FixedScores(np.zeros((2, 3))), np.arange(2), sp.csr_matrix((2, 3)), 2)
+    scores = np.zeros((2, 3), np.float32)
+    scores[1, 1] = np.nan
+    with pytest.raises(ValueError, match="NaN"):
+        recommend_on_torch_cpu(FixedScores(scores), np.arange(2), sp.csr_matrix((2, 3)), 2)
 
 
 @pytest.mark.parametrize("k", [1, 3, 10, 40])
@@ -64,6 +121,7 @@ def test_top_k_equals_stable_full_sort_on_large_tied_rows(k: int) -> None:
     scores[11] = rng.random(2003)
     expected = np.argsort(-scores, axis=1, kind="stable")[:, :k]
     np.testing.assert_array_equal(top_k(scores, k), expected)
+    np.testing.assert_array_equal(top_k_torch(torch.from_numpy(scores), k).numpy(), expected)
 
 
 def test_all_zero_scores_rank_by_index_with_seen_items_last() -> None:

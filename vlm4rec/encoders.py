@@ -109,20 +109,30 @@ def encode_texts(texts: Sequence[str], encoder: SentenceTransformer, batch_size:
     so a missing text must be replaced by an explicit, counted fallback before it gets here.
     Texts are encoded longest first (less padding per batch); the bar counts items.
     """
+    out = np.zeros((len(texts), encoder.get_embedding_dimension()), dtype=np.float32)
+    with tqdm(total=len(texts), unit="item", desc="encode texts", disable=not progress) as bar:
+        for rows in text_batches(texts, batch_size):
+            out[rows] = encode_text_batch([texts[i] for i in rows], encoder, batch_size)
+            bar.update(len(rows))
+    return out
+
+
+def text_batches(texts: Sequence[str], batch_size: int) -> list[np.ndarray]:
+    """The rows of each encoder batch, longest texts first (less padding per batch); raises
+    ``ValueError`` for empty or blank texts (see :func:`encode_texts`)."""
     blank = [i for i, text in enumerate(texts) if not isinstance(text, str) or not text.strip()]
     if blank:
         raise ValueError(f"{len(blank)} of {len(texts)} texts are empty or not strings (first positions "
                          f"{blank[:10]}); give them an explicit fallback text before encoding")
-    out = np.zeros((len(texts), encoder.get_embedding_dimension()), dtype=np.float32)
     order = np.argsort([-len(text) for text in texts], kind="stable")
-    with tqdm(total=len(texts), unit="item", desc="encode texts", disable=not progress) as bar:
-        for start in range(0, len(order), batch_size):
-            rows = order[start:start + batch_size]
-            out[rows] = encoder.encode([texts[i] for i in rows], batch_size=batch_size,
-                                       convert_to_numpy=True, normalize_embeddings=True,
-                                       show_progress_bar=False)
-            bar.update(len(rows))
-    return out
+    return [order[start:start + batch_size] for start in range(0, len(order), batch_size)]
+
+
+def encode_text_batch(texts: list[str], encoder: SentenceTransformer, batch_size: int) -> np.ndarray:
+    """One batch of texts as float32 L2-normalised rows (the batch composition changes the floats a
+    little: padding differs, so every executor encodes the batches of :func:`text_batches`)."""
+    return encoder.encode(texts, batch_size=batch_size, convert_to_numpy=True, normalize_embeddings=True,
+                          show_progress_bar=False)
 
 
 # --- images ---------------------------------------------------------------------------------------
@@ -204,22 +214,24 @@ class EfficientNetLite0Features(ImageEncoder):
 
     ``model`` lets a caller share one loaded network (e.g. with the tagger); by default it is loaded from
     the offline weights package. Preprocessing: resize 256 bicubic, centre crop 224, ImageNet mean/std.
-    Features come from a BatchNorm-folded, channels-last copy of the network (same numbers, faster).
+    Features come from a BatchNorm-folded, channels-last copy of the network (same numbers, faster) on
+    ``device``.
     """
 
     name = "efficientnet_lite0 (ImageNet) pooled penultimate features"
     dim = 1280
 
-    def __init__(self, model: torch.nn.Module | None = None):
+    def __init__(self, model: torch.nn.Module | None = None, device: str = "cpu"):
         self.model = (model if model is not None else load_efficientnet_lite0()).eval()
-        self._network = fold_batchnorm(self.model).to(memory_format=torch.channels_last)
+        self.device = device
+        self._network = fold_batchnorm(self.model).to(device).to(memory_format=torch.channels_last)
         self._transform = imagenet_transform()
 
     def preprocess(self, image: Image.Image) -> torch.Tensor:
         return self._transform(image)
 
     def _features(self, pixels: torch.Tensor) -> torch.Tensor:
-        pixels = pixels.contiguous(memory_format=torch.channels_last)
+        pixels = pixels.to(self.device).contiguous(memory_format=torch.channels_last)
         return self._network.forward_head(self._network.forward_features(pixels), pre_logits=True)
 
 
@@ -272,13 +284,16 @@ class ImageFeatures:
 
 
 @dataclass
-class _PreparedBatch:
+class PreparedBatch:
+    """One batch ready for the encoder: the ``indices`` of the images decoded, their stacked ``pixels``
+    (None when none could be), and a failure row (index, path, kind, reason) per unusable image."""
+
     indices: list[int]
     pixels: torch.Tensor | None
     failures: list[tuple[int, str | None, str, str]]
 
 
-def _prepare_batch(paths: Sequence[str | Path | None], indices: range, encoder: ImageEncoder) -> _PreparedBatch:
+def prepare_image_batch(paths: Sequence[str | Path | None], indices: range, encoder: ImageEncoder) -> PreparedBatch:
     """Decode and preprocess one batch; every unusable image becomes a failure row, not an exception."""
     ok, tensors, failures = [], [], []
     for i in indices:
@@ -291,17 +306,17 @@ def _prepare_batch(paths: Sequence[str | Path | None], indices: range, encoder: 
             ok.append(i)
         except ImageLoadError as err:
             failures.append((i, str(path), err.kind, err.reason))
-    return _PreparedBatch(ok, torch.stack(tensors) if tensors else None, failures)
+    return PreparedBatch(ok, torch.stack(tensors) if tensors else None, failures)
 
 
 def _prepared_batches(paths: Sequence[str | Path | None], encoder: ImageEncoder, batch_size: int,
-                      workers: int) -> Iterator[_PreparedBatch]:
+                      workers: int) -> Iterator[PreparedBatch]:
     """Batches in order, decoded by ``workers`` threads up to ``workers`` batches ahead of the consumer."""
     with ThreadPoolExecutor(max_workers=workers, thread_name_prefix="image-load") as pool:
-        pending: deque[Future[_PreparedBatch]] = deque()
+        pending: deque[Future[PreparedBatch]] = deque()
         for start in range(0, len(paths), batch_size):
             indices = range(start, min(start + batch_size, len(paths)))
-            pending.append(pool.submit(_prepare_batch, paths, indices, encoder))
+            pending.append(pool.submit(prepare_image_batch, paths, indices, encoder))
             if len(pending) > workers:
                 yield pending.popleft().result()
         while pending:
@@ -325,10 +340,10 @@ def encode_image_paths(paths: Sequence[str | Path | None], encoder: ImageEncoder
                 vectors[batch.indices] = encoder.embed(batch.pixels)
             failures.extend(batch.failures)
             bar.update(len(batch.indices) + len(batch.failures))
-    return ImageFeatures(vectors, _failure_table(failures), encoder.name, time.perf_counter() - started)
+    return ImageFeatures(vectors, failure_table(failures), encoder.name, time.perf_counter() - started)
 
 
-def _failure_table(failures: list[tuple[int, str | None, str, str]]) -> pd.DataFrame:
+def failure_table(failures: list[tuple[int, str | None, str, str]]) -> pd.DataFrame:
     """Failure rows as a table whose missing paths stay None (JSON ``null``, not NaN)."""
     columns = list(zip(*failures)) if failures else [(), (), (), ()]
     return pd.DataFrame({"index": pd.Series(columns[0], dtype="int64"),

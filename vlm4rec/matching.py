@@ -5,6 +5,9 @@
                          optional score_into(users, out) writes into a reused block buffer.
 ``recommend``            blocked over users: score one block, mask seen items, partial-sort top-K,
                          ties broken by the smaller item index. Never holds more than one block of scores.
+``recommend_torch``      the same top-K lists from torch on a device (``cuda`` for a GPU; ``cpu`` runs the
+                         same code): scores from ``Recommender.torch_scorer`` (profile matching multiplies
+                         on the device), masking and :func:`top_k_torch` there too.
 ``ProfileRecommender``   the VLM4Rec method (docs/protocol.md, "Method"). Its cost splits into an offline part,
                          :func:`item_vectors` (L2-normalised item embeddings, paid once per item), and an
                          online part, :func:`history_weights` + :func:`user_profiles` (one sparse weighted
@@ -18,13 +21,16 @@ from __future__ import annotations
 
 from abc import ABC, abstractmethod
 from dataclasses import dataclass, field
-from typing import Callable, Literal
+from typing import TYPE_CHECKING, Callable, Literal
 
 import numpy as np
 import scipy.sparse as sp
 
 from vlm4rec.splits import History
 from vlm4rec.vectors import normalize_rows
+
+if TYPE_CHECKING:
+    import torch
 
 Aggregation = Literal["mean", "recency", "knn_sum"]
 AGGREGATIONS: tuple[str, ...] = ("mean", "recency", "knn_sum")
@@ -51,6 +57,14 @@ class Recommender(ABC):
         ``out`` unused; models whose scoring can write in place override it.
         """
         return self.score_block(users)
+
+    def torch_scorer(self, device: str) -> Callable[[np.ndarray], torch.Tensor]:
+        """A function from user indices to their scores as a torch tensor on ``device`` (what
+        :func:`recommend_torch` calls per block). By default :meth:`score_block` on the CPU, moved there;
+        models that can score on the device override it (and move what they need there once)."""
+        import torch
+
+        return lambda users: torch.from_numpy(np.asarray(self.score_block(users))).to(device)
 
     def diagnostics(self) -> dict[str, float | int]:
         """Counts a report shows next to the model's numbers (fallbacks taken, sizes); none by default."""
@@ -190,13 +204,30 @@ def top_k(scores: np.ndarray, k: int) -> np.ndarray:
     return out
 
 
-def recommend(model: Recommender, users: np.ndarray, exclude: sp.csr_matrix, k: int,
-              block_size: int = 2048) -> np.ndarray:
-    """Top-``k`` items (int64, (len(users), k), best first) for ``users``, seen items excluded.
+def top_k_torch(scores: torch.Tensor, k: int) -> torch.Tensor:
+    """:func:`top_k` for a float32 torch tensor on any device: int64 indices, best first, ties to the
+    smaller index, exactly as the numpy engine.
 
-    Users are scored ``block_size`` at a time; the rows of ``exclude`` (users x items) are masked with
-    ``-inf`` so seen items and unscorable items come last, by index, when fewer than ``k`` remain.
+    ``torch.topk`` does not order ties, so no two entries are left equal: each score becomes one int64 key
+    whose high 32 bits are the score's bit pattern made order-preserving (sign-magnitude to two's
+    complement; ``-0.0`` counts as ``0.0``) and whose low 32 bits are the reversed column index. The k
+    largest keys are the k best items with ties to the smaller index. Holds 12 extra bytes per score.
     """
+    import torch
+
+    n_rows, n_items = scores.shape
+    if not 1 <= k <= n_items:
+        raise ValueError(f"k={k} must be between 1 and the number of items ({n_items})")
+    bits = (scores + 0.0).view(torch.int32)  # + 0.0 turns -0.0 into 0.0
+    bits ^= (bits >> 31) & 0x7FFFFFFF
+    keys = bits.to(torch.int64) << 32
+    keys += 0xFFFFFFFF - torch.arange(n_items, device=scores.device)
+    return keys.topk(k, dim=1).indices
+
+
+def _checked_request(users: np.ndarray, exclude: sp.csr_matrix, k: int,
+                     block_size: int) -> tuple[np.ndarray, sp.csr_matrix]:
+    """``users`` as int64 and ``exclude`` as CSR, after checking what a ranking request must satisfy."""
     users = np.asarray(users, dtype=np.int64)
     if users.ndim != 1:
         raise ValueError("users must be a 1-d array of user indices")
@@ -205,6 +236,17 @@ def recommend(model: Recommender, users: np.ndarray, exclude: sp.csr_matrix, k: 
     exclude = sp.csr_matrix(exclude)
     if k > exclude.shape[1]:
         raise ValueError(f"k={k} exceeds the number of items ({exclude.shape[1]})")
+    return users, exclude
+
+
+def recommend(model: Recommender, users: np.ndarray, exclude: sp.csr_matrix, k: int,
+              block_size: int = 2048) -> np.ndarray:
+    """Top-``k`` items (int64, (len(users), k), best first) for ``users``, seen items excluded.
+
+    Users are scored ``block_size`` at a time; the rows of ``exclude`` (users x items) are masked with
+    ``-inf`` so seen items and unscorable items come last, by index, when fewer than ``k`` remain.
+    """
+    users, exclude = _checked_request(users, exclude, k, block_size)
     out = np.empty((len(users), k), dtype=np.int64)
     buffer = np.empty((min(block_size, len(users)), exclude.shape[1]), dtype=np.float32)
     for start in range(0, len(users), block_size):
@@ -217,6 +259,43 @@ def recommend(model: Recommender, users: np.ndarray, exclude: sp.csr_matrix, k: 
         mask_items(scores, exclude[block])
         out[start:start + len(block)] = top_k(scores, k)
     return out
+
+
+def recommend_torch(model: Recommender, users: np.ndarray, exclude: sp.csr_matrix, k: int,
+                    block_size: int = 2048, device: str = "cuda") -> np.ndarray:
+    """:func:`recommend` with scoring, masking and top-K in torch on ``device``; the same top-K lists,
+    ties included, as long as the model's torch scores equal its numpy ones (they do when it scores on
+    the CPU; a product computed on a GPU may differ in the last bit, which can swap two items whose scores
+    are that close). A block of scores lives on the device: about 16 bytes per user and item.
+    """
+    import torch
+
+    users, exclude = _checked_request(users, exclude, k, block_size)
+    n_items = exclude.shape[1]
+    score = model.torch_scorer(device)
+    out = np.empty((len(users), k), dtype=np.int64)
+    for start in range(0, len(users), block_size):
+        block = users[start:start + block_size]
+        scores = score(block)
+        _check_score_tensor(scores, len(block), n_items, model.name)
+        seen = exclude[block]
+        rows = np.repeat(np.arange(len(block)), np.diff(seen.indptr))
+        scores[torch.from_numpy(rows).to(device), torch.from_numpy(seen.indices.astype(np.int64)).to(device)] = \
+            -torch.inf
+        out[start:start + len(block)] = top_k_torch(scores, k).cpu().numpy()
+    return out
+
+
+def _check_score_tensor(scores: torch.Tensor, n_rows: int, n_items: int, name: str) -> None:
+    """A torch score block must be float32 (n_rows, n_items) without NaN."""
+    import torch
+
+    if tuple(scores.shape) != (n_rows, n_items):
+        raise ValueError(f"{name}: scores have shape {tuple(scores.shape)}, expected ({n_rows}, {n_items})")
+    if scores.dtype != torch.float32:
+        raise ValueError(f"{name}: the torch engine ranks float32 scores, got {scores.dtype}")
+    if scores.numel() and torch.isnan(scores.max()):
+        raise ValueError(f"{name}: NaN scores; use -inf for items that cannot be scored")
 
 
 # --------------------------------------------------------------------------------------------------
@@ -359,6 +438,24 @@ class ProfileRecommender(Recommender):
         if self.missing.any():
             out[:, self.missing] = -np.inf
         return out
+
+    def torch_scorer(self, device: str) -> Callable[[np.ndarray], torch.Tensor]:
+        """Profiles times item vectors on ``device`` (the items are moved there once); ``knn_sum``
+        scores sparse item-item sums on the CPU."""
+        import torch
+
+        self._fitted()
+        if self.aggregation == "knn_sum":
+            return super().torch_scorer(device)
+        items = torch.from_numpy(self.items).to(device)
+        missing = torch.from_numpy(np.flatnonzero(self.missing)).to(device)
+
+        def score(users: np.ndarray) -> torch.Tensor:
+            scores = torch.from_numpy(self.profiles(users)).to(device) @ items.T
+            scores[:, missing] = -torch.inf
+            return scores
+
+        return score
 
     def diagnostics(self) -> dict[str, float | int]:
         return {"n_empty_profiles": self.n_empty_profiles, "n_missing_items": int(self.missing.sum())}

