@@ -37,7 +37,9 @@ import torch
 
 from bench_all_posters import DEFAULT_POSTERS, poster_table
 from bench_matching import DIM, K, synthetic_history
-from vlm4rec.distributed import GrounderSpec, RayConfig, RayDescriber, recommend_ray
+from vlm4rec.distributed import RayConfig
+from vlm4rec.distributed.grounding import GrounderSpec, RayDescriber
+from vlm4rec.distributed.matching import recommend_ray
 from vlm4rec.grounding import DescriptionCache, Grounder, build_grounder, ground_items
 from vlm4rec.grounding.runner import Describer
 from vlm4rec.matching import ProfileRecommender, recommend

@@ -14,8 +14,10 @@ from PIL import Image
 
 from test_grounding_openai import KEY, KEY_ENV, ScriptedServer, closed_port_url
 from test_grounding_runner import CountingGrounder
-from vlm4rec.distributed import (GrounderSpec, RayConfig, RayDescriber, connect, encode_image_paths_ray,
-                                 encode_texts_ray, ranker, ray_config_from_params, recommend_ray)
+from vlm4rec.distributed import RayConfig, connect, ray_config_from_params
+from vlm4rec.distributed.grounding import GrounderSpec, RayDescriber
+from vlm4rec.distributed.embedding import encode_image_paths_ray, encode_texts_ray
+from vlm4rec.distributed.matching import ranker, recommend_ray
 from vlm4rec.encoders import EfficientNetLite0Features, encode_image_paths, encode_texts, load_text_encoder
 from vlm4rec.errors import StudyError
 from vlm4rec.grounding import DescriptionCache, build_grounder, ground_items

@@ -47,9 +47,10 @@ def ground_params(backend: str, options: dict) -> dict:
 def run_twice(params: dict) -> tuple[pd.DataFrame, pd.DataFrame, dict]:
     """Ground twice; the stage's output file must not change when the second run is served from cache
     (later stages would otherwise re-run for nothing)."""
-    first, metrics = ground.run(params)
+    local = {"executor": "local"}
+    first, metrics = ground.run(params, local)
     written = Path("data/grounding/descriptions.parquet").read_bytes()
-    again, _ = ground.run(params)
+    again, _ = ground.run(params, local)
     assert Path("data/grounding/descriptions.parquet").read_bytes() == written
     return first, again, metrics
 

@@ -41,7 +41,7 @@ def write_inputs() -> None:
 
 
 def run_match_and_fuse(params: dict) -> dict[str, bytes]:
-    match.run(params["eval"], params["match"], params["profile"], params["baselines"])
+    match.run(params["eval"], params["match"], params["profile"], params["baselines"], params["compute"])
     fuse.run(params["eval"], params["fusion"])
     return {path.relative_to(RESULTS_DIR).as_posix(): path.read_bytes()
             for path in sorted(RESULTS_DIR.rglob("*")) if path.is_file()}

@@ -99,9 +99,10 @@ def test_source_runs_through_fetch_prepare_ground_embed_match(source: str, tmp_p
     fetch.run(params["data"])
     prepared, counts = prepare.run(params["data"], params["split"])
     assert counts["counts"]["users"] == N_USERS and counts["counts"]["interactions_test"] > 0
-    ground.run(params["ground"])
-    embed.run(params["embed"], params["ground"])
-    results, metrics = match.run(params["eval"], params["match"], params["profile"], params["baselines"])
+    ground.run(params["ground"], params["compute"])
+    embed.run(params["embed"], params["ground"], params["compute"])
+    results, metrics = match.run(params["eval"], params["match"], params["profile"], params["baselines"],
+                                 params["compute"])
 
     assert set(metrics["methods"]) == {"mostpop", "itemknn_cf", "ease", *representations}
     for method, result in results.items():

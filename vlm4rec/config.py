@@ -208,6 +208,24 @@ class EmbedParams(Section):
         return self
 
 
+# ----------------------------------------------------------------------------------------------- compute
+
+class RayParams(Section):
+    address: str | None = Field(description="Ray cluster: null = start a local one on this machine, auto = the "
+                                            "cluster this node belongs to, ray://host:port = a remote head")
+    num_cpus: NonNegativeFloat = Field(description="CPUs of each actor or matching task")
+    num_gpus: NonNegativeFloat = Field(description="GPUs of each actor or matching task (> 0: models run on cuda)")
+    actors: PositiveInt = Field(description="actors per pool (grounding, text and image encoding)")
+    pin_servers: bool = Field(description="grounding actor i prefers server i of a ground.openai.base_url fleet")
+
+
+class ComputeParams(Section):
+    executor: Literal["local", "ray"] = Field(
+        description="where the ground, embed, match and robustness stages run their heavy work: local "
+                    "processes, or a Ray cluster (same results; docs/scale-out.md)")
+    ray: RayParams
+
+
 # ----------------------------------------------------------------------------------------------- eval
 
 class EvalParams(Section):
@@ -215,6 +233,8 @@ class EvalParams(Section):
     select_metric: str = Field(description="validation metric that chooses every hyperparameter, "
                                            "<metric>@<k> with k in ks")
     block_size: PositiveInt = Field(description="users scored per block (bounds memory: block x items floats)")
+    device: str = Field(description="cpu = the numpy engine; cuda | cuda:N = block scoring and top-K in torch "
+                                    "on a GPU (same lists)")
     bootstrap_resamples: Annotated[int, Field(ge=100)] = Field(
         description="bootstrap resamples over users (and seeds) for 95% CIs")
     seed: int = Field(description="bootstrap seed")
@@ -330,6 +350,7 @@ class StudyParams(Section):
     split: SplitParams
     ground: GroundParams
     embed: EmbedParams
+    compute: ComputeParams
     eval: EvalParams
     match: MatchParams
     robustness: RobustnessParams

@@ -21,7 +21,7 @@ import pandas as pd
 import scipy.sparse as sp
 
 from vlm4rec.data import PreparedData
-from vlm4rec.matching import IterativeRecommender, Recommender, TrainingLog, recommend
+from vlm4rec.matching import IterativeRecommender, Ranker, Recommender, TrainingLog, recommend
 from vlm4rec.metrics import catalogue_coverage, ranking_metrics, summarize
 from vlm4rec.splits import History, build_history, targets_of
 
@@ -29,26 +29,15 @@ DEFAULT_KS: tuple[int, ...] = (5, 10, 20, 50)
 
 
 @dataclass(frozen=True)
-class Ranking:
-    """How top-K lists are computed: the blocked engine of :func:`vlm4rec.matching.recommend`, scoring
-    ``block_size`` users at a time (bounds memory at block_size x n_items floats)."""
-
-    block_size: int = 2048
-
-    def recommend(self, model: Recommender, users: np.ndarray, exclude: sp.csr_matrix, k: int) -> np.ndarray:
-        return recommend(model, users, exclude, k, block_size=self.block_size)
-
-
-@dataclass(frozen=True)
 class EvalSplit:
     """Everything one evaluation phase may see: the history to fit on, the items to exclude, the
-    relevant items and the users that have some, and how to rank."""
+    relevant items and the users that have some, and how to rank (every ranker gives the same lists)."""
 
     history: History
     exclude: sp.csr_matrix
     targets: sp.csr_matrix
     users: np.ndarray
-    ranking: Ranking = Ranking()
+    rank: Ranker = recommend
 
 
 def users_with_targets(targets: sp.csr_matrix) -> np.ndarray:
@@ -67,15 +56,15 @@ class EvalData:
     val_targets: sp.csr_matrix
     test_targets: sp.csr_matrix
     item_popularity: np.ndarray  # train interactions per item
-    ranking: Ranking = Ranking()
+    rank: Ranker = recommend       # how top-K lists are computed (blocked numpy engine by default)
 
     @classmethod
-    def from_prepared(cls, data: PreparedData, ranking: Ranking = Ranking()) -> "EvalData":
-        return cls.from_interactions(data.interactions, data.n_users, data.n_items, ranking)
+    def from_prepared(cls, data: PreparedData, rank: Ranker = recommend) -> "EvalData":
+        return cls.from_interactions(data.interactions, data.n_users, data.n_items, rank)
 
     @classmethod
     def from_interactions(cls, inter: pd.DataFrame, n_users: int, n_items: int,
-                          ranking: Ranking = Ranking()) -> "EvalData":
+                          rank: Ranker = recommend) -> "EvalData":
         """From interactions labelled train / val / test (e.g. re-split under another protocol)."""
         train = build_history(inter, ("train",), n_users, n_items)
         return cls(n_users=n_users, n_items=n_items, train_history=train,
@@ -83,7 +72,7 @@ class EvalData:
                    val_targets=targets_of(inter, "val", n_users, n_items),
                    test_targets=targets_of(inter, "test", n_users, n_items),
                    item_popularity=np.asarray(train.matrix.sum(axis=0)).ravel().astype(np.int64),
-                   ranking=ranking)
+                   rank=rank)
 
     @property
     def val_users(self) -> np.ndarray:
@@ -96,12 +85,12 @@ class EvalData:
     def validation(self) -> EvalSplit:
         """Fit on train, exclude train items, rank against validation targets."""
         return EvalSplit(self.train_history, self.train_history.matrix, self.val_targets, self.val_users,
-                         self.ranking)
+                         self.rank)
 
     def test(self) -> EvalSplit:
         """Fit on train + validation, exclude both, rank against test targets (select_and_test only)."""
         return EvalSplit(self.trainval_history, self.trainval_history.matrix, self.test_targets,
-                         self.test_users, self.ranking)
+                         self.test_users, self.rank)
 
 
 @dataclass(frozen=True)
@@ -143,7 +132,7 @@ def rank_and_score(model: Recommender, split: EvalSplit, ks: Sequence[int],
     """Rank top-max(ks) for the split's users with its seen items excluded, and score against its
     targets, with an already fitted ``model``. Returns (topk, per-user metrics)."""
     start = time.perf_counter()
-    topk = split.ranking.recommend(model, split.users, split.exclude, max(ks))
+    topk = split.rank(model, split.users, split.exclude, max(ks))
     if timing is not None:
         seconds = time.perf_counter() - start
         timing.update(score_s=seconds, users_per_s=len(split.users) / max(seconds, 1e-12))

@@ -298,6 +298,11 @@ def _check_score_tensor(scores: torch.Tensor, n_rows: int, n_items: int, name: s
         raise ValueError(f"{name}: NaN scores; use -inf for items that cannot be scored")
 
 
+#: ``rank(model, users, exclude, k)``: top-K lists of a fitted model (:func:`recommend` is one; the torch and
+#: Ray engines of :mod:`vlm4rec.distributed.matching` give the same lists).
+Ranker = Callable[["Recommender", np.ndarray, sp.csr_matrix, int], np.ndarray]
+
+
 # --------------------------------------------------------------------------------------------------
 # Content profiles (the VLM4Rec method)
 # --------------------------------------------------------------------------------------------------

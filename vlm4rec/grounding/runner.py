@@ -7,7 +7,7 @@ commit as it arrives, so an interrupted run resumes where it stopped.
 
 Describing the pending batches is the one pluggable step: a :class:`Describer` yields finished batches,
 here in one process (:class:`LocalDescriber`, the default for a plain :class:`Grounder`), or from a pool of
-Ray actors (:class:`vlm4rec.distributed.RayDescriber`); everything else runs on the driver as below.
+Ray actors (:class:`vlm4rec.distributed.grounding.RayDescriber`); everything else runs on the driver as below.
 """
 from __future__ import annotations
 

@@ -16,7 +16,8 @@ import pandas as pd
 import yaml
 
 from vlm4rec.data import load_prepared
-from vlm4rec.evaluation import EvalData, MethodResult, Ranking, select_and_test
+from vlm4rec.distributed.matching import ranker
+from vlm4rec.evaluation import EvalData, MethodResult, select_and_test
 from vlm4rec.pipeline.outputs import (ABLATIONS_DIR, EMBEDDINGS_DIR, METRICS_DIR, PREPARED_DIR, peak_rss_mb,
                                       write_json)
 from vlm4rec.pipeline.profiles import profile_candidates
@@ -41,7 +42,7 @@ def run_cell(eval: dict[str, Any], profile: dict[str, Any], cell: dict[str, Any]
                          "history_cap": None if cell["cap"] == "all" else int(cell["cap"])}
     rep = cell_representation(cell)
     candidates = profile_candidates(load_vectors(EMBEDDINGS_DIR, rep, "ablation"), profile, rep)
-    data = EvalData.from_prepared(load_prepared(PREPARED_DIR), Ranking(eval["block_size"]))
+    data = EvalData.from_prepared(load_prepared(PREPARED_DIR), ranker(None, eval["device"], eval["block_size"]))
     start = time.perf_counter()
     result = select_and_test(name, candidates, data, eval["ks"], eval["select_metric"], ABLATIONS_DIR / name)
     write_json(METRICS_DIR / "ablations" / f"{name}.json",

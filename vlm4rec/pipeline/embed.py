@@ -1,7 +1,8 @@
 """Embed stage: every item representation the study compares, aligned to the item table."""
 from __future__ import annotations
 
-from typing import Any, Sequence
+from functools import partial
+from typing import Any, Callable, Sequence
 
 import numpy as np
 import pandas as pd
@@ -9,6 +10,8 @@ import pandas as pd
 from vlm4rec.encoders import (EfficientNetLite0Features, ImageEncoder, OpenClipImageEncoder,
                               encode_image_paths, encode_texts, load_text_encoder)
 from vlm4rec.data import load_prepared
+from vlm4rec.distributed import RayConfig, ray_config_from_params
+from vlm4rec.distributed.embedding import encode_image_paths_ray, encode_texts_ray
 from vlm4rec.pipeline.outputs import EMBEDDINGS_DIR, GROUNDING_DIR, METRICS_DIR, PREPARED_DIR, peak_rss_mb, timed, write_json
 from vlm4rec.representations import Representation, from_features, from_texts, item_texts
 
@@ -19,21 +22,20 @@ def description_series(descriptions: pd.DataFrame, arm: str) -> pd.Series:
     return ok.set_index("item_idx")["description"]
 
 
-def image_encoder_from_params(embed: dict[str, Any]) -> ImageEncoder:
-    """``embed.image_encoder``: offline EfficientNet-Lite0, or open_clip with a local weights file."""
-    if embed["image_encoder"] == "efficientnet_lite0":
-        return EfficientNetLite0Features()
+def image_encoder_factory(embed: dict[str, Any], device: str = "cpu") -> Callable[[], ImageEncoder]:
+    """A picklable builder of ``embed.image_encoder`` on ``device``: offline EfficientNet-Lite0, or open_clip
+    with a local weights file (built here, or once per Ray actor)."""
     if embed["image_encoder"] == "open_clip":
         clip = embed["open_clip"]
-        if not clip.get("pretrained"):
-            raise ValueError("embed.open_clip.pretrained must name a weights file (or a tag when online)")
-        return OpenClipImageEncoder(clip["model_name"], clip["pretrained"])
-    raise ValueError(f"unknown embed.image_encoder {embed['image_encoder']!r}")
+        return partial(OpenClipImageEncoder, clip["model_name"], clip["pretrained"], device=device)
+    return partial(EfficientNetLite0Features, device=device)
 
 
 def text_representations(items: pd.DataFrame, descriptions: pd.DataFrame, arms: list[str],
-                         encoder_spec: str, batch_size: int, grounder: str) -> list[Representation]:
-    """title, title_meta and, per prompt arm, description_<arm> and title_description_<arm>."""
+                         encoder_spec: str, batch_size: int, grounder: str,
+                         ray: RayConfig | None = None) -> list[Representation]:
+    """title, title_meta and, per prompt arm, description_<arm> and title_description_<arm>; encoded here,
+    or on Ray actors when ``ray`` is given (the same vectors)."""
     encoder = load_text_encoder(encoder_spec)
     label = f"sentence encoder {encoder_spec}"
     jobs: list[tuple[str, str, pd.Series | None, str]] = [
@@ -44,6 +46,8 @@ def text_representations(items: pd.DataFrame, descriptions: pd.DataFrame, arms: 
                  (f"title_description_{arm}", "title_description", series,
                   f"title + {grounder} descriptions, prompt arm {arm}")]
     def encode(texts: Sequence[str]) -> np.ndarray:
+        if ray is not None:
+            return encode_texts_ray(texts, encoder_spec, batch_size, ray)
         return encode_texts(texts, encoder, batch_size=batch_size)
 
     dim = encoder.get_embedding_dimension()
@@ -51,18 +55,23 @@ def text_representations(items: pd.DataFrame, descriptions: pd.DataFrame, arms: 
             for name, kind, series, what in jobs]
 
 
-def run(embed: dict[str, Any], ground: dict[str, Any]) -> tuple[pd.DataFrame, dict[str, Any]]:
+def run(embed: dict[str, Any], ground: dict[str, Any], compute: dict[str, Any]) -> tuple[pd.DataFrame, dict[str, Any]]:
     """Encode every representation the study compares and save them aligned to the item table."""
     costs: dict[str, Any] = {}
+    ray = ray_config_from_params(compute)
     data = load_prepared(PREPARED_DIR)
     descriptions = pd.read_parquet(GROUNDING_DIR / "descriptions.parquet")
     grounder = descriptions["grounder_method"].iloc[0] if len(descriptions) else "no grounder"
     with timed(costs, "wall"):
         with timed(costs, "text"):
             reps = text_representations(data.items, descriptions, ground["prompt_arms"],
-                                        embed["text_encoder"], embed["text_batch_size"], grounder)
-        encoder = image_encoder_from_params(embed)
-        features = encode_image_paths(data.items["image_path"].tolist(), encoder, embed["image_batch_size"])
+                                        embed["text_encoder"], embed["text_batch_size"], grounder, ray)
+        paths = data.items["image_path"].tolist()
+        if ray is None:
+            features = encode_image_paths(paths, image_encoder_factory(embed)(), embed["image_batch_size"])
+        else:
+            features = encode_image_paths_ray(paths, image_encoder_factory(embed, ray.device),
+                                              embed["image_batch_size"], ray)
         costs["image_s"] = round(features.seconds, 3)
         reps.append(from_features("image", features.vectors, f"image features: {features.encoder}"))
         reps += [from_features(name, array, f"precomputed {name} shipped with the dataset")

@@ -11,7 +11,8 @@ import torch
 
 from vlm4rec.baselines import EASE
 from vlm4rec.data import load_prepared
-from vlm4rec.evaluation import (Candidate, EvalData, MethodResult, Ranking, select_and_test_methods,
+from vlm4rec.distributed.matching import ranker
+from vlm4rec.evaluation import (Candidate, EvalData, MethodResult, select_and_test_methods,
                                 select_and_test_seeds, seed_method)
 from vlm4rec.fusion import FusionResult, WeightedLateFusion, fit_fusion_seeds, modality_ablation
 from vlm4rec.matching import ProfileRecommender, ScoreMix
@@ -99,7 +100,7 @@ class FusionTrainer:
 def run(eval: dict[str, Any], fusion: dict[str, Any]) -> tuple[dict[str, MethodResult], dict[str, Any]]:
     """Weighted late fusion, learned fusions over seeds, and content + EASE^R hybrids; same users and items."""
     costs: dict[str, Any] = {}
-    data = EvalData.from_prepared(load_prepared(PREPARED_DIR), Ranking(eval["block_size"]))
+    data = EvalData.from_prepared(load_prepared(PREPARED_DIR), ranker(None, eval["device"], eval["block_size"]))
     modalities = {name: load_vectors(EMBEDDINGS_DIR, name, "fusion.modalities") for name in fusion["modalities"]}
     hybrids = {name: load_vectors(EMBEDDINGS_DIR, name, "fusion.hybrid_representations")
                for name in fusion["hybrid_representations"]}

@@ -6,7 +6,9 @@ from typing import Any
 
 from vlm4rec.baselines import EASE, ItemKNNCF, MostPop
 from vlm4rec.data import load_prepared
-from vlm4rec.evaluation import Candidate, EvalData, MethodResult, Ranking, select_and_test_methods
+from vlm4rec.distributed import ray_config_from_params
+from vlm4rec.distributed.matching import ranker
+from vlm4rec.evaluation import Candidate, EvalData, MethodResult, select_and_test_methods
 from vlm4rec.pipeline.outputs import (EMBEDDINGS_DIR, METRICS_DIR, PLOTS_DIR, PREPARED_DIR, RESULTS_DIR,
                                       peak_rss_mb, timed, write_json)
 from vlm4rec.pipeline.profiles import profile_candidates
@@ -37,13 +39,13 @@ def method_grid(representations: list[str], key: str, profile: dict[str, Any],
                       for rep in representations}
 
 
-def run(eval: dict[str, Any], match: dict[str, Any], profile: dict[str, Any],
-        baselines: dict[str, Any]) -> tuple[dict[str, MethodResult], dict[str, Any]]:
+def run(eval: dict[str, Any], match: dict[str, Any], profile: dict[str, Any], baselines: dict[str, Any],
+        compute: dict[str, Any]) -> tuple[dict[str, MethodResult], dict[str, Any]]:
     """Classic baselines and profile matching over every representation, on the same users and items."""
     costs: dict[str, Any] = {}
     with timed(costs, "wall"):
         methods = method_grid(match["representations"], "match.representations", profile, baselines)
-        data = EvalData.from_prepared(load_prepared(PREPARED_DIR), Ranking(eval["block_size"]))
+        data = EvalData.from_prepared(load_prepared(PREPARED_DIR), ranker(ray_config_from_params(compute), eval["device"], eval["block_size"]))
         results = select_and_test_methods(methods, data, eval["ks"], eval["select_metric"], RESULTS_DIR / "match")
     metrics = {"methods": test_metrics_json(results),
                "cost": costs | {"peak_rss_mb": round(peak_rss_mb(), 1), "methods": timing_json(results)}}

@@ -11,7 +11,9 @@ from typing import Any
 import pandas as pd
 
 from vlm4rec.data import load_prepared
-from vlm4rec.evaluation import EvalData, Ranking, select_and_test_methods
+from vlm4rec.distributed import ray_config_from_params
+from vlm4rec.distributed.matching import ranker
+from vlm4rec.evaluation import EvalData, select_and_test_methods
 from vlm4rec.pipeline.match import method_grid
 from vlm4rec.pipeline.outputs import METRICS_DIR, PREPARED_DIR, RESULTS_DIR, peak_rss_mb, timed, write_json
 from vlm4rec.pipeline.tables import test_metrics_json, timing_json
@@ -26,8 +28,8 @@ def resplit(interactions: pd.DataFrame, robustness: dict[str, Any]) -> pd.DataFr
     return interactions.assign(split=assign_split(interactions, config))
 
 
-def run(eval: dict[str, Any], robustness: dict[str, Any], profile: dict[str, Any],
-                   baselines: dict[str, Any]) -> dict[str, Any]:
+def run(eval: dict[str, Any], robustness: dict[str, Any], profile: dict[str, Any], baselines: dict[str, Any],
+        compute: dict[str, Any]) -> dict[str, Any]:
     """The baselines and the main profile representations, selected and tested under
     ``robustness.protocol`` (global_time: one time cut for everybody, so no user's training data postdates
     another user's test data) on the same users, items and embeddings."""
@@ -36,7 +38,7 @@ def run(eval: dict[str, Any], robustness: dict[str, Any], profile: dict[str, Any
         methods = method_grid(robustness["representations"], "robustness.representations", profile, baselines)
         prepared = load_prepared(PREPARED_DIR)
         inter = resplit(prepared.interactions, robustness)
-        data = EvalData.from_interactions(inter, prepared.n_users, prepared.n_items, Ranking(eval["block_size"]))
+        data = EvalData.from_interactions(inter, prepared.n_users, prepared.n_items, ranker(ray_config_from_params(compute), eval["device"], eval["block_size"]))
         results = select_and_test_methods(methods, data, eval["ks"], eval["select_metric"],
                                           RESULTS_DIR / robustness["protocol"])
     counts = inter.groupby("split").agg(interactions=("user_idx", "size"), users=("user_idx", "nunique"))

@@ -1,0 +1,136 @@
+"""Scale-out on Ray: the ground, embed and match stages' heavy work on a Ray cluster, same results.
+
+This package holds the cluster configuration and the actor-pool plumbing; one module per stage's work
+(:mod:`.grounding`, :mod:`.embedding`, :mod:`.matching`) so that a stage depends only on its own.
+
+``compute.executor: ray`` with ``compute.ray`` (:class:`RayConfig`) runs, instead of the local loops:
+
+* grounding: :class:`.grounding.RayDescriber` plugs into :func:`vlm4rec.grounding.ground_items`. The driver still
+  works out what the cache lacks and writes every finished batch into the SQLite cache (the one writer);
+  a Ray Data pipeline describes the batches with ``map_batches`` over a pool of ``actors`` actors, each
+  holding one grounder built from a picklable :class:`GrounderSpec` and reading the images from their
+  paths (with the sha256 check of a local run). With ``pin_servers`` each actor of an ``openai`` fleet
+  sends its requests to its own server while that server is in.
+* embedding: :func:`.embedding.encode_texts_ray` and :func:`.embedding.encode_image_paths_ray`, the same encoder batches as the
+  local :func:`~vlm4rec.encoders.encode_texts` / :func:`~vlm4rec.encoders.encode_image_paths`, on actors.
+* matching: :func:`.matching.recommend_ray`, one Ray task per block of users, all reading the fitted model (item
+  matrix, profiles) from the object store, where it is put once; top-K lists come back in user order.
+  :func:`.matching.ranker` picks the ranking function for ``compute.executor`` x ``eval.device``.
+
+Each batch or block is one Ray task, retried with Ray's defaults when its worker dies: Ray Data restarts a
+dead actor and reruns its batch without limit (a batch that kills its actor every time would loop; a
+Python exception is no death, it fails the run), a matching task is rerun up to 3 times. The run
+completes with every batch written once. Ray is imported only in here, and only when one of these runs:
+the package imports and runs without it.
+"""
+from __future__ import annotations
+
+import importlib.util
+import pickle
+from abc import ABC, abstractmethod
+from collections.abc import Iterator, Sequence
+from dataclasses import dataclass
+from typing import Any
+
+import numpy as np
+
+from vlm4rec.errors import StudyError
+
+EXECUTORS = ("local", "ray")
+
+
+@dataclass(frozen=True)
+class RayConfig:
+    """``compute.ray``: ``address`` of the cluster (None: start a local one on this machine, ``auto``: the
+    cluster this node belongs to, ``ray://host:port``: a remote head); resources of each actor or task
+    (``num_cpus``, ``num_gpus``; a GPU per actor runs its model on ``cuda``); ``actors`` per pool; with
+    ``pin_servers`` each grounding actor prefers its own server of an ``openai`` fleet."""
+
+    address: str | None = None
+    num_cpus: float = 1.0
+    num_gpus: float = 0.0
+    actors: int = 2
+    pin_servers: bool = False
+
+    def __post_init__(self) -> None:
+        if self.actors < 1 or self.num_cpus < 0 or self.num_gpus < 0:
+            raise StudyError(f"compute.ray needs actors >= 1, num_cpus >= 0 and num_gpus >= 0; got actors="
+                             f"{self.actors}, num_cpus={self.num_cpus}, num_gpus={self.num_gpus}")
+
+    @property
+    def device(self) -> str:
+        """Where an actor runs its model: ``cuda`` (the GPU Ray gave it) when actors get GPUs, else ``cpu``."""
+        return "cuda" if self.num_gpus > 0 else "cpu"
+
+
+def ray_config_from_params(compute: dict[str, Any]) -> RayConfig | None:
+    """The :class:`RayConfig` of ``params.yaml: compute`` when ``compute.executor`` is ``ray``; None for
+    ``local`` (the default)."""
+    executor = compute.get("executor", "local")
+    if executor not in EXECUTORS:
+        raise StudyError(f"compute.executor must be one of {EXECUTORS}, got {executor!r}")
+    if executor == "local":
+        return None
+    options = compute.get("ray") or {}
+    unknown = sorted(set(options) - set(RayConfig.__dataclass_fields__))
+    if unknown:
+        raise StudyError(f"compute.ray has unknown keys {unknown}; known: {sorted(RayConfig.__dataclass_fields__)}")
+    return RayConfig(**options)
+
+
+def connect(config: RayConfig) -> None:
+    """Join the cluster ``config.address`` names, or start a local one, unless this process is connected
+    already (then that cluster is used). A remote cluster gets this process's ``vlm4rec`` package, so that
+    its workers run the same code as the driver."""
+    import ray
+
+    if ray.is_initialized():
+        return
+    if config.address is None:
+        ray.init(include_dashboard=False)
+        return
+    if config.address.startswith("ray://") and importlib.util.find_spec("grpc") is None:
+        raise StudyError(f"compute.ray.address {config.address} needs the Ray Client (pip install "
+                         "'ray[client]==2.60.0', not pinned here); or run the stage on a node of the cluster "
+                         "with address: auto")
+    import vlm4rec
+
+    ray.init(address=config.address, runtime_env={"py_modules": [vlm4rec]})
+
+
+# --------------------------------------------------------------------------------------------------
+# Actor pools over Ray Data
+# --------------------------------------------------------------------------------------------------
+
+class _BatchActor(ABC):
+    """A Ray Data actor: each input row is one pickled (index, work) pair, each output row the pickled
+    (index, result) of :meth:`process`."""
+
+    @abstractmethod
+    def process(self, index: int, work: Any) -> Any:
+        """The result of one work item (one batch)."""
+
+    def __call__(self, batch: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
+        results = [pickle.dumps((index, self.process(index, work)))
+                   for index, work in map(pickle.loads, batch["payload"])]
+        return {"payload": np.array(results, dtype=object)}
+
+
+def _stream(works: Sequence[Any], actor: type[_BatchActor], options: dict[str, Any],
+            config: RayConfig) -> Iterator[tuple[int, Any]]:
+    """(index, result) of every work item, processed by a pool of ``config.actors`` actors of ``actor``
+    (built with ``options``), yielded as each finishes (any order). One item is one block and one task, so
+    a finished item streams back at once and a retry repeats one item."""
+    import ray
+
+    if not works:
+        return
+    rows = [{"payload": pickle.dumps((index, work))} for index, work in enumerate(works)]
+    dataset = ray.data.from_items(rows, override_num_blocks=len(rows)).map_batches(
+        actor, fn_constructor_kwargs=options, batch_size=1, compute=ray.data.ActorPoolStrategy(size=config.actors),
+        num_cpus=config.num_cpus, num_gpus=config.num_gpus)
+    dataset.context.enable_progress_bars = False  # the caller shows its own bar
+    dataset.context.print_on_execution_start = False
+    for batch in dataset.iter_batches(batch_size=None, batch_format="numpy"):
+        for payload in batch["payload"]:
+            yield pickle.loads(payload)
