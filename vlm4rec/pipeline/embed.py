@@ -34,9 +34,10 @@ def image_encoder_factory(embed: dict[str, Any], device: str = "cpu") -> Callabl
 def text_representations(items: pd.DataFrame, descriptions: pd.DataFrame, arms: list[str],
                          encoder_spec: str, batch_size: int, grounder: str,
                          ray: RayConfig | None = None) -> list[Representation]:
-    """title, title_meta and, per prompt arm, description_<arm> and title_description_<arm>; encoded here,
-    or on Ray actors when ``ray`` is given (the same vectors)."""
-    encoder = load_text_encoder(encoder_spec)
+    """title, title_meta and, per prompt arm, description_<arm> and title_description_<arm>.
+
+    Every distinct text of all representations is encoded once, in one pass (here, or on Ray actors when
+    ``ray`` is given: the same vectors), since fallbacks repeat titles across representations."""
     label = f"sentence encoder {encoder_spec}"
     jobs: list[tuple[str, str, pd.Series | None, str]] = [
         ("title", "title", None, "title"), ("title_meta", "title_meta", None, "title + genres/metadata")]
@@ -45,14 +46,21 @@ def text_representations(items: pd.DataFrame, descriptions: pd.DataFrame, arms: 
         jobs += [(f"description_{arm}", "description", series, f"{grounder} descriptions, prompt arm {arm}"),
                  (f"title_description_{arm}", "title_description", series,
                   f"title + {grounder} descriptions, prompt arm {arm}")]
-    def encode(texts: Sequence[str]) -> np.ndarray:
-        if ray is not None:
-            return encode_texts_ray(texts, encoder_spec, batch_size, ray)
-        return encode_texts(texts, encoder, batch_size=batch_size)
+    texts = {name: item_texts(items, kind, series) for name, kind, series, _ in jobs}
+    distinct = list(dict.fromkeys(t for chosen in texts.values() for t, gone in zip(chosen.texts, chosen.is_missing)
+                                  if not gone))
+    encoder = load_text_encoder(encoder_spec)
+    if ray is not None:
+        vectors = encode_texts_ray(distinct, encoder_spec, batch_size, ray)
+    else:
+        vectors = encode_texts(distinct, encoder, batch_size=batch_size)
+    row_of = {text: row for row, text in enumerate(distinct)}
+
+    def encoded(chosen: Sequence[str]) -> np.ndarray:
+        return vectors[[row_of[text] for text in chosen]]
 
     dim = encoder.get_embedding_dimension()
-    return [from_texts(name, item_texts(items, kind, series), encode, dim, f"{label} on {what}")
-            for name, kind, series, what in jobs]
+    return [from_texts(name, texts[name], encoded, dim, f"{label} on {what}") for name, _, _, what in jobs]
 
 
 def run(embed: dict[str, Any], ground: dict[str, Any], compute: dict[str, Any]) -> tuple[pd.DataFrame, dict[str, Any]]:
