@@ -31,9 +31,9 @@ def test_scores_follow_the_paper_formula():
     m = model.model
     gamma_u, theta_u = m.user_factors.detach().numpy()[:, :4], m.user_factors.detach().numpy()[:, 4:]
     f = np.concatenate([unit_rows(text), unit_rows(image)], axis=1)
-    expected = (m.item_bias.detach().numpy()[None, :] + gamma_u @ m.item_factors.detach().numpy().T
+    expected = (m.item_bias.detach().numpy().T + gamma_u @ m.item_factors.detach().numpy().T
                 + theta_u @ (f @ m.projection.weight.detach().numpy().T).T
-                + (f @ m.content_bias.detach().numpy())[None, :])
+                + (f @ m.content_bias.detach().numpy()).T)
     np.testing.assert_allclose(model.score_block(np.arange(7)), expected, rtol=1e-5, atol=1e-5)
 
 

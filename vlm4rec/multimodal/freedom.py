@@ -30,7 +30,7 @@ from torch import nn
 
 from vlm4rec.multimodal.graphs import GraphOperator, degree_sensitive_dropout, interaction_graph, knn_graph
 from vlm4rec.multimodal.lightgcn import LightGCN, LightGCNModel
-from vlm4rec.multimodal.training import ContentFeatures, bpr_loss, linear
+from vlm4rec.multimodal.training import ContentFeatures, bpr_loss, linear, rows
 
 
 class FreedomModel(LightGCNModel):
@@ -68,11 +68,11 @@ class FreedomModel(LightGCNModel):
 
     def loss(self, users: torch.Tensor, positives: torch.Tensor, negatives: torch.Tensor) -> torch.Tensor:
         user_final, item_final = self.final(self.train_adjacency)
-        batch_users = user_final[users]
-        loss = bpr_loss(batch_users, item_final[positives], item_final[negatives])
+        batch_users = rows(user_final, users)
+        loss = bpr_loss(batch_users, rows(item_final, positives), rows(item_final, negatives))
         if self.projection_weight > 0:
             projected = self.features.projected(self.projections)
-            loss = loss + self.projection_weight * sum(bpr_loss(batch_users, p[positives], p[negatives])
+            loss = loss + self.projection_weight * sum(bpr_loss(batch_users, rows(p, positives), rows(p, negatives))
                                                        for p in projected)
         return loss + self.ego_penalty(users, positives, negatives)
 

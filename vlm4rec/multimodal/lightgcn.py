@@ -13,7 +13,7 @@ import scipy.sparse as sp
 import torch
 
 from vlm4rec.multimodal.graphs import GraphOperator, interaction_graph, layer_mean
-from vlm4rec.multimodal.training import BPRModel, BPRRecommender, bpr_loss, l2_penalty, normal_parameter
+from vlm4rec.multimodal.training import BPRModel, BPRRecommender, bpr_loss, l2_penalty, normal_parameter, rows
 
 
 class LightGCNModel(BPRModel):
@@ -34,12 +34,12 @@ class LightGCNModel(BPRModel):
 
     def ego_penalty(self, users: torch.Tensor, positives: torch.Tensor, negatives: torch.Tensor) -> torch.Tensor:
         """``l2`` times the L2 term of the batch's ego embeddings."""
-        return self.l2 * l2_penalty(self.ego[users], self.ego[self.n_users + positives],
-                                    self.ego[self.n_users + negatives])
+        return self.l2 * l2_penalty(rows(self.ego, users), rows(self.ego, self.n_users + positives),
+                                    rows(self.ego, self.n_users + negatives))
 
     def loss(self, users: torch.Tensor, positives: torch.Tensor, negatives: torch.Tensor) -> torch.Tensor:
         user_final, item_final = self.propagate(self.adjacency)
-        return (bpr_loss(user_final[users], item_final[positives], item_final[negatives])
+        return (bpr_loss(rows(user_final, users), rows(item_final, positives), rows(item_final, negatives))
                 + self.ego_penalty(users, positives, negatives))
 
     def vectors(self) -> tuple[torch.Tensor, torch.Tensor]:

@@ -40,7 +40,7 @@ from torch import nn
 
 from vlm4rec.multimodal.graphs import GraphOperator, knn_graph, max_fusion
 from vlm4rec.multimodal.lightgcn import LightGCN, LightGCNModel
-from vlm4rec.multimodal.training import (ContentFeatures, bpr_loss, dropout, info_nce, l2_penalty, linear)
+from vlm4rec.multimodal.training import ContentFeatures, bpr_loss, dropout, info_nce, l2_penalty, linear, rows
 
 INFO_NCE_ROWS = 2048
 
@@ -137,14 +137,12 @@ class SmoreModel(LightGCNModel):
     def loss(self, users: torch.Tensor, positives: torch.Tensor, negatives: torch.Tensor) -> torch.Tensor:
         behavioural, side = self.views()
         final = behavioural + side
-        user_rows, positive_rows, negative_rows = final[users], final[self.n_users + positives], final[
-            self.n_users + negatives]
-        loss = bpr_loss(user_rows, positive_rows, negative_rows)
-        loss = loss + self.l2 * l2_penalty(user_rows, positive_rows, negative_rows)
+        batch = [rows(final, users), rows(final, self.n_users + positives), rows(final, self.n_users + negatives)]
+        loss = bpr_loss(*batch) + self.l2 * l2_penalty(*batch)
         if self.cl_weight > 0:
             u, i = users[:INFO_NCE_ROWS], self.n_users + positives[:INFO_NCE_ROWS]
-            loss = loss + self.cl_weight * (info_nce(side[i], behavioural[i], self.temperature)
-                                            + info_nce(side[u], behavioural[u], self.temperature))
+            loss = loss + self.cl_weight * (info_nce(rows(side, i), rows(behavioural, i), self.temperature)
+                                            + info_nce(rows(side, u), rows(behavioural, u), self.temperature))
         return loss
 
     def vectors(self) -> tuple[torch.Tensor, torch.Tensor]:

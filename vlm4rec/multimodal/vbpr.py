@@ -25,7 +25,7 @@ import torch
 from torch import nn
 
 from vlm4rec.multimodal.training import (BPRModel, BPRRecommender, ContentFeatures, bpr_loss, l2_penalty,
-                                         linear, normal_parameter)
+                                         linear, normal_parameter, rows)
 
 
 class VBPRModel(BPRModel):
@@ -39,23 +39,24 @@ class VBPRModel(BPRModel):
         n_items, id_dim = content.shape[0], dim // 2
         self.user_factors = normal_parameter((n_users, dim), generator)       # [gamma_u, theta_u]
         self.item_factors = normal_parameter((n_items, id_dim), generator)    # gamma_i
-        self.item_bias = nn.Parameter(torch.zeros(n_items))
+        self.item_bias = nn.Parameter(torch.zeros(n_items, 1))                # beta_i
         self.projection = linear(content.shape[1], dim - id_dim, generator, bias=False)  # E
-        self.content_bias = nn.Parameter(torch.zeros(content.shape[1]))       # beta'
+        self.content_bias = nn.Parameter(torch.zeros(content.shape[1], 1))    # beta'
 
     def item_vectors(self) -> torch.Tensor:
         bias = self.item_bias + self.content @ self.content_bias
-        return torch.cat([self.item_factors, self.projection(self.content), bias[:, None]], dim=1)
+        return torch.cat([self.item_factors, self.projection(self.content), bias], dim=1)
 
     def user_vectors(self, users: torch.Tensor | None = None) -> torch.Tensor:
-        factors = self.user_factors if users is None else self.user_factors[users]
+        factors = self.user_factors if users is None else rows(self.user_factors, users)
         return torch.cat([factors, factors.new_ones(len(factors), 1)], dim=1)
 
     def loss(self, users: torch.Tensor, positives: torch.Tensor, negatives: torch.Tensor) -> torch.Tensor:
         items = self.item_vectors()
-        penalty = l2_penalty(self.user_factors[users], self.item_factors[positives], self.item_factors[negatives],
-                             self.item_bias[positives], self.item_bias[negatives])
-        return bpr_loss(self.user_vectors(users), items[positives], items[negatives]) + self.l2 * penalty
+        penalty = l2_penalty(*(rows(table, index) for table, index in (
+            (self.user_factors, users), (self.item_factors, positives), (self.item_factors, negatives),
+            (self.item_bias, positives), (self.item_bias, negatives))))
+        return bpr_loss(self.user_vectors(users), rows(items, positives), rows(items, negatives)) + self.l2 * penalty
 
     def vectors(self) -> tuple[torch.Tensor, torch.Tensor]:
         return self.user_vectors(), self.item_vectors()
