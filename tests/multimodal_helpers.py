@@ -1,32 +1,18 @@
-"""Shared pieces of the vlm4rec.multimodal tests: tiny-data training settings, a one-thread fixture and a
-small prepared dataset whose item attribute drives preference.
-
-Import the fixture into a test module (``from multimodal_helpers import single_thread``) to use it there.
-"""
+"""Shared pieces of the vlm4rec.multimodal tests: tiny-data training settings, small histories and their
+dense normalised graph, and a small prepared dataset whose item attribute drives preference."""
 from __future__ import annotations
 
 from dataclasses import dataclass
 
 import numpy as np
 import pandas as pd
-import pytest
 import scipy.sparse as sp
-import torch
 
 from vlm4rec.data import PreparedData
 from vlm4rec.splits import History
 
 # Tiny data (tens of users): small batches and a high learning rate train in a fraction of a second.
 TINY = dict(batch_size=64, lr=0.02, epochs=30)
-
-
-@pytest.fixture(scope="module", autouse=True)
-def single_thread():
-    """Tiny tensors: one intra-op thread is faster and immune to a busy machine; restored afterwards."""
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
 
 
 def random_history(n_users: int, n_items: int, density: float, seed: int) -> sp.csr_matrix:

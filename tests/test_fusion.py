@@ -7,6 +7,7 @@ import numpy as np
 import pytest
 import scipy.sparse as sp
 import torch
+from torch_threads import single_thread  # noqa: F401  (autouse fixture)
 
 from vlm4rec import fusion as fu
 from vlm4rec.splits import History
@@ -38,15 +39,6 @@ def planted(seed: int = 0, n_clusters: int = 4, per_cluster: int = 30, n_users: 
     shape = (n_users, n_items)
     return ({"A": a.astype(np.float32), "B": b.astype(np.float32)}, _history(_csr(train, shape)),
             _csr(val, shape))
-
-
-@pytest.fixture(scope="module", autouse=True)
-def single_thread():
-    """Tiny tensors: one intra-op thread is faster and immune to a busy machine; restored afterwards."""
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
 
 
 TRAIN = dict(epochs=40, batch_size=32, lr=1e-2, patience=5, negatives=20)

@@ -3,8 +3,9 @@ from __future__ import annotations
 
 import numpy as np
 import torch
-from multimodal_helpers import TINY, dense_normalized_adjacency, history_of, random_history, single_thread  # noqa: F401
+from multimodal_helpers import TINY, dense_normalized_adjacency, history_of, random_history
 from recommender_contract import RecommenderContract
+from torch_threads import single_thread  # noqa: F401  (autouse fixture)
 
 from vlm4rec.matching import Recommender
 from vlm4rec.multimodal import LightGCN

@@ -5,7 +5,8 @@ from __future__ import annotations
 import numpy as np
 import pytest
 import scipy.sparse as sp
-from multimodal_helpers import TINY, attribute_data, shuffled_rows, single_thread  # noqa: F401  (fixture)
+from multimodal_helpers import TINY, attribute_data, shuffled_rows
+from torch_threads import single_thread  # noqa: F401  (autouse fixture)
 
 from vlm4rec.evaluation import EvalData
 from vlm4rec.multimodal import MODELS

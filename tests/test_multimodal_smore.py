@@ -5,8 +5,9 @@ from __future__ import annotations
 import numpy as np
 import pytest
 import torch
-from multimodal_helpers import TINY, history_of, random_history, single_thread  # noqa: F401  (fixture)
+from multimodal_helpers import TINY, history_of, random_history
 from recommender_contract import RecommenderContract, planted_item_vectors
+from torch_threads import single_thread  # noqa: F401  (autouse fixture)
 
 from vlm4rec.matching import Recommender
 from vlm4rec.multimodal import SMORE

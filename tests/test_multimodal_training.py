@@ -8,8 +8,9 @@ import math
 import numpy as np
 import pytest
 import torch
-from multimodal_helpers import TINY, single_thread  # noqa: F401  (fixture)
+from multimodal_helpers import TINY
 from recommender_contract import planted_data, planted_item_vectors
+from torch_threads import single_thread  # noqa: F401  (autouse fixture)
 
 from vlm4rec.multimodal import MODELS, LightGCN, candidates
 from vlm4rec.multimodal.training import ContentFeatures, bpr_loss, info_nce, l2_penalty, resolve_device

@@ -121,13 +121,14 @@ class SmoreModel(LightGCNModel):
         denoised, fused = spectral_fusion(self.features.projected(self.projections), self.modality_filters,
                                           self.fused_filter)
         item_ids = self.ego[self.n_users:]
-        views = []
+        item_views = []
         for feature, id_gate, graph in zip(denoised + [fused], self.id_gates, self.item_graphs):
             items = item_ids * id_gate(feature)
             for _ in range(self.item_layers):
                 items = graph @ items
-            views.append(torch.cat([self.user_items @ items, items]))
-        *modal, fusion = views
+            item_views.append(items)
+        user_views = (self.user_items @ torch.cat(item_views, dim=1)).split(item_ids.shape[1], dim=1)  # one pass
+        *modal, fusion = [torch.cat(pair) for pair in zip(user_views, item_views)]
         attended = [torch.softmax(query(fusion), dim=-1) * view for query, view in zip(self.queries, modal)]
         preferences = [dropout(g(behavioural), self.dropout, self.generator, self.training)
                        for g in self.preference_gates]
