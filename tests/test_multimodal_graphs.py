@@ -7,8 +7,8 @@ import scipy.sparse as sp
 import torch
 from multimodal_helpers import dense_normalized_adjacency, random_history
 
-from vlm4rec.multimodal.graphs import (GraphOperator, degree_sensitive_dropout, interaction_graph, knn_graph,
-                                       layer_mean, max_fusion, sym_normalize)
+from vlm4rec.multimodal.graphs import (GraphOperator, RowBlocks, degree_sensitive_dropout, interaction_graph,
+                                       knn_graph, layer_mean, max_fusion, sym_normalize)
 
 
 def test_interaction_graph_hand_example():
@@ -162,3 +162,12 @@ def test_degree_sensitive_dropout_keeps_one_edge_per_user_when_the_share_is_smal
 def test_degree_sensitive_dropout_rejects_a_drop_of_one():
     with pytest.raises(ValueError):
         degree_sensitive_dropout(sp.csr_matrix(np.eye(3, dtype=np.float32)), 1.0, np.random.default_rng(0))
+
+
+@pytest.mark.parametrize("parts", [2, 3, 50])
+def test_row_blocks_give_exactly_the_whole_product(parts):
+    dense = sp.random(40, 30, density=0.2, random_state=8, dtype=np.float32).toarray()
+    dense[7] = 0  # an empty row
+    matrix = sp.csr_matrix(dense)
+    x = np.random.default_rng(9).normal(size=(30, 6)).astype(np.float32)
+    np.testing.assert_array_equal(RowBlocks(matrix, parts) @ x, matrix @ x)

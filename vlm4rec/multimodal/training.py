@@ -81,10 +81,10 @@ def rows(table: torch.Tensor, index: torch.Tensor) -> torch.Tensor:
     return F.embedding(index, table)
 
 
-def l2_penalty(*rows: torch.Tensor) -> torch.Tensor:
-    """0.5 * (sum of squared entries of ``rows``) / batch size: the per-triple L2 term of LightGCN's
-    reference loss, applied to the embeddings a batch touches."""
-    return 0.5 * sum(r.pow(2).sum() for r in rows) / rows[0].shape[0]
+def l2_penalty(*tensors: torch.Tensor) -> torch.Tensor:
+    """0.5 * (sum of squared entries of ``tensors``) / batch size (their first dimension): the per-triple
+    L2 term of LightGCN's reference loss, applied to the embeddings a batch touches."""
+    return 0.5 * sum(t.pow(2).sum() for t in tensors) / tensors[0].shape[0]
 
 
 def info_nce(anchors: torch.Tensor, positives: torch.Tensor, temperature: float) -> torch.Tensor:
@@ -124,8 +124,6 @@ class ContentFeatures(nn.Module):
 
     def __init__(self, modalities: Mapping[str, np.ndarray], n_items: int):
         super().__init__()
-        if not modalities:
-            raise ValueError("this model needs at least one modality")
         n_rows = _check_modalities(modalities)
         if n_rows != n_items:
             raise ValueError(f"modalities have {n_rows} rows, the history has {n_items} items")
