@@ -11,9 +11,10 @@ the concatenation equals the sum of one projection per modality (E [f; g] = E_f 
 the per-modality variant without extra code, and normalising first keeps a 1280-d image vector from
 outweighing a 384-d text vector by scale alone.
 
-Loss: BPR plus ``l2`` * 0.5 * ||gamma_u, theta_u, gamma_i, gamma_j, beta_i, beta_j||^2 / batch, the
-paper's regulariser on the parameters a triple touches; E and beta' are not penalised (cornac's default
-lambda_e = 0; they are shared by all items and are kept in check by early stopping).
+Loss: BPR plus ``l2`` * 0.5 * ||user vector, positive item vector, negative item vector||^2 / batch over
+the triple's vectors (gamma_u, theta_u; gamma_i, E f_i, beta_i + beta' . f_i), as MMRec's VBPR: the paper's
+penalty on gamma, theta and beta, with E and beta' penalised through the content they project rather than
+by a separate lambda_E (one knob instead of two; a separate, unpenalised E overfitted within 5 epochs here).
 """
 from __future__ import annotations
 
@@ -53,10 +54,9 @@ class VBPRModel(BPRModel):
 
     def loss(self, users: torch.Tensor, positives: torch.Tensor, negatives: torch.Tensor) -> torch.Tensor:
         items = self.item_vectors()
-        penalty = l2_penalty(*(rows(table, index) for table, index in (
-            (self.user_factors, users), (self.item_factors, positives), (self.item_factors, negatives),
-            (self.item_bias, positives), (self.item_bias, negatives))))
-        return bpr_loss(self.user_vectors(users), rows(items, positives), rows(items, negatives)) + self.l2 * penalty
+        batch = [rows(self.user_factors, users), rows(items, positives), rows(items, negatives)]
+        scores = bpr_loss(self.user_vectors(users), *batch[1:])
+        return scores + self.l2 * l2_penalty(*batch)
 
     def vectors(self) -> tuple[torch.Tensor, torch.Tensor]:
         return self.user_vectors(), self.item_vectors()
