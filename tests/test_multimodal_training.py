@@ -159,3 +159,15 @@ def test_candidates_check_the_modalities():
         candidates("mf", {}, {})
     with pytest.raises(ValueError, match="seed"):
         candidates("vbpr", image, {"seed": [1, 2]})
+
+
+def test_shipped_grids_build_every_candidate():
+    from vlm4rec.multimodal import DEFAULT_GRIDS, FULL_GRIDS
+    image = {"image": planted_item_vectors()}
+    for grids in (DEFAULT_GRIDS, FULL_GRIDS):
+        assert set(grids) == set(MODELS)
+        for name, grid in grids.items():
+            cands = candidates(name, {} if name == "lightgcn" else image, grid)
+            assert len(cands) == math.prod(len(values) for values in grid.values())
+            for cand in cands:
+                cand.build()  # an unknown hyperparameter would raise here

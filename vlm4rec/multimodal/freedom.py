@@ -86,8 +86,8 @@ class FREEDOM(LightGCN):
     ``layers``             user-item LightGCN layers (paper: 2)
     ``item_layers``        item-item graph convolutions (paper: 1)
     ``knn_k``              neighbours per item in each modality graph (paper: 10)
-    ``edge_drop``          share of user-item edges pruned per epoch (paper's grid: 0.8, 0.9)
-    ``projection_weight``  weight of the modality projection BPR losses (paper's grid: 0 .. 1e-3... 0.1)
+    ``edge_drop``          share of user-item edges pruned per epoch (reference grid: 0.8, 0.9)
+    ``projection_weight``  weight of the modality projection BPR losses (reference grid: 0, 1e-5, 1e-4, 1e-3)
     Training parameters: :class:`~vlm4rec.multimodal.training.BPRRecommender` (``l2``: LightGCN's ego term).
     """
 
