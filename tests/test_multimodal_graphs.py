@@ -7,8 +7,8 @@ import scipy.sparse as sp
 import torch
 from multimodal_helpers import dense_normalized_adjacency, random_history
 
-from vlm4rec.multimodal.graphs import (GraphOperator, RowBlocks, degree_sensitive_dropout, interaction_graph,
-                                       knn_graph, layer_mean, max_fusion, sym_normalize)
+from vlm4rec.multimodal.graphs import (GraphOperator, degree_sensitive_dropout, interaction_graph, knn_graph,
+                                       layer_mean, max_fusion, sym_normalize)
 
 
 def test_interaction_graph_hand_example():
@@ -44,19 +44,19 @@ def test_layer_mean_matches_dense_matrix_powers(layers):
 
 @pytest.mark.parametrize("symmetric", [True, False])
 def test_graph_operator_gradient_is_the_transposed_product(symmetric):
-    """The scipy autograd function against torch's own gradient of a dense product (a non-symmetric
+    """The custom autograd function against torch's own gradient of a dense product (a non-symmetric
     matrix checks that the backward pass uses M^T)."""
     rng = np.random.default_rng(4)
-    matrix = sp.random(9, 9, density=0.4, random_state=5, dtype=np.float64)
+    matrix = sp.random(9, 9, density=0.4, random_state=5, dtype=np.float32)
     matrix = (matrix + matrix.T) if symmetric else matrix
     operator = GraphOperator(matrix, symmetric=symmetric)
-    x = torch.tensor(rng.normal(size=(9, 3)), requires_grad=True)
-    weights = torch.tensor(rng.normal(size=(9, 3)))
+    x = torch.tensor(rng.normal(size=(9, 3)), dtype=torch.float32, requires_grad=True)
+    weights = torch.tensor(rng.normal(size=(9, 3)), dtype=torch.float32)
     (layer_mean(operator, x, 2) * weights).sum().backward()
-    dense = torch.tensor(operator.matrix.toarray(), dtype=torch.float64)
+    dense = torch.tensor(matrix.toarray())
     x_dense = x.detach().clone().requires_grad_(True)
     ((x_dense + dense @ x_dense + dense @ (dense @ x_dense)) / 3 * weights).sum().backward()
-    np.testing.assert_allclose(x.grad.numpy(), x_dense.grad.numpy(), rtol=1e-6)
+    np.testing.assert_allclose(x.grad.numpy(), x_dense.grad.numpy(), rtol=1e-5, atol=1e-6)
 
 
 def brute_force_knn(features: np.ndarray, k: int, weighted: bool) -> np.ndarray:
@@ -162,12 +162,3 @@ def test_degree_sensitive_dropout_keeps_one_edge_per_user_when_the_share_is_smal
 def test_degree_sensitive_dropout_rejects_a_drop_of_one():
     with pytest.raises(ValueError):
         degree_sensitive_dropout(sp.csr_matrix(np.eye(3, dtype=np.float32)), 1.0, np.random.default_rng(0))
-
-
-@pytest.mark.parametrize("parts", [2, 3, 50])
-def test_row_blocks_give_exactly_the_whole_product(parts):
-    dense = sp.random(40, 30, density=0.2, random_state=8, dtype=np.float32).toarray()
-    dense[7] = 0  # an empty row
-    matrix = sp.csr_matrix(dense)
-    x = np.random.default_rng(9).normal(size=(30, 6)).astype(np.float32)
-    np.testing.assert_array_equal(RowBlocks(matrix, parts) @ x, matrix @ x)
