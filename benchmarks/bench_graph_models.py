@@ -167,7 +167,8 @@ def main() -> None:
     print(f"  torch.sparse.mm, COO                           {rates['torch_coo']:6.2f}")
     print(f"  torch CSR @ dense (GraphOperator's kernel)     {rates['torch_csr']:6.2f}")
     print(f"  training propagation ({LAYERS} layers, fwd + bwd)     {rates['training']:6.2f}  "
-          f"= {rates['training'] / rates['torch_csr']:.0%} of torch CSR, {rates['training'] / rates['scipy']:.0%} of scipy")
+          f"= {rates['training'] / rates['torch_csr']:.0%} of torch CSR, "
+          f"{rates['training'] / rates['scipy']:.0%} of scipy")
 
     print(f"\nper model, default hyperparameters, median of {args.epochs} epochs (an epoch includes refreshing the "
           f"scoring vectors; an evaluation ranks top-{max(DEFAULT_KS)} for every validation user):")

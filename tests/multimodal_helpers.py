@@ -69,9 +69,9 @@ def attribute_data(seed: int = 0, n_classes: int = 3, warm_per_class: int = 18, 
             rows.append((user, int(item), t, 5.0, split))
     inter = pd.DataFrame(rows, columns=["user_idx", "item_idx", "timestamp", "rating", "split"])
     n_items, n_users = len(item_class), len(user_class)
-    prepared = PreparedData(items=pd.DataFrame({"item_idx": np.arange(n_items), "item_id": np.arange(n_items).astype(str)}),
-                            users=pd.DataFrame({"user_idx": np.arange(n_users), "user_id": np.arange(n_users).astype(str)}),
-                            interactions=inter)
+    items = pd.DataFrame({"item_idx": np.arange(n_items), "item_id": np.arange(n_items).astype(str)})
+    users = pd.DataFrame({"user_idx": np.arange(n_users), "user_id": np.arange(n_users).astype(str)})
+    prepared = PreparedData(items=items, users=users, interactions=inter)
     centroids = rng.normal(size=(n_classes, d))
     image = (centroids[item_class] + 0.3 * rng.normal(size=(n_items, d))).astype(np.float32)
     return AttributeData(prepared, image, item_class, user_class, cold)

@@ -24,7 +24,8 @@ class TestFREEDOMContract(RecommenderContract):
 def fitted():
     rng = np.random.default_rng(0)
     dense = random_history(12, 8, 0.4, 2).toarray()
-    modalities = {"text": rng.normal(size=(8, 4)).astype(np.float32), "image": rng.normal(size=(8, 6)).astype(np.float32)}
+    modalities = {"text": rng.normal(size=(8, 4)).astype(np.float32),
+                  "image": rng.normal(size=(8, 6)).astype(np.float32)}
     model = FREEDOM(modalities, layers=2, knn_k=3, edge_drop=0.5, dim=4, **TINY | {"epochs": 4}).fit(history_of(dense))
     return model, dense, modalities
 

@@ -9,7 +9,9 @@
 
 Each is an :class:`~vlm4rec.matching.IterativeRecommender`, so :func:`vlm4rec.evaluation.select_and_test_seeds`
 early-stops it on validation and refits it for the chosen number of epochs. :func:`candidates` turns a model
-name, its modalities and a hyperparameter grid into the candidate list that function takes.
+name, its modalities and a hyperparameter grid into the candidate list that function takes;
+:data:`DEFAULT_GRIDS` are the small grids for a 2-core CPU, :data:`FULL_GRIDS` (with :data:`FULL_SEEDS`
+seeds) the wider ones for a GPU.
 A modality is any ``(n_items, d)`` float32 matrix with rows aligned to item index; an all-zero row means
 the item lacks it.
 """

@@ -2,16 +2,16 @@
 Recommendation", ACM MM 2023).
 
 - Item-item graphs, one per modality, from the content features alone: each item's ``knn_k`` most cosine-
-  similar items, binary, normalised D^-1/2 S D^-1/2 (eq. 1-3). Built once and frozen (the "freezing").
+  similar items, binary, normalised D^-1/2 S D^-1/2. Built once and frozen (the "freezing").
   They are combined with learned modality weights (a softmax over one logit per modality, initially
   uniform): one layer is h <- sum_m alpha_m S_m h, applied ``item_layers`` times to the items' ID
-  embeddings (eq. 4-5).
+  embeddings.
 - The user-item graph is LightGCN's, with degree-sensitive edge pruning (the "denoising", section
   3.2.2): each epoch keeps a share ``1 - edge_drop`` of the training edges, sampled with probability
   proportional to 1 / sqrt(d_u d_i), and is renormalised; scoring uses the full graph.
-- Final user = LightGCN user; final item = LightGCN item + h (eq. 9).
+- Final user = LightGCN user; final item = LightGCN item + h.
 - Loss: BPR on the final embeddings + ``projection_weight`` * sum_m BPR(user, W_m f_i + b_m) with the
-  projected modality features as item representations (eq. 11-12; items without the modality
+  projected modality features as item representations (items without the modality
   contribute a zero vector) + ``l2`` * the ego-embedding L2 term of LightGCN (0 reproduces the paper's loss).
 
 Deliberate simplifications: the features are fixed L2-normalised inputs (the reference code fine-tunes
@@ -40,7 +40,7 @@ class FreedomModel(LightGCNModel):
                  item_layers: int, knn_k: int, edge_drop: float, projection_weight: float, l2: float,
                  generator: torch.Generator, device: torch.device):
         super().__init__(history, dim, layers, l2, generator, device)
-        self.history, self.device_ = history, device
+        self.history, self.graph_device = history, device
         self.item_layers, self.edge_drop, self.projection_weight = item_layers, edge_drop, projection_weight
         self.features = features
         self.item_graphs = [GraphOperator(knn_graph(x.numpy(), knn_k, weighted=False), device)
@@ -52,7 +52,7 @@ class FreedomModel(LightGCNModel):
     def start_epoch(self, rng: np.random.Generator) -> None:
         if self.edge_drop > 0:
             kept = degree_sensitive_dropout(self.history, self.edge_drop, rng)
-            self.train_adjacency = GraphOperator(interaction_graph(kept), self.device_, symmetric=True)
+            self.train_adjacency = GraphOperator(interaction_graph(kept), self.graph_device, symmetric=True)
 
     def item_graph_embeddings(self) -> torch.Tensor:
         """h = (sum_m alpha_m S_m)^item_layers applied to the items' ID (ego) embeddings."""

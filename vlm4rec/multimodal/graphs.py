@@ -1,14 +1,14 @@
 """Sparse graphs of the graph recommenders: built once with scipy, applied to torch tensors.
 
-``interaction_graph``         the user-item graph of LightGCN (He et al., SIGIR 2020, eq. 7): the
-                              bipartite adjacency [[0, R], [R^T, 0]] of the binary history R,
-                              symmetrically normalised D^-1/2 A D^-1/2 (a node of degree 0 gets no edge).
+``interaction_graph``         the user-item graph of LightGCN (He et al., SIGIR 2020): the bipartite
+                              adjacency [[0, R], [R^T, 0]] of the binary history R, symmetrically
+                              normalised D^-1/2 A D^-1/2 (a node of degree 0 gets no edge).
 ``knn_graph``                 an item-item graph from one content modality (FREEDOM, Zhou & Shen, ACM MM
-                              2023, eq. 1-3; SMORE, Ong & Khong, WSDM 2025, section 3.3): each item's ``k``
-                              most cosine-similar other items, binary (FREEDOM) or weighted by the cosine
-                              (SMORE), normalised D^-1/2 S D^-1/2 with D the row sums.
+                              2023; SMORE, Ong & Khong, WSDM 2025): each item's ``k`` most cosine-similar
+                              other items, binary (FREEDOM) or weighted by the cosine (SMORE), normalised
+                              D^-1/2 S D^-1/2 with D the row sums.
 ``max_fusion``                SMORE's fusion graph: the element-wise maximum of the modality graphs.
-``degree_sensitive_dropout``  FREEDOM's edge pruning of the user-item graph (section 3.2.2).
+``degree_sensitive_dropout``  FREEDOM's degree-sensitive edge pruning of the user-item graph.
 ``GraphOperator``             a fixed sparse matrix as a differentiable torch operation: torch CSR products
                               inside a custom autograd function whose backward pass multiplies by the
                               stored transpose (CPU or CUDA alike).
@@ -150,8 +150,8 @@ class GraphOperator:
 
 
 def layer_mean(adjacency: GraphOperator, x: torch.Tensor, layers: int) -> torch.Tensor:
-    """LightGCN's final embeddings: the mean of x, A x, ..., A^layers x (He et al. 2020, eq. 4 with
-    alpha_k = 1 / (K + 1))."""
+    """LightGCN's final embeddings: the mean of x, A x, ..., A^layers x (He et al. 2020, layer
+    combination with alpha_k = 1 / (K + 1))."""
     total, current = x, x
     for _ in range(layers):
         current = adjacency @ current

@@ -3,9 +3,9 @@ Network for Recommendation", SIGIR 2020).
 
 One embedding per user and item (the ego embeddings E0), propagated K times over the symmetric-normalised
 user-item graph without weights or non-linearities; the final embedding is the mean over layers 0..K
-(eq. 4-5 with alpha_k = 1 / (K + 1)); score = dot product (eq. 5). Loss: BPR on the final embeddings
-plus ``l2`` * 0.5 * ||ego embeddings of the batch's users, positives and negatives||^2 / batch (eq. 15 as
-in the reference implementation). FREEDOM and SMORE reuse this branch.
+(alpha_k = 1 / (K + 1)); score = dot product. Loss: BPR on the final embeddings plus ``l2`` * 0.5 * ||ego
+embeddings of the batch's users, positives and negatives||^2 / batch (the paper's L2 on E0, as the
+reference implementation applies it per batch). FREEDOM and SMORE reuse this branch.
 """
 from __future__ import annotations
 

@@ -1,18 +1,18 @@
 """SMORE (Ong & Khong: "Spectrum-based Modality Representation Fusion Graph Convolutional Network for
 Multimodal Recommendation", WSDM 2025, arXiv 2412.14978).
 
-1. Spectral modality fusion (section 3.2): each modality's feature is projected to the embedding size and
+1. Spectral modality fusion: each modality's feature is projected to the embedding size and
    moved to the frequency domain (rFFT over the feature axis, orthonormal). A learnable complex filter per
    modality denoises its spectrum (uni-modal views); the element-wise product of the filtered spectra times
    a learnable fused filter is the cross-modal view (a circular convolution of the modalities in feature
    space); the inverse rFFT returns both to the feature domain. See :func:`spectral_fusion`.
 2. Modality-specific gating of the ID embeddings: item view v = e_i * sigmoid(W_v x_v + b_v) per modality
    and for the fused feature.
-3. Item-item graphs (section 3.3): per modality each item's ``knn_k`` most cosine-similar items, weighted
+3. Item-item graphs: per modality each item's ``knn_k`` most cosine-similar items, weighted
    by the cosine, normalised D^-1/2 S D^-1/2; the fusion graph is their element-wise maximum. Each view
    is convolved ``item_layers`` times over its graph; user views are the normalised user-item matrix
    times the item views. The behavioural view is LightGCN over the user-item graph.
-4. Modality-aware preference (section 3.4): each uni-modal view is weighted by a softmax attention over
+4. Modality-aware preference: each uni-modal view is weighted by a softmax attention over
    the embedding axis computed from the fusion view; a sigmoid preference gate from the behavioural view
    (with ``dropout``) scales every view; side = mean of the gated views; final = behavioural + side.
 5. Loss: BPR on the final embeddings + ``l2`` * the L2 term of the batch's final embeddings (as the
@@ -26,8 +26,10 @@ start at the identity (the reference draws them from N(0, 1)); the InfoNCE terms
 :data:`INFO_NCE_ROWS` triples of each (shuffled) batch, the reference batch size, so that they see as many
 in-batch negatives as in the paper while batches here are larger; the fused spectrum multiplies the
 filtered spectra (the reference code multiplies the unfiltered ones; with element-wise filters the two
-differ only in how the product filter is parameterised). Any number of modalities works; with one, the
-fusion view is a second filtered copy of it on the same graph.
+differ only in how the product filter is parameterised), and the filters have no imaginary part at the
+two bins that are real for a real signal (see :func:`real_signal_filter`), so that the fusion is exactly a
+circular convolution. Any number of modalities works; with one, the fusion view is a second filtered copy
+of it on the same graph.
 """
 from __future__ import annotations
 
@@ -66,7 +68,7 @@ def real_signal_filter(weights: torch.Tensor, dim: int) -> torch.Tensor:
 
 def spectral_fusion(features: list[torch.Tensor], modality_filters: torch.Tensor,
                     fused_filter: torch.Tensor) -> tuple[list[torch.Tensor], torch.Tensor]:
-    """Denoised modalities and their spectral fusion (SMORE section 3.2).
+    """Denoised modalities and their spectral fusion (SMORE's spectrum fusion).
 
     ``features``: M tensors (n, d); ``modality_filters``: (M, d // 2 + 1, 2) real view of complex filters;
     ``fused_filter``: (d // 2 + 1, 2). Returns ([irfft(W_m rfft(x_m))], irfft(W_f prod_m W_m rfft(x_m))),

@@ -1,8 +1,8 @@
 """VBPR (He & McAuley: "VBPR: Visual Bayesian Personalized Ranking from Implicit Feedback", AAAI 2016).
 
-score(u, i) = beta_i + gamma_u . gamma_i + theta_u . (E f_i) + beta' . f_i   (eq. 2; the global and user
-biases are dropped: they do not change a user's ranking). gamma are latent ID factors, E projects the
-item's content feature f_i to the space of the users' content factors theta_u, beta' is the content
+score(u, i) = beta_i + gamma_u . gamma_i + theta_u . (E f_i) + beta' . f_i, the paper's predictor without
+the global and user biases (they do not change a user's ranking). gamma are latent ID factors, E projects
+the item's content feature f_i to the space of the users' content factors theta_u, beta' is the content
 bias. Half of the embedding size goes to gamma, half to theta.
 
 Any representation can serve as the "visual" feature. With several modalities f_i is the concatenation
