@@ -7,6 +7,7 @@ import numpy as np
 import pytest
 import scipy.sparse as sp
 import torch
+from torch_threads import single_thread  # noqa: F401  (autouse fixture)
 
 from recommender_contract import RecommenderContract, planted_item_vectors
 from vlm4rec import fusion as fu

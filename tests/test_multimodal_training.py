@@ -1,0 +1,173 @@
+"""The shared BPR training of vlm4rec.multimodal: losses by hand, the IterativeRecommender interface
+(early stopping, best-state restore, refit reproduction), determinism, devices and candidate grids."""
+from __future__ import annotations
+
+import json
+import math
+
+import numpy as np
+import pytest
+import torch
+from multimodal_helpers import TINY
+from recommender_contract import planted_data, planted_item_vectors
+from torch_threads import single_thread  # noqa: F401  (autouse fixture)
+
+from vlm4rec.multimodal import MODELS, LightGCN, candidates
+from vlm4rec.multimodal.training import ContentFeatures, bpr_loss, info_nce, l2_penalty, resolve_device
+
+
+def test_bpr_loss_hand_computed():
+    # margins u.(p - n): [1, 0].[1, 0] = 1 and [0, 2].[1, -1] = -2
+    users = torch.tensor([[1.0, 0.0], [0.0, 2.0]])
+    positives = torch.tensor([[1.0, 1.0], [1.0, 0.0]])
+    negatives = torch.tensor([[0.0, 1.0], [0.0, 1.0]])
+    expected = (math.log(1 + math.exp(-1)) + math.log(1 + math.exp(2))) / 2
+    assert bpr_loss(users, positives, negatives).item() == pytest.approx(expected, rel=1e-6)
+
+
+def test_l2_penalty_hand_computed():
+    # 0.5 * (1 + 4 + 9 + 16 + 4) / batch of 2
+    rows = torch.tensor([[1.0, 2.0], [3.0, 4.0]]), torch.tensor([0.0, 2.0])
+    assert l2_penalty(*rows).item() == pytest.approx(0.5 * 34 / 2)
+
+
+def test_info_nce_hand_computed():
+    # normalised anchors [[1, 0], [0, 1]], positives [[1, 0], [0.6, 0.8]]: cosines c = [[1, 0.6], [0, 0.8]]
+    anchors = torch.tensor([[1.0, 0.0], [0.0, 3.0]])
+    positives = torch.tensor([[2.0, 0.0], [0.6, 0.8]])
+    t = 0.5
+    row0 = -math.log(math.exp(1 / t) / (math.exp(1 / t) + math.exp(0.6 / t)))
+    row1 = -math.log(math.exp(0.8 / t) / (math.exp(0 / t) + math.exp(0.8 / t)))
+    assert info_nce(anchors, positives, t).item() == pytest.approx((row0 + row1) / 2, rel=1e-6)
+
+
+def test_content_features_normalise_and_mark_missing_rows():
+    x = np.array([[3, 4], [0, 0], [1, 0]], dtype=np.float32)
+    features = ContentFeatures({"a": x, "b": np.ones((3, 5), dtype=np.float32)}, n_items=3)
+    np.testing.assert_allclose(features.matrices()[0].numpy(), [[0.6, 0.8], [0, 0], [1, 0]])
+    assert features.presence()[0].ravel().tolist() == [True, False, True]
+    assert features.names == ("a", "b")
+    with pytest.raises(ValueError, match="4 items"):
+        ContentFeatures({"a": x}, n_items=4)
+
+
+@pytest.fixture(scope="module")
+def planted():
+    return planted_data()
+
+
+def all_scores(model, n_users: int) -> np.ndarray:
+    return model.score_block(np.arange(n_users)).copy()
+
+
+def test_same_seed_gives_byte_identical_scores_and_another_seed_does_not(planted):
+    vectors = {"image": planted_item_vectors()}
+    for name, cls in MODELS.items():
+        content = {} if name == "lightgcn" else {"modalities": vectors}
+        first = all_scores(cls(**content, **TINY | {"epochs": 5}, seed=3).fit(planted.history), 60)
+        again = all_scores(cls(**content, **TINY | {"epochs": 5}, seed=3).fit(planted.history), 60)
+        other = all_scores(cls(**content, **TINY | {"epochs": 5}, seed=4).fit(planted.history), 60)
+        assert first.tobytes() == again.tobytes(), name
+        assert not np.array_equal(first, other), name
+
+
+def test_fitting_leaves_the_global_random_state_alone(planted):
+    torch_state, numpy_state = torch.get_rng_state(), np.random.get_state()[1].copy()
+    LightGCN(**TINY | {"epochs": 2}).fit(planted.history)
+    assert torch.equal(torch.get_rng_state(), torch_state)
+    np.testing.assert_array_equal(np.random.get_state()[1], numpy_state)
+
+
+class ScriptedMonitor:
+    """Returns scripted validation values in turn and keeps a copy of the model's scores at each check."""
+
+    def __init__(self, values: list[float], n_users: int):
+        self.values, self.n_users, self.scores = list(values), n_users, []
+
+    def __call__(self, model) -> float:
+        self.scores.append(all_scores(model, self.n_users))
+        return self.values.pop(0)
+
+
+def test_fit_monitored_stops_after_patience_and_restores_the_best_state(planted):
+    model = LightGCN(**TINY | {"epochs": 30}, eval_every=2, patience=2, seed=1)
+    monitor = ScriptedMonitor([0.1, 0.2, 0.5, 0.4, 0.3, 0.9], n_users=60)
+    log = model.fit_monitored(planted.history, monitor)
+    assert [epoch for epoch, _ in log.curve] == [0, 2, 4, 6, 8]      # stopped: 2 checks without gain
+    assert [value for _, value in log.curve] == [0.1, 0.2, 0.5, 0.4, 0.3]
+    assert log.best_epoch == 4 and log.epochs_run == 8 and len(log.train_loss) == 8
+    best_scores = monitor.scores[2]
+    np.testing.assert_array_equal(all_scores(model, 60), best_scores)
+    refit = LightGCN(**TINY | {"epochs": log.best_epoch}, seed=1).fit(planted.history)
+    np.testing.assert_array_equal(all_scores(refit, 60), best_scores)
+
+
+def test_fit_monitored_keeps_the_initial_state_when_nothing_improves_and_checks_the_last_epoch(planted):
+    model = LightGCN(**TINY | {"epochs": 5}, eval_every=2, patience=10, seed=2)
+    monitor = ScriptedMonitor([0.5, 0.4, 0.3, 0.2], n_users=60)
+    log = model.fit_monitored(planted.history, monitor)
+    assert [epoch for epoch, _ in log.curve] == [0, 2, 4, 5]
+    assert log.best_epoch == 0
+    np.testing.assert_array_equal(all_scores(model, 60), monitor.scores[0])
+    np.testing.assert_array_equal(all_scores(LightGCN(**TINY | {"epochs": 0}, seed=2).fit(planted.history), 60),
+                                  monitor.scores[0])
+
+
+def test_training_loss_decreases(planted):
+    log = LightGCN(**TINY, eval_every=10).fit_monitored(planted.history, lambda model: 0.0)
+    assert log.train_loss[-1] < 0.7 * log.train_loss[0]
+
+
+def test_devices():
+    assert resolve_device("cpu") == torch.device("cpu")
+    assert resolve_device("auto") == torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    with pytest.raises(ValueError):
+        resolve_device("tpu")
+    if not torch.cuda.is_available():
+        with pytest.raises(ValueError, match="CUDA"):
+            resolve_device("cuda")
+
+
+def test_bad_training_parameters_are_refused():
+    for bad in ({"lr": 0.0}, {"l2": -1.0}, {"batch_size": 0}, {"epochs": -1}, {"patience": 0}):
+        with pytest.raises(ValueError):
+            LightGCN(**bad)
+
+
+def test_candidates_build_the_grid_product_with_the_seed():
+    image = planted_item_vectors()
+    grid = {"lr": [0.01, 0.05], "knn_k": [5, 10, 20]}
+    cands = candidates("freedom", {"image": image}, grid, fixed={"epochs": 7, "device": "cpu"}, seed=5)
+    assert [c.config for c in cands][:2] == [{"epochs": 7, "device": "cpu", "lr": 0.01, "knn_k": 5},
+                                             {"epochs": 7, "device": "cpu", "lr": 0.01, "knn_k": 10}]
+    assert len(cands) == 6
+    json.dumps([c.config for c in cands])
+    model = cands[-1].build()
+    assert type(model).__name__ == "FREEDOM"
+    assert (model.lr, model.knn_k, model.epochs, model.seed) == (0.05, 20, 7, 5)
+    assert cands[0].build() is not cands[0].build()
+
+
+def test_candidates_check_the_modalities():
+    image = {"image": planted_item_vectors()}
+    assert len(candidates("lightgcn", {}, {"layers": [1, 2]})) == 2
+    with pytest.raises(ValueError, match="no modalities"):
+        candidates("lightgcn", image, {})
+    with pytest.raises(ValueError, match="at least one"):
+        candidates("smore", {}, {})
+    with pytest.raises(ValueError, match="unknown model"):
+        candidates("mf", {}, {})
+    with pytest.raises(ValueError, match="seed"):
+        candidates("vbpr", image, {"seed": [1, 2]})
+
+
+def test_shipped_grids_build_every_candidate():
+    from vlm4rec.multimodal import DEFAULT_GRIDS, FULL_GRIDS
+    image = {"image": planted_item_vectors()}
+    for grids in (DEFAULT_GRIDS, FULL_GRIDS):
+        assert set(grids) == set(MODELS)
+        for name, grid in grids.items():
+            cands = candidates(name, {} if name == "lightgcn" else image, grid)
+            assert len(cands) == math.prod(len(values) for values in grid.values())
+            for cand in cands:
+                cand.build()  # an unknown hyperparameter would raise here

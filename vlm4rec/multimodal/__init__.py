@@ -1,0 +1,78 @@
+"""The field's multimodal recommenders, trained with BPR on the fitted history only.
+
+``lightgcn``  LightGCN (He et al., SIGIR 2020): collaborative filtering on the user-item graph, no content.
+``vbpr``      VBPR (He & McAuley, AAAI 2016): matrix factorisation plus a learned projection of content.
+``freedom``   FREEDOM (Zhou & Shen, ACM MM 2023): LightGCN with degree-sensitive edge pruning plus frozen
+              item-item kNN graphs of the modalities.
+``smore``     SMORE (Ong & Khong, WSDM 2025): spectral fusion of the modalities, modality-gated ID
+              embeddings over item-item graphs, modality-aware preferences, InfoNCE.
+
+Each is an :class:`~vlm4rec.matching.IterativeRecommender`, so :func:`vlm4rec.evaluation.select_and_test_seeds`
+early-stops it on validation and refits it for the chosen number of epochs. :func:`candidates` turns a model
+name, its modalities and a hyperparameter grid into the candidate list that function takes;
+:data:`DEFAULT_GRIDS` are the small grids for a 2-core CPU, :data:`FULL_GRIDS` (with :data:`FULL_SEEDS`
+seeds) the wider ones for a GPU.
+A modality is any ``(n_items, d)`` float32 matrix with rows aligned to item index; an all-zero row means
+the item lacks it.
+"""
+from __future__ import annotations
+
+import itertools
+import json
+from functools import partial
+from typing import Any, Mapping, Sequence
+
+import numpy as np
+
+from vlm4rec.evaluation import Candidate
+from vlm4rec.multimodal.freedom import FREEDOM
+from vlm4rec.multimodal.lightgcn import LightGCN
+from vlm4rec.multimodal.smore import SMORE
+from vlm4rec.multimodal.training import BPRRecommender
+from vlm4rec.multimodal.vbpr import VBPR
+
+MODELS: dict[str, type[BPRRecommender]] = {"lightgcn": LightGCN, "vbpr": VBPR, "freedom": FREEDOM, "smore": SMORE}
+CONTENT_FREE = frozenset({"lightgcn"})
+
+# Grids for the default study on a 2-core CPU: two candidates per model, every other hyperparameter at the
+# model's default (chosen on ML-1M validation NDCG@10; measurements in benchmarks/README.md).
+DEFAULT_GRIDS: dict[str, dict[str, list[Any]]] = {
+    "lightgcn": {"l2": [1e-4, 1e-3]},
+    "vbpr": {"l2": [3e-3, 1e-2]},
+    "freedom": {"edge_drop": [0.8, 0.9]},
+    "smore": {"l2": [1e-4, 1e-3]},
+}
+# Wider grids for a GPU machine (``device: auto``), with FULL_SEEDS seeds; the reference configurations'
+# grids (MMRec, SMORE) plus learning rate and L2.
+FULL_GRIDS: dict[str, dict[str, list[Any]]] = {
+    "lightgcn": {"lr": [0.01, 0.05], "l2": [1e-5, 1e-4, 1e-3], "layers": [2, 3, 4]},
+    "vbpr": {"lr": [0.005, 0.01, 0.02], "l2": [1e-3, 3e-3, 1e-2, 3e-2]},
+    "freedom": {"lr": [0.01, 0.05], "l2": [0.0, 1e-4], "knn_k": [10, 20], "edge_drop": [0.8, 0.9],
+                "projection_weight": [0.0, 1e-4, 1e-3]},
+    "smore": {"lr": [0.01, 0.05], "l2": [1e-5, 1e-4, 1e-3], "layers": [3, 4], "knn_k": [10, 20, 40],
+              "dropout": [0.0, 0.1]},
+}
+FULL_SEEDS = 5
+
+
+def candidates(model: str, modalities: Mapping[str, np.ndarray], grid: Mapping[str, Sequence[Any]],
+               fixed: Mapping[str, Any] | None = None, seed: int = 0) -> list[Candidate]:
+    """One :class:`~vlm4rec.evaluation.Candidate` per point of the product of ``grid``'s lists (in the grid's
+    key order, last key fastest), each building ``MODELS[model]`` with ``modalities`` (none for LightGCN),
+    that point, the ``fixed`` options and ``seed``. A candidate's config is ``{**fixed, **point}``."""
+    if model not in MODELS:
+        raise ValueError(f"unknown model {model!r}; expected one of {sorted(MODELS)}")
+    if model in CONTENT_FREE and modalities:
+        raise ValueError(f"{model} uses no modalities, got {sorted(modalities)}")
+    if model not in CONTENT_FREE and not modalities:
+        raise ValueError(f"{model} needs at least one modality")
+    fixed = dict(fixed or {})
+    if "seed" in fixed or "seed" in grid:
+        raise ValueError("the seed is an argument of candidates(), not a grid value or fixed option")
+    content = {} if model in CONTENT_FREE else {"modalities": dict(modalities)}
+    out = []
+    for values in itertools.product(*grid.values()):
+        config = {**fixed, **dict(zip(grid, values))}
+        json.dumps(config)  # configs are saved as JSON
+        out.append(Candidate(config=config, build=partial(MODELS[model], **content, **config, seed=seed)))
+    return out

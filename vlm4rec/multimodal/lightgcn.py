@@ -1,0 +1,62 @@
+"""LightGCN (He, Deng, Wang, Li, Zhang, Wang: "LightGCN: Simplifying and Powering Graph Convolution
+Network for Recommendation", SIGIR 2020).
+
+One embedding per user and item (the ego embeddings E0), propagated K times over the symmetric-normalised
+user-item graph without weights or non-linearities; the final embedding is the mean over layers 0..K
+(alpha_k = 1 / (K + 1)); score = dot product. Loss: BPR on the final embeddings plus ``l2`` * 0.5 * ||ego
+embeddings of the batch's users, positives and negatives||^2 / batch (the paper's L2 on E0, as the
+reference implementation applies it per batch). FREEDOM and SMORE reuse this branch.
+"""
+from __future__ import annotations
+
+import scipy.sparse as sp
+import torch
+
+from vlm4rec.multimodal.graphs import GraphOperator, interaction_graph, layer_mean
+from vlm4rec.multimodal.training import BPRModel, BPRRecommender, bpr_loss, l2_penalty, normal_parameter, rows
+
+
+class LightGCNModel(BPRModel):
+    """The user-item branch: ego embeddings (users first) and their layer-mean propagation."""
+
+    def __init__(self, history: sp.csr_matrix, dim: int, layers: int, l2: float, generator: torch.Generator,
+                 device: torch.device):
+        super().__init__()
+        self.n_users, self.n_items = history.shape
+        self.layers, self.l2 = layers, l2
+        self.adjacency = GraphOperator(interaction_graph(history), device, symmetric=True)
+        self.ego = normal_parameter((self.n_users + self.n_items, dim), generator)
+
+    def propagate(self, adjacency: GraphOperator) -> tuple[torch.Tensor, torch.Tensor]:
+        """(user, item) final embeddings: the layer mean over ``adjacency``."""
+        final = layer_mean(adjacency, self.ego, self.layers)
+        return final[:self.n_users], final[self.n_users:]
+
+    def ego_penalty(self, users: torch.Tensor, positives: torch.Tensor, negatives: torch.Tensor) -> torch.Tensor:
+        """``l2`` times the L2 term of the batch's ego embeddings."""
+        return self.l2 * l2_penalty(rows(self.ego, users), rows(self.ego, self.n_users + positives),
+                                    rows(self.ego, self.n_users + negatives))
+
+    def loss(self, users: torch.Tensor, positives: torch.Tensor, negatives: torch.Tensor) -> torch.Tensor:
+        user_final, item_final = self.propagate(self.adjacency)
+        return (bpr_loss(rows(user_final, users), rows(item_final, positives), rows(item_final, negatives))
+                + self.ego_penalty(users, positives, negatives))
+
+    def vectors(self) -> tuple[torch.Tensor, torch.Tensor]:
+        return self.propagate(self.adjacency)
+
+
+class LightGCN(BPRRecommender):
+    """LightGCN on the fitted history. ``layers``: propagation depth K (the paper's default 3); the other
+    parameters are :class:`~vlm4rec.multimodal.training.BPRRecommender`'s."""
+
+    name = "lightgcn"
+
+    def __init__(self, layers: int = 3, **training):
+        super().__init__(**training)
+        if layers < 0:
+            raise ValueError(f"layers must be >= 0, got {layers}")
+        self.layers = layers
+
+    def build(self, history: sp.csr_matrix, generator: torch.Generator, device: torch.device) -> LightGCNModel:
+        return LightGCNModel(history, self.dim, self.layers, self.l2, generator, device).to(device)

@@ -1,0 +1,303 @@
+"""The BPR training every model of this package shares, as an :class:`~vlm4rec.matching.IterativeRecommender`.
+
+Protocol (BPR, Rendle et al., UAI 2009, as LightGCN, VBPR, FREEDOM and SMORE train): an epoch visits
+every positive (user, item) of the fitted history once, in a seeded random order, each paired with one
+negative drawn uniformly from the items outside that user's fitted history; Adam takes one step per
+batch of ``batch_size`` triples, and the model's forward pass (its graph propagation) runs once per
+batch. Batches are large (thousands of triples) because on a CPU the propagation, not the triples,
+costs the time.
+
+A model scores by a dot product of a user vector and an item vector (:meth:`BPRModel.vectors`); both
+are computed once after training (and before each validation check), so that scoring a block of users
+is one matrix product, as for every other recommender of the package.
+
+Reproducibility: each fit draws its initial weights and every random choice (order, negatives, edge
+dropout, dropout masks) from its own ``torch.Generator`` and ``numpy`` generator seeded with ``seed``;
+no global random state is read or changed, and deterministic torch algorithms are enforced during the
+fit on CUDA (restored afterwards). Two CPU fits with the same seed give byte-identical scores.
+"""
+from __future__ import annotations
+
+import copy
+import math
+from abc import abstractmethod
+from contextlib import contextmanager
+from typing import Callable, Iterator, Literal, Mapping
+
+import numpy as np
+import scipy.sparse as sp
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+from vlm4rec.fusion import _check_modalities, sample_negatives
+from vlm4rec.matching import IterativeRecommender, TrainingLog
+from vlm4rec.splits import History, binarize
+from vlm4rec.vectors import normalize_rows
+
+Device = Literal["cpu", "cuda", "auto"]
+INIT_STD = 0.1  # N(0, 0.1^2) initial embeddings, as LightGCN's reference implementation
+
+
+def resolve_device(device: str) -> torch.device:
+    """``cpu``, ``cuda`` (an error without a GPU) or ``auto`` (CUDA where present, else CPU)."""
+    if device == "auto":
+        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    if device not in ("cpu", "cuda"):
+        raise ValueError(f"device must be 'cpu', 'cuda' or 'auto', got {device!r}")
+    if device == "cuda" and not torch.cuda.is_available():
+        raise ValueError("device='cuda' but torch sees no CUDA device")
+    return torch.device(device)
+
+
+@contextmanager
+def deterministic_algorithms(device: torch.device) -> Iterator[None]:
+    """On CUDA, deterministic torch kernels for the duration of a fit (warn where none exists), then the
+    caller's setting again. The CPU kernels used here are deterministic already (and switching the flag
+    imports torch's compiler stack, seconds per process), so on CPU nothing changes."""
+    if device.type == "cpu":
+        yield
+        return
+    enabled = torch.are_deterministic_algorithms_enabled()
+    warn_only = torch.is_deterministic_algorithms_warn_only_enabled()
+    torch.use_deterministic_algorithms(True, warn_only=True)
+    try:
+        yield
+    finally:
+        torch.use_deterministic_algorithms(enabled, warn_only=warn_only)
+
+
+# --------------------------------------------------------------------------- losses and initialisation
+
+def bpr_loss(users: torch.Tensor, positives: torch.Tensor, negatives: torch.Tensor) -> torch.Tensor:
+    """-mean log sigmoid(u.p - u.n) over the rows of the three (batch, d) tensors (Rendle et al. 2009)."""
+    margin = (users * (positives - negatives)).sum(dim=-1)
+    return F.softplus(-margin).mean()
+
+
+def rows(table: torch.Tensor, index: torch.Tensor) -> torch.Tensor:
+    """``table[index]`` for a 2-d table; its backward pass (an embedding-gradient kernel) is several times
+    faster on CPU than that of plain indexing, which matters with batches of tens of thousands."""
+    return F.embedding(index, table)
+
+
+def l2_penalty(*tensors: torch.Tensor) -> torch.Tensor:
+    """0.5 * (sum of squared entries of ``tensors``) / batch size (their first dimension): the per-triple
+    L2 term of LightGCN's reference loss, applied to the embeddings a batch touches."""
+    return 0.5 * sum(t.pow(2).sum() for t in tensors) / tensors[0].shape[0]
+
+
+def info_nce(anchors: torch.Tensor, positives: torch.Tensor, temperature: float) -> torch.Tensor:
+    """InfoNCE of row i of ``anchors`` against row i of ``positives``, the other rows being negatives:
+    mean of -log(exp(c_ii / t) / sum_j exp(c_ij / t)), c = cosine."""
+    logits = F.normalize(anchors, dim=-1) @ F.normalize(positives, dim=-1).T / temperature
+    return F.cross_entropy(logits, torch.arange(len(anchors), device=anchors.device))
+
+
+def normal_parameter(shape: tuple[int, ...], generator: torch.Generator) -> nn.Parameter:
+    """A parameter drawn from N(0, INIT_STD^2) with ``generator``."""
+    return nn.Parameter(torch.randn(shape, generator=generator) * INIT_STD)
+
+
+def linear(d_in: int, d_out: int, generator: torch.Generator, bias: bool = True) -> nn.Linear:
+    """A Linear layer with Xavier-uniform weights drawn from ``generator`` and zero bias (no global RNG)."""
+    layer = torch.nn.utils.skip_init(nn.Linear, d_in, d_out, bias=bias)
+    nn.init.xavier_uniform_(layer.weight, generator=generator)
+    if bias:
+        nn.init.zeros_(layer.bias)
+    return layer
+
+
+def dropout(x: torch.Tensor, p: float, generator: torch.Generator, training: bool) -> torch.Tensor:
+    """Inverted dropout with masks drawn from ``generator`` (identity outside training or at p = 0)."""
+    if not training or p == 0.0:
+        return x
+    keep = torch.rand(x.shape, generator=generator) >= p
+    return x * keep.to(device=x.device, dtype=x.dtype) / (1.0 - p)
+
+
+# --------------------------------------------------------------------------- content features
+
+class ContentFeatures(nn.Module):
+    """Modality matrices as fixed model inputs: L2-normalised rows (an all-zero row, a missing item,
+    stays zero) and a presence mask per modality, in the order given."""
+
+    def __init__(self, modalities: Mapping[str, np.ndarray], n_items: int):
+        super().__init__()
+        n_rows = _check_modalities(modalities)
+        if n_rows != n_items:
+            raise ValueError(f"modalities have {n_rows} rows, the history has {n_items} items")
+        self.names = tuple(modalities)
+        for index, x in enumerate(modalities.values()):
+            normalised = torch.as_tensor(normalize_rows(x))
+            # fixed inputs, not state: kept out of state_dict so that best-state copies stay small
+            self.register_buffer(f"features_{index}", normalised, persistent=False)
+            self.register_buffer(f"present_{index}", normalised.ne(0).any(dim=1, keepdim=True), persistent=False)
+
+    def __len__(self) -> int:
+        return len(self.names)
+
+    def matrices(self) -> list[torch.Tensor]:
+        """``(n_items, d_m)`` normalised features per modality."""
+        return [getattr(self, f"features_{m}") for m in range(len(self))]
+
+    def presence(self) -> list[torch.Tensor]:
+        """``(n_items, 1)`` bool per modality: the item has this feature."""
+        return [getattr(self, f"present_{m}") for m in range(len(self))]
+
+    def projected(self, projections: nn.ModuleList) -> list[torch.Tensor]:
+        """Each modality through its own projection, zero for the items that lack the modality."""
+        return [proj(x) * present for proj, x, present in zip(projections, self.matrices(), self.presence())]
+
+
+# --------------------------------------------------------------------------- model and trainer
+
+class BPRModel(nn.Module):
+    """A model the trainer can fit: a BPR loss on a batch of triples and the vectors it scores with."""
+
+    def start_epoch(self, rng: np.random.Generator) -> None:
+        """Per-epoch preparation (FREEDOM resamples its graph); nothing by default."""
+
+    def loss(self, users: torch.Tensor, positives: torch.Tensor, negatives: torch.Tensor) -> torch.Tensor:
+        """Training loss of a batch of (user, positive item, negative item) index triples."""
+        raise NotImplementedError
+
+    def vectors(self) -> tuple[torch.Tensor, torch.Tensor]:
+        """(user vectors (n_users, d), item vectors (n_items, d)); score(u, i) = user_u . item_i."""
+        raise NotImplementedError
+
+
+class BPRRecommender(IterativeRecommender):
+    """Trains a :class:`BPRModel` built by :meth:`build` with BPR, epoch by epoch (see module docstring).
+
+    ``dim``          embedding size (fixed at 64 across the study, as in the four papers' experiments)
+    ``lr``           Adam learning rate (0.05: with batches this large, 0.01 needs several times the epochs)
+    ``l2``           weight of the model's L2 term (see each model)
+    ``epochs``       epochs of :meth:`fit`; the most :meth:`fit_monitored` trains
+    ``batch_size``   (user, positive, negative) triples per Adam step (32768: the propagation, paid once per
+                     step, dominates a step's cost on a CPU, so fewer, larger steps make an epoch cheaper)
+    ``eval_every``   :meth:`fit_monitored` checks validation every this many epochs (and after the last)
+    ``patience``     ... and stops after this many checks without improvement
+    ``seed``         initial weights, order, negatives, dropout
+    ``device``       ``cpu`` | ``cuda`` | ``auto``
+    Subclasses may change the defaults of ``lr`` and ``l2`` (VBPR does).
+    """
+
+    name = "bpr"
+
+    def __init__(self, *, dim: int = 64, lr: float = 0.05, l2: float = 1e-4, epochs: int = 60,
+                 batch_size: int = 32768, eval_every: int = 5, patience: int = 2, seed: int = 0,
+                 device: Device = "cpu"):
+        if min(dim, batch_size, eval_every, patience) < 1 or epochs < 0:
+            raise ValueError(f"need dim, batch_size, eval_every, patience >= 1 and epochs >= 0, got dim={dim}, "
+                             f"batch_size={batch_size}, eval_every={eval_every}, patience={patience}, "
+                             f"epochs={epochs}")
+        if lr <= 0 or l2 < 0:
+            raise ValueError(f"need lr > 0 and l2 >= 0, got lr={lr}, l2={l2}")
+        self.dim, self.lr, self.l2, self.epochs, self.batch_size = dim, lr, l2, epochs, batch_size
+        self.eval_every, self.patience, self.seed, self.device = eval_every, patience, seed, device
+        self.model: BPRModel | None = None
+        self._user_vectors: np.ndarray | None = None
+        self._item_vectors: np.ndarray | None = None
+
+    @abstractmethod
+    def build(self, history: sp.csr_matrix, generator: torch.Generator, device: torch.device) -> BPRModel:
+        """A freshly initialised model for the binary ``history`` (graphs from it alone)."""
+
+    # ----------------------------------------------------------------------- fitting
+
+    def fit(self, history: History) -> "BPRRecommender":
+        self._train(history, None)
+        return self
+
+    def fit_monitored(self, history: History, monitor: Callable[[IterativeRecommender], float]) -> TrainingLog:
+        return self._train(history, monitor)
+
+    def _train(self, history: History, monitor: Callable[[IterativeRecommender], float] | None) -> TrainingLog:
+        """Train from the seeded initialisation; with a monitor, keep the best checked state."""
+        matrix = binarize(history.matrix)
+        if matrix.nnz == 0:
+            raise ValueError(f"{self.name}: the history holds no interactions to train on")
+        rng = np.random.default_rng(self.seed)
+        generator = torch.Generator().manual_seed(self.seed)
+        log = TrainingLog()
+        device = resolve_device(self.device)
+        with deterministic_algorithms(device):
+            self.model = self.build(matrix, generator, device)
+            optimizer = torch.optim.Adam(self.model.parameters(), lr=self.lr)
+            best_value, best_state, checks_without_gain = -math.inf, None, 0
+            if monitor is not None:
+                best_value, best_state = self._check(monitor, 0, log), copy.deepcopy(self.model.state_dict())
+            for epoch in range(1, self.epochs + 1):
+                log.train_loss.append(self._epoch(matrix, optimizer, rng))
+                if monitor is None or (epoch % self.eval_every and epoch != self.epochs):
+                    continue
+                value = self._check(monitor, epoch, log)
+                if value > best_value:
+                    best_value, best_state, checks_without_gain = value, copy.deepcopy(self.model.state_dict()), 0
+                    log.best_epoch = epoch
+                else:
+                    checks_without_gain += 1
+                    if checks_without_gain >= self.patience:
+                        break
+            if best_state is not None:
+                self.model.load_state_dict(best_state)
+            self._refresh()
+        return log
+
+    def _check(self, monitor: Callable[[IterativeRecommender], float], epoch: int, log: TrainingLog) -> float:
+        """The monitored metric of the current state, recorded in the log (NaN counts as no gain)."""
+        self._refresh()
+        value = float(monitor(self))
+        log.curve.append((epoch, value))
+        return value if math.isfinite(value) else -math.inf
+
+    def _epoch(self, matrix: sp.csr_matrix, optimizer: torch.optim.Optimizer, rng: np.random.Generator) -> float:
+        """One pass over every positive in a random order; the mean batch loss."""
+        assert self.model is not None
+        model = self.model
+        model.train()
+        model.start_epoch(rng)
+        order = rng.permutation(matrix.nnz)
+        users = np.repeat(np.arange(matrix.shape[0]), np.diff(matrix.indptr))
+        negatives = sample_negatives(matrix, users, 1, rng)[:, 0]  # users sorted: a cache-friendly search
+        users, positives, negatives = users[order], matrix.indices[order], negatives[order]
+        device = next(model.parameters()).device
+        losses = []
+        for start in range(0, len(order), self.batch_size):
+            batch = slice(start, start + self.batch_size)
+            triple = [torch.as_tensor(a[batch], dtype=torch.long, device=device)
+                      for a in (users, positives, negatives)]
+            loss = model.loss(*triple)
+            optimizer.zero_grad()
+            loss.backward()
+            optimizer.step()
+            losses.append(loss.item())
+        return float(np.mean(losses))
+
+    @torch.no_grad()
+    def _refresh(self) -> None:
+        """Recompute the scoring vectors from the current weights (evaluation mode: no dropout)."""
+        assert self.model is not None
+        self.model.eval()
+        users, items = self.model.vectors()
+        self._user_vectors = users.float().cpu().numpy()
+        self._item_vectors = np.ascontiguousarray(items.float().cpu().numpy())
+
+    # ----------------------------------------------------------------------- scoring
+
+    def score_block(self, users: np.ndarray) -> np.ndarray:
+        if self._item_vectors is None:
+            raise RuntimeError(f"{self.name}: call fit(history) before scoring")
+        return self.score_into(users, np.empty((len(users), self._item_vectors.shape[0]), dtype=np.float32))
+
+    def score_into(self, users: np.ndarray, out: np.ndarray) -> np.ndarray:
+        if self._user_vectors is None or self._item_vectors is None:
+            raise RuntimeError(f"{self.name}: call fit(history) before scoring")
+        np.matmul(self._user_vectors[np.asarray(users, dtype=np.int64)], self._item_vectors.T, out=out)
+        return out
+
+    def diagnostics(self) -> dict[str, float | int]:
+        if self.model is None:
+            return {}
+        return {"n_parameters": int(sum(p.numel() for p in self.model.parameters()))}
