@@ -6,7 +6,7 @@ import pandas as pd
 import pytest
 import scipy.sparse as sp
 
-from vlm4rec.splits import SplitConfig, assign_split, binarize, build_history, targets_of
+from vlm4rec.splits import SplitConfig, assign_split, binarize, build_history, sample_negatives, targets_of
 
 
 def user_rows(user: int, items: list[int], timestamps: list[int]) -> pd.DataFrame:
@@ -127,3 +127,13 @@ def test_binarize_keeps_positive_entries_as_ones_with_sorted_indices():
     assert out.dtype == np.float32 and out.has_sorted_indices
     np.testing.assert_array_equal(out.toarray(), [[0, 0, 1], [0, 1, 0]])
     assert out.nnz == 2  # the negative and the explicit zero are dropped, not stored
+
+
+def test_negatives_avoid_the_users_history() -> None:
+    rows = [(0, i) for i in range(9)] + [(1, 0)]
+    history = sp.csr_matrix((np.ones(len(rows)), ([r for r, _ in rows], [c for _, c in rows])), shape=(2, 10))
+    negatives = sample_negatives(history, np.array([0, 1, 0]), 50, np.random.default_rng(0))
+    assert np.all(negatives[[0, 2]] == 9)
+    assert not np.any(negatives[1] == 0) and len(np.unique(negatives[1])) > 1
+    with pytest.raises(ValueError, match="every item"):
+        sample_negatives(sp.csr_matrix(np.ones((1, 2))), np.array([0]), 3, np.random.default_rng(0))

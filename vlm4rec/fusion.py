@@ -37,30 +37,14 @@ from tqdm import tqdm
 
 from vlm4rec.matching import Recommender, history_weights, user_profiles
 from vlm4rec.reproducibility import deterministic_torch
-from vlm4rec.splits import History, binarize
-from vlm4rec.vectors import normalize_rows
+from vlm4rec.splits import History, binarize, sample_negatives
+from vlm4rec.vectors import check_modalities, normalize_rows
 
 FusionKind = Literal["attention", "gating", "frequency_filter"]
 _EPS = 1e-12
 
 
 # --------------------------------------------------------------------------- inputs
-
-def _check_modalities(modalities: Mapping[str, np.ndarray]) -> int:
-    """Validate modality matrices (2-D, finite, same number of rows); return that number of items."""
-    if not modalities:
-        raise ValueError("no modalities given")
-    n_rows = {name: np.shape(x)[0] for name, x in modalities.items() if np.ndim(x) == 2}
-    if len(n_rows) != len(modalities):
-        bad = [name for name, x in modalities.items() if np.ndim(x) != 2]
-        raise ValueError(f"modalities must be 2-D (n_items, d); not 2-D: {bad}")
-    if len(set(n_rows.values())) != 1:
-        raise ValueError(f"modalities disagree on the number of items: {n_rows}")
-    for name, x in modalities.items():
-        if not np.all(np.isfinite(x)):
-            raise ValueError(f"modality {name!r} has non-finite values")
-    return next(iter(n_rows.values()))
-
 
 class WeightedLateFusion(Recommender):
     """Late fusion of the per-modality VLM4Rec scores: ``s(u, i) = sum_m w_m <p_u^m, x_i^m>``.
@@ -73,7 +57,7 @@ class WeightedLateFusion(Recommender):
 
     def __init__(self, modalities: Mapping[str, np.ndarray], weights: Mapping[str, float],
                  name: str = "fusion_late"):
-        _check_modalities(modalities)
+        check_modalities(modalities)
         if set(weights) != set(modalities):
             raise ValueError(f"weights {sorted(weights)} must name exactly the modalities {sorted(modalities)}")
         if any(not math.isfinite(w) or w < 0 for w in weights.values()):
@@ -244,7 +228,7 @@ def _fuse(model: FusionModule, features: Mapping[str, torch.Tensor], items: torc
 @torch.no_grad()
 def encode(model: FusionModule, modalities: Mapping[str, np.ndarray], block_size: int = 4096) -> np.ndarray:
     """Fused, L2-normalised vectors of every item: float32 ``(n_items, dim)`` (all-missing items: 0)."""
-    n_items = _check_modalities(modalities)
+    n_items = check_modalities(modalities)
     features = _as_tensors(modalities)
     was_training = model.training
     model.eval()
@@ -263,26 +247,6 @@ def held_out_examples(history: sp.csr_matrix, rng: np.random.Generator) -> tuple
     users = np.flatnonzero(counts >= 2)
     offsets = rng.integers(0, counts[users])
     return users, history.indices[history.indptr[users] + offsets]
-
-
-def sample_negatives(history: sp.csr_matrix, users: np.ndarray, n_negatives: int,
-                     rng: np.random.Generator, max_rounds: int = 1000) -> np.ndarray:
-    """``(len(users), n_negatives)`` items drawn uniformly from those outside each user's history."""
-    n_items = history.shape[1]
-    full = np.flatnonzero(np.diff(history.indptr)[users] >= n_items)
-    if len(full):
-        raise ValueError(f"{len(full)} users have every item in their history; no negatives exist")
-    keys = np.repeat(np.arange(history.shape[0], dtype=np.int64), np.diff(history.indptr)) * n_items
-    keys = np.sort(keys + history.indices)
-    negatives = rng.integers(0, n_items, size=(len(users), n_negatives))
-    for _ in range(max_rounds):
-        probe = users[:, None].astype(np.int64) * n_items + negatives
-        pos = np.minimum(np.searchsorted(keys, probe), len(keys) - 1)
-        clash = keys[pos] == probe if len(keys) else np.zeros_like(probe, dtype=bool)
-        if not clash.any():
-            return negatives
-        negatives[clash] = rng.integers(0, n_items, size=int(clash.sum()))
-    raise RuntimeError(f"negative sampling did not converge in {max_rounds} rounds")
 
 
 def _batch_loss(model: FusionModule, features: Mapping[str, torch.Tensor], history: sp.csr_matrix,
@@ -422,7 +386,7 @@ def _train_fusion(model: FusionModule, modalities: Mapping[str, np.ndarray], tra
                   val_history: History, val_targets: sp.spmatrix, *, seed: int, epochs: int, batch_size: int,
                   lr: float, patience: int, negatives: int, temperature: float, weight_decay: float,
                   progress: bool) -> FusionResult:
-    n_items = _check_modalities(modalities)
+    n_items = check_modalities(modalities)
     if train_history.n_items != n_items or val_history.n_items != n_items:
         raise ValueError(f"histories have {train_history.n_items}/{val_history.n_items} items, "
                          f"modalities {n_items}")

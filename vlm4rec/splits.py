@@ -139,3 +139,23 @@ def targets_of(inter: pd.DataFrame, split: str, n_users: int, n_items: int) -> s
     return sp.csr_matrix((np.ones(len(part), dtype=np.float32),
                           (part["user_idx"].to_numpy(), part["item_idx"].to_numpy())),
                          shape=(n_users, n_items))
+
+
+def sample_negatives(history: sp.csr_matrix, users: np.ndarray, n_negatives: int,
+                     rng: np.random.Generator, max_rounds: int = 1000) -> np.ndarray:
+    """``(len(users), n_negatives)`` items drawn uniformly from those outside each user's history."""
+    n_items = history.shape[1]
+    full = np.flatnonzero(np.diff(history.indptr)[users] >= n_items)
+    if len(full):
+        raise ValueError(f"{len(full)} users have every item in their history; no negatives exist")
+    keys = np.repeat(np.arange(history.shape[0], dtype=np.int64), np.diff(history.indptr)) * n_items
+    keys = np.sort(keys + history.indices)
+    negatives = rng.integers(0, n_items, size=(len(users), n_negatives))
+    for _ in range(max_rounds):
+        probe = users[:, None].astype(np.int64) * n_items + negatives
+        pos = np.minimum(np.searchsorted(keys, probe), len(keys) - 1)
+        clash = keys[pos] == probe if len(keys) else np.zeros_like(probe, dtype=bool)
+        if not clash.any():
+            return negatives
+        negatives[clash] = rng.integers(0, n_items, size=int(clash.sum()))
+    raise RuntimeError(f"negative sampling did not converge in {max_rounds} rounds")

@@ -30,10 +30,9 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from vlm4rec.fusion import _check_modalities, sample_negatives
 from vlm4rec.matching import IterativeRecommender, TrainingLog
-from vlm4rec.splits import History, binarize
-from vlm4rec.vectors import normalize_rows
+from vlm4rec.splits import History, binarize, sample_negatives
+from vlm4rec.vectors import check_modalities, normalize_rows
 
 Device = Literal["cpu", "cuda", "auto"]
 INIT_STD = 0.1  # N(0, 0.1^2) initial embeddings, as LightGCN's reference implementation
@@ -124,7 +123,7 @@ class ContentFeatures(nn.Module):
 
     def __init__(self, modalities: Mapping[str, np.ndarray], n_items: int):
         super().__init__()
-        n_rows = _check_modalities(modalities)
+        n_rows = check_modalities(modalities)
         if n_rows != n_items:
             raise ValueError(f"modalities have {n_rows} rows, the history has {n_items} items")
         self.names = tuple(modalities)
