@@ -161,10 +161,13 @@ def test_candidates_check_the_modalities():
         candidates("vbpr", image, {"seed": [1, 2]})
 
 
-def test_shipped_grids_build_every_candidate():
-    from vlm4rec.multimodal import DEFAULT_GRIDS, FULL_GRIDS
+def test_the_study_grids_build_every_candidate():
+    import yaml
+    from pathlib import Path
+
+    graph = yaml.safe_load((Path(__file__).resolve().parents[1] / "params.yaml").read_text())["graph"]
     image = {"image": planted_item_vectors()}
-    for grids in (DEFAULT_GRIDS, FULL_GRIDS):
+    for grids in (graph["default"]["grids"], graph["full"]["grids"]):
         assert set(grids) == set(MODELS)
         for name, grid in grids.items():
             cands = candidates(name, {} if name == "lightgcn" else image, grid)

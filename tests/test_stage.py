@@ -68,7 +68,11 @@ def test_stage_notebook_is_the_one_notebook_dependency(project: Path) -> None:
 
 def test_every_real_stage_declares_params_that_exist_and_one_notebook_or_its_own_module() -> None:
     stages = yaml.safe_load((REPO / "dvc.yaml").read_text())["stages"]
+    params_file = yaml.safe_load((REPO / "params.yaml").read_text())
     for name, stage in stages.items():
+        if "foreach" in stage:  # a cell: the template with the first key
+            name = f"{name}@{next(iter(_lookup_dotted(params_file, stage['foreach'][2:-1])))}"
+            stage = stage["do"]
         params = declared_params(name, REPO / "params.yaml", REPO / "dvc.yaml")
         assert params, name
         if stage["cmd"].startswith("python -m vlm4rec.stage "):
@@ -90,6 +94,12 @@ def test_ablation_grid_expands_to_the_expected_cells() -> None:
     assert {name for name in listed if name.startswith("ablate_")} == expected
 
 
+def _lookup_dotted(params: dict, dotted: str):
+    for part in dotted.split("."):
+        params = params[part]
+    return params
+
+
 def parameters_cell_values(notebook: Path) -> dict:
     """The literal assignments of a notebook's cell tagged ``parameters``."""
     cells = json.loads(notebook.read_text())["cells"]
@@ -104,7 +114,7 @@ def test_notebook_parameter_defaults_equal_what_the_runner_injects() -> None:
     the params.yaml keys the stage declares, with the current values."""
     stages = yaml.safe_load((REPO / "dvc.yaml").read_text())["stages"]
     for name, stage in stages.items():
-        if not stage["cmd"].startswith("python -m vlm4rec.stage "):
+        if not stage.get("cmd", "").startswith("python -m vlm4rec.stage "):
             continue
         notebook = REPO / stage_notebook(name, REPO / "dvc.yaml")
         assert parameters_cell_values(notebook) == declared_params(name, REPO / "params.yaml", REPO / "dvc.yaml"), name
@@ -147,3 +157,11 @@ def test_sigterm_takes_the_notebook_kernel_down_with_the_runner(tmp_path: Path) 
     while Path(f"/proc/{kernel}").exists() and time.monotonic() < deadline:
         time.sleep(0.2)
     assert not Path(f"/proc/{kernel}").exists() or "Z" in Path(f"/proc/{kernel}/stat").read_text().split()[2]
+
+
+def test_a_foreach_cell_reads_its_template_and_its_own_params(project: Path) -> None:
+    (project / "dvc.yaml").write_text(yaml.safe_dump({"stages": {"graph": {"foreach": {"a": 1, "b": 2}, "do": {
+        "cmd": "python -m vlm4rec.pipeline.graph ${key}", "params": ["eval.ks", "cells.${key}"]}}}}))
+    (project / "params.yaml").write_text(yaml.safe_dump(PARAMS | {"cells": {"a": {"model": "x"}, "b": {"model": "y"}}}))
+    assert declared_params("graph@b") == {"eval": {"ks": [5, 10]}, "cells": {"b": {"model": "y"}}}
+    assert stage_definition("graph@a")["cmd"].endswith("${key}")

@@ -314,6 +314,62 @@ class RobustnessParams(Section):
                                                    "baselines.methods)")
 
 
+GraphModel = Literal["lightgcn", "vbpr", "freedom", "smore"]
+
+
+class GraphTrainingParams(Section):
+    dim: PositiveInt = Field(description="embedding size of every model (fixed, not selected)")
+    epochs: PositiveInt = Field(description="maximum training epochs (early stopping on the validation metric)")
+    eval_every: PositiveInt = Field(description="epochs between validation checks")
+    patience: PositiveInt = Field(description="validation checks without improvement before stopping")
+    batch_size: PositiveInt = Field(description="BPR triples per Adam step (the graph propagation runs once per step)")
+
+
+class GraphScaleParams(Section):
+    seeds: list[int] = _nonempty("seeds of each cell's chosen configuration (selection uses the first)")
+    grids: dict[GraphModel, dict[str, list[Any]]] = Field(
+        description="per model: hyperparameter -> values tried on validation (their product); others keep "
+                    "the model's defaults")
+
+    @model_validator(mode="after")
+    def _values_given(self) -> "GraphScaleParams":
+        empty = [f"{model}.{key}" for model, grid in self.grids.items() for key, values in grid.items() if not values]
+        if empty:
+            raise ValueError(f"grid entries without values: {empty}")
+        return self
+
+
+class GraphCellParams(Section):
+    model: GraphModel = Field(description="lightgcn | vbpr | freedom | smore")
+    modalities: list[str] = Field(description="representations fed to the model (data/embeddings); none for lightgcn")
+
+
+class GraphParams(Section):
+    scale: Literal["default", "full"] = Field(
+        description="default = the grids and seeds of graph.default (sized for a 2-core CPU); full = graph.full "
+                    "(wider grids, more seeds; for a GPU machine)")
+    device: str = Field(description="cpu | cuda | auto (cuda where present)")
+    training: GraphTrainingParams
+    default: GraphScaleParams
+    full: GraphScaleParams
+    cells: dict[str, GraphCellParams] = Field(description="the DVC foreach: cell name -> model and modalities")
+
+    @model_validator(mode="after")
+    def _cells_are_consistent(self) -> "GraphParams":
+        problems = []
+        for name, cell in self.cells.items():
+            if "@" in name or "/" in name:
+                problems.append(f"cell name {name!r} may not hold '@' or '/'")
+            if (cell.model == "lightgcn") == bool(cell.modalities):
+                problems.append(f"cell {name}: lightgcn takes no modalities, the other models at least one")
+            for scale in ("default", "full"):
+                if cell.model not in getattr(self, scale).grids:
+                    problems.append(f"cell {name}: graph.{scale}.grids has no {cell.model} grid")
+        if problems:
+            raise ValueError("; ".join(problems))
+        return self
+
+
 AblationCap = PositiveInt | Literal["all"]
 
 
@@ -357,6 +413,7 @@ class StudyParams(Section):
     profile: ProfileParams
     baselines: BaselineParams
     fusion: FusionParams
+    graph: GraphParams
     ablation: AblationParams
     report: ReportParams
 

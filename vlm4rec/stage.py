@@ -37,11 +37,13 @@ def load_yaml(path: str | Path) -> dict[str, Any]:
 
 
 def stage_definition(stage: str, dvc_file: str | Path = "dvc.yaml") -> dict[str, Any]:
-    """The ``dvc.yaml`` entry of ``stage`` (the template of a ``matrix`` / ``foreach`` stage)."""
+    """The ``dvc.yaml`` entry of ``stage``; for a cell of a ``matrix`` / ``foreach`` stage (``name@cell``),
+    its template."""
+    name = stage.partition("@")[0]
     stages = load_yaml(dvc_file)["stages"]
-    if stage not in stages:
-        raise KeyError(f"no stage {stage!r} in {dvc_file}; stages: {sorted(stages)}")
-    definition = stages[stage]
+    if name not in stages:
+        raise KeyError(f"no stage {name!r} in {dvc_file}; stages: {sorted(stages)}")
+    definition = stages[name]
     return definition.get("do", definition)
 
 
@@ -66,11 +68,14 @@ def declared_params(stage: str, params_file: str | Path = "params.yaml",
     """The subset of the parameter files that ``stage`` declares, nested by top-level key.
 
     ``params: [data, eval.ks]`` gives ``{"data": {...}, "eval": {"ks": [...]}}``; an entry
-    ``{other.yaml: [x.y]}`` reads ``x.y`` from ``other.yaml`` (beside ``dvc.yaml``), as DVC does.
+    ``{other.yaml: [x.y]}`` reads ``x.y`` from ``other.yaml`` (beside ``dvc.yaml``), as DVC does. In a cell
+    ``name@key`` of a ``foreach`` stage, ``${key}`` in an entry stands for the cell's key.
     """
     base = Path(dvc_file).parent
+    cell = stage.partition("@")[2]
     selected: dict[str, Any] = {}
     for entry in stage_definition(stage, dvc_file).get("params", []):
+        entry = entry.replace("${key}", cell) if isinstance(entry, str) else entry
         sources = {str(params_file): [entry]} if isinstance(entry, str) else {
             str(base / name): keys for name, keys in entry.items()}
         for path, keys in sources.items():

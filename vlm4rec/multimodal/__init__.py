@@ -9,9 +9,8 @@
 
 Each is an :class:`~vlm4rec.matching.IterativeRecommender`, so :func:`vlm4rec.evaluation.select_and_test_seeds`
 early-stops it on validation and refits it for the chosen number of epochs. :func:`candidates` turns a model
-name, its modalities and a hyperparameter grid into the candidate list that function takes;
-:data:`DEFAULT_GRIDS` are the small grids for a 2-core CPU, :data:`FULL_GRIDS` (with :data:`FULL_SEEDS`
-seeds) the wider ones for a GPU.
+name, its modalities and a hyperparameter grid into the candidate list that function takes (the grids of
+the study are ``params.yaml: graph.default`` for a 2-core CPU and ``graph.full`` for a GPU).
 A modality is any ``(n_items, d)`` float32 matrix with rows aligned to item index; an all-zero row means
 the item lacks it.
 """
@@ -33,27 +32,6 @@ from vlm4rec.multimodal.vbpr import VBPR
 
 MODELS: dict[str, type[BPRRecommender]] = {"lightgcn": LightGCN, "vbpr": VBPR, "freedom": FREEDOM, "smore": SMORE}
 CONTENT_FREE = frozenset({"lightgcn"})
-
-# Grids for the default study on a 2-core CPU: two candidates per model, every other hyperparameter at the
-# model's default (chosen on ML-1M validation NDCG@10; measurements in benchmarks/README.md).
-DEFAULT_GRIDS: dict[str, dict[str, list[Any]]] = {
-    "lightgcn": {"l2": [1e-4, 1e-3]},
-    "vbpr": {"l2": [3e-3, 1e-2]},
-    "freedom": {"edge_drop": [0.8, 0.9]},
-    "smore": {"l2": [1e-4, 1e-3]},
-}
-# Wider grids for a GPU machine (``device: auto``), with FULL_SEEDS seeds; the reference configurations'
-# grids (MMRec, SMORE) plus learning rate and L2.
-FULL_GRIDS: dict[str, dict[str, list[Any]]] = {
-    "lightgcn": {"lr": [0.01, 0.05], "l2": [1e-5, 1e-4, 1e-3], "layers": [2, 3, 4]},
-    "vbpr": {"lr": [0.005, 0.01, 0.02], "l2": [1e-3, 3e-3, 1e-2, 3e-2]},
-    "freedom": {"lr": [0.01, 0.05], "l2": [0.0, 1e-4], "knn_k": [10, 20], "edge_drop": [0.8, 0.9],
-                "projection_weight": [0.0, 1e-4, 1e-3]},
-    "smore": {"lr": [0.01, 0.05], "l2": [1e-5, 1e-4, 1e-3], "layers": [3, 4], "knn_k": [10, 20, 40],
-              "dropout": [0.0, 0.1]},
-}
-FULL_SEEDS = 5
-
 
 def candidates(model: str, modalities: Mapping[str, np.ndarray], grid: Mapping[str, Sequence[Any]],
                fixed: Mapping[str, Any] | None = None, seed: int = 0) -> list[Candidate]:

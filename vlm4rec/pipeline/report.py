@@ -21,14 +21,15 @@ from vlm4rec.pipeline.tables import format_p, method_family, per_user_long, seed
 from vlm4rec.slices import history_lengths, item_popularity_groups, per_user_recall_on
 from vlm4rec.stats import holm, paired_tests
 
-RESULT_STAGES = ("match", "fusion")
+RESULT_STAGES = ("match", "fusion", "graph")
 SIGNIFICANCE = 0.05
 
 
 def load_all_results(stages: tuple[str, ...] = RESULT_STAGES) -> dict[str, MethodResult]:
-    """Every method evaluated by the given stages (result folders under data/results), by name."""
-    return {path.name: load_result(path) for stage in stages
-            for path in sorted((RESULTS_DIR / stage).glob("*")) if path.is_dir()}
+    """Every method evaluated by the given stages, by name: each result folder under ``data/results/<stage>``
+    (a graph cell's seeds one level further down)."""
+    return {path.parent.name: load_result(path.parent) for stage in stages
+            for path in sorted((RESULTS_DIR / stage).rglob("chosen.json"))}
 
 
 def families(results: dict[str, MethodResult]) -> dict[str, list[str]]:
@@ -110,11 +111,25 @@ def restricted_per_user(results: dict[str, MethodResult], names: list[str], prep
     return pd.concat(frames, ignore_index=True).astype({"seed": "float64"})
 
 
+def graph_pairs(cells: dict[str, Any], description: str, title: str, image: str) -> dict[str, tuple[str, str]]:
+    """Per multimodal model: its (description + image, title + image) cells, where both exist."""
+    by_modalities = {(cell["model"], tuple(cell["modalities"])): name for name, cell in cells.items()}
+    pairs = {}
+    for model in dict.fromkeys(cell["model"] for cell in cells.values()):
+        with_description = by_modalities.get((model, (description, image)))
+        with_title = by_modalities.get((model, (title, image)))
+        if with_description and with_title:
+            pairs[model] = (with_description, with_title)
+    return pairs
+
+
 def findings(results: dict[str, MethodResult], eval: dict[str, Any], report: dict[str, Any],
-             representations: list[str], prepared: PreparedData) -> list[Finding]:
+             representations: list[str], prepared: PreparedData,
+             graph_cells: dict[str, Any] | None = None) -> list[Finding]:
     """The study's questions, each a paired test on test users; Holm across all of them.
 
-    Which fusion and which single representation are compared is decided on validation."""
+    Which fusion and which single representation are compared is decided on validation; inside each
+    multimodal recommender the description + image cell is compared with the title + image cell."""
     cfg = report["findings"]
     metric, description, title, image = cfg["metric"], cfg["description"], cfg["title"], cfg["image"]
     per_user = per_user_long(results)
@@ -131,6 +146,11 @@ def findings(results: dict[str, MethodResult], eval: dict[str, Any], report: dic
         out.append(_compare("fusion_vs_best_single", "Does the best content fusion beat the best single "
                             "representation (both chosen on validation)?", per_user, best_fusion, best_single,
                             metric, "all test users", eval))
+    for model, (with_description, with_title) in graph_pairs(graph_cells or {}, description, title, image).items():
+        if {with_description, with_title} <= set(families(results)):
+            out.append(_compare(f"{model}_description_vs_title", f"Does the grounded description help {model} "
+                                "(description + image against title + image)?", per_user, with_description,
+                                with_title, metric, "all test users", eval))
     hybrid = f"hybrid_{description}_ease"
     if hybrid in families(results) and "ease" in families(results):
         out.append(_compare("hybrid_vs_ease", "Do grounded descriptions add to collaborative filtering "
@@ -153,6 +173,50 @@ def findings(results: dict[str, MethodResult], eval: dict[str, Any], report: dic
     for finding, p in zip(answered, holm([f.wilcoxon_p for f in answered])):
         finding.p_holm = float(p)
     return answered
+
+
+def graph_table(results: dict[str, MethodResult], eval: dict[str, Any], report: dict[str, Any],
+                graph_cells: dict[str, Any], prepared: PreparedData) -> pd.DataFrame:
+    """Does the grounded description help a multimodal recommender? Per model: the paired difference
+    (description + image minus title + image) on the headline metric and on recall over cold test items,
+    each with its 95% CI and Wilcoxon p (Holm across the models), and the two cells' wall time."""
+    cfg = report["findings"]
+    pairs = graph_pairs(graph_cells, cfg["description"], cfg["title"], cfg["image"])
+    pairs = {m: p for m, p in pairs.items() if set(p) <= set(families(results))}
+    if not pairs:
+        return pd.DataFrame()
+    per_user = per_user_long(results)
+    cold = np.flatnonzero(item_popularity_groups(prepared.interactions, prepared.n_items).to_numpy() == "cold")
+    rows = []
+    for model, (with_description, with_title) in pairs.items():
+        overall = _compare(model, "", per_user, with_description, with_title, cfg["metric"], "", eval)
+        cold_users = restricted_per_user(results, [with_description, with_title], prepared, items=cold, k=cfg["slice_k"])
+        on_cold = _compare(model, "", cold_users, with_description, with_title, f"recall@{cfg['slice_k']}", "", eval)
+        seconds = [json.loads((METRICS_DIR / "graph" / f"{cell}.json").read_text())["cost"]["wall_s"]
+                   for cell in (with_description, with_title)]
+        rows.append({"model": model, "cells": f"{with_description} vs {with_title}", "overall": overall,
+                     "cold": on_cold, "wall_s (both cells)": round(sum(seconds), 1)})
+    for column in ("overall", "cold"):
+        found = [row[column] for row in rows if row[column] is not None]
+        for finding, p in zip(found, holm([f.wilcoxon_p for f in found])):
+            finding.p_holm = float(p)
+    return pd.DataFrame([{"model": r["model"], "cells": r["cells"],
+                          **_summary(r["overall"], cfg["metric"]), **_summary(r["cold"], "cold-item recall"),
+                          "wall_s (both cells)": r["wall_s (both cells)"]} for r in rows]).set_index("model")
+
+
+def _summary(finding: Finding | None, label: str) -> dict[str, str]:
+    if finding is None:
+        return {f"{label}: difference [95% CI]": "no users", f"{label}: p (Holm)": ""}
+    return {f"{label}: difference [95% CI]": f"{finding.difference:+.4f} [{finding.ci_low:+.4f}, {finding.ci_high:+.4f}]",
+            f"{label}: p (Holm)": format_p(finding.p_holm)}
+
+
+def graph_training_curves(results: dict[str, MethodResult]) -> pd.DataFrame:
+    """Validation metric per evaluated epoch of every graph cell's selection run (chosen configuration)."""
+    rows = [{"cell": method_family(name), "epoch": epoch, "validation": value}
+            for name, r in results.items() if r.training is not None for epoch, value in r.training["curve"]]
+    return pd.DataFrame(rows, columns=["cell", "epoch", "validation"]).drop_duplicates()  # seeds share selection
 
 
 def caveats(grounding: dict[str, Any], split: str, robustness: pd.DataFrame | None) -> list[str]:

@@ -1,0 +1,60 @@
+"""Graph stage: one cell (model x modality set) of the multimodal recommenders, as a DVC ``foreach`` cell.
+
+Each cell feeds representations written by the embed stage (``title``, ``description_<arm>``, ``image``...)
+to LightGCN, VBPR, FREEDOM or SMORE (:mod:`vlm4rec.multimodal`) as modalities. Its grid (``graph.<scale>``)
+and number of epochs are chosen on validation NDCG with the first seed; the chosen configuration is refitted
+on train + validation for the chosen epochs and tested once per seed. Graphs, negatives and early stopping
+see only the history of the phase (train, then train + validation).
+"""
+from __future__ import annotations
+
+import argparse
+import time
+from typing import Any
+
+from vlm4rec.data import load_prepared
+from vlm4rec.distributed.matching import ranker
+from vlm4rec.evaluation import EvalData, MethodResult, select_and_test_seeds
+from vlm4rec.multimodal import candidates
+from vlm4rec.pipeline.outputs import EMBEDDINGS_DIR, METRICS_DIR, PREPARED_DIR, RESULTS_DIR, peak_rss_mb, write_json
+from vlm4rec.pipeline.tables import test_metrics_json, timing_json
+from vlm4rec.representations import load_vectors
+from vlm4rec.stage import exit_on_study_error, run_stage_function
+
+GRAPH_RESULTS = RESULTS_DIR / "graph"
+
+
+def run_cell(eval: dict[str, Any], graph: dict[str, Any], cell: str) -> dict[str, MethodResult]:
+    """Select, refit and test one cell over its seeds; results under ``data/results/graph/<cell>``, metrics
+    (test and validation numbers, chosen configuration, epochs run and best epoch, wall times) in
+    ``metrics/graph/<cell>.json``."""
+    spec, scale = graph["cells"][cell], graph[graph["scale"]]
+    modalities = {name: load_vectors(EMBEDDINGS_DIR, name, f"graph.cells.{cell}.modalities")
+                  for name in spec["modalities"]}
+    data = EvalData.from_prepared(load_prepared(PREPARED_DIR), ranker(None, eval["device"], eval["block_size"]))
+    fixed = graph["training"] | {"device": graph["device"]}
+    grid = scale["grids"][spec["model"]]
+    started = time.perf_counter()
+    results = select_and_test_seeds(cell, lambda seed: candidates(spec["model"], modalities, grid, fixed, seed),
+                                    data, scale["seeds"], eval["ks"], eval["select_metric"], GRAPH_RESULTS / cell)
+    first = next(iter(results.values()))
+    write_json(METRICS_DIR / "graph" / f"{cell}.json", {
+        "model": spec["model"], "modalities": spec["modalities"], "scale": graph["scale"],
+        "methods": test_metrics_json(results),
+        "training": {"best_epoch": first.training["best_epoch"], "epochs_run": first.training["epochs_run"],
+                     "validation_curve": first.training["curve"], "grid_size": len(first.val_grid)},
+        "cost": {"wall_s": round(time.perf_counter() - started, 3), "peak_rss_mb": round(peak_rss_mb(), 1),
+                 "methods": timing_json(results)}})
+    return results
+
+
+def main(argv: list[str] | None = None) -> None:
+    """``python -m vlm4rec.pipeline.graph CELL``: one cell of the ``graph`` foreach stage."""
+    parser = argparse.ArgumentParser(description=main.__doc__)
+    parser.add_argument("cell", help="a key of params.yaml graph.cells")
+    args = parser.parse_args(argv)
+    exit_on_study_error(lambda: run_stage_function(f"graph@{args.cell}", run_cell, cell=args.cell))
+
+
+if __name__ == "__main__":
+    main()
