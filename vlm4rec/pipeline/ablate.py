@@ -1,15 +1,18 @@
-"""Ablation grid cells (DVC matrix stages) and the table of all finished cells.
+"""Ablation grid (DVC matrix stages) and the table of all finished configurations.
 
-Each cell (representation x prompt arm x profile aggregation x history cap) chooses its aggregation's
-knob on validation and is tested once; the table records the chosen configuration's validation metrics
-next to the test metrics, is ordered by validation, and marks per representation the cell validation
-selects. Test numbers of the other cells are for reading, never for choosing.
+A matrix cell is one item representation (with its prompt arm, for grounded ones); inside it, every profile
+aggregation x history cap of ``params.yaml: ablation`` chooses its aggregation's knob on validation and is
+tested once (one process per representation: a process per configuration would cost more than the
+computation). The table records each configuration's validation metrics next to its test metrics, is
+ordered by validation, and marks per representation the configuration validation selects. Test numbers of
+the others are for reading, never for choosing.
 """
 from __future__ import annotations
 
 import argparse
 import json
 import time
+from itertools import product
 from typing import Any
 
 import pandas as pd
@@ -17,7 +20,7 @@ import yaml
 
 from vlm4rec.data import load_prepared
 from vlm4rec.distributed.matching import ranker
-from vlm4rec.evaluation import EvalData, MethodResult, select_and_test
+from vlm4rec.evaluation import EvalData, select_and_test
 from vlm4rec.pipeline.outputs import (ABLATIONS_DIR, EMBEDDINGS_DIR, METRICS_DIR, PREPARED_DIR, peak_rss_mb,
                                       write_json)
 from vlm4rec.pipeline.profiles import profile_candidates
@@ -26,7 +29,7 @@ from vlm4rec.stage import exit_on_study_error, run_stage_function
 
 
 def cell_name(cell: dict[str, Any]) -> str:
-    """Directory / metrics name of one grid cell, e.g. ``description-image_only-mean-all``."""
+    """Directory / metrics name of one grid cell or configuration, e.g. ``description-image_only-mean-all``."""
     return "-".join(str(cell[k]) for k in ("representation", "arm", "aggregation", "cap") if k in cell)
 
 
@@ -35,34 +38,42 @@ def cell_representation(cell: dict[str, Any]) -> str:
     return f"{cell['representation']}_{cell['arm']}" if "arm" in cell else cell["representation"]
 
 
-def run_cell(eval: dict[str, Any], profile: dict[str, Any], cell: dict[str, Any]) -> MethodResult:
-    """One ablation cell: its aggregation's knob chosen on validation, test read once."""
-    name = cell_name(cell)
-    profile = profile | {"aggregation": cell["aggregation"],
-                         "history_cap": None if cell["cap"] == "all" else int(cell["cap"])}
+def run_cell(eval: dict[str, Any], profile: dict[str, Any], ablation: dict[str, Any],
+             cell: dict[str, Any]) -> list[dict[str, Any]]:
+    """Every aggregation x history cap of one representation: knob chosen on validation, test read once;
+    one metrics file per cell (``metrics/ablations/<cell>.json``) with a row per configuration."""
     rep = cell_representation(cell)
-    candidates = profile_candidates(load_vectors(EMBEDDINGS_DIR, rep, "ablation"), profile, rep)
+    vectors = load_vectors(EMBEDDINGS_DIR, rep, "ablation")
     data = EvalData.from_prepared(load_prepared(PREPARED_DIR), ranker(None, eval["device"], eval["block_size"]))
-    start = time.perf_counter()
-    result = select_and_test(name, candidates, data, eval["ks"], eval["select_metric"], ABLATIONS_DIR / name)
-    write_json(METRICS_DIR / "ablations" / f"{name}.json",
-               {"cell": cell, "representation": rep, "chosen": result.config, "select_metric": eval["select_metric"],
-                "validation": result.val_summary(), "test": result.test_summary(),
-                "cost": {"wall_s": round(time.perf_counter() - start, 3), "peak_rss_mb": round(peak_rss_mb(), 1)}})
-    return result
+    rows = []
+    for aggregation, cap in product(ablation["aggregations"], ablation["caps"]):
+        configuration = cell | {"aggregation": aggregation, "cap": cap}
+        name = cell_name(configuration)
+        knobs = profile | {"aggregation": aggregation, "history_cap": None if cap == "all" else int(cap)}
+        start = time.perf_counter()
+        result = select_and_test(name, profile_candidates(vectors, knobs, rep), data, eval["ks"],
+                                 eval["select_metric"], ABLATIONS_DIR / cell_name(cell) / f"{aggregation}-{cap}")
+        rows.append({"cell": configuration, "representation": rep, "chosen": result.config,
+                     "select_metric": eval["select_metric"], "validation": result.val_summary(),
+                     "test": result.test_summary(), "wall_s": round(time.perf_counter() - start, 3)})
+    write_json(METRICS_DIR / "ablations" / f"{cell_name(cell)}.json",
+               {"configurations": rows, "cost": {"wall_s": round(sum(r["wall_s"] for r in rows), 3),
+                                                 "peak_rss_mb": round(peak_rss_mb(), 1)}})
+    return rows
 
 
 def ablation_table() -> pd.DataFrame:
-    """Every finished cell: chosen configuration, validation and test metrics (``val_`` / ``test_``
+    """Every finished configuration: chosen knobs, validation and test metrics (``val_`` / ``test_``
     prefixes), ordered by the validation selection metric; ``selected`` marks, per representation (and
-    prompt arm), the cell validation chooses."""
+    prompt arm), the configuration validation chooses."""
     rows = []
     for path in sorted((METRICS_DIR / "ablations").glob("*.json")):
-        cell = json.loads(path.read_text())
-        rows.append({**cell["cell"], "arm": cell["cell"].get("arm", "-"), "representation_file": cell["representation"],
-                     "chosen": json.dumps(cell["chosen"]), "select_metric": cell["select_metric"],
-                     **{f"val_{k}": v for k, v in cell["validation"].items()},
-                     **{f"test_{k}": v for k, v in cell["test"].items()}, "wall_s": cell["cost"]["wall_s"]})
+        for row in json.loads(path.read_text())["configurations"]:
+            cell = row["cell"]
+            rows.append({**cell, "arm": cell.get("arm", "-"), "representation_file": row["representation"],
+                         "chosen": json.dumps(row["chosen"]), "select_metric": row["select_metric"],
+                         **{f"val_{k}": v for k, v in row["validation"].items()},
+                         **{f"test_{k}": v for k, v in row["test"].items()}, "wall_s": row["wall_s"]})
     table = pd.DataFrame(rows)
     if table.empty:
         return table
@@ -86,7 +97,7 @@ def parse_cell(pairs: list[str]) -> dict[str, Any]:
 
 def main(argv: list[str] | None = None) -> None:
     """``python -m vlm4rec.pipeline.ablate STAGE --cell KEY=VALUE ...``: one cell of a matrix stage (no
-    notebook: a grid has dozens of cells; the ``ablations`` stage's notebook summarises them all)."""
+    notebook: the ``ablations`` stage's notebook summarises all cells)."""
     parser = argparse.ArgumentParser(description=main.__doc__)
     parser.add_argument("stage", help="the matrix stage in dvc.yaml (ablate_grounded, ablate_ungrounded)")
     parser.add_argument("--cell", nargs="+", required=True, metavar="KEY=VALUE",
