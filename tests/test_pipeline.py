@@ -21,7 +21,7 @@ import pandas as pd
 import pytest
 import yaml
 
-from test_stage_deps import stage_code_files
+from test_stage_deps import stage_code_files, stages as dvc_stages
 
 REPO = Path(__file__).resolve().parents[1]
 ML1M = (REPO.parent / "shared" / "data" / "ml-1m").resolve()
@@ -151,8 +151,7 @@ def test_second_repro_runs_only_the_data_check_and_a_param_invalidates_only_its_
 def test_touching_a_module_invalidates_exactly_the_stages_that_import_it(study: Path, module: str) -> None:
     """dvc status after an edit of one module lists exactly the stages whose code closure (the import
     analysis of tests/test_stage_deps.py) contains it, besides the always-changed fetch stage."""
-    stages = yaml.safe_load((study / "dvc.yaml").read_text())["stages"]
-    importers = {name for name, stage in stages.items() if module in stage_code_files(stage, study)}
+    importers = {name for name, stage in dvc_stages(study).items() if module in stage_code_files(stage, study)}
     listed = _run(["dvc", "stage", "list", "--name-only"], study).split()
     expected = {name for name in listed if name.split("@")[0] in importers} | {"fetch"}
     path = study / module
