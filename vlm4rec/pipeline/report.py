@@ -23,6 +23,7 @@ from vlm4rec.stats import holm, paired_tests
 
 RESULT_STAGES = ("match", "fusion", "graph")
 SIGNIFICANCE = 0.05
+MODEL_NAMES = {"lightgcn": "LightGCN", "vbpr": "VBPR", "freedom": "FREEDOM", "smore": "SMORE"}
 
 
 def load_all_results(stages: tuple[str, ...] = RESULT_STAGES) -> dict[str, MethodResult]:
@@ -148,7 +149,8 @@ def findings(results: dict[str, MethodResult], eval: dict[str, Any], report: dic
                             metric, "all test users", eval))
     for model, (with_description, with_title) in graph_pairs(graph_cells or {}, description, title, image).items():
         if {with_description, with_title} <= set(families(results)):
-            out.append(_compare(f"{model}_description_vs_title", f"Does the grounded description help {model} "
+            out.append(_compare(f"{model}_description_vs_title", f"Does the grounded description help "
+                                f"{MODEL_NAMES.get(model, model)} "
                                 "(description + image against title + image)?", per_user, with_description,
                                 with_title, metric, "all test users", eval))
     hybrid = f"hybrid_{description}_ease"
@@ -194,7 +196,8 @@ def graph_table(results: dict[str, MethodResult], eval: dict[str, Any], report: 
         on_cold = _compare(model, "", cold_users, with_description, with_title, f"recall@{cfg['slice_k']}", "", eval)
         seconds = [json.loads((METRICS_DIR / "graph" / f"{cell}.json").read_text())["cost"]["wall_s"]
                    for cell in (with_description, with_title)]
-        rows.append({"model": model, "cells": f"{with_description} vs {with_title}", "overall": overall,
+        rows.append({"model": MODEL_NAMES.get(model, model), "cells": f"{with_description} vs {with_title}",
+                     "overall": overall,
                      "cold": on_cold, "wall_s (both cells)": round(sum(seconds), 1)})
     for column in ("overall", "cold"):
         found = [row[column] for row in rows if row[column] is not None]
