@@ -261,6 +261,7 @@ def test_returned_vectors_are_from_the_best_epoch(data, trained) -> None:
         curve = result.val_loss_curve
         assert result.best_epoch == int(np.argmin(curve))
         assert len(curve) - 1 == result.best_epoch + TRAIN["patience"]  # stopped early, last epoch worse
+        assert result.stopped_early
         assert curve[-1] > curve[result.best_epoch] + 1e-4
         assert fu.validation_loss(result.vectors, validation) == pytest.approx(curve[result.best_epoch],
                                                                                 rel=1e-6)
@@ -289,6 +290,7 @@ def test_training_does_not_touch_the_validation_positives(data) -> None:
                                        **dict(TRAIN, epochs=1)))
         states.append(copy.deepcopy(model.state_dict()))
     assert [r.best_epoch for r in results] == [1, 1]
+    assert not any(r.stopped_early for r in results)  # one epoch: ended by the cap
     assert results[0].val_loss_curve != results[1].val_loss_curve
     for name in states[0]:
         torch.testing.assert_close(states[0][name], states[1][name], rtol=0, atol=0)

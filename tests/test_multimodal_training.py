@@ -95,7 +95,7 @@ def test_fit_monitored_stops_after_patience_and_restores_the_best_state(planted)
     log = model.fit_monitored(planted.history, monitor)
     assert [epoch for epoch, _ in log.curve] == [0, 2, 4, 6, 8]      # stopped: 2 checks without gain
     assert [value for _, value in log.curve] == [0.1, 0.2, 0.5, 0.4, 0.3]
-    assert log.best_epoch == 4 and log.epochs_run == 8 and len(log.train_loss) == 8
+    assert log.best_epoch == 4 and log.epochs_run == 8 and len(log.train_loss) == 8 and log.stopped_early
     best_scores = monitor.scores[2]
     np.testing.assert_array_equal(all_scores(model, 60), best_scores)
     refit = LightGCN(**TINY | {"epochs": log.best_epoch}, seed=1).fit(planted.history)
@@ -107,7 +107,7 @@ def test_fit_monitored_keeps_the_initial_state_when_nothing_improves_and_checks_
     monitor = ScriptedMonitor([0.5, 0.4, 0.3, 0.2], n_users=60)
     log = model.fit_monitored(planted.history, monitor)
     assert [epoch for epoch, _ in log.curve] == [0, 2, 4, 5]
-    assert log.best_epoch == 0
+    assert log.best_epoch == 0 and not log.stopped_early  # ran to its epoch cap
     np.testing.assert_array_equal(all_scores(model, 60), monitor.scores[0])
     np.testing.assert_array_equal(all_scores(LightGCN(**TINY | {"epochs": 0}, seed=2).fit(planted.history), 60),
                                   monitor.scores[0])

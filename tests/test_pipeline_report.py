@@ -2,6 +2,8 @@
 on validation, Holm across the findings, caveats from the stage outputs."""
 from __future__ import annotations
 
+from dataclasses import replace
+
 import numpy as np
 import pandas as pd
 import pytest
@@ -93,6 +95,22 @@ def test_caveats_name_the_grounder_the_split_and_the_robustness_check() -> None:
     assert any("90 of 100 items described; 5.0%" in n for n in notes)
     assert any("Kendall's tau between the two protocols' orderings of 3 methods: 0.33" in n for n in notes)
     assert not any("global time cut" in n for n in report.caveats(grounding, "global_time", None))
+    assert not any("epoch cap" in n for n in notes)
+
+
+def test_runs_that_reached_their_epoch_cap_are_named_in_a_caveat(setup) -> None:
+    results, _ = setup
+    curve = {"curve": [[0, 0.1], [4, 0.2]], "train_loss": [1.0] * 4, "best_epoch": 4, "epochs_run": 4}
+    graph = {"lightgcn@seed0": replace(results["title"], training=curve | {"stopped_early": False}),
+             "lightgcn@seed1": replace(results["title"], training=curve | {"stopped_early": False}),
+             "vbpr-title-image@seed0": replace(results["title"], training=curve | {"stopped_early": True})}
+    fusion = {"a": {"kind": "gating", "seed": 2, "config": {"temperature": 0.1}, "stopped_early": False},
+              "b": {"kind": "attention", "seed": 0, "config": {"temperature": 0.1}, "stopped_early": True}}
+    capped = report.runs_at_epoch_cap(results | graph, fusion)
+    assert capped == ["lightgcn", 'fusion_gating seed 2 {"temperature": 0.1}']
+    grounding = {"grounder": {"backend": "hf", "description_of_method": "an LVLM"}, "arms": {}}
+    note = report.caveats(grounding, "global_time", None, capped)[-1]
+    assert note.startswith("2 training run(s) reached their epoch cap") and "lightgcn; fusion_gating seed 2" in note
 
 
 def test_a_slice_without_users_leaves_its_finding_out(setup) -> None:

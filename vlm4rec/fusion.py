@@ -335,6 +335,7 @@ class FusionResult:
     val_loss_curve: list[float]   # index 0 = before training, index e = after epoch e
     train_loss_curve: list[float] # index e-1 = mean training loss of epoch e
     best_epoch: int               # argmin of val_loss_curve (0 = the untrained model was best)
+    stopped_early: bool           # False: it ran to the epoch cap, the curve may still have been falling
     seed: int
     train_s: float
     n_val_pairs: int
@@ -404,7 +405,7 @@ def _train_fusion(model: FusionModule, modalities: Mapping[str, np.ndarray], tra
 
     val_curve = [validation_loss(encode(model, modalities), validation, temperature)]
     train_curve: list[float] = []
-    best_epoch, best_state = 0, copy.deepcopy(model.state_dict())
+    best_epoch, best_state, stopped_early = 0, copy.deepcopy(model.state_dict()), False
     bar = tqdm(range(1, epochs + 1), unit="epoch", desc=f"{type(model).__name__} seed {seed}", disable=not progress)
     for epoch in bar:
         train_curve.append(_train_epoch(model, optimizer, features, history, rng, batch_size,
@@ -414,11 +415,12 @@ def _train_fusion(model: FusionModule, modalities: Mapping[str, np.ndarray], tra
         if val_curve[-1] < val_curve[best_epoch]:
             best_epoch, best_state = epoch, copy.deepcopy(model.state_dict())
         elif epoch - best_epoch >= patience:
+            stopped_early = True
             break
     bar.close()
     model.load_state_dict(best_state)
     return FusionResult(vectors=encode(model, modalities), val_loss_curve=val_curve,
-                        train_loss_curve=train_curve, best_epoch=best_epoch, seed=seed,
+                        train_loss_curve=train_curve, best_epoch=best_epoch, stopped_early=stopped_early, seed=seed,
                         train_s=time.perf_counter() - started, n_val_pairs=validation.n_pairs,
                         n_val_users_without_history=validation.n_users_without_history, model=model)
 

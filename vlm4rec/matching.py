@@ -74,12 +74,14 @@ class Recommender(ABC):
 @dataclass
 class TrainingLog:
     """How a monitored training run went: the validation metric after every evaluated epoch, the epoch
-    whose state was kept (0 = the initial, untrained state was best) and the mean training loss per epoch.
+    whose state was kept (0 = the initial, untrained state was best), the mean training loss per epoch and
+    whether early stopping ended it (False: it ran to its epoch cap, its curve may still have been rising).
     Holds no wall times, so that it can be saved with the results and stay identical across reruns."""
 
     curve: list[tuple[int, float]] = field(default_factory=list)   # (epoch, validation metric)
     train_loss: list[float] = field(default_factory=list)          # index e-1 = epoch e
     best_epoch: int = 0
+    stopped_early: bool = False
 
     @property
     def epochs_run(self) -> int:
@@ -87,7 +89,8 @@ class TrainingLog:
 
     def as_dict(self) -> dict[str, object]:
         return {"curve": [[int(e), float(v)] for e, v in self.curve], "train_loss": list(map(float, self.train_loss)),
-                "best_epoch": int(self.best_epoch), "epochs_run": self.epochs_run}
+                "best_epoch": int(self.best_epoch), "epochs_run": self.epochs_run,
+                "stopped_early": bool(self.stopped_early)}
 
 
 class IterativeRecommender(Recommender):

@@ -238,6 +238,7 @@ class BPRRecommender(IterativeRecommender):
                 else:
                     checks_without_gain += 1
                     if checks_without_gain >= self.patience:
+                        log.stopped_early = True
                         break
             if best_state is not None:
                 self.model.load_state_dict(best_state)

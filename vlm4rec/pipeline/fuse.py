@@ -88,7 +88,8 @@ class FusionTrainer:
             spec = json.loads(key)
             summary[key] = spec | {
                 "best_epoch": run.best_epoch, "stopped_at_epoch_0": run.best_epoch == 0,
-                "epochs_run": len(run.train_loss_curve), "train_s": round(run.train_s, 2),
+                "epochs_run": len(run.train_loss_curve),
+                "stopped_early": run.stopped_early, "train_s": round(run.train_s, 2),
                 "val_loss_curve": run.val_loss_curve, "train_loss_curve": run.train_loss_curve,
                 "modality_weights": modality_weight_summary(run, self.modalities),
                 "val_loss_increase_without": modality_ablation(

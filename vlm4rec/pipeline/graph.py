@@ -42,6 +42,7 @@ def run_cell(eval: dict[str, Any], graph: dict[str, Any], cell: str) -> dict[str
         "model": spec["model"], "modalities": spec["modalities"], "scale": graph["scale"],
         "methods": test_metrics_json(results),
         "training": {"best_epoch": first.training["best_epoch"], "epochs_run": first.training["epochs_run"],
+                     "stopped_early": first.training["stopped_early"],
                      "validation_curve": first.training["curve"], "grid_size": len(first.val_grid)},
         "cost": {"wall_s": round(time.perf_counter() - started, 3), "peak_rss_mb": round(peak_rss_mb(), 1),
                  "methods": timing_json(results)}})

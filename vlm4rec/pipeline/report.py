@@ -8,6 +8,7 @@ them across experiments.
 from __future__ import annotations
 
 import json
+from collections.abc import Sequence
 from dataclasses import asdict, dataclass
 from typing import Any
 
@@ -222,8 +223,21 @@ def graph_training_curves(results: dict[str, MethodResult]) -> pd.DataFrame:
     return pd.DataFrame(rows, columns=["cell", "epoch", "validation"]).drop_duplicates()  # seeds share selection
 
 
-def caveats(grounding: dict[str, Any], split: str, robustness: pd.DataFrame | None) -> list[str]:
-    """What a reader must keep in mind when reading the findings, from the stage outputs."""
+def runs_at_epoch_cap(results: dict[str, MethodResult], fusion_training: dict[str, Any]) -> list[str]:
+    """The monitored training runs that ended at their epoch cap instead of by early stopping (their
+    validation curve may still have been improving): graph cells by name, learned fusions by kind, seed and
+    configuration (``fusion_training``: the ``training`` entry of ``metrics/fusion.json``)."""
+    graph = sorted({method_family(name) for name, r in results.items()
+                    if r.training is not None and not r.training["stopped_early"]})
+    fusion = sorted(f"fusion_{run['kind']} seed {run['seed']} {json.dumps(run['config'], sort_keys=True)}"
+                    for run in fusion_training.values() if not run["stopped_early"])
+    return graph + fusion
+
+
+def caveats(grounding: dict[str, Any], split: str, robustness: pd.DataFrame | None,
+            capped_runs: Sequence[str] = ()) -> list[str]:
+    """What a reader must keep in mind when reading the findings, from the stage outputs
+    (``capped_runs``: :func:`runs_at_epoch_cap`)."""
     notes = [f"Every description comes from: {grounding['grounder']['description_of_method']}."]
     if grounding["grounder"]["backend"] == "tagger":
         notes.append("The default grounder is a classifier-based tagger, not a vision-language model: the "
@@ -239,6 +253,10 @@ def caveats(grounding: dict[str, Any], split: str, robustness: pd.DataFrame | No
         tau = robustness[["study_split", "global_time"]].corr(method="kendall").iloc[0, 1]
         notes.append(f"Kendall's tau between the two protocols' orderings of {len(robustness)} methods: "
                      f"{tau:.2f}.")
+    if capped_runs:
+        notes.append(f"{len(capped_runs)} training run(s) reached their epoch cap before early stopping ended "
+                     "them, so their validation curve may not have flattened (raise fusion.epochs or "
+                     f"graph.training.epochs): {'; '.join(capped_runs)}.")
     return notes
 
 
