@@ -211,9 +211,9 @@ def graph_table(results: dict[str, MethodResult], eval: dict[str, Any], report: 
 
 def _summary(finding: Finding | None, label: str) -> dict[str, str]:
     if finding is None:
-        return {f"{label}: difference [95% CI]": "no users", f"{label}: p (Holm)": ""}
+        return {f"{label}: difference [95% CI]": "no users", f"{label}: p (Holm across models)": ""}
     return {f"{label}: difference [95% CI]": f"{finding.difference:+.4f} [{finding.ci_low:+.4f}, {finding.ci_high:+.4f}]",
-            f"{label}: p (Holm)": format_p(finding.p_holm)}
+            f"{label}: p (Holm across models)": format_p(finding.p_holm)}
 
 
 def graph_training_curves(results: dict[str, MethodResult]) -> pd.DataFrame:
@@ -283,11 +283,6 @@ def write_report_metrics(found: list[Finding], notes: list[str]) -> dict[str, An
                "caveats": notes}
     write_json(METRICS_DIR / "report.json", payload)
     return payload
-
-
-def findings_table(found: list[Finding]) -> pd.DataFrame:
-    """The findings as a table: question, answer."""
-    return pd.DataFrame({"question": [f.question for f in found], "answer": [f.answer for f in found]})
 
 
 def coverage_columns(results: dict[str, MethodResult]) -> pd.DataFrame:
