@@ -49,18 +49,16 @@ def text_representations(items: pd.DataFrame, descriptions: pd.DataFrame, arms: 
     texts = {name: item_texts(items, kind, series) for name, kind, series, _ in jobs}
     distinct = list(dict.fromkeys(t for chosen in texts.values() for t, gone in zip(chosen.texts, chosen.is_missing)
                                   if not gone))
-    encoder = load_text_encoder(encoder_spec)
-    if ray is not None:
+    if ray is not None and distinct:  # the driver loads no encoder
         vectors = encode_texts_ray(distinct, encoder_spec, batch_size, ray)
-    else:
-        vectors = encode_texts(distinct, encoder, batch_size=batch_size)
+    else:  # (with nothing to encode, the local encoder still gives the width)
+        vectors = encode_texts(distinct, load_text_encoder(encoder_spec), batch_size=batch_size)
     row_of = {text: row for row, text in enumerate(distinct)}
 
     def encoded(chosen: Sequence[str]) -> np.ndarray:
         return vectors[[row_of[text] for text in chosen]]
 
-    dim = encoder.get_embedding_dimension()
-    return [from_texts(name, texts[name], encoded, dim, f"{label} on {what}") for name, _, _, what in jobs]
+    return [from_texts(name, texts[name], encoded, vectors.shape[1], f"{label} on {what}") for name, _, _, what in jobs]
 
 
 def run(embed: dict[str, Any], ground: dict[str, Any], compute: dict[str, Any]) -> tuple[pd.DataFrame, dict[str, Any]]:
