@@ -3,20 +3,22 @@
 Synthetic catalogue of ML-1M's shape: 6,040 users, 3,706 items, modalities 384 + 384 + 1280 (the text
 ones carry a cluster signal users prefer, the image one is noise); per user ~66 train and ~10 validation
 positives (ML-1M's rating >= 4 positives under the 70/10/20 temporal split). Prints, per fusion kind,
-the wall and CPU time of ``train_fusion``, the epochs run, the best epoch and seconds per epoch.
+the wall and CPU time of ``train_fusion``, the epochs run, the best epoch and seconds per epoch. Training
+runs on ``TRAINING_THREADS`` intra-op threads (``train_fusion`` pins them, for reproducible sums).
 
-    python benchmarks/bench_fusion.py [--epochs 50] [--batch-size 512] [--threads N] [--kinds ...]
+    python benchmarks/bench_fusion.py [--epochs 50] [--batch-size 512] [--kinds ...]
 """
 from __future__ import annotations
 
 import argparse
 import time
+from typing import get_args
 
 import numpy as np
 import scipy.sparse as sp
-import torch
 
-from vlm4rec.fusion import make_fusion, train_fusion
+from vlm4rec.fusion import FusionKind, make_fusion, train_fusion
+from vlm4rec.reproducibility import TRAINING_THREADS
 from vlm4rec.splits import History
 
 N_USERS, N_ITEMS, N_CLUSTERS = 6040, 3706, 40
@@ -52,12 +54,10 @@ def main() -> None:
     parser = argparse.ArgumentParser()
     parser.add_argument("--epochs", type=int, default=50)
     parser.add_argument("--batch-size", type=int, default=512)
-    parser.add_argument("--threads", type=int, default=torch.get_num_threads())
-    parser.add_argument("--kinds", nargs="+", default=["attention", "gating", "spectral"])
+    parser.add_argument("--kinds", nargs="+", default=list(get_args(FusionKind)), choices=get_args(FusionKind))
     args = parser.parse_args()
-    torch.set_num_threads(args.threads)
     modalities, history, val_targets = synthetic_ml1m()
-    print(f"torch threads {torch.get_num_threads()}; users {N_USERS}, items {N_ITEMS}, "
+    print(f"torch threads {TRAINING_THREADS}; users {N_USERS}, items {N_ITEMS}, "
           f"train positives {history.matrix.nnz}, validation positives {val_targets.nnz}")
     for kind in args.kinds:
         model = make_fusion(kind, DIMS, dim=128, seed=0)

@@ -36,11 +36,12 @@ from torch import nn
 from tqdm import tqdm
 
 from vlm4rec.matching import Recommender, history_weights, user_profiles
+from vlm4rec.config import LearnedFusion
 from vlm4rec.reproducibility import deterministic_torch
 from vlm4rec.splits import History, binarize, sample_negatives
 from vlm4rec.vectors import check_modalities, normalize_rows
 
-FusionKind = Literal["attention", "gating", "frequency_filter"]
+FusionKind = LearnedFusion  # the kinds params.yaml's fusion.learned accepts
 _EPS = 1e-12
 
 
@@ -368,6 +369,7 @@ def _train_epoch(model: FusionModule, optimizer: torch.optim.Optimizer,
     return float(np.mean(losses))
 
 
+@deterministic_torch()
 def train_fusion(model: FusionModule, modalities: Mapping[str, np.ndarray], train_history: History,
                  val_history: History, val_targets: sp.spmatrix, *, seed: int = 0, epochs: int = 50,
                  batch_size: int = 512, lr: float = 1e-3, patience: int = 5, negatives: int = 100,
@@ -376,17 +378,8 @@ def train_fusion(model: FusionModule, modalities: Mapping[str, np.ndarray], trai
     with the lowest validation loss (``val_history`` as input, ``val_targets`` as positives), stopping
     after ``patience`` epochs without improvement. Deterministic given ``seed``; ``model`` ends holding
     the best epoch's weights (restored from a deep copy, never a live reference). Runs inside
-    :func:`~vlm4rec.reproducibility.deterministic_torch`, so a rerun gives byte-identical vectors."""
-    with deterministic_torch():
-        return _train_fusion(model, modalities, train_history, val_history, val_targets, seed=seed, epochs=epochs,
-                             batch_size=batch_size, lr=lr, patience=patience, negatives=negatives,
-                             temperature=temperature, weight_decay=weight_decay, progress=progress)
-
-
-def _train_fusion(model: FusionModule, modalities: Mapping[str, np.ndarray], train_history: History,
-                  val_history: History, val_targets: sp.spmatrix, *, seed: int, epochs: int, batch_size: int,
-                  lr: float, patience: int, negatives: int, temperature: float, weight_decay: float,
-                  progress: bool) -> FusionResult:
+    :func:`~vlm4rec.reproducibility.deterministic_torch` (CPU, :data:`~vlm4rec.reproducibility.TRAINING_THREADS` threads), so a
+    rerun gives byte-identical vectors."""
     n_items = check_modalities(modalities)
     if train_history.n_items != n_items or val_history.n_items != n_items:
         raise ValueError(f"histories have {train_history.n_items}/{val_history.n_items} items, "

@@ -21,8 +21,7 @@ from __future__ import annotations
 import copy
 import math
 from abc import abstractmethod
-from contextlib import contextmanager
-from typing import Callable, Iterator, Literal, Mapping
+from typing import Callable, Literal, Mapping
 
 import numpy as np
 import scipy.sparse as sp
@@ -31,6 +30,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from vlm4rec.matching import IterativeRecommender, TrainingLog
+from vlm4rec.reproducibility import deterministic_torch
 from vlm4rec.splits import History, binarize, sample_negatives
 from vlm4rec.vectors import check_modalities, normalize_rows
 
@@ -47,23 +47,6 @@ def resolve_device(device: str) -> torch.device:
     if device == "cuda" and not torch.cuda.is_available():
         raise ValueError("device='cuda' but torch sees no CUDA device")
     return torch.device(device)
-
-
-@contextmanager
-def deterministic_algorithms(device: torch.device) -> Iterator[None]:
-    """On CUDA, deterministic torch kernels for the duration of a fit (warn where none exists), then the
-    caller's setting again. The CPU kernels used here are deterministic already (and switching the flag
-    imports torch's compiler stack, seconds per process), so on CPU nothing changes."""
-    if device.type == "cpu":
-        yield
-        return
-    enabled = torch.are_deterministic_algorithms_enabled()
-    warn_only = torch.is_deterministic_algorithms_warn_only_enabled()
-    torch.use_deterministic_algorithms(True, warn_only=True)
-    try:
-        yield
-    finally:
-        torch.use_deterministic_algorithms(enabled, warn_only=warn_only)
 
 
 # --------------------------------------------------------------------------- losses and initialisation
@@ -221,7 +204,7 @@ class BPRRecommender(IterativeRecommender):
         generator = torch.Generator().manual_seed(self.seed)
         log = TrainingLog()
         device = resolve_device(self.device)
-        with deterministic_algorithms(device):
+        with deterministic_torch(threads=None):  # all of torch's threads: these models are the slow part
             self.model = self.build(matrix, generator, device)
             optimizer = torch.optim.Adam(self.model.parameters(), lr=self.lr)
             best_value, best_state, checks_without_gain = -math.inf, None, 0
