@@ -31,7 +31,8 @@ DEFAULT_KS: tuple[int, ...] = (5, 10, 20, 50)
 @dataclass(frozen=True)
 class EvalSplit:
     """Everything one evaluation phase may see: the history to fit on, the items to exclude, the
-    relevant items and the users that have some, and how to rank (every ranker gives the same lists)."""
+    relevant items and the users that have some, and how to rank (every :data:`~vlm4rec.matching.Ranker`
+    gives the same lists on the CPU; see :func:`~vlm4rec.matching.recommend_torch` for a GPU)."""
 
     history: History
     exclude: sp.csr_matrix

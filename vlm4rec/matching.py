@@ -5,9 +5,10 @@
                          optional score_into(users, out) writes into a reused block buffer.
 ``recommend``            blocked over users: score one block, mask seen items, partial-sort top-K,
                          ties broken by the smaller item index. Never holds more than one block of scores.
-``recommend_torch``      the same top-K lists from torch on a device (``cuda`` for a GPU; ``cpu`` runs the
-                         same code): scores from ``Recommender.torch_scorer`` (profile matching multiplies
-                         on the device), masking and :func:`top_k_torch` there too.
+``recommend_torch``      top-K in torch on a device (``cuda`` for a GPU; ``cpu`` runs the same code and gives
+                         the same lists): scores from ``Recommender.torch_scorer`` (profile matching
+                         multiplies on the device, where a last-bit difference can swap two near-tied
+                         items), masking and :func:`top_k_torch` there too.
 ``ProfileRecommender``   the VLM4Rec method (docs/protocol.md, "Method"). Its cost splits into an offline part,
                          :func:`item_vectors` (L2-normalised item embeddings, paid once per item), and an
                          online part, :func:`history_weights` + :func:`user_profiles` (one sparse weighted
@@ -127,11 +128,14 @@ def _check_scores(scores: np.ndarray, n_rows: int) -> None:
         raise ValueError("score_block returned NaN scores; use -inf for items that cannot be scored")
 
 
+def stored_coordinates(matrix: sp.csr_matrix) -> tuple[np.ndarray, np.ndarray]:
+    """(rows, columns) of every stored entry of a CSR matrix."""
+    return np.repeat(np.arange(matrix.shape[0]), np.diff(matrix.indptr)), matrix.indices
+
+
 def mask_items(scores: np.ndarray, exclude_rows: sp.csr_matrix) -> None:
     """Set ``scores[r, i] = -inf`` for every stored entry (r, i) of ``exclude_rows``, in place."""
-    counts = np.diff(exclude_rows.indptr)
-    rows = np.repeat(np.arange(exclude_rows.shape[0]), counts)
-    scores[rows, exclude_rows.indices] = -np.inf
+    scores[stored_coordinates(exclude_rows)] = -np.inf
 
 
 def _select_with_ties(scores: np.ndarray, threshold: np.ndarray, k: int) -> np.ndarray:
@@ -281,10 +285,8 @@ def recommend_torch(model: Recommender, users: np.ndarray, exclude: sp.csr_matri
         block = users[start:start + block_size]
         scores = score(block)
         _check_score_tensor(scores, len(block), n_items, model.name)
-        seen = exclude[block]
-        rows = np.repeat(np.arange(len(block)), np.diff(seen.indptr))
-        scores[torch.from_numpy(rows).to(device), torch.from_numpy(seen.indices.astype(np.int64)).to(device)] = \
-            -torch.inf
+        rows, columns = stored_coordinates(exclude[block])
+        scores[torch.from_numpy(rows).to(device), torch.from_numpy(columns.astype(np.int64)).to(device)] = -torch.inf
         out[start:start + len(block)] = top_k_torch(scores, k).cpu().numpy()
     return out
 
@@ -301,8 +303,9 @@ def _check_score_tensor(scores: torch.Tensor, n_rows: int, n_items: int, name: s
         raise ValueError(f"{name}: NaN scores; use -inf for items that cannot be scored")
 
 
-#: ``rank(model, users, exclude, k)``: top-K lists of a fitted model (:func:`recommend` is one; the torch and
-#: Ray engines of :mod:`vlm4rec.distributed.matching` give the same lists).
+#: ``rank(model, users, exclude, k)``: top-K lists of a fitted model (:func:`recommend` is one; the torch
+#: engine :func:`recommend_torch` and the Ray engine of :mod:`vlm4rec.distributed.matching` give the same lists
+#: on the CPU, and on a GPU up to last-bit ties).
 Ranker = Callable[["Recommender", np.ndarray, sp.csr_matrix, int], np.ndarray]
 
 

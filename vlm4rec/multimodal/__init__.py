@@ -33,6 +33,7 @@ from vlm4rec.multimodal.vbpr import VBPR
 MODELS: dict[str, type[BPRRecommender]] = {"lightgcn": LightGCN, "vbpr": VBPR, "freedom": FREEDOM, "smore": SMORE}
 CONTENT_FREE = frozenset({"lightgcn"})
 
+
 def candidates(model: str, modalities: Mapping[str, np.ndarray], grid: Mapping[str, Sequence[Any]],
                fixed: Mapping[str, Any] | None = None, seed: int = 0) -> list[Candidate]:
     """One :class:`~vlm4rec.evaluation.Candidate` per point of the product of ``grid``'s lists (in the grid's

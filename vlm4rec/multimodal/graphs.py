@@ -22,7 +22,7 @@ import numpy as np
 import scipy.sparse as sp
 import torch
 
-from vlm4rec.matching import item_neighbours
+from vlm4rec.matching import item_neighbours, stored_coordinates
 from vlm4rec.vectors import normalize_rows
 
 
@@ -91,8 +91,7 @@ def degree_sensitive_dropout(history: sp.csr_matrix, drop: float, rng: np.random
     history = sp.csr_matrix(history)
     history.sort_indices()
     counts = np.diff(history.indptr)
-    users = np.repeat(np.arange(history.shape[0]), counts)
-    items = history.indices
+    users, items = stored_coordinates(history)
     item_degree = np.bincount(items, minlength=history.shape[1])
     weights = inverse_sqrt(counts[users]) * inverse_sqrt(item_degree[items])
     keys = np.log(rng.random(len(items))) / weights

@@ -29,7 +29,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from vlm4rec.matching import IterativeRecommender, TrainingLog
+from vlm4rec.matching import IterativeRecommender, TrainingLog, stored_coordinates
 from vlm4rec.reproducibility import deterministic_torch
 from vlm4rec.splits import History, binarize, sample_negatives
 from vlm4rec.vectors import check_modalities, normalize_rows
@@ -242,9 +242,9 @@ class BPRRecommender(IterativeRecommender):
         model.train()
         model.start_epoch(rng)
         order = rng.permutation(matrix.nnz)
-        users = np.repeat(np.arange(matrix.shape[0]), np.diff(matrix.indptr))
+        users, positives = stored_coordinates(matrix)
         negatives = sample_negatives(matrix, users, 1, rng)[:, 0]  # users sorted: a cache-friendly search
-        users, positives, negatives = users[order], matrix.indices[order], negatives[order]
+        users, positives, negatives = users[order], positives[order], negatives[order]
         device = next(model.parameters()).device
         losses = []
         for start in range(0, len(order), self.batch_size):

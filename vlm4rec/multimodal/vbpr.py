@@ -55,8 +55,8 @@ class VBPRModel(BPRModel):
     def loss(self, users: torch.Tensor, positives: torch.Tensor, negatives: torch.Tensor) -> torch.Tensor:
         items = self.item_vectors()
         batch = [rows(self.user_factors, users), rows(items, positives), rows(items, negatives)]
-        scores = bpr_loss(self.user_vectors(users), *batch[1:])
-        return scores + self.l2 * l2_penalty(*batch)
+        ranking_loss = bpr_loss(self.user_vectors(users), *batch[1:])
+        return ranking_loss + self.l2 * l2_penalty(*batch)
 
     def vectors(self) -> tuple[torch.Tensor, torch.Tensor]:
         return self.user_vectors(), self.item_vectors()
