@@ -27,7 +27,7 @@ import pandas as pd
 import requests
 from tqdm import tqdm
 
-from vlm4rec.errors import StudyError
+from vlm4rec.errors import StudyError, os_reason
 from vlm4rec.images import ImageLoadError, load_image
 
 IMAGE_SUFFIX = ".jpg"
@@ -160,22 +160,6 @@ def image_problem(source: bytes | Path) -> str | None:
     return None
 
 
-def _innermost_reason(exc: BaseException) -> str:
-    """The operating system's words for why a request failed (``Connection refused``, ``Name or service
-    not known``), found under the layers ``requests`` and ``urllib3`` wrap it in; else the class name."""
-    node: BaseException | None = exc
-    seen: set[int] = set()
-    while node is not None and id(node) not in seen:
-        seen.add(id(node))
-        if isinstance(node, OSError) and node.strerror:
-            return node.strerror
-        wrapped = getattr(node, "reason", None)
-        inner = [a for a in node.args if isinstance(a, BaseException)]
-        node = (wrapped if isinstance(wrapped, BaseException) else None) or node.__cause__ or (
-            inner[0] if inner else None)
-    return type(exc).__name__
-
-
 def _fetch_once(session: requests.Session, url: str, timeout_s: float, max_bytes: int) -> bytes:
     """GET ``url`` streaming, enforcing the timeout and the size cap; raise :class:`FetchError`."""
     try:
@@ -195,10 +179,10 @@ def _fetch_once(session: requests.Session, url: str, timeout_s: float, max_bytes
     except requests.Timeout as exc:
         raise FetchError("timeout", retryable=True, detail=f"no answer within {timeout_s} s") from exc
     except requests.ConnectionError as exc:
-        raise FetchError("connection_error", retryable=True, detail=_innermost_reason(exc)) from exc
+        raise FetchError("connection_error", retryable=True, detail=os_reason(exc)) from exc
     except requests.RequestException as exc:
         raise FetchError(f"request_error:{type(exc).__name__}", retryable=False,
-                         detail=_innermost_reason(exc)) from exc
+                         detail=os_reason(exc)) from exc
 
 
 def _fetch_with_retries(session: requests.Session, url: str, timeout_s: float, max_bytes: int,

@@ -34,6 +34,7 @@ import requests
 from PIL import Image
 from urllib3.exceptions import ConnectTimeoutError, NameResolutionError, NewConnectionError
 
+from vlm4rec.errors import os_reason
 from vlm4rec.grounding.base import Grounder, GroundingError, GroundingStopped
 
 RETRY_STATUSES = frozenset({429, 500, 502, 503, 504})
@@ -249,8 +250,7 @@ def _connect_failure(err: requests.ConnectionError, timeout_s: float) -> str | N
     """Why no connection could be opened (refused, name not resolved, connect timeout), or None when the
     connection was opened and then failed (the server is there: overload, not unreachability)."""
     reason = getattr(err.args[0], "reason", None) if err.args else None
-    cause = getattr(reason, "__cause__", None)
-    detail = (cause.strerror or str(cause)) if isinstance(cause, OSError) else str(reason)
+    detail = os_reason(err)
     if isinstance(reason, NameResolutionError):
         return f"name resolution failed ({detail})"
     if isinstance(reason, NewConnectionError):
