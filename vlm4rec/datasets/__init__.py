@@ -2,9 +2,10 @@
 
 ``load_source(name, **keys)`` looks the adapter up in :data:`SOURCES` and calls it with the keyword
 arguments of that source (e.g. ``root=...``, ``posters_dir=...`` for ``movielens_1m``), as given by
-``params.yaml: data``. A new source is one module under ``vlm4rec/datasets/`` plus one line in
-:data:`SOURCES` mapping its name to its loader and one in :data:`INPUT_PATH_KEYS` naming the loader's
-arguments that are paths (MovieLens-1M is found or downloaded by :mod:`vlm4rec.datasets.movielens_fetch`).
+``params.yaml: data``. A new source is one module under ``vlm4rec/datasets/``, one line in :data:`SOURCES`
+mapping its name to its loader, one in :data:`INPUT_PATH_KEYS` naming the loader's arguments that are
+paths, and its keys in the parameter schema (:mod:`vlm4rec.config`: a ``*Params`` section, a ``DataParams``
+field, its name in ``DataParams.source`` and ``SOURCE_KEYS``) (MovieLens-1M is found or downloaded by :mod:`vlm4rec.datasets.movielens_fetch`).
 """
 from __future__ import annotations
 

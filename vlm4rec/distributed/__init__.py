@@ -1,4 +1,4 @@
-"""Scale-out on Ray: the ground, embed and match stages' heavy work on a Ray cluster, same results.
+"""Scale-out on Ray: the ground, embed, match and robustness stages' heavy work on a Ray cluster, same results.
 
 This package holds the cluster configuration and the actor-pool plumbing; one module per stage's work
 (:mod:`.grounding`, :mod:`.embedding`, :mod:`.matching`) so that a stage depends only on its own.

@@ -79,7 +79,7 @@ class Grounder(ABC):
 
     def usage(self) -> dict[str, Any]:
         """Counts of the backend's work since the grounder was built (e.g. requests per server): nested
-        dicts of integers, never secrets. None by default."""
+        dicts of integers, never secrets. Empty by default."""
         return {}
 
     def __repr__(self) -> str:

@@ -4,7 +4,7 @@ Ollama, OpenAI), or a fleet of them, with each image sent inline as a base64 JPE
 Requests run ``concurrency`` at a time and are spread round-robin over the servers of ``base_url`` (one
 URL or a list, e.g. one vLLM server per GPU node). 429, 5xx, timeouts and connection errors are retried
 (``max_retries`` times per request); each failure takes its server out for a back-off period
-(``backoff_s * 2**k`` after its k-th failure in a row, or the server's ``Retry-After``), during which its
+(``backoff_s * 2**(k-1)`` after its k-th failure in a row, or the server's ``Retry-After``), during which its
 requests go to the other servers. Other HTTP errors and malformed responses fail at once with a message
 naming what is wrong. Connections that cannot be opened at all (refused, name not resolved) are counted
 apart from overload: once every server has failed ``max_connection_failures`` connections in a row, the
