@@ -35,11 +35,10 @@ def seed_of(method: str) -> int | None:
     return int(tag) if tag else None
 
 
-def per_user_long(results: dict[str, MethodResult], split: str = "test") -> pd.DataFrame:
-    """Every method's per-user metrics on ``split`` (test or val) stacked: columns ``method`` (the
-    family), ``seed`` (NaN for unseeded methods), ``user_idx`` and the metrics."""
-    frames = [(r.test_per_user if split == "test" else r.val_per_user)
-              .assign(method=method_family(name), seed=seed_of(name)) for name, r in results.items()]
+def per_user_long(results: dict[str, MethodResult]) -> pd.DataFrame:
+    """Every method's per-user test metrics stacked: columns ``method`` (the family), ``seed`` (NaN for
+    unseeded methods), ``user_idx`` and the metrics."""
+    frames = [r.test_per_user.assign(method=method_family(name), seed=seed_of(name)) for name, r in results.items()]
     long = pd.concat(frames, ignore_index=True)
     return long.astype({"seed": "float64"})
 
