@@ -29,16 +29,16 @@ from typing import Any, Callable
 
 import yaml
 
-from vlm4rec.config import load_params
+from vlm4rec.config import UniqueKeyLoader, load_params
 from vlm4rec.errors import StudyError
 
 REPORTS_DIR = Path("reports")
 
 
 def load_yaml(path: str | Path) -> dict[str, Any]:
-    """Parse a YAML file (``params.yaml``, ``dvc.yaml``)."""
+    """Parse a YAML file (``params.yaml``, ``dvc.yaml``); a key given twice is an error, as in DVC."""
     with open(path, encoding="utf-8") as handle:
-        return yaml.safe_load(handle) or {}
+        return yaml.load(handle, Loader=UniqueKeyLoader) or {}
 
 
 def stage_definition(stage: str, dvc_file: str | Path = "dvc.yaml") -> dict[str, Any]:
