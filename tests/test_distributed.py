@@ -226,6 +226,23 @@ def test_a_ray_client_address_without_the_client_says_what_to_install(monkeypatc
         connect(RayConfig(address="ray://head:10001"))
 
 
+def test_an_unreachable_cluster_address_is_an_error_within_the_connect_timeout(monkeypatch):
+    import socket
+    import time
+
+    with socket.socket() as probe:  # a port nothing listens on
+        probe.bind(("127.0.0.1", 0))
+        port = probe.getsockname()[1]
+    monkeypatch.setattr(ray, "is_initialized", lambda: False)
+    started = time.monotonic()
+    with pytest.raises(StudyError, match=rf"compute.ray.address 127.0.0.1:{port}: the Ray head did not accept a "
+                                         r"connection within 10 s \(Connection refused\)"):
+        connect(RayConfig(address=f"127.0.0.1:{port}"))
+    with pytest.raises(StudyError, match="must be auto, host:port or ray://host:port"):
+        connect(RayConfig(address="head"))
+    assert time.monotonic() - started < 5
+
+
 def test_the_ground_embed_and_match_stages_on_ray_write_what_the_local_executor_writes(tmp_path, monkeypatch):
     """The stage glue with compute.executor: ray (the study's switch) against local: same description
     table, vectors within 1e-6, same chosen configurations, top-K lists and test metrics."""

@@ -27,6 +27,7 @@ from __future__ import annotations
 
 import importlib.util
 import pickle
+import socket
 from abc import ABC, abstractmethod
 from collections.abc import Iterator, Sequence
 from dataclasses import dataclass
@@ -34,7 +35,7 @@ from typing import Any
 
 import numpy as np
 
-from vlm4rec.errors import StudyError
+from vlm4rec.errors import StudyError, os_reason
 
 EXECUTORS = ("local", "ray")
 
@@ -93,9 +94,30 @@ def connect(config: RayConfig) -> None:
         raise StudyError(f"compute.ray.address {config.address} needs the Ray Client (pip install "
                          "'ray[client]==2.60.0', not pinned here); or run the stage on a node of the cluster "
                          "with address: auto")
+    check_reachable(config.address)
     import vlm4rec
 
     ray.init(address=config.address, runtime_env={"py_modules": [vlm4rec]})
+
+
+#: Seconds a cluster's head has to accept a connection (Ray itself would retry for minutes).
+CONNECT_TIMEOUT_S = 10.0
+
+
+def check_reachable(address: str, timeout_s: float = CONNECT_TIMEOUT_S) -> None:
+    """A :class:`StudyError` unless the head of ``compute.ray.address`` (``host:port`` or
+    ``ray://host:port``) accepts a TCP connection within ``timeout_s``; ``auto`` is Ray's own quick lookup."""
+    if address == "auto":
+        return
+    host, _, port = address.removeprefix("ray://").rpartition(":")
+    if not host or not port.isdigit():
+        raise StudyError(f"compute.ray.address {address!r} must be auto, host:port or ray://host:port")
+    try:
+        socket.create_connection((host.strip("[]"), int(port)), timeout=timeout_s).close()
+    except OSError as err:
+        raise StudyError(f"compute.ray.address {address}: the Ray head did not accept a connection within "
+                         f"{timeout_s:g} s ({os_reason(err)}). Start the cluster (ray start --head), fix the "
+                         "address, or set it to null to start a local cluster.") from None
 
 
 # --------------------------------------------------------------------------------------------------
