@@ -132,8 +132,9 @@ class DataParams(Section):
                                                       "null = all users")
     seed: int = Field(description="seed of user_sample")
     images_outside_folder: Literal["record", "refuse"] = Field(
-        description="an image that is a symlink leaving its images folder: record = use it and count it; "
-                    "refuse = treat the item as having no image, counted")
+        description="an image file that resolves outside its images folder (a symlink leaving it, an item id "
+                    "holding ../): refuse = treat the item as having no image, counted (the safe choice); "
+                    "record = use it and count it")
     movielens_1m: MovieLens1MParams
     amazon2023: Amazon2023Params
     align_macridvae: AlignMacridVAEParams

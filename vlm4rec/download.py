@@ -68,7 +68,7 @@ def image_file_state(path: Path, real_folder: Path) -> str:
 
 def attach_image_paths(items: pd.DataFrame, images_dir: str | Path | None, counts: dict[str, int],
                        key: str = "item_id",
-                       outside_folder: OutsideFolderPolicy = "record") -> pd.DataFrame:
+                       outside_folder: OutsideFolderPolicy = "refuse") -> pd.DataFrame:
     """Set ``image_path`` / ``has_image`` from the regular files present under ``images_dir``.
 
     ``key`` names the column whose value names the file (the item id, or e.g. the ASIN of a release
