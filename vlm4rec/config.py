@@ -58,8 +58,11 @@ def _repeated(value: Any) -> list[Any]:
         return [r for inner in value.values() for r in _repeated(inner)]
     if not isinstance(value, list):
         return []
-    seen: list[Any] = []
-    return [v for i, v in enumerate(value) if v in value[:i] and not (v in seen or seen.append(v))]
+    repeated: list[Any] = []
+    for position, item in enumerate(value):
+        if item in value[:position] and item not in repeated:
+            repeated.append(item)
+    return repeated
 
 
 def _device_present(device: str) -> str:
