@@ -108,6 +108,19 @@ def max_fusion(graphs: list[sp.csr_matrix]) -> sp.csr_matrix:
     return fused
 
 
+def first_maximum_per_row(values: np.ndarray, indptr: np.ndarray) -> np.ndarray:
+    """Index of the first largest entry of each non-empty row of CSR-ordered ``values`` (rows delimited by
+    ``indptr``), in row order: a segmented argmax without sorting."""
+    counts = np.diff(indptr)
+    starts = indptr[:-1][counts > 0]
+    if len(starts) == 0:
+        return np.zeros(0, dtype=np.int64)
+    row_max = np.repeat(np.maximum.reduceat(values, starts), counts[counts > 0])
+    candidates = np.flatnonzero(values == row_max)
+    row_of = np.repeat(np.arange(len(starts)), counts[counts > 0])[candidates]
+    return candidates[np.r_[True, row_of[1:] != row_of[:-1]]]
+
+
 def degree_sensitive_dropout(history: sp.csr_matrix, drop: float, rng: np.random.Generator) -> sp.csr_matrix:
     """The edges of the binary ``history`` that survive FREEDOM's degree-sensitive pruning.
 
@@ -126,8 +139,7 @@ def degree_sensitive_dropout(history: sp.csr_matrix, drop: float, rng: np.random
     item_degree = np.bincount(items, minlength=history.shape[1])
     weights = inverse_sqrt(counts[users]) * inverse_sqrt(item_degree[items])
     keys = np.log(rng.random(len(items))) / weights
-    by_user_then_key = np.lexsort((-keys, users))  # edges are grouped by user already (csr order)
-    best_of_user = by_user_then_key[history.indptr[:-1][counts > 0]]
+    best_of_user = first_maximum_per_row(keys, history.indptr)
     keys[best_of_user] = np.inf
     n_keep = max(int(round((1.0 - drop) * len(items))), len(best_of_user))
     kept = np.sort(np.argpartition(-keys, n_keep - 1)[:n_keep]) if n_keep < len(items) else np.arange(len(items))
