@@ -41,7 +41,9 @@ class LightGCNModel(BPRModel):
         return final[:self.n_users], final[self.n_users:]
 
     def ego_penalty(self, users: torch.Tensor, positives: torch.Tensor, negatives: torch.Tensor) -> torch.Tensor:
-        """``l2`` times the L2 term of the batch's ego embeddings."""
+        """``l2`` times the L2 term of the batch's ego embeddings (not computed at ``l2`` = 0, FREEDOM's default)."""
+        if self.l2 == 0:
+            return torch.zeros((), device=self.ego.device)
         return self.l2 * l2_penalty(rows(self.ego, users), rows(self.ego, self.n_users + positives),
                                     rows(self.ego, self.n_users + negatives))
 
