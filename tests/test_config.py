@@ -59,6 +59,12 @@ def test_the_repository_params_are_valid_and_every_key_is_documented() -> None:
     ("data.universe", "everything", "data.universe = 'everything': Input should be 'catalogue' or 'interacted'"),
     ("ground.min_success_rate", 1.2, "ground.min_success_rate = 1.2: Input should be less than or equal to 1"),
     ("fusion.concat_grid_step", 0.3, "concat_grid_step 0.3 must divide 1"),
+    ("graph.scale", "full", "graph.scale full runs the references' grids in their training regime: set graph.regime "
+                            "to paper"),
+    ("graph.regime", "slow", "graph.regime = 'slow': Input should be 'fast' or 'paper'"),
+    ("graph.training.paper.negatives", "popular", "graph.training.paper.negatives = 'popular': Input should be"),
+    ("graph.cells.smore-title-image.modalities", ["title"],
+     "cell smore-title-image: smore takes two modalities, image and one text representation"),
 ])
 def test_each_bad_value_names_the_key_the_value_and_what_is_allowed(key, value, message) -> None:
     with pytest.raises(StudyError) as caught:

@@ -411,6 +411,19 @@ class GraphTrainingParams(Section):
     eval_every: PositiveInt = Field(description="epochs between validation checks")
     patience: PositiveInt = Field(description="validation checks without improvement before stopping")
     batch_size: PositiveInt = Field(description="BPR triples per Adam step (the graph propagation runs once per step)")
+    lr: PositiveFloat | None = Field(description="Adam learning rate of every model; null = each model's fast "
+                                                 "default (0.05; VBPR 0.01)")
+    init: Literal["normal", "reference"] = Field(
+        description="normal = N(0, 0.1^2) ID tables, Xavier-uniform layers; reference = each reference's "
+                    "initialisation (Xavier-uniform ID tables; its own layer initialisation)")
+    negatives: Literal["all", "seen"] = Field(
+        description="BPR negatives drawn from every item outside the user's history (all) or only from the "
+                    "items with a training positive (seen, as MMRec's sampler)")
+
+
+class GraphRegimes(Section):
+    fast: GraphTrainingParams
+    paper: GraphTrainingParams
 
 
 class GraphScaleParams(Section):
@@ -436,10 +449,13 @@ class GraphCellParams(Section):
 class GraphParams(Section):
     scale: Literal["default", "full"] = Field(
         description="default = the grids and seeds of graph.default (sized for a 2-core CPU); full = graph.full "
-                    "(wider grids, more seeds; for a GPU machine)")
+                    "(each reference's grid, more seeds; needs graph.regime paper; for a GPU machine)")
+    regime: Literal["fast", "paper"] = Field(
+        description="fast = graph.training.fast (sized for a 2-core CPU); paper = graph.training.paper (the "
+                    "references' optimiser settings)")
     device: Device | Literal["auto"] = Field(description="cpu | cuda | cuda:N (a GPU of this machine) | auto "
                                                          "(cuda where present)")
-    training: GraphTrainingParams
+    training: GraphRegimes
     default: GraphScaleParams
     full: GraphScaleParams
     cells: dict[str, GraphCellParams] = Field(description="the DVC foreach: cell name -> model and modalities")
@@ -458,6 +474,11 @@ class GraphParams(Section):
             for scale in ("default", "full"):
                 if cell.model not in getattr(self, scale).grids:
                     problems.append(f"cell {name}: graph.{scale}.grids has no {cell.model} grid")
+            if cell.model == "smore" and (len(cell.modalities) != 2 or "image" not in cell.modalities):
+                problems.append(f"cell {name}: smore takes two modalities, image and one text representation")
+        if self.scale == "full" and self.regime != "paper":
+            problems.append("graph.scale full runs the references' grids in their training regime: set "
+                            "graph.regime to paper")
         if problems:
             raise ValueError("; ".join(problems))
         return self
