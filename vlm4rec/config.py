@@ -234,7 +234,8 @@ class EvalParams(Section):
                                            "<metric>@<k> with k in ks")
     block_size: PositiveInt = Field(description="users scored per block (bounds memory: block x items floats)")
     device: str = Field(description="cpu = the numpy engine; cuda | cuda:N = block scoring and top-K in torch "
-                                    "on a GPU (same lists)")
+                                    "on a GPU (same tie rule; a last-bit float difference of a GPU product can "
+                                    "swap two near-tied items)")
     bootstrap_resamples: Annotated[int, Field(ge=100)] = Field(
         description="bootstrap resamples over users (and seeds) for 95% CIs")
     seed: int = Field(description="bootstrap seed")
