@@ -170,6 +170,16 @@ def test_a_seeded_cell_with_one_seed_gets_no_verdict_and_stays_out_of_holm(setup
     assert [f.p_holm for f in tested] == pytest.approx(list(holm([f.p for f in tested])))
 
 
+def test_report_metrics_write_an_untested_p_as_null(tmp_path, monkeypatch) -> None:
+    monkeypatch.setattr(report, "METRICS_DIR", tmp_path)
+    finding = report.Finding("x", "q?", "a", "b", "ndcg@10", "all", 10, (1, 1), 0.1, 0.05, 0.2, float("nan"),
+                             "one seed")
+    report.write_report_metrics([finding], ["note"])
+    written = json.loads((tmp_path / "report.json").read_text(), parse_constant=lambda c: pytest.fail(c))
+    assert written["findings"]["x"]["p"] is None and written["findings"]["x"]["seeds"] == [1, 1]
+    assert written["findings"]["x"]["answer"].startswith("one seed: no verdict")
+
+
 def test_only_the_graph_cells_in_params_are_loaded(tmp_path, monkeypatch, setup) -> None:
     results, data = setup
     monkeypatch.setattr(report, "RESULTS_DIR", tmp_path)

@@ -357,8 +357,12 @@ def cold_start_table(metric: str, robustness: dict[str, Any] | None) -> pd.DataF
 
 
 def write_report_metrics(found: list[Finding], notes: list[str]) -> dict[str, Any]:
-    """``metrics/report.json``: every finding's numbers (keyed by id, for ``dvc exp show``) and the caveats."""
-    payload = {"findings": {f.id: {k: v for k, v in asdict(f).items() if k != "id"} | {"answer": f.answer}
+    """``metrics/report.json``: every finding's numbers (keyed by id, for ``dvc exp show``; an untested
+    p is null, not NaN, which JSON lacks) and the caveats."""
+    def number(value: Any) -> Any:
+        return None if isinstance(value, float) and np.isnan(value) else value
+
+    payload = {"findings": {f.id: {k: number(v) for k, v in asdict(f).items() if k != "id"} | {"answer": f.answer}
                             for f in found},
                "caveats": notes}
     write_json(METRICS_DIR / "report.json", payload)
