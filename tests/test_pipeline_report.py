@@ -106,7 +106,8 @@ def test_caveats_name_the_grounder_the_split_and_the_robustness_check() -> None:
                "history only): 0.33" in n for n in notes)
     assert any(n.startswith("Under the global time cut 660 of 1,785 test users (37%) have no history") for n in notes)
     assert not any("favours" in n for n in notes)
-    assert report.caveats(grounding, "source", None)[-1] == "The split is the source's own (split.protocol was not applied)."
+    assert report.caveats(grounding, "source", None)[-1] == \
+        "The split is the source's own (split.protocol was not applied)."
     assert report.caveats(grounding, "global_time", None, more=[None, "extra"])[-1] == "extra"
     assert not any("global time cut" in n for n in report.caveats(grounding, "global_time", None))
     assert not any("epoch cap" in n for n in notes)
@@ -143,7 +144,8 @@ def test_a_slice_without_users_leaves_its_finding_out(setup) -> None:
 
 
 def graph_cell(name: str, data: PreparedData, hit_share: float, seeds: int) -> dict[str, MethodResult]:
-    return {f"{name}@seed{s}": method(f"{name}@seed{s}", data, hit_share, 0.1, 10 * s + len(name)) for s in range(seeds)}
+    return {f"{name}@seed{s}": method(f"{name}@seed{s}", data, hit_share, 0.1, 10 * s + len(name))
+            for s in range(seeds)}
 
 
 GRAPH_CELLS = {"vbpr-title-image": {"model": "vbpr", "modalities": ["title", "image"]},
@@ -197,7 +199,8 @@ def test_slices_and_galleries_show_seeded_families(setup) -> None:
     sliced = report.family_slices(results, ["fusion_a", "title", "absent"], data, k=10, metrics=["recall@10"])
     assert set(sliced["method"]) == {"fusion_a", "title"}
     per_seed = slices.slices_for_methods(
-        {n: (results[n].test_topk, np.arange(N_USERS), results[n].test_per_user) for n in ("fusion_a@seed0", "fusion_a@seed1")},
+        {n: (results[n].test_topk, np.arange(N_USERS), results[n].test_per_user)
+         for n in ("fusion_a@seed0", "fusion_a@seed1")},
         data, k=10, metrics=["recall@10"])
     expected = per_seed.groupby(["slice_kind", "slice"], sort=False)["value"].mean()
     got = sliced[sliced["method"] == "fusion_a"].set_index(["slice_kind", "slice"])["value"]

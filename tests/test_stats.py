@@ -62,7 +62,8 @@ def test_paired_tests_p_is_the_bootstrap_of_the_mean_difference_and_holm() -> No
         assert row["mean_diff"] == pytest.approx((x - y).mean())
         # unseeded arms: the paired bootstrap is the user bootstrap of the per-user differences
         replicates = bootstrap_distribution(x - y, None, 500)
-        assert (row["diff_ci_low"], row["diff_ci_high"]) == pytest.approx(tuple(np.quantile(replicates, [0.025, 0.975])))
+        interval = tuple(np.quantile(replicates, [0.025, 0.975]))
+        assert (row["diff_ci_low"], row["diff_ci_high"]) == pytest.approx(interval)
         assert row["p"] == pytest.approx(bootstrap_p(replicates))
     # identical arms: every replicate is 0, so p = 1; a clear shift: no replicate <= 0, p = 2 / 501
     assert table.loc["same", "p"] == 1.0

@@ -2,8 +2,8 @@
 
 The report opens with findings generated from the numbers: each of the study's questions answered with
 the paired difference, its 95% CI and the Holm-corrected paired-bootstrap p-value (users and both arms'
-seeds resampled; Holm across the findings), plus the caveats that apply. The same findings go to ``metrics/report.json`` so that ``dvc exp show`` compares
-them across experiments.
+seeds resampled; Holm across the findings), plus the caveats that apply. The same findings go to
+``metrics/report.json`` so that ``dvc exp show`` compares them across experiments.
 """
 from __future__ import annotations
 
@@ -19,7 +19,8 @@ from vlm4rec.data import PreparedData, load_prepared
 from vlm4rec.evaluation import MethodResult, load_result
 from vlm4rec.pipeline.outputs import GROUNDING_DIR, METRICS_DIR, PREPARED_DIR, RESULTS_DIR, write_json
 from vlm4rec.pipeline.tables import format_p, method_family, per_user_long, seed_of
-from vlm4rec.slices import HISTORY_BINS, history_lengths, item_popularity_groups, per_user_recall_on, slices_for_methods
+from vlm4rec.slices import (HISTORY_BINS, history_lengths, item_popularity_groups, per_user_recall_on,
+                            slices_for_methods)
 from vlm4rec.stats import holm_where_tested, paired_tests
 
 RESULT_STAGES = ("match", "fusion", "graph")
@@ -60,7 +61,10 @@ def best_by_validation(results: dict[str, MethodResult], candidates: list[str], 
 
 @dataclass
 class Finding:
-    """One of the study's questions, answered by a paired comparison on test."""
+    """One of the study's questions, answered by a paired comparison on test (:func:`vlm4rec.stats.paired_tests`).
+
+    ``seeds``: (method's, against's) training seeds; ``p``: the paired-bootstrap p (NaN when untested);
+    ``verdict_blocked_by``: why no verdict is given ("one seed"), empty otherwise."""
 
     id: str
     question: str
@@ -229,7 +233,8 @@ def _summary(finding: Finding | None, label: str) -> dict[str, str]:
         return {f"{label}: difference [95% CI]": "no users", f"{label}: p (Holm across models)": ""}
     p = f"{finding.verdict_blocked_by}: no verdict" if finding.verdict_blocked_by else format_p(finding.p_holm)
     return {"seeds": f"{finding.seeds[0]} vs {finding.seeds[1]}",
-            f"{label}: difference [95% CI]": f"{finding.difference:+.4f} [{finding.ci_low:+.4f}, {finding.ci_high:+.4f}]",
+            f"{label}: difference [95% CI]":
+                f"{finding.difference:+.4f} [{finding.ci_low:+.4f}, {finding.ci_high:+.4f}]",
             f"{label}: p (Holm across models)": p}
 
 
