@@ -105,6 +105,17 @@ def test_metrics_recomputed_independently_from_saved_topk(study: Path) -> None:
         check_saved_topk(study / "data/results" / stage, inter[is_test].groupby("user_idx")["item_idx"].apply(set))
 
 
+def test_robustness_counts_the_test_users_without_history_from_the_timestamps(study: Path) -> None:
+    inter = pd.read_parquet(study / "data/prepared/interactions.parquet")
+    robustness = yaml.safe_load((study / "params.yaml").read_text())["robustness"]
+    global_test = inter["timestamp"] >= np.quantile(inter["timestamp"], 1 - robustness["test_ratio"])
+    test_users = set(inter.loc[global_test, "user_idx"])
+    with_history = test_users & set(inter.loc[~global_test, "user_idx"])
+    counted = json.loads((study / "metrics/robustness.json").read_text())["test_users"]
+    assert counted == {"all": len(test_users), "with_history": len(with_history),
+                       "cold_start": len(test_users - with_history)}
+
+
 def check_saved_topk(results: Path, test: pd.Series) -> None:
     method_dirs = sorted(results.glob("*"))
     assert method_dirs, results

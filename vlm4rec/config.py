@@ -318,8 +318,9 @@ class EvalParams(Section):
     select_metric: str = Field(description="validation metric that chooses every hyperparameter, "
                                            "<metric>@<k> with k in ks")
     block_size: PositiveInt = Field(description="users scored per block (bounds memory: block x items floats)")
-    device: Device = Field(description="cpu = the numpy engine; cuda | cuda:N = block scoring and top-K in "
-                                       "torch on a GPU of this machine (same lists)")
+    device: Device = Field(description="cpu = the numpy engine; cuda | cuda:N = block scoring and top-K in torch "
+                                       "on a GPU of this machine (same tie rule; a last-bit float difference of a "
+                                       "GPU product can swap two near-tied items)")
     bootstrap_resamples: Annotated[int, Field(ge=100)] = Field(
         description="bootstrap resamples over users (and seeds) for 95% CIs")
     seed: int = Field(description="bootstrap seed")
