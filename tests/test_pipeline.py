@@ -21,7 +21,7 @@ import pandas as pd
 import pytest
 import yaml
 
-from test_stage_deps import stage_code_files, stages as dvc_stages
+from stage_deps import stage_code_files, stages as dvc_stages
 
 REPO = Path(__file__).resolve().parents[1]
 ML1M = (REPO.parent / "shared" / "data" / "ml-1m").resolve()
