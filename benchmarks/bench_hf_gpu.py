@@ -1,7 +1,7 @@
 """GPU throughput of the ``hf`` grounder on random-weight models of real architectures.
 
 No LVLM weights are needed or downloaded: each model is built from its published architecture
-(:mod:`vlm4rec.grounding.random_models`: Qwen2-VL-2B-like, LLaVA-NeXT-7B-like) with random bf16 weights
+(``benchmarks/random_models.py``: Qwen2-VL-2B-like, LLaVA-NeXT-7B-like) with random bf16 weights
 directly on the GPU, with an offline byte-level tokenizer and processor, and driven through
 ``HFGrounder.describe`` (the same chat template, left padding and greedy ``generate`` a user's weights
 get). Every generation is forced to exactly ``--new-tokens`` tokens (min_new_tokens = max_new_tokens),
@@ -27,7 +27,7 @@ from PIL import Image
 
 from vlm4rec.grounding.hf import HFGrounder
 from vlm4rec.grounding.prompts import IMAGE_ONLY, build_prompt
-from vlm4rec.grounding.random_models import LLAVA_NEXT_7B_LIKE, QWEN2_VL_2B_LIKE, SPECS, build_random_vlm
+from random_models import LLAVA_NEXT_7B_LIKE, QWEN2_VL_2B_LIKE, SPECS, build_random_vlm, grounder_around
 
 POSTER_SIZE = (185, 278)
 
@@ -75,8 +75,8 @@ def run_spec(name: str, batch_sizes: list[int], new_tokens: int, batches: int, d
     dtype = torch.bfloat16 if device == "cuda" else torch.float32
     model, processor = build_random_vlm(spec, seed=0, dtype=dtype, device=device)
     build_s = time.perf_counter() - start
-    grounder = HFGrounder.from_components(model, processor, model_id=f"random:{name}",
-                                          max_new_tokens=new_tokens, min_new_tokens=new_tokens)
+    grounder = grounder_around(model, processor, model_id=f"random:{name}",
+                               max_new_tokens=new_tokens, min_new_tokens=new_tokens)
     params = sum(p.numel() for p in model.parameters())
     images = poster_like_images(max(batch_sizes) * batches)
     probe = processor(images=[[images[0]]], text=[grounder.chat_text(build_prompt(IMAGE_ONLY, ""))],
@@ -105,7 +105,7 @@ def check_batching(name: str, device: str, new_tokens: int = 16) -> dict:
     weights tie too easily for an exact comparison): the reference code's padding bug would show here."""
     spec = SPECS[name]
     model, processor = build_random_vlm(spec, seed=0, dtype=torch.float32, device=device)
-    grounder = HFGrounder.from_components(model, processor, model_id=f"random:{name}", max_new_tokens=new_tokens)
+    grounder = grounder_around(model, processor, model_id=f"random:{name}", max_new_tokens=new_tokens)
     images = poster_like_images(4)
     prompts = [build_prompt(IMAGE_ONLY, ""), "Colours?", "Describe this poster in two short sentences, please.",
                "Who is on it?"]

@@ -2,17 +2,15 @@
 from __future__ import annotations
 
 import json
-import sys
 from pathlib import Path
 
+import bench_regimes
 from multimodal_helpers import attribute_data
 from torch_threads import single_thread  # noqa: F401  (autouse fixture)
 
 from vlm4rec.data import save_prepared
 from vlm4rec.representations import from_features
 
-sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "benchmarks"))
-import bench_regimes  # noqa: E402
 
 
 def test_records_every_validation_check_and_the_outcome(tmp_path: Path, capsys) -> None:

@@ -4,8 +4,7 @@ from __future__ import annotations
 import gzip
 import json
 import random
-import threading
-from http.server import SimpleHTTPRequestHandler, ThreadingHTTPServer
+from http.server import SimpleHTTPRequestHandler
 from pathlib import Path
 
 import numpy as np
@@ -218,8 +217,8 @@ def test_prepare_uses_the_adapter_output(tmp_path):
 
 
 @pytest.fixture()
-def image_server(tmp_path):
-    """Serve ``tmp_path/served`` over HTTP on 127.0.0.1; yields (folder, base URL)."""
+def image_server(tmp_path, loopback):
+    """Serve ``tmp_path/served`` over HTTP on 127.0.0.1: (folder, base URL)."""
     served = tmp_path / "served"
     served.mkdir()
 
@@ -230,11 +229,7 @@ def image_server(tmp_path):
         def log_message(self, *args) -> None:
             pass
 
-    server = ThreadingHTTPServer(("127.0.0.1", 0), Quiet)
-    threading.Thread(target=server.serve_forever, args=(0.05,), daemon=True).start()
-    yield served, f"http://127.0.0.1:{server.server_address[1]}"
-    server.shutdown()
-    server.server_close()
+    return served, loopback(Quiet)
 
 
 def test_download_images_fetches_main_images_before_attaching(image_server, tmp_path):

@@ -6,12 +6,11 @@ from __future__ import annotations
 import hashlib
 import io
 import os
-import socket
-import threading
 import time
 import zipfile
 from collections import Counter
-from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+from collections.abc import Callable
+from http.server import BaseHTTPRequestHandler
 from pathlib import Path
 
 import pandas as pd
@@ -65,7 +64,7 @@ class ReleaseHost:
     """Serves ``routes`` (path -> bytes); paths in ``cut_short`` send half their body under the full
     Content-Length and hang up; anything else is 404. ``hits`` counts requests per path."""
 
-    def __init__(self, routes: dict[str, bytes]) -> None:
+    def __init__(self, routes: dict[str, bytes], serve: Callable[[type[BaseHTTPRequestHandler]], str]) -> None:
         self.routes, self.cut_short, self.hits = routes, set(), Counter()
         host = self
 
@@ -86,15 +85,7 @@ class ReleaseHost:
                 self.end_headers()
                 self.wfile.write(body[: len(body) // 2] if self.path in host.cut_short else body)
 
-        self.server = ThreadingHTTPServer(("127.0.0.1", 0), Handler)
-        self.server.daemon_threads = True
-        self.base = f"http://127.0.0.1:{self.server.server_address[1]}"
-        self.thread = threading.Thread(target=self.server.serve_forever, args=(0.05,), daemon=True)
-        self.thread.start()
-
-    def stop(self) -> None:
-        self.server.shutdown()
-        self.server.server_close()
+        self.base = serve(Handler)
 
     def urls(self) -> dict[str, str]:
         """The zip_url and posters_url keyword arguments pointing here."""
@@ -102,24 +93,15 @@ class ReleaseHost:
 
 
 @pytest.fixture()
-def host(official):
+def host(official, loopback) -> ReleaseHost:
     routes = {"/ml-1m.zip": zipped(official)} | {f"/posters/{m}.jpg": poster(m) for m in POSTER_IDS}
-    server = ReleaseHost(routes)
-    yield server
-    server.stop()
+    return ReleaseHost(routes, loopback)
 
 
-def closed_port_url(path: str) -> str:
-    """A URL on 127.0.0.1 where nothing listens (connection refused)."""
-    probe = socket.socket()
-    probe.bind(("127.0.0.1", 0))
-    port = probe.getsockname()[1]
-    probe.close()
-    return f"http://127.0.0.1:{port}{path}"
-
-
-def offline_urls() -> dict[str, str]:
-    return {"zip_url": closed_port_url("/ml-1m.zip"), "posters_url": closed_port_url("/{movie_id}.jpg")}
+@pytest.fixture()
+def offline_urls(refused_url) -> dict[str, str]:
+    """The zip_url and posters_url keyword arguments pointing where connections are refused."""
+    return {"zip_url": refused_url("/ml-1m.zip"), "posters_url": refused_url("/{movie_id}.jpg")}
 
 
 def write_release(folder: Path, files: dict[str, bytes], posters: tuple[str, ...] = POSTER_IDS) -> Path:
@@ -155,14 +137,13 @@ def test_fresh_machine_downloads_checks_and_places_release_and_posters(host, off
     assert load_movielens_1m(files.root, files.posters.folder).counts["posters_found"] == 3
 
 
-def test_second_run_downloads_nothing_and_needs_no_network(host, tmp_path):
+def test_second_run_downloads_nothing_and_needs_no_network(host, offline_urls, tmp_path):
     download_dir = tmp_path / "ml-1m"
     first = resolve_movielens_1m(tmp_path / "absent", None, download_dir, **host.urls(), **FAST)
     hits = host.hits.copy()
     again = resolve_movielens_1m(tmp_path / "absent", None, download_dir, **host.urls(), **FAST)
     assert host.hits == hits  # not even the poster that has none (404) is asked again
-    host.stop()
-    offline = resolve_movielens_1m(tmp_path / "absent", None, download_dir, **host.urls(), **FAST)
+    offline = resolve_movielens_1m(tmp_path / "absent", None, download_dir, **offline_urls, **FAST)
     assert again.release_from == offline.release_from == "download_dir"
     assert first.manifest() == again.manifest() == offline.manifest()
     assert offline.counts()["posters_downloaded"] == offline.counts()["posters_failed"] == 0
@@ -185,13 +166,14 @@ def test_interrupted_poster_download_resumes(host, tmp_path):
         "1.jpg", "11.jpg", "99.jpg", "manifest.csv"]
 
 
-def test_offline_poster_download_gives_up_after_one_try_and_stops_without_posters(host, official, tmp_path):
+def test_offline_poster_download_gives_up_after_one_try_and_stops_without_posters(host, official, tmp_path,
+                                                                                offline_urls):
     download_dir = write_release(tmp_path / "ml-1m", official, posters=())
     started = time.monotonic()
     with pytest.raises(StudyError, match=rf"{download_dir}/posters holds none of the 4 posters \(<MovieID>.jpg\); "
                                          r"none could be downloaded from .* \(not_attempted: 3, connection_error: 1\): "
                                          "the study does not run without images. Provide a folder"):
-        resolve_movielens_1m(tmp_path / "absent", None, download_dir, **offline_urls(), **FAST)
+        resolve_movielens_1m(tmp_path / "absent", None, download_dir, **offline_urls, **FAST)
     assert time.monotonic() - started < 3
     statuses = pd.read_csv(download_dir / "posters" / "manifest.csv", dtype=str)["status"].tolist()
     assert statuses == ["failed_connection_error"] + ["failed_not_attempted"] * 3
@@ -222,9 +204,9 @@ def test_damaged_archive_is_refused_and_nothing_placed(host, official, tmp_path,
     assert not download_dir.exists() or not any(download_dir.iterdir())
 
 
-def test_local_release_is_used_as_is_without_network(official, tmp_path):
+def test_local_release_is_used_as_is_without_network(official, tmp_path, offline_urls):
     root = write_release(tmp_path / "ml-1m", official)
-    files = resolve_movielens_1m(root, None, tmp_path / "download", **offline_urls(), **FAST)
+    files = resolve_movielens_1m(root, None, tmp_path / "download", **offline_urls, **FAST)
     assert (files.release_from, files.root, files.posters.folder) == ("root", root, root / "posters")
     assert files.poster_download is None and not (tmp_path / "download").exists()
     assert not (root / "posters" / "manifest.csv").exists()  # a given folder is only read
@@ -236,11 +218,11 @@ def test_local_release_is_used_as_is_without_network(official, tmp_path):
         "movies_without_poster"] == ["1", "11", "99"]
 
 
-def test_local_file_that_is_not_the_official_one_is_named_with_both_hashes(official, tmp_path):
+def test_local_file_that_is_not_the_official_one_is_named_with_both_hashes(official, tmp_path, offline_urls):
     edited = official | {"ratings.dat": official["ratings.dat"] + b"9::1::5::978300760\n"}
     root = write_release(tmp_path / "ml-1m", edited)
     with pytest.raises(StudyError) as error:
-        resolve_movielens_1m(root, None, tmp_path / "download", **offline_urls(), **FAST)
+        resolve_movielens_1m(root, None, tmp_path / "download", **offline_urls, **FAST)
     assert str(error.value) == (
         f"{root / 'ratings.dat'} is not the official MovieLens-1M ratings.dat: its sha256 is "
         f"{hashlib.sha256(edited['ratings.dat']).hexdigest()}, the GroupLens release's is "
@@ -248,12 +230,11 @@ def test_local_file_that_is_not_the_official_one_is_named_with_both_hashes(offic
         f"(https://files.grouplens.org/datasets/movielens/ml-1m.zip).")
 
 
-def test_offline_without_data_says_which_folder_to_provide(tmp_path):
-    urls = offline_urls()
+def test_offline_without_data_says_which_folder_to_provide(tmp_path, offline_urls):
     with pytest.raises(StudyError) as error:
-        resolve_movielens_1m(tmp_path / "absent", None, tmp_path / "download", **urls, **FAST)
+        resolve_movielens_1m(tmp_path / "absent", None, tmp_path / "download", **offline_urls, **FAST)
     assert str(error.value) == (
-        f"MovieLens-1M is not at {tmp_path / 'absent'} and could not be downloaded from {urls['zip_url']} "
+        f"MovieLens-1M is not at {tmp_path / 'absent'} and could not be downloaded from {offline_urls['zip_url']} "
         f"(Connection refused). Provide a folder holding the official ml-1m files ratings.dat, movies.dat, "
         f"users.dat and posters/<MovieID>.jpg, and set data.movielens_1m.root to it (params.yaml).")
     assert PROVIDE_FOLDER in str(error.value) and not (tmp_path / "download").exists()
@@ -270,8 +251,8 @@ def test_odd_poster_files_are_listed_and_never_opened(official, tmp_path):
             manifest["posters_outside_folder"]) == (["1", "73"], ["1"], ["99"])
 
 
-def test_a_posters_folder_without_a_poster_stops_the_fetch(official, tmp_path):
+def test_a_posters_folder_without_a_poster_stops_the_fetch(official, tmp_path, offline_urls):
     root = write_release(tmp_path / "ml-1m", official, posters=())
     with pytest.raises(StudyError, match=rf"^{root}/posters holds none of the 4 posters \(<MovieID>.jpg\): the "
                                          "study does not run without images"):
-        resolve_movielens_1m(root, None, tmp_path / "download", **offline_urls(), **FAST)
+        resolve_movielens_1m(root, None, tmp_path / "download", **offline_urls, **FAST)

@@ -5,13 +5,13 @@ import io
 import json
 import os
 import signal
-import socket
 import subprocess
 import sys
 import threading
 import time
 from collections import Counter
-from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+from collections.abc import Callable
+from http.server import BaseHTTPRequestHandler
 from pathlib import Path
 
 import pandas as pd
@@ -33,11 +33,11 @@ def png_bytes(colour: tuple[int, int, int]) -> bytes:
 
 
 class ImageHost:
-    """Routes: /ok/<x> an image, /missing 404, /flaky 500 twice then an image, /slow sleeps past any
+    """Served by ``serve`` (the loopback fixture). Routes: /ok/<x> an image, /missing 404, /flaky 500 twice then an image, /slow sleeps past any
     test timeout, /big declares a huge Content-Length, /bigstream streams too many bytes without one,
     /text serves non-image bytes, /stall sends half an image then waits until released."""
 
-    def __init__(self) -> None:
+    def __init__(self, serve: Callable[[type[BaseHTTPRequestHandler]], str]) -> None:
         self.hits: Counter[str] = Counter()
         self.stalled = threading.Event()
         self.release = threading.Event()
@@ -91,23 +91,17 @@ class ImageHost:
                 else:
                     self.send_error(404)
 
-        self.server = ThreadingHTTPServer(("127.0.0.1", 0), Handler)
-        self.server.daemon_threads = True
-        self.base = f"http://127.0.0.1:{self.server.server_address[1]}"
-        self.thread = threading.Thread(target=self.server.serve_forever, args=(0.05,), daemon=True)
+        self.base = serve(Handler)
 
     def url(self, path: str) -> str:
         return self.base + path
 
 
 @pytest.fixture()
-def host():
-    server = ImageHost()
-    server.thread.start()
+def host(loopback):
+    server = ImageHost(loopback)
     yield server
-    server.release.set()
-    server.server.shutdown()
-    server.server.server_close()
+    server.release.set()  # before the loopback fixture stops the server: a stalled handler must finish
 
 
 def test_success_writes_decodable_files_named_by_item_id(host, tmp_path):
@@ -252,15 +246,11 @@ def test_attach_refuses_images_outside_the_folder_by_default(tmp_path):
         attach_image_paths(items, folder, counts, outside_folder="follow")
 
 
-def test_fetch_bytes_says_why_in_words(host):
+def test_fetch_bytes_says_why_in_words(host, refused_url):
     assert fetch_bytes(host.url("/ok/z"), **FAST_FETCH) == png_bytes((len("/ok/z") * 20 % 255, 10, 200))
     with pytest.raises(FetchError) as missing:
         fetch_bytes(host.url("/missing"), **FAST_FETCH)
     assert (missing.value.reason, missing.value.detail, missing.value.retryable) == ("http_404", "HTTP 404", False)
-    closed = socket.socket()
-    closed.bind(("127.0.0.1", 0))
-    port = closed.getsockname()[1]
-    closed.close()  # nothing listens on this port any more
     with pytest.raises(FetchError) as refused:
-        fetch_bytes(f"http://127.0.0.1:{port}/x", **FAST_FETCH)
+        fetch_bytes(refused_url("/x"), **FAST_FETCH)
     assert (refused.value.reason, refused.value.detail) == ("connection_error", "Connection refused")

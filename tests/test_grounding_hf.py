@@ -5,8 +5,8 @@ import pytest
 from PIL import Image
 from skimage import data
 
+from random_models import TINY_LLAVA, TINY_QWEN2_VL, save_random_vlm
 from vlm4rec.grounding.hf import HFGrounder
-from vlm4rec.grounding.random_models import TINY_LLAVA, TINY_QWEN2_VL, save_random_vlm
 
 # Different sizes (Qwen2-VL: different image-token counts) and prompt lengths, so the batch needs padding.
 IMAGES = [Image.fromarray(data.chelsea()), Image.fromarray(data.coffee()), Image.fromarray(data.rocket())]

@@ -2,11 +2,10 @@
 import base64
 import io
 import json
-import socket
 import threading
 import time
 import urllib.parse
-from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+from http.server import BaseHTTPRequestHandler
 
 import numpy as np
 import pandas as pd
@@ -37,7 +36,7 @@ class ScriptedServer:
     (wait until n requests are in flight, proving concurrency).
     """
 
-    def __init__(self, script=()):
+    def __init__(self, serve, script=()):
         self.script, self.requests, self.lock = list(script), [], threading.Lock()
         self.in_flight = self.max_in_flight = 0
         self.barrier = None
@@ -89,27 +88,13 @@ class ScriptedServer:
                 self.end_headers()
                 self.wfile.write(payload)
 
-        self.httpd = ThreadingHTTPServer(("127.0.0.1", 0), Handler)
-        self.httpd.daemon_threads = True
-        self.url = f"http://127.0.0.1:{self.httpd.server_address[1]}/v1"
-        threading.Thread(target=self.httpd.serve_forever, kwargs={"poll_interval": 0.01}, daemon=True).start()
-
-    def close(self):
-        self.httpd.shutdown()
-        self.httpd.server_close()
+        self.url = serve(Handler) + "/v1"
 
 
 @pytest.fixture
-def server():
-    servers = []
-
-    def start(script=()):
-        servers.append(ScriptedServer(script))
-        return servers[-1]
-
-    yield start
-    for s in servers:
-        s.close()
+def server(loopback):
+    """``server(script)`` starts a ScriptedServer on 127.0.0.1 (stopped after the test)."""
+    return lambda script=(): ScriptedServer(loopback, script)
 
 
 @pytest.fixture(autouse=True)
@@ -232,14 +217,6 @@ def test_build_grounder_by_name():
 
 # ---- fleets, unreachable servers, the key in echoed text ------------------------------------------
 
-def closed_port_url() -> str:
-    """A loopback URL on which nothing listens (connections are refused)."""
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        port = sock.getsockname()[1]
-    return f"http://127.0.0.1:{port}/v1"
-
-
 def poster_items(tmp_path, n):
     paths = []
     for i in range(n):
@@ -249,10 +226,10 @@ def poster_items(tmp_path, n):
                          "title": [f"T{i}" for i in range(n)], "image_path": paths, "has_image": True})
 
 
-def test_closed_port_stops_the_run_at_once_with_counts(server, tmp_path):
+def test_closed_port_stops_the_run_at_once_with_counts(server, refused_url, tmp_path):
     live = server()
     items = poster_items(tmp_path, 4)
-    dead = closed_port_url()
+    dead = refused_url("/v1")
     with DescriptionCache(tmp_path / "cache.sqlite") as cache:
         ground_items(items[:1], grounder(live.url), cache, "image_only", progress=False)
         started = time.perf_counter()
@@ -276,9 +253,9 @@ def test_overload_never_counts_as_unreachable(server):
 
 
 @pytest.mark.parametrize("failing", ["closed", "overloaded"])
-def test_fleet_moves_a_failing_servers_share_to_the_other(server, tmp_path, failing):
+def test_fleet_moves_a_failing_servers_share_to_the_other(server, refused_url, tmp_path, failing):
     good = server()
-    bad_url = closed_port_url() if failing == "closed" else server([("status", 503)] * 100).url
+    bad_url = refused_url("/v1") if failing == "closed" else server([("status", 503)] * 100).url
     g = grounder([bad_url, good.url], concurrency=2, backoff_s=30)
     with DescriptionCache(tmp_path / "cache.sqlite") as cache:
         result = ground_items(poster_items(tmp_path, 8), g, cache, "image_only", progress=False)
@@ -290,8 +267,8 @@ def test_fleet_moves_a_failing_servers_share_to_the_other(server, tmp_path, fail
     assert ok["ok"] == ok["requests"] == 8 == len(good.requests)
 
 
-def test_every_server_of_a_fleet_unreachable():
-    first, second = closed_port_url(), closed_port_url()
+def test_every_server_of_a_fleet_unreachable(refused_url):
+    first, second = refused_url("/v1"), refused_url("/v1")
     with pytest.raises(GroundingStopped, match=rf"^all 2 servers unreachable: {first}: connection refused; "
                                                rf"{second}: connection refused$"):
         grounder([first, second], backoff_s=0.01, max_retries=10).describe([IMAGE] * 3, ["x"] * 3)

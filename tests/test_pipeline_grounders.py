@@ -11,9 +11,9 @@ import pytest
 import yaml
 from PIL import Image
 
+from random_models import TINY_LLAVA, save_random_vlm
 from test_grounding_openai import ScriptedServer
 from vlm4rec.data import PreparedData, save_prepared
-from vlm4rec.grounding.random_models import TINY_LLAVA, save_random_vlm
 from vlm4rec.pipeline import ground
 
 REPO = Path(__file__).resolve().parents[1]
@@ -73,15 +73,13 @@ def test_hf_backend_from_a_local_model_directory(catalogue: Path) -> None:
     assert str(model_dir) in metrics["grounder"]["model"]
 
 
-def test_openai_backend_against_a_loopback_server(catalogue: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+def test_openai_backend_against_a_loopback_server(catalogue: Path, monkeypatch: pytest.MonkeyPatch,
+                                                  loopback) -> None:
     monkeypatch.setenv(KEY_ENV, "sk-pipeline-secret")
-    server = ScriptedServer()
-    try:
-        first, again, metrics = run_twice(ground_params("openai", {
-            "base_url": server.url, "model": "served-vlm", "api_key_env": KEY_ENV, "max_retries": 1,
-            "timeout_s": 5}))
-    finally:
-        server.close()
+    server = ScriptedServer(loopback)
+    first, again, metrics = run_twice(ground_params("openai", {
+        "base_url": server.url, "model": "served-vlm", "api_key_env": KEY_ENV, "max_retries": 1,
+        "timeout_s": 5}))
     check(first, again, metrics, "openai")
     assert len(server.requests) == 4  # 2 images x 2 prompt arms; the re-run asked nothing
     assert set(first.loc[first["status"] == "ok", "description"]) == {"a red poster"}

@@ -56,18 +56,10 @@ class HFGrounder(Grounder):
                      model_id=_model_identity(str(model), resolved), max_new_tokens=max_new_tokens,
                      min_new_tokens=min_new_tokens, batch_size=batch_size, load_in_4bit=load_in_4bit)
 
-    @classmethod
-    def from_components(cls, model: torch.nn.Module, processor: Any, model_id: str, max_new_tokens: int = 64,
-                        min_new_tokens: int = 0, batch_size: int = 4) -> "HFGrounder":
-        """A grounder around an already-built model and processor (e.g. random weights built on a GPU,
-        where writing and re-reading a 15 GB checkpoint would cost minutes). Same generation code."""
-        grounder = cls.__new__(cls)
-        grounder._attach(model, processor, model_id=model_id, max_new_tokens=max_new_tokens,
-                         min_new_tokens=min_new_tokens, batch_size=batch_size, load_in_4bit=False)
-        return grounder
-
     def _attach(self, model: torch.nn.Module, processor: Any, *, model_id: str, max_new_tokens: int,
                 min_new_tokens: int, batch_size: int, load_in_4bit: bool) -> None:
+        """Set the grounder up around a built model (also how benchmarks/random_models.py wraps a model built
+        on a GPU without a checkpoint)."""
         if min_new_tokens > max_new_tokens:
             raise ValueError(f"min_new_tokens={min_new_tokens} > max_new_tokens={max_new_tokens}")
         self.model, self.processor = model.eval(), processor

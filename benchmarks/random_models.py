@@ -1,10 +1,11 @@
-"""Random-weight vision-language models of real architectures, built fully offline.
+"""Random-weight vision-language models of real architectures, built fully offline (not part of the package).
 
 No LVLM weights reach this environment. Tests and the GPU benchmark still exercise the real ``hf``
 loading and generation code by building a model from a config (random init), a processor with a
 byte-level tokenizer (no vocabulary download) and a chat template, and saving both with
 ``save_pretrained`` so that they load exactly as a user's checkpoint would. Outputs are gibberish;
-shapes, padding, batching and cost are real.
+shapes, padding, batching and cost are real. Benchmarks import this module from their own folder, tests
+through pytest's ``pythonpath`` (pyproject.toml).
 """
 from __future__ import annotations
 
@@ -13,6 +14,8 @@ from pathlib import Path
 from typing import Any
 
 import torch
+
+from vlm4rec.grounding.hf import HFGrounder
 
 #: A minimal chat template: "user: <image tokens><text>\nassistant:"; ``image_markup`` is the family's.
 _CHAT_TEMPLATE = (
@@ -122,6 +125,16 @@ def save_random_vlm(spec: RandomVLMSpec, out_dir: str | Path, seed: int = 0) -> 
     model.save_pretrained(out_dir)
     processor.save_pretrained(out_dir)
     return Path(out_dir)
+
+
+def grounder_around(model: torch.nn.Module, processor: Any, model_id: str, max_new_tokens: int = 64,
+                    min_new_tokens: int = 0, batch_size: int = 4) -> HFGrounder:
+    """An ``hf`` grounder around an already-built model and processor (random weights built on a GPU, where
+    writing and re-reading a 15 GB checkpoint would cost minutes): the package's generation code, unchanged."""
+    grounder = HFGrounder.__new__(HFGrounder)
+    grounder._attach(model, processor, model_id=model_id, max_new_tokens=max_new_tokens,
+                     min_new_tokens=min_new_tokens, batch_size=batch_size, load_in_4bit=False)
+    return grounder
 
 
 def _text_config(spec: RandomVLMSpec, tokenizer: Any, default_type: str) -> dict[str, Any]:
