@@ -11,7 +11,8 @@ from pathlib import Path
 import pytest
 import yaml
 
-from vlm4rec.stage import declared_params, stage_definition, stage_notebook
+from vlm4rec import stage
+from vlm4rec.stage import declared_params, run_stage_function, stage_definition, stage_notebook
 
 REPO = Path(__file__).resolve().parents[1]
 
@@ -164,6 +165,15 @@ def test_a_foreach_cell_reads_its_template_and_its_own_params(project: Path) -> 
     (project / "params.yaml").write_text(yaml.safe_dump(PARAMS | {"cells": {"a": {"model": "x"}, "b": {"model": "y"}}}))
     assert declared_params("graph@b") == {"eval": {"ks": [5, 10]}, "cells": {"b": {"model": "y"}}}
     assert stage_definition("graph@a")["cmd"].endswith("${key}")
+
+
+def test_a_notebook_less_stage_function_gets_its_sections_and_eval_as_evaluation(
+        project: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """``eval`` would shadow the builtin as a parameter name: stage functions take it as ``evaluation``."""
+    monkeypatch.setattr(stage, "load_params", lambda: None)  # the toy params.yaml is not a study
+    (project / "other.yaml").write_text("x: {y: 3, z: 4}\n")
+    got = run_stage_function("grid", lambda evaluation, x, cell: (evaluation, x, cell), cell="rep=a")
+    assert got == ({"ks": [5, 10]}, {"y": 3}, "rep=a")
 
 
 def _one_cell_stage(tmp_path: Path, code: str) -> subprocess.CompletedProcess:

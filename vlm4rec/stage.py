@@ -174,11 +174,16 @@ def study_error_names() -> frozenset[str]:
     return frozenset(names)
 
 
+#: params.yaml sections whose name is a Python builtin, and the argument name they take in stage functions.
+ARGUMENT_NAMES = {"eval": "evaluation"}
+
+
 def run_stage_function(stage: str, function: Callable[..., Any], **extra: Any) -> Any:
     """Call a notebook-less stage's ``function`` with its declared params (as keyword arguments, one per
-    top-level params.yaml key) plus ``extra``, after validating params.yaml."""
+    top-level params.yaml key, renamed by :data:`ARGUMENT_NAMES`) plus ``extra``, after validating params.yaml."""
     load_params()
-    return function(**declared_params(stage), **extra)
+    sections = {ARGUMENT_NAMES.get(key, key): value for key, value in declared_params(stage).items()}
+    return function(**sections, **extra)
 
 
 def _terminate_on_signals() -> None:

@@ -38,23 +38,24 @@ def cell_representation(cell: dict[str, Any]) -> str:
     return f"{cell['representation']}_{cell['arm']}" if "arm" in cell else cell["representation"]
 
 
-def run_cell(eval: dict[str, Any], profile: dict[str, Any], ablation: dict[str, Any],
+def run_cell(evaluation: dict[str, Any], profile: dict[str, Any], ablation: dict[str, Any],
              cell: dict[str, Any]) -> list[dict[str, Any]]:
     """Every aggregation x history cap of one representation: knob chosen on validation, test read once;
     one metrics file per cell (``metrics/ablations/<cell>.json``) with a row per configuration."""
     rep = cell_representation(cell)
     vectors = load_vectors(EMBEDDINGS_DIR, rep, "ablation")
-    data = EvalData.from_prepared(load_prepared(PREPARED_DIR), ranker(None, eval["device"], eval["block_size"]))
+    data = EvalData.from_prepared(load_prepared(PREPARED_DIR),
+                                  ranker(None, evaluation["device"], evaluation["block_size"]))
     rows = []
     for aggregation, cap in product(ablation["aggregations"], ablation["caps"]):
         configuration = cell | {"aggregation": aggregation, "cap": cap}
         name = cell_name(configuration)
         knobs = profile | {"aggregation": aggregation, "history_cap": None if cap == "all" else int(cap)}
         start = time.perf_counter()
-        result = select_and_test(name, profile_candidates(vectors, knobs, rep), data, eval["ks"],
-                                 eval["select_metric"], ABLATIONS_DIR / cell_name(cell) / f"{aggregation}-{cap}")
+        result = select_and_test(name, profile_candidates(vectors, knobs, rep), data, evaluation["ks"],
+                                 evaluation["select_metric"], ABLATIONS_DIR / cell_name(cell) / f"{aggregation}-{cap}")
         rows.append({"cell": configuration, "representation": rep, "chosen": result.config,
-                     "select_metric": eval["select_metric"], "validation": result.val_summary(),
+                     "select_metric": evaluation["select_metric"], "validation": result.val_summary(),
                      "test": result.test_summary(), "wall_s": round(time.perf_counter() - start, 3)})
     write_json(METRICS_DIR / "ablations" / f"{cell_name(cell)}.json",
                {"configurations": rows, "cost": {"wall_s": round(sum(r["wall_s"] for r in rows), 3),

@@ -98,15 +98,16 @@ class FusionTrainer:
         return summary
 
 
-def run(eval: dict[str, Any], fusion: dict[str, Any]) -> tuple[dict[str, MethodResult], dict[str, Any]]:
+def run(evaluation: dict[str, Any], fusion: dict[str, Any]) -> tuple[dict[str, MethodResult], dict[str, Any]]:
     """Weighted late fusion, learned fusions over seeds, and content + EASE^R hybrids; same users and items."""
     costs: dict[str, Any] = {}
-    data = EvalData.from_prepared(load_prepared(PREPARED_DIR), ranker(None, eval["device"], eval["block_size"]))
+    data = EvalData.from_prepared(load_prepared(PREPARED_DIR),
+                                  ranker(None, evaluation["device"], evaluation["block_size"]))
     modalities = {name: load_vectors(EMBEDDINGS_DIR, name, "fusion.modalities") for name in fusion["modalities"]}
     hybrids = {name: load_vectors(EMBEDDINGS_DIR, name, "fusion.hybrid_representations")
                for name in fusion["hybrid_representations"]}
     out = RESULTS_DIR / "fusion"
-    ks, metric = eval["ks"], eval["select_metric"]
+    ks, metric = evaluation["ks"], evaluation["select_metric"]
     trainer = FusionTrainer(modalities, data, fusion)
     with timed(costs, "wall"):
         methods: dict[str, list[Candidate]] = {

@@ -33,19 +33,21 @@ def regime_options(graph: dict[str, Any]) -> dict[str, Any]:
         "device": graph["device"]}
 
 
-def run_cell(eval: dict[str, Any], graph: dict[str, Any], cell: str) -> dict[str, MethodResult]:
+def run_cell(evaluation: dict[str, Any], graph: dict[str, Any], cell: str) -> dict[str, MethodResult]:
     """Select, refit and test one cell over its seeds; results under ``data/results/graph/<cell>``, metrics
     (test and validation numbers, chosen configuration, epochs run and best epoch, wall times) in
     ``metrics/graph/<cell>.json``."""
     spec, scale = graph["cells"][cell], graph[graph["scale"]]
     modalities = {name: load_vectors(EMBEDDINGS_DIR, name, f"graph.cells.{cell}.modalities")
                   for name in spec["modalities"]}
-    data = EvalData.from_prepared(load_prepared(PREPARED_DIR), ranker(None, eval["device"], eval["block_size"]))
+    data = EvalData.from_prepared(load_prepared(PREPARED_DIR),
+                                  ranker(None, evaluation["device"], evaluation["block_size"]))
     fixed = regime_options(graph)
     grid = scale["grids"][spec["model"]]
     started = time.perf_counter()
     results = select_and_test_seeds(cell, lambda seed: candidates(spec["model"], modalities, grid, fixed, seed),
-                                    data, scale["seeds"], eval["ks"], eval["select_metric"], GRAPH_RESULTS / cell)
+                                    data, scale["seeds"], evaluation["ks"], evaluation["select_metric"],
+                                    GRAPH_RESULTS / cell)
     first = next(iter(results.values()))
     write_json(METRICS_DIR / "graph" / f"{cell}.json", {
         "model": spec["model"], "modalities": spec["modalities"], "scale": graph["scale"],

@@ -39,14 +39,15 @@ def method_grid(representations: list[str], key: str, profile: dict[str, Any],
                       for rep in representations}
 
 
-def run(eval: dict[str, Any], match: dict[str, Any], profile: dict[str, Any], baselines: dict[str, Any],
+def run(evaluation: dict[str, Any], match: dict[str, Any], profile: dict[str, Any], baselines: dict[str, Any],
         compute: dict[str, Any]) -> tuple[dict[str, MethodResult], dict[str, Any]]:
     """Classic baselines and profile matching over every representation, on the same users and items."""
     costs: dict[str, Any] = {}
     with timed(costs, "wall"):
         methods = method_grid(match["representations"], "match.representations", profile, baselines)
-        data = EvalData.from_prepared(load_prepared(PREPARED_DIR), ranker(ray_config_from_params(compute), eval["device"], eval["block_size"]))
-        results = select_and_test_methods(methods, data, eval["ks"], eval["select_metric"], RESULTS_DIR / "match")
+        data = EvalData.from_prepared(load_prepared(PREPARED_DIR), ranker(ray_config_from_params(compute), evaluation["device"], evaluation["block_size"]))
+        results = select_and_test_methods(methods, data, evaluation["ks"], evaluation["select_metric"],
+                                          RESULTS_DIR / "match")
     metrics = {"methods": test_metrics_json(results),
                "cost": costs | {"peak_rss_mb": round(peak_rss_mb(), 1), "methods": timing_json(results)}}
     write_json(METRICS_DIR / "match.json", metrics)

@@ -96,13 +96,13 @@ class Finding:
 
 
 def _compare(fid: str, question: str, per_user: pd.DataFrame, method: str, against: str, metric: str,
-             users: str, eval: dict[str, Any]) -> Finding | None:
+             users: str, evaluation: dict[str, Any]) -> Finding | None:
     """Paired comparison of two families in a per-user table (columns method, seed, user_idx, metric);
     None when the slice holds no user of both."""
     pair = per_user[per_user["method"].isin([method, against])]
     if set(pair["method"]) != {method, against}:
         return None
-    row = paired_tests(pair, against, metric, eval["bootstrap_resamples"], eval["seed"]).iloc[0]
+    row = paired_tests(pair, against, metric, evaluation["bootstrap_resamples"], evaluation["seed"]).iloc[0]
     return Finding(fid, question, method, against, metric, users, int(row["n_users"]),
                    (int(row["n_seeds"]), int(row["n_seeds_reference"])), float(row["mean_diff"]),
                    float(row["diff_ci_low"]), float(row["diff_ci_high"]), float(row["p"]),
@@ -146,7 +146,7 @@ def graph_pairs(cells: dict[str, Any], description: str, title: str, image: str)
     return pairs
 
 
-def findings(results: dict[str, MethodResult], eval: dict[str, Any], report: dict[str, Any],
+def findings(results: dict[str, MethodResult], evaluation: dict[str, Any], report: dict[str, Any],
              representations: list[str], prepared: PreparedData,
              graph_cells: dict[str, Any] | None = None) -> list[Finding]:
     """The study's questions, each a paired test on test users; Holm across all of them.
@@ -158,27 +158,28 @@ def findings(results: dict[str, MethodResult], eval: dict[str, Any], report: dic
     per_user = per_user_long(results)
     out: list[Finding | None] = [
         _compare("description_vs_image", "Do grounded descriptions beat raw visual features?", per_user,
-                 description, image, metric, "all test users", eval),
+                 description, image, metric, "all test users", evaluation),
         _compare("description_vs_title", "Do grounded descriptions beat the title?", per_user,
-                 description, title, metric, "all test users", eval)]
+                 description, title, metric, "all test users", evaluation)]
     fusions = [f for f in families(results) if f.startswith("fusion_")]
     singles = [r for r in representations if r in families(results)]
     if fusions and singles:
-        best_fusion = best_by_validation(results, fusions, eval["select_metric"])
-        best_single = best_by_validation(results, singles, eval["select_metric"])
+        best_fusion = best_by_validation(results, fusions, evaluation["select_metric"])
+        best_single = best_by_validation(results, singles, evaluation["select_metric"])
         out.append(_compare("fusion_vs_best_single", "Does the best content fusion beat the best single "
                             "representation (both chosen on validation)?", per_user, best_fusion, best_single,
-                            metric, "all test users", eval))
+                            metric, "all test users", evaluation))
     for model, (with_description, with_title) in graph_pairs(graph_cells or {}, description, title, image).items():
         if {with_description, with_title} <= set(families(results)):
             out.append(_compare(f"{model}_description_vs_title", f"Does the grounded description help "
                                 f"{MODEL_NAMES.get(model, model)} "
                                 "(description + image against title + image)?", per_user, with_description,
-                                with_title, metric, "all test users", eval))
+                                with_title, metric, "all test users", evaluation))
     hybrid = f"hybrid_{description}_ease"
     if hybrid in families(results) and "ease" in families(results):
         out.append(_compare("hybrid_vs_ease", "Do grounded descriptions add to collaborative filtering "
-                            f"({hybrid} against EASE^R)?", per_user, hybrid, "ease", metric, "all test users", eval))
+                            f"({hybrid} against EASE^R)?", per_user, hybrid, "ease", metric, "all test users",
+                            evaluation))
     k = cfg["slice_k"]
     cold = np.flatnonzero(item_popularity_groups(prepared.interactions, prepared.n_items).to_numpy() == "cold")
     lengths = history_lengths(prepared.interactions)
@@ -187,18 +188,18 @@ def findings(results: dict[str, MethodResult], eval: dict[str, Any], report: dic
         cold_table = restricted_per_user(results, [description, against], prepared, items=cold, k=k)
         out.append(_compare(f"description_vs_{against}_cold_items",
                             f"Do descriptions beat {against} on cold test items?", cold_table, description,
-                            against, f"recall@{k}", "users with a cold test item; recall over those items", eval))
+                            against, f"recall@{k}", "users with a cold test item; recall over those items", evaluation))
         short_table = restricted_per_user(results, [description, against], prepared, users=short_users, k=k)
         out.append(_compare(f"description_vs_{against}_short_histories",
                             f"Do descriptions beat {against} for users with short histories?", short_table,
                             description, against, f"recall@{k}",
-                            f"users with at most {cfg['short_history']} history items", eval))
+                            f"users with at most {cfg['short_history']} history items", evaluation))
     answered = [finding for finding in out if finding is not None]
     holm_across(answered)
     return answered
 
 
-def graph_table(results: dict[str, MethodResult], eval: dict[str, Any], report: dict[str, Any],
+def graph_table(results: dict[str, MethodResult], evaluation: dict[str, Any], report: dict[str, Any],
                 graph_cells: dict[str, Any], prepared: PreparedData) -> pd.DataFrame:
     """Does the grounded description help a multimodal recommender? Per model: the paired difference
     (description + image minus title + image) on the headline metric and on recall over cold test items,
@@ -213,9 +214,10 @@ def graph_table(results: dict[str, MethodResult], eval: dict[str, Any], report: 
     cold = np.flatnonzero(item_popularity_groups(prepared.interactions, prepared.n_items).to_numpy() == "cold")
     rows = []
     for model, (with_description, with_title) in pairs.items():
-        overall = _compare(model, "", per_user, with_description, with_title, cfg["metric"], "", eval)
+        overall = _compare(model, "", per_user, with_description, with_title, cfg["metric"], "", evaluation)
         cold_users = restricted_per_user(results, [with_description, with_title], prepared, items=cold, k=cfg["slice_k"])
-        on_cold = _compare(model, "", cold_users, with_description, with_title, f"recall@{cfg['slice_k']}", "", eval)
+        on_cold = _compare(model, "", cold_users, with_description, with_title, f"recall@{cfg['slice_k']}", "",
+                           evaluation)
         seconds = [json.loads((METRICS_DIR / "graph" / f"{cell}.json").read_text())["cost"]["wall_s"]
                    for cell in (with_description, with_title)]
         rows.append({"model": MODEL_NAMES.get(model, model), "cells": f"{with_description} vs {with_title}",

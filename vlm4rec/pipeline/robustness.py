@@ -59,7 +59,7 @@ def history_split_metrics(result: MethodResult, with_history: np.ndarray) -> dic
                            "lists": cold_start_lists(result.test_topk[~has])}}
 
 
-def run(eval: dict[str, Any], robustness: dict[str, Any], profile: dict[str, Any], baselines: dict[str, Any],
+def run(evaluation: dict[str, Any], robustness: dict[str, Any], profile: dict[str, Any], baselines: dict[str, Any],
         compute: dict[str, Any]) -> dict[str, Any]:
     """The baselines and the main profile representations, selected and tested under
     ``robustness.protocol`` (global_time: one time cut for everybody, so no user's training data postdates
@@ -71,8 +71,8 @@ def run(eval: dict[str, Any], robustness: dict[str, Any], profile: dict[str, Any
         methods = method_grid(robustness["representations"], "robustness.representations", profile, baselines)
         prepared = load_prepared(PREPARED_DIR)
         inter = resplit(prepared.interactions, robustness)
-        data = EvalData.from_interactions(inter, prepared.n_users, prepared.n_items, ranker(ray_config_from_params(compute), eval["device"], eval["block_size"]))
-        results = select_and_test_methods(methods, data, eval["ks"], eval["select_metric"],
+        data = EvalData.from_interactions(inter, prepared.n_users, prepared.n_items, ranker(ray_config_from_params(compute), evaluation["device"], evaluation["block_size"]))
+        results = select_and_test_methods(methods, data, evaluation["ks"], evaluation["select_metric"],
                                           RESULTS_DIR / robustness["protocol"])
     counts = inter.groupby("split").agg(interactions=("user_idx", "size"), users=("user_idx", "nunique"))
     with_history = np.diff(data.trainval_history.matrix.indptr) > 0

@@ -56,12 +56,13 @@ def validation_scores(results: dict[str, MethodResult]) -> pd.Series:
     return pd.Series({f: r.val_summary()[metric] for f, r in first.items()}, name=f"validation {metric}")
 
 
-def main_table(results: dict[str, MethodResult], eval: dict[str, Any],
+def main_table(results: dict[str, MethodResult], evaluation: dict[str, Any],
                metrics: Sequence[str] = MAIN_TABLE_METRICS) -> tuple[pd.DataFrame, pd.DataFrame]:
     """(long table with mean and 95% CI per method family x metric, wide 'mean [low, high]' display
     table with the validation selection metric first, sorted by it: never by test). Seeded families' CIs
     resample users and seeds."""
-    long = results_table(per_user_long(results), list(metrics), eval["bootstrap_resamples"], seed=eval["seed"])
+    long = results_table(per_user_long(results), list(metrics), evaluation["bootstrap_resamples"],
+                         seed=evaluation["seed"])
     long["value"] = [f"{m:.4f} [{lo:.4f}, {hi:.4f}]" for m, lo, hi in
                      zip(long["mean"], long["ci_low"], long["ci_high"])]
     wide = long.pivot(index="method", columns="metric", values="value")[list(metrics)]
@@ -83,7 +84,7 @@ P_COLUMN = "p (paired bootstrap, Holm)"
 
 
 def paired_test_table(results: dict[str, MethodResult], references: Sequence[str], metrics: Sequence[str],
-                      eval: dict[str, Any]) -> tuple[pd.DataFrame, pd.DataFrame]:
+                      evaluation: dict[str, Any]) -> tuple[pd.DataFrame, pd.DataFrame]:
     """(long paired-test table, compact display table).
 
     Every method family against each reference on each metric (:func:`vlm4rec.stats.paired_tests`: one
@@ -94,7 +95,7 @@ def paired_test_table(results: dict[str, MethodResult], references: Sequence[str
     """
     per_user = per_user_long(results)
     present = set(per_user["method"])
-    long = pd.concat([paired_tests(per_user, ref, metric, eval["bootstrap_resamples"], eval["seed"])
+    long = pd.concat([paired_tests(per_user, ref, metric, evaluation["bootstrap_resamples"], evaluation["seed"])
                       for ref in references if ref in present for metric in metrics], ignore_index=True)
     if long.empty:
         return long, pd.DataFrame()
