@@ -37,12 +37,15 @@ import torch
 
 from bench_all_posters import DEFAULT_POSTERS, poster_table
 from bench_matching import DIM, K, synthetic_history
-from vlm4rec.distributed import RayConfig
+from vlm4rec.config import RayParams
 from vlm4rec.distributed.grounding import GrounderSpec, RayDescriber
 from vlm4rec.distributed.matching import recommend_ray
 from vlm4rec.grounding import DescriptionCache, Grounder, build_grounder, ground_items
 from vlm4rec.grounding.runner import Describer
 from vlm4rec.matching import ProfileRecommender, recommend
+
+#: A local cluster, one CPU and no GPU per actor or task, two actors; each measurement changes one key.
+LOCAL = RayParams(address=None, num_cpus=1.0, num_gpus=0.0, actors=2, pin_servers=False)
 
 
 def timed(run: Callable[[], Any]) -> tuple[Any, float]:
@@ -70,7 +73,7 @@ def bench_grounding(items: pd.DataFrame, repeats: int) -> list[dict[str, Any]]:
         "local (1 process, torch on every core)": lambda: build_grounder("tagger"),
         "local, torch on 1 thread": single_threaded_tagger,
         **{f"ray, {n} actor{'s' * (n > 1)} x 1 CPU": functools.partial(
-            RayDescriber, GrounderSpec("tagger"), RayConfig(num_cpus=1, actors=n)) for n in (1, 2)}}
+            RayDescriber, GrounderSpec("tagger"), LOCAL.model_copy(update={"actors": n})) for n in (1, 2)}}
     seconds: dict[str, list[float]] = {name: [] for name in runs}
     reference, threads = None, torch.get_num_threads()
     for _ in range(repeats):
@@ -95,14 +98,15 @@ def bench_matching(n_users: int, n_items: int, block_sizes: list[int], repeats: 
     model = ProfileRecommender(vectors).fit(history)
     users = np.arange(n_users)
     expected = recommend(model, users, history.matrix, K, block_sizes[0])
-    _, first_s = timed(lambda: recommend_ray(model, users, history.matrix, K, block_sizes[0], RayConfig()))
+    _, first_s = timed(lambda: recommend_ray(model, users, history.matrix, K, block_sizes[0], LOCAL))
     rows = [(f"ray, block {block_sizes[0]}, tasks of 1 CPU, first call (workers start)", block_sizes[0], first_s)]
     local_s = {}
     for block in block_sizes:
         runs: dict[str, Callable[[], np.ndarray]] = {
             "local": functools.partial(recommend, model, users, history.matrix, K, block),
             **{f"ray, tasks of {cpus} CPU": functools.partial(
-                recommend_ray, model, users, history.matrix, K, block, RayConfig(num_cpus=cpus)) for cpus in (1, 2)}}
+                recommend_ray, model, users, history.matrix, K, block, LOCAL.model_copy(update={"num_cpus": cpus}))
+                for cpus in (1, 2)}}
         seconds: dict[str, list[float]] = {name: [] for name in runs}
         for _ in range(repeats):
             for name, run in runs.items():

@@ -14,9 +14,10 @@ import scipy.sparse as sp
 import yaml
 from PIL import Image
 
-from test_grounding_openai import KEY, KEY_ENV, ScriptedServer, closed_port_url
+from test_grounding_openai import KEY, KEY_ENV, ScriptedServer
 from test_grounding_runner import CountingGrounder
-from vlm4rec.distributed import RayConfig, connect, ray_config_from_params
+from vlm4rec.config import RayParams
+from vlm4rec.distributed import connect, ray_config_from_params
 from vlm4rec.distributed.grounding import GrounderSpec, RayDescriber
 from vlm4rec.distributed.embedding import encode_image_paths_ray, encode_texts_ray
 from vlm4rec.distributed.matching import ranker, recommend_ray
@@ -30,8 +31,16 @@ from vlm4rec.splits import build_history
 REPO = Path(__file__).resolve().parents[1]
 ray = pytest.importorskip("ray")
 
-CONFIG = RayConfig(num_cpus=1, actors=2)
-ONE_ACTOR = RayConfig(num_cpus=1, actors=1)  # where a second actor would prove nothing more (and costs seconds)
+
+
+def ray_params(**changes) -> RayParams:
+    """``compute.ray`` for a local cluster, one CPU and no GPU per actor, two actors; ``changes`` applied."""
+    return RayParams(**{"address": None, "num_cpus": 1.0, "num_gpus": 0.0, "actors": 2, "pin_servers": False}
+                     | changes)
+
+
+CONFIG = ray_params()
+ONE_ACTOR = ray_params(actors=1)  # where a second actor would prove nothing more (and costs seconds)
 
 
 @pytest.fixture(scope="module", autouse=True)
@@ -170,17 +179,14 @@ def openai_spec(urls, **options) -> GrounderSpec:
                                    "batch_size": 2, **options})
 
 
-def test_openai_fleet_on_ray_with_pinned_actors_and_a_dead_server(tmp_path):
-    live = ScriptedServer()
-    try:
-        dead = closed_port_url()
-        items = write_catalogue(tmp_path)
-        describer = RayDescriber(openai_spec([dead, live.url]), RayConfig(num_cpus=0.5, actors=2, pin_servers=True))
-        with DescriptionCache(tmp_path / "cache.sqlite") as cache:
-            result = ground_items(items, describer, cache, IMAGE_ONLY, progress=False)
-            cache_bytes = b"".join(p.read_bytes() for p in tmp_path.glob("cache.sqlite*"))
-    finally:
-        live.close()
+def test_openai_fleet_on_ray_with_pinned_actors_and_a_dead_server(tmp_path, loopback, refused_url):
+    live = ScriptedServer(loopback)
+    dead = refused_url("/v1")
+    items = write_catalogue(tmp_path)
+    describer = RayDescriber(openai_spec([dead, live.url]), ray_params(num_cpus=0.5, pin_servers=True))
+    with DescriptionCache(tmp_path / "cache.sqlite") as cache:
+        result = ground_items(items, describer, cache, IMAGE_ONLY, progress=False)
+        cache_bytes = b"".join(p.read_bytes() for p in tmp_path.glob("cache.sqlite*"))
     assert result.table["status"].tolist() == ["ok"] * 8 + ["no_image"]
     servers = result.counts["usage"]["servers"]
     assert servers[live.url]["ok"] == 7 == len(live.requests) and servers[dead]["ok"] == 0
@@ -190,10 +196,10 @@ def test_openai_fleet_on_ray_with_pinned_actors_and_a_dead_server(tmp_path):
     assert all(r["headers"]["Authorization"] == f"Bearer {KEY}" for r in live.requests)
 
 
-def test_unreachable_fleet_on_ray_stops_with_counts(tmp_path):
-    first, second = closed_port_url(), closed_port_url()
+def test_unreachable_fleet_on_ray_stops_with_counts(tmp_path, refused_url):
+    first, second = refused_url("/v1"), refused_url("/v1")
     items = write_catalogue(tmp_path)
-    describer = RayDescriber(openai_spec([first, second], backoff_s=0.01), RayConfig(num_cpus=0.5, actors=1))
+    describer = RayDescriber(openai_spec([first, second], backoff_s=0.01), ray_params(num_cpus=0.5, actors=1))
     with DescriptionCache(tmp_path / "cache.sqlite") as cache:
         with pytest.raises(StudyError, match=r"^all 2 servers unreachable: .*; 0 of 8 described; "
                                              r"rerun resumes from the cache$"):
@@ -236,17 +242,19 @@ def test_matching_on_ray_equals_local_ties_included():
 
 
 def test_params_and_pinning_without_a_cluster():
+    local = {"address": None, "num_cpus": 1, "num_gpus": 0, "actors": 2, "pin_servers": False}
     assert ray_config_from_params({"executor": "local"}) is None
-    config = ray_config_from_params({"executor": "ray", "ray": {"address": "auto", "num_gpus": 1, "actors": 4}})
-    assert config == RayConfig(address="auto", num_gpus=1, actors=4) and config.device == "cuda"
+    config = ray_config_from_params({"executor": "ray", "ray": local | {"address": "auto", "num_gpus": 1, "actors": 4}})
+    assert config == ray_params(address="auto", num_gpus=1.0, actors=4) and config.device == "cuda"
+    assert CONFIG.device == "cpu"
     with pytest.raises(StudyError, match="compute.executor"):
-        ray_config_from_params({"executor": "spark"})
-    with pytest.raises(StudyError, match=r"unknown keys \['gpus'\]"):
-        ray_config_from_params({"executor": "ray", "ray": {"gpus": 1}})
-    with pytest.raises(StudyError, match="actors >= 1"):
-        RayConfig(actors=0)
+        ray_config_from_params({"executor": "spark", "ray": local})
+    with pytest.raises(StudyError, match=r"compute.ray.gpus"):
+        ray_config_from_params({"executor": "ray", "ray": local | {"gpus": 1}})
+    with pytest.raises(StudyError, match="compute.ray.actors"):
+        ray_config_from_params({"executor": "ray", "ray": local | {"actors": 0}})
     with pytest.raises(StudyError, match="num_gpus > 0"):
-        recommend_ray(None, np.arange(3), sp.csr_matrix((3, 3)), 1, 2, RayConfig(), device="cuda")
+        recommend_ray(None, np.arange(3), sp.csr_matrix((3, 3)), 1, 2, CONFIG, device="cuda")
     spec = openai_spec(["http://a/v1", "http://b/v1", "http://c/v1"])
     assert spec.pinned(4).options["base_url"] == ["http://b/v1", "http://c/v1", "http://a/v1"]
     assert spec.pinned(4).options["prefer_first"] and "prefer_first" not in spec.options
@@ -258,23 +266,20 @@ def test_params_and_pinning_without_a_cluster():
 def test_a_ray_client_address_without_the_client_says_what_to_install(monkeypatch):
     monkeypatch.setattr(ray, "is_initialized", lambda: False)
     with pytest.raises(StudyError, match=r"needs the Ray Client \(pip install 'ray\[client\]==2.60.0'"):
-        connect(RayConfig(address="ray://head:10001"))
+        connect(ray_params(address="ray://head:10001"))
 
 
-def test_an_unreachable_cluster_address_is_an_error_within_the_connect_timeout(monkeypatch):
-    import socket
+def test_an_unreachable_cluster_address_is_an_error_within_the_connect_timeout(monkeypatch, refused_url):
     import time
 
-    with socket.socket() as probe:  # a port nothing listens on
-        probe.bind(("127.0.0.1", 0))
-        port = probe.getsockname()[1]
+    address = refused_url().removeprefix("http://")  # 127.0.0.1:<a port nothing listens on>
     monkeypatch.setattr(ray, "is_initialized", lambda: False)
     started = time.monotonic()
-    with pytest.raises(StudyError, match=rf"compute.ray.address 127.0.0.1:{port}: the Ray head did not accept a "
+    with pytest.raises(StudyError, match=rf"compute.ray.address {address}: the Ray head did not accept a "
                                          r"connection within 10 s \(Connection refused\)"):
-        connect(RayConfig(address=f"127.0.0.1:{port}"))
+        connect(ray_params(address=address))
     with pytest.raises(StudyError, match="must be auto, host:port or ray://host:port"):
-        connect(RayConfig(address="head"))
+        connect(ray_params(address="head"))
     assert time.monotonic() - started < 5
 
 

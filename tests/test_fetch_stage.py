@@ -6,13 +6,14 @@ import json
 import os
 import subprocess
 import sys
+from collections.abc import Callable
 from pathlib import Path
 
 import pytest
 import yaml
 
-from test_datasets_movielens_fetch import official  # noqa: F401 (a fixture used here)
-from test_datasets_movielens_fetch import closed_port_url, offline_urls, poster, write_release
+from test_datasets_movielens_fetch import official, offline_urls  # noqa: F401 (fixtures used here)
+from test_datasets_movielens_fetch import poster, write_release
 from vlm4rec.datasets import load_source
 from vlm4rec.errors import StudyError
 from vlm4rec.pipeline.fetch import SOURCE_MANIFEST, adapter_keys, load_source_manifest, run
@@ -29,12 +30,14 @@ def workdir(tmp_path, monkeypatch) -> Path:
     return work
 
 
-def movielens_params(root: Path, **keys) -> dict:
-    return {"source": "movielens_1m", "images_outside_folder": "refuse",
-            "movielens_1m": {"root": str(root), "posters_dir": None, **offline_urls()} | keys}
+@pytest.fixture()
+def movielens_params(offline_urls) -> Callable[..., dict]:
+    """``movielens_params(root, **keys)``: ``data`` for the release at ``root``, where no download can succeed."""
+    return lambda root, **keys: {"source": "movielens_1m", "images_outside_folder": "refuse",
+                                 "movielens_1m": {"root": str(root), "posters_dir": None, **offline_urls} | keys}
 
 
-def test_movielens_manifest_metrics_and_adapter_keys(official, workdir, tmp_path):
+def test_movielens_manifest_metrics_and_adapter_keys(official, movielens_params, workdir, tmp_path):
     root = write_release(tmp_path / "ml-1m", official)
     data = movielens_params(root)
     metrics = run(data)
@@ -52,7 +55,7 @@ def test_movielens_manifest_metrics_and_adapter_keys(official, workdir, tmp_path
     assert not (workdir / "data" / "raw" / "ml-1m").exists()  # nothing downloaded
 
 
-def test_manifest_bytes_change_only_when_a_file_does(official, workdir, tmp_path):
+def test_manifest_bytes_change_only_when_a_file_does(official, movielens_params, workdir, tmp_path):
     root = write_release(tmp_path / "ml-1m", official)
     data = movielens_params(root)
     run(data)
@@ -64,7 +67,7 @@ def test_manifest_bytes_change_only_when_a_file_does(official, workdir, tmp_path
     assert SOURCE_MANIFEST.read_bytes() != before
 
 
-def test_prepare_refuses_a_manifest_fetched_with_other_keys(official, workdir, tmp_path):
+def test_prepare_refuses_a_manifest_fetched_with_other_keys(official, movielens_params, workdir, tmp_path):
     """Changing data.movielens_1m.root and running prepare alone must not read the folder the last fetch
     found."""
     root = write_release(tmp_path / "ml-1m", official)
@@ -110,11 +113,11 @@ def test_stage_outputs_must_match_the_chosen_source(workdir):
         run({"source": "nope"})
 
 
-def test_stage_command_without_data_or_network_prints_the_instruction(workdir, tmp_path):
-    zip_url = closed_port_url("/ml-1m.zip")
+def test_stage_command_without_data_or_network_prints_the_instruction(workdir, tmp_path, refused_url):
+    zip_url = refused_url("/ml-1m.zip")
     params = yaml.safe_load((REPO / "params.yaml").read_text())
     params["data"]["movielens_1m"] |= {"root": "../shared/data/ml-1m", "zip_url": zip_url,
-                                       "posters_url": closed_port_url("/{movie_id}.jpg")}
+                                       "posters_url": refused_url("/{movie_id}.jpg")}
     (workdir / "params.yaml").write_text(yaml.safe_dump(params))
     (workdir / "dvc.yaml").write_text((REPO / "dvc.yaml").read_text())
     env = os.environ | {"PYTHONPATH": str(REPO)}

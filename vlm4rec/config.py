@@ -12,7 +12,7 @@ import re
 import sys
 from pathlib import Path
 from types import UnionType
-from typing import Annotated, Any, Literal, Union, get_args, get_origin
+from typing import Annotated, Any, Literal, TypeVar, Union, get_args, get_origin
 
 import yaml
 from pydantic import AfterValidator, BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
@@ -296,6 +296,11 @@ class RayParams(Section):
     num_gpus: NonNegativeFloat = Field(description="GPUs of each actor or matching task (> 0: models run on cuda)")
     actors: PositiveInt = Field(description="actors per pool (grounding, text and image encoding)")
     pin_servers: bool = Field(description="grounding actor i prefers server i of a ground.openai.base_url fleet")
+
+    @property
+    def device(self) -> str:
+        """Where an actor runs its model: ``cuda`` (the GPU Ray gave it) when actors get GPUs, else ``cpu``."""
+        return "cuda" if self.num_gpus > 0 else "cpu"
 
 
 class ComputeParams(Section):
@@ -611,10 +616,20 @@ def load_params(path: str | Path = "params.yaml") -> StudyParams:
 
 def validate_params(raw: Any, source: str = "params.yaml") -> StudyParams:
     """Validate a parsed parameter mapping; every problem is listed in one :class:`StudyError`."""
+    return validate_section(StudyParams, raw, (), source)
+
+
+SectionModel = TypeVar("SectionModel", bound=BaseModel)
+
+
+def validate_section(model: type[SectionModel], raw: Any, key: tuple[str, ...], source: str = "params.yaml"
+                     ) -> SectionModel:
+    """``raw`` validated as the section at ``key`` (e.g. ``("compute",)``); every problem, named by its full
+    key, is listed in one :class:`StudyError`."""
     try:
-        return StudyParams.model_validate(raw)
+        return model.model_validate(raw)
     except ValidationError as err:
-        problems = _problems(err.errors())
+        problems = _problems([error | {"loc": (*key, *error["loc"])} for error in err.errors()])
         raise StudyError(f"{source}: {len(problems)} invalid parameter{'s' if len(problems) > 1 else ''}:\n"
                          + "\n".join(f"  - {p}" for p in problems)) from None
 

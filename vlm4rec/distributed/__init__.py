@@ -3,7 +3,7 @@
 This package holds the cluster configuration and the actor-pool plumbing; one module per stage's work
 (:mod:`.grounding`, :mod:`.embedding`, :mod:`.matching`) so that a stage depends only on its own.
 
-``compute.executor: ray`` with ``compute.ray`` (:class:`RayConfig`) runs, instead of the local loops:
+``compute.executor: ray`` with ``compute.ray`` (:class:`~vlm4rec.config.RayParams`) runs, instead of the local loops:
 
 * grounding: :class:`.grounding.RayDescriber` plugs into :func:`vlm4rec.grounding.ground_items`. The driver still
   works out what the cache lacks and writes every finished batch into the SQLite cache (the one writer);
@@ -38,51 +38,18 @@ from typing import Any
 
 import numpy as np
 
+from vlm4rec.config import ComputeParams, RayParams, validate_section
 from vlm4rec.errors import StudyError, os_reason
 
-EXECUTORS = ("local", "ray")
-
-
-@dataclass(frozen=True)
-class RayConfig:
-    """``compute.ray``: ``address`` of the cluster (None: start a local one on this machine, ``auto``: the
-    cluster this node belongs to, ``ray://host:port``: a remote head); resources of each actor or task
-    (``num_cpus``, ``num_gpus``; a GPU per actor runs its model on ``cuda``); ``actors`` per pool; with
-    ``pin_servers`` each grounding actor prefers its own server of an ``openai`` fleet."""
-
-    address: str | None = None
-    num_cpus: float = 1.0
-    num_gpus: float = 0.0
-    actors: int = 2
-    pin_servers: bool = False
-
-    def __post_init__(self) -> None:
-        if self.actors < 1 or self.num_cpus < 0 or self.num_gpus < 0:
-            raise StudyError(f"compute.ray needs actors >= 1, num_cpus >= 0 and num_gpus >= 0; got actors="
-                             f"{self.actors}, num_cpus={self.num_cpus}, num_gpus={self.num_gpus}")
-
-    @property
-    def device(self) -> str:
-        """Where an actor runs its model: ``cuda`` (the GPU Ray gave it) when actors get GPUs, else ``cpu``."""
-        return "cuda" if self.num_gpus > 0 else "cpu"
-
-
-def ray_config_from_params(compute: dict[str, Any]) -> RayConfig | None:
-    """The :class:`RayConfig` of ``params.yaml: compute`` when ``compute.executor`` is ``ray``; None for
-    ``local`` (the default)."""
-    executor = compute.get("executor", "local")
-    if executor not in EXECUTORS:
-        raise StudyError(f"compute.executor must be one of {EXECUTORS}, got {executor!r}")
-    if executor == "local":
+def ray_config_from_params(compute: dict[str, Any]) -> RayParams | None:
+    """None when ``params.yaml: compute.executor`` is ``local``; else ``compute``, validated, gives the executor
+    (``ray``) and its ``compute.ray``."""
+    if compute.get("executor") == "local":
         return None
-    options = compute.get("ray") or {}
-    unknown = sorted(set(options) - set(RayConfig.__dataclass_fields__))
-    if unknown:
-        raise StudyError(f"compute.ray has unknown keys {unknown}; known: {sorted(RayConfig.__dataclass_fields__)}")
-    return RayConfig(**options)
+    return validate_section(ComputeParams, compute, ("compute",)).ray
 
 
-def connect(config: RayConfig) -> None:
+def connect(config: RayParams) -> None:
     """Join the cluster ``config.address`` names, or start a local one, unless this process is connected
     already (then that cluster is used). A remote cluster gets this process's ``vlm4rec`` package, so that
     its workers run the same code as the driver."""
@@ -172,7 +139,7 @@ class _BatchActor(ABC):
 
 
 def _stream(works: Sequence[Any], actor: type[_BatchActor], options: dict[str, Any],
-            config: RayConfig) -> Iterator[tuple[int, Any]]:
+            config: RayParams) -> Iterator[tuple[int, Any]]:
     """(index, result) of every work item, processed by a pool of ``config.actors`` actors of ``actor``
     (built with ``options``), yielded as each finishes (any order). One item is one block and one task, so
     a finished item streams back at once and a retry repeats one item. An item whose worker died on each of

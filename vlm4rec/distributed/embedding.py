@@ -9,7 +9,8 @@ from typing import TYPE_CHECKING
 import numpy as np
 from tqdm import tqdm
 
-from vlm4rec.distributed import RayConfig, _BatchActor, _completed, _stream, connect
+from vlm4rec.config import RayParams
+from vlm4rec.distributed import _BatchActor, _completed, _stream, connect
 
 if TYPE_CHECKING:  # torch comes with the encoders: imported where they run
     from vlm4rec.encoders import ImageEncoder, ImageFeatures
@@ -27,7 +28,7 @@ class _TextActor(_BatchActor):
         return encode_text_batch(work, self.encoder, self.batch_size)
 
 
-def encode_texts_ray(texts: Sequence[str], encoder_spec: str, batch_size: int, config: RayConfig,
+def encode_texts_ray(texts: Sequence[str], encoder_spec: str, batch_size: int, config: RayParams,
                      progress: bool = True) -> np.ndarray:
     """:func:`vlm4rec.encoders.encode_texts` with ``load_text_encoder(encoder_spec)`` on Ray actors: the same
     batches (longest texts first), so the same vectors up to float rounding of another thread count
@@ -65,7 +66,7 @@ class _ImageActor(_BatchActor):
 
 
 def encode_image_paths_ray(paths: Sequence[str | Path | None], encoder_factory: Callable[[], ImageEncoder],
-                           batch_size: int, config: RayConfig, progress: bool = True) -> ImageFeatures:
+                           batch_size: int, config: RayParams, progress: bool = True) -> ImageFeatures:
     """:func:`vlm4rec.encoders.encode_image_paths` on Ray actors, each holding ``encoder_factory()`` (a
     picklable callable, e.g. ``functools.partial(EfficientNetLite0Features, device=config.device)``) and
     reading the images at ``paths`` (see :class:`RayDescriber` on paths). Same batches, same vectors up to

@@ -7,7 +7,8 @@ from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import Any
 
-from vlm4rec.distributed import RayConfig, WorkerDied, _BatchActor, _stream, connect
+from vlm4rec.config import RayParams
+from vlm4rec.distributed import WorkerDied, _BatchActor, _stream, connect
 from vlm4rec.grounding import build_grounder
 from vlm4rec.grounding.base import Grounder, GroundingStopped
 from vlm4rec.grounding.cache import FAILED, CacheEntry
@@ -78,7 +79,7 @@ class RayDescriber(Describer):
     local cluster), so a multi-node cluster needs absolute paths on a file system every node mounts.
     """
 
-    def __init__(self, spec: GrounderSpec, config: RayConfig):
+    def __init__(self, spec: GrounderSpec, config: RayParams):
         import ray
 
         connect(config)

@@ -7,7 +7,8 @@ import functools
 import numpy as np
 import scipy.sparse as sp
 
-from vlm4rec.distributed import RayConfig, connect
+from vlm4rec.config import RayParams
+from vlm4rec.distributed import connect
 from vlm4rec.errors import StudyError
 from vlm4rec.matching import Ranker, Recommender, recommend, recommend_torch
 
@@ -22,7 +23,7 @@ def rank_here(model: Recommender, users: np.ndarray, exclude: sp.csr_matrix, k: 
 
 
 def recommend_ray(model: Recommender, users: np.ndarray, exclude: sp.csr_matrix, k: int, block_size: int,
-                  config: RayConfig, device: str | None = None) -> np.ndarray:
+                  config: RayParams, device: str | None = None) -> np.ndarray:
     """:func:`rank_here` with each block of ``block_size`` users ranked by one Ray task; the fitted ``model``
     and ``exclude`` go to the object store once and every task reads them from there. Returns exactly the
     local engine's top-K lists, in user order."""
@@ -41,7 +42,7 @@ def recommend_ray(model: Recommender, users: np.ndarray, exclude: sp.csr_matrix,
     return np.concatenate(ray.get(blocks))
 
 
-def ranker(config: RayConfig | None, device: str = "cpu", block_size: int = 2048) -> Ranker:
+def ranker(config: RayParams | None, device: str = "cpu", block_size: int = 2048) -> Ranker:
     """``rank(model, users, exclude, k)`` as ``compute`` (``config``: None = local) and ``eval.device`` ask:
     the numpy engine for ``cpu``, the torch engine on any other device; here or on Ray."""
     torch_device = None if device == "cpu" else device

@@ -7,10 +7,11 @@ from typing import Any, Callable, Sequence
 import numpy as np
 import pandas as pd
 
+from vlm4rec.config import RayParams
 from vlm4rec.encoders import (EfficientNetLite0Features, ImageEncoder, OpenClipImageEncoder,
                               encode_image_paths, encode_texts, load_text_encoder)
 from vlm4rec.data import load_prepared
-from vlm4rec.distributed import RayConfig, ray_config_from_params
+from vlm4rec.distributed import ray_config_from_params
 from vlm4rec.distributed.embedding import encode_image_paths_ray, encode_texts_ray
 from vlm4rec.pipeline.outputs import EMBEDDINGS_DIR, GROUNDING_DIR, METRICS_DIR, PREPARED_DIR, peak_rss_mb, timed, write_json
 from vlm4rec.representations import Representation, from_features, from_texts, item_texts
@@ -33,7 +34,7 @@ def image_encoder_factory(embed: dict[str, Any], device: str = "cpu") -> Callabl
 
 def text_representations(items: pd.DataFrame, descriptions: pd.DataFrame, arms: list[str],
                          encoder_spec: str, batch_size: int, grounder: str,
-                         ray: RayConfig | None = None) -> list[Representation]:
+                         ray: RayParams | None = None) -> list[Representation]:
     """title, title_meta and, per prompt arm, description_<arm> and title_description_<arm>.
 
     Every distinct text of all representations is encoded once, in one pass (here, or on Ray actors when
