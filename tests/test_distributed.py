@@ -14,7 +14,7 @@ import scipy.sparse as sp
 import yaml
 from PIL import Image
 
-from test_grounding_openai import KEY, KEY_ENV, ScriptedServer
+from test_grounding_openai import KEY, KEY_ENV, ScriptedServer, openai_options
 from test_grounding_runner import CountingGrounder
 from vlm4rec.config import RayParams
 from vlm4rec.distributed import connect, ray_config_from_params
@@ -173,10 +173,9 @@ def test_a_batch_that_kills_its_actor_every_time_is_recorded_failed_and_the_run_
     assert result.counts["failed_by_kind"] == {"worker_died": 2} and result.counts["described"] == 2
 
 
-def openai_spec(urls, **options) -> GrounderSpec:
-    return GrounderSpec("openai", {"base_url": urls, "model": "vlm-test", "api_key_env": KEY_ENV,
-                                   "concurrency": 1, "max_retries": 3, "backoff_s": 30, "timeout_s": 5,
-                                   "batch_size": 2, **options})
+def openai_spec(urls, **changes) -> GrounderSpec:
+    return GrounderSpec("openai", openai_options(urls, **{"concurrency": 1, "backoff_s": 30, "timeout_s": 5,
+                                                          "batch_size": 2} | changes))
 
 
 def test_openai_fleet_on_ray_with_pinned_actors_and_a_dead_server(tmp_path, loopback, refused_url):

@@ -12,8 +12,9 @@ import pandas as pd
 import pytest
 from PIL import Image
 
-from vlm4rec.grounding import openai_api
+from vlm4rec.config import OpenAIParams
 from vlm4rec.errors import StudyError
+from vlm4rec.grounding import openai_api
 from vlm4rec.grounding.base import GroundingError, GroundingStopped
 from vlm4rec.grounding.cache import DescriptionCache
 from vlm4rec.grounding.openai_api import OpenAIGrounder
@@ -102,10 +103,15 @@ def api_key(monkeypatch):
     monkeypatch.setenv(KEY_ENV, KEY)
 
 
-def grounder(url, **kwargs):
-    options = dict(model="vlm-test", api_key_env=KEY_ENV, max_new_tokens=32, concurrency=2, max_retries=3,
-                   backoff_s=0.001, timeout_s=2)
-    return OpenAIGrounder(url, **{**options, **kwargs})
+def openai_options(base_url, **changes) -> dict:
+    """``ground.openai`` keys for ``base_url`` with fast test settings, ``changes`` applied."""
+    return {"base_url": base_url, "model": "vlm-test", "api_key_env": KEY_ENV, "max_new_tokens": 32,
+            "temperature": 0.0, "concurrency": 2, "max_retries": 3, "backoff_s": 0.001, "timeout_s": 2,
+            "batch_size": 32, "max_connection_failures": 3} | changes
+
+
+def grounder(url, prefer_first=False, **changes):
+    return OpenAIGrounder(OpenAIParams(**openai_options(url, **changes)), prefer_first)
 
 
 def test_request_format_and_success(server):
@@ -208,9 +214,20 @@ def test_key_never_leaks(server, tmp_path):
 def test_build_grounder_by_name():
     from vlm4rec.grounding import build_grounder
 
-    built = build_grounder("openai", base_url="http://127.0.0.1:9/v1", model="m", api_key_env=KEY_ENV)
-    assert isinstance(built, OpenAIGrounder)
+    built = build_grounder("openai", **openai_options("http://127.0.0.1:9/v1"), prefer_first=True)
+    assert isinstance(built, OpenAIGrounder) and built.fleet.prefer_first
     assert [s.endpoint for s in built.fleet.servers] == ["http://127.0.0.1:9/v1/chat/completions"]
+    broken = openai_options("http://127.0.0.1:9/v1", concurrency=0)
+    del broken["timeout_s"]
+    with pytest.raises(StudyError) as invalid:
+        build_grounder("openai", **broken)
+    assert str(invalid.value) == ("params.yaml: 2 invalid parameters:\n"
+                                  "  - ground.openai.concurrency = 0: Input should be greater than or equal to 1 "
+                                  "(requests in flight)\n"
+                                  "  - ground.openai.timeout_s: missing (per-request timeout)")
+    with pytest.raises(StudyError, match=r"^the openai grounder needs ground.openai.base_url \(a URL or a list of "
+                                         r"them\) and ground.openai.model$"):
+        build_grounder("openai", **openai_options([]))
     with pytest.raises(ValueError, match="unknown grounder 'llava'"):
         build_grounder("llava")
 

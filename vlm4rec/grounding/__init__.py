@@ -8,6 +8,7 @@ from __future__ import annotations
 
 from typing import Any
 
+from vlm4rec.config import OpenAIParams, validate_section
 from vlm4rec.grounding.base import Grounder, GroundingError
 from vlm4rec.grounding.cache import CacheEntry, DescriptionCache, cache_key
 from vlm4rec.grounding.prompts import IMAGE_ONLY, IMAGE_TITLE, PROMPT_ARMS, build_prompt, mentions_title
@@ -17,8 +18,9 @@ GROUNDERS = ("tagger", "hf", "openai")
 
 
 def build_grounder(kind: str, **options: Any) -> Grounder:
-    """The grounder ``kind`` (one of :data:`GROUNDERS`) built with ``options`` (its constructor's
-    keyword arguments, e.g. from params.yaml). Backends are imported only when asked for."""
+    """The grounder ``kind`` (one of :data:`GROUNDERS`) built with ``options`` (its ``params.yaml:
+    ground.<kind>`` keys: the constructor's keyword arguments, or for ``openai`` its validated section).
+    Backends are imported only when asked for."""
     if kind == "tagger":
         from vlm4rec.grounding.tagger import TaggerGrounder
         return TaggerGrounder(**options)
@@ -27,7 +29,8 @@ def build_grounder(kind: str, **options: Any) -> Grounder:
         return HFGrounder(**options)
     if kind == "openai":
         from vlm4rec.grounding.openai_api import OpenAIGrounder
-        return OpenAIGrounder(**options)
+        prefer_first = options.pop("prefer_first", False)  # a Ray actor's pinning, not a params.yaml key
+        return OpenAIGrounder(validate_section(OpenAIParams, options, ("ground", "openai")), prefer_first)
     raise ValueError(f"unknown grounder {kind!r}; expected one of {GROUNDERS}")
 
 

@@ -37,7 +37,8 @@ import requests
 from PIL import Image
 from urllib3.exceptions import ConnectTimeoutError, NameResolutionError, NewConnectionError
 
-from vlm4rec.errors import os_reason
+from vlm4rec.config import OpenAIParams
+from vlm4rec.errors import StudyError, os_reason
 from vlm4rec.grounding.base import Grounder, GroundingError, GroundingStopped
 
 RETRY_STATUSES = frozenset({429, 500, 502, 503, 504})
@@ -49,7 +50,8 @@ MIN_BASE64_FORM = 8
 
 
 class OpenAIGrounder(Grounder):
-    """Chat-completions client; ``model`` is the server's model name (it is the cache's model id).
+    """Chat-completions client configured by ``params.yaml: ground.openai`` (:class:`~vlm4rec.config.OpenAIParams`);
+    ``model`` is the server's model name (it is the cache's model id).
 
     ``base_url``: one server or a list of servers that serve the same model. ``prefer_first``: send every
     request to the first server while it is in (the next ones take over while it is out) instead of
@@ -59,28 +61,26 @@ class OpenAIGrounder(Grounder):
     grounder_id = "openai"
     description_of_method = "openai (vision-language model behind an OpenAI-compatible chat-completions API)"
 
-    def __init__(self, base_url: str | Sequence[str], model: str, api_key_env: str = "OPENAI_API_KEY",
-                 max_new_tokens: int = 128, temperature: float = 0.0, concurrency: int = 4, max_retries: int = 5,
-                 backoff_s: float = 1.0, timeout_s: float = 60, batch_size: int = 32,
-                 max_connection_failures: int = 3, prefer_first: bool = False):
-        if concurrency < 1 or max_retries < 0 or max_connection_failures < 1:
-            raise ValueError("concurrency and max_connection_failures must be >= 1 and max_retries >= 0")
-        urls = [base_url] if isinstance(base_url, str) else list(base_url)
-        if not urls:
-            raise ValueError("base_url names no server")
-        self.fleet = ServerFleet(urls, backoff_s, max_connection_failures, prefer_first)
-        self.model, self.api_key_env = model, api_key_env
-        self.max_new_tokens, self.temperature = max_new_tokens, temperature
-        self.concurrency, self.max_retries = concurrency, max_retries
-        self.timeout_s, self.batch_size = timeout_s, batch_size
+    def __init__(self, params: OpenAIParams, prefer_first: bool = False):
+        if not params.base_url or not params.model:
+            raise StudyError("the openai grounder needs ground.openai.base_url (a URL or a list of them) and "
+                             "ground.openai.model")
+        urls = [params.base_url] if isinstance(params.base_url, str) else list(params.base_url)
+        self.params = params
+        self.fleet = ServerFleet(urls, params.backoff_s, params.max_connection_failures, prefer_first)
         self._sessions = threading.local()
 
     @property
+    def batch_size(self) -> int:
+        return self.params.batch_size
+
+    @property
     def model_id(self) -> str:
-        return self.model
+        return self.params.model
 
     def settings(self) -> dict[str, Any]:
-        return {"max_tokens": self.max_new_tokens, "temperature": self.temperature, "jpeg_quality": JPEG_QUALITY}
+        return {"max_tokens": self.params.max_new_tokens, "temperature": self.params.temperature,
+                "jpeg_quality": JPEG_QUALITY}
 
     def usage(self) -> dict[str, Any]:
         return {"servers": self.fleet.counts()}
@@ -97,7 +97,7 @@ class OpenAIGrounder(Grounder):
         Raises :class:`GroundingStopped` when every server is unreachable."""
         if len(images) != len(prompts):
             raise ValueError(f"{len(images)} images but {len(prompts)} prompts")
-        with ThreadPoolExecutor(max_workers=self.concurrency) as pool:
+        with ThreadPoolExecutor(max_workers=self.params.concurrency) as pool:
             return list(pool.map(self._describe_one, images, prompts))
 
     def _describe_one(self, image: Image.Image, prompt: str) -> str | GroundingError:
@@ -108,29 +108,29 @@ class OpenAIGrounder(Grounder):
 
     def request_body(self, image: Image.Image, prompt: str) -> dict[str, Any]:
         """The chat-completions JSON body for one image and prompt."""
-        return {"model": self.model, "max_tokens": self.max_new_tokens, "temperature": self.temperature,
-                "messages": [{"role": "user", "content": [
+        return {"model": self.params.model, "max_tokens": self.params.max_new_tokens,
+                "temperature": self.params.temperature, "messages": [{"role": "user", "content": [
                     {"type": "text", "text": prompt},
                     {"type": "image_url", "image_url": {"url": jpeg_data_url(image)}}]}]}
 
     def _post_with_retries(self, body: dict[str, Any]) -> Any:
         """The decoded JSON of a successful response, retrying transient failures on the fleet."""
         last = ""
-        for _ in range(self.max_retries + 1):
+        for _ in range(self.params.max_retries + 1):
             self._stop_if_unreachable()
             server, wait = self.fleet.choose()
             if wait > 0:
                 time.sleep(wait)
             try:
                 response = self._session().post(server.endpoint, json=body, headers=self._headers(),
-                                                timeout=self.timeout_s)
+                                                timeout=self.params.timeout_s)
             except requests.ConnectionError as err:
-                unreachable = _connect_failure(err, self.timeout_s)
+                unreachable = _connect_failure(err, self.params.timeout_s)
                 last = f"{server.url}: connection failed: {unreachable or type(err).__name__}"
                 self.fleet.failed(server, connection_failure=unreachable)
                 continue
             except requests.Timeout:
-                last = f"{server.url}: no response within {self.timeout_s} s"
+                last = f"{server.url}: no response within {self.params.timeout_s} s"
                 self.fleet.failed(server)
                 continue
             if response.status_code == 200:
@@ -144,7 +144,7 @@ class OpenAIGrounder(Grounder):
             last = f"{server.url}: HTTP {response.status_code}: {snippet}"
             self.fleet.failed(server, retry_after=_retry_after_s(response))
         self._stop_if_unreachable()
-        raise GroundingError("retries_exhausted", f"failed {self.max_retries + 1} times; last: {last}")
+        raise GroundingError("retries_exhausted", f"failed {self.params.max_retries + 1} times; last: {last}")
 
     def _stop_if_unreachable(self) -> None:
         reason = self.fleet.unreachable()
@@ -158,11 +158,11 @@ class OpenAIGrounder(Grounder):
         return self._sessions.session
 
     def _headers(self) -> dict[str, str]:
-        key = os.environ.get(self.api_key_env)
+        key = os.environ.get(self.params.api_key_env)
         return {"Authorization": f"Bearer {key}"} if key else {}
 
     def _redact(self, text: str) -> str:
-        key = os.environ.get(self.api_key_env)
+        key = os.environ.get(self.params.api_key_env)
         return redact(text, key) if key else text
 
 
