@@ -1,6 +1,8 @@
 """CF baselines against hand-computed values and independent formulations, plus the shared contract."""
 from __future__ import annotations
 
+from typing import get_args
+
 import numpy as np
 import pytest
 import scipy.linalg
@@ -8,6 +10,7 @@ import scipy.sparse as sp
 from recommender_contract import RecommenderContract, mean_recall_at_10
 
 from vlm4rec.baselines import EASE, ItemKNNCF, MostPop, cosine_topk_similarity, ease_weights
+from vlm4rec.config import BaselineName
 from vlm4rec.matching import Recommender, recommend
 from vlm4rec.splits import History
 
@@ -134,7 +137,7 @@ def test_invalid_hyperparameters_are_rejected(build, message):
 
 
 def test_names_and_keyword_hyperparameters():
-    assert (MostPop.name, ItemKNNCF.name, EASE.name) == ("mostpop", "itemknn_cf", "ease")
+    assert (MostPop.name, ItemKNNCF.name, EASE.name) == get_args(BaselineName)
     knn = ItemKNNCF(k_neighbours=7, shrinkage=3.0)
     assert (knn.k_neighbours, knn.shrinkage) == (7, 3.0)
     assert EASE(l2=42.0).l2 == 42.0

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 import math
+from typing import get_args
 
 import numpy as np
 import pytest
@@ -13,6 +14,7 @@ from multimodal_helpers import TINY
 from recommender_contract import planted_data, planted_item_vectors
 from torch_threads import single_thread  # noqa: F401  (autouse fixture)
 
+from vlm4rec.config import GraphModel
 from vlm4rec.multimodal import MODELS, LightGCN, candidates
 from vlm4rec.multimodal.training import (ContentFeatures, NegativeSampler, bpr_loss, embedding_tables, info_nce,
                                          l2_penalty, linear, resolve_device)
@@ -56,6 +58,11 @@ def test_content_features_normalise_and_mark_missing_rows():
 @pytest.fixture(scope="module")
 def planted():
     return planted_data()
+
+
+def test_every_model_params_yaml_accepts_is_registered_under_its_own_name():
+    assert tuple(MODELS) == get_args(GraphModel)
+    assert all(cls.name == name for name, cls in MODELS.items())
 
 
 def all_scores(model, n_users: int) -> np.ndarray:

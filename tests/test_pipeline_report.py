@@ -3,12 +3,14 @@ on validation, Holm across the findings, caveats from the stage outputs."""
 from __future__ import annotations
 
 import json
+from typing import get_args
 from dataclasses import replace
 
 import numpy as np
 import pandas as pd
 import pytest
 
+from vlm4rec.config import GraphModel
 from vlm4rec.data import PreparedData
 from vlm4rec import slices
 from vlm4rec.evaluation import MethodResult, save_result
@@ -237,3 +239,7 @@ def test_graph_tuning_note_says_where_single_configurations_were_tuned(tmp_path,
     assert note.startswith("1 graph cell(s) trained one configuration each (graph.scale: default)")
     assert report.GRAPH_TUNING_RECORD in note and note.endswith("Cells: lightgcn.")
     assert report.graph_tuning_note(["vbpr-title-image"]) is None
+
+
+def test_every_graph_model_has_a_display_name() -> None:
+    assert tuple(report.MODEL_NAMES) == get_args(GraphModel)

@@ -29,6 +29,7 @@ Aggregation = Literal["mean", "recency", "knn_sum"]
 PromptArm = Literal["image_only", "image_title"]
 LearnedFusion = Literal["attention", "gating", "frequency_filter"]
 BaselineName = Literal["mostpop", "itemknn_cf", "ease"]
+GrounderBackend = Literal["tagger", "hf", "openai"]
 
 
 def _nonempty(description: str) -> Any:
@@ -213,7 +214,7 @@ class OpenAIParams(Section):
 
 
 class GroundParams(Section):
-    backend: Literal["tagger", "hf", "openai"] = Field(
+    backend: GrounderBackend = Field(
         description="tagger (offline default, NOT an LVLM) | hf | openai")
     prompt_arms: list[PromptArm] = _nonempty(
         "image_only = no title in the prompt; image_title = the reference prompt, which injects the title")

@@ -22,19 +22,19 @@ from __future__ import annotations
 
 from abc import ABC, abstractmethod
 from dataclasses import dataclass, field
-from typing import TYPE_CHECKING, Callable, Literal
+from typing import TYPE_CHECKING, Callable, get_args
 
 import numpy as np
 import scipy.sparse as sp
 
+from vlm4rec.config import Aggregation
 from vlm4rec.splits import History
 from vlm4rec.vectors import normalize_rows
 
 if TYPE_CHECKING:
     import torch
 
-Aggregation = Literal["mean", "recency", "knn_sum"]
-AGGREGATIONS: tuple[str, ...] = ("mean", "recency", "knn_sum")
+AGGREGATIONS: tuple[Aggregation, ...] = get_args(Aggregation)
 
 
 class Recommender(ABC):

@@ -6,15 +6,15 @@ catalogue through a :class:`DescriptionCache`.
 """
 from __future__ import annotations
 
-from typing import Any
+from typing import Any, get_args
 
-from vlm4rec.config import OpenAIParams, validate_section
+from vlm4rec.config import GrounderBackend, OpenAIParams, validate_section
 from vlm4rec.grounding.base import Grounder, GroundingError
 from vlm4rec.grounding.cache import CacheEntry, DescriptionCache, cache_key
 from vlm4rec.grounding.prompts import IMAGE_ONLY, IMAGE_TITLE, PROMPT_ARMS, build_prompt, mentions_title
 from vlm4rec.grounding.runner import GroundingResult, ground_items
 
-GROUNDERS = ("tagger", "hf", "openai")
+GROUNDERS: tuple[GrounderBackend, ...] = get_args(GrounderBackend)
 
 
 def build_grounder(kind: str, **options: Any) -> Grounder:

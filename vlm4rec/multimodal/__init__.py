@@ -28,6 +28,7 @@ from typing import Any, Mapping, Sequence
 
 import numpy as np
 
+from vlm4rec.config import GraphModel
 from vlm4rec.evaluation import Candidate
 from vlm4rec.multimodal.freedom import FREEDOM
 from vlm4rec.multimodal.lightgcn import LightGCN
@@ -35,8 +36,10 @@ from vlm4rec.multimodal.smore import SMORE
 from vlm4rec.multimodal.training import BPRRecommender
 from vlm4rec.multimodal.vbpr import VBPR
 
-MODELS: dict[str, type[BPRRecommender]] = {"lightgcn": LightGCN, "vbpr": VBPR, "freedom": FREEDOM, "smore": SMORE}
-CONTENT_FREE = frozenset({"lightgcn"})
+#: Every model of ``params.yaml: graph.cells.*.model`` (:data:`vlm4rec.config.GraphModel`), by name.
+MODELS: dict[GraphModel, type[BPRRecommender]] = {"lightgcn": LightGCN, "vbpr": VBPR, "freedom": FREEDOM,
+                                                  "smore": SMORE}
+CONTENT_FREE: frozenset[GraphModel] = frozenset({"lightgcn"})
 
 
 def candidates(model: str, modalities: Mapping[str, np.ndarray], grid: Mapping[str, Sequence[Any]],

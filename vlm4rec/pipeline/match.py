@@ -2,9 +2,10 @@
 from __future__ import annotations
 
 from itertools import product
-from typing import Any
+from typing import Any, get_args
 
 from vlm4rec.baselines import EASE, ItemKNNCF, MostPop
+from vlm4rec.config import BaselineName
 from vlm4rec.data import load_prepared
 from vlm4rec.distributed import ray_config_from_params
 from vlm4rec.distributed.matching import ranker
@@ -27,7 +28,7 @@ def baseline_candidates(method: str, baselines: dict[str, Any]) -> list[Candidat
                 for k, s in product(grid["k_neighbours"], grid["shrinkage"])]
     if method == "ease":
         return [Candidate({"l2": l2}, lambda l2=l2: EASE(l2=l2)) for l2 in baselines["ease"]["l2"]]
-    raise ValueError(f"unknown baseline {method!r}; known: mostpop, itemknn_cf, ease")
+    raise ValueError(f"unknown baseline {method!r}; known: {', '.join(get_args(BaselineName))}")
 
 
 def method_grid(representations: list[str], key: str, profile: dict[str, Any],

@@ -15,6 +15,7 @@ from typing import Any
 import numpy as np
 import pandas as pd
 
+from vlm4rec.config import GraphModel
 from vlm4rec.data import PreparedData, load_prepared
 from vlm4rec.evaluation import MethodResult, load_result
 from vlm4rec.pipeline.outputs import GROUNDING_DIR, METRICS_DIR, PREPARED_DIR, RESULTS_DIR, write_json
@@ -25,7 +26,7 @@ from vlm4rec.stats import holm_where_tested, paired_tests
 
 RESULT_STAGES = ("match", "fusion", "graph")
 SIGNIFICANCE = 0.05
-MODEL_NAMES = {"lightgcn": "LightGCN", "vbpr": "VBPR", "freedom": "FREEDOM", "smore": "SMORE"}
+MODEL_NAMES: dict[GraphModel, str] = {"lightgcn": "LightGCN", "vbpr": "VBPR", "freedom": "FREEDOM", "smore": "SMORE"}
 
 
 def load_all_results(graph_cells: Collection[str], stages: tuple[str, ...] = RESULT_STAGES) -> dict[str, MethodResult]:

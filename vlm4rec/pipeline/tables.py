@@ -3,10 +3,11 @@ with seed-aware 95% CIs, the paired tests, metric@K curves and the per-method en
 metrics file. Seeded methods are named ``<family>@seed<k>`` and enter every table as one family."""
 from __future__ import annotations
 
-from typing import Any, Sequence
+from typing import Any, Sequence, get_args
 
 import pandas as pd
 
+from vlm4rec.config import BaselineName
 from vlm4rec.evaluation import MethodResult
 from vlm4rec.stats import paired_tests, results_table
 
@@ -20,7 +21,7 @@ def method_family(method: str) -> str:
 
 def method_group(family: str, representations: Sequence[str]) -> str:
     """Which kind of method a family is, for figures that put each kind in its own panel."""
-    if family in ("mostpop", "itemknn_cf", "ease"):
+    if family in get_args(BaselineName):
         return "collaborative baselines"
     if family in representations:
         return "profile matching (one representation)"
