@@ -51,54 +51,38 @@ def test_the_closure_follows_function_level_imports_and_parent_packages(tmp_path
                                                     "vlm4rec/a.py", "vlm4rec/b.py"}
 
 
-STALE = """\
+DVC_YAML = """\
 stages:
   # a comment that stays
   fetch:
     cmd: python -m vlm4rec.pipeline.fetch
     deps:
-      - vlm4rec/unused.py
-      - vlm4rec/__init__.py
-      - data/raw  # kept
-      - vlm4rec/sub
+{fetch}
     params:
       - data
   graph:
     foreach: [a, b]
     do:
-      cmd: python -m vlm4rec.b ${key}
+      cmd: python -m vlm4rec.b ${{key}}
       deps:
         - data/prepared
+{graph}
       outs:
-        - out/${key}
+        - out/${{key}}
 """
 
-CURRENT = """\
-stages:
-  # a comment that stays
-  fetch:
-    cmd: python -m vlm4rec.pipeline.fetch
-    deps:
-      - vlm4rec/__init__.py
-      - vlm4rec/a.py
-      - vlm4rec/b.py
-      - vlm4rec/pipeline/__init__.py
-      - vlm4rec/pipeline/fetch.py
-      - vlm4rec/sub
-      - data/raw  # kept
-    params:
-      - data
-  graph:
-    foreach: [a, b]
-    do:
-      cmd: python -m vlm4rec.b ${key}
-      deps:
-        - data/prepared
-        - vlm4rec/__init__.py
-        - vlm4rec/b.py
-      outs:
-        - out/${key}
-"""
+
+def deps_lines(indent: int, deps: list[str]) -> str:
+    return "\n".join(" " * indent + "- " + dep for dep in deps)
+
+
+STALE = DVC_YAML.format(
+    fetch=deps_lines(6, ["vlm4rec/unused.py", "vlm4rec/__init__.py", "data/raw  # kept", "vlm4rec/sub"]),
+    graph="").replace("\n\n", "\n")
+CURRENT = DVC_YAML.format(
+    fetch=deps_lines(6, ["vlm4rec/__init__.py", "vlm4rec/a.py", "vlm4rec/b.py", "vlm4rec/pipeline/__init__.py",
+                         "vlm4rec/pipeline/fetch.py", "vlm4rec/sub", "data/raw  # kept"]),
+    graph=deps_lines(8, ["vlm4rec/__init__.py", "vlm4rec/b.py"]))
 
 
 def test_write_replaces_stale_lists_in_place_and_then_finds_them_current(tmp_path: Path) -> None:
