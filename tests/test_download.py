@@ -33,9 +33,10 @@ def png_bytes(colour: tuple[int, int, int]) -> bytes:
 
 
 class ImageHost:
-    """Served by ``serve`` (the loopback fixture). Routes: /ok/<x> an image, /missing 404, /flaky 500 twice then an image, /slow sleeps past any
-    test timeout, /big declares a huge Content-Length, /bigstream streams too many bytes without one,
-    /text serves non-image bytes, /stall sends half an image then waits until released."""
+    """Served by ``serve`` (the loopback fixture). Routes: /ok/<x> an image, /missing 404, /flaky 500 twice
+    then an image, /slow sleeps past any test timeout, /big declares a huge Content-Length, /bigstream streams
+    too many bytes without one, /text serves non-image bytes, /stall sends half an image then waits until
+    released."""
 
     def __init__(self, serve: Callable[[type[BaseHTTPRequestHandler]], str]) -> None:
         self.hits: Counter[str] = Counter()

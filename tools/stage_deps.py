@@ -88,7 +88,8 @@ def covered(path: str, deps: list[str]) -> bool:
 
 def stages(root: Path = REPO) -> dict[str, dict]:
     """Every stage of dvc.yaml; a ``foreach`` stage by its template."""
-    return {name: stage.get("do", stage) for name, stage in yaml.safe_load((root / "dvc.yaml").read_text())["stages"].items()}
+    defined = yaml.safe_load((root / "dvc.yaml").read_text())["stages"]
+    return {name: stage.get("do", stage) for name, stage in defined.items()}
 
 
 def is_code_dep(dep: str) -> bool:

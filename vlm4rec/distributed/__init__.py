@@ -3,7 +3,8 @@
 This package holds the cluster configuration and the actor-pool plumbing; one module per stage's work
 (:mod:`.grounding`, :mod:`.embedding`, :mod:`.matching`) so that a stage depends only on its own.
 
-``compute.executor: ray`` with ``compute.ray`` (:class:`~vlm4rec.config.RayParams`) runs, instead of the local loops:
+``compute.executor: ray`` with ``compute.ray`` (:class:`~vlm4rec.config.RayParams`) runs, instead of the local
+loops:
 
 * grounding: :class:`.grounding.RayDescriber` plugs into :func:`vlm4rec.grounding.ground_items`. The driver still
   works out what the cache lacks and writes every finished batch into the SQLite cache (the one writer);
@@ -42,8 +43,8 @@ from vlm4rec.config import ComputeParams, RayParams, validate_section
 from vlm4rec.errors import StudyError, os_reason
 
 def ray_config_from_params(compute: dict[str, Any]) -> RayParams | None:
-    """None when ``params.yaml: compute.executor`` is ``local``; else ``compute``, validated, gives the executor
-    (``ray``) and its ``compute.ray``."""
+    """None when ``params.yaml: compute.executor`` is ``local``; else the validated ``compute.ray`` (another
+    executor or a bad key is a :class:`StudyError` naming it)."""
     if compute.get("executor") == "local":
         return None
     return validate_section(ComputeParams, compute, ("compute",)).ray

@@ -58,8 +58,8 @@ class HFGrounder(Grounder):
 
     def _attach(self, model: torch.nn.Module, processor: Any, *, model_id: str, max_new_tokens: int,
                 min_new_tokens: int, batch_size: int, load_in_4bit: bool) -> None:
-        """Set the grounder up around a built model (also how benchmarks/random_models.py wraps a model built
-        on a GPU without a checkpoint)."""
+        """Set the grounder up around a built model and processor (benchmarks wrap a model built on a GPU
+        this way, without writing a checkpoint)."""
         if min_new_tokens > max_new_tokens:
             raise ValueError(f"min_new_tokens={min_new_tokens} > max_new_tokens={max_new_tokens}")
         self.model, self.processor = model.eval(), processor

@@ -50,8 +50,8 @@ MIN_BASE64_FORM = 8
 
 
 class OpenAIGrounder(Grounder):
-    """Chat-completions client configured by ``params.yaml: ground.openai`` (:class:`~vlm4rec.config.OpenAIParams`);
-    ``model`` is the server's model name (it is the cache's model id).
+    """Chat-completions client configured by ``params.yaml: ground.openai``
+    (:class:`~vlm4rec.config.OpenAIParams`); its ``model`` is the server's model name (the cache's model id).
 
     ``base_url``: one server or a list of servers that serve the same model. ``prefer_first``: send every
     request to the first server while it is in (the next ones take over while it is out) instead of

@@ -46,7 +46,8 @@ def run(evaluation: dict[str, Any], match: dict[str, Any], profile: dict[str, An
     costs: dict[str, Any] = {}
     with timed(costs, "wall"):
         methods = method_grid(match["representations"], "match.representations", profile, baselines)
-        data = EvalData.from_prepared(load_prepared(PREPARED_DIR), ranker(ray_config_from_params(compute), evaluation["device"], evaluation["block_size"]))
+        rank = ranker(ray_config_from_params(compute), evaluation["device"], evaluation["block_size"])
+        data = EvalData.from_prepared(load_prepared(PREPARED_DIR), rank)
         results = select_and_test_methods(methods, data, evaluation["ks"], evaluation["select_metric"],
                                           RESULTS_DIR / "match")
     metrics = {"methods": test_metrics_json(results),

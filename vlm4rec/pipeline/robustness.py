@@ -71,7 +71,8 @@ def run(evaluation: dict[str, Any], robustness: dict[str, Any], profile: dict[st
         methods = method_grid(robustness["representations"], "robustness.representations", profile, baselines)
         prepared = load_prepared(PREPARED_DIR)
         inter = resplit(prepared.interactions, robustness)
-        data = EvalData.from_interactions(inter, prepared.n_users, prepared.n_items, ranker(ray_config_from_params(compute), evaluation["device"], evaluation["block_size"]))
+        rank = ranker(ray_config_from_params(compute), evaluation["device"], evaluation["block_size"])
+        data = EvalData.from_interactions(inter, prepared.n_users, prepared.n_items, rank)
         results = select_and_test_methods(methods, data, evaluation["ks"], evaluation["select_metric"],
                                           RESULTS_DIR / robustness["protocol"])
     counts = inter.groupby("split").agg(interactions=("user_idx", "size"), users=("user_idx", "nunique"))
