@@ -15,7 +15,7 @@ Protocols (docs/protocol.md, "Split and histories"), all deterministic with ties
 from __future__ import annotations
 
 from dataclasses import dataclass
-from typing import Literal
+from typing import Callable, Literal
 
 import numpy as np
 import pandas as pd
@@ -141,6 +141,22 @@ def targets_of(inter: pd.DataFrame, split: str, n_users: int, n_items: int) -> s
                          shape=(n_users, n_items))
 
 
+DENSE_MEMBERSHIP_CELLS = 1 << 28  # up to 256 MB of bools: a table lookup instead of a binary search
+
+
+def _membership(keys: np.ndarray, n_cells: int) -> Callable[[np.ndarray], np.ndarray]:
+    """A test "is each of these flat (user * n_items + item) cells one of ``keys``": a boolean table of all
+    cells where it is small enough (about 10x faster on ML-1M's 24M cells), else a binary search."""
+    if n_cells <= DENSE_MEMBERSHIP_CELLS:
+        table = np.zeros(n_cells, dtype=bool)
+        table[keys] = True
+        return table.__getitem__
+    ordered = np.sort(keys)
+    if len(ordered) == 0:
+        return lambda probe: np.zeros(probe.shape, dtype=bool)
+    return lambda probe: ordered[np.minimum(np.searchsorted(ordered, probe), len(ordered) - 1)] == probe
+
+
 def sample_negatives(history: sp.csr_matrix, users: np.ndarray, n_negatives: int,
                      rng: np.random.Generator, max_rounds: int = 1000) -> np.ndarray:
     """``(len(users), n_negatives)`` items drawn uniformly from those outside each user's history."""
@@ -149,12 +165,10 @@ def sample_negatives(history: sp.csr_matrix, users: np.ndarray, n_negatives: int
     if len(full):
         raise ValueError(f"{len(full)} users have every item in their history; no negatives exist")
     keys = np.repeat(np.arange(history.shape[0], dtype=np.int64), np.diff(history.indptr)) * n_items
-    keys = np.sort(keys + history.indices)
+    in_history = _membership(keys + history.indices, history.shape[0] * n_items)
     negatives = rng.integers(0, n_items, size=(len(users), n_negatives))
     for _ in range(max_rounds):
-        probe = users[:, None].astype(np.int64) * n_items + negatives
-        pos = np.minimum(np.searchsorted(keys, probe), len(keys) - 1)
-        clash = keys[pos] == probe if len(keys) else np.zeros_like(probe, dtype=bool)
+        clash = in_history(users[:, None].astype(np.int64) * n_items + negatives)
         if not clash.any():
             return negatives
         negatives[clash] = rng.integers(0, n_items, size=int(clash.sum()))
