@@ -36,9 +36,9 @@ METRIC = "ndcg@10"
 
 
 def model_options(graph: dict[str, Any], model: str, regime: str, overrides: dict[str, Any]) -> dict[str, Any]:
-    """The regime's training options, the fast regime's grid point of ``model`` (first values of
-    ``graph.default.grids``), then ``overrides``."""
-    options = regime_options(graph | {"regime": regime})
+    """The regime's training options for ``model``, the fast regime's grid point of ``model`` (first values
+    of ``graph.default.grids``), then ``overrides``."""
+    options = regime_options(graph | {"regime": regime}, model)
     if regime == "fast":
         options |= {key: values[0] for key, values in graph["default"]["grids"][model].items()}
     return options | overrides

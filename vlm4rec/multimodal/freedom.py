@@ -42,7 +42,7 @@ from torch import nn
 from vlm4rec.multimodal.graphs import (GraphOperator, degree_sensitive_dropout, interaction_graph, knn_graph,
                                        weighted_sum)
 from vlm4rec.multimodal.lightgcn import LightGCN, LightGCNModel
-from vlm4rec.multimodal.training import ContentFeatures, Init, bpr_loss, linear, rows
+from vlm4rec.multimodal.training import ContentFeatures, Init, bpr_rows_loss, linear
 
 ModalityMix = Literal["fixed", "learned"]
 
@@ -101,11 +101,10 @@ class FreedomModel(LightGCNModel):
 
     def loss(self, users: torch.Tensor, positives: torch.Tensor, negatives: torch.Tensor) -> torch.Tensor:
         user_final, item_final = self.final(self.train_adjacency)
-        batch_users = rows(user_final, users)
-        loss = bpr_loss(batch_users, rows(item_final, positives), rows(item_final, negatives))
+        loss = bpr_rows_loss(user_final, item_final, users, positives, negatives)
         if self.projection_weight > 0:
             projected = self.features.projected(self.projections)
-            loss = loss + self.projection_weight * sum(bpr_loss(batch_users, rows(p, positives), rows(p, negatives))
+            loss = loss + self.projection_weight * sum(bpr_rows_loss(user_final, p, users, positives, negatives)
                                                        for p in projected)
         return loss + self.ego_penalty(users, positives, negatives)
 
