@@ -13,10 +13,11 @@ is one matrix product, as for every other recommender of the package.
 
 Two training regimes use these options (``params.yaml: graph.regime``; docs/protocol.md):
 ``fast`` (large batches, a high learning rate, few validation checks, N(0, 0.1^2) initial embeddings) fits
-a 2-core CPU; ``paper`` is the references' optimiser (MMRec's ``overall.yaml``, the code FREEDOM's and
-SMORE's authors published in): Adam lr 1e-3, batch 2048, up to 1000 epochs, a validation check every
-epoch, patience 20, the references' initialisation (``init="reference"``), negatives drawn from the items
-seen in training (``negatives="seen"``) and each model's own learning-rate decay (SMORE: 0.96^(epoch/50)).
+a 2-core CPU (per-model exceptions in ``graph.training.fast.models``: FREEDOM trains longer at lr 0.0125);
+``paper`` is the references' optimiser (MMRec's ``overall.yaml``, the code FREEDOM's and SMORE's authors
+published in): Adam lr 1e-3, batch 2048, up to 1000 epochs, a validation check every epoch, patience 20,
+the references' initialisation (``init="reference"``), negatives drawn from the items seen in training
+(``negatives="seen"``) and each model's own learning-rate decay (SMORE: 0.96^(epoch/50)).
 
 Negatives: ``negatives="all"`` draws each negative uniformly from every item of the catalogue outside the
 user's fitted history (items without a training positive included); ``"seen"`` draws it from the items
