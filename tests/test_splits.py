@@ -144,12 +144,15 @@ def test_negatives_avoid_the_users_history(dense_cells, monkeypatch) -> None:
 
 def test_both_membership_tests_draw_the_same_negatives(monkeypatch) -> None:
     """The table lookup (small catalogues) and the binary search (large ones) find the same clashes, so the
-    same generator gives the same negatives."""
+    same generator gives the same negatives, with the membership built per call or once beforehand."""
     history = sp.random(40, 30, density=0.5, format="csr", random_state=np.random.default_rng(3))
     users = np.repeat(np.arange(40), 7)
     drawn = []
     for dense_cells in (splits.DENSE_MEMBERSHIP_CELLS, 0):
         monkeypatch.setattr(splits, "DENSE_MEMBERSHIP_CELLS", dense_cells)
         drawn.append(sample_negatives(history, users, 3, np.random.default_rng(5)))
-    np.testing.assert_array_equal(drawn[0], drawn[1])
+        drawn.append(sample_negatives(history, users, 3, np.random.default_rng(5),
+                                      in_history=splits.history_membership(history)))
+    for other in drawn[1:]:
+        np.testing.assert_array_equal(drawn[0], other)
     assert not history.toarray()[users[:, None], drawn[0]].any()

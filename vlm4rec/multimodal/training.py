@@ -45,7 +45,7 @@ from torch import nn
 
 from vlm4rec.matching import IterativeRecommender, TrainingLog, stored_coordinates
 from vlm4rec.reproducibility import deterministic_torch
-from vlm4rec.splits import History, binarize, sample_negatives
+from vlm4rec.splits import History, binarize, history_membership, sample_negatives
 from vlm4rec.vectors import check_modalities, normalize_rows
 
 Device = Literal["cpu", "cuda", "auto"]
@@ -238,9 +238,10 @@ class NegativeSampler:
     def __init__(self, matrix: sp.csr_matrix, negatives: Negatives):
         self.pool = np.flatnonzero(matrix.getnnz(axis=0)) if negatives == "seen" else None
         self.matrix = matrix if self.pool is None else matrix[:, self.pool].tocsr()
+        self.in_history = history_membership(self.matrix)  # built once per fit, used every epoch
 
     def __call__(self, users: np.ndarray, rng: np.random.Generator) -> np.ndarray:
-        drawn = sample_negatives(self.matrix, users, 1, rng)[:, 0]
+        drawn = sample_negatives(self.matrix, users, 1, rng, in_history=self.in_history)[:, 0]
         return drawn if self.pool is None else self.pool[drawn]
 
 
