@@ -265,7 +265,7 @@ class BPRRecommender(IterativeRecommender):
                      constant, SMORE's reference 0.96); it depends on the epoch alone, so a refit for the
                      chosen number of epochs replays the selection run's schedule
     ``lr_decay_step`` epochs over which the learning rate falls by ``lr_decay`` (MMRec's 50; 1 = by
-                     ``lr_decay`` every epoch, the fast regime's FREEDOM schedule)
+                     ``lr_decay`` every epoch)
     ``negatives``    ``all`` | ``seen`` (see the module docstring)
     Defaults are the fast regime's; subclasses may change them (VBPR's lr and l2, FREEDOM's l2, SMORE's
     lr_decay).
