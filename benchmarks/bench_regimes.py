@@ -6,7 +6,8 @@ of ``graph.training.<regime>.models``; the fast regime also takes the model's ``
 the paper regime each model's reference defaults), on the train history of ``--prepared``, checked on its
 validation users. After every validation check it prints the epoch, the validation NDCG@10 and the wall
 time since the start, and rewrites ``--out`` (JSON: the settings, every check so far, and at the end the best
-epoch and whether it stopped early), so that the progress of a run of hours survives a kill. Run it once per (model, regime); compare the best validation values.
+epoch and whether it stopped early), so that the progress of a run of hours survives a kill. Run it once
+per (model, regime); compare the best validation values.
 
   python benchmarks/bench_regimes.py --prepared data/prepared --embeddings data/embeddings \\
       --model freedom --modalities title image --regime paper --out benchmarks/regime_freedom_paper.json
