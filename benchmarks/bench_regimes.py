@@ -1,12 +1,13 @@
 """The regime gap: one graph model trained to convergence in one training regime on a prepared dataset.
 
 One monitored fit (early stopping on validation NDCG@10, the selection run of a study cell) of ``--model``
-with ``--modalities`` in ``--regime`` (``params.yaml: graph.training.<regime>``; the fast regime also takes
-the model's ``graph.default`` grid point, the paper regime each model's reference defaults), on the train
-history of ``--prepared``, checked on its validation users. After every validation check it prints the
-epoch, the validation NDCG@10 and the wall time since the start, and rewrites ``--out`` (JSON: the settings,
-every check so far, and at the end the best epoch and whether it stopped early), so that the progress of a
-run of hours survives a kill. Run it once per (model, regime); compare the best validation values.
+with ``--modalities`` in ``--regime`` (``params.yaml: graph.training.<regime>``, with the model's own options
+of ``graph.training.<regime>.models``; the fast regime also takes the model's ``graph.default`` grid point,
+the paper regime each model's reference defaults), on the train history of ``--prepared``, checked on its
+validation users. After every validation check it prints the epoch, the validation NDCG@10 and the wall
+time since the start, and rewrites ``--out`` (JSON: the settings, every check so far, and at the end the best
+epoch and whether it stopped early), so that the progress of a run of hours survives a kill. Run it once
+per (model, regime); compare the best validation values.
 
   python benchmarks/bench_regimes.py --prepared data/prepared --embeddings data/embeddings \\
       --model freedom --modalities title image --regime paper --out benchmarks/regime_freedom_paper.json
@@ -36,9 +37,9 @@ METRIC = "ndcg@10"
 
 
 def model_options(graph: dict[str, Any], model: str, regime: str, overrides: dict[str, Any]) -> dict[str, Any]:
-    """The regime's training options, the fast regime's grid point of ``model`` (first values of
-    ``graph.default.grids``), then ``overrides``."""
-    options = regime_options(graph | {"regime": regime})
+    """The regime's training options for ``model``, the fast regime's grid point of ``model`` (first values
+    of ``graph.default.grids``), then ``overrides``."""
+    options = regime_options(graph | {"regime": regime}, model)
     if regime == "fast":
         options |= {key: values[0] for key, values in graph["default"]["grids"][model].items()}
     return options | overrides

@@ -32,3 +32,14 @@ def test_records_every_validation_check_and_the_outcome(tmp_path: Path, capsys) 
     fast = bench_regimes.model_options(bench_regimes.yaml.safe_load(Path(params).read_text())["graph"],
                                        "lightgcn", "fast", {})
     assert fast["eval_every"] == 4 and "lr" not in fast and fast["l2"] == 0.0001
+
+
+def test_a_models_options_replace_the_shared_ones_of_its_regime() -> None:
+    graph = {"regime": "fast", "device": "cpu", "default": {"grids": {"freedom": {"edge_drop": [0.8]},
+                                                                       "lightgcn": {"l2": [0.001]}}},
+             "training": {"fast": {"eval_every": 4, "lr": None, "models": {"freedom": {"lr": 0.01, "eval_every": 2}}},
+                          "paper": {"eval_every": 1, "lr": 0.001, "models": {}}}}
+    assert bench_regimes.model_options(graph, "freedom", "fast", {"lr": 0.02}) == {
+        "eval_every": 2, "lr": 0.02, "device": "cpu", "edge_drop": 0.8}  # the model's options, then overrides
+    assert bench_regimes.model_options(graph, "lightgcn", "fast", {}) == {"eval_every": 4, "device": "cpu", "l2": 0.001}
+    assert bench_regimes.model_options(graph, "freedom", "paper", {}) == {"eval_every": 1, "lr": 0.001, "device": "cpu"}

@@ -16,8 +16,8 @@ from torch_threads import single_thread  # noqa: F401  (autouse fixture)
 
 from vlm4rec.config import GraphModel
 from vlm4rec.multimodal import MODELS, LightGCN, candidates
-from vlm4rec.multimodal.training import (ContentFeatures, NegativeSampler, bpr_loss, embedding_tables, info_nce,
-                                         l2_penalty, linear, resolve_device)
+from vlm4rec.multimodal.training import (ContentFeatures, NegativeSampler, bpr_loss, bpr_rows_loss, embedding_tables,
+                                         info_nce, l2_penalty, linear, resolve_device)
 
 
 def test_bpr_loss_hand_computed():
@@ -145,6 +145,7 @@ def test_devices():
 
 def test_bad_training_parameters_are_refused():
     for bad in ({"lr": 0.0}, {"l2": -1.0}, {"batch_size": 0}, {"epochs": -1}, {"patience": 0}, {"lr_decay": 0.0},
+                {"lr_decay_step": 0},
                 {"lr_decay": 1.5}, {"init": "uniform"}, {"negatives": "popular"}):
         with pytest.raises(ValueError):
             LightGCN(**bad)
@@ -203,14 +204,40 @@ def test_seen_negatives_come_only_from_items_with_a_training_positive():
     assert set(drawn[users == 2]) == {3, 4} and set(drawn[users == 0]) == {1, 2, 3, 4}
 
 
-def test_the_learning_rate_decays_as_mmrec_lambda_lr(planted, monkeypatch):
-    """lr(epoch e, counted from 0) = lr * gamma ** (e / 50), MMRec's LambdaLR stepped after each epoch."""
+@pytest.mark.parametrize("schedule, expected", [
+    ({"lr_decay": 0.5}, [0.1, 0.09862327044933592, 0.09726549474122855]),  # 0.1 * 0.5^(e / 50), MMRec's default
+    ({"lr_decay": 0.5, "lr_decay_step": 1}, [0.1, 0.05, 0.025, 0.0125]),  # 0.1 * 0.5^e: halved every epoch
+    ({"lr_decay": 0.25, "lr_decay_step": 2}, [0.1, 0.05, 0.025]),  # 0.1 * 0.25^(e / 2)
+])
+def test_the_learning_rate_decays_as_mmrec_lambda_lr(planted, monkeypatch, schedule, expected):
+    """lr(epoch e, counted from 0) = lr * lr_decay ** (e / lr_decay_step), MMRec's LambdaLR stepped after
+    each epoch; the values by hand."""
     rates = []
     original = torch.optim.Adam.step
     monkeypatch.setattr(torch.optim.Adam, "step",
                         lambda self, *a, **k: rates.append(self.param_groups[0]["lr"]) or original(self, *a, **k))
-    LightGCN(**TINY | {"epochs": 3, "batch_size": 10**6, "lr": 0.1, "lr_decay": 0.5}).fit(planted.history)
-    np.testing.assert_allclose(rates, [0.1 * 0.5 ** (e / 50) for e in range(3)], rtol=1e-12)
+    LightGCN(**TINY | {"epochs": len(expected), "batch_size": 10**6, "lr": 0.1, **schedule}).fit(planted.history)
+    np.testing.assert_allclose(rates, expected, rtol=1e-12)
+
+
+def test_gathered_bpr_matches_bpr_of_gathered_rows_in_value_and_gradients():
+    """``bpr_rows_loss`` (one autograd node, gradients scattered by hand) against ``bpr_loss`` of the
+    gathered rows under autograd, with repeated users and items and an item that is both a positive and a
+    negative."""
+    generator = torch.Generator().manual_seed(0)
+    tables = [torch.randn(5, 3, generator=generator, dtype=torch.float64) for _ in range(2)]
+    users, positives, negatives = torch.tensor([0, 4, 0, 2]), torch.tensor([1, 1, 3, 0]), torch.tensor([3, 2, 1, 1])
+    results = []
+    for loss in (lambda u, i: bpr_rows_loss(u, i, users, positives, negatives),
+                 lambda u, i: bpr_loss(u[users], i[positives], i[negatives])):
+        user_table, item_table = (t.clone().requires_grad_() for t in tables)
+        value = loss(user_table, item_table)
+        value.backward()
+        results.append((value.item(), user_table.grad, item_table.grad))
+    assert results[0][0] == pytest.approx(results[1][0], rel=1e-12)
+    for ours, autograd in zip(results[0][1:], results[1][1:]):
+        torch.testing.assert_close(ours, autograd, rtol=1e-12, atol=1e-15)
+    assert results[0][1][[1, 3]].abs().sum() == 0  # users outside the batch get no gradient
 
 
 def test_reference_initialisation_draws_each_id_table_xavier_uniform():

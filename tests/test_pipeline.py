@@ -47,7 +47,7 @@ def _small_params(params: dict, posters: Path) -> dict:
     params["baselines"]["ease"] = {"l2": [50, 500]}
     params["fusion"] |= {"seeds": [0, 1], "epochs": 3, "combine_grid": ["sum"]}
     params["robustness"]["representations"] = ["title", "description_image_only"]
-    params["graph"]["training"]["fast"] |= {"epochs": 4, "eval_every": 2, "batch_size": 4096}
+    params["graph"]["training"]["fast"] |= {"epochs": 4, "eval_every": 2, "batch_size": 4096, "models": {}}
     params["graph"]["cells"] = {"lightgcn": {"model": "lightgcn", "modalities": []},
                                 "smore-description-image": {"model": "smore",
                                                             "modalities": ["description_image_only", "image"]}}

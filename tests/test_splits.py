@@ -6,6 +6,7 @@ import pandas as pd
 import pytest
 import scipy.sparse as sp
 
+from vlm4rec import splits
 from vlm4rec.splits import SplitConfig, assign_split, binarize, build_history, sample_negatives, targets_of
 
 
@@ -129,7 +130,9 @@ def test_binarize_keeps_positive_entries_as_ones_with_sorted_indices():
     assert out.nnz == 2  # the negative and the explicit zero are dropped, not stored
 
 
-def test_negatives_avoid_the_users_history() -> None:
+@pytest.mark.parametrize("dense_cells", [splits.DENSE_MEMBERSHIP_CELLS, 0])  # table lookup, binary search
+def test_negatives_avoid_the_users_history(dense_cells, monkeypatch) -> None:
+    monkeypatch.setattr(splits, "DENSE_MEMBERSHIP_CELLS", dense_cells)
     rows = [(0, i) for i in range(9)] + [(1, 0)]
     history = sp.csr_matrix((np.ones(len(rows)), ([r for r, _ in rows], [c for _, c in rows])), shape=(2, 10))
     negatives = sample_negatives(history, np.array([0, 1, 0]), 50, np.random.default_rng(0))
@@ -137,3 +140,19 @@ def test_negatives_avoid_the_users_history() -> None:
     assert not np.any(negatives[1] == 0) and len(np.unique(negatives[1])) > 1
     with pytest.raises(ValueError, match="every item"):
         sample_negatives(sp.csr_matrix(np.ones((1, 2))), np.array([0]), 3, np.random.default_rng(0))
+
+
+def test_both_membership_tests_draw_the_same_negatives(monkeypatch) -> None:
+    """The table lookup (small catalogues) and the binary search (large ones) find the same clashes, so the
+    same generator gives the same negatives, with the membership built per call or once beforehand."""
+    history = sp.random(40, 30, density=0.5, format="csr", random_state=np.random.default_rng(3))
+    users = np.repeat(np.arange(40), 7)
+    drawn = []
+    for dense_cells in (splits.DENSE_MEMBERSHIP_CELLS, 0):
+        monkeypatch.setattr(splits, "DENSE_MEMBERSHIP_CELLS", dense_cells)
+        drawn.append(sample_negatives(history, users, 3, np.random.default_rng(5)))
+        drawn.append(sample_negatives(history, users, 3, np.random.default_rng(5),
+                                      in_history=splits.history_membership(history)))
+    for other in drawn[1:]:
+        np.testing.assert_array_equal(drawn[0], other)
+    assert not history.toarray()[users[:, None], drawn[0]].any()

@@ -426,6 +426,10 @@ class GraphTrainingParams(Section):
     negatives: Literal["all", "seen"] = Field(
         description="BPR negatives drawn from every item outside the user's history (all) or only from the "
                     "items with a training positive (seen, as MMRec's sampler)")
+    models: dict[GraphModel, dict[str, Any]] = Field(
+        description="per model: training options that replace the shared ones above for that model, and "
+                    "others of its training (e.g. lr_decay, lr_decay_step: lr * lr_decay^(epoch / "
+                    "lr_decay_step)); {} = the shared options for every model")
 
 
 class GraphRegimes(Section):

@@ -15,7 +15,7 @@ Protocols (docs/protocol.md, "Split and histories"), all deterministic with ties
 from __future__ import annotations
 
 from dataclasses import dataclass
-from typing import Literal
+from typing import Callable, Literal
 
 import numpy as np
 import pandas as pd
@@ -141,20 +141,39 @@ def targets_of(inter: pd.DataFrame, split: str, n_users: int, n_items: int) -> s
                          shape=(n_users, n_items))
 
 
-def sample_negatives(history: sp.csr_matrix, users: np.ndarray, n_negatives: int,
-                     rng: np.random.Generator, max_rounds: int = 1000) -> np.ndarray:
-    """``(len(users), n_negatives)`` items drawn uniformly from those outside each user's history."""
+DENSE_MEMBERSHIP_CELLS = 1 << 28  # up to 256 MB of bools: a table lookup instead of a binary search
+
+
+def history_membership(history: sp.csr_matrix) -> Callable[[np.ndarray], np.ndarray]:
+    """A test "is each of these flat (user * n_items + item) cells in ``history``": a boolean table of all
+    cells where it is small enough (about 6x faster on ML-1M's 24M cells), else a binary search of the
+    sorted cells. Build it once to sample from the same history many times."""
+    n_items = history.shape[1]
+    keys = np.repeat(np.arange(history.shape[0], dtype=np.int64), np.diff(history.indptr)) * n_items
+    keys += history.indices
+    if history.shape[0] * n_items <= DENSE_MEMBERSHIP_CELLS:
+        table = np.zeros(history.shape[0] * n_items, dtype=bool)
+        table[keys] = True
+        return table.__getitem__
+    ordered = np.sort(keys)
+    if len(ordered) == 0:
+        return lambda probe: np.zeros(probe.shape, dtype=bool)
+    return lambda probe: ordered[np.minimum(np.searchsorted(ordered, probe), len(ordered) - 1)] == probe
+
+
+def sample_negatives(history: sp.csr_matrix, users: np.ndarray, n_negatives: int, rng: np.random.Generator,
+                     max_rounds: int = 1000,
+                     in_history: Callable[[np.ndarray], np.ndarray] | None = None) -> np.ndarray:
+    """``(len(users), n_negatives)`` items drawn uniformly from those outside each user's history
+    (``in_history``: :func:`history_membership` of ``history``, built here if not given)."""
     n_items = history.shape[1]
     full = np.flatnonzero(np.diff(history.indptr)[users] >= n_items)
     if len(full):
         raise ValueError(f"{len(full)} users have every item in their history; no negatives exist")
-    keys = np.repeat(np.arange(history.shape[0], dtype=np.int64), np.diff(history.indptr)) * n_items
-    keys = np.sort(keys + history.indices)
+    in_history = history_membership(history) if in_history is None else in_history
     negatives = rng.integers(0, n_items, size=(len(users), n_negatives))
     for _ in range(max_rounds):
-        probe = users[:, None].astype(np.int64) * n_items + negatives
-        pos = np.minimum(np.searchsorted(keys, probe), len(keys) - 1)
-        clash = keys[pos] == probe if len(keys) else np.zeros_like(probe, dtype=bool)
+        clash = in_history(users[:, None].astype(np.int64) * n_items + negatives)
         if not clash.any():
             return negatives
         negatives[clash] = rng.integers(0, n_items, size=int(clash.sum()))

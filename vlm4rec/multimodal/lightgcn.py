@@ -20,8 +20,8 @@ import scipy.sparse as sp
 import torch
 
 from vlm4rec.multimodal.graphs import GraphOperator, interaction_graph, layer_mean
-from vlm4rec.multimodal.training import (BPRModel, BPRRecommender, Init, bpr_loss, embedding_tables, l2_penalty,
-                                         rows)
+from vlm4rec.multimodal.training import (BPRModel, BPRRecommender, Init, bpr_rows_loss, embedding_tables,
+                                         l2_penalty, rows)
 
 
 class LightGCNModel(BPRModel):
@@ -49,8 +49,8 @@ class LightGCNModel(BPRModel):
 
     def loss(self, users: torch.Tensor, positives: torch.Tensor, negatives: torch.Tensor) -> torch.Tensor:
         user_final, item_final = self.propagate(self.adjacency)
-        return (bpr_loss(rows(user_final, users), rows(item_final, positives), rows(item_final, negatives))
-                + self.ego_penalty(users, positives, negatives))
+        return bpr_rows_loss(user_final, item_final, users, positives, negatives) + self.ego_penalty(
+            users, positives, negatives)
 
     def vectors(self) -> tuple[torch.Tensor, torch.Tensor]:
         return self.propagate(self.adjacency)

@@ -13,10 +13,11 @@ is one matrix product, as for every other recommender of the package.
 
 Two training regimes use these options (``params.yaml: graph.regime``; docs/protocol.md):
 ``fast`` (large batches, a high learning rate, few validation checks, N(0, 0.1^2) initial embeddings) fits
-a 2-core CPU; ``paper`` is the references' optimiser (MMRec's ``overall.yaml``, the code FREEDOM's and
-SMORE's authors published in): Adam lr 1e-3, batch 2048, up to 1000 epochs, a validation check every
-epoch, patience 20, the references' initialisation (``init="reference"``), negatives drawn from the items
-seen in training (``negatives="seen"``) and each model's own learning-rate decay (SMORE: 0.96^(epoch/50)).
+a 2-core CPU (per-model exceptions in ``graph.training.fast.models``: FREEDOM trains longer at lr 0.0125);
+``paper`` is the references' optimiser (MMRec's ``overall.yaml``, the code FREEDOM's and SMORE's authors
+published in): Adam lr 1e-3, batch 2048, up to 1000 epochs, a validation check every epoch, patience 20,
+the references' initialisation (``init="reference"``), negatives drawn from the items seen in training
+(``negatives="seen"``) and each model's own learning-rate decay (SMORE: 0.96^(epoch/50)).
 
 Negatives: ``negatives="all"`` draws each negative uniformly from every item of the catalogue outside the
 user's fitted history (items without a training positive included); ``"seen"`` draws it from the items
@@ -44,7 +45,7 @@ from torch import nn
 
 from vlm4rec.matching import IterativeRecommender, TrainingLog, stored_coordinates
 from vlm4rec.reproducibility import deterministic_torch
-from vlm4rec.splits import History, binarize, sample_negatives
+from vlm4rec.splits import History, binarize, history_membership, sample_negatives
 from vlm4rec.vectors import check_modalities, normalize_rows
 
 Device = Literal["cpu", "cuda", "auto"]
@@ -52,7 +53,6 @@ Init = Literal["normal", "reference"]
 Negatives = Literal["all", "seen"]
 LinearInit = Literal["xavier_uniform", "xavier_normal", "torch"]
 INIT_STD = 0.1  # N(0, 0.1^2) initial embeddings, as LightGCN's PyTorch port (the fast regime's choice)
-LR_DECAY_EPOCHS = 50  # MMRec's learning_rate_scheduler [gamma, 50]: lr(epoch) = lr * gamma ** (epoch / 50)
 
 
 def resolve_device(device: str) -> torch.device:
@@ -73,6 +73,40 @@ def bpr_loss(users: torch.Tensor, positives: torch.Tensor, negatives: torch.Tens
     """-mean log sigmoid(u.p - u.n) over the rows of the three (batch, d) tensors (Rendle et al. 2009)."""
     margin = (users * (positives - negatives)).sum(dim=-1)
     return F.softplus(-margin).mean()
+
+
+class _GatheredBPR(torch.autograd.Function):
+    """BPR of table rows as one autograd node: the forward gathers the batch's rows, the backward
+    scatter-adds their gradients straight into the two tables (no intermediate per-row gradients)."""
+
+    @staticmethod
+    def forward(ctx, user_table: torch.Tensor, item_table: torch.Tensor, users: torch.Tensor,  # type: ignore[override]
+                positives: torch.Tensor, negatives: torch.Tensor) -> torch.Tensor:
+        batch_users = user_table.index_select(0, users)
+        difference = item_table.index_select(0, positives).sub_(item_table.index_select(0, negatives))
+        margin = (batch_users * difference).sum(dim=1)
+        ctx.save_for_backward(batch_users, difference, margin, users, positives, negatives)
+        ctx.table_shapes = (user_table.shape, item_table.shape)
+        return F.softplus(-margin).mean()
+
+    @staticmethod
+    def backward(ctx, grad: torch.Tensor) -> tuple[torch.Tensor | None, ...]:  # type: ignore[override]
+        batch_users, difference, margin, users, positives, negatives = ctx.saved_tensors
+        user_shape, item_shape = ctx.table_shapes
+        # d loss / d margin_b = -sigmoid(-margin_b) / batch
+        weight = (torch.sigmoid(-margin) * (-grad / len(margin))).unsqueeze(1)
+        user_grad = batch_users.new_zeros(user_shape).index_add_(0, users, difference * weight)
+        item_step = batch_users * weight
+        item_grad = batch_users.new_zeros(item_shape).index_add_(0, positives, item_step)
+        return user_grad, item_grad.index_add_(0, negatives, item_step, alpha=-1), None, None, None
+
+
+def bpr_rows_loss(user_table: torch.Tensor, item_table: torch.Tensor, users: torch.Tensor, positives: torch.Tensor,
+                  negatives: torch.Tensor) -> torch.Tensor:
+    """``bpr_loss`` of the rows ``users`` of ``user_table`` against the rows ``positives`` and ``negatives``
+    of ``item_table``, in one autograd node: the same value and gradients, about half the time of gathering
+    the rows first on a CPU (fewer temporaries of batch x dim): LightGCN's and FREEDOM's BPR step."""
+    return _GatheredBPR.apply(user_table, item_table, users, positives, negatives)
 
 
 def rows(table: torch.Tensor, index: torch.Tensor) -> torch.Tensor:
@@ -204,9 +238,10 @@ class NegativeSampler:
     def __init__(self, matrix: sp.csr_matrix, negatives: Negatives):
         self.pool = np.flatnonzero(matrix.getnnz(axis=0)) if negatives == "seen" else None
         self.matrix = matrix if self.pool is None else matrix[:, self.pool].tocsr()
+        self.in_history = history_membership(self.matrix)  # built once per fit, used every epoch
 
     def __call__(self, users: np.ndarray, rng: np.random.Generator) -> np.ndarray:
-        drawn = sample_negatives(self.matrix, users, 1, rng)[:, 0]
+        drawn = sample_negatives(self.matrix, users, 1, rng, in_history=self.in_history)[:, 0]
         return drawn if self.pool is None else self.pool[drawn]
 
 
@@ -225,8 +260,12 @@ class BPRRecommender(IterativeRecommender):
     ``device``       ``cpu`` | ``cuda`` | ``auto``
     ``init``         ``normal`` (ID tables N(0, 0.1^2), Xavier-uniform linear layers: the fast regime) |
                      ``reference`` (each model's reference initialisation, see the model)
-    ``lr_decay``     gamma of the learning-rate schedule lr * gamma^(epoch / 50), stepped after every epoch
-                     (MMRec's ``LambdaLR``; 1 = constant, SMORE's reference 0.96)
+    ``lr_decay``     gamma of the learning-rate schedule lr * gamma^(epoch / lr_decay_step), stepped after
+                     every epoch (MMRec's ``learning_rate_scheduler: [gamma, step]`` as a ``LambdaLR``; 1 =
+                     constant, SMORE's reference 0.96); it depends on the epoch alone, so a refit for the
+                     chosen number of epochs replays the selection run's schedule
+    ``lr_decay_step`` epochs over which the learning rate falls by ``lr_decay`` (MMRec's 50; 1 = by
+                     ``lr_decay`` every epoch)
     ``negatives``    ``all`` | ``seen`` (see the module docstring)
     Defaults are the fast regime's; subclasses may change them (VBPR's lr and l2, FREEDOM's l2, SMORE's
     lr_decay).
@@ -236,19 +275,21 @@ class BPRRecommender(IterativeRecommender):
 
     def __init__(self, *, dim: int = 64, lr: float = 0.05, l2: float = 1e-4, epochs: int = 60,
                  batch_size: int = 32768, eval_every: int = 5, patience: int = 2, seed: int = 0,
-                 device: Device = "cpu", init: Init = "normal", lr_decay: float = 1.0, negatives: Negatives = "all"):
+                 device: Device = "cpu", init: Init = "normal", lr_decay: float = 1.0, lr_decay_step: float = 50.0,
+                 negatives: Negatives = "all"):
         if min(dim, batch_size, eval_every, patience) < 1 or epochs < 0:
             raise ValueError(f"need dim, batch_size, eval_every, patience >= 1 and epochs >= 0, got dim={dim}, "
                              f"batch_size={batch_size}, eval_every={eval_every}, patience={patience}, "
                              f"epochs={epochs}")
-        if lr <= 0 or l2 < 0 or not 0 < lr_decay <= 1:
-            raise ValueError(f"need lr > 0, l2 >= 0 and 0 < lr_decay <= 1, got lr={lr}, l2={l2}, lr_decay={lr_decay}")
+        if lr <= 0 or l2 < 0 or not 0 < lr_decay <= 1 or lr_decay_step <= 0:
+            raise ValueError(f"need lr > 0, l2 >= 0, 0 < lr_decay <= 1 and lr_decay_step > 0, got lr={lr}, l2={l2}, "
+                             f"lr_decay={lr_decay}, lr_decay_step={lr_decay_step}")
         if init not in ("normal", "reference") or negatives not in ("all", "seen"):
             raise ValueError(f"init must be 'normal' or 'reference' and negatives 'all' or 'seen', got "
                              f"{init!r}, {negatives!r}")
         self.dim, self.lr, self.l2, self.epochs, self.batch_size = dim, lr, l2, epochs, batch_size
         self.eval_every, self.patience, self.seed, self.device = eval_every, patience, seed, device
-        self.init, self.lr_decay, self.negatives = init, lr_decay, negatives
+        self.init, self.lr_decay, self.lr_decay_step, self.negatives = init, lr_decay, lr_decay_step, negatives
         self.model: BPRModel | None = None
         self._user_vectors: np.ndarray | None = None
         self._item_vectors: np.ndarray | None = None
@@ -278,8 +319,7 @@ class BPRRecommender(IterativeRecommender):
         with deterministic_torch(threads=None):  # all of torch's threads: these models are the slow part
             self.model = self.build(matrix, generator, device)
             optimizer = torch.optim.Adam(self.model.parameters(), lr=self.lr)
-            decay = self.lr_decay
-            schedule = torch.optim.lr_scheduler.LambdaLR(optimizer, lambda e: decay ** (e / LR_DECAY_EPOCHS))
+            schedule = torch.optim.lr_scheduler.LambdaLR(optimizer, self.lr_factor)
             sampler = NegativeSampler(matrix, self.negatives)
             best_value, best_state, checks_without_gain = -math.inf, None, 0
             if monitor is not None:
@@ -302,6 +342,11 @@ class BPRRecommender(IterativeRecommender):
                 self.model.load_state_dict(best_state)
             self._refresh()
         return log
+
+    def lr_factor(self, epoch: int) -> float:
+        """The learning rate of epoch ``epoch + 1`` (after ``epoch`` completed epochs) over ``lr``:
+        lr_decay^(epoch / lr_decay_step)."""
+        return self.lr_decay ** (epoch / self.lr_decay_step)
 
     def _check(self, monitor: Callable[[IterativeRecommender], float], epoch: int, log: TrainingLog) -> float:
         """The monitored metric of the current state, recorded in the log (NaN counts as no gain)."""

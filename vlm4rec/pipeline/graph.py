@@ -25,12 +25,13 @@ from vlm4rec.stage import exit_on_study_error, run_stage_function
 GRAPH_RESULTS = RESULTS_DIR / "graph"
 
 
-def regime_options(graph: dict[str, Any]) -> dict[str, Any]:
-    """The training options every candidate of the chosen regime gets (a null ``lr`` leaves each model its
-    own default) and the device."""
+def regime_options(graph: dict[str, Any], model: str) -> dict[str, Any]:
+    """The training options every candidate of ``model`` gets in the chosen regime: the regime's shared
+    options (a null ``lr`` leaves each model its own default), then the regime's options for ``model``
+    (``graph.training.<regime>.models``), and the device."""
     regime = graph["training"][graph["regime"]]
-    return {key: value for key, value in regime.items() if not (key == "lr" and value is None)} | {
-        "device": graph["device"]}
+    shared = {key: value for key, value in regime.items() if key != "models" and not (key == "lr" and value is None)}
+    return shared | regime["models"].get(model, {}) | {"device": graph["device"]}
 
 
 def run_cell(evaluation: dict[str, Any], graph: dict[str, Any], cell: str) -> dict[str, MethodResult]:
@@ -42,7 +43,7 @@ def run_cell(evaluation: dict[str, Any], graph: dict[str, Any], cell: str) -> di
                   for name in spec["modalities"]}
     data = EvalData.from_prepared(load_prepared(PREPARED_DIR),
                                   ranker(None, evaluation["device"], evaluation["block_size"]))
-    fixed = regime_options(graph)
+    fixed = regime_options(graph, spec["model"])
     grid = scale["grids"][spec["model"]]
     started = time.perf_counter()
     results = select_and_test_seeds(cell, lambda seed: candidates(spec["model"], modalities, grid, fixed, seed),
