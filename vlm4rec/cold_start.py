@@ -1,0 +1,26 @@
+"""The strict new-item protocol's candidate sets (docs/protocol.md, "New items").
+
+New items are ranked two ways for the same users: among all items (the user's seen items excluded, as in
+the main protocol) and among the cold items only (every warm item excluded too), which isolates whether the
+content orders the new items themselves from whether it lifts them above the warm catalogue.
+"""
+from __future__ import annotations
+
+import numpy as np
+import scipy.sparse as sp
+
+
+def exclusion_outside(seen: sp.csr_matrix, candidates: np.ndarray | None) -> sp.csr_matrix:
+    """The ``recommend`` exclusion mask: the user's ``seen`` items, plus, when ``candidates`` is given,
+    every item outside it (so that only candidate items are ranked). Binary CSR of ``seen``'s shape."""
+    seen = sp.csr_matrix(seen, dtype=np.float32)
+    if candidates is None:
+        return seen
+    outside = np.setdiff1d(np.arange(seen.shape[1]), np.asarray(candidates, dtype=np.int64))
+    n_users = seen.shape[0]
+    mask = sp.csr_matrix((np.ones(n_users * len(outside), dtype=np.float32),
+                          (np.repeat(np.arange(n_users), len(outside)), np.tile(outside, n_users))),
+                         shape=seen.shape)
+    out = seen + mask
+    out.data[:] = 1.0
+    return out
