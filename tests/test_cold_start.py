@@ -4,9 +4,11 @@ from __future__ import annotations
 
 import numpy as np
 import pandas as pd
+import pytest
 import scipy.sparse as sp
 
-from vlm4rec.cold_start import exclusion_outside
+from vlm4rec.cold_start import exclusion_outside, new_item_splits
+from vlm4rec.evaluation import evaluate
 from vlm4rec.matching import ProfileRecommender, recommend
 from vlm4rec.splits import assign_cold_split, build_history, cold_items, targets_of
 
@@ -46,7 +48,7 @@ def cold_recall(inter: pd.DataFrame, vectors: np.ndarray, k: int, among_cold: bo
     users = np.flatnonzero(np.diff(targets.indptr))
     exclude = exclusion_outside(history.matrix, test if among_cold else None)
     topk = recommend(ProfileRecommender(vectors).fit(history), users, exclude, k)
-    hits = [np.isin(targets[u].indices, row).sum() / min(k, targets[u].nnz) for u, row in zip(users, topk)]
+    hits = [np.isin(targets[u].indices, row).sum() / targets[u].nnz for u, row in zip(users, topk)]
     return float(np.mean(hits))
 
 
@@ -64,3 +66,16 @@ def test_exclusion_outside_masks_seen_items_and_non_candidates():
     seen = sp.csr_matrix(np.array([[1, 0, 0, 0], [0, 0, 0, 0]], dtype=np.float32))
     assert exclusion_outside(seen, None).toarray().tolist() == seen.toarray().tolist()
     assert exclusion_outside(seen, np.array([0, 2])).toarray().tolist() == [[1, 1, 0, 1], [0, 1, 0, 1]]
+
+
+def test_new_item_splits_fit_on_warm_items_only_and_rank_the_phase_candidates():
+    inter, vectors = planted()
+    val, test = cold_items(inter, cold_share=0.3, val_share=0.5)
+    inter = inter.assign(split=assign_cold_split(inter, val, test))
+    n_users, n_items = int(inter["user_idx"].max()) + 1, len(vectors)
+    for among_cold in (False, True):
+        val_split, test_split = new_item_splits(inter, n_users, n_items, val, test, among_cold)
+        assert not val_split.history.matrix[:, np.concatenate([val, test])].nnz
+        _, per_user = evaluate(ProfileRecommender(vectors), test_split, ks=[3, 10])
+        k = 3 if among_cold else 10
+        assert per_user[f"recall@{k}"].mean() == pytest.approx(cold_recall(inter, vectors, k, among_cold))

@@ -7,7 +7,11 @@ content orders the new items themselves from whether it lifts them above the war
 from __future__ import annotations
 
 import numpy as np
+import pandas as pd
 import scipy.sparse as sp
+
+from vlm4rec.evaluation import EvalSplit, users_with_targets
+from vlm4rec.splits import build_history, targets_of
 
 
 def exclusion_outside(seen: sp.csr_matrix, candidates: np.ndarray | None) -> sp.csr_matrix:
@@ -24,3 +28,18 @@ def exclusion_outside(seen: sp.csr_matrix, candidates: np.ndarray | None) -> sp.
     out = seen + mask
     out.data[:] = 1.0
     return out
+
+
+def new_item_splits(inter: pd.DataFrame, n_users: int, n_items: int, val_items: np.ndarray,
+                    test_items: np.ndarray, among_cold: bool) -> tuple[EvalSplit, EvalSplit]:
+    """(validation, test) :class:`EvalSplit` of the strict protocol for ``inter`` labelled by
+    :func:`~vlm4rec.splits.assign_cold_split`. Both fit on the training history only (no cold item's
+    interaction is ever fitted on) and exclude it; the candidates are all items, or (``among_cold``) the
+    phase's own cold items."""
+    history = build_history(inter, ("train",), n_users, n_items)
+    splits = []
+    for phase, items in (("val", val_items), ("test", test_items)):
+        targets = targets_of(inter, phase, n_users, n_items)
+        exclude = exclusion_outside(history.matrix, items if among_cold else None)
+        splits.append(EvalSplit(history, exclude, targets, users_with_targets(targets)))
+    return splits[0], splits[1]
