@@ -8,6 +8,7 @@ import pytest
 import scipy.sparse as sp
 
 from vlm4rec.cold_start import exclusion_outside, new_item_splits
+from vlm4rec.config import load_params
 from vlm4rec.evaluation import evaluate
 from vlm4rec.matching import ProfileRecommender, recommend
 from vlm4rec.splits import assign_cold_split, build_history, cold_items, targets_of
@@ -79,3 +80,10 @@ def test_new_item_splits_fit_on_warm_items_only_and_rank_the_phase_candidates():
         _, per_user = evaluate(ProfileRecommender(vectors), test_split, ks=[3, 10])
         k = 3 if among_cold else 10
         assert per_user[f"recall@{k}"].mean() == pytest.approx(cold_recall(inter, vectors, k, among_cold))
+
+
+def test_the_cold_start_params_are_the_keywords_of_cold_items():
+    inter, _ = planted()
+    params = load_params("params.yaml").cold_start.model_dump()
+    val, test = cold_items(inter, **params)
+    assert len(val) + len(test) == round(params["cold_share"] * inter["item_idx"].nunique())

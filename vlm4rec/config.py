@@ -317,6 +317,15 @@ class RobustnessParams(Section):
 GraphModel = Literal["lightgcn", "vbpr", "freedom", "smore"]
 
 
+class ColdStartParams(Section):
+    variant: Literal["time", "random"] = Field(
+        description="time: the items with the newest first positive are cold; random: a seeded share of items")
+    cold_share: Share = Field(description="share of the items with a positive that are cold (held out entirely)")
+    val_share: Share = Field(description="share of the cold items for validation (time: the earlier ones); "
+                                         "the rest are the test cold items")
+    seed: int = Field(description="seed of the random variant")
+
+
 class GraphTrainingParams(Section):
     dim: PositiveInt = Field(description="embedding size of every model (fixed, not selected)")
     epochs: PositiveInt = Field(description="maximum training epochs (early stopping on the validation metric)")
@@ -410,6 +419,7 @@ class StudyParams(Section):
     eval: EvalParams
     match: MatchParams
     robustness: RobustnessParams
+    cold_start: ColdStartParams
     profile: ProfileParams
     baselines: BaselineParams
     fusion: FusionParams
