@@ -7,7 +7,7 @@ import pandas as pd
 import pytest
 import scipy.sparse as sp
 
-from vlm4rec.cold_start import exclusion_outside, new_item_splits
+from vlm4rec.cold_start import exclusion_outside, new_item_findings, new_item_splits
 from vlm4rec.config import load_params
 from vlm4rec.evaluation import evaluate
 from vlm4rec.matching import ProfileRecommender, recommend
@@ -87,3 +87,15 @@ def test_the_cold_start_params_are_the_keywords_of_cold_items():
     params = load_params("params.yaml").cold_start.model_dump()
     val, test = cold_items(inter, **params)
     assert len(val) + len(test) == round(params["cold_share"] * inter["item_idx"].nunique())
+
+
+def test_new_item_findings_pair_the_description_with_each_method_and_holm_across_them():
+    users = np.arange(8)
+    rows = [pd.DataFrame({"method": "description", "seed": np.nan, "user_idx": users, "recall@3": 0.5}),
+            pd.DataFrame({"method": "title", "seed": np.nan, "user_idx": users, "recall@3": 0.5 - 0.1 * (users % 2 + 1)}),
+            pd.DataFrame({"method": "image", "seed": np.nan, "user_idx": users, "recall@3": 0.5})]
+    table = new_item_findings(pd.concat(rows), "description", ["title", "image", "lightgcn"], "recall@3",
+                              n_resamples=200)
+    assert table["reference"].tolist() == ["title", "image"]
+    assert table["mean_diff"].tolist() == pytest.approx([0.15, 0.0])  # (0.1 + 0.2) / 2 and no difference
+    assert (table["wilcoxon_p_holm"] >= table["wilcoxon_p"]).all()

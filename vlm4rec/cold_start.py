@@ -12,6 +12,7 @@ import scipy.sparse as sp
 
 from vlm4rec.evaluation import EvalSplit, users_with_targets
 from vlm4rec.splits import build_history, targets_of
+from vlm4rec.stats import holm, paired_tests
 
 
 def exclusion_outside(seen: sp.csr_matrix, candidates: np.ndarray | None) -> sp.csr_matrix:
@@ -43,3 +44,21 @@ def new_item_splits(inter: pd.DataFrame, n_users: int, n_items: int, val_items: 
         exclude = exclusion_outside(history.matrix, items if among_cold else None)
         splits.append(EvalSplit(history, exclude, targets, users_with_targets(targets)))
     return splits[0], splits[1]
+
+
+def new_item_findings(per_user: pd.DataFrame, description: str, against: list[str], metric: str,
+                      n_resamples: int = 1000, seed: int = 0) -> pd.DataFrame:
+    """"Do grounded descriptions beat X on new items?" for every X in ``against``: one paired test each
+    (``description`` minus X over the users of both, CI over users and seeds, :func:`stats.paired_tests`),
+    Holm-corrected across the questions. ``per_user`` is long (method, seed, user_idx, ``metric``); an X
+    without rows is skipped (e.g. a method not run)."""
+    rows = []
+    for other in against:
+        pair = per_user[per_user["method"].isin([description, other])]
+        if set(pair["method"]) == {description, other}:
+            rows.append(paired_tests(pair, other, metric, n_resamples, seed).iloc[0])
+    table = pd.DataFrame(rows).reset_index(drop=True)
+    if not table.empty:
+        table["wilcoxon_p_holm"] = holm(table["wilcoxon_p"].to_numpy())
+        table["ttest_p_holm"] = holm(table["ttest_p"].to_numpy())
+    return table
