@@ -7,7 +7,8 @@ import pandas as pd
 import pytest
 import scipy.sparse as sp
 
-from vlm4rec.cold_start import exclusion_outside, new_item_findings, new_item_splits
+from vlm4rec.cold_start import (exclusion_outside, new_item_counts, new_item_findings, new_item_splits,
+                                profile_per_user)
 from vlm4rec.config import load_params
 from vlm4rec.evaluation import evaluate
 from vlm4rec.matching import ProfileRecommender, recommend
@@ -23,7 +24,8 @@ def test_a_new_item_matching_a_users_history_reaches_the_top_k():
     assert recommend(model, np.array([0]), history.matrix, k=1).tolist() == [[4]]
 
 
-def planted(n_users: int = 60, n_genres: int = 3, per_genre: int = 20, seed: int = 0) -> tuple[pd.DataFrame, np.ndarray]:
+def planted(n_users: int = 60, n_genres: int = 3, per_genre: int = 20,
+            seed: int = 0) -> tuple[pd.DataFrame, np.ndarray]:
     """Each user likes one genre and interacts with 8 of its items; item vectors are the genre axis plus
     small noise. Item ``i`` is of genre ``i % n_genres``; its first interaction time grows with ``i``."""
     rng = np.random.default_rng(seed)
@@ -60,7 +62,8 @@ def test_content_with_the_signal_wins_on_new_items_and_shuffled_content_does_not
     assert cold_recall(inter, vectors, k=3, among_cold=True) == 1.0
     assert cold_recall(inter, shuffled, k=3, among_cold=True) < 0.6
     # among all items, the unseen warm items of the user's genre compete, but the signal still wins
-    assert cold_recall(inter, vectors, k=10, among_cold=False) > 2 * cold_recall(inter, shuffled, k=10, among_cold=False)
+    among_all = [cold_recall(inter, v, k=10, among_cold=False) for v in (vectors, shuffled)]
+    assert among_all[0] > 2 * among_all[1]
 
 
 def test_exclusion_outside_masks_seen_items_and_non_candidates():
@@ -92,10 +95,26 @@ def test_the_cold_start_params_are_the_keywords_of_cold_items():
 def test_new_item_findings_pair_the_description_with_each_method_and_holm_across_them():
     users = np.arange(8)
     rows = [pd.DataFrame({"method": "description", "seed": np.nan, "user_idx": users, "recall@3": 0.5}),
-            pd.DataFrame({"method": "title", "seed": np.nan, "user_idx": users, "recall@3": 0.5 - 0.1 * (users % 2 + 1)}),
+            pd.DataFrame({"method": "title", "seed": np.nan, "user_idx": users,
+                          "recall@3": 0.5 - 0.1 * (users % 2 + 1)}),
             pd.DataFrame({"method": "image", "seed": np.nan, "user_idx": users, "recall@3": 0.5})]
     table = new_item_findings(pd.concat(rows), "description", ["title", "image", "lightgcn"], "recall@3",
                               n_resamples=200)
     assert table["reference"].tolist() == ["title", "image"]
     assert table["mean_diff"].tolist() == pytest.approx([0.15, 0.0])  # (0.1 + 0.2) / 2 and no difference
     assert (table["wilcoxon_p_holm"] >= table["wilcoxon_p"]).all()
+
+
+def test_profile_per_user_ranks_both_candidate_sets_and_counts_the_protocol():
+    inter, vectors = planted()
+    val, test = cold_items(inter, cold_share=0.3, val_share=0.5)
+    inter = inter.assign(split=assign_cold_split(inter, val, test))
+    counts = new_item_counts(inter, val, test)
+    assert counts["val_cold_items"] == counts["test_cold_items"] == 9
+    assert counts["test_pairs"] == int(inter["item_idx"].isin(test).sum())
+    shuffled = vectors[np.random.default_rng(1).permutation(len(vectors))]
+    table = profile_per_user({"signal": vectors, "shuffled": shuffled}, inter, 60, 60, val, test, [3, 10])
+    assert len(table) == 4 * counts["test_users"]
+    means = table.groupby(["candidates", "method"])["recall@3"].mean()
+    assert means["cold", "signal"] == cold_recall(inter, vectors, 3, among_cold=True) == 1.0
+    assert means["cold", "shuffled"] == pytest.approx(cold_recall(inter, shuffled, 3, among_cold=True))

@@ -10,7 +10,8 @@ import numpy as np
 import pandas as pd
 import scipy.sparse as sp
 
-from vlm4rec.evaluation import EvalSplit, users_with_targets
+from vlm4rec.evaluation import EvalSplit, evaluate, users_with_targets
+from vlm4rec.matching import ProfileRecommender
 from vlm4rec.splits import build_history, targets_of
 from vlm4rec.stats import holm, paired_tests
 
@@ -62,3 +63,26 @@ def new_item_findings(per_user: pd.DataFrame, description: str, against: list[st
         table["wilcoxon_p_holm"] = holm(table["wilcoxon_p"].to_numpy())
         table["ttest_p_holm"] = holm(table["ttest_p"].to_numpy())
     return table
+
+
+def new_item_counts(inter: pd.DataFrame, val_items: np.ndarray, test_items: np.ndarray) -> dict[str, int]:
+    """What the stage prints and docs/protocol.md quotes: cold items per phase, test pairs and test users."""
+    test = inter[inter["split"] == "test"]
+    return {"val_cold_items": len(val_items), "test_cold_items": len(test_items),
+            "val_pairs": int((inter["split"] == "val").sum()), "test_pairs": len(test),
+            "test_users": int(test["user_idx"].nunique())}
+
+
+def profile_per_user(vectors: dict[str, np.ndarray], inter: pd.DataFrame, n_users: int, n_items: int,
+                     val_items: np.ndarray, test_items: np.ndarray, ks: list[int]) -> pd.DataFrame:
+    """Test per-user metrics of the mean-profile matching of every representation in ``vectors`` on the
+    new items, ranked among all items and among the test cold items (column ``candidates``: all | cold).
+    Long format (method, seed, candidates, user_idx, metrics) as :func:`new_item_findings` reads it;
+    the mean profile has no hyperparameter, so nothing is selected on the validation cold items."""
+    frames = []
+    for candidates in ("all", "cold"):
+        _, test_split = new_item_splits(inter, n_users, n_items, val_items, test_items, candidates == "cold")
+        for name, item_vectors in vectors.items():
+            _, per_user = evaluate(ProfileRecommender(item_vectors, name=name), test_split, ks)
+            frames.append(per_user.assign(method=name, seed=np.nan, candidates=candidates))
+    return pd.concat(frames, ignore_index=True)
