@@ -11,7 +11,8 @@ single-threaded; torch COO ``sparse.mm``).
 Data: synthetic at ML-1M size by default (6,040 users, 3,706 items, ~575k positives with Zipf-like item
 popularity and log-normal history lengths, temporal 70/10/20 split, random features); ``--prepared DIR
 --embeddings DIR`` runs on a prepared dataset and its embeddings instead (``--text NAME --image NAME``).
-Run: ``python benchmarks/bench_graph_models.py [--epochs 2] [--models lightgcn vbpr freedom smore]``.
+Run: ``python benchmarks/bench_graph_models.py [--epochs 2] [--models lightgcn vbpr freedom smore]
+[--threads 1] [--skip-propagation]``; on a shared machine compare the CPU seconds per epoch of one thread.
 """
 from __future__ import annotations
 
@@ -96,9 +97,10 @@ def propagation_rates(history: sp.csr_matrix, repeats: int) -> dict[str, float]:
 
 
 def model_costs(name: str, modalities: dict[str, np.ndarray], data: EvalData, epochs: int) -> dict[str, float]:
-    """Build time (graphs, kNN, initial weights; a 0-epoch fit), the median seconds per training epoch and
-    per evaluation (refresh the scoring vectors + rank and score every validation user, the call early
-    stopping makes), from one ``epochs``-epoch monitored fit that checks validation after every epoch."""
+    """Build time (graphs, kNN, initial weights; a 0-epoch fit), the median seconds per training epoch (wall
+    and CPU time of this process: on a shared machine the CPU time moves less than the wall time) and per
+    evaluation (refresh the scoring vectors + rank and score every validation user, the call early stopping
+    makes), from one ``epochs``-epoch monitored fit that checks validation after every epoch."""
     content = {} if name == "lightgcn" else {"modalities": modalities}
     history = data.train_history
     start = time.perf_counter()
@@ -106,19 +108,33 @@ def model_costs(name: str, modalities: dict[str, np.ndarray], data: EvalData, ep
     build = time.perf_counter() - start
     validation = validation_monitor(data.validation(), DEFAULT_KS, "ndcg@10")
     calls: list[tuple[float, float]] = []  # (start, end) of each check
+    cpu_calls: list[tuple[float, float]] = []
 
     def monitor(model) -> float:
-        begin = time.perf_counter()
+        begin, cpu_begin = time.perf_counter(), time.process_time()
         value = validation(model)
         calls.append((begin, time.perf_counter()))
+        cpu_calls.append((cpu_begin, time.process_time()))
         return value
 
     model = MODELS[name](**content, epochs=epochs, eval_every=1, patience=epochs + 1)
     model.fit_monitored(history, monitor)
     epoch_s = [begin - previous_end for (_, previous_end), (begin, _) in zip(calls, calls[1:])]
-    return {"build_s": build, "epoch_s": float(np.median(epoch_s)),
+    epoch_cpu_s = [begin - previous_end for (_, previous_end), (begin, _) in zip(cpu_calls, cpu_calls[1:])]
+    return {"build_s": build, "epoch_s": float(np.median(epoch_s)), "epoch_cpu_s": float(np.median(epoch_cpu_s)),
             "eval_s": float(np.median([end - begin for begin, end in calls])),
             "batches_per_epoch": int(np.ceil(binarize(history.matrix).nnz / model.batch_size))}
+
+
+def print_propagation_rates(history: sp.csr_matrix, repeats: int) -> None:
+    rates = propagation_rates(history, repeats)
+    print(f"\nsparse propagation, user-item graph nnz={rates['nnz']}, d={DIM} (GFLOP/s, best of {repeats}):")
+    print(f"  scipy csr @ dense (single-threaded)            {rates['scipy']:6.2f}")
+    print(f"  torch.sparse.mm, COO                           {rates['torch_coo']:6.2f}")
+    print(f"  torch CSR @ dense (GraphOperator's kernel)     {rates['torch_csr']:6.2f}")
+    print(f"  training propagation ({LAYERS} layers, fwd + bwd)     {rates['training']:6.2f}  "
+          f"= {rates['training'] / rates['torch_csr']:.0%} of torch CSR, "
+          f"{rates['training'] / rates['scipy']:.0%} of scipy")
 
 
 def machine() -> str:
@@ -151,7 +167,11 @@ def main() -> None:
     parser.add_argument("--embeddings", help="embeddings directory, with --prepared")
     parser.add_argument("--text", default="title_description_image_only")
     parser.add_argument("--image", default="image")
+    parser.add_argument("--threads", type=int, help="torch intra-op threads (default: torch's choice)")
+    parser.add_argument("--skip-propagation", action="store_true", help="time the models only")
     args = parser.parse_args()
+    if args.threads:
+        torch.set_num_threads(args.threads)
 
     print(machine())
     print(f"load average (1 min) at start: {os.getloadavg()[0]:.1f}")
@@ -161,22 +181,16 @@ def main() -> None:
           f"{len(data.val_users)} validation users; modalities "
           + ", ".join(f"{k} {v.shape[1]}-d" for k, v in modalities.items()))
 
-    rates = propagation_rates(history, args.repeats)
-    print(f"\nsparse propagation, user-item graph nnz={rates['nnz']}, d={DIM} (GFLOP/s, best of {args.repeats}):")
-    print(f"  scipy csr @ dense (single-threaded)            {rates['scipy']:6.2f}")
-    print(f"  torch.sparse.mm, COO                           {rates['torch_coo']:6.2f}")
-    print(f"  torch CSR @ dense (GraphOperator's kernel)     {rates['torch_csr']:6.2f}")
-    print(f"  training propagation ({LAYERS} layers, fwd + bwd)     {rates['training']:6.2f}  "
-          f"= {rates['training'] / rates['torch_csr']:.0%} of torch CSR, "
-          f"{rates['training'] / rates['scipy']:.0%} of scipy")
+    if not args.skip_propagation:
+        print_propagation_rates(history, args.repeats)
 
     print(f"\nper model, default hyperparameters, median of {args.epochs} epochs (an epoch includes refreshing the "
           f"scoring vectors; an evaluation ranks top-{max(DEFAULT_KS)} for every validation user):")
-    print(f"  {'model':<9} {'build s':>8} {'s/epoch':>8} {'batches':>8} {'s/eval':>7}")
+    print(f"  {'model':<9} {'build s':>8} {'s/epoch':>8} {'CPU s/epoch':>12} {'batches':>8} {'s/eval':>7}")
     for name in args.models:
         cost = model_costs(name, modalities, data, args.epochs)
-        print(f"  {name:<9} {cost['build_s']:8.2f} {cost['epoch_s']:8.2f} {cost['batches_per_epoch']:8d} "
-              f"{cost['eval_s']:7.2f}", flush=True)
+        print(f"  {name:<9} {cost['build_s']:8.2f} {cost['epoch_s']:8.2f} {cost['epoch_cpu_s']:12.2f} "
+              f"{cost['batches_per_epoch']:8d} {cost['eval_s']:7.2f}", flush=True)
     print(f"\nload average (1 min) at end: {os.getloadavg()[0]:.1f}")
 
 

@@ -59,6 +59,12 @@ def test_the_repository_params_are_valid_and_every_key_is_documented() -> None:
     ("data.universe", "everything", "data.universe = 'everything': Input should be 'catalogue' or 'interacted'"),
     ("ground.min_success_rate", 1.2, "ground.min_success_rate = 1.2: Input should be less than or equal to 1"),
     ("fusion.concat_grid_step", 0.3, "concat_grid_step 0.3 must divide 1"),
+    ("graph.scale", "full", "graph.scale full runs the references' grids in their training regime: set graph.regime "
+                            "to paper"),
+    ("graph.regime", "slow", "graph.regime = 'slow': Input should be 'fast' or 'paper'"),
+    ("graph.training.paper.negatives", "popular", "graph.training.paper.negatives = 'popular': Input should be"),
+    ("graph.cells.smore-title-image.modalities", ["title"],
+     "cell smore-title-image: smore takes two modalities, image and one text representation"),
 ])
 def test_each_bad_value_names_the_key_the_value_and_what_is_allowed(key, value, message) -> None:
     with pytest.raises(StudyError) as caught:
@@ -119,3 +125,95 @@ def test_the_command_line_prints_the_message_without_a_traceback(tmp_path: Path)
 def test_the_parameter_reference_in_docs_is_generated_from_the_schema() -> None:
     assert (REPO / "docs" / "params.md").read_text() == markdown_reference() + "\n", \
         "docs/params.md is stale: run python -m vlm4rec.config > docs/params.md"
+
+
+@pytest.mark.parametrize("key, value, message", [
+    ("fusion.seeds", [0, 1, 0], "fusion.seeds = [0, 1, 0]: 0 given more than once; a list's values must be distinct"),
+    ("graph.default.seeds", [3, 3], "graph.default.seeds = [3, 3]: 3 given more than once"),
+    ("graph.default.grids", {"lightgcn": {"lr": [0.05, 0.05]}, "vbpr": {"lr": [0.01]}, "freedom": {"lr": [0.05]},
+                             "smore": {"lr": [0.05]}}, "graph.default.grids: 0.05 given more than once"),
+    ("eval.device", "gpu", "eval.device = 'gpu': Value error, must be cpu, cuda or cuda:N"),
+    ("graph.device", "cuda:x", "graph.device = 'cuda:x': Value error, must be cpu, cuda or cuda:N"),
+    ("embed.text_encoder", "no-such-encoder", "embed.text_encoder = 'no-such-encoder': Value error, "
+                                              "'no-such-encoder' is not a local directory, an installed model"),
+])
+def test_repeated_values_devices_and_encoders_are_refused_with_the_key(key, value, message) -> None:
+    with pytest.raises(StudyError) as caught:
+        validate_params(with_change(key, value))
+    assert message.replace("Value error, ", "") in str(caught.value)
+
+
+def test_a_cuda_device_must_exist_on_this_machine(monkeypatch) -> None:
+    import torch
+
+    monkeypatch.setattr(torch.cuda, "is_available", lambda: False)
+    with pytest.raises(StudyError, match=r"eval.device = 'cuda': this machine has 0 CUDA devices \(torch sees none\); "
+                                         "use cpu"):
+        validate_params(with_change("eval.device", "cuda"))
+    monkeypatch.setattr(torch.cuda, "is_available", lambda: True)
+    monkeypatch.setattr(torch.cuda, "device_count", lambda: 2)
+    assert validate_params(with_change("eval.device", "cuda:1")).eval.device == "cuda:1"
+    with pytest.raises(StudyError, match=r"graph.device = 'cuda:2': this machine has 2 CUDA devices \(torch sees "
+                                         r"cuda:0 to cuda:1\)"):
+        validate_params(with_change("graph.device", "cuda:2"))
+    assert validate_params(with_change("graph.device", "auto")).graph.device == "auto"
+
+
+def test_a_text_encoder_is_a_folder_a_package_a_cached_model_or_a_hub_id_while_online(tmp_path, monkeypatch) -> None:
+    from huggingface_hub import constants
+
+    assert validate_params(with_change("embed.text_encoder", str(tmp_path))).embed.text_encoder == str(tmp_path)
+    monkeypatch.setattr(constants, "HF_HUB_OFFLINE", False)
+    assert validate_params(with_change("embed.text_encoder", "owner/model")).embed.text_encoder == "owner/model"
+    monkeypatch.setattr(constants, "HF_HUB_OFFLINE", True)
+    monkeypatch.setenv("HF_HUB_CACHE", str(tmp_path))
+    monkeypatch.setattr(constants, "HF_HUB_CACHE", str(tmp_path))
+    with pytest.raises(StudyError, match="embed.text_encoder = 'owner/model': 'owner/model' is not a local directory"):
+        validate_params(with_change("embed.text_encoder", "owner/model"))
+
+
+def test_a_graph_cell_name_is_a_safe_stage_and_file_name() -> None:
+    cells = PARAMS["graph"]["cells"] | {"x;touch PWNED;echo": {"model": "lightgcn", "modalities": []}}
+    with pytest.raises(StudyError, match=r"cell name 'x;touch PWNED;echo' may hold only letters, digits"):
+        validate_params(with_change("graph.cells", cells))
+
+
+@pytest.mark.parametrize("key, value, message", [
+    ("match.reference", "ease_r", "match.reference 'ease_r' is not computed by the match stage"),
+    ("match.reference", "fusion_late", "match.reference 'fusion_late' is not computed by the match stage"),
+    ("report.findings.description", "description_image_title",
+     "report.findings.description 'description_image_title' is not among match.representations"),
+    ("report.findings.metric", "ndcg@15", "report.findings.metric 'ndcg@15' must be <metric>@<k>"),
+    ("report.references", ["title", "fusion_gating", "graph_lightgcn"],
+     "report.references ['graph_lightgcn'] is not computed by the study; computed: ['title', "),
+    ("report.slice_methods", ["hybrid_title_meta_ease"], "report.slice_methods ['hybrid_title_meta_ease'] is not"),
+])
+def test_a_method_named_by_the_match_or_report_keys_must_be_computed(key, value, message) -> None:
+    with pytest.raises(StudyError) as caught:
+        validate_params(with_change(key, value))
+    assert message in str(caught.value)
+    computed = validate_params(PARAMS).computed_methods()
+    assert computed["fuse"] == ["fusion_late", "fusion_attention", "fusion_gating", "fusion_frequency_filter",
+                                "hybrid_title_ease", "hybrid_description_image_only_ease", "hybrid_image_ease"]
+    assert validate_params(with_change("report.gallery_methods", ["lightgcn", "hybrid_image_ease"]))
+
+
+def test_a_key_given_twice_in_params_yaml_is_an_error_naming_the_line(tmp_path: Path) -> None:
+    path = tmp_path / "params.yaml"
+    text = (REPO / "params.yaml").read_text()
+    path.write_text(text + "eval:\n  seed: 1\n")
+    line = len(text.splitlines()) + 1
+    with pytest.raises(StudyError, match=rf"params.yaml:{line}:1: .*key 'eval' is given twice in one mapping"):
+        load_params(path)
+    path.write_text("split:\n  seed: 0\n  seed: 1\n")
+    with pytest.raises(StudyError, match=r"params.yaml:3:3: .*key 'seed' is given twice"):
+        load_params(path)
+
+
+def test_the_parameter_reference_lists_every_rule_across_keys() -> None:
+    from vlm4rec.config import cross_field_rules
+
+    doc = (REPO / "docs" / "params.md").read_text()
+    rules = cross_field_rules()
+    assert len(rules) == 14 and all(f"- {rule}" in doc for rule in rules)
+    assert any("given twice" in rule for rule in rules) and any("match.reference" in rule for rule in rules)

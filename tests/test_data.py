@@ -158,6 +158,16 @@ def test_dataset_counts_match_hand_counts(prepared):
     }
 
 
+def test_cold_test_items_are_those_outside_train_and_validation():
+    """b is in v's validation and u's test: seen before test, so not cold in test (cold in validation)."""
+    rows = pd.DataFrame({"user_id": ["u", "u", "v", "v"], "item_id": ["a", "b", "a", "b"], "rating": 1.0,
+                         "timestamp": [1, 2, 3, 4], "split": ["train", "test", "train", "val"]})
+    data = prepare(RawDataset("given", rows, item_table(["a", "b"])), min_rating=None, min_positives=1,
+                   split=SplitConfig())
+    counts = dataset_counts(data)
+    assert (counts["cold_items_in_val"], counts["cold_items_in_test"]) == (1, 0)
+
+
 def test_save_and_load_prepared_round_trip(prepared, tmp_path):
     save_prepared(prepared, tmp_path)
     loaded = load_prepared(tmp_path)

@@ -109,6 +109,22 @@ def test_item_fields_from_meta(kcore_files, tmp_path):
     assert raw.counts["items_with_image_file"] == 1
 
 
+def test_an_item_id_naming_a_file_outside_the_images_folder_is_refused_by_default(tmp_path):
+    """A parent_asin of ../secret/poster must not make the grounder describe a file outside images_dir."""
+    (tmp_path / "secret").mkdir()
+    (tmp_path / "secret" / "poster.jpg").write_bytes(b"private")
+    images = tmp_path / "images"
+    images.mkdir()
+    (images / "A.jpg").write_bytes(b"any")
+    reviews = write_jsonl(tmp_path / "Clothing.jsonl", [review("u1", "A", 5, 10), review("u1", "../secret/poster", 5, 20)])
+    metas = write_jsonl(tmp_path / "meta_Clothing.jsonl", [meta("A", "Shoe")])
+    raw = load_amazon2023(reviews, metas, images_dir=images, k_core=1)
+    assert raw.items.set_index("item_id")["has_image"].to_dict() == {"A": True, "../secret/poster": False}
+    assert raw.counts["images_outside_folder"] == 1
+    recorded = load_amazon2023(reviews, metas, images_dir=images, k_core=1, images_outside_folder="record")
+    assert recorded.items.set_index("item_id")["has_image"].to_dict() == {"A": True, "../secret/poster": True}
+
+
 def test_kcore_matches_naive_one_node_at_a_time_removal():
     rng = random.Random(3)
     pairs = {(f"u{rng.randrange(30)}", f"i{rng.randrange(20)}") for _ in range(220)}

@@ -13,6 +13,7 @@ from vlm4rec.data import DataFormatError
 from vlm4rec.datasets import SOURCES, load_source
 from vlm4rec.datasets import movielens
 from vlm4rec.datasets.movielens import decode_movies, load_movielens_1m, read_movies, year_of
+from vlm4rec.errors import StudyError
 
 REAL_ML1M = Path(__file__).resolve().parents[2] / "shared" / "data" / "ml-1m"
 
@@ -82,9 +83,13 @@ def test_posters_dir_can_live_elsewhere(tmp_path):
     assert raw.counts["posters_found"] == 1
 
 
-def test_missing_poster_folder_means_every_poster_missing(tmp_path):
-    raw = load_movielens_1m(write_ml1m(tmp_path / "ml-1m"), posters_dir=tmp_path / "absent")
-    assert raw.counts["posters_missing"] == 4 and not raw.items["has_image"].any()
+@pytest.mark.parametrize("folder", ["absent", "empty"])
+def test_a_posters_folder_without_a_poster_stops_prepare(tmp_path, folder):
+    """Else the study would run on titles only, with every image representation empty."""
+    (tmp_path / "empty").mkdir()
+    with pytest.raises(StudyError, match=rf"the images folder {tmp_path / folder} holds no usable image for any of "
+                                         r"the 4 items \(<item_id>.jpg"):
+        load_movielens_1m(write_ml1m(tmp_path / "ml-1m"), posters_dir=tmp_path / folder)
 
 
 @pytest.mark.parametrize("bad_line, reason", [

@@ -185,12 +185,14 @@ def test_interrupted_poster_download_resumes(host, tmp_path):
         "1.jpg", "11.jpg", "99.jpg", "manifest.csv"]
 
 
-def test_offline_poster_download_gives_up_after_one_try(host, official, tmp_path):
+def test_offline_poster_download_gives_up_after_one_try_and_stops_without_posters(host, official, tmp_path):
     download_dir = write_release(tmp_path / "ml-1m", official, posters=())
     started = time.monotonic()
-    files = resolve_movielens_1m(tmp_path / "absent", None, download_dir, **offline_urls(), **FAST)
+    with pytest.raises(StudyError, match=rf"{download_dir}/posters holds none of the 4 posters \(<MovieID>.jpg\); "
+                                         r"none could be downloaded from .* \(not_attempted: 3, connection_error: 1\): "
+                                         "the study does not run without images. Provide a folder"):
+        resolve_movielens_1m(tmp_path / "absent", None, download_dir, **offline_urls(), **FAST)
     assert time.monotonic() - started < 3
-    assert files.release_from == "download_dir" and files.counts()["posters_failed"] == 4
     statuses = pd.read_csv(download_dir / "posters" / "manifest.csv", dtype=str)["status"].tolist()
     assert statuses == ["failed_connection_error"] + ["failed_not_attempted"] * 3
 
@@ -266,3 +268,10 @@ def test_odd_poster_files_are_listed_and_never_opened(official, tmp_path):
     assert sorted(manifest["posters"]) == ["11", "99"]
     assert (manifest["movies_without_poster"], manifest["posters_not_regular_file"],
             manifest["posters_outside_folder"]) == (["1", "73"], ["1"], ["99"])
+
+
+def test_a_posters_folder_without_a_poster_stops_the_fetch(official, tmp_path):
+    root = write_release(tmp_path / "ml-1m", official, posters=())
+    with pytest.raises(StudyError, match=rf"^{root}/posters holds none of the 4 posters \(<MovieID>.jpg\): the "
+                                         "study does not run without images"):
+        resolve_movielens_1m(root, None, tmp_path / "download", **offline_urls(), **FAST)

@@ -129,6 +129,41 @@ def test_an_actor_killed_mid_run_is_restarted_and_every_item_is_described_once(t
     assert result.table["description"][4].startswith("red 50 for ")
 
 
+class PoisonGrounder(CountingGrounder):
+    """Kills its own process whenever it is asked to describe the image whose mean red is ``red``."""
+
+    def __init__(self, red: int):
+        super().__init__(batch_size=2)
+        self.red = red
+
+    def describe(self, images, prompts):
+        if self.red in [int(np.asarray(image)[..., 0].mean()) for image in images]:
+            os.kill(os.getpid(), signal.SIGKILL)
+        return super().describe(images, prompts)
+
+
+class PoisonSpec(GrounderSpec):
+    def build(self):
+        return PoisonGrounder(**self.options)
+
+
+def test_a_batch_that_kills_its_actor_every_time_is_recorded_failed_and_the_run_goes_on(tmp_path):
+    paths = []
+    for i, red in enumerate([10, 20, 30, 40]):
+        paths.append(str(tmp_path / f"{i}.png"))
+        Image.new("RGB", (4, 4), (red, 0, 0)).save(paths[-1])
+    items = pd.DataFrame({"item_idx": range(4), "item_id": [f"i{i}" for i in range(4)],
+                          "title": [f"T{i}" for i in range(4)], "image_path": paths, "has_image": True})
+    describer = RayDescriber(PoisonSpec("poison", {"red": 30}), ONE_ACTOR)
+    with DescriptionCache(tmp_path / "cache.sqlite") as cache:
+        result = ground_items(items, describer, cache, IMAGE_ONLY, progress=False)
+    # batches of 2: (10, 20) described, (30, 40) killed its actor on each of its 3 runs
+    assert result.table["status"].tolist() == ["ok", "ok", "failed", "failed"]
+    assert result.table["error_kind"].tolist()[2:] == ["worker_died"] * 2
+    assert "died on each of the 3 runs of this batch" in result.table["error"][2]
+    assert result.counts["failed_by_kind"] == {"worker_died": 2} and result.counts["described"] == 2
+
+
 def openai_spec(urls, **options) -> GrounderSpec:
     return GrounderSpec("openai", {"base_url": urls, "model": "vlm-test", "api_key_env": KEY_ENV,
                                    "concurrency": 1, "max_retries": 3, "backoff_s": 30, "timeout_s": 5,
@@ -224,6 +259,23 @@ def test_a_ray_client_address_without_the_client_says_what_to_install(monkeypatc
     monkeypatch.setattr(ray, "is_initialized", lambda: False)
     with pytest.raises(StudyError, match=r"needs the Ray Client \(pip install 'ray\[client\]==2.60.0'"):
         connect(RayConfig(address="ray://head:10001"))
+
+
+def test_an_unreachable_cluster_address_is_an_error_within_the_connect_timeout(monkeypatch):
+    import socket
+    import time
+
+    with socket.socket() as probe:  # a port nothing listens on
+        probe.bind(("127.0.0.1", 0))
+        port = probe.getsockname()[1]
+    monkeypatch.setattr(ray, "is_initialized", lambda: False)
+    started = time.monotonic()
+    with pytest.raises(StudyError, match=rf"compute.ray.address 127.0.0.1:{port}: the Ray head did not accept a "
+                                         r"connection within 10 s \(Connection refused\)"):
+        connect(RayConfig(address=f"127.0.0.1:{port}"))
+    with pytest.raises(StudyError, match="must be auto, host:port or ray://host:port"):
+        connect(RayConfig(address="head"))
+    assert time.monotonic() - started < 5
 
 
 def test_the_ground_embed_and_match_stages_on_ray_write_what_the_local_executor_writes(tmp_path, monkeypatch):

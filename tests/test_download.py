@@ -235,16 +235,16 @@ def odd_images_folder(tmp_path: Path) -> tuple[Path, pd.DataFrame]:
 def test_attach_takes_regular_files_only_and_records_links_leaving_the_folder(tmp_path):
     folder, items = odd_images_folder(tmp_path)
     counts: dict[str, int] = {}
-    attached = attach_image_paths(items, folder, counts).set_index("item_id")["has_image"]
+    attached = attach_image_paths(items, folder, counts, outside_folder="record").set_index("item_id")["has_image"]
     assert attached.to_dict() == {"a": True, "fifo": False, "dir": False, "link": True, "inner": True,
                                   "dangling": False, "absent": False, "../elsewhere/x": True}
     assert counts == {"images_not_regular_file": 2, "images_outside_folder": 2}
 
 
-def test_attach_can_refuse_images_outside_the_folder(tmp_path):
+def test_attach_refuses_images_outside_the_folder_by_default(tmp_path):
     folder, items = odd_images_folder(tmp_path)
     counts: dict[str, int] = {}
-    attached = attach_image_paths(items, folder, counts, outside_folder="refuse")
+    attached = attach_image_paths(items, folder, counts)
     assert attached.loc[attached["has_image"], "item_id"].tolist() == ["a", "inner"]
     assert attached.set_index("item_id")["image_path"].isna().to_dict()["link"]
     assert counts == {"images_not_regular_file": 2, "images_outside_folder": 2}

@@ -212,3 +212,23 @@ def test_encode_image_paths_without_failures_has_an_empty_typed_table(effnet, tm
     assert features.failures.empty
     assert list(features.failures.columns) == ["index", "path", "kind", "reason"]
     assert features.failures["index"].dtype == np.int64
+
+
+def test_an_unreachable_hub_is_an_error_naming_the_parameter_within_seconds(monkeypatch):
+    import socket
+    import time
+
+    import huggingface_hub.constants
+
+    from vlm4rec.errors import StudyError
+
+    with socket.socket() as probe:  # a port nothing listens on
+        probe.bind(("127.0.0.1", 0))
+        port = probe.getsockname()[1]
+    monkeypatch.setattr(huggingface_hub.constants, "HF_HUB_OFFLINE", False)
+    monkeypatch.setattr(huggingface_hub.constants, "ENDPOINT", f"http://127.0.0.1:{port}")
+    started = time.monotonic()
+    with pytest.raises(StudyError, match=r"embed.text_encoder 'no-such-org/no-such-model' is not a local directory.*"
+                                         r"did not answer within 5 s \(Connection refused\)"):
+        load_text_encoder("no-such-org/no-such-model")
+    assert time.monotonic() - started < 10

@@ -87,7 +87,7 @@ def test_per_user_results_feed_paired_tests(planted) -> None:
     long = pd.concat([r.test_per_user.assign(method=r.method) for r in (signal, noise)])
     table = paired_tests(long, "shuffled", "ndcg@10")
     assert table.loc[0, "method"] == "signal" and table.loc[0, "n_users"] == N_USERS
-    assert table.loc[0, "mean_diff"] > 0 and table.loc[0, "wilcoxon_p"] < 0.01
+    assert table.loc[0, "mean_diff"] > 0 and table.loc[0, "p"] < 0.01
 
 
 def test_selection_picks_best_on_validation_and_first_on_ties(planted) -> None:

@@ -64,6 +64,21 @@ def test_manifest_bytes_change_only_when_a_file_does(official, workdir, tmp_path
     assert SOURCE_MANIFEST.read_bytes() != before
 
 
+def test_prepare_refuses_a_manifest_fetched_with_other_keys(official, workdir, tmp_path):
+    """Changing data.movielens_1m.root and running prepare alone must not read the folder the last fetch
+    found."""
+    root = write_release(tmp_path / "ml-1m", official)
+    data = movielens_params(root)
+    run(data)
+    moved = data | {"movielens_1m": data["movielens_1m"] | {"root": str(tmp_path / "elsewhere")}}
+    with pytest.raises(StudyError, match=rf"^data.movielens_1m.root is '{tmp_path}/elsewhere' but the fetch stage last "
+                                         rf"ran with '{root}': run the fetch stage first \(dvc repro fetch\)"):
+        adapter_keys(moved)
+    with pytest.raises(StudyError, match=r"data.movielens_1m.posters_dir is '/p' but the fetch stage last ran with None"):
+        adapter_keys(data | {"movielens_1m": data["movielens_1m"] | {"posters_dir": "/p"}})
+    assert adapter_keys(data)["root"] == root.as_posix()
+
+
 def test_other_sources_are_fingerprinted_by_size_and_mtime_never_downloaded(workdir, tmp_path):
     root, images = tmp_path / "baby", tmp_path / "images"
     root.mkdir()
@@ -82,7 +97,7 @@ def test_other_sources_are_fingerprinted_by_size_and_mtime_never_downloaded(work
     (images / "1.jpg").write_bytes(b"jpeg")
     run(data)
     assert load_source_manifest()["paths"]["images_dir"]["files"] == 2 and SOURCE_MANIFEST.read_bytes() != before
-    assert adapter_keys(data) == data["mmrec"] | {"images_outside_folder": "record"}
+    assert adapter_keys(data) == data["mmrec"] | {"images_outside_folder": "refuse"}
 
 
 def test_stage_outputs_must_match_the_chosen_source(workdir):

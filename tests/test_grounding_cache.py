@@ -140,3 +140,46 @@ def test_sigkilled_run_resumes_and_describes_each_image_once(tmp_path):
     subprocess.run(command, check=True, timeout=60)
     assert len(described_reds(tmp_path)) == calls_before  # a complete cache: no describe call at all
     assert json.loads((tmp_path / "result.json").read_text())["from_cache"] == n_images
+
+
+def test_a_file_that_is_not_a_database_is_an_error_naming_it_and_what_to_do(tmp_path):
+    from vlm4rec.errors import StudyError
+
+    path = tmp_path / "cache.sqlite"
+    path.write_bytes(b"these are not the bytes of an SQLite database\n" * 100)
+    with pytest.raises(StudyError) as caught:
+        DescriptionCache(path)
+    assert str(caught.value) == (f"{path}: the description cache cannot be used (file is not a database); move it "
+                                 f"aside (mv {path} {path}.broken) and rerun: the ground stage rebuilds the cache, "
+                                 "describing its items again")
+
+
+def test_a_truncated_cache_is_an_error_naming_it_and_what_to_do(tmp_path):
+    from vlm4rec.errors import StudyError
+
+    path = tmp_path / "cache.sqlite"
+    with DescriptionCache(path) as cache:  # closing checkpoints the WAL into the file
+        cache.put_many([entry(f"k{i}", prompt="Describe. " * 50) for i in range(300)])
+    data = path.read_bytes()
+    path.write_bytes(data[:len(data) // 2])
+    with pytest.raises(StudyError, match=rf"{path}: the description cache cannot be used \(database disk image is "
+                                         r"malformed\); move it aside"):
+        with DescriptionCache(path) as cache:
+            cache.get_many([f"k{i}" for i in range(300)])
+
+
+def test_a_cache_that_cannot_be_written_is_an_error_naming_it_and_what_to_do(tmp_path, monkeypatch):
+    """A read-only folder, as SQLite sees it (the tests may run as root, whom file modes do not stop)."""
+    from vlm4rec.errors import StudyError
+    from vlm4rec.grounding import cache as cache_module
+
+    path = tmp_path / "cache.sqlite"
+    with DescriptionCache(path) as cache:
+        cache.put_many([entry("k1")])
+    connect = sqlite3.connect
+    monkeypatch.setattr(cache_module.sqlite3, "connect", lambda where: connect(f"file:{where}?mode=ro", uri=True))
+    with pytest.raises(StudyError, match=rf"{path}: the description cache cannot be used \(attempt to write a "
+                                         rf"readonly database\); make {tmp_path} and the file writable, or set "
+                                         r"ground.cache to a writable path"):
+        with DescriptionCache(path) as cache:
+            cache.put_many([entry("k2")])

@@ -5,6 +5,7 @@ import json
 import socket
 import threading
 import time
+import urllib.parse
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 
 import numpy as np
@@ -315,3 +316,36 @@ def test_key_is_redacted_before_error_text_is_cut_and_in_descriptions(server, tm
     assert "***" in result.table["error"][0] and KEY[:5] not in text
     for path in tmp_path.glob("cache.sqlite*"):
         assert KEY[:5].encode() not in path.read_bytes()
+
+
+SLASHED_KEY = "sk-ab/cd+ef=gh-0123456789"
+
+
+@pytest.mark.parametrize("echo", [
+    pytest.param(lambda key: json.dumps({"key": key}), id="json"),
+    pytest.param(lambda key: json.dumps({"key": key}).replace("/", "\\/"), id="json-escaped-slash"),
+    pytest.param(lambda key: "auth=" + urllib.parse.quote(f"Bearer {key}", safe=""), id="url-encoded"),
+    pytest.param(lambda key: "auth=" + urllib.parse.quote_plus(f"Bearer {key}"), id="form-encoded"),
+    pytest.param(lambda key: base64.b64encode(f"Bearer {key}".encode()).decode(), id="base64-header-value"),
+    pytest.param(lambda key: base64.b64encode(key.encode()).decode(), id="base64-key"),
+    pytest.param(lambda key: base64.urlsafe_b64encode(f"Authorization: Bearer {key}".encode()).decode(),
+                 id="urlsafe-base64-header-line"),
+    pytest.param(lambda key: base64.b64encode(f"xBearer {key}!".encode()).decode(), id="base64-shifted"),
+])
+def test_every_encoding_of_the_key_a_server_may_echo_is_redacted(echo):
+    from vlm4rec.grounding.openai_api import redact
+
+    text = f"error: {echo(SLASHED_KEY)} end"
+    scrubbed = redact(text, SLASHED_KEY)
+    assert scrubbed.count("***") == 1 and scrubbed.startswith("error: ") and scrubbed.endswith(" end")
+    assert len(text) - len(scrubbed.replace("***", "")) >= len(SLASHED_KEY)  # the key's whole encoding is gone
+    assert redact("an ordinary answer about a poster", SLASHED_KEY) == "an ordinary answer about a poster"
+
+
+def test_a_base64_echo_of_the_authorization_header_is_redacted_in_errors(server, monkeypatch):
+    monkeypatch.setenv(KEY_ENV, SLASHED_KEY)
+    echoed = base64.b64encode(f"Bearer {SLASHED_KEY}".encode()).decode()
+    s = server([("body", 400, f"bad token {echoed}")])
+    with pytest.raises(GroundingError) as info:
+        grounder(s.url, concurrency=1).describe([IMAGE], ["x"])
+    assert "bad token " in str(info.value) and echoed[8:] not in str(info.value) and "***" in str(info.value)

@@ -246,16 +246,30 @@ def test_standardize_rows_uses_finite_entries_only() -> None:
 
 
 def test_score_mix_combines_z_scores_and_keeps_unscorable_items_last() -> None:
-    a = np.array([[1, 2, 3, -np.inf, -np.inf]], dtype=np.float32)
-    b = np.array([[30, 20, 10, 0, -np.inf]], dtype=np.float32)
+    a = np.zeros((3, 5), dtype=np.float32)
+    b = np.zeros((3, 5), dtype=np.float32)
+    a[2] = [1, 2, 3, -np.inf, -np.inf]  # user 2 has no history: every item is a candidate
+    b[2] = [30, 20, 10, 0, -np.inf]
     mix = ScoreMix(FixedScores(a), FixedScores(b), alpha=0.25).fit(HISTORY)
     z_a = np.array([-1, 0, 1]) * np.sqrt(1.5)
     z_b = (np.array([30, 20, 10, 0]) - 15) / np.std([30, 20, 10, 0])
     expected = [0.25 * z_a[0] + 0.75 * z_b[0], 0.25 * z_a[1] + 0.75 * z_b[1],
                 0.25 * z_a[2] + 0.75 * z_b[2], 0.75 * z_b[3], -np.inf]
-    np.testing.assert_allclose(mix.score_block(np.array([0]))[0], expected, rtol=1e-5)
+    np.testing.assert_allclose(mix.score_block(np.array([2]))[0], expected, rtol=1e-5)
     with pytest.raises(ValueError, match="alpha"):
         ScoreMix(FixedScores(a), FixedScores(b), alpha=1.5)
+
+
+def test_score_mix_standardises_over_the_items_left_after_masking_the_history() -> None:
+    """User 0 has seen items 0, 1, 2: a collaborative model scores them high (100), which would pull the
+    mean and spread of its z-scores if they were standardised before masking. Over the candidates 3, 4
+    only, the z-scores are -1 and +1 for both models."""
+    a = np.array([[100, 100, 100, 1, 2]] * 3, dtype=np.float32)
+    b = np.array([[0, 0, 0, 7, 5]] * 3, dtype=np.float32)
+    scores = ScoreMix(FixedScores(a), FixedScores(b), alpha=0.75).fit(HISTORY).score_block(np.array([0]))[0]
+    np.testing.assert_array_equal(scores[:3], -np.inf)
+    np.testing.assert_allclose(scores[3:], [0.75 * -1 + 0.25 * 1, 0.75 * 1 + 0.25 * -1], rtol=1e-6)
+    assert a[0, 0] == 100  # the model's own scores are left as they were
 
 
 # ---- the shared recommender contract ------------------------------------------------------------

@@ -1,5 +1,6 @@
-"""FREEDOM: scoring on the full graph plus the weighted frozen item graphs, pruning during training,
-learned modality weights, a single modality, and the contract."""
+"""FREEDOM: scoring on the full graph plus the fixed-weight frozen item graphs (self-loops included), the
+learned-mix variant, pruning during training, a single modality, the training loss against a dense
+re-implementation, and the contract."""
 from __future__ import annotations
 
 import numpy as np
@@ -11,7 +12,6 @@ from torch_threads import single_thread  # noqa: F401  (autouse fixture)
 
 from vlm4rec.matching import Recommender
 from vlm4rec.multimodal import FREEDOM
-from vlm4rec.multimodal.graphs import knn_graph
 
 
 class TestFREEDOMContract(RecommenderContract):
@@ -30,20 +30,74 @@ def fitted():
     return model, dense, modalities
 
 
-def test_scores_use_the_full_graph_plus_the_weighted_item_graphs(fitted):
+def dense_knn_graph(x: np.ndarray, k: int) -> np.ndarray:
+    """Binary top-k by cosine, the item itself included (its cosine is 1), then D^-1/2 S D^-1/2 by row sums:
+    the FREEDOM reference's graph, written with dense numpy."""
+    unit = x / np.linalg.norm(x, axis=1, keepdims=True)
+    sims = unit @ unit.T
+    graph = np.zeros_like(sims)
+    for i, row in enumerate(sims):
+        graph[i, np.argsort(-row, kind="stable")[:k]] = 1.0
+    scale = 1 / np.sqrt(graph.sum(axis=1))
+    return scale[:, None] * graph * scale[None, :]
+
+
+def test_scores_use_the_full_graph_plus_the_reference_mix_of_item_graphs(fitted):
     model, dense, modalities = fitted
     ego = model.model.ego.detach().numpy().astype(np.float64)
     adjacency = dense_normalized_adjacency(dense)
     final = (ego + adjacency @ ego + adjacency @ adjacency @ ego) / 3
-    alpha = torch.softmax(model.model.modality_logits.detach(), 0).numpy()
-    item_graph = sum(a * knn_graph(x, 3, weighted=False).toarray() for a, x in zip(alpha, modalities.values()))
+    item_graph = 0.9 * dense_knn_graph(modalities["text"], 3) + 0.1 * dense_knn_graph(modalities["image"], 3)
+    assert np.all(np.diag(item_graph) > 0)  # self-loops, as the reference's top-k
     items = final[12:] + item_graph @ ego[12:]
     np.testing.assert_allclose(model.score_block(np.arange(12)), final[:12] @ items.T, rtol=1e-4, atol=1e-5)
 
 
-def test_modality_weights_are_learned(fitted):
-    model = fitted[0]
-    assert not torch.equal(model.model.modality_logits.detach(), torch.zeros(2))
+def test_the_learned_mix_is_a_named_variant_whose_weights_train(fitted):
+    _, dense, modalities = fitted
+    model = FREEDOM(modalities, knn_k=3, modality_mix="learned", dim=4, **TINY | {"epochs": 4}).fit(history_of(dense))
+    logits = model.model.modality_logits.detach()
+    assert not torch.equal(logits, torch.zeros(2))
+    ego = model.model.ego.detach().numpy().astype(np.float64)[12:]
+    alpha = torch.softmax(logits, 0).numpy()
+    expected = alpha[0] * dense_knn_graph(modalities["text"], 3) @ ego + alpha[1] * dense_knn_graph(
+        modalities["image"], 3) @ ego
+    np.testing.assert_allclose(model.model.item_graph_embeddings().detach().numpy(), expected, rtol=1e-4, atol=1e-6)
+
+
+def test_no_embedding_l2_by_default():
+    assert FREEDOM({"a": np.eye(3, dtype=np.float32)}).l2 == 0.0
+
+
+def test_training_loss_equals_a_dense_reimplementation(fitted):
+    """BPR on (LightGCN on the pruned graph + fixed-mix item graph) + projection_weight * the BPR losses
+    of the projected features + l2 * 0.5 * squared ego rows / batch, recomputed with dense numpy."""
+    _, dense, modalities = fitted
+    model = FREEDOM(modalities, layers=2, knn_k=3, edge_drop=0.5, dim=4, projection_weight=0.3, l2=0.2,
+                    **TINY | {"epochs": 1}).fit(history_of(dense))
+    net = model.model
+    net.start_epoch(np.random.default_rng(7))
+    users, positives, negatives = np.array([1, 2, 5, 5]), np.array([0, 3, 1, 6]), np.array([2, 4, 7, 0])
+    with torch.no_grad():
+        loss = float(net.loss(*(torch.as_tensor(a) for a in (users, positives, negatives))))
+    pruned = net.train_adjacency.matrix.toarray().astype(np.float64)
+    ego = net.ego.detach().numpy().astype(np.float64)
+    final = (ego + pruned @ ego + pruned @ pruned @ ego) / 3
+    item_graph = 0.9 * dense_knn_graph(modalities["text"], 3) + 0.1 * dense_knn_graph(modalities["image"], 3)
+    u, items = final[:12], final[12:] + item_graph @ ego[12:]
+
+    def bpr(user_rows, pos_rows, neg_rows):
+        margin = (user_rows * (pos_rows - neg_rows)).sum(axis=1)
+        return np.mean(np.log1p(np.exp(-margin)))
+
+    expected = bpr(u[users], items[positives], items[negatives])
+    for (name, x), projection in zip(modalities.items(), net.projections):
+        unit = x / np.linalg.norm(x, axis=1, keepdims=True)
+        projected = unit @ projection.weight.detach().numpy().T + projection.bias.detach().numpy()
+        expected += 0.3 * bpr(u[users], projected[positives], projected[negatives])
+    ego_rows = [ego[users], ego[12 + positives], ego[12 + negatives]]
+    expected += 0.2 * 0.5 * sum((r ** 2).sum() for r in ego_rows) / len(users)
+    assert loss == pytest.approx(expected, rel=1e-5)
 
 
 def test_each_epoch_trains_on_a_freshly_pruned_graph(fitted):
@@ -63,3 +117,5 @@ def test_runs_with_a_single_modality_and_without_projection_loss(fitted):
     for options in ({"projection_weight": 0.0}, {"edge_drop": 0.0}):
         model = FREEDOM({"text": modalities["text"]}, knn_k=2, **options, **TINY | {"epochs": 2}).fit(history_of(dense))
         assert np.isfinite(model.score_block(np.arange(12))).all()
+        np.testing.assert_allclose(model.model.item_graphs[0].matrix.toarray(),
+                                   dense_knn_graph(modalities["text"], 2), rtol=1e-6)

@@ -7,8 +7,8 @@ import scipy.sparse as sp
 import torch
 from multimodal_helpers import dense_normalized_adjacency, random_history
 
-from vlm4rec.multimodal.graphs import (GraphOperator, degree_sensitive_dropout, interaction_graph, knn_graph,
-                                       layer_mean, max_fusion, sym_normalize)
+from vlm4rec.multimodal.graphs import (GraphOperator, degree_sensitive_dropout, first_maximum_per_row,
+                                       interaction_graph, knn_graph, layer_mean, max_fusion, sym_normalize)
 
 
 def test_interaction_graph_hand_example():
@@ -162,3 +162,16 @@ def test_degree_sensitive_dropout_keeps_one_edge_per_user_when_the_share_is_smal
 def test_degree_sensitive_dropout_rejects_a_drop_of_one():
     with pytest.raises(ValueError):
         degree_sensitive_dropout(sp.csr_matrix(np.eye(3, dtype=np.float32)), 1.0, np.random.default_rng(0))
+
+
+def test_first_maximum_per_row_is_a_segmented_argmax_with_ties_to_the_first():
+    values = np.array([0.5, 2.0, 2.0, -1.0, 7.0, 3.0, -np.inf, -np.inf])
+    indptr = np.array([0, 3, 3, 4, 6, 8])  # rows: [0.5 2 2], [], [-1], [7 3], [-inf -inf]
+    np.testing.assert_array_equal(first_maximum_per_row(values, indptr), [1, 3, 4, 6])
+
+
+def test_knn_graph_with_self_loops_counts_the_item_among_its_k():
+    x = np.array([[1, 0], [0.9, 0.1], [0, 1], [0, 0]], dtype=np.float32)
+    graph = knn_graph(x, 2, weighted=False, self_loops=True).toarray()
+    assert [list(np.flatnonzero(row)) for row in graph] == [[0, 1], [0, 1], [1, 2], []]
+    np.testing.assert_allclose(graph[0], [0.5, 0.5, 0, 0], rtol=1e-6)  # D^-1/2 S D^-1/2, row sums 2

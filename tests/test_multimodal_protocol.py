@@ -42,9 +42,12 @@ def test_an_informative_image_reaches_cold_items_and_a_shuffled_one_does_not(att
     assert not history.matrix[:, data.cold].nnz  # cold items: never seen in training
     lightgcn = cold_auc(MODELS["lightgcn"](**FAST).fit(history), data, eval_data)
     assert abs(lightgcn - 0.5) < 0.15
+    noise = {"text": np.random.default_rng(5).normal(size=data.image.shape).astype(np.float32)}
     for name in ("vbpr", "freedom", "smore"):
-        informative = cold_auc(MODELS[name]({"image": data.image}, **FAST).fit(history), data, eval_data)
-        shuffled = cold_auc(MODELS[name]({"image": shuffled_rows(data.image)}, **FAST).fit(history), data, eval_data)
+        extra = noise if name == "smore" else {}  # SMORE takes an image and a text modality: the text is noise
+        informative = cold_auc(MODELS[name]({"image": data.image} | extra, **FAST).fit(history), data, eval_data)
+        shuffled = cold_auc(MODELS[name]({"image": shuffled_rows(data.image)} | extra, **FAST).fit(history),
+                            data, eval_data)
         assert informative > lightgcn + 0.25, (name, informative, lightgcn)
         assert shuffled < lightgcn + 0.1, (name, shuffled, lightgcn)
 
@@ -90,7 +93,7 @@ def test_selection_and_refits_see_only_their_own_histories(attribute, name, monk
     monkeypatch.setattr(evaluation, "validation_monitor",
                         lambda split, *a: monitored.append(split) or original_monitor(split, *a))
 
-    modalities = {} if name == "lightgcn" else {"image": data.image}
+    modalities = {} if name == "lightgcn" else {"image": data.image, "text": shuffled_rows(data.image)}
     results = evaluation.select_and_test_seeds(
         name, lambda seed: candidates(name, modalities, {"lr": [0.02, 0.05]}, FAST | {"eval_every": 5}, seed),
         eval_data, seeds=(0, 1), ks=(10,))

@@ -7,13 +7,15 @@ import math
 
 import numpy as np
 import pytest
+import scipy.sparse as sp
 import torch
 from multimodal_helpers import TINY
 from recommender_contract import planted_data, planted_item_vectors
 from torch_threads import single_thread  # noqa: F401  (autouse fixture)
 
 from vlm4rec.multimodal import MODELS, LightGCN, candidates
-from vlm4rec.multimodal.training import ContentFeatures, bpr_loss, info_nce, l2_penalty, resolve_device
+from vlm4rec.multimodal.training import (ContentFeatures, NegativeSampler, bpr_loss, embedding_tables, info_nce,
+                                         l2_penalty, linear, resolve_device)
 
 
 def test_bpr_loss_hand_computed():
@@ -60,13 +62,19 @@ def all_scores(model, n_users: int) -> np.ndarray:
     return model.score_block(np.arange(n_users)).copy()
 
 
-def test_same_seed_gives_byte_identical_scores_and_another_seed_does_not(planted):
-    vectors = {"image": planted_item_vectors()}
+PAPER_OPTIONS = {"init": "reference", "negatives": "seen", "lr_decay": 0.5}
+
+
+@pytest.mark.parametrize("options", [{}, PAPER_OPTIONS], ids=["fast", "paper"])
+def test_same_seed_gives_byte_identical_scores_and_another_seed_does_not(planted, options):
+    image = planted_item_vectors()
+    vectors = {"image": image, "text": image[::-1].copy()}
     for name, cls in MODELS.items():
         content = {} if name == "lightgcn" else {"modalities": vectors}
-        first = all_scores(cls(**content, **TINY | {"epochs": 5}, seed=3).fit(planted.history), 60)
-        again = all_scores(cls(**content, **TINY | {"epochs": 5}, seed=3).fit(planted.history), 60)
-        other = all_scores(cls(**content, **TINY | {"epochs": 5}, seed=4).fit(planted.history), 60)
+        settings = TINY | {"epochs": 5} | options
+        first = all_scores(cls(**content, **settings, seed=3).fit(planted.history), 60)
+        again = all_scores(cls(**content, **settings, seed=3).fit(planted.history), 60)
+        other = all_scores(cls(**content, **settings, seed=4).fit(planted.history), 60)
         assert first.tobytes() == again.tobytes(), name
         assert not np.array_equal(first, other), name
 
@@ -129,7 +137,8 @@ def test_devices():
 
 
 def test_bad_training_parameters_are_refused():
-    for bad in ({"lr": 0.0}, {"l2": -1.0}, {"batch_size": 0}, {"epochs": -1}, {"patience": 0}):
+    for bad in ({"lr": 0.0}, {"l2": -1.0}, {"batch_size": 0}, {"epochs": -1}, {"patience": 0}, {"lr_decay": 0.0},
+                {"lr_decay": 1.5}, {"init": "uniform"}, {"negatives": "popular"}):
         with pytest.raises(ValueError):
             LightGCN(**bad)
 
@@ -166,7 +175,7 @@ def test_the_study_grids_build_every_candidate():
     from pathlib import Path
 
     graph = yaml.safe_load((Path(__file__).resolve().parents[1] / "params.yaml").read_text())["graph"]
-    image = {"image": planted_item_vectors()}
+    image = {"image": planted_item_vectors(), "text": planted_item_vectors()[::-1].copy()}
     for grids in (graph["default"]["grids"], graph["full"]["grids"]):
         assert set(grids) == set(MODELS)
         for name, grid in grids.items():
@@ -174,3 +183,34 @@ def test_the_study_grids_build_every_candidate():
             assert len(cands) == math.prod(len(values) for values in grid.values())
             for cand in cands:
                 cand.build()  # an unknown hyperparameter would raise here
+
+
+def test_seen_negatives_come_only_from_items_with_a_training_positive():
+    history = sp.csr_matrix(np.array([[1, 0, 0, 0, 0], [0, 1, 0, 0, 0], [1, 1, 1, 0, 0]], dtype=np.float32))
+    users = np.repeat([0, 1, 2], 200)
+    seen = NegativeSampler(history, "seen")(users[:400], np.random.default_rng(0))
+    assert set(seen[:200]) == {1, 2} and set(seen[200:]) == {0, 2}
+    with pytest.raises(ValueError, match="every item"):
+        NegativeSampler(history, "seen")(np.array([2]), np.random.default_rng(0))
+    drawn = NegativeSampler(history, "all")(users, np.random.default_rng(0))
+    assert set(drawn[users == 2]) == {3, 4} and set(drawn[users == 0]) == {1, 2, 3, 4}
+
+
+def test_the_learning_rate_decays_as_mmrec_lambda_lr(planted, monkeypatch):
+    """lr(epoch e, counted from 0) = lr * gamma ** (e / 50), MMRec's LambdaLR stepped after each epoch."""
+    rates = []
+    original = torch.optim.Adam.step
+    monkeypatch.setattr(torch.optim.Adam, "step",
+                        lambda self, *a, **k: rates.append(self.param_groups[0]["lr"]) or original(self, *a, **k))
+    LightGCN(**TINY | {"epochs": 3, "batch_size": 10**6, "lr": 0.1, "lr_decay": 0.5}).fit(planted.history)
+    np.testing.assert_allclose(rates, [0.1 * 0.5 ** (e / 50) for e in range(3)], rtol=1e-12)
+
+
+def test_reference_initialisation_draws_each_id_table_xavier_uniform():
+    generator = torch.Generator().manual_seed(0)
+    table = embedding_tables((400, 30), 10, generator, "reference").detach().numpy()
+    assert np.abs(table[:400]).max() <= np.sqrt(6 / 410) < np.abs(table[400:]).max() <= np.sqrt(6 / 40)
+    normal = embedding_tables((400, 30), 10, torch.Generator().manual_seed(0), "normal").detach().numpy()
+    assert normal.std() == pytest.approx(0.1, rel=0.1)
+    layer = linear(25, 7, torch.Generator().manual_seed(0), init="torch")
+    assert np.abs(layer.weight.detach().numpy()).max() <= 0.2 and np.abs(layer.bias.detach().numpy()).max() <= 0.2

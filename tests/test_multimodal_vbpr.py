@@ -3,6 +3,7 @@ from __future__ import annotations
 
 import numpy as np
 import pytest
+import torch
 from multimodal_helpers import TINY, history_of, random_history
 from recommender_contract import RecommenderContract, planted_item_vectors
 from torch_threads import single_thread  # noqa: F401  (autouse fixture)
@@ -43,3 +44,35 @@ def test_needs_a_modality_with_one_row_per_item():
         VBPR({})
     with pytest.raises(ValueError, match="items"):
         VBPR({"image": np.ones((5, 2), dtype=np.float32)}).fit(history_of(np.eye(4)))
+
+
+def test_training_loss_is_bpr_plus_the_squared_penalty_of_the_scored_vectors():
+    """BPR + l2 * 0.5 * (||[gamma_u, theta_u]||^2 + ||item vector_p||^2 + ||item vector_n||^2) / batch, item
+    vector = [gamma_i, E f_i, beta_i + beta'.f_i]: recomputed with numpy from the parameters."""
+    rng = np.random.default_rng(3)
+    image = rng.normal(size=(6, 5)).astype(np.float32)
+    model = VBPR({"image": image}, dim=8, l2=0.7, init="reference", **TINY | {"epochs": 2}).fit(
+        history_of(random_history(7, 6, 0.5, 1).toarray()))
+    m = model.model
+    users, positives, negatives = np.array([1, 1, 3, 6]), np.array([0, 2, 5, 1]), np.array([4, 3, 0, 2])
+    with torch.no_grad():
+        loss = float(m.loss(*(torch.as_tensor(a) for a in (users, positives, negatives))))
+    f = unit_rows(image).astype(np.float64)
+    gamma_theta = m.user_factors.detach().double().numpy()
+    items = np.hstack([m.item_factors.detach().double().numpy(), f @ m.projection.weight.detach().double().numpy().T,
+                       m.item_bias.detach().double().numpy() + f @ m.content_bias.detach().double().numpy()])
+    u = np.hstack([gamma_theta[users], np.ones((len(users), 1))])
+    margin = (u * (items[positives] - items[negatives])).sum(axis=1)
+    penalty = 0.5 * ((gamma_theta[users] ** 2).sum() + (items[positives] ** 2).sum()
+                     + (items[negatives] ** 2).sum()) / len(users)
+    assert loss == pytest.approx(np.mean(np.log1p(np.exp(-margin))) + 0.7 * penalty, rel=1e-5)
+
+
+def test_reference_initialisation_is_xavier():
+    """init="reference": Xavier-uniform tables (|w| <= sqrt(6 / (rows + cols))) and a Xavier-normal E."""
+    model = VBPR({"image": np.ones((50, 40), dtype=np.float32)}, dim=8, init="reference", epochs=0).fit(
+        history_of(np.eye(30, 50)))
+    users = model.model.user_factors.detach().numpy()
+    assert np.abs(users).max() <= np.sqrt(6 / (30 + 8)) and np.abs(users).max() > 0.5 * np.sqrt(6 / 38)
+    projection = model.model.projection.weight.detach().numpy()
+    assert projection.std() == pytest.approx(np.sqrt(2 / (40 + 4)), rel=0.25)

@@ -47,7 +47,7 @@ def _small_params(params: dict, posters: Path) -> dict:
     params["baselines"]["ease"] = {"l2": [50, 500]}
     params["fusion"] |= {"seeds": [0, 1], "epochs": 3, "combine_grid": ["sum"]}
     params["robustness"]["representations"] = ["title", "description_image_only"]
-    params["graph"]["training"] |= {"epochs": 4, "eval_every": 2, "batch_size": 4096}
+    params["graph"]["training"]["fast"] |= {"epochs": 4, "eval_every": 2, "batch_size": 4096}
     params["graph"]["cells"] = {"lightgcn": {"model": "lightgcn", "modalities": []},
                                 "smore-description-image": {"model": "smore",
                                                             "modalities": ["description_image_only", "image"]}}
@@ -103,6 +103,17 @@ def test_metrics_recomputed_independently_from_saved_topk(study: Path) -> None:
     tests = {"match": inter["split"] == "test", "fusion": inter["split"] == "test", "global_time": global_test}
     for stage, is_test in tests.items():
         check_saved_topk(study / "data/results" / stage, inter[is_test].groupby("user_idx")["item_idx"].apply(set))
+
+
+def test_robustness_counts_the_test_users_without_history_from_the_timestamps(study: Path) -> None:
+    inter = pd.read_parquet(study / "data/prepared/interactions.parquet")
+    robustness = yaml.safe_load((study / "params.yaml").read_text())["robustness"]
+    global_test = inter["timestamp"] >= np.quantile(inter["timestamp"], 1 - robustness["test_ratio"])
+    test_users = set(inter.loc[global_test, "user_idx"])
+    with_history = test_users & set(inter.loc[~global_test, "user_idx"])
+    counted = json.loads((study / "metrics/robustness.json").read_text())["test_users"]
+    assert counted == {"all": len(test_users), "with_history": len(with_history),
+                       "cold_start": len(test_users - with_history)}
 
 
 def check_saved_topk(results: Path, test: pd.Series) -> None:

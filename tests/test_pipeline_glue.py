@@ -5,15 +5,16 @@ import numpy as np
 import pandas as pd
 import pytest
 
-from vlm4rec.data import RawDataset
+from vlm4rec.data import RawDataset, dataset_counts, prepare
 from vlm4rec.matching import ProfileRecommender
 from vlm4rec.evaluation import seed_method
 from vlm4rec.pipeline.ablate import cell_name, cell_representation, parse_cell
 from vlm4rec.pipeline.fuse import learned_grid, simplex_grid
 from vlm4rec.pipeline.match import baseline_candidates
-from vlm4rec.pipeline.prepare import sample_users
+from vlm4rec.pipeline.prepare import rated_items_without_positive, sample_users, split_protocol
 from vlm4rec.pipeline.profiles import profile_candidates
 from vlm4rec.pipeline.tables import method_family, method_group, seed_of
+from vlm4rec.splits import SplitConfig
 
 
 def test_simplex_grid_enumerates_every_weight_vector_summing_to_one() -> None:
@@ -88,3 +89,18 @@ def test_sample_users_is_seeded_and_keeps_every_row_of_the_sampled_users() -> No
     assert (first.interactions.groupby("user_id").size() == 3).all()
     assert first.counts["sampled_users"] == 4
     assert sample_users(raw, None, seed=1) is raw
+
+
+def test_items_rated_below_the_threshold_are_counted_apart_from_never_rated_ones() -> None:
+    """Items a, b, c, d: a has a positive, b only a rating of 2, c a positive of a user dropped for too few
+    positives, d no rating at all. Without a positive: b, c, d; of those rated: b and c."""
+    inter = pd.DataFrame({"user_id": ["u", "u", "u", "v"], "item_id": ["a", "a2", "b", "c"],
+                          "rating": [5.0, 5.0, 2.0, 5.0], "timestamp": [1, 2, 3, 4]})
+    items = pd.DataFrame({"item_id": ["a", "a2", "b", "c", "d"], "title": list("AXBCD")})
+    raw = RawDataset("t", inter, items)
+    prepared = prepare(raw, min_rating=4, min_positives=2, split=SplitConfig(), universe="catalogue")
+    assert dataset_counts(prepared)["items_without_positives"] == 3
+    assert rated_items_without_positive(raw, prepared) == 2
+    assert split_protocol(raw, {"protocol": "temporal_ratio"}) == "temporal_ratio"
+    given = RawDataset("t", inter.assign(split="train"), items)
+    assert split_protocol(given, {"protocol": "temporal_ratio"}) == "source"

@@ -36,7 +36,8 @@ EVAL = {"bootstrap_resamples": 200, "seed": 0}
 
 def test_main_table_treats_seeds_as_one_family_with_a_seed_aware_ci(results) -> None:
     long, wide = tables.main_table(results, EVAL, metrics=("recall@10", "ndcg@10"))
-    assert list(wide.index) == ["fusion_gating", "title"]  # sorted by the second metric
+    assert list(wide.index) == ["fusion_gating", "title"]  # sorted by validation (0.3, 0.2)
+    assert list(wide["validation ndcg@10"]) == [0.3, 0.2]
     assert wide.loc["fusion_gating", "seeds"] == 2 and wide.loc["title", "seeds"] == 1
     row = long[(long["method"] == "fusion_gating") & (long["metric"] == "ndcg@10")].iloc[0]
     grid = np.stack([results[f"fusion_gating@seed{s}"].test_per_user["ndcg@10"] for s in (0, 1)])
@@ -47,8 +48,23 @@ def test_paired_test_table_has_one_row_per_metric_and_method_and_a_column_group_
     long, wide = tables.paired_test_table(results, ["title", "missing"], ["ndcg@10", "recall@20"], EVAL)
     assert set(long["reference"]) == {"title"}
     assert list(wide.index) == [("ndcg@10", "fusion_gating"), ("recall@20", "fusion_gating")]
-    assert list(wide.columns) == [("title", "difference"), ("title", "p (Wilcoxon, Holm)")]
+    assert list(wide.columns) == [("title", "difference"), ("title", "p (paired bootstrap, Holm)")]
     assert wide.loc[("ndcg@10", "fusion_gating"), ("title", "difference")].startswith("+0.10")
+
+
+def test_main_table_is_sorted_by_validation_not_test() -> None:
+    rng = np.random.default_rng(1)
+    base = rng.random(N_USERS)
+    better_on_test = {"a": result("a", base + 0.3, val=0.1), "b": result("b", base, val=0.4)}
+    _, wide = tables.main_table(better_on_test, EVAL, metrics=("recall@10", "ndcg@10"))
+    assert list(wide.index) == ["b", "a"]
+
+
+def test_a_seeded_family_with_one_seed_gets_no_verdict(results) -> None:
+    one_seed = {k: v for k, v in results.items() if k != "fusion_gating@seed1"}
+    long, wide = tables.paired_test_table(one_seed, ["title"], ["ndcg@10"], EVAL)
+    assert wide.loc[("ndcg@10", "fusion_gating"), ("title", "p (paired bootstrap, Holm)")] == "one seed: no verdict"
+    assert np.isnan(long.loc[0, "p_holm"])
 
 
 @pytest.mark.parametrize("p, text", [(0.5, "0.500"), (0.0321, "0.032"), (1.2e-4, "1.2e-04"), (0.0, "<1e-10")])

@@ -168,3 +168,25 @@ def test_load_vectors_names_the_key_and_lists_what_exists(tmp_path):
     np.testing.assert_array_equal(load_vectors(tmp_path, "image"), np.eye(3, dtype=np.float32))
     with pytest.raises(StudyError, match="match.representations names 'imgae'.*: image$"):
         load_vectors(tmp_path, "imgae", "match.representations")
+
+
+def test_a_representation_whose_every_item_fell_back_is_refused_where_it_is_used(tmp_path, items):
+    """Every description failed: description_* would be the title's vectors under another name."""
+    from vlm4rec.errors import StudyError
+    from vlm4rec.representations import load_vectors
+
+    encoder = HashingEncoder()
+    void = from_texts("description_image_only", item_texts(items, "description", pd.Series(dtype=object)),
+                      encoder.embed, encoder.dim, "hash-8 on no descriptions")
+    title = from_texts("title", item_texts(items, "title"), encoder.embed, encoder.dim, "hash-8 on titles")
+    np.testing.assert_array_equal(void.vectors, title.vectors)  # what matching it would score
+    no_image = from_features("image", np.zeros((4, 3)), "no image at all")
+    assert not void.has_content and not no_image.has_content and title.has_content
+    for rep in (void, no_image, title):
+        rep.save(tmp_path)
+    with pytest.raises(StudyError, match=r"match.representations names 'description_image_only', which has no item "
+                                         r"of its own: of its 4 items 4 fell back \(.*\) and 0 have no vector"):
+        load_vectors(tmp_path, "description_image_only", "match.representations")
+    with pytest.raises(StudyError, match=r"fusion.modalities names 'image', .* 0 fell back .* and 4 have no vector"):
+        load_vectors(tmp_path, "image", "fusion.modalities")
+    assert load_vectors(tmp_path, "title").shape == (4, 8)

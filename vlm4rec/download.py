@@ -68,11 +68,12 @@ def image_file_state(path: Path, real_folder: Path) -> str:
 
 def attach_image_paths(items: pd.DataFrame, images_dir: str | Path | None, counts: dict[str, int],
                        key: str = "item_id",
-                       outside_folder: OutsideFolderPolicy = "record") -> pd.DataFrame:
+                       outside_folder: OutsideFolderPolicy = "refuse") -> pd.DataFrame:
     """Set ``image_path`` / ``has_image`` from the regular files present under ``images_dir``.
 
     ``key`` names the column whose value names the file (the item id, or e.g. the ASIN of a release
-    whose item ids are integers). Without ``images_dir`` every item has no image. Adds to ``counts``:
+    whose item ids are integers). Without ``images_dir`` every item has no image; a given ``images_dir``
+    without a single usable image is a :class:`StudyError` (a wrong folder, not a study without images). Adds to ``counts``:
     ``images_not_regular_file`` (never an image) and ``images_outside_folder`` (links whose target lies
     outside ``images_dir``: kept with ``outside_folder="record"``, no image with ``"refuse"``).
     """
@@ -88,6 +89,11 @@ def attach_image_paths(items: pd.DataFrame, images_dir: str | Path | None, count
         states = [image_file_state(image_file(real_folder, str(name)), real_folder) for name in items[key]]
     usable = {"ok", "outside_folder"} if outside_folder == "record" else {"ok"}
     present = [state in usable for state in states]
+    if images_dir is not None and len(items) and not any(present):
+        raise StudyError(f"the images folder {images_dir} holds no usable image for any of the {len(items):,} "
+                         f"items (<{key}>{IMAGE_SUFFIX}, regular files inside the folder): put the images there or "
+                         "name the right folder in params.yaml (data.<source>); the study does not run without "
+                         "images")
     items["image_path"] = pd.Series([str(p) if ok else None for p, ok in zip(paths, present)],
                                     index=items.index, dtype=object)
     items["has_image"] = present

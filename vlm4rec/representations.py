@@ -119,6 +119,12 @@ class Representation:
         return len(self.vectors)
 
     @property
+    def has_content(self) -> bool:
+        """Whether at least one item has a real vector: without one, every row is a fallback (another
+        representation's vector under this name) or missing, and the representation must not be scored."""
+        return self.coverage > 0
+
+    @property
     def dim(self) -> int:
         return int(self.vectors.shape[1])
 
@@ -195,4 +201,11 @@ def load_vectors(directory: str | Path, name: str, key: str = "a representation 
         known = available_representations(directory)
         raise StudyError(f"{key} names {name!r}, which is not among the representations the embed stage "
                          f"wrote to {directory}: {', '.join(known) or 'none (has the embed stage run?)'}")
-    return Representation.load(directory, name).vectors
+    rep = Representation.load(directory, name)
+    if not rep.has_content:
+        raise StudyError(f"{key} names {name!r}, which has no item of its own: of its {rep.n_items} items "
+                         f"{rep.n_fallback} fell back ({rep.fallback_rule}) and {rep.n_missing} have no vector, so "
+                         "it would score a copy of another representation (or nothing) under its name. Fix its "
+                         "input (metrics/embed.json; for descriptions the failures in metrics/ground.json) or "
+                         f"leave it out of {key}.")
+    return rep.vectors

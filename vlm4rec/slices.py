@@ -42,8 +42,9 @@ def item_popularity_groups(interactions: pd.DataFrame, n_items: int, head_share:
     """Label every item 0..n_items-1 as ``head``, ``tail`` or ``cold`` by its popularity in the history
     that test-time models are fitted on (train + validation).
 
-    Popularity = number of distinct users with a train or validation interaction on the item. Items with
-    popularity 0 are ``cold`` (no model saw them interacted with before ranking test). The other ("warm")
+    Popularity = number of distinct users with a train or validation positive on the item. Items with
+    popularity 0 are ``cold`` (no positive in the history test-time models are fitted on; the definition of
+    ``cold_items_in_test`` in :func:`vlm4rec.data.dataset_counts`). The other ("warm")
     items are ranked by popularity, descending, ties broken by ascending item index; the first
     ``ceil(head_share * n_warm)`` are ``head``, the rest ``tail``. Test interactions never enter the labels.
     """

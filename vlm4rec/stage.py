@@ -9,14 +9,19 @@ stage before any work with a message naming the key. Usage (what ``dvc.yaml`` ca
     python -m vlm4rec.stage prepare            # notebook stage (the notebook is the stage's one .ipynb dep)
 
 Notebook-less stages (grid cells, the data fetch) are modules with a ``main`` that calls
-:func:`run_stage_function`. Errors about the study's inputs (:class:`vlm4rec.errors.StudyError`) are
-printed as one message without a traceback and exit with status 1; SIGTERM / SIGINT take the notebook's
+:func:`run_stage_function`. Errors about the study's inputs (:class:`vlm4rec.errors.StudyError` and its
+subclasses, wherever raised: in this process, in a notebook's kernel or in a Ray task) are printed as one
+``ERROR:`` message without a traceback (a notebook's also names the executed notebook that holds it) and
+exit with status 1; SIGTERM / SIGINT take the notebook's
 kernel down with the runner.
 """
 from __future__ import annotations
 
 import argparse
+import ast
 import copy
+import functools
+import re
 import signal
 import sys
 from pathlib import Path
@@ -24,16 +29,16 @@ from typing import Any, Callable
 
 import yaml
 
-from vlm4rec.config import load_params
+from vlm4rec.config import UniqueKeyLoader, load_params
 from vlm4rec.errors import StudyError
 
 REPORTS_DIR = Path("reports")
 
 
 def load_yaml(path: str | Path) -> dict[str, Any]:
-    """Parse a YAML file (``params.yaml``, ``dvc.yaml``)."""
+    """Parse a YAML file (``params.yaml``, ``dvc.yaml``); a key given twice is an error, as in DVC."""
     with open(path, encoding="utf-8") as handle:
-        return yaml.safe_load(handle) or {}
+        return yaml.load(handle, Loader=UniqueKeyLoader) or {}
 
 
 def stage_definition(stage: str, dvc_file: str | Path = "dvc.yaml") -> dict[str, Any]:
@@ -126,20 +131,47 @@ def run_notebook_stage(stage: str) -> Path:
                                    cwd=str(Path.cwd()), progress_bar=False, log_output=True,
                                    kernel_name="python3")
     except papermill.PapermillExecutionError as err:
-        if err.ename in _study_error_names():
-            raise StudyError(f"{stage}: {err.evalue}") from None
-        raise
+        message = study_error_message(err.ename, err.evalue)
+        if message is None:
+            raise
+        raise StudyError(f"{stage}: {message}\n  log (the executed notebook, with the traceback): {executed}") \
+            from None
     return export_html(executed)
 
 
-def _study_error_names() -> set[str]:
-    """Class names of every StudyError subclass (how a notebook's error is recognised after papermill)."""
-    names, todo = set(), [StudyError]
-    while todo:
-        cls = todo.pop()
-        names.add(cls.__name__)
-        todo += cls.__subclasses__()
-    return names
+def study_error_message(ename: str, evalue: str) -> str | None:
+    """The message of a notebook's error when it is a :class:`StudyError` (also one a Ray task raised,
+    ``RayTaskError(DataFormatError)``, whose value ends with the original ``Name: message`` line); None for
+    any other error, which keeps its traceback."""
+    wrapped = re.fullmatch(r"\w+\((\w+)\)", ename)
+    name = wrapped.group(1) if wrapped else ename
+    if name not in study_error_names():
+        return None
+    if wrapped:
+        lines = [line for line in evalue.splitlines() if line.startswith(f"{name}: ")]
+        return lines[-1].removeprefix(f"{name}: ") if lines else evalue
+    return evalue
+
+
+@functools.cache
+def study_error_names() -> frozenset[str]:
+    """Names of every :class:`StudyError` subclass defined in the ``vlm4rec`` package, found in its source.
+
+    A notebook's error reaches the runner as a class name only, and the runner has not imported the module
+    that defines it (a grounding or data-format error), so the class tree is read from the source files'
+    ``class Name(Base, ...)`` statements instead of ``__subclasses__``.
+    """
+    bases: dict[str, set[str]] = {}
+    for source in Path(__file__).parent.rglob("*.py"):
+        for node in ast.walk(ast.parse(source.read_text(encoding="utf-8"))):
+            if isinstance(node, ast.ClassDef):
+                bases.setdefault(node.name, set()).update(
+                    base.id if isinstance(base, ast.Name) else base.attr
+                    for base in node.bases if isinstance(base, (ast.Name, ast.Attribute)))
+    names = {StudyError.__name__}
+    while grown := {name for name, parents in bases.items() if parents & names} - names:
+        names |= grown
+    return frozenset(names)
 
 
 def run_stage_function(stage: str, function: Callable[..., Any], **extra: Any) -> Any:
@@ -162,7 +194,8 @@ def exit_on_study_error(body: Callable[[], Any]) -> None:
     try:
         body()
     except StudyError as err:
-        sys.stderr.write(f"ERROR: {err}\n")
+        cause = getattr(err, "cause", None)  # a StudyError raised in a Ray task: the original, not Ray's traceback
+        sys.stderr.write(f"ERROR: {cause if isinstance(cause, StudyError) else err}\n")
         sys.exit(1)
 
 

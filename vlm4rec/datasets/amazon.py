@@ -255,7 +255,7 @@ def load_amazon2023(reviews_path: str | Path, meta_path: str | Path,
                     images_dir: str | Path | None = None, k_core: int = 5,
                     min_rating: float | None = None, on_bad_line: BadLinePolicy = "error",
                     download_images: bool = False,
-                    images_outside_folder: OutsideFolderPolicy = "record") -> RawDataset:
+                    images_outside_folder: OutsideFolderPolicy = "refuse") -> RawDataset:
     """Read one Amazon Reviews 2023 category into a :class:`RawDataset` (see the module docstring).
 
     ``k_core``: users and items keep at least this many distinct interactions (1 or less: no filter).

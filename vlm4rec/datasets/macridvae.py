@@ -147,7 +147,7 @@ def _check_ids(path: Path, ids: np.ndarray, n: int, what: str) -> None:
 
 def load_align_macridvae(root: str | Path, images_dir: str | Path | None = None,
                          meta_path: str | Path | None = None,
-                         images_outside_folder: OutsideFolderPolicy = "record") -> RawDataset:
+                         images_outside_folder: OutsideFolderPolicy = "refuse") -> RawDataset:
     """Read the Align-MacridVAE release folder ``root`` (see the module docstring);
     ``images_outside_folder``: see :func:`vlm4rec.download.attach_image_paths`."""
     root = Path(root)

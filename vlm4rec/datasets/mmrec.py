@@ -86,7 +86,7 @@ def read_meta_csv(path: Path, n_items: int, counts: dict[str, int]) -> pd.DataFr
 
 def load_mmrec(root: str | Path, name: str, meta_csv: str | Path | None = None,
                images_dir: str | Path | None = None,
-               images_outside_folder: OutsideFolderPolicy = "record") -> RawDataset:
+               images_outside_folder: OutsideFolderPolicy = "refuse") -> RawDataset:
     """Read MMRec dataset ``name`` (e.g. ``baby``: ``baby.inter``) from ``root`` (module docstring);
     ``images_outside_folder``: see :func:`vlm4rec.download.attach_image_paths`."""
     root = Path(root)

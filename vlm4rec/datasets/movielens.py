@@ -196,7 +196,7 @@ def read_movies(path: Path) -> pd.DataFrame:
 
 
 def attach_posters(movies: pd.DataFrame, posters_dir: Path, counts: dict[str, int],
-                   outside_folder: OutsideFolderPolicy = "record") -> pd.DataFrame:
+                   outside_folder: OutsideFolderPolicy = "refuse") -> pd.DataFrame:
     """Add image_path (absolute, or None when ``<MovieID>.jpg`` is not a usable regular file), has_image,
     image_url; the checks and counts of :func:`vlm4rec.download.attach_image_paths`."""
     movies = attach_image_paths(movies, posters_dir.resolve(), counts, outside_folder=outside_folder)
@@ -215,7 +215,7 @@ def _check_rated_movies_exist(ratings: pd.DataFrame, movies: pd.DataFrame, path:
 
 
 def load_movielens_1m(root: str | Path, posters_dir: str | Path | None = None,
-                      images_outside_folder: OutsideFolderPolicy = "record") -> RawDataset:
+                      images_outside_folder: OutsideFolderPolicy = "refuse") -> RawDataset:
     """Ratings, movies and posters of MovieLens-1M under ``root`` (posters default: ``root/posters``).
 
     counts: movies, ratings, posters_found, posters_missing, ratings_on_movies_without_poster,

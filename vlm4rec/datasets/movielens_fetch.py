@@ -15,8 +15,9 @@ through :func:`vlm4rec.download.download_images`: resumable, and kept only when 
 ``posters/manifest.csv`` records each movie (MovieID, status, sha256, size). The status is ``ok``,
 ``no_poster`` (HTTP 404: the source has none and is not asked again; delete the manifest to retry) or
 ``failed_<reason>`` (tried again on the next run). A poster that fails is counted, not fatal, because the
-study handles items without an image. A failed release download is fatal, and its error names the folder
-to provide.
+study handles items without an image; but a posters folder left without a single poster is fatal (the study
+would silently run on titles only), and so is a failed release download; both errors name the folder to
+provide.
 
 The GroupLens licence forbids redistribution: each user downloads the data; it is never committed.
 """
@@ -27,6 +28,7 @@ import io
 import os
 import zipfile
 import zlib
+from collections import Counter
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -285,4 +287,14 @@ def resolve_movielens_1m(root: str | Path, posters_dir: str | Path | None, downl
     posters = scan_posters(movie_ids, posters_folder)
     if report is not None:
         write_poster_manifest(posters, movie_ids, report)
+    if not posters.files:
+        raise StudyError(f"{posters_folder} holds none of the {len(movie_ids):,} posters (<MovieID>.jpg)"
+                         + (f"; none could be downloaded from {posters_url} ({_failure_reasons(report)})"
+                            if report is not None and report.failures else "")
+                         + f": the study does not run without images. {PROVIDE_FOLDER}")
     return MovieLensFiles(folder, release, posters, release_from, report)
+
+
+def _failure_reasons(report: DownloadReport) -> str:
+    """``connection_error: 1, not_attempted: 3``: a download run's failures by reason."""
+    return ", ".join(f"{reason}: {n}" for reason, n in Counter(f.reason for f in report.failures).most_common())

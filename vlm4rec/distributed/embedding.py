@@ -9,7 +9,7 @@ from typing import TYPE_CHECKING
 import numpy as np
 from tqdm import tqdm
 
-from vlm4rec.distributed import RayConfig, _BatchActor, _stream, connect
+from vlm4rec.distributed import RayConfig, _BatchActor, _completed, _stream, connect
 
 if TYPE_CHECKING:  # torch comes with the encoders: imported where they run
     from vlm4rec.encoders import ImageEncoder, ImageFeatures
@@ -39,7 +39,8 @@ def encode_texts_ray(texts: Sequence[str], encoder_spec: str, batch_size: int, c
     out = np.zeros((len(texts), 0), dtype=np.float32)
     options = {"spec": encoder_spec, "device": config.device, "batch_size": batch_size}
     with tqdm(total=len(texts), unit="item", desc="encode texts (ray)", disable=not progress) as bar:
-        for index, vectors in _stream([[texts[i] for i in rows] for rows in batches], _TextActor, options, config):
+        work = [[texts[i] for i in rows] for rows in batches]
+        for index, vectors in _completed(_stream(work, _TextActor, options, config), "text encoding"):
             if out.shape[1] != vectors.shape[1]:
                 out = np.zeros((len(texts), vectors.shape[1]), dtype=np.float32)
             out[batches[index]] = vectors
@@ -78,7 +79,8 @@ def encode_image_paths_ray(paths: Sequence[str | Path | None], encoder_factory: 
     works = [range(start, min(start + batch_size, len(paths))) for start in range(0, len(paths), batch_size)]
     options = {"factory": encoder_factory, "paths": paths}
     with tqdm(total=len(paths), unit="img", desc="encode images (ray)", disable=not progress) as bar:
-        for _, (indices, batch_vectors, batch_failures, encoder, dim) in _stream(works, _ImageActor, options, config):
+        results = _completed(_stream(works, _ImageActor, options, config), "image encoding")
+        for _, (indices, batch_vectors, batch_failures, encoder, dim) in results:
             if vectors.shape[1] != dim:
                 vectors = np.zeros((len(paths), dim), dtype=np.float32)
             if batch_vectors is not None:

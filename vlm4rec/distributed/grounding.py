@@ -7,9 +7,10 @@ from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import Any
 
-from vlm4rec.distributed import RayConfig, _BatchActor, _stream, connect
+from vlm4rec.distributed import RayConfig, WorkerDied, _BatchActor, _stream, connect
 from vlm4rec.grounding import build_grounder
 from vlm4rec.grounding.base import Grounder, GroundingStopped
+from vlm4rec.grounding.cache import FAILED, CacheEntry
 from vlm4rec.grounding.runner import DescribedBatch, Describer, GrounderIdentity, Unit, describe_batch
 
 
@@ -92,7 +93,16 @@ class RayDescriber(Describer):
             return
         works = [[(u.key, u.sha256, str(u.path), u.prompt) for u in batch] for batch in batches]
         slots = ray.remote(num_cpus=0)(_Slots).remote() if self.config.pin_servers else None
-        for _, done in _stream(works, _GroundingActor, {"spec": self.spec, "slots": slots}, self.config):
+        for index, done in _stream(works, _GroundingActor, {"spec": self.spec, "slots": slots}, self.config):
             if isinstance(done, GroundingStopped):
                 raise done
-            yield done
+            yield self._failed(index, batches[index], done) if isinstance(done, WorkerDied) else done
+
+    def _failed(self, index: int, batch: list[Unit], died: WorkerDied) -> DescribedBatch:
+        """A poison batch's units, each a failure of kind ``worker_died`` (counted, and retried by a later
+        run like any failure)."""
+        who = self.identity
+        return DescribedBatch(index, [CacheEntry(key=u.key, image_sha256=u.sha256, grounder_id=who.grounder_id,
+                                                 model_id=who.model_id, prompt=u.prompt, settings=who.settings,
+                                                 status=FAILED, error_kind="worker_died", error=str(died))
+                                      for u in batch], {})

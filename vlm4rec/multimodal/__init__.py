@@ -3,14 +3,19 @@
 ``lightgcn``  LightGCN (He et al., SIGIR 2020): collaborative filtering on the user-item graph, no content.
 ``vbpr``      VBPR (He & McAuley, AAAI 2016): matrix factorisation plus a learned projection of content.
 ``freedom``   FREEDOM (Zhou & Shen, ACM MM 2023): LightGCN with degree-sensitive edge pruning plus frozen
-              item-item kNN graphs of the modalities.
-``smore``     SMORE (Ong & Khong, WSDM 2025): spectral fusion of the modalities, modality-gated ID
-              embeddings over item-item graphs, modality-aware preferences, InfoNCE.
+              item-item kNN graphs of the modalities (any number of them, as its reference code).
+``smore``     SMORE (Ong & Khong, WSDM 2025): spectral fusion of an image and a text modality,
+              modality-gated ID embeddings over item-item graphs, modality-aware preferences, InfoNCE.
+
+Each module's docstring says which reference code it follows (MMRec, the authors' repositories) and where it
+deviates. The training options of both regimes (``params.yaml: graph.regime``) are those of
+:class:`~vlm4rec.multimodal.training.BPRRecommender`.
 
 Each is an :class:`~vlm4rec.matching.IterativeRecommender`, so :func:`vlm4rec.evaluation.select_and_test_seeds`
 early-stops it on validation and refits it for the chosen number of epochs. :func:`candidates` turns a model
 name, its modalities and a hyperparameter grid into the candidate list that function takes (the grids of
-the study are ``params.yaml: graph.default`` for a 2-core CPU and ``graph.full`` for a GPU).
+the study are ``params.yaml: graph.default`` for a 2-core CPU and ``graph.full``, the references' own grids,
+for a GPU).
 A modality is any ``(n_items, d)`` float32 matrix with rows aligned to item index; an all-zero row means
 the item lacks it.
 """

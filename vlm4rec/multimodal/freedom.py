@@ -1,36 +1,60 @@
 """FREEDOM (Zhou & Shen: "A Tale of Two Graphs: Freezing and Denoising Graph Structures for Multimodal
-Recommendation", ACM MM 2023).
+Recommendation", ACM MM 2023). Follows the authors' code in MMRec (``src/models/freedom.py``,
+``src/configs/model/FREEDOM.yaml``; the same as enoche/FREEDOM).
 
 - Item-item graphs, one per modality, from the content features alone: each item's ``knn_k`` most cosine-
-  similar items, binary, normalised D^-1/2 S D^-1/2. Built once and frozen (the "freezing").
-  They are combined with learned modality weights (a softmax over one logit per modality, initially
-  uniform): one layer is h <- sum_m alpha_m S_m h, applied ``item_layers`` times to the items' ID
-  embeddings.
+  similar items, the item itself among them (the reference's top-k), binary, normalised D^-1/2 S D^-1/2.
+  Built once and frozen (the "freezing"). They are mixed with the reference's fixed weights
+  (``modality_mix="fixed"``): the image graph weighs ``image_weight`` (reference ``mm_image_weight`` 0.1),
+  the text graph 1 - ``image_weight``; with one modality its graph weighs 1 (the reference code runs with
+  an image or a text table alone, so one-modality cells are FREEDOM too). A modality plays the image role
+  when its name is ``image_modality`` (the study's ``image`` representation), every other the text role;
+  several modalities of one role share its weight equally. The named variant ``modality_mix="learned"``
+  learns the weights instead (a softmax over one logit per modality, initially uniform). One layer is
+  h <- S h with S the mixed graph, applied ``item_layers`` times to the items' ID embeddings.
 - The user-item graph is LightGCN's, with degree-sensitive edge pruning (the "denoising", section
-  3.2.2): each epoch keeps a share ``1 - edge_drop`` of the training edges, sampled with probability
-  proportional to 1 / sqrt(d_u d_i), and is renormalised; scoring uses the full graph.
+  3.2.2): each epoch keeps a share ``1 - edge_drop`` of the training edges, sampled without replacement
+  with probability proportional to 1 / sqrt(d_u d_i), and is renormalised; scoring uses the full graph.
 - Final user = LightGCN user; final item = LightGCN item + h.
 - Loss: BPR on the final embeddings + ``projection_weight`` * sum_m BPR(user, W_m f_i + b_m) with the
-  projected modality features as item representations (items without the modality
-  contribute a zero vector) + ``l2`` * the ego-embedding L2 term of LightGCN (0 reproduces the paper's loss).
+  projected modality features as item representations (the reference's ``reg_weight``, grid 0, 1e-5, 1e-4,
+  1e-3: it weighs these projection losses, there is no embedding L2 in the reference) + ``l2`` * the
+  ego-embedding L2 term of LightGCN, 0 by default (the reference loss).
+- Initialisation with ``init="reference"``: Xavier-uniform user and item tables, torch's default for the
+  projections (``nn.Linear``).
 
-Deliberate simplifications: the features are fixed L2-normalised inputs (the reference code fine-tunes
-the raw feature tables); an item is not its own kNN neighbour (the reference top-k includes the item
-itself, whose own ID embedding already enters through the user-item branch); the reference code fixes
-the modality weights (image 0.1) where this learns them, as the issue specifies.
+Deviations from the reference code: the features are L2-normalised rows (the reference projects the raw
+tables; it builds its graph from cosines, which normalisation does not change), fixed inputs unless
+``finetune_features`` (the reference fine-tunes them: ``from_pretrained(freeze=False)``; they reach only
+the projection losses); an item without the modality (all-zero row) has no edges and a zero projection;
+the edge pruning keeps each user's best-keyed edge so that no user is cut off for an epoch (the reference's
+``torch.multinomial`` may drop all of a user's edges).
 """
 from __future__ import annotations
 
-from typing import Mapping
+from typing import Literal, Mapping, Sequence
 
 import numpy as np
 import scipy.sparse as sp
 import torch
 from torch import nn
 
-from vlm4rec.multimodal.graphs import GraphOperator, degree_sensitive_dropout, interaction_graph, knn_graph
+from vlm4rec.multimodal.graphs import (GraphOperator, degree_sensitive_dropout, interaction_graph, knn_graph,
+                                       weighted_sum)
 from vlm4rec.multimodal.lightgcn import LightGCN, LightGCNModel
-from vlm4rec.multimodal.training import ContentFeatures, bpr_loss, linear, rows
+from vlm4rec.multimodal.training import ContentFeatures, Init, bpr_loss, linear, rows
+
+ModalityMix = Literal["fixed", "learned"]
+
+
+def role_weights(names: Sequence[str], image_modality: str, image_weight: float) -> list[float]:
+    """FREEDOM's fixed modality weights: ``image_weight`` shared by the modalities named ``image_modality``,
+    1 - ``image_weight`` by the others (text); a role without modalities passes its weight to the other."""
+    is_image = [name == image_modality for name in names]
+    n_image, n_text = sum(is_image), len(names) - sum(is_image)
+    if n_image == 0 or n_text == 0:
+        return [1.0 / len(names)] * len(names)
+    return [image_weight / n_image if image else (1.0 - image_weight) / n_text for image in is_image]
 
 
 class FreedomModel(LightGCNModel):
@@ -38,15 +62,21 @@ class FreedomModel(LightGCNModel):
 
     def __init__(self, history: sp.csr_matrix, features: ContentFeatures, dim: int, layers: int,
                  item_layers: int, knn_k: int, edge_drop: float, projection_weight: float, l2: float,
-                 generator: torch.Generator, device: torch.device):
-        super().__init__(history, dim, layers, l2, generator, device)
+                 mix_weights: list[float] | None, generator: torch.Generator, device: torch.device, init: Init):
+        super().__init__(history, dim, layers, l2, generator, device, init)
         self.history, self.graph_device = history, device
         self.item_layers, self.edge_drop, self.projection_weight = item_layers, edge_drop, projection_weight
         self.features = features
-        self.item_graphs = [GraphOperator(knn_graph(x.numpy(), knn_k, weighted=False), device)
-                            for x in features.matrices()]
-        self.modality_logits = nn.Parameter(torch.zeros(len(features)))
-        self.projections = nn.ModuleList(linear(x.shape[1], dim, generator) for x in features.matrices())
+        graphs = [knn_graph(x, knn_k, weighted=False, self_loops=True) for x in features.initial()]
+        if mix_weights is None:  # learned mix: one graph per modality, softmax weights
+            self.item_graphs = [GraphOperator(g, device) for g in graphs]
+            self.modality_logits = nn.Parameter(torch.zeros(len(features)))
+        else:
+            self.item_graphs = [GraphOperator(weighted_sum(graphs, mix_weights), device)]
+            self.modality_logits = None
+        linear_init = "torch" if init == "reference" else "xavier_uniform"
+        self.projections = nn.ModuleList(linear(x.shape[1], dim, generator, init=linear_init)
+                                         for x in features.matrices())
         self.train_adjacency = self.adjacency
 
     def start_epoch(self, rng: np.random.Generator) -> None:
@@ -56,10 +86,13 @@ class FreedomModel(LightGCNModel):
 
     def item_graph_embeddings(self) -> torch.Tensor:
         """h = (sum_m alpha_m S_m)^item_layers applied to the items' ID (ego) embeddings."""
-        weights = torch.softmax(self.modality_logits, dim=0)
         h = self.ego[self.n_users:]
         for _ in range(self.item_layers):
-            h = sum(w * (graph @ h) for w, graph in zip(weights, self.item_graphs))
+            if self.modality_logits is None:
+                h = self.item_graphs[0] @ h
+            else:
+                weights = torch.softmax(self.modality_logits, dim=0)
+                h = sum(w * (graph @ h) for w, graph in zip(weights, self.item_graphs))
         return h
 
     def final(self, adjacency: GraphOperator) -> tuple[torch.Tensor, torch.Tensor]:
@@ -83,29 +116,44 @@ class FreedomModel(LightGCNModel):
 class FREEDOM(LightGCN):
     """FREEDOM with one or more modalities ``{name: (n_items, d) float32}`` (the paper: text and image).
 
-    ``layers``             user-item LightGCN layers (paper: 2)
-    ``item_layers``        item-item graph convolutions (paper: 1)
-    ``knn_k``              neighbours per item in each modality graph (paper: 10)
+    ``layers``             user-item LightGCN layers (reference: 2)
+    ``item_layers``        item-item graph convolutions (reference: 1)
+    ``knn_k``              neighbours per item in each modality graph, the item itself included (reference: 10)
     ``edge_drop``          share of user-item edges pruned per epoch (reference grid: 0.8, 0.9)
-    ``projection_weight``  weight of the modality projection BPR losses (reference grid: 0, 1e-5, 1e-4, 1e-3)
-    Training parameters: :class:`~vlm4rec.multimodal.training.BPRRecommender` (``l2``: LightGCN's ego term).
+    ``projection_weight``  weight of the modality projection BPR losses (the reference's ``reg_weight``;
+                           grid 0, 1e-5, 1e-4, 1e-3)
+    ``modality_mix``       ``fixed`` (the reference) | ``learned`` (a variant: softmax-weighted graphs)
+    ``image_weight``       the image graph's weight in the fixed mix (reference ``mm_image_weight``: 0.1)
+    ``image_modality``     the modality name that plays the image role (others: text)
+    ``finetune_features``  train the normalised feature tables too (the reference does)
+    Training parameters: :class:`~vlm4rec.multimodal.training.BPRRecommender` (``l2``: LightGCN's ego term,
+    0 by default as in the reference).
     """
 
     name = "freedom"
 
     def __init__(self, modalities: Mapping[str, np.ndarray], layers: int = 2, item_layers: int = 1,
-                 knn_k: int = 10, edge_drop: float = 0.8, projection_weight: float = 1e-3, **training):
-        super().__init__(layers=layers, **training)
+                 knn_k: int = 10, edge_drop: float = 0.8, projection_weight: float = 1e-3,
+                 modality_mix: ModalityMix = "fixed", image_weight: float = 0.1, image_modality: str = "image",
+                 finetune_features: bool = False, **training):
+        super().__init__(layers=layers, **{"l2": 0.0, **training})
         if not modalities:
             raise ValueError("FREEDOM needs at least one modality")
         if item_layers < 1 or knn_k < 1 or not 0 <= edge_drop < 1 or projection_weight < 0:
             raise ValueError(f"need item_layers >= 1, knn_k >= 1, 0 <= edge_drop < 1, projection_weight >= 0; "
                              f"got {item_layers}, {knn_k}, {edge_drop}, {projection_weight}")
+        if modality_mix not in ("fixed", "learned") or not 0 <= image_weight <= 1:
+            raise ValueError(f"need modality_mix 'fixed' or 'learned' and 0 <= image_weight <= 1, got "
+                             f"{modality_mix!r}, {image_weight}")
         self.modalities = dict(modalities)
         self.item_layers, self.knn_k, self.edge_drop, self.projection_weight = (
             item_layers, knn_k, edge_drop, projection_weight)
+        self.modality_mix, self.image_weight, self.image_modality = modality_mix, image_weight, image_modality
+        self.finetune_features = finetune_features
 
     def build(self, history: sp.csr_matrix, generator: torch.Generator, device: torch.device) -> FreedomModel:
-        features = ContentFeatures(self.modalities, history.shape[1])
+        features = ContentFeatures(self.modalities, history.shape[1], trainable=self.finetune_features)
+        mix = (role_weights(features.names, self.image_modality, self.image_weight)
+               if self.modality_mix == "fixed" else None)
         return FreedomModel(history, features, self.dim, self.layers, self.item_layers, self.knn_k, self.edge_drop,
-                            self.projection_weight, self.l2, generator, device).to(device)
+                            self.projection_weight, self.l2, mix, generator, device, self.init).to(device)

@@ -5,8 +5,9 @@
                               normalised D^-1/2 A D^-1/2 (a node of degree 0 gets no edge).
 ``knn_graph``                 an item-item graph from one content modality (FREEDOM, Zhou & Shen, ACM MM
                               2023; SMORE, Ong & Khong, WSDM 2025): each item's ``k`` most cosine-similar
-                              other items, binary (FREEDOM) or weighted by the cosine (SMORE), normalised
-                              D^-1/2 S D^-1/2 with D the row sums.
+                              items, the item itself among them (as the references' top-k) or not,
+                              binary (FREEDOM) or weighted by the cosine (SMORE), normalised D^-1/2 S D^-1/2
+                              with D the row sums; memoised per process (seeds and refits reuse them).
 ``max_fusion``                SMORE's fusion graph: the element-wise maximum of the modality graphs.
 ``degree_sensitive_dropout``  FREEDOM's degree-sensitive edge pruning of the user-item graph.
 ``GraphOperator``             a fixed sparse matrix as a differentiable torch operation: torch CSR products
@@ -16,7 +17,9 @@
 """
 from __future__ import annotations
 
+import hashlib
 import warnings
+from collections import OrderedDict
 
 import numpy as np
 import scipy.sparse as sp
@@ -51,21 +54,49 @@ def interaction_graph(history: sp.spmatrix) -> sp.csr_matrix:
     return sym_normalize(sp.bmat([[None, history], [history.T, None]], format="csr"))
 
 
-def knn_graph(features: np.ndarray, k: int, weighted: bool) -> sp.csr_matrix:
+_KNN_CACHE: OrderedDict[tuple, sp.csr_matrix] = OrderedDict()
+_KNN_CACHE_SIZE = 16
+
+
+def knn_graph(features: np.ndarray, k: int, weighted: bool, self_loops: bool = False) -> sp.csr_matrix:
     """Normalised item-item kNN graph of one modality ``(n_items, d)``.
 
-    Row i holds the ``k`` items with the highest cosine to item i (itself excluded, ties to the lower
-    index); items whose feature row is all zero get no edges and are nobody's neighbour. ``weighted``
-    keeps the cosine as the edge weight (SMORE; non-positive cosines are dropped so that degrees stay
-    positive), otherwise every edge weighs 1 (FREEDOM).
+    Row i holds the ``k`` items with the highest cosine to item i (ties to the lower index). With
+    ``self_loops`` the item itself is one of them (its cosine 1 is the highest: the FREEDOM and SMORE
+    reference code take the top-k of a similarity matrix whose diagonal they keep), so it has ``k - 1``
+    other neighbours; otherwise ``k`` others. Items whose feature row is all zero get no edges and are
+    nobody's neighbour. ``weighted`` keeps the cosine as the edge weight (SMORE; non-positive cosines are
+    dropped so that degrees stay positive), otherwise every edge weighs 1 (FREEDOM). The result is memoised
+    on the features' bytes and the options (the graphs depend on the features only, not on the history).
     """
-    neighbours = item_neighbours(normalize_rows(features), k)
+    features = np.ascontiguousarray(features, dtype=np.float32)
+    key = (hashlib.blake2b(features.tobytes(), digest_size=16).hexdigest(), features.shape, k, weighted, self_loops)
+    if key in _KNN_CACHE:
+        _KNN_CACHE.move_to_end(key)
+        return _KNN_CACHE[key]
+    unit = normalize_rows(features)
+    neighbours = item_neighbours(unit, k - 1 if self_loops else k) if k > int(self_loops) else \
+        sp.csr_matrix((len(unit), len(unit)), dtype=np.float32)
+    if self_loops:
+        present = unit.any(axis=1).astype(np.float32)
+        neighbours = (neighbours + sp.diags(present)).tocsr()
     if weighted:
         neighbours.data[neighbours.data <= 0] = 0.0
         neighbours.eliminate_zeros()
     else:
         neighbours.data[:] = 1.0
-    return sym_normalize(neighbours)
+    graph = sym_normalize(neighbours)
+    _KNN_CACHE[key] = graph
+    if len(_KNN_CACHE) > _KNN_CACHE_SIZE:
+        _KNN_CACHE.popitem(last=False)
+    return graph
+
+
+def weighted_sum(graphs: list[sp.csr_matrix], weights: list[float]) -> sp.csr_matrix:
+    """sum_m weights_m graphs_m as one matrix (FREEDOM's fixed mix: one sparse product per layer)."""
+    total = sum(w * g for w, g in zip(weights, graphs)).tocsr()
+    total.sort_indices()
+    return total
 
 
 def max_fusion(graphs: list[sp.csr_matrix]) -> sp.csr_matrix:
@@ -75,6 +106,19 @@ def max_fusion(graphs: list[sp.csr_matrix]) -> sp.csr_matrix:
         fused = fused.maximum(graph).tocsr()
     fused.sort_indices()
     return fused
+
+
+def first_maximum_per_row(values: np.ndarray, indptr: np.ndarray) -> np.ndarray:
+    """Index of the first largest entry of each non-empty row of CSR-ordered ``values`` (rows delimited by
+    ``indptr``), in row order: a segmented argmax without sorting."""
+    counts = np.diff(indptr)
+    starts = indptr[:-1][counts > 0]
+    if len(starts) == 0:
+        return np.zeros(0, dtype=np.int64)
+    row_max = np.repeat(np.maximum.reduceat(values, starts), counts[counts > 0])
+    candidates = np.flatnonzero(values == row_max)
+    row_of = np.repeat(np.arange(len(starts)), counts[counts > 0])[candidates]
+    return candidates[np.r_[True, row_of[1:] != row_of[:-1]]]
 
 
 def degree_sensitive_dropout(history: sp.csr_matrix, drop: float, rng: np.random.Generator) -> sp.csr_matrix:
@@ -95,8 +139,7 @@ def degree_sensitive_dropout(history: sp.csr_matrix, drop: float, rng: np.random
     item_degree = np.bincount(items, minlength=history.shape[1])
     weights = inverse_sqrt(counts[users]) * inverse_sqrt(item_degree[items])
     keys = np.log(rng.random(len(items))) / weights
-    by_user_then_key = np.lexsort((-keys, users))  # edges are grouped by user already (csr order)
-    best_of_user = by_user_then_key[history.indptr[:-1][counts > 0]]
+    best_of_user = first_maximum_per_row(keys, history.indptr)
     keys[best_of_user] = np.inf
     n_keep = max(int(round((1.0 - drop) * len(items))), len(best_of_user))
     kept = np.sort(np.argpartition(-keys, n_keep - 1)[:n_keep]) if n_keep < len(items) else np.arange(len(items))

@@ -5,7 +5,14 @@ One embedding per user and item (the ego embeddings E0), propagated K times over
 user-item graph without weights or non-linearities; the final embedding is the mean over layers 0..K
 (alpha_k = 1 / (K + 1)); score = dot product. Loss: BPR on the final embeddings plus ``l2`` * 0.5 * ||ego
 embeddings of the batch's users, positives and negatives||^2 / batch (the paper's L2 on E0, as the
-reference implementation applies it per batch). FREEDOM and SMORE reuse this branch.
+authors' implementations apply it per batch). FREEDOM and SMORE reuse this branch.
+
+Reference code: MMRec's ``lightgcn.py`` (the LightGCN every FREEDOM and SMORE table is compared with)
+and the authors' TensorFlow code both initialise the user and item tables Xavier-uniform (``init=
+"reference"``); the authors' PyTorch port draws N(0, 0.1^2) (``init="normal"``, the fast regime).
+Deviation from MMRec: MMRec's ``EmbLoss`` penalises the sum of the three ego blocks' Frobenius norms (not
+squared) / batch; this follows the paper (squared, halved), so an ``l2`` value is not MMRec's
+``reg_weight`` value. The reference grid (MMRec ``LightGCNTorch.yaml``) is layers 1-4, l2 1e-2..1e-6.
 """
 from __future__ import annotations
 
@@ -13,19 +20,20 @@ import scipy.sparse as sp
 import torch
 
 from vlm4rec.multimodal.graphs import GraphOperator, interaction_graph, layer_mean
-from vlm4rec.multimodal.training import BPRModel, BPRRecommender, bpr_loss, l2_penalty, normal_parameter, rows
+from vlm4rec.multimodal.training import (BPRModel, BPRRecommender, Init, bpr_loss, embedding_tables, l2_penalty,
+                                         rows)
 
 
 class LightGCNModel(BPRModel):
     """The user-item branch: ego embeddings (users first) and their layer-mean propagation."""
 
     def __init__(self, history: sp.csr_matrix, dim: int, layers: int, l2: float, generator: torch.Generator,
-                 device: torch.device):
+                 device: torch.device, init: Init = "normal"):
         super().__init__()
         self.n_users, self.n_items = history.shape
         self.layers, self.l2 = layers, l2
         self.adjacency = GraphOperator(interaction_graph(history), device, symmetric=True)
-        self.ego = normal_parameter((self.n_users + self.n_items, dim), generator)
+        self.ego = embedding_tables((self.n_users, self.n_items), dim, generator, init)
 
     def propagate(self, adjacency: GraphOperator) -> tuple[torch.Tensor, torch.Tensor]:
         """(user, item) final embeddings: the layer mean over ``adjacency``."""
@@ -33,7 +41,9 @@ class LightGCNModel(BPRModel):
         return final[:self.n_users], final[self.n_users:]
 
     def ego_penalty(self, users: torch.Tensor, positives: torch.Tensor, negatives: torch.Tensor) -> torch.Tensor:
-        """``l2`` times the L2 term of the batch's ego embeddings."""
+        """``l2`` times the L2 term of the batch's ego embeddings (not computed at ``l2`` = 0, FREEDOM's default)."""
+        if self.l2 == 0:
+            return torch.zeros((), device=self.ego.device)
         return self.l2 * l2_penalty(rows(self.ego, users), rows(self.ego, self.n_users + positives),
                                     rows(self.ego, self.n_users + negatives))
 
@@ -59,4 +69,4 @@ class LightGCN(BPRRecommender):
         self.layers = layers
 
     def build(self, history: sp.csr_matrix, generator: torch.Generator, device: torch.device) -> LightGCNModel:
-        return LightGCNModel(history, self.dim, self.layers, self.l2, generator, device).to(device)
+        return LightGCNModel(history, self.dim, self.layers, self.l2, generator, device, self.init).to(device)

@@ -1,35 +1,42 @@
 """SMORE (Ong & Khong: "Spectrum-based Modality Representation Fusion Graph Convolutional Network for
-Multimodal Recommendation", WSDM 2025, arXiv 2412.14978).
+Multimodal Recommendation", WSDM 2025, arXiv 2412.14978). Follows the authors' code (kennethorq/SMORE, the
+same as MMRec's ``src/models/smore.py`` and ``src/configs/model/SMORE.yaml``): one image and one text
+modality.
 
-1. Spectral modality fusion: each modality's feature is projected to the embedding size and
-   moved to the frequency domain (rFFT over the feature axis, orthonormal). A learnable complex filter per
-   modality denoises its spectrum (uni-modal views); the element-wise product of the filtered spectra times
-   a learnable fused filter is the cross-modal view (a circular convolution of the modalities in feature
+1. Spectral modality fusion: each modality's feature is projected to the embedding size and moved to the
+   frequency domain (rFFT over the feature axis, orthonormal). A learnable complex filter per modality
+   denoises its spectrum (uni-modal views); the element-wise product of the (unfiltered) spectra times a
+   learnable fused filter is the cross-modal view (a circular convolution of the modalities in feature
    space); the inverse rFFT returns both to the feature domain. See :func:`spectral_fusion`.
 2. Modality-specific gating of the ID embeddings: item view v = e_i * sigmoid(W_v x_v + b_v) per modality
    and for the fused feature.
-3. Item-item graphs: per modality each item's ``knn_k`` most cosine-similar items, weighted
-   by the cosine, normalised D^-1/2 S D^-1/2; the fusion graph is their element-wise maximum. Each view
-   is convolved ``item_layers`` times over its graph; user views are the normalised user-item matrix
-   times the item views. The behavioural view is LightGCN over the user-item graph.
-4. Modality-aware preference: each uni-modal view is weighted by a softmax attention over
-   the embedding axis computed from the fusion view; a sigmoid preference gate from the behavioural view
-   (with ``dropout``) scales every view; side = mean of the gated views; final = behavioural + side.
-5. Loss: BPR on the final embeddings + ``l2`` * the L2 term of the batch's final embeddings (as the
-   reference code) + ``cl_weight`` * (InfoNCE(side, behavioural) over the batch's positive items + the
-   same over its users), temperature ``temperature``.
+3. Item-item graphs: per modality each item's ``image_knn_k`` / ``text_knn_k`` most cosine-similar items,
+   the item itself among them (the reference's top-k), weighted by the cosine, normalised D^-1/2 S D^-1/2;
+   the fusion graph is their element-wise maximum. Each view is convolved ``item_layers`` times over its
+   graph; user views are the normalised user-item matrix times the item views. The behavioural view is
+   LightGCN over the user-item graph.
+4. Modality-aware preference: each uni-modal view is weighted by a softmax attention over the embedding
+   axis computed from the fusion view; a sigmoid preference gate from the behavioural view (with
+   ``dropout``) scales every view; side = mean of the gated views; final = behavioural + side.
+5. Loss: BPR on the final embeddings + ``l2`` * the L2 term of the batch's final embeddings (the
+   reference's ``reg_weight``, 0.5 * squared norms / batch) + ``cl_weight`` * (InfoNCE(side, behavioural)
+   over the batch's positive items + the same over its users), temperature ``temperature``.
+6. Learning rate decayed by 0.96^(epoch / 50) (``lr_decay``, the reference's ``learning_rate_scheduler``).
+7. ``init="reference"``: Xavier-uniform user and item tables, torch's default for every linear layer,
+   filters drawn from N(0, 1); ``init="normal"`` (fast regime): N(0, 0.1^2) tables, Xavier-uniform linear
+   layers with zero bias, identity filters.
 
-Deliberate simplifications: the features are fixed L2-normalised inputs (the reference code fine-tunes
-the raw feature tables); one ``knn_k`` for every modality (the reference tunes image and text k
-separately); an item is not its own neighbour (the reference top-k includes the item itself); filters
-start at the identity (the reference draws them from N(0, 1)); the InfoNCE terms use the first
-:data:`INFO_NCE_ROWS` triples of each (shuffled) batch, the reference batch size, so that they see as many
-in-batch negatives as in the paper while batches here are larger; the fused spectrum multiplies the
-filtered spectra (the reference code multiplies the unfiltered ones; with element-wise filters the two
-differ only in how the product filter is parameterised), and the filters have no imaginary part at the
-two bins that are real for a real signal (see :func:`real_signal_filter`), so that the fusion is exactly a
-circular convolution. Any number of modalities works; with one, the fusion view is a second filtered copy
-of it on the same graph.
+Roles: the modality named ``image_modality`` (the study's ``image`` representation) is the image, the
+other one the text; SMORE takes exactly these two (a one-modality cell is not SMORE).
+
+Deviations from the reference code: the features are L2-normalised rows, fixed inputs unless
+``finetune_features`` (the reference fine-tunes the raw tables: ``from_pretrained(freeze=False)``); a
+non-positive cosine among an item's top-k is dropped (the reference keeps it as a negative weight, which
+can make a degree non-positive) and an item without the modality has no edges; the InfoNCE terms use the
+first :data:`INFO_NCE_ROWS` triples of each (shuffled) batch, the reference batch size, so that they see as
+many in-batch negatives as in the paper when batches are larger (the fast regime); the filters have no
+imaginary part at the two bins that are real for a real signal (see :func:`real_signal_filter`; the
+inverse rFFT ignores those parts, so the views are the reference's).
 """
 from __future__ import annotations
 
@@ -42,7 +49,8 @@ from torch import nn
 
 from vlm4rec.multimodal.graphs import GraphOperator, knn_graph, max_fusion
 from vlm4rec.multimodal.lightgcn import LightGCN, LightGCNModel
-from vlm4rec.multimodal.training import ContentFeatures, bpr_loss, dropout, info_nce, l2_penalty, linear, rows
+from vlm4rec.multimodal.training import (ContentFeatures, Init, LinearInit, bpr_loss, dropout, info_nce, l2_penalty,
+                                         linear, rows)
 
 INFO_NCE_ROWS = 2048
 
@@ -71,15 +79,16 @@ def spectral_fusion(features: list[torch.Tensor], modality_filters: torch.Tensor
     """Denoised modalities and their spectral fusion (SMORE's spectrum fusion).
 
     ``features``: M tensors (n, d); ``modality_filters``: (M, d // 2 + 1, 2) real view of complex filters;
-    ``fused_filter``: (d // 2 + 1, 2). Returns ([irfft(W_m rfft(x_m))], irfft(W_f prod_m W_m rfft(x_m))),
-    orthonormal transforms: each filter is a circular convolution with the kernel irfft(W) and the fusion
-    is the circular convolution of the denoised modalities and the fused kernel, divided by sqrt(d)^(M - 1).
-    Identity filters leave the modalities unchanged.
+    ``fused_filter``: (d // 2 + 1, 2). Returns ([irfft(W_m rfft(x_m))], irfft(W_f prod_m rfft(x_m))),
+    orthonormal transforms, as the reference's ``spectrum_convolution``: each filter is a circular
+    convolution with the kernel irfft(W) and the fusion is the circular convolution of the (unfiltered)
+    modalities and the fused kernel, divided by sqrt(d)^(M - 1). Identity filters leave the modalities
+    unchanged.
     """
     dim = features[0].shape[-1]
-    spectra = [torch.fft.rfft(x, dim=-1, norm="ortho") * real_signal_filter(w, dim)
-               for x, w in zip(features, modality_filters)]
-    denoised = [torch.fft.irfft(s, n=dim, dim=-1, norm="ortho") for s in spectra]
+    spectra = [torch.fft.rfft(x, dim=-1, norm="ortho") for x in features]
+    denoised = [torch.fft.irfft(s * real_signal_filter(w, dim), n=dim, dim=-1, norm="ortho")
+                for s, w in zip(spectra, modality_filters)]
     product = spectra[0]
     for spectrum in spectra[1:]:
         product = product * spectrum
@@ -87,35 +96,42 @@ def spectral_fusion(features: list[torch.Tensor], modality_filters: torch.Tensor
     return denoised, fused
 
 
-def gate(dim: int, generator: torch.Generator) -> nn.Sequential:
+def gate(dim: int, generator: torch.Generator, init: LinearInit) -> nn.Sequential:
     """sigmoid(W x + b)."""
-    return nn.Sequential(linear(dim, dim, generator), nn.Sigmoid())
+    return nn.Sequential(linear(dim, dim, generator, init=init), nn.Sigmoid())
 
 
-def attention_query(dim: int, generator: torch.Generator) -> nn.Sequential:
+def attention_query(dim: int, generator: torch.Generator, init: LinearInit) -> nn.Sequential:
     """W_2 tanh(W_1 x + b_1), the modality-aware preference query."""
-    return nn.Sequential(linear(dim, dim, generator), nn.Tanh(), linear(dim, dim, generator, bias=False))
+    return nn.Sequential(linear(dim, dim, generator, init=init), nn.Tanh(),
+                         linear(dim, dim, generator, bias=False, init=init))
 
 
 class SmoreModel(LightGCNModel):
     """Behavioural LightGCN view plus gated, spectrally fused modality views over item-item graphs."""
 
     def __init__(self, history: sp.csr_matrix, features: ContentFeatures, dim: int, layers: int,
-                 item_layers: int, knn_k: int, l2: float, cl_weight: float, temperature: float, dropout: float,
-                 generator: torch.Generator, device: torch.device):
-        super().__init__(history, dim, layers, l2, generator, device)
+                 item_layers: int, knn_ks: list[int], l2: float, cl_weight: float, temperature: float,
+                 dropout: float, generator: torch.Generator, device: torch.device, init: Init):
+        super().__init__(history, dim, layers, l2, generator, device, init)
         self.features, self.generator = features, generator
         self.item_layers, self.cl_weight, self.temperature, self.dropout = item_layers, cl_weight, temperature, dropout
         n_views = len(features) + 1  # every modality, then the fusion
-        graphs = [knn_graph(x.numpy(), knn_k, weighted=True) for x in features.matrices()]
+        graphs = [knn_graph(x, k, weighted=True, self_loops=True) for x, k in zip(features.initial(), knn_ks)]
         self.item_graphs = [GraphOperator(g, device) for g in graphs] + [GraphOperator(max_fusion(graphs), device)]
         self.user_items = GraphOperator(self.adjacency.matrix[:self.n_users, self.n_users:], device)
-        self.projections = nn.ModuleList(linear(x.shape[1], dim, generator) for x in features.matrices())
-        self.modality_filters = nn.Parameter(identity_filters(len(features), dim))
-        self.fused_filter = nn.Parameter(identity_filters(1, dim)[0])
-        self.id_gates = nn.ModuleList(gate(dim, generator) for _ in range(n_views))
-        self.queries = nn.ModuleList(attention_query(dim, generator) for _ in features.matrices())
-        self.preference_gates = nn.ModuleList(gate(dim, generator) for _ in range(n_views))
+        linear_init: LinearInit = "torch" if init == "reference" else "xavier_uniform"
+        self.projections = nn.ModuleList(linear(x.shape[1], dim, generator, init=linear_init)
+                                         for x in features.matrices())
+        if init == "reference":  # the reference draws its complex weights from N(0, 1)
+            self.modality_filters = nn.Parameter(torch.randn((len(features), dim // 2 + 1, 2), generator=generator))
+            self.fused_filter = nn.Parameter(torch.randn((dim // 2 + 1, 2), generator=generator))
+        else:
+            self.modality_filters = nn.Parameter(identity_filters(len(features), dim))
+            self.fused_filter = nn.Parameter(identity_filters(1, dim)[0])
+        self.id_gates = nn.ModuleList(gate(dim, generator, linear_init) for _ in range(n_views))
+        self.queries = nn.ModuleList(attention_query(dim, generator, linear_init) for _ in features.matrices())
+        self.preference_gates = nn.ModuleList(gate(dim, generator, linear_init) for _ in range(n_views))
 
     def views(self) -> tuple[torch.Tensor, torch.Tensor]:
         """(behavioural, side) embeddings of all users then all items."""
@@ -155,33 +171,43 @@ class SmoreModel(LightGCNModel):
 
 
 class SMORE(LightGCN):
-    """SMORE with one or more modalities ``{name: (n_items, d) float32}`` (the paper: text and image).
+    """SMORE with one image and one text modality ``{name: (n_items, d) float32}``.
 
-    ``layers``       user-item LightGCN layers (reference grid: 3, 4)
-    ``item_layers``  item-item graph convolutions per view (reference: 1)
-    ``knn_k``        neighbours per item in each modality graph (reference grid: 10, 15, 20, 40)
-    ``cl_weight``    weight of the InfoNCE terms (reference: 0.01)
-    ``temperature``  InfoNCE temperature (reference: 0.2)
-    ``dropout``      dropout on the preference gates (reference grid: 0, 0.1)
+    ``layers``             user-item LightGCN layers (reference grid: 3, 4)
+    ``item_layers``        item-item graph convolutions per view (reference: 1)
+    ``image_knn_k``        neighbours per item in the image graph, itself included (reference grid: 10, 15, 20, 40)
+    ``text_knn_k``         the same in the text graph (reference grid: 10, 15, 20, 40)
+    ``cl_weight``          weight of the InfoNCE terms (reference: 0.01)
+    ``temperature``        InfoNCE temperature (reference: 0.2)
+    ``dropout``            dropout on the preference gates (reference grid: 0, 0.1)
+    ``image_modality``     the name of the image modality; the other modality is the text
+    ``finetune_features``  train the normalised feature tables too (the reference does)
     Training parameters: :class:`~vlm4rec.multimodal.training.BPRRecommender` (``l2``: on the final
-    embeddings of the batch, the reference's ``reg_weight``).
+    embeddings of the batch, the reference's ``reg_weight``, grid 1e-5, 1e-4; ``lr_decay`` 0.96 by default).
     """
 
     name = "smore"
 
-    def __init__(self, modalities: Mapping[str, np.ndarray], layers: int = 3, item_layers: int = 1, knn_k: int = 10,
-                 cl_weight: float = 0.01, temperature: float = 0.2, dropout: float = 0.1, **training):
-        super().__init__(layers=layers, **training)
-        if not modalities:
-            raise ValueError("SMORE needs at least one modality")
-        if item_layers < 1 or knn_k < 1 or cl_weight < 0 or temperature <= 0 or not 0 <= dropout < 1:
-            raise ValueError(f"need item_layers >= 1, knn_k >= 1, cl_weight >= 0, temperature > 0, "
-                             f"0 <= dropout < 1; got {item_layers}, {knn_k}, {cl_weight}, {temperature}, {dropout}")
-        self.modalities = dict(modalities)
-        self.item_layers, self.knn_k, self.cl_weight, self.temperature, self.dropout = (
-            item_layers, knn_k, cl_weight, temperature, dropout)
+    def __init__(self, modalities: Mapping[str, np.ndarray], layers: int = 3, item_layers: int = 1,
+                 image_knn_k: int = 10, text_knn_k: int = 10, cl_weight: float = 0.01, temperature: float = 0.2,
+                 dropout: float = 0.1, image_modality: str = "image", finetune_features: bool = False,
+                 **training):
+        super().__init__(layers=layers, **{"lr_decay": 0.96, **training})
+        if len(modalities) != 2 or image_modality not in modalities:
+            raise ValueError(f"SMORE takes one image modality (named {image_modality!r}) and one text modality, "
+                             f"got {sorted(modalities)}")
+        if item_layers < 1 or min(image_knn_k, text_knn_k) < 1 or cl_weight < 0 or temperature <= 0 \
+                or not 0 <= dropout < 1:
+            raise ValueError(f"need item_layers >= 1, knn_k >= 1, cl_weight >= 0, temperature > 0, 0 <= dropout < 1; "
+                             f"got {item_layers}, {image_knn_k}/{text_knn_k}, {cl_weight}, {temperature}, {dropout}")
+        text = next(name for name in modalities if name != image_modality)
+        self.modalities = {image_modality: modalities[image_modality], text: modalities[text]}  # image first
+        self.item_layers, self.image_knn_k, self.text_knn_k = item_layers, image_knn_k, text_knn_k
+        self.cl_weight, self.temperature, self.dropout = cl_weight, temperature, dropout
+        self.image_modality, self.finetune_features = image_modality, finetune_features
 
     def build(self, history: sp.csr_matrix, generator: torch.Generator, device: torch.device) -> SmoreModel:
-        features = ContentFeatures(self.modalities, history.shape[1])
-        return SmoreModel(history, features, self.dim, self.layers, self.item_layers, self.knn_k, self.l2,
-                          self.cl_weight, self.temperature, self.dropout, generator, device).to(device)
+        features = ContentFeatures(self.modalities, history.shape[1], trainable=self.finetune_features)
+        return SmoreModel(history, features, self.dim, self.layers, self.item_layers,
+                          [self.image_knn_k, self.text_knn_k], self.l2, self.cl_weight, self.temperature,
+                          self.dropout, generator, device, self.init).to(device)

@@ -11,6 +11,18 @@ A model scores by a dot product of a user vector and an item vector (:meth:`BPRM
 are computed once after training (and before each validation check), so that scoring a block of users
 is one matrix product, as for every other recommender of the package.
 
+Two training regimes use these options (``params.yaml: graph.regime``; docs/protocol.md):
+``fast`` (large batches, a high learning rate, few validation checks, N(0, 0.1^2) initial embeddings) fits
+a 2-core CPU; ``paper`` is the references' optimiser (MMRec's ``overall.yaml``, the code FREEDOM's and
+SMORE's authors published in): Adam lr 1e-3, batch 2048, up to 1000 epochs, a validation check every
+epoch, patience 20, the references' initialisation (``init="reference"``), negatives drawn from the items
+seen in training (``negatives="seen"``) and each model's own learning-rate decay (SMORE: 0.96^(epoch/50)).
+
+Negatives: ``negatives="all"`` draws each negative uniformly from every item of the catalogue outside the
+user's fitted history (items without a training positive included); ``"seen"`` draws it from the items
+with at least one positive in the fitted history, outside the user's history, as MMRec's
+``TrainDataLoader`` does (``all_items`` = the item ids of the training interactions).
+
 Reproducibility: each fit draws its initial weights and every random choice (order, negatives, edge
 dropout, dropout masks) from its own ``torch.Generator`` and ``numpy`` generator seeded with ``seed``;
 no global random state is read or changed, and deterministic torch algorithms are enforced during the
@@ -20,8 +32,9 @@ from __future__ import annotations
 
 import copy
 import math
+import re
 from abc import abstractmethod
-from typing import Callable, Literal, Mapping
+from typing import Callable, Literal, Mapping, Sequence
 
 import numpy as np
 import scipy.sparse as sp
@@ -35,18 +48,23 @@ from vlm4rec.splits import History, binarize, sample_negatives
 from vlm4rec.vectors import check_modalities, normalize_rows
 
 Device = Literal["cpu", "cuda", "auto"]
-INIT_STD = 0.1  # N(0, 0.1^2) initial embeddings, as LightGCN's reference implementation
+Init = Literal["normal", "reference"]
+Negatives = Literal["all", "seen"]
+LinearInit = Literal["xavier_uniform", "xavier_normal", "torch"]
+INIT_STD = 0.1  # N(0, 0.1^2) initial embeddings, as LightGCN's PyTorch port (the fast regime's choice)
+LR_DECAY_EPOCHS = 50  # MMRec's learning_rate_scheduler [gamma, 50]: lr(epoch) = lr * gamma ** (epoch / 50)
 
 
 def resolve_device(device: str) -> torch.device:
-    """``cpu``, ``cuda`` (an error without a GPU) or ``auto`` (CUDA where present, else CPU)."""
+    """``cpu``, ``cuda`` / ``cuda:N`` (an error without that GPU) or ``auto`` (CUDA where present, else CPU)."""
     if device == "auto":
         return torch.device("cuda" if torch.cuda.is_available() else "cpu")
-    if device not in ("cpu", "cuda"):
-        raise ValueError(f"device must be 'cpu', 'cuda' or 'auto', got {device!r}")
-    if device == "cuda" and not torch.cuda.is_available():
-        raise ValueError("device='cuda' but torch sees no CUDA device")
-    return torch.device(device)
+    if device != "cpu" and not re.fullmatch(r"cuda(:\d+)?", device):
+        raise ValueError(f"device must be 'cpu', 'cuda', 'cuda:N' or 'auto', got {device!r}")
+    resolved = torch.device(device)
+    if resolved.type == "cuda" and torch.cuda.device_count() <= (resolved.index or 0):
+        raise ValueError(f"device={device!r} but torch sees no such CUDA device")
+    return resolved
 
 
 # --------------------------------------------------------------------------- losses and initialisation
@@ -76,15 +94,36 @@ def info_nce(anchors: torch.Tensor, positives: torch.Tensor, temperature: float)
     return F.cross_entropy(logits, torch.arange(len(anchors), device=anchors.device))
 
 
-def normal_parameter(shape: tuple[int, ...], generator: torch.Generator) -> nn.Parameter:
-    """A parameter drawn from N(0, INIT_STD^2) with ``generator``."""
-    return nn.Parameter(torch.randn(shape, generator=generator) * INIT_STD)
+def embedding_tables(sizes: Sequence[int], dim: int, generator: torch.Generator, init: Init) -> nn.Parameter:
+    """ID tables of ``sizes`` rows each (e.g. users then items), stacked into one parameter: every entry
+    N(0, INIT_STD^2) (``normal``), or each table Xavier-uniform on its own ``(rows, dim)`` shape
+    (``reference``: MMRec's LightGCN, VBPR, FREEDOM and SMORE initialise their tables so)."""
+    if init == "normal":
+        return nn.Parameter(torch.randn((sum(sizes), dim), generator=generator) * INIT_STD)
+    if init != "reference":
+        raise ValueError(f"init must be 'normal' or 'reference', got {init!r}")
+    tables = [nn.init.xavier_uniform_(torch.empty(n, dim), generator=generator) for n in sizes]
+    return nn.Parameter(torch.cat(tables))
 
 
-def linear(d_in: int, d_out: int, generator: torch.Generator, bias: bool = True) -> nn.Linear:
-    """A Linear layer with Xavier-uniform weights drawn from ``generator`` and zero bias (no global RNG)."""
+def linear(d_in: int, d_out: int, generator: torch.Generator, bias: bool = True,
+           init: LinearInit = "xavier_uniform") -> nn.Linear:
+    """A Linear layer initialised from ``generator`` (no global RNG): Xavier-uniform or Xavier-normal
+    weights and zero bias, or ``torch``'s own default (weights and bias U(-1/sqrt(d_in), 1/sqrt(d_in)), what
+    an ``nn.Linear`` of the FREEDOM and SMORE reference code starts from)."""
     layer = torch.nn.utils.skip_init(nn.Linear, d_in, d_out, bias=bias)
-    nn.init.xavier_uniform_(layer.weight, generator=generator)
+    if init == "torch":
+        bound = 1.0 / math.sqrt(d_in)
+        nn.init.uniform_(layer.weight, -bound, bound, generator=generator)
+        if bias:
+            nn.init.uniform_(layer.bias, -bound, bound, generator=generator)
+        return layer
+    if init == "xavier_uniform":
+        nn.init.xavier_uniform_(layer.weight, generator=generator)
+    elif init == "xavier_normal":
+        nn.init.xavier_normal_(layer.weight, generator=generator)
+    else:
+        raise ValueError(f"unknown linear init {init!r}")
     if bias:
         nn.init.zeros_(layer.bias)
     return layer
@@ -101,10 +140,12 @@ def dropout(x: torch.Tensor, p: float, generator: torch.Generator, training: boo
 # --------------------------------------------------------------------------- content features
 
 class ContentFeatures(nn.Module):
-    """Modality matrices as fixed model inputs: L2-normalised rows (an all-zero row, a missing item,
-    stays zero) and a presence mask per modality, in the order given."""
+    """Modality matrices as model inputs: L2-normalised rows (an all-zero row, a missing item, stays zero)
+    and a presence mask per modality, in the order given. Fixed inputs by default; ``trainable`` makes
+    them parameters that the loss fine-tunes (the FREEDOM and SMORE reference code loads its feature
+    tables with ``nn.Embedding.from_pretrained(..., freeze=False)``); the presence masks stay fixed."""
 
-    def __init__(self, modalities: Mapping[str, np.ndarray], n_items: int):
+    def __init__(self, modalities: Mapping[str, np.ndarray], n_items: int, trainable: bool = False):
         super().__init__()
         n_rows = check_modalities(modalities)
         if n_rows != n_items:
@@ -112,8 +153,10 @@ class ContentFeatures(nn.Module):
         self.names = tuple(modalities)
         for index, x in enumerate(modalities.values()):
             normalised = torch.as_tensor(normalize_rows(x))
-            # fixed inputs, not state: kept out of state_dict so that best-state copies stay small
-            self.register_buffer(f"features_{index}", normalised, persistent=False)
+            if trainable:
+                setattr(self, f"features_{index}", nn.Parameter(normalised))
+            else:  # fixed inputs, not state: kept out of state_dict so that best-state copies stay small
+                self.register_buffer(f"features_{index}", normalised, persistent=False)
             self.register_buffer(f"present_{index}", normalised.ne(0).any(dim=1, keepdim=True), persistent=False)
 
     def __len__(self) -> int:
@@ -122,6 +165,11 @@ class ContentFeatures(nn.Module):
     def matrices(self) -> list[torch.Tensor]:
         """``(n_items, d_m)`` normalised features per modality."""
         return [getattr(self, f"features_{m}") for m in range(len(self))]
+
+    def initial(self) -> list[np.ndarray]:
+        """The features as numpy arrays (before any fine-tuning when called at build time): what the
+        item-item graphs are built from."""
+        return [x.detach().cpu().numpy() for x in self.matrices()]
 
     def presence(self) -> list[torch.Tensor]:
         """``(n_items, 1)`` bool per modality: the item has this feature."""
@@ -149,6 +197,19 @@ class BPRModel(nn.Module):
         raise NotImplementedError
 
 
+class NegativeSampler:
+    """One negative per (sorted) user index, uniform over the candidate items outside that user's fitted
+    history: every item (``all``) or the items with a positive in the fitted history (``seen``)."""
+
+    def __init__(self, matrix: sp.csr_matrix, negatives: Negatives):
+        self.pool = np.flatnonzero(matrix.getnnz(axis=0)) if negatives == "seen" else None
+        self.matrix = matrix if self.pool is None else matrix[:, self.pool].tocsr()
+
+    def __call__(self, users: np.ndarray, rng: np.random.Generator) -> np.ndarray:
+        drawn = sample_negatives(self.matrix, users, 1, rng)[:, 0]
+        return drawn if self.pool is None else self.pool[drawn]
+
+
 class BPRRecommender(IterativeRecommender):
     """Trains a :class:`BPRModel` built by :meth:`build` with BPR, epoch by epoch (see module docstring).
 
@@ -162,22 +223,32 @@ class BPRRecommender(IterativeRecommender):
     ``patience``     ... and stops after this many checks without improvement
     ``seed``         initial weights, order, negatives, dropout
     ``device``       ``cpu`` | ``cuda`` | ``auto``
-    Subclasses may change the defaults of ``lr`` and ``l2`` (VBPR does).
+    ``init``         ``normal`` (ID tables N(0, 0.1^2), Xavier-uniform linear layers: the fast regime) |
+                     ``reference`` (each model's reference initialisation, see the model)
+    ``lr_decay``     gamma of the learning-rate schedule lr * gamma^(epoch / 50), stepped after every epoch
+                     (MMRec's ``LambdaLR``; 1 = constant, SMORE's reference 0.96)
+    ``negatives``    ``all`` | ``seen`` (see the module docstring)
+    Defaults are the fast regime's; subclasses may change them (VBPR's lr and l2, FREEDOM's l2, SMORE's
+    lr_decay).
     """
 
     name = "bpr"
 
     def __init__(self, *, dim: int = 64, lr: float = 0.05, l2: float = 1e-4, epochs: int = 60,
                  batch_size: int = 32768, eval_every: int = 5, patience: int = 2, seed: int = 0,
-                 device: Device = "cpu"):
+                 device: Device = "cpu", init: Init = "normal", lr_decay: float = 1.0, negatives: Negatives = "all"):
         if min(dim, batch_size, eval_every, patience) < 1 or epochs < 0:
             raise ValueError(f"need dim, batch_size, eval_every, patience >= 1 and epochs >= 0, got dim={dim}, "
                              f"batch_size={batch_size}, eval_every={eval_every}, patience={patience}, "
                              f"epochs={epochs}")
-        if lr <= 0 or l2 < 0:
-            raise ValueError(f"need lr > 0 and l2 >= 0, got lr={lr}, l2={l2}")
+        if lr <= 0 or l2 < 0 or not 0 < lr_decay <= 1:
+            raise ValueError(f"need lr > 0, l2 >= 0 and 0 < lr_decay <= 1, got lr={lr}, l2={l2}, lr_decay={lr_decay}")
+        if init not in ("normal", "reference") or negatives not in ("all", "seen"):
+            raise ValueError(f"init must be 'normal' or 'reference' and negatives 'all' or 'seen', got "
+                             f"{init!r}, {negatives!r}")
         self.dim, self.lr, self.l2, self.epochs, self.batch_size = dim, lr, l2, epochs, batch_size
         self.eval_every, self.patience, self.seed, self.device = eval_every, patience, seed, device
+        self.init, self.lr_decay, self.negatives = init, lr_decay, negatives
         self.model: BPRModel | None = None
         self._user_vectors: np.ndarray | None = None
         self._item_vectors: np.ndarray | None = None
@@ -207,11 +278,15 @@ class BPRRecommender(IterativeRecommender):
         with deterministic_torch(threads=None):  # all of torch's threads: these models are the slow part
             self.model = self.build(matrix, generator, device)
             optimizer = torch.optim.Adam(self.model.parameters(), lr=self.lr)
+            decay = self.lr_decay
+            schedule = torch.optim.lr_scheduler.LambdaLR(optimizer, lambda e: decay ** (e / LR_DECAY_EPOCHS))
+            sampler = NegativeSampler(matrix, self.negatives)
             best_value, best_state, checks_without_gain = -math.inf, None, 0
             if monitor is not None:
                 best_value, best_state = self._check(monitor, 0, log), copy.deepcopy(self.model.state_dict())
             for epoch in range(1, self.epochs + 1):
-                log.train_loss.append(self._epoch(matrix, optimizer, rng))
+                log.train_loss.append(self._epoch(matrix, optimizer, sampler, rng))
+                schedule.step()
                 if monitor is None or (epoch % self.eval_every and epoch != self.epochs):
                     continue
                 value = self._check(monitor, epoch, log)
@@ -235,7 +310,8 @@ class BPRRecommender(IterativeRecommender):
         log.curve.append((epoch, value))
         return value if math.isfinite(value) else -math.inf
 
-    def _epoch(self, matrix: sp.csr_matrix, optimizer: torch.optim.Optimizer, rng: np.random.Generator) -> float:
+    def _epoch(self, matrix: sp.csr_matrix, optimizer: torch.optim.Optimizer, sampler: "NegativeSampler",
+               rng: np.random.Generator) -> float:
         """One pass over every positive in a random order; the mean batch loss."""
         assert self.model is not None
         model = self.model
@@ -243,7 +319,7 @@ class BPRRecommender(IterativeRecommender):
         model.start_epoch(rng)
         order = rng.permutation(matrix.nnz)
         users, positives = stored_coordinates(matrix)
-        negatives = sample_negatives(matrix, users, 1, rng)[:, 0]  # users sorted: a cache-friendly search
+        negatives = sampler(users, rng)  # users sorted: a cache-friendly search
         users, positives, negatives = users[order], positives[order], negatives[order]
         device = next(model.parameters()).device
         losses = []

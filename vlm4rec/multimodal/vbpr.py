@@ -11,10 +11,19 @@ the concatenation equals the sum of one projection per modality (E [f; g] = E_f 
 the per-modality variant without extra code, and normalising first keeps a 1280-d image vector from
 outweighing a 384-d text vector by scale alone.
 
-Loss: BPR plus ``l2`` * 0.5 * ||user vector, positive item vector, negative item vector||^2 / batch over
-the triple's vectors (gamma_u, theta_u; gamma_i, E f_i, beta_i + beta' . f_i), as MMRec's VBPR: the paper's
-penalty on gamma, theta and beta, with E and beta' penalised through the content they project rather than
-by a separate lambda_E (one knob instead of two; a separate, unpenalised E overfitted within 5 epochs here).
+Loss: BPR plus ``l2`` * 0.5 * (||u||^2 + ||p||^2 + ||n||^2) / batch, with u = [gamma_u, theta_u] the batch's
+user vectors and p, n = [gamma_i, E f_i, beta_i + beta' . f_i] its positive and negative item vectors: the
+L2 term falls on what the batch scores with, so E and beta' are penalised through the content they project
+(a separate, unpenalised E overfitted within 5 epochs here). The paper instead penalises the parameters
+themselves: lambda_Theta (||gamma_u||^2, ||theta_u||^2, ||gamma_i||^2, beta_i^2) and a separate lambda_E
+(||E||^2, ||beta'||^2). MMRec's VBPR (``src/models/vbpr.py``) penalises the same three batch blocks as here
+but with ``EmbLoss``, the sum of their Frobenius norms, not squared and not halved, divided by the batch
+size; so an ``l2`` value here is not MMRec's ``reg_weight`` value (its grid: 2, 1, 0.1, ..., 1e-5).
+MMRec's VBPR also has no biases and gives the user 2 x 64 dimensions (64 ID + 64 content); here the
+embedding size ``dim`` is split in half, plus the bias column.
+
+``init="reference"`` (the paper regime) starts from MMRec's initialisation: Xavier-uniform user and item
+tables, a Xavier-normal projection E; biases start at zero in both regimes.
 """
 from __future__ import annotations
 
@@ -25,23 +34,25 @@ import scipy.sparse as sp
 import torch
 from torch import nn
 
-from vlm4rec.multimodal.training import (BPRModel, BPRRecommender, ContentFeatures, bpr_loss, l2_penalty,
-                                         linear, normal_parameter, rows)
+from vlm4rec.multimodal.training import (BPRModel, BPRRecommender, ContentFeatures, Init, bpr_loss,
+                                         embedding_tables, l2_penalty, linear, rows)
 
 
 class VBPRModel(BPRModel):
     """User vector [gamma_u, theta_u, 1], item vector [gamma_i, E f_i, beta_i + beta' . f_i]."""
 
-    def __init__(self, n_users: int, features: ContentFeatures, dim: int, l2: float, generator: torch.Generator):
+    def __init__(self, n_users: int, features: ContentFeatures, dim: int, l2: float, generator: torch.Generator,
+                 init: Init):
         super().__init__()
         self.l2 = l2
         content = torch.cat(features.matrices(), dim=1)
         self.register_buffer("content", content, persistent=False)
         n_items, id_dim = content.shape[0], dim // 2
-        self.user_factors = normal_parameter((n_users, dim), generator)       # [gamma_u, theta_u]
-        self.item_factors = normal_parameter((n_items, id_dim), generator)    # gamma_i
-        self.item_bias = nn.Parameter(torch.zeros(n_items, 1))                # beta_i
-        self.projection = linear(content.shape[1], dim - id_dim, generator, bias=False)  # E
+        self.user_factors = embedding_tables((n_users,), dim, generator, init)       # [gamma_u, theta_u]
+        self.item_factors = embedding_tables((n_items,), id_dim, generator, init)    # gamma_i
+        self.item_bias = nn.Parameter(torch.zeros(n_items, 1))                        # beta_i
+        self.projection = linear(content.shape[1], dim - id_dim, generator, bias=False,  # E
+                                 init="xavier_normal" if init == "reference" else "xavier_uniform")
         self.content_bias = nn.Parameter(torch.zeros(content.shape[1], 1))    # beta'
 
     def item_vectors(self) -> torch.Tensor:
@@ -78,4 +89,4 @@ class VBPR(BPRRecommender):
 
     def build(self, history: sp.csr_matrix, generator: torch.Generator, device: torch.device) -> VBPRModel:
         features = ContentFeatures(self.modalities, history.shape[1])
-        return VBPRModel(history.shape[0], features, self.dim, self.l2, generator).to(device)
+        return VBPRModel(history.shape[0], features, self.dim, self.l2, generator, self.init).to(device)

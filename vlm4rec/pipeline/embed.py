@@ -90,6 +90,7 @@ def run(embed: dict[str, Any], ground: dict[str, Any], compute: dict[str, Any]) 
     summary = pd.DataFrame([{"name": r.name, "dim": r.dim, "coverage": r.coverage, "fallback": r.n_fallback,
                              "missing": r.n_missing, "source": r.source} for r in reps]).set_index("name")
     metrics = {"representations": summary.drop(columns="source").to_dict(orient="index"),
+               "without_content": [r.name for r in reps if not r.has_content],  # refused by every later stage
                "image_failures": features.failures.to_dict(orient="records"), "cost": costs}
     write_json(METRICS_DIR / "embed.json", metrics)
     return summary, metrics

@@ -6,6 +6,9 @@ included) changes the manifest and re-runs ``prepare``. The stage runs on every 
 (``always_changed``), so the path without a download is kept cheap. The manifest holds only locations
 and fingerprints, never times or download counts, so that an unchanged source gives the same bytes.
 
+The manifest also records the ``data.<source>`` keys the stage ran with, so that ``prepare`` refuses a
+manifest made for other keys (:func:`adapter_keys`).
+
 - ``movielens_1m``: :func:`vlm4rec.datasets.movielens_fetch.resolve_movielens_1m` finds the official
   files (or downloads them on a fresh machine). The manifest holds the resolved root, size and sha256
   of each ``.dat``, the posters folder with MovieID -> sha256 and size, and the movies without a poster.
@@ -74,7 +77,7 @@ def run(data: dict[str, Any]) -> dict[str, Any]:
     costs: dict[str, Any] = {}
     with timed(costs, "wall"):
         manifest, metrics = _movielens(keys) if source == "movielens_1m" else _other_source(source, keys)
-        write_json(SOURCE_MANIFEST, {"source": source} | manifest)
+        write_json(SOURCE_MANIFEST, {"source": source, "keys": keys} | manifest)
     metrics = {"source": source} | metrics | {"cost": costs}
     write_json(METRICS_DIR / "fetch.json", metrics)
     return metrics
@@ -90,16 +93,26 @@ def load_source_manifest(path: str | Path = SOURCE_MANIFEST) -> dict[str, Any]:
 
 def adapter_keys(data: dict[str, Any], manifest_path: str | Path = SOURCE_MANIFEST) -> dict[str, Any]:
     """The keyword arguments for ``load_source(data["source"], ...)``: MovieLens-1M's resolved root and
-    posters folder from the manifest, other sources' own non-null keys, and ``images_outside_folder``."""
+    posters folder from the manifest, other sources' own non-null keys, and ``images_outside_folder``.
+
+    The manifest must come from a fetch run with the current ``data.<source>`` keys (it records them): a
+    changed root is a StudyError, never a silent read of the folder the last fetch found."""
     source = data["source"]
     manifest = load_source_manifest(manifest_path)
     if manifest["source"] != source:
         raise StudyError(f"{manifest_path} records source {manifest['source']!r} but data.source is "
                          f"{source!r}: run the fetch stage first (dvc repro fetch)")
-    policy = {"images_outside_folder": data.get("images_outside_folder", "record")}
+    keys = {k: v for k, v in (data.get(source) or {}).items() if v is not None}
+    recorded = manifest.get("keys", {})
+    changed = sorted(k for k in keys.keys() | recorded.keys() if keys.get(k) != recorded.get(k))
+    if changed:
+        raise StudyError("; ".join(f"data.{source}.{k} is {keys.get(k)!r} but the fetch stage last ran with "
+                                   f"{recorded.get(k)!r}" for k in changed)
+                         + ": run the fetch stage first (dvc repro fetch), so that prepare reads these files")
+    policy = {"images_outside_folder": data.get("images_outside_folder", "refuse")}
     if source == "movielens_1m":
         return {"root": manifest["root"], "posters_dir": manifest["posters_dir"]} | policy
-    return {k: v for k, v in (data.get(source) or {}).items() if v is not None} | policy
+    return keys | policy
 
 
 def main() -> None:

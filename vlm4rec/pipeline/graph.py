@@ -4,7 +4,8 @@ Each cell feeds representations written by the embed stage (``title``, ``descrip
 to LightGCN, VBPR, FREEDOM or SMORE (:mod:`vlm4rec.multimodal`) as modalities. Its grid (``graph.<scale>``)
 and number of epochs are chosen on validation NDCG with the first seed; the chosen configuration is refitted
 on train + validation for the chosen epochs and tested once per seed. Graphs, negatives and early stopping
-see only the history of the phase (train, then train + validation).
+see only the history of the phase (train, then train + validation). Every model trains in the regime
+``graph.regime`` (``graph.training.<regime>``: fast or the references' paper settings).
 """
 from __future__ import annotations
 
@@ -24,6 +25,14 @@ from vlm4rec.stage import exit_on_study_error, run_stage_function
 GRAPH_RESULTS = RESULTS_DIR / "graph"
 
 
+def regime_options(graph: dict[str, Any]) -> dict[str, Any]:
+    """The training options every candidate of the chosen regime gets (a null ``lr`` leaves each model its
+    own default) and the device."""
+    regime = graph["training"][graph["regime"]]
+    return {key: value for key, value in regime.items() if not (key == "lr" and value is None)} | {
+        "device": graph["device"]}
+
+
 def run_cell(eval: dict[str, Any], graph: dict[str, Any], cell: str) -> dict[str, MethodResult]:
     """Select, refit and test one cell over its seeds; results under ``data/results/graph/<cell>``, metrics
     (test and validation numbers, chosen configuration, epochs run and best epoch, wall times) in
@@ -32,7 +41,7 @@ def run_cell(eval: dict[str, Any], graph: dict[str, Any], cell: str) -> dict[str
     modalities = {name: load_vectors(EMBEDDINGS_DIR, name, f"graph.cells.{cell}.modalities")
                   for name in spec["modalities"]}
     data = EvalData.from_prepared(load_prepared(PREPARED_DIR), ranker(None, eval["device"], eval["block_size"]))
-    fixed = graph["training"] | {"device": graph["device"]}
+    fixed = regime_options(graph)
     grid = scale["grids"][spec["model"]]
     started = time.perf_counter()
     results = select_and_test_seeds(cell, lambda seed: candidates(spec["model"], modalities, grid, fixed, seed),
@@ -40,6 +49,7 @@ def run_cell(eval: dict[str, Any], graph: dict[str, Any], cell: str) -> dict[str
     first = next(iter(results.values()))
     write_json(METRICS_DIR / "graph" / f"{cell}.json", {
         "model": spec["model"], "modalities": spec["modalities"], "scale": graph["scale"],
+        "regime": graph["regime"],
         "methods": test_metrics_json(results),
         "training": {"best_epoch": first.training["best_epoch"], "epochs_run": first.training["epochs_run"],
                      "stopped_early": first.training["stopped_early"],

@@ -30,6 +30,20 @@ def sample_users(raw: RawDataset, n_users: int | None, seed: int) -> RawDataset:
                       counts=raw.counts | {"sampled_users": n_users})
 
 
+def rated_items_without_positive(raw: RawDataset, prepared: PreparedData) -> int:
+    """Items of the prepared universe that the source has interactions on but that hold no positive after
+    preparation (all rated below ``data.min_rating``, or only by dropped users): they are not "never
+    interacted with"."""
+    rated = set(raw.interactions["item_id"].astype(str))
+    positive = set(prepared.items["item_id"].astype(str).to_numpy()[np.unique(prepared.interactions["item_idx"])])
+    return len((rated & set(prepared.items["item_id"].astype(str))) - positive)
+
+
+def split_protocol(raw: RawDataset, split: dict[str, Any]) -> str:
+    """``split.protocol``, or ``source`` when the source labels its own split (which prepare keeps as is)."""
+    return "source" if "split" in raw.interactions.columns else split["protocol"]
+
+
 def run(data: dict[str, Any], split: dict[str, Any]) -> tuple[PreparedData, dict[str, Any]]:
     """Read the source, make implicit positives, filter users, split, write Parquet and metrics."""
     costs: dict[str, Any] = {}
@@ -37,8 +51,9 @@ def run(data: dict[str, Any], split: dict[str, Any]) -> tuple[PreparedData, dict
         raw = sample_users(load_raw(data), data["user_sample"], data["seed"])
         prepared = prepare(raw, data["min_rating"], data["min_positives"], SplitConfig(**split), data["universe"])
         save_prepared(prepared, PREPARED_DIR)
-    metrics = {"dataset": data["source"], "universe": data["universe"], "split_protocol": split["protocol"],
-               "counts": dataset_counts(prepared),
+    metrics = {"dataset": data["source"], "universe": data["universe"], "split_protocol": split_protocol(raw, split),
+               "counts": dataset_counts(prepared) | {
+                   "items_without_positives_but_rated": rated_items_without_positive(raw, prepared)},
                "source_counts": raw.counts, "dropped_in_preparation": prepared.dropped,
                "cost": costs | {"peak_rss_mb": round(peak_rss_mb(), 1)}}
     write_json(METRICS_DIR / "prepare.json", metrics)

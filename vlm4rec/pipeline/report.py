@@ -1,14 +1,14 @@
 """Report stage: everything read back from the stage outputs, nothing recomputed but statistics.
 
 The report opens with findings generated from the numbers: each of the study's questions answered with
-the paired difference, its 95% CI and the Holm-corrected p-value (Holm across the findings), plus the
-caveats that apply. The same findings go to ``metrics/report.json`` so that ``dvc exp show`` compares
-them across experiments.
+the paired difference, its 95% CI and the Holm-corrected paired-bootstrap p-value (users and both arms'
+seeds resampled; Holm across the findings), plus the caveats that apply. The same findings go to
+``metrics/report.json`` so that ``dvc exp show`` compares them across experiments.
 """
 from __future__ import annotations
 
 import json
-from collections.abc import Sequence
+from collections.abc import Collection, Sequence
 from dataclasses import asdict, dataclass
 from typing import Any
 
@@ -19,19 +19,23 @@ from vlm4rec.data import PreparedData, load_prepared
 from vlm4rec.evaluation import MethodResult, load_result
 from vlm4rec.pipeline.outputs import GROUNDING_DIR, METRICS_DIR, PREPARED_DIR, RESULTS_DIR, write_json
 from vlm4rec.pipeline.tables import format_p, method_family, per_user_long, seed_of
-from vlm4rec.slices import history_lengths, item_popularity_groups, per_user_recall_on
-from vlm4rec.stats import holm, paired_tests
+from vlm4rec.slices import (HISTORY_BINS, history_lengths, item_popularity_groups, per_user_recall_on,
+                            slices_for_methods)
+from vlm4rec.stats import holm_where_tested, paired_tests
 
 RESULT_STAGES = ("match", "fusion", "graph")
 SIGNIFICANCE = 0.05
 MODEL_NAMES = {"lightgcn": "LightGCN", "vbpr": "VBPR", "freedom": "FREEDOM", "smore": "SMORE"}
 
 
-def load_all_results(stages: tuple[str, ...] = RESULT_STAGES) -> dict[str, MethodResult]:
+def load_all_results(graph_cells: Collection[str], stages: tuple[str, ...] = RESULT_STAGES) -> dict[str, MethodResult]:
     """Every method evaluated by the given stages, by name: each result folder under ``data/results/<stage>``
-    (a graph cell's seeds one level further down)."""
+    (a graph cell's seeds one level further down), graph results only for the cells in ``graph_cells``
+    (params ``graph.cells``): a folder left by a cell no longer in params is stale and stays out of the
+    tables and the Holm families."""
     return {path.parent.name: load_result(path.parent) for stage in stages
-            for path in sorted((RESULTS_DIR / stage).rglob("chosen.json"))}
+            for path in sorted((RESULTS_DIR / stage).rglob("chosen.json"))
+            if stage != "graph" or method_family(path.parent.name) in graph_cells}
 
 
 def families(results: dict[str, MethodResult]) -> dict[str, list[str]]:
@@ -57,7 +61,10 @@ def best_by_validation(results: dict[str, MethodResult], candidates: list[str], 
 
 @dataclass
 class Finding:
-    """One of the study's questions, answered by a paired comparison on test."""
+    """One of the study's questions, answered by a paired comparison on test (:func:`vlm4rec.stats.paired_tests`).
+
+    ``seeds``: (method's, against's) training seeds; ``p``: the paired-bootstrap p (NaN when untested);
+    ``verdict_blocked_by``: why no verdict is given ("one seed"), empty otherwise."""
 
     id: str
     question: str
@@ -66,21 +73,26 @@ class Finding:
     metric: str
     users: str
     n_users: int
+    seeds: tuple[int, int]
     difference: float
     ci_low: float
     ci_high: float
-    wilcoxon_p: float
+    p: float
+    verdict_blocked_by: str = ""
     p_holm: float = float("nan")
 
     @property
     def answer(self) -> str:
-        if self.p_holm < SIGNIFICANCE and (self.ci_low > 0 or self.ci_high < 0):
+        if self.verdict_blocked_by:
+            verdict = f"{self.verdict_blocked_by}: no verdict"
+        elif self.p_holm < SIGNIFICANCE and (self.ci_low > 0 or self.ci_high < 0):
             verdict = "yes" if self.difference > 0 else "no, it is worse"
         else:
             verdict = "no clear difference"
+        test = "" if self.verdict_blocked_by else f", Holm-corrected paired-bootstrap p = {format_p(self.p_holm)}"
         return (f"{verdict}: {self.method} - {self.against} = {self.difference:+.4f} {self.metric} "
-                f"[95% CI {self.ci_low:+.4f}, {self.ci_high:+.4f}], Holm-corrected Wilcoxon p = "
-                f"{format_p(self.p_holm)}, {self.n_users:,} users ({self.users})")
+                f"[95% CI {self.ci_low:+.4f}, {self.ci_high:+.4f}]{test}, {self.n_users:,} users ({self.users}), "
+                f"{self.seeds[0]} vs {self.seeds[1]} seed(s)")
 
 
 def _compare(fid: str, question: str, per_user: pd.DataFrame, method: str, against: str, metric: str,
@@ -91,8 +103,17 @@ def _compare(fid: str, question: str, per_user: pd.DataFrame, method: str, again
     if set(pair["method"]) != {method, against}:
         return None
     row = paired_tests(pair, against, metric, eval["bootstrap_resamples"], eval["seed"]).iloc[0]
-    return Finding(fid, question, method, against, metric, users, int(row["n_users"]), float(row["mean_diff"]),
-                   float(row["diff_ci_low"]), float(row["diff_ci_high"]), float(row["wilcoxon_p"]))
+    return Finding(fid, question, method, against, metric, users, int(row["n_users"]),
+                   (int(row["n_seeds"]), int(row["n_seeds_reference"])), float(row["mean_diff"]),
+                   float(row["diff_ci_low"]), float(row["diff_ci_high"]), float(row["p"]),
+                   str(row["verdict_blocked_by"]))
+
+
+def holm_across(found: Sequence[Finding]) -> None:
+    """Set each finding's ``p_holm``: Holm across the findings that were tested (a one-seed comparison has
+    no p and is not in the family)."""
+    for finding, p in zip(found, holm_where_tested([f.p for f in found])):
+        finding.p_holm = float(p)
 
 
 def restricted_per_user(results: dict[str, MethodResult], names: list[str], prepared: PreparedData,
@@ -173,8 +194,7 @@ def findings(results: dict[str, MethodResult], eval: dict[str, Any], report: dic
                             description, against, f"recall@{k}",
                             f"users with at most {cfg['short_history']} history items", eval))
     answered = [finding for finding in out if finding is not None]
-    for finding, p in zip(answered, holm([f.wilcoxon_p for f in answered])):
-        finding.p_holm = float(p)
+    holm_across(answered)
     return answered
 
 
@@ -182,7 +202,8 @@ def graph_table(results: dict[str, MethodResult], eval: dict[str, Any], report: 
                 graph_cells: dict[str, Any], prepared: PreparedData) -> pd.DataFrame:
     """Does the grounded description help a multimodal recommender? Per model: the paired difference
     (description + image minus title + image) on the headline metric and on recall over cold test items,
-    each with its 95% CI and Wilcoxon p (Holm across the models), and the two cells' wall time."""
+    each with its 95% CI over users and both cells' seeds and the paired-bootstrap p (Holm across the
+    models), and the two cells' wall time (all seeds)."""
     cfg = report["findings"]
     pairs = graph_pairs(graph_cells, cfg["description"], cfg["title"], cfg["image"])
     pairs = {m: p for m, p in pairs.items() if set(p) <= set(families(results))}
@@ -201,9 +222,7 @@ def graph_table(results: dict[str, MethodResult], eval: dict[str, Any], report: 
                      "overall": overall,
                      "cold": on_cold, "wall_s (both cells)": round(sum(seconds), 1)})
     for column in ("overall", "cold"):
-        found = [row[column] for row in rows if row[column] is not None]
-        for finding, p in zip(found, holm([f.wilcoxon_p for f in found])):
-            finding.p_holm = float(p)
+        holm_across([row[column] for row in rows if row[column] is not None])
     return pd.DataFrame([{"model": r["model"], "cells": r["cells"],
                           **_summary(r["overall"], cfg["metric"]), **_summary(r["cold"], "cold-item recall"),
                           "wall_s (both cells)": r["wall_s (both cells)"]} for r in rows]).set_index("model")
@@ -212,8 +231,11 @@ def graph_table(results: dict[str, MethodResult], eval: dict[str, Any], report: 
 def _summary(finding: Finding | None, label: str) -> dict[str, str]:
     if finding is None:
         return {f"{label}: difference [95% CI]": "no users", f"{label}: p (Holm across models)": ""}
-    return {f"{label}: difference [95% CI]": f"{finding.difference:+.4f} [{finding.ci_low:+.4f}, {finding.ci_high:+.4f}]",
-            f"{label}: p (Holm across models)": format_p(finding.p_holm)}
+    p = f"{finding.verdict_blocked_by}: no verdict" if finding.verdict_blocked_by else format_p(finding.p_holm)
+    return {"seeds": f"{finding.seeds[0]} vs {finding.seeds[1]}",
+            f"{label}: difference [95% CI]":
+                f"{finding.difference:+.4f} [{finding.ci_low:+.4f}, {finding.ci_high:+.4f}]",
+            f"{label}: p (Holm across models)": p}
 
 
 def graph_training_curves(results: dict[str, MethodResult]) -> pd.DataFrame:
@@ -234,10 +256,48 @@ def runs_at_epoch_cap(results: dict[str, MethodResult], fusion_training: dict[st
     return graph + fusion
 
 
+GRAPH_TUNING_RECORD = "benchmarks/README.md, 'Validation curves on ML-1M and the cost of a study cell'"
+
+
+def graph_tuning_note(graph_cells: Collection[str]) -> str | None:
+    """Where the graph cells' hyperparameters were chosen: cells whose grid (``metrics/graph/<cell>.json``)
+    held one configuration ran defaults tuned outside this pipeline, on ML-1M validation, as recorded in
+    :data:`GRAPH_TUNING_RECORD`; None when every cell searched a grid here."""
+    fixed = {}
+    for cell in graph_cells:
+        path = METRICS_DIR / "graph" / f"{cell}.json"
+        if path.exists():
+            metrics = json.loads(path.read_text())
+            if metrics["training"]["grid_size"] == 1:
+                fixed[cell] = metrics["scale"]
+    if not fixed:
+        return None
+    scales = ", ".join(sorted(set(fixed.values())))
+    return (f"{len(fixed)} graph cell(s) trained one configuration each (graph.scale: {scales}), so this run's "
+            "validation chose only their epoch: their learning rate and L2 are defaults tuned outside the "
+            f"pipeline by single validation runs on ML-1M ({GRAPH_TUNING_RECORD}). graph.scale: full searches "
+            f"its grids on validation inside the pipeline. Cells: {', '.join(sorted(fixed))}.")
+
+
+def p_floor_note(found: Sequence[Finding], n_resamples: int) -> str | None:
+    """A caveat when the bootstrap is too coarse for Holm: no p can fall below 2 / (n_resamples + 1), so with
+    m tested findings the smallest Holm-corrected p is at least m times that; None when that is below
+    :data:`SIGNIFICANCE`."""
+    tested = sum(not np.isnan(f.p) for f in found)
+    floor = 2 / (n_resamples + 1)
+    if tested * floor < SIGNIFICANCE:
+        return None
+    return (f"With eval.bootstrap_resamples = {n_resamples:,} no p-value falls below {floor:.4f}, so none of the "
+            f"{tested} tested findings can reach Holm-corrected p < {SIGNIFICANCE}: raise it for verdicts.")
+
+
 def caveats(grounding: dict[str, Any], split: str, robustness: pd.DataFrame | None,
-            capped_runs: Sequence[str] = ()) -> list[str]:
+            capped_runs: Sequence[str] = (), cold_start: dict[str, int] | None = None,
+            more: Sequence[str | None] = ()) -> list[str]:
     """What a reader must keep in mind when reading the findings, from the stage outputs
-    (``capped_runs``: :func:`runs_at_epoch_cap`)."""
+    (``capped_runs``: :func:`runs_at_epoch_cap`; ``cold_start``: the robustness stage's ``test_users``
+    counts; ``more``: further notes such as :func:`graph_tuning_note` and :func:`p_floor_note`, None
+    ones skipped)."""
     notes = [f"Every description comes from: {grounding['grounder']['description_of_method']}."]
     if grounding["grounder"]["backend"] == "tagger":
         notes.append("The default grounder is a classifier-based tagger, not a vision-language model: the "
@@ -245,40 +305,69 @@ def caveats(grounding: dict[str, Any], split: str, robustness: pd.DataFrame | No
     for arm, counts in grounding["arms"].items():
         notes.append(f"Prompt arm {arm}: {counts['ok']:,} of {counts['items']:,} items described; "
                      f"{counts['title_mention_rate']:.1%} of the descriptions name their item's title.")
-    if split != "global_time":
-        notes.append(f"The split is {split}: one user's training data can postdate another user's test data, "
-                     "which favours collaborative methods. The robustness table re-evaluates the main "
-                     "methods under a global time cut.")
+    if split == "source":
+        notes.append("The split is the source's own (split.protocol was not applied).")
+    elif split != "global_time":
+        notes.append(f"The split is {split}: one user's training data can postdate another user's test data. "
+                     "The robustness table re-evaluates the main methods under a global time cut, which shows "
+                     "how much each method's score depends on that.")
     if robustness is not None and len(robustness) > 1:
         tau = robustness[["study_split", "global_time"]].corr(method="kendall").iloc[0, 1]
-        notes.append(f"Kendall's tau between the two protocols' orderings of {len(robustness)} methods: "
-                     f"{tau:.2f}.")
+        notes.append(f"Kendall's tau between the two protocols' orderings of {len(robustness)} methods "
+                     f"(global time cut: users with a history only): {tau:.2f}.")
+    if cold_start is not None and cold_start["cold_start"]:
+        notes.append(f"Under the global time cut {cold_start['cold_start']:,} of {cold_start['all']:,} test users "
+                     f"({cold_start['cold_start'] / cold_start['all']:.0%}) have no history; the robustness "
+                     "comparison leaves them out and the cold-start table shows what each method returns them.")
+    notes += [note for note in more if note]
     if capped_runs:
         notes.append(f"{len(capped_runs)} training run(s) reached their epoch cap before early stopping ended "
                      "them, so their validation curve may not have flattened (raise fusion.epochs or "
-                     f"graph.training.epochs): {'; '.join(capped_runs)}.")
+                     f"graph.training.<regime>.epochs): {'; '.join(capped_runs)}.")
     return notes
 
 
-def robustness_table(metric: str) -> pd.DataFrame | None:
-    """Test ``metric`` of each method under the study's split and under the robustness protocol, with
-    their ranks (None when the robustness stage has not run)."""
+def load_robustness() -> dict[str, Any] | None:
+    """``metrics/robustness.json`` (None when the robustness stage has not run)."""
     path = METRICS_DIR / "robustness.json"
-    if not path.exists():
+    return json.loads(path.read_text()) if path.exists() else None
+
+
+def robustness_table(metric: str, robustness: dict[str, Any] | None) -> pd.DataFrame | None:
+    """Test ``metric`` of each method under the study's split (all test users) and under the robustness
+    protocol on its test users with a non-empty history, with their ranks, sorted by the study split's
+    validation selection metric (None when the robustness stage has not run). The users without history
+    are in :func:`cold_start_table`."""
+    if robustness is None:
         return None
-    other = json.loads(path.read_text())
     main = json.loads((METRICS_DIR / "match.json").read_text())["methods"]
-    rows = [{"method": m, "study_split": main[m]["test"][metric], other["protocol"]: e["test"][metric]}
-            for m, e in other["methods"].items() if m in main]
-    table = pd.DataFrame(rows).set_index("method").sort_values("study_split", ascending=False)
-    for column in list(table.columns):
+    rows = [{"method": m, **{f"validation {k}": v for k, v in main[m]["validation"].items()},
+             "study_split": main[m]["test"][metric], robustness["protocol"]: e["test_with_history"][metric]}
+            for m, e in robustness["methods"].items() if m in main]
+    table = pd.DataFrame(rows).set_index("method")
+    table = table.sort_values(table.columns[0], ascending=False, kind="stable")
+    for column in ("study_split", robustness["protocol"]):
         table[f"rank ({column})"] = table[column].rank(ascending=False, method="min").astype(int)
     return table
 
 
+def cold_start_table(metric: str, robustness: dict[str, Any] | None) -> pd.DataFrame | None:
+    """Per method, under the robustness protocol: its test ``metric`` on the test users without history and
+    what its lists are for them (one tied list in item-index order, one list for all, or distinct lists)."""
+    if robustness is None:
+        return None
+    rows = {m: {f"test {metric}": e["cold_start"]["test"].get(metric, np.nan), "lists": e["cold_start"]["lists"]}
+            for m, e in robustness["methods"].items()}
+    return pd.DataFrame.from_dict(rows, orient="index").rename_axis("method")
+
+
 def write_report_metrics(found: list[Finding], notes: list[str]) -> dict[str, Any]:
-    """``metrics/report.json``: every finding's numbers (keyed by id, for ``dvc exp show``) and the caveats."""
-    payload = {"findings": {f.id: {k: v for k, v in asdict(f).items() if k != "id"} | {"answer": f.answer}
+    """``metrics/report.json``: every finding's numbers (keyed by id, for ``dvc exp show``; an untested
+    p is null, not NaN, which JSON lacks) and the caveats."""
+    def number(value: Any) -> Any:
+        return None if isinstance(value, float) and np.isnan(value) else value
+
+    payload = {"findings": {f.id: {k: number(v) for k, v in asdict(f).items() if k != "id"} | {"answer": f.answer}
                             for f in found},
                "caveats": notes}
     write_json(METRICS_DIR / "report.json", payload)
@@ -327,9 +416,24 @@ def load_prepared_data() -> PreparedData:
     return load_prepared(PREPARED_DIR)
 
 
+def family_slices(results: dict[str, MethodResult], wanted: Sequence[str], prepared: PreparedData, k: int,
+                  metrics: Sequence[str], bins: Sequence[float] = HISTORY_BINS) -> pd.DataFrame:
+    """:func:`vlm4rec.slices.slices_for_methods` for the method families in ``wanted`` that have results
+    (a seeded family: the mean of its seeds' values, every seed holding the same users and test pairs)."""
+    grouped = families(results)
+    names = [name for family in wanted if family in grouped for name in grouped[family]]
+    sliced = slices_for_methods({name: (results[name].test_topk, results[name].test_per_user["user_idx"].to_numpy(),
+                                        results[name].test_per_user) for name in names},
+                                prepared, k=k, metrics=metrics, bins=bins)
+    sliced["method"] = sliced["method"].map(method_family)
+    keys = ["method", "slice_kind", "slice", "metric", "n"]
+    return sliced.groupby(keys, sort=False, as_index=False)["value"].mean()
+
+
 def user_gallery(results: dict[str, MethodResult], methods: list[str], prepared: PreparedData, n_users: int = 3,
                  history: int = 6, k: int = 5, seed: int = 0) -> list[tuple[str, list[str | None], list[str]]]:
-    """For a seeded sample of test users: their latest history posters, then each method's top-k.
+    """For a seeded sample of test users: their latest history posters, then each method family's top-k
+    (a seeded family's first seed, named in the row title; families without results are skipped).
 
     Returns (row title, image paths, captions) rows for :func:`vlm4rec.plots.image_grid`."""
     items = prepared.items.set_index("item_idx")
@@ -342,10 +446,11 @@ def user_gallery(results: dict[str, MethodResult], methods: list[str], prepared:
         latest = seen.sort_values("timestamp")["item_idx"].to_numpy()[-history:][::-1]
         rows.append((f"user {user}: latest history", [items.at[i, "image_path"] for i in latest],
                      [items.at[i, "title"] for i in latest]))
-        for method in methods:
-            result = results[method]
+        for method in [m for m in methods if m in families(results)]:
+            name = families(results)[method][0]
+            result = results[name]
             row = int(np.flatnonzero(result.test_per_user["user_idx"].to_numpy() == user)[0])
             top = result.test_topk[row, :k]
-            rows.append((f"{method} top-{k}", [items.at[i, "image_path"] for i in top],
+            rows.append((f"{name} top-{k}", [items.at[i, "image_path"] for i in top],
                          [("HIT  " if i in test[user] else "") + items.at[i, "title"] for i in top]))
     return rows

@@ -43,18 +43,33 @@ def per_user_long(results: dict[str, MethodResult]) -> pd.DataFrame:
     return long.astype({"seed": "float64"})
 
 
+def validation_scores(results: dict[str, MethodResult]) -> pd.Series:
+    """Per method family, the validation selection metric of its chosen configuration (a seeded family's
+    selection run, which every seed's result carries), named ``validation <metric>``."""
+    first = {}
+    for name, r in results.items():
+        first.setdefault(method_family(name), r)
+    metrics = {r.select_metric for r in first.values()}
+    if len(metrics) != 1:
+        raise ValueError(f"the methods were selected on different metrics {sorted(metrics)}")
+    metric = metrics.pop()
+    return pd.Series({f: r.val_summary()[metric] for f, r in first.items()}, name=f"validation {metric}")
+
+
 def main_table(results: dict[str, MethodResult], eval: dict[str, Any],
                metrics: Sequence[str] = MAIN_TABLE_METRICS) -> tuple[pd.DataFrame, pd.DataFrame]:
     """(long table with mean and 95% CI per method family x metric, wide 'mean [low, high]' display
-    table sorted by the second metric). Seeded families' CIs resample users and seeds."""
+    table with the validation selection metric first, sorted by it: never by test). Seeded families' CIs
+    resample users and seeds."""
     long = results_table(per_user_long(results), list(metrics), eval["bootstrap_resamples"], seed=eval["seed"])
     long["value"] = [f"{m:.4f} [{lo:.4f}, {hi:.4f}]" for m, lo, hi in
                      zip(long["mean"], long["ci_low"], long["ci_high"])]
     wide = long.pivot(index="method", columns="metric", values="value")[list(metrics)]
     seeds = long.groupby("method")["n_seeds"].first()
     wide.insert(0, "seeds", seeds.reindex(wide.index))
-    order = long[long["metric"] == metrics[1]].sort_values("mean", ascending=False)["method"]
-    return long, wide.loc[order]
+    validation = validation_scores(results)
+    wide.insert(1, validation.name, validation.reindex(wide.index).round(4))
+    return long, wide.sort_values(validation.name, ascending=False, kind="stable")
 
 
 def format_p(p: float) -> str:
@@ -64,13 +79,18 @@ def format_p(p: float) -> str:
     return f"{p:.3f}" if p >= 1e-3 else f"{p:.1e}"
 
 
+P_COLUMN = "p (paired bootstrap, Holm)"
+
+
 def paired_test_table(results: dict[str, MethodResult], references: Sequence[str], metrics: Sequence[str],
                       eval: dict[str, Any]) -> tuple[pd.DataFrame, pd.DataFrame]:
     """(long paired-test table, compact display table).
 
-    Every method family against each reference on each metric (Wilcoxon and t-test on per-user values,
-    Holm within a reference and metric, bootstrap CI of the mean difference). The display has one row per
-    method and metric and, per reference, the difference with its CI and the Holm-corrected Wilcoxon p.
+    Every method family against each reference on each metric (:func:`vlm4rec.stats.paired_tests`: one
+    paired bootstrap over users and both arms' seeds gives the CI of the mean difference and its p, Holm
+    within a reference and metric). The display has one row per method and metric and, per reference, the
+    difference with its CI and the Holm-corrected bootstrap p ("one seed: no verdict" for a seeded family
+    evaluated with a single seed).
     """
     per_user = per_user_long(results)
     present = set(per_user["method"])
@@ -80,9 +100,10 @@ def paired_test_table(results: dict[str, MethodResult], references: Sequence[str
         return long, pd.DataFrame()
     long["difference"] = [f"{d:+.4f} [{lo:+.4f}, {hi:+.4f}]" for d, lo, hi in
                           zip(long["mean_diff"], long["diff_ci_low"], long["diff_ci_high"])]
-    long["p (Wilcoxon, Holm)"] = long["wilcoxon_p_holm"].map(format_p)
+    long[P_COLUMN] = [format_p(p) if blocked == "" else f"{blocked}: no verdict"
+                      for p, blocked in zip(long["p_holm"], long["verdict_blocked_by"])]
     wide = long.pivot_table(index=["metric", "method"], columns="reference",
-                            values=["difference", "p (Wilcoxon, Holm)"], aggfunc="first")
+                            values=["difference", P_COLUMN], aggfunc="first")
     wide = wide.swaplevel(axis=1).sort_index(axis=1, level=0)
     return long, wide
 
