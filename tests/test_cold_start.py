@@ -102,7 +102,20 @@ def test_new_item_findings_pair_the_description_with_each_method_and_holm_across
                               n_resamples=200)
     assert table["reference"].tolist() == ["title", "image"]
     assert table["mean_diff"].tolist() == pytest.approx([0.15, 0.0])  # (0.1 + 0.2) / 2 and no difference
-    assert (table["wilcoxon_p_holm"] >= table["wilcoxon_p"]).all()
+    assert table["method"].tolist() == ["description", "description"]
+    # two questions, the title one significant (every resample favours the description), the image one not
+    assert table["p"].iloc[0] == pytest.approx(2 / 201) and table["p"].iloc[1] == 1.0
+    assert table["p_holm"].tolist() == pytest.approx([2 * 2 / 201, 1.0])
+
+
+def test_new_item_findings_give_a_one_seed_arm_no_verdict():
+    users = np.arange(6)
+    rows = [pd.DataFrame({"method": "description", "seed": np.nan, "user_idx": users, "recall@3": 0.5}),
+            pd.DataFrame({"method": "vbpr", "seed": 0.0, "user_idx": users, "recall@3": 0.1}),
+            pd.DataFrame({"method": "title", "seed": np.nan, "user_idx": users, "recall@3": 0.5 - 0.1 * (users % 2)})]
+    table = new_item_findings(pd.concat(rows), "description", ["vbpr", "title"], "recall@3", n_resamples=200)
+    assert table["verdict_blocked_by"].tolist() == ["one seed", ""]
+    assert np.isnan(table["p_holm"].iloc[0]) and table["p_holm"].iloc[1] == table["p"].iloc[1]
 
 
 def test_profile_per_user_ranks_both_candidate_sets_and_counts_the_protocol():

@@ -13,7 +13,7 @@ import scipy.sparse as sp
 from vlm4rec.evaluation import EvalSplit, evaluate, users_with_targets
 from vlm4rec.matching import ProfileRecommender
 from vlm4rec.splits import build_history, targets_of
-from vlm4rec.stats import holm, paired_tests
+from vlm4rec.stats import holm_where_tested, paired_tests
 
 
 def exclusion_outside(seen: sp.csr_matrix, candidates: np.ndarray | None) -> sp.csr_matrix:
@@ -49,9 +49,10 @@ def new_item_splits(inter: pd.DataFrame, n_users: int, n_items: int, val_items: 
 
 def new_item_findings(per_user: pd.DataFrame, description: str, against: list[str], metric: str,
                       n_resamples: int = 1000, seed: int = 0) -> pd.DataFrame:
-    """"Do grounded descriptions beat X on new items?" for every X in ``against``: one paired test each
-    (``description`` minus X over the users of both, CI over users and seeds, :func:`stats.paired_tests`),
-    Holm-corrected across the questions. ``per_user`` is long (method, seed, user_idx, ``metric``); an X
+    """"Do grounded descriptions beat X on new items?" for every X in ``against``: one paired bootstrap each
+    (``description`` minus X over the users of both, CI and p over users and seeds,
+    :func:`stats.paired_tests`), ``p_holm`` Holm-corrected across the questions that got a p (a seeded arm
+    with one seed gets none: "one seed"). ``per_user`` is long (method, seed, user_idx, ``metric``); an X
     without rows is skipped (e.g. a method not run)."""
     rows = []
     for other in against:
@@ -60,8 +61,7 @@ def new_item_findings(per_user: pd.DataFrame, description: str, against: list[st
             rows.append(paired_tests(pair, other, metric, n_resamples, seed).iloc[0])
     table = pd.DataFrame(rows).reset_index(drop=True)
     if not table.empty:
-        table["wilcoxon_p_holm"] = holm(table["wilcoxon_p"].to_numpy())
-        table["ttest_p_holm"] = holm(table["ttest_p"].to_numpy())
+        table["p_holm"] = holm_where_tested(table["p"].to_numpy())
     return table
 
 
