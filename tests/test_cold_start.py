@@ -7,11 +7,14 @@ import pandas as pd
 import pytest
 import scipy.sparse as sp
 
-from vlm4rec.cold_start import (exclusion_outside, new_item_counts, new_item_findings, new_item_splits,
-                                profile_per_user)
+from vlm4rec.cold_start import (SPLIT_KEYS, FittedOnce, NewItemData, exclusion_outside, new_item_counts, new_item_findings,
+                                new_item_splits, profile_per_user, select_and_test_new_items)
 from vlm4rec.config import load_params
-from vlm4rec.evaluation import evaluate
+from vlm4rec.evaluation import Candidate, evaluate
 from vlm4rec.matching import ProfileRecommender, recommend
+from vlm4rec.multimodal import candidates as graph_candidates
+from vlm4rec.multimodal.freedom import FREEDOM
+from vlm4rec.multimodal.vbpr import VBPR
 from vlm4rec.splits import assign_cold_split, build_history, cold_items, targets_of
 
 
@@ -88,7 +91,7 @@ def test_new_item_splits_fit_on_warm_items_only_and_rank_the_phase_candidates():
 def test_the_cold_start_params_are_the_keywords_of_cold_items():
     inter, _ = planted()
     params = load_params("params.yaml").cold_start.model_dump()
-    val, test = cold_items(inter, **params)
+    val, test = cold_items(inter, **{key: params[key] for key in SPLIT_KEYS})
     assert len(val) + len(test) == round(params["cold_share"] * inter["item_idx"].nunique())
 
 
@@ -131,3 +134,68 @@ def test_profile_per_user_ranks_both_candidate_sets_and_counts_the_protocol():
     means = table.groupby(["candidates", "method"])["recall@3"].mean()
     assert means["cold", "signal"] == cold_recall(inter, vectors, 3, among_cold=True) == 1.0
     assert means["cold", "shuffled"] == pytest.approx(cold_recall(inter, shuffled, 3, among_cold=True))
+
+
+def planted_data(among_cold: bool = False) -> tuple[NewItemData, np.ndarray]:
+    inter, vectors = planted()
+    val, test = cold_items(inter, cold_share=0.3, val_share=0.5)
+    inter = inter.assign(split=assign_cold_split(inter, val, test))
+    return NewItemData.from_cold_split(inter, 60, len(vectors), val, test, among_cold), vectors
+
+
+def cold_recall_of(results: dict, method: str, candidates: str, k: int) -> float:
+    return float(np.mean([r.test_per_user[f"recall@{k}"].mean() for name, r in results[candidates].items()
+                          if name.split("@")[0] == method]))
+
+
+def test_the_stage_path_ranks_new_items_by_profile_and_by_vbprs_and_freedoms_content_form():
+    data, vectors = planted_data()
+    shuffled = vectors[np.random.default_rng(1).permutation(len(vectors))]
+    recalls = {}
+    for label, content in (("signal", vectors), ("shuffled", shuffled)):
+        profile = select_and_test_new_items(
+            "profile", lambda seed, c=content: [Candidate({}, lambda: ProfileRecommender(c))], data, [3, 10], "ndcg@10")
+        # the profile's test lists are exactly the hand-built ranking's
+        assert cold_recall_of(profile, "profile", "cold", 3) == pytest.approx(
+            cold_recall(planted()[0], content, 3, among_cold=True))
+        for model in ("vbpr", "freedom"):
+            options = {"dim": 16, "epochs": 40, "batch_size": 128, "eval_every": 10, "patience": 2, "lr": 0.05,
+                       "unseen_items": "content"} | ({"knn_k": 5} if model == "freedom" else {})
+            graph = select_and_test_new_items(
+                model, lambda seed, c=content, o=options, m=model: graph_candidates(m, {"text": c}, {}, o, seed),
+                data, [3, 10], "ndcg@10", seeds=[0])
+            recalls[label, model] = cold_recall_of(graph, model, "cold", 3)
+    for model in ("vbpr", "freedom"):
+        assert recalls["signal", model] > 0.9 and recalls["shuffled", model] < 0.6, recalls
+
+
+def test_a_new_item_has_no_id_parameters_in_the_content_form():
+    data, vectors = planted_data()
+    new = np.concatenate([data.val_items, data.test_items])
+    model = VBPR({"text": vectors}, dim=8, epochs=3, batch_size=64, unseen_items="content").fit(data.train_history)
+    assert not model.model.item_factors[new].any() and not model.model.item_bias[new].any()
+    assert model.model.item_factors[np.setdiff1d(np.arange(len(vectors)), new)].abs().sum() > 0
+    freedom = FREEDOM({"text": vectors}, dim=8, epochs=3, batch_size=64, knn_k=5, unseen_items="content")
+    freedom.fit(data.train_history)
+    assert not freedom.model.ego[60 + new].any()
+    # its score still comes through the content graph: a new item's vector is not zero
+    assert np.abs(freedom._item_vectors[new]).sum(axis=1).min() > 0
+
+
+def test_fitted_once_refits_only_on_another_history():
+    class Counting(ProfileRecommender):
+        fits = 0
+
+        def fit(self, history):
+            Counting.fits += 1
+            return super().fit(history)
+
+    data, vectors = planted_data()
+    shared = FittedOnce(Counting(vectors))
+    for _ in range(3):
+        shared.fit(data.train_history)
+    assert Counting.fits == 1
+    other = build_history(pd.DataFrame({"user_idx": [0], "item_idx": [0], "timestamp": [0], "split": "train"}),
+                          ("train",), 60, len(vectors))
+    shared.fit(other)
+    assert Counting.fits == 2 and shared.score_block(np.array([0])).argmax() % 3 == 0

@@ -3,16 +3,32 @@
 New items are ranked two ways for the same users: among all items (the user's seen items excluded, as in
 the main protocol) and among the cold items only (every warm item excluded too), which isolates whether the
 content orders the new items themselves from whether it lifts them above the warm catalogue.
+
+Every method is fitted on the warm training history only, in validation and in test alike (a new item's
+interactions are never fitted on), selected on the validation cold items ranked among all items, and then
+tested once on the test cold items under both candidate sets from the same fitted model
+(:func:`select_and_test_new_items`).
 """
 from __future__ import annotations
+
+import time
+from dataclasses import dataclass, field, replace
+from pathlib import Path
+from typing import Callable, Sequence
 
 import numpy as np
 import pandas as pd
 import scipy.sparse as sp
 
-from vlm4rec.evaluation import EvalSplit, evaluate, users_with_targets
-from vlm4rec.matching import ProfileRecommender
+from vlm4rec.evaluation import (Candidate, EvalData, EvalSplit, MethodResult, evaluate, rank_and_score,
+                                save_result, seed_method, select_on_validation, users_with_targets)
+from vlm4rec.matching import IterativeRecommender, ProfileRecommender, Ranker, Recommender, recommend
+from vlm4rec.splits import History
+from vlm4rec.metrics import catalogue_coverage
 from vlm4rec.splits import build_history, targets_of
+
+CANDIDATE_SETS = ("all", "cold")
+SPLIT_KEYS = ("variant", "cold_share", "val_share", "seed")  # the params cold_start keys that cold_items takes
 from vlm4rec.stats import holm_where_tested, paired_tests
 
 
@@ -38,13 +54,97 @@ def new_item_splits(inter: pd.DataFrame, n_users: int, n_items: int, val_items: 
     :func:`~vlm4rec.splits.assign_cold_split`. Both fit on the training history only (no cold item's
     interaction is ever fitted on) and exclude it; the candidates are all items, or (``among_cold``) the
     phase's own cold items."""
-    history = build_history(inter, ("train",), n_users, n_items)
-    splits = []
-    for phase, items in (("val", val_items), ("test", test_items)):
-        targets = targets_of(inter, phase, n_users, n_items)
-        exclude = exclusion_outside(history.matrix, items if among_cold else None)
-        splits.append(EvalSplit(history, exclude, targets, users_with_targets(targets)))
-    return splits[0], splits[1]
+    data = NewItemData.from_cold_split(inter, n_users, n_items, val_items, test_items, among_cold)
+    return data.validation(), data.test()
+
+
+@dataclass(frozen=True)
+class NewItemData(EvalData):
+    """:class:`EvalData` of the strict protocol: both phases fit on the warm training history and rank the
+    phase's cold items among all items (or, ``among_cold``, among the phase's cold items only), so that
+    :func:`~vlm4rec.evaluation.select_on_validation` and the learned fusions' trainers run on it unchanged."""
+
+    val_items: np.ndarray = field(default_factory=lambda: np.empty(0, dtype=np.int64))
+    test_items: np.ndarray = field(default_factory=lambda: np.empty(0, dtype=np.int64))
+    among_cold: bool = False
+
+    @classmethod
+    def from_cold_split(cls, inter: pd.DataFrame, n_users: int, n_items: int, val_items: np.ndarray,
+                        test_items: np.ndarray, among_cold: bool = False, rank: Ranker = recommend) -> "NewItemData":
+        """From interactions labelled by :func:`~vlm4rec.splits.assign_cold_split`."""
+        base = EvalData.from_interactions(inter, n_users, n_items, rank)
+        return cls(**{**base.__dict__, "trainval_history": base.train_history}, val_items=val_items,
+                   test_items=test_items, among_cold=among_cold)
+
+    def with_candidates(self, among_cold: bool) -> "NewItemData":
+        return replace(self, among_cold=among_cold)
+
+    def _split(self, targets: sp.csr_matrix, items: np.ndarray) -> EvalSplit:
+        exclude = exclusion_outside(self.train_history.matrix, items if self.among_cold else None)
+        return EvalSplit(self.train_history, exclude, targets, users_with_targets(targets), self.rank)
+
+    def validation(self) -> EvalSplit:
+        return self._split(self.val_targets, self.val_items)
+
+    def test(self) -> EvalSplit:
+        return self._split(self.test_targets, self.test_items)
+
+
+class FittedOnce(Recommender):
+    """``model`` refitted only when given another history object: in the strict protocol both phases fit on
+    the same warm training history, so a grid's candidates (e.g. the hybrids' content weights) can share one
+    costly fit (EASE^R's inverse) instead of repeating it per candidate and phase."""
+
+    def __init__(self, model: Recommender):
+        self.model, self.name, self._fitted_on = model, model.name, None
+
+    def fit(self, history: History) -> "FittedOnce":
+        if history is not self._fitted_on:
+            self.model.fit(history)
+            self._fitted_on = history
+        return self
+
+    def score_block(self, users: np.ndarray) -> np.ndarray:
+        return self.model.score_block(users)
+
+    def diagnostics(self) -> dict[str, float | int]:
+        return self.model.diagnostics()
+
+
+def select_and_test_new_items(method: str, candidates_for: Callable[[int], Sequence[Candidate]],
+                              data: NewItemData, ks: Sequence[int], select_metric: str,
+                              seeds: Sequence[int] | None = None,
+                              out_dir: Path | None = None) -> dict[str, dict[str, MethodResult]]:
+    """``method`` on the new items: its configuration (and number of epochs) selected on ``data``'s
+    validation split with the first seed, then fitted on the warm training history once per seed (once for
+    an unseeded method, ``seeds`` None: ``candidates_for`` gets 0) and tested under both candidate sets.
+    Returns {candidate set: {result name: result}}; saved under ``out_dir/<candidate set>/<name>``."""
+    grid = list(candidates_for(seeds[0] if seeds else 0))
+    selection = select_on_validation(grid, data.validation(), ks, select_metric)
+    tests = {name: data.with_candidates(name == "cold").test() for name in CANDIDATE_SETS}
+    results: dict[str, dict[str, MethodResult]] = {name: {} for name in CANDIDATE_SETS}
+    for seed in seeds or [None]:
+        name = method if seed is None else seed_method(method, seed)
+        chosen = grid if seed is None or seed == seeds[0] else list(candidates_for(seed))
+        model = chosen[selection.index].build()
+        if isinstance(model, IterativeRecommender) and "epochs" in selection.config:
+            model.epochs = int(selection.config["epochs"])
+        started = time.perf_counter()
+        model.fit(data.train_history)
+        fit_s = time.perf_counter() - started
+        for candidates, split in tests.items():
+            timing = {"val_s": selection.seconds, "fit_s": fit_s}
+            topk, per_user = rank_and_score(model, split, ks, timing)
+            result = MethodResult(
+                method=name, config=selection.config, val_grid=selection.val_grid,
+                val_per_user=selection.val_per_user, test_per_user=per_user, test_topk=topk,
+                coverage={f"coverage@{k}": catalogue_coverage(topk, data.n_items, k) for k in ks},
+                timing=timing, diagnostics=model.diagnostics(), select_metric=select_metric,
+                training=selection.training)
+            results[candidates][name] = result
+            if out_dir is not None:
+                save_result(result, out_dir / candidates / name)
+    return results
 
 
 def new_item_findings(per_user: pd.DataFrame, description: str, against: list[str], metric: str,

@@ -52,6 +52,9 @@ class LightGCNModel(BPRModel):
         return (bpr_loss(rows(user_final, users), rows(item_final, positives), rows(item_final, negatives))
                 + self.ego_penalty(users, positives, negatives))
 
+    def forget_items(self, items: torch.Tensor) -> None:
+        self.ego[self.n_users + items] = 0.0
+
     def vectors(self) -> tuple[torch.Tensor, torch.Tensor]:
         return self.propagate(self.adjacency)
 
