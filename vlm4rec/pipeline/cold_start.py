@@ -100,8 +100,8 @@ def run(eval: dict[str, Any], cold_start: dict[str, Any], fusion: dict[str, Any]
             _merge(results, select_and_test_new_items(
                 cell, lambda seed, s=spec, m=cell_modalities, g=grid: graph_candidates(s["model"], m, g, fixed, seed),
                 data, ks, metric, seeds, COLD_RESULTS))
-    findings = {name: findings_table(results[name], report["findings"]["description"], cold_start["metric"],
-                                     eval).to_dict(orient="records") for name in CANDIDATE_SETS}
+    findings = {name: json_records(findings_table(results[name], report["findings"]["description"],
+                                                  cold_start["metric"], eval)) for name in CANDIDATE_SETS}
     metrics = {"counts": counts, "no_signal": NO_SIGNAL, "hybrids": HYBRID_NOTE,
                "methods": {name: test_metrics_json(results[name]) for name in CANDIDATE_SETS},
                "findings": findings,
@@ -119,6 +119,11 @@ def findings_table(results: dict[str, MethodResult], description: str, metric: s
     long = per_user_long(results)
     others = [m for m in dict.fromkeys(long["method"]) if m != description]
     return new_item_findings(long, description, others, metric, eval["bootstrap_resamples"], eval["seed"])
+
+
+def json_records(table: pd.DataFrame) -> list[dict[str, Any]]:
+    """Rows of ``table`` for a metrics file: an untested p is null, not NaN (which JSON lacks)."""
+    return table.astype(object).where(table.notna(), None).to_dict(orient="records")
 
 
 def new_item_curves(results: Results) -> pd.DataFrame:
