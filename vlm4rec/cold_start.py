@@ -5,9 +5,10 @@ the main protocol) and among the cold items only (every warm item excluded too),
 content orders the new items themselves from whether it lifts them above the warm catalogue.
 
 Every method is fitted on the warm training history only, in validation and in test alike (a new item's
-interactions are never fitted on), selected on the validation cold items ranked among all items, and then
-tested once on the test cold items under both candidate sets from the same fitted model
-(:func:`select_and_test_new_items`).
+interactions are never fitted on), selected on the validation cold items ranked among themselves (ranked
+among all items, nearly every method's validation NDCG@10 is 0 on ML-1M, which would leave the choice to the
+tie rule: the first candidate, an untrained epoch 0), and then tested once on the test cold items under both
+candidate sets from the same fitted model (:func:`select_and_test_new_items`).
 """
 from __future__ import annotations
 
@@ -116,7 +117,8 @@ def select_and_test_new_items(method: str, candidates_for: Callable[[int], Seque
                               seeds: Sequence[int] | None = None,
                               out_dir: Path | None = None) -> dict[str, dict[str, MethodResult]]:
     """``method`` on the new items: its configuration (and number of epochs) selected on ``data``'s
-    validation split with the first seed, then fitted on the warm training history once per seed (once for
+    validation split (its candidate set: the stage ranks the validation cold items among themselves) with
+    the first seed, then fitted on the warm training history once per seed (once for
     an unseeded method, ``seeds`` None: ``candidates_for`` gets 0) and tested under both candidate sets.
     Returns {candidate set: {result name: result}}; saved under ``out_dir/<candidate set>/<name>``."""
     grid = list(candidates_for(seeds[0] if seeds else 0))

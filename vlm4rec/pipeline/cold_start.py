@@ -44,14 +44,14 @@ Results = dict[str, dict[str, MethodResult]]
 
 
 def new_item_data(split_params: dict[str, Any], eval: dict[str, Any]) -> tuple[NewItemData, dict[str, int]]:
-    """The prepared interactions re-split by ``cold_start`` (validation cold items ranked among all items)
-    and the protocol's counts."""
+    """The prepared interactions re-split by ``cold_start`` (selection ranks the validation cold items among
+    themselves) and the protocol's counts."""
     prepared = load_prepared(PREPARED_DIR)
     inter = prepared.interactions.drop(columns="split", errors="ignore")
     val_items, test_items = cold_items(inter, **split_params)
     inter = inter.assign(split=assign_cold_split(inter, val_items, test_items))
     data = NewItemData.from_cold_split(inter, prepared.n_users, prepared.n_items, val_items, test_items,
-                                       rank=ranker(None, eval["device"], eval["block_size"]))
+                                       among_cold=True, rank=ranker(None, eval["device"], eval["block_size"]))
     return data, new_item_counts(inter, val_items, test_items)
 
 
