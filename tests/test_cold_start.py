@@ -73,6 +73,8 @@ def test_exclusion_outside_masks_seen_items_and_non_candidates():
     seen = sp.csr_matrix(np.array([[1, 0, 0, 0], [0, 0, 0, 0]], dtype=np.float32))
     assert exclusion_outside(seen, None).toarray().tolist() == seen.toarray().tolist()
     assert exclusion_outside(seen, np.array([0, 2])).toarray().tolist() == [[1, 1, 0, 1], [0, 1, 0, 1]]
+    assert exclusion_outside(seen, np.array([0, 2]), users=np.array([1])).toarray().tolist() == [[1, 0, 0, 0],
+                                                                                                  [0, 1, 0, 1]]
 
 
 def test_new_item_splits_fit_on_warm_items_only_and_rank_the_phase_candidates():
