@@ -412,6 +412,21 @@ GraphModel = Literal["lightgcn", "vbpr", "freedom", "smore"]
 SAFE_NAME = re.compile(r"[A-Za-z0-9_.-]+")
 
 
+class ColdStartParams(Section):
+    variant: Literal["time", "random"] = Field(
+        description="time: the items with the newest first positive are cold; random: a seeded share of items")
+    cold_share: Share = Field(description="share of the items with a positive that are cold (held out entirely)")
+    val_share: Share = Field(description="share of the cold items for validation (time: the earlier ones); "
+                                         "the rest are the test cold items")
+    seed: int = Field(description="seed of the random variant")
+    metric: str = Field(description="test metric of the new-item findings, <metric>@<k> with k among eval.ks")
+    seeds: list[int] = Field(min_length=1, description="training seeds of the learned fusions and graph models "
+                                                       "on new items (selection uses the first)")
+    fusion_learned: list[LearnedFusion] = Field(description="learned fusions evaluated on new items")
+    graph_cells: list[str] = Field(description="graph.cells evaluated on new items in their new-item form "
+                                               "(content-free models such as LightGCN are not allowed)")
+
+
 class GraphTrainingParams(Section):
     dim: PositiveInt = Field(description="embedding size of every model (fixed, not selected)")
     epochs: PositiveInt = Field(description="maximum training epochs (early stopping on the validation metric)")
@@ -535,6 +550,7 @@ class StudyParams(Section):
     eval: EvalParams
     match: MatchParams
     robustness: RobustnessParams
+    cold_start: ColdStartParams
     profile: ProfileParams
     baselines: BaselineParams
     fusion: FusionParams
@@ -565,7 +581,8 @@ class StudyParams(Section):
         ``baselines.methods``); ``report.findings.description``, ``title`` and ``image`` are among
         ``match.representations``; ``report.findings.metric`` is ``<metric>@<k>`` with ``k`` among ``eval.ks``;
         ``report.references``, ``gallery_methods`` and ``slice_methods`` name computed methods (match, fuse:
-        ``fusion_late``, ``fusion_<learned>``, ``hybrid_<rep>_ease``, graph: the cell names)."""
+        ``fusion_late``, ``fusion_<learned>``, ``hybrid_<rep>_ease``, graph: the cell names);
+        ``cold_start.metric`` is ``<metric>@<k>`` as well and ``cold_start.graph_cells`` are content cells."""
         methods = self.computed_methods()
         every = [name for names in methods.values() for name in names]
         findings = self.report.findings
@@ -578,11 +595,27 @@ class StudyParams(Section):
         if not metric_at_k(findings.metric, self.eval.ks):
             problems.append(f"report.findings.metric {findings.metric!r} must be <metric>@<k> with metric one of "
                             f"{get_args(MetricName)} and k one of eval.ks {self.eval.ks}")
+        cold = self.cold_start
+        if not metric_at_k(cold.metric, self.eval.ks):
+            problems.append(f"cold_start.metric {cold.metric!r} must be <metric>@<k> with metric one of "
+                            f"{get_args(MetricName)} and k one of eval.ks {self.eval.ks}")
+        bad_cells = [c for c in cold.graph_cells if c not in self.graph.cells or not self.graph.cells[c].modalities]
+        if bad_cells:
+            problems.append(f"cold_start.graph_cells {bad_cells} are not content models among graph.cells "
+                            f"{list(self.graph.cells)}")
         for key in ("references", "gallery_methods", "slice_methods"):
             unknown = [name for name in getattr(self.report, key) if name not in every]
             if unknown:
                 problems.append(f"report.{key} {unknown} {'is' if len(unknown) == 1 else 'are'} not computed by "
                                 f"the study; computed: {every}")
+        cold = self.cold_start
+        if not metric_at_k(cold.metric, self.eval.ks):
+            problems.append(f"cold_start.metric {cold.metric!r} must be <metric>@<k> with metric one of "
+                            f"{get_args(MetricName)} and k one of eval.ks {self.eval.ks}")
+        bad_cells = [c for c in cold.graph_cells if c not in self.graph.cells or not self.graph.cells[c].modalities]
+        if bad_cells:
+            problems.append(f"cold_start.graph_cells {bad_cells} are not content models among graph.cells "
+                            f"{list(self.graph.cells)}")
         if problems:
             raise ValueError("; ".join(problems))
         return self

@@ -52,6 +52,9 @@ class LightGCNModel(BPRModel):
         return bpr_rows_loss(user_final, item_final, users, positives, negatives) + self.ego_penalty(
             users, positives, negatives)
 
+    def forget_items(self, items: torch.Tensor) -> None:
+        self.ego[self.n_users + items] = 0.0
+
     def vectors(self) -> tuple[torch.Tensor, torch.Tensor]:
         return self.propagate(self.adjacency)
 

@@ -24,6 +24,12 @@ user's fitted history (items without a training positive included); ``"seen"`` d
 with at least one positive in the fitted history, outside the user's history, as MMRec's
 ``TrainDataLoader`` does (``all_items`` = the item ids of the training interactions).
 
+New items (``unseen_items="content"``, the strict new-item protocol, docs/protocol.md "New items"): the
+items without a positive in the fitted history have no ID parameters (:meth:`BPRModel.forget_items` zeroes
+them at build and after every Adam step) and are never drawn as negatives, as if they arrived after
+training; such an item is scored from its content alone (VBPR's content term, FREEDOM's and SMORE's
+item-item content graph). ``"learned"`` (the default) trains every item's table row like any parameter.
+
 Reproducibility: each fit draws its initial weights and every random choice (order, negatives, edge
 dropout, dropout masks) from its own ``torch.Generator`` and ``numpy`` generator seeded with ``seed``;
 no global random state is read or changed, and deterministic torch algorithms are enforced during the
@@ -51,6 +57,7 @@ from vlm4rec.vectors import check_modalities, normalize_rows
 Device = Literal["cpu", "cuda", "auto"]
 Init = Literal["normal", "reference"]
 Negatives = Literal["all", "seen"]
+UnseenItems = Literal["learned", "content"]
 LinearInit = Literal["xavier_uniform", "xavier_normal", "torch"]
 INIT_STD = 0.1  # N(0, 0.1^2) initial embeddings, as LightGCN's PyTorch port (the fast regime's choice)
 
@@ -230,6 +237,10 @@ class BPRModel(nn.Module):
         """(user vectors (n_users, d), item vectors (n_items, d)); score(u, i) = user_u . item_i."""
         raise NotImplementedError
 
+    def forget_items(self, items: torch.Tensor) -> None:
+        """Zero the ID parameters (embeddings, biases) of ``items``: new items have none."""
+        raise NotImplementedError
+
 
 class NegativeSampler:
     """One negative per (sorted) user index, uniform over the candidate items outside that user's fitted
@@ -267,6 +278,7 @@ class BPRRecommender(IterativeRecommender):
     ``lr_decay_step`` epochs over which the learning rate falls by ``lr_decay`` (MMRec's 50; 1 = by
                      ``lr_decay`` every epoch)
     ``negatives``    ``all`` | ``seen`` (see the module docstring)
+    ``unseen_items`` ``learned`` | ``content`` (new items scored from content alone; see the module docstring)
     Defaults are the fast regime's; subclasses may change them (VBPR's lr and l2, FREEDOM's l2, SMORE's
     lr_decay).
     """
@@ -276,7 +288,7 @@ class BPRRecommender(IterativeRecommender):
     def __init__(self, *, dim: int = 64, lr: float = 0.05, l2: float = 1e-4, epochs: int = 60,
                  batch_size: int = 32768, eval_every: int = 5, patience: int = 2, seed: int = 0,
                  device: Device = "cpu", init: Init = "normal", lr_decay: float = 1.0, lr_decay_step: float = 50.0,
-                 negatives: Negatives = "all"):
+                 negatives: Negatives = "all", unseen_items: UnseenItems = "learned"):
         if min(dim, batch_size, eval_every, patience) < 1 or epochs < 0:
             raise ValueError(f"need dim, batch_size, eval_every, patience >= 1 and epochs >= 0, got dim={dim}, "
                              f"batch_size={batch_size}, eval_every={eval_every}, patience={patience}, "
@@ -287,9 +299,12 @@ class BPRRecommender(IterativeRecommender):
         if init not in ("normal", "reference") or negatives not in ("all", "seen"):
             raise ValueError(f"init must be 'normal' or 'reference' and negatives 'all' or 'seen', got "
                              f"{init!r}, {negatives!r}")
+        if unseen_items not in ("learned", "content"):
+            raise ValueError(f"unseen_items must be 'learned' or 'content', got {unseen_items!r}")
         self.dim, self.lr, self.l2, self.epochs, self.batch_size = dim, lr, l2, epochs, batch_size
         self.eval_every, self.patience, self.seed, self.device = eval_every, patience, seed, device
-        self.init, self.lr_decay, self.lr_decay_step, self.negatives = init, lr_decay, lr_decay_step, negatives
+        self.init, self.lr_decay, self.lr_decay_step = init, lr_decay, lr_decay_step
+        self.negatives, self.unseen_items = negatives, unseen_items
         self.model: BPRModel | None = None
         self._user_vectors: np.ndarray | None = None
         self._item_vectors: np.ndarray | None = None
@@ -318,14 +333,17 @@ class BPRRecommender(IterativeRecommender):
         device = resolve_device(self.device)
         with deterministic_torch(threads=None):  # all of torch's threads: these models are the slow part
             self.model = self.build(matrix, generator, device)
+            unseen = (torch.as_tensor(np.flatnonzero(matrix.getnnz(axis=0) == 0), device=device)
+                      if self.unseen_items == "content" else None)
+            self._forget(unseen)
             optimizer = torch.optim.Adam(self.model.parameters(), lr=self.lr)
             schedule = torch.optim.lr_scheduler.LambdaLR(optimizer, self.lr_factor)
-            sampler = NegativeSampler(matrix, self.negatives)
+            sampler = NegativeSampler(matrix, "seen" if unseen is not None else self.negatives)
             best_value, best_state, checks_without_gain = -math.inf, None, 0
             if monitor is not None:
                 best_value, best_state = self._check(monitor, 0, log), copy.deepcopy(self.model.state_dict())
             for epoch in range(1, self.epochs + 1):
-                log.train_loss.append(self._epoch(matrix, optimizer, sampler, rng))
+                log.train_loss.append(self._epoch(matrix, optimizer, sampler, rng, unseen))
                 schedule.step()
                 if monitor is None or (epoch % self.eval_every and epoch != self.epochs):
                     continue
@@ -355,8 +373,15 @@ class BPRRecommender(IterativeRecommender):
         log.curve.append((epoch, value))
         return value if math.isfinite(value) else -math.inf
 
+    @torch.no_grad()
+    def _forget(self, unseen: torch.Tensor | None) -> None:
+        """Zero the new items' ID parameters (``unseen_items="content"``; nothing otherwise)."""
+        if unseen is not None and len(unseen):
+            assert self.model is not None
+            self.model.forget_items(unseen)
+
     def _epoch(self, matrix: sp.csr_matrix, optimizer: torch.optim.Optimizer, sampler: "NegativeSampler",
-               rng: np.random.Generator) -> float:
+               rng: np.random.Generator, unseen: torch.Tensor | None = None) -> float:
         """One pass over every positive in a random order; the mean batch loss."""
         assert self.model is not None
         model = self.model
@@ -376,6 +401,7 @@ class BPRRecommender(IterativeRecommender):
             optimizer.zero_grad()
             loss.backward()
             optimizer.step()
+            self._forget(unseen)
             losses.append(loss.item())
         return float(np.mean(losses))
 

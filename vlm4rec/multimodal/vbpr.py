@@ -69,6 +69,11 @@ class VBPRModel(BPRModel):
         ranking_loss = bpr_loss(self.user_vectors(users), *batch[1:])
         return ranking_loss + self.l2 * l2_penalty(*batch)
 
+    def forget_items(self, items: torch.Tensor) -> None:
+        """A new item keeps its content term theta_u . E f_i and content bias beta' . f_i only."""
+        self.item_factors[items] = 0.0
+        self.item_bias[items] = 0.0
+
     def vectors(self) -> tuple[torch.Tensor, torch.Tensor]:
         return self.user_vectors(), self.item_vectors()
 

@@ -15,7 +15,7 @@ from vlm4rec.distributed.matching import ranker
 from vlm4rec.evaluation import (Candidate, EvalData, MethodResult, select_and_test_methods,
                                 select_and_test_seeds, seed_method)
 from vlm4rec.fusion import FusionResult, WeightedLateFusion, fit_fusion_seeds, modality_ablation
-from vlm4rec.matching import ProfileRecommender, ScoreMix
+from vlm4rec.matching import ProfileRecommender, Recommender, ScoreMix
 from vlm4rec.pipeline.outputs import (EMBEDDINGS_DIR, METRICS_DIR, PLOTS_DIR, PREPARED_DIR, RESULTS_DIR,
                                       peak_rss_mb, timed, write_json)
 from vlm4rec.pipeline.tables import test_metrics_json, timing_json
@@ -37,10 +37,12 @@ def late_fusion_candidates(modalities: dict[str, np.ndarray], step: float) -> li
             for w in simplex_grid(list(modalities), step)]
 
 
-def hybrid_candidates(vectors: np.ndarray, l2: float, alphas: list[float], name: str) -> list[Candidate]:
-    """Content profile score mixed with EASE^R (its L2 as chosen on validation by the match stage)."""
+def hybrid_candidates(vectors: np.ndarray, l2: float, alphas: list[float], name: str,
+                      ease: Recommender | None = None) -> list[Candidate]:
+    """Content profile score mixed with EASE^R (its L2 as chosen on validation by the match stage): a fresh
+    EASE^R per candidate, or the given ``ease`` model (built with that L2) shared by them."""
     return [Candidate({"alpha": a, "ease_l2": l2},
-                      lambda a=a: ScoreMix(ProfileRecommender(vectors, name=name), EASE(l2=l2), alpha=a,
+                      lambda a=a: ScoreMix(ProfileRecommender(vectors, name=name), ease or EASE(l2=l2), alpha=a,
                                            name=f"hybrid_{name}_ease"))
             for a in alphas]
 

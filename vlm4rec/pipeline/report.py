@@ -364,6 +364,52 @@ def cold_start_table(metric: str, robustness: dict[str, Any] | None) -> pd.DataF
     return pd.DataFrame.from_dict(rows, orient="index").rename_axis("method")
 
 
+def load_new_items() -> dict[str, Any]:
+    """``metrics/cold_start.json``: the strict new-item protocol's counts, test metrics and findings."""
+    return json.loads((METRICS_DIR / "cold_start.json").read_text())
+
+
+def new_item_table(metrics: Sequence[str], new_items: dict[str, Any]) -> pd.DataFrame:
+    """Per method family, each test metric on the new items ranked among all items and among the new items
+    (a seeded family: the mean over its seeds, with their number), then the methods with no signal for a new
+    item, shown as such."""
+    values: dict[str, dict[str, list[float]]] = {}
+    for candidates, methods in new_items["methods"].items():
+        for name, entry in methods.items():
+            for metric in metrics:
+                values.setdefault(method_family(name), {}).setdefault(f"{metric} (among {candidates})", []).append(
+                    entry["test"][metric])
+    table = pd.DataFrame({family: {column: float(np.mean(v)) for column, v in columns.items()}
+                          for family, columns in values.items()}).T
+    table.insert(0, "seeds", [len(next(iter(values[f].values()))) for f in table.index])
+    table["note"] = [new_items["hybrids"] if f.startswith("hybrid_") else "" for f in table.index]
+    table = table.sort_values(table.columns[1], ascending=False, kind="stable")
+    absent = pd.DataFrame({"note": list(new_items["no_signal"].values())}, index=list(new_items["no_signal"]))
+    return pd.concat([table, absent]).rename_axis("method")
+
+
+def new_item_findings(new_items: dict[str, Any]) -> pd.DataFrame:
+    """"Does the grounded description beat X on new items?": per candidate set and X, the paired difference
+    with its 95% CI and the Holm-corrected p (or why there is no verdict)."""
+    rows = [{"candidates": candidates, "description": r["method"], "against": r["reference"], "metric": r["metric"],
+             "difference": f"{r['mean_diff']:+.4f} [{r['diff_ci_low']:+.4f}, {r['diff_ci_high']:+.4f}]",
+             "p (Holm)": (f"{r['verdict_blocked_by']}: no verdict" if r["verdict_blocked_by"]
+                          else format_p(r["p_holm"]))}
+            for candidates, found in new_items["findings"].items() for r in found]
+    return pd.DataFrame(rows)
+
+
+def new_item_curves(new_items: dict[str, Any], metric: str = "recall") -> pd.DataFrame:
+    """``metric``@K per method family (seeds averaged) on the new items, one ``group`` per candidate set
+    (plot data for :func:`vlm4rec.plots.metric_at_k_curves`)."""
+    rows = [{"group": f"among {candidates} items", "method": method_family(name), "k": int(key.split("@")[1]),
+             metric: value}
+            for candidates, methods in new_items["methods"].items() for name, entry in methods.items()
+            for key, value in entry["test"].items() if key.startswith(f"{metric}@")]
+    frame = pd.DataFrame(rows, columns=["group", "method", "k", metric])
+    return frame.groupby(["group", "method", "k"], as_index=False, sort=False)[metric].mean()
+
+
 def write_report_metrics(found: list[Finding], notes: list[str]) -> dict[str, Any]:
     """``metrics/report.json``: every finding's numbers (keyed by id, for ``dvc exp show``; an untested
     p is null, not NaN, which JSON lacks) and the caveats."""

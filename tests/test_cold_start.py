@@ -1,0 +1,203 @@
+"""New items under the strict cold-start split: content methods can rank an item no one has interacted with,
+and only content that carries the signal ranks it well (planted fixtures, hand-checked expectations)."""
+from __future__ import annotations
+
+import numpy as np
+import pandas as pd
+import pytest
+import scipy.sparse as sp
+
+from vlm4rec.cold_start import (SPLIT_KEYS, FittedOnce, NewItemData, exclusion_outside, new_item_counts, new_item_findings,
+                                new_item_splits, profile_per_user, select_and_test_new_items)
+from vlm4rec.config import load_params
+from vlm4rec.evaluation import Candidate, evaluate
+from vlm4rec.matching import ProfileRecommender, recommend
+from vlm4rec.multimodal import candidates as graph_candidates
+from vlm4rec.multimodal.freedom import FREEDOM
+from vlm4rec.multimodal.vbpr import VBPR
+from vlm4rec.splits import assign_cold_split, build_history, cold_items, targets_of
+
+
+def test_a_new_item_matching_a_users_history_reaches_the_top_k():
+    # Items 0-1 (the user's history) and 4 (never interacted with) point along axis 0; items 2-3 along axis 1.
+    vectors = np.array([[1, 0], [1, 0.1], [0, 1], [0.1, 1], [1, 0.05]], dtype=np.float32)
+    inter = pd.DataFrame({"user_idx": [0, 0, 1], "item_idx": [0, 1, 2], "timestamp": [1, 2, 3], "split": "train"})
+    history = build_history(inter, ("train",), n_users=2, n_items=5)
+    model = ProfileRecommender(vectors).fit(history)
+    assert recommend(model, np.array([0]), history.matrix, k=1).tolist() == [[4]]
+
+
+def planted(n_users: int = 60, n_genres: int = 3, per_genre: int = 20,
+            seed: int = 0) -> tuple[pd.DataFrame, np.ndarray]:
+    """Each user likes one genre and interacts with 8 of its items; item vectors are the genre axis plus
+    small noise. Item ``i`` is of genre ``i % n_genres``; its first interaction time grows with ``i``."""
+    rng = np.random.default_rng(seed)
+    n_items = n_genres * per_genre
+    genre = np.arange(n_items) % n_genres
+    rows = []
+    for user in range(n_users):
+        liked = rng.choice(np.flatnonzero(genre == user % n_genres), size=8, replace=False)
+        rows += [(user, int(item), int(item) * 10 + user % 7) for item in liked]
+    inter = pd.DataFrame(rows, columns=["user_idx", "item_idx", "timestamp"])
+    vectors = np.eye(n_genres, dtype=np.float32)[genre] + 0.05 * rng.standard_normal((n_items, n_genres))
+    return inter, vectors.astype(np.float32)
+
+
+def cold_recall(inter: pd.DataFrame, vectors: np.ndarray, k: int, among_cold: bool) -> float:
+    """Mean per-user recall@k over the test cold items, ranked among all items or among the test cold
+    items only (train history excluded)."""
+    val, test = cold_items(inter, cold_share=0.3, val_share=0.5)
+    inter = inter.assign(split=assign_cold_split(inter, val, test))
+    n_users, n_items = int(inter["user_idx"].max()) + 1, len(vectors)
+    history = build_history(inter, ("train",), n_users, n_items)
+    targets = targets_of(inter, "test", n_users, n_items)
+    users = np.flatnonzero(np.diff(targets.indptr))
+    exclude = exclusion_outside(history.matrix, test if among_cold else None)
+    topk = recommend(ProfileRecommender(vectors).fit(history), users, exclude, k)
+    hits = [np.isin(targets[u].indices, row).sum() / targets[u].nnz for u, row in zip(users, topk)]
+    return float(np.mean(hits))
+
+
+def test_content_with_the_signal_wins_on_new_items_and_shuffled_content_does_not():
+    inter, vectors = planted()
+    shuffled = vectors[np.random.default_rng(1).permutation(len(vectors))]
+    # 9 test cold items (51..59), 3 per genre: among them, a user's own genre fills its top-3, so recall is 1
+    assert cold_recall(inter, vectors, k=3, among_cold=True) == 1.0
+    assert cold_recall(inter, shuffled, k=3, among_cold=True) < 0.6
+    # among all items, the unseen warm items of the user's genre compete, but the signal still wins
+    among_all = [cold_recall(inter, v, k=10, among_cold=False) for v in (vectors, shuffled)]
+    assert among_all[0] > 2 * among_all[1]
+
+
+def test_exclusion_outside_masks_seen_items_and_non_candidates():
+    seen = sp.csr_matrix(np.array([[1, 0, 0, 0], [0, 0, 0, 0]], dtype=np.float32))
+    assert exclusion_outside(seen, None).toarray().tolist() == seen.toarray().tolist()
+    assert exclusion_outside(seen, np.array([0, 2])).toarray().tolist() == [[1, 1, 0, 1], [0, 1, 0, 1]]
+    assert exclusion_outside(seen, np.array([0, 2]), users=np.array([1])).toarray().tolist() == [[1, 0, 0, 0],
+                                                                                                  [0, 1, 0, 1]]
+
+
+def test_new_item_splits_fit_on_warm_items_only_and_rank_the_phase_candidates():
+    inter, vectors = planted()
+    val, test = cold_items(inter, cold_share=0.3, val_share=0.5)
+    inter = inter.assign(split=assign_cold_split(inter, val, test))
+    n_users, n_items = int(inter["user_idx"].max()) + 1, len(vectors)
+    for among_cold in (False, True):
+        val_split, test_split = new_item_splits(inter, n_users, n_items, val, test, among_cold)
+        assert not val_split.history.matrix[:, np.concatenate([val, test])].nnz
+        _, per_user = evaluate(ProfileRecommender(vectors), test_split, ks=[3, 10])
+        k = 3 if among_cold else 10
+        assert per_user[f"recall@{k}"].mean() == pytest.approx(cold_recall(inter, vectors, k, among_cold))
+
+
+def test_the_cold_start_params_are_the_keywords_of_cold_items():
+    inter, _ = planted()
+    params = load_params("params.yaml").cold_start.model_dump()
+    val, test = cold_items(inter, **{key: params[key] for key in SPLIT_KEYS})
+    assert len(val) + len(test) == round(params["cold_share"] * inter["item_idx"].nunique())
+
+
+def test_new_item_findings_pair_the_description_with_each_method_and_holm_across_them():
+    users = np.arange(8)
+    rows = [pd.DataFrame({"method": "description", "seed": np.nan, "user_idx": users, "recall@3": 0.5}),
+            pd.DataFrame({"method": "title", "seed": np.nan, "user_idx": users,
+                          "recall@3": 0.5 - 0.1 * (users % 2 + 1)}),
+            pd.DataFrame({"method": "image", "seed": np.nan, "user_idx": users, "recall@3": 0.5})]
+    table = new_item_findings(pd.concat(rows), "description", ["title", "image", "lightgcn"], "recall@3",
+                              n_resamples=200)
+    assert table["reference"].tolist() == ["title", "image"]
+    assert table["mean_diff"].tolist() == pytest.approx([0.15, 0.0])  # (0.1 + 0.2) / 2 and no difference
+    assert table["method"].tolist() == ["description", "description"]
+    # two questions, the title one significant (every resample favours the description), the image one not
+    assert table["p"].iloc[0] == pytest.approx(2 / 201) and table["p"].iloc[1] == 1.0
+    assert table["p_holm"].tolist() == pytest.approx([2 * 2 / 201, 1.0])
+
+
+def test_new_item_findings_give_a_one_seed_arm_no_verdict():
+    users = np.arange(6)
+    rows = [pd.DataFrame({"method": "description", "seed": np.nan, "user_idx": users, "recall@3": 0.5}),
+            pd.DataFrame({"method": "vbpr", "seed": 0.0, "user_idx": users, "recall@3": 0.1}),
+            pd.DataFrame({"method": "title", "seed": np.nan, "user_idx": users, "recall@3": 0.5 - 0.1 * (users % 2)})]
+    table = new_item_findings(pd.concat(rows), "description", ["vbpr", "title"], "recall@3", n_resamples=200)
+    assert table["verdict_blocked_by"].tolist() == ["one seed", ""]
+    assert np.isnan(table["p_holm"].iloc[0]) and table["p_holm"].iloc[1] == table["p"].iloc[1]
+
+
+def test_profile_per_user_ranks_both_candidate_sets_and_counts_the_protocol():
+    inter, vectors = planted()
+    val, test = cold_items(inter, cold_share=0.3, val_share=0.5)
+    inter = inter.assign(split=assign_cold_split(inter, val, test))
+    counts = new_item_counts(inter, val, test)
+    assert counts["val_cold_items"] == counts["test_cold_items"] == 9
+    assert counts["test_pairs"] == int(inter["item_idx"].isin(test).sum())
+    shuffled = vectors[np.random.default_rng(1).permutation(len(vectors))]
+    table = profile_per_user({"signal": vectors, "shuffled": shuffled}, inter, 60, 60, val, test, [3, 10])
+    assert len(table) == 4 * counts["test_users"]
+    means = table.groupby(["candidates", "method"])["recall@3"].mean()
+    assert means["cold", "signal"] == cold_recall(inter, vectors, 3, among_cold=True) == 1.0
+    assert means["cold", "shuffled"] == pytest.approx(cold_recall(inter, shuffled, 3, among_cold=True))
+
+
+def planted_data(among_cold: bool = False) -> tuple[NewItemData, np.ndarray]:
+    inter, vectors = planted()
+    val, test = cold_items(inter, cold_share=0.3, val_share=0.5)
+    inter = inter.assign(split=assign_cold_split(inter, val, test))
+    return NewItemData.from_cold_split(inter, 60, len(vectors), val, test, among_cold), vectors
+
+
+def cold_recall_of(results: dict, method: str, candidates: str, k: int) -> float:
+    return float(np.mean([r.test_per_user[f"recall@{k}"].mean() for name, r in results[candidates].items()
+                          if name.split("@")[0] == method]))
+
+
+def test_the_stage_path_ranks_new_items_by_profile_and_by_vbprs_and_freedoms_content_form():
+    data, vectors = planted_data()
+    shuffled = vectors[np.random.default_rng(1).permutation(len(vectors))]
+    recalls = {}
+    for label, content in (("signal", vectors), ("shuffled", shuffled)):
+        profile = select_and_test_new_items(
+            "profile", lambda seed, c=content: [Candidate({}, lambda: ProfileRecommender(c))], data, [3, 10], "ndcg@10")
+        # the profile's test lists are exactly the hand-built ranking's
+        assert cold_recall_of(profile, "profile", "cold", 3) == pytest.approx(
+            cold_recall(planted()[0], content, 3, among_cold=True))
+        for model in ("vbpr", "freedom"):
+            options = {"dim": 16, "epochs": 40, "batch_size": 128, "eval_every": 10, "patience": 2, "lr": 0.05,
+                       "unseen_items": "content"} | ({"knn_k": 5} if model == "freedom" else {})
+            graph = select_and_test_new_items(
+                model, lambda seed, c=content, o=options, m=model: graph_candidates(m, {"text": c}, {}, o, seed),
+                data, [3, 10], "ndcg@10", seeds=[0])
+            recalls[label, model] = cold_recall_of(graph, model, "cold", 3)
+    for model in ("vbpr", "freedom"):
+        assert recalls["signal", model] > 0.9 and recalls["shuffled", model] < 0.6, recalls
+
+
+def test_a_new_item_has_no_id_parameters_in_the_content_form():
+    data, vectors = planted_data()
+    new = np.concatenate([data.val_items, data.test_items])
+    model = VBPR({"text": vectors}, dim=8, epochs=3, batch_size=64, unseen_items="content").fit(data.train_history)
+    assert not model.model.item_factors[new].any() and not model.model.item_bias[new].any()
+    assert model.model.item_factors[np.setdiff1d(np.arange(len(vectors)), new)].abs().sum() > 0
+    freedom = FREEDOM({"text": vectors}, dim=8, epochs=3, batch_size=64, knn_k=5, unseen_items="content")
+    freedom.fit(data.train_history)
+    assert not freedom.model.ego[60 + new].any()
+    # its score still comes through the content graph: a new item's vector is not zero
+    assert np.abs(freedom._item_vectors[new]).sum(axis=1).min() > 0
+
+
+def test_fitted_once_refits_only_on_another_history():
+    class Counting(ProfileRecommender):
+        fits = 0
+
+        def fit(self, history):
+            Counting.fits += 1
+            return super().fit(history)
+
+    data, vectors = planted_data()
+    shared = FittedOnce(Counting(vectors))
+    for _ in range(3):
+        shared.fit(data.train_history)
+    assert Counting.fits == 1
+    other = build_history(pd.DataFrame({"user_idx": [0], "item_idx": [0], "timestamp": [0], "split": "train"}),
+                          ("train",), 60, len(vectors))
+    shared.fit(other)
+    assert Counting.fits == 2 and shared.score_block(np.array([0])).argmax() % 3 == 0

@@ -1,0 +1,155 @@
+"""Cold-start stage: every method that can score a new item, on the strict new-item protocol
+(docs/protocol.md, "New items"), ranked among all items and among the test cold items.
+
+Scored: mean-profile matching of every representation the embed stage wrote, the weighted late fusion, the
+learned fusions of ``cold_start.fusion_learned``, the content + EASE^R hybrids (the EASE^R part scores every
+new item 0: no signal for it) and the multimodal recommenders of ``cold_start.graph_cells`` in their new-item
+form (``unseen_items="content"``: a new item has no ID parameters and is scored from its content alone).
+Methods with no signal for a new item (MostPop, ItemKNN-CF, EASE^R, LightGCN) are listed, not scored.
+Every fit sees the warm training history only.
+"""
+from __future__ import annotations
+
+import json
+from dataclasses import replace
+from typing import Any
+
+import pandas as pd
+
+from vlm4rec.baselines import EASE
+from vlm4rec.cold_start import (CANDIDATE_SETS, SPLIT_KEYS, FittedOnce, NewItemData, new_item_counts, new_item_findings,
+                                select_and_test_new_items)
+from vlm4rec.data import load_prepared
+from vlm4rec.distributed.matching import ranker
+from vlm4rec.evaluation import Candidate, MethodResult
+from vlm4rec.matching import ProfileRecommender
+from vlm4rec.multimodal import candidates as graph_candidates
+from vlm4rec.pipeline.fuse import FusionTrainer, hybrid_candidates, late_fusion_candidates
+from vlm4rec.pipeline.graph import regime_options
+from vlm4rec.pipeline.outputs import (EMBEDDINGS_DIR, METRICS_DIR, PLOTS_DIR, PREPARED_DIR, RESULTS_DIR,
+                                      peak_rss_mb, timed, write_json)
+from vlm4rec.pipeline.report import user_gallery
+from vlm4rec.pipeline.tables import main_table, metric_curves, per_user_long, test_metrics_json, timing_json
+from vlm4rec.representations import available_representations, load_vectors
+from vlm4rec.splits import assign_cold_split, cold_items
+
+COLD_RESULTS = RESULTS_DIR / "cold_start"
+NO_SIGNAL = {"mostpop": "no signal for new items (popularity counts training interactions: a new item has none)",
+             "itemknn_cf": "no signal for new items (a new item has no co-interactions)",
+             "ease": "no signal for new items (a new item's column of the training matrix is empty)",
+             "lightgcn": "no signal for new items (a new item has no edge and no learned embedding)"}
+HYBRID_NOTE = "the EASE^R part gives new items no signal: their order among themselves is the content's"
+
+Results = dict[str, dict[str, MethodResult]]
+
+
+def new_item_data(split_params: dict[str, Any], evaluation: dict[str, Any]) -> tuple[NewItemData, dict[str, int]]:
+    """The prepared interactions re-split by ``cold_start`` (selection ranks the validation cold items among
+    themselves) and the protocol's counts."""
+    prepared = load_prepared(PREPARED_DIR)
+    inter = prepared.interactions.drop(columns="split", errors="ignore")
+    val_items, test_items = cold_items(inter, **split_params)
+    inter = inter.assign(split=assign_cold_split(inter, val_items, test_items))
+    data = NewItemData.from_cold_split(inter, prepared.n_users, prepared.n_items, val_items, test_items,
+                                       among_cold=True, rank=ranker(None, evaluation["device"], evaluation["block_size"]))
+    return data, new_item_counts(inter, val_items, test_items)
+
+
+def _merge(into: Results, more: Results) -> None:
+    for name in CANDIDATE_SETS:
+        into[name] |= more[name]
+
+
+def run(evaluation: dict[str, Any], cold_start: dict[str, Any], fusion: dict[str, Any], graph: dict[str, Any],
+        report: dict[str, Any]) -> tuple[Results, dict[str, Any]]:
+    """Every new-item-capable method, selected on the validation cold items and tested on the test cold
+    items under both candidate sets; results under ``data/results/cold_start/<all|cold>/<method>``, counts,
+    test metrics and findings in ``metrics/cold_start.json``, Recall@K / NDCG@K curves in ``plots/``."""
+    split_params = {key: cold_start[key] for key in SPLIT_KEYS}
+    ks, metric, seeds = evaluation["ks"], evaluation["select_metric"], cold_start["seeds"]
+    costs: dict[str, Any] = {}
+    results: Results = {name: {} for name in CANDIDATE_SETS}
+    with timed(costs, "wall"):
+        data, counts = new_item_data(split_params, evaluation)
+        print("new-item protocol:", json.dumps(counts))
+
+        def unseeded(method: str, grid: list[Candidate]) -> None:
+            _merge(results, select_and_test_new_items(method, lambda seed: grid, data, ks, metric,
+                                                      out_dir=COLD_RESULTS))
+
+        for rep in available_representations(EMBEDDINGS_DIR):
+            vectors = load_vectors(EMBEDDINGS_DIR, rep, "data/embeddings")
+            unseeded(rep, [Candidate({}, lambda v=vectors, r=rep: ProfileRecommender(v, name=r))])
+        modalities = {name: load_vectors(EMBEDDINGS_DIR, name, "fusion.modalities") for name in fusion["modalities"]}
+        unseeded("fusion_late", late_fusion_candidates(modalities, fusion["concat_grid_step"]))
+        l2 = json.loads((RESULTS_DIR / "match" / "ease" / "chosen.json").read_text())["config"]["l2"]
+        ease = FittedOnce(EASE(l2=l2))  # one fit of the warm history, shared by every hybrid
+        for rep in fusion["hybrid_representations"]:
+            vectors = load_vectors(EMBEDDINGS_DIR, rep, "fusion.hybrid_representations")
+            unseeded(f"hybrid_{rep}_ease", hybrid_candidates(vectors, l2, fusion["hybrid_alpha_grid"], rep, ease))
+        trainer = FusionTrainer(modalities, data, fusion)
+        for kind in cold_start["fusion_learned"]:
+            _merge(results, select_and_test_new_items(f"fusion_{kind}", trainer.candidates_for(kind), data, ks,
+                                                      metric, seeds, COLD_RESULTS))
+        for cell in cold_start["graph_cells"]:
+            spec = graph["cells"][cell]
+            fixed = regime_options(graph, spec["model"]) | {"unseen_items": "content"}
+            cell_modalities = {name: load_vectors(EMBEDDINGS_DIR, name, f"graph.cells.{cell}.modalities")
+                               for name in spec["modalities"]}
+            grid = graph[graph["scale"]]["grids"][spec["model"]]
+            _merge(results, select_and_test_new_items(
+                cell, lambda seed, s=spec, m=cell_modalities, g=grid: graph_candidates(s["model"], m, g, fixed, seed),
+                data, ks, metric, seeds, COLD_RESULTS))
+    findings = {name: json_records(findings_table(results[name], report["findings"]["description"],
+                                                  cold_start["metric"], evaluation)) for name in CANDIDATE_SETS}
+    metrics = {"counts": counts, "no_signal": NO_SIGNAL, "hybrids": HYBRID_NOTE,
+               "methods": {name: test_metrics_json(results[name]) for name in CANDIDATE_SETS},
+               "findings": findings,
+               "cost": costs | {"peak_rss_mb": round(peak_rss_mb(), 1), "methods": timing_json(results["all"])}}
+    write_json(METRICS_DIR / "cold_start.json", metrics)
+    PLOTS_DIR.mkdir(exist_ok=True)
+    new_item_curves(results).to_csv(PLOTS_DIR / "cold_start_at_k.csv", index=False)
+    return results, metrics
+
+
+def findings_table(results: dict[str, MethodResult], description: str, metric: str,
+                   evaluation: dict[str, Any]) -> pd.DataFrame:
+    """"Does the grounded description beat X on new items?" for every other scored method X (paired
+    bootstrap over users and seeds, Holm across the questions)."""
+    long = per_user_long(results)
+    others = [m for m in dict.fromkeys(long["method"]) if m != description]
+    return new_item_findings(long, description, others, metric, evaluation["bootstrap_resamples"], evaluation["seed"])
+
+
+def json_records(table: pd.DataFrame) -> list[dict[str, Any]]:
+    """Rows of ``table`` for a metrics file: an untested p is null, not NaN (which JSON lacks)."""
+    return table.astype(object).where(table.notna(), None).to_dict(orient="records")
+
+
+def new_item_curves(results: Results) -> pd.DataFrame:
+    """Recall@K and NDCG@K per method family (seeds averaged) and candidate set (plot data)."""
+    frames = [metric_curves(results[name], "recall").merge(metric_curves(results[name], "ndcg"),
+                                                           on=["method", "k"]).assign(candidates=name)
+              for name in CANDIDATE_SETS]
+    return pd.concat(frames, ignore_index=True)
+
+
+def new_item_table(results: dict[str, MethodResult], evaluation: dict[str, Any]) -> pd.DataFrame:
+    """:func:`~vlm4rec.pipeline.tables.main_table`'s display table of one candidate set (95% CIs over users
+    and seeds), a ``note`` column on the hybrids, and one row per method with no signal for new items
+    (shown as such, never scored)."""
+    wide = main_table(results, evaluation)[1]
+    wide["note"] = ["" if not m.startswith("hybrid_") else HYBRID_NOTE for m in wide.index]
+    absent = pd.DataFrame({"note": list(NO_SIGNAL.values())}, index=list(NO_SIGNAL))
+    return pd.concat([wide, absent]).fillna({c: "-" for c in wide.columns if c != "note"})
+
+
+def gallery_rows(results: dict[str, MethodResult], methods: list[str], split_params: dict[str, Any],
+                 n_users: int, seed: int) -> list[tuple[str, list[str | None], list[str]]]:
+    """:func:`~vlm4rec.pipeline.report.user_gallery` on the new-item protocol: a few test users' latest
+    warm history posters and each method's top new items (HIT = one of the user's test cold items)."""
+    prepared = load_prepared(PREPARED_DIR)
+    inter = prepared.interactions.drop(columns="split", errors="ignore")
+    inter = inter.assign(split=assign_cold_split(inter, *cold_items(inter, **split_params)))
+    warm_and_test = replace(prepared, interactions=inter[inter["split"] != "val"])
+    return user_gallery(results, methods, warm_and_test, n_users=n_users, seed=seed)
