@@ -608,14 +608,6 @@ class StudyParams(Section):
             if unknown:
                 problems.append(f"report.{key} {unknown} {'is' if len(unknown) == 1 else 'are'} not computed by "
                                 f"the study; computed: {every}")
-        cold = self.cold_start
-        if not metric_at_k(cold.metric, self.eval.ks):
-            problems.append(f"cold_start.metric {cold.metric!r} must be <metric>@<k> with metric one of "
-                            f"{get_args(MetricName)} and k one of eval.ks {self.eval.ks}")
-        bad_cells = [c for c in cold.graph_cells if c not in self.graph.cells or not self.graph.cells[c].modalities]
-        if bad_cells:
-            problems.append(f"cold_start.graph_cells {bad_cells} are not content models among graph.cells "
-                            f"{list(self.graph.cells)}")
         if problems:
             raise ValueError("; ".join(problems))
         return self
