@@ -72,6 +72,14 @@ def test_each_bad_value_names_the_key_the_value_and_what_is_allowed(key, value, 
     assert message in str(caught.value)
 
 
+def test_a_grid_number_keeps_the_type_params_yaml_gives_it() -> None:
+    """A chosen configuration records a grid value as written (``l2: 100``, not ``100.0``)."""
+    params = validate_params(with_change("baselines.ease.l2", [100, 2.5]))
+    assert [type(v) for v in params.baselines.ease.l2] == [int, float]
+    assert [type(v) for v in params.profile.half_life_grid] == [int] * 4
+    assert [type(v) for v in params.baselines.itemknn_cf.shrinkage] == [int, int]
+
+
 def test_unknown_and_missing_keys_are_named() -> None:
     params = with_change("baselines.ease.l22", [500])
     del params["baselines"]["ease"]["l2"]

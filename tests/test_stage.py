@@ -11,8 +11,9 @@ from pathlib import Path
 import pytest
 import yaml
 
-from vlm4rec import stage
-from vlm4rec.stage import declared_params, run_stage_function, stage_definition, stage_notebook
+from vlm4rec.config import EvalParams, GraphCellParams, GraphParams, load_params
+from vlm4rec.errors import StudyError
+from vlm4rec.stage import declared_params, run_stage_function, sections, stage_definition, stage_notebook, stage_params
 
 REPO = Path(__file__).resolve().parents[1]
 
@@ -167,13 +168,85 @@ def test_a_foreach_cell_reads_its_template_and_its_own_params(project: Path) -> 
     assert stage_definition("graph@a")["cmd"].endswith("${key}")
 
 
-def test_a_notebook_less_stage_function_gets_its_sections_and_eval_as_evaluation(
-        project: Path, monkeypatch: pytest.MonkeyPatch) -> None:
-    """``eval`` would shadow the builtin as a parameter name: stage functions take it as ``evaluation``."""
-    monkeypatch.setattr(stage, "load_params", lambda: None)  # the toy params.yaml is not a study
-    (project / "other.yaml").write_text("x: {y: 3, z: 4}\n")
-    got = run_stage_function("grid", lambda evaluation, x, cell: (evaluation, x, cell), cell="rep=a")
-    assert got == ({"ks": [5, 10]}, {"y": 3}, "rep=a")
+STUDY_DVC_YAML = """
+stages:
+  cell:
+    foreach: [lightgcn, vbpr-title-image]
+    do:
+      cmd: python -m vlm4rec.pipeline.graph ${key}
+      params:
+        - eval.select_metric
+        - graph.regime
+        - graph.training
+        - graph.cells.${key}
+  note:
+    cmd: python -m vlm4rec.stage note
+    deps: [notebooks/note.ipynb]
+    params: [eval.select_metric, ablation]
+  other:
+    cmd: python -m vlm4rec.pipeline.other
+    params: [eval.ks, {other.yaml: [x.y]}]
+"""
+
+
+@pytest.fixture()
+def study(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Path:
+    """A project with the study's params.yaml and stages that declare parts of sections."""
+    (tmp_path / "dvc.yaml").write_text(STUDY_DVC_YAML)
+    (tmp_path / "params.yaml").write_text((REPO / "params.yaml").read_text())
+    monkeypatch.chdir(tmp_path)
+    return tmp_path
+
+
+def test_a_notebook_less_stage_function_gets_typed_sections_and_eval_as_evaluation(study: Path) -> None:
+    """``eval`` would shadow the builtin as a parameter name: stage functions take it as ``evaluation``; a
+    section holds the declared keys, typed, down to one entry of a mapping (``graph.cells.<cell>``)."""
+    evaluation, graph, cell = run_stage_function("cell@lightgcn", lambda evaluation, graph, cell: (evaluation, graph, cell),
+                                                 cell="lightgcn")
+    assert cell == "lightgcn" and isinstance(evaluation, EvalParams) and isinstance(graph, GraphParams)
+    assert evaluation.select_metric == "ndcg@10"
+    assert graph.cells == {"lightgcn": GraphCellParams(model="lightgcn", modalities=[])}
+    assert graph.chosen_regime.batch_size == 32768 and graph.chosen_regime.models["freedom"]["lr"] == 0.0125
+
+
+def test_reading_an_undeclared_key_names_the_key_and_the_stage(study: Path) -> None:
+    params = stage_params("cell@vbpr-title-image", load_params())
+    assert params.graph.cells["vbpr-title-image"].modalities == ["title", "image"]
+    with pytest.raises(StudyError, match=r"^stage cell@vbpr-title-image reads eval\.ks, which dvc\.yaml does not declare"):
+        params.eval.ks
+    with pytest.raises(StudyError, match=r"reads graph\.scale, which"):
+        params.graph.chosen_scale
+    with pytest.raises(StudyError, match=r"reads match, which"):
+        params.match
+    assert "lightgcn" not in params.graph.cells  # another cell's entry is not handed over
+
+
+def test_typed_sections_come_from_params_yaml_only(study: Path) -> None:
+    (study / "other.yaml").write_text("x: {y: 3}\n")
+    with pytest.raises(StudyError, match="declares x.y of .*other.yaml: typed sections come from params.yaml only"):
+        stage_params("other", load_params())
+
+
+def test_a_notebook_turns_its_parameters_into_validated_sections(study: Path) -> None:
+    """The injected dicts win over params.yaml (papermill may be given other values) and are validated with the
+    schema's models, cross-field rules included."""
+    ablation = declared_params("note")["ablation"] | {"caps": ["all", 5]}
+    p = sections("note", eval={"select_metric": "recall@20"}, ablation=ablation)
+    assert p.eval.select_metric == "recall@20" and p.ablation.caps == ["all", 5]
+    with pytest.raises(StudyError, match="reads eval.ks"):
+        p.eval.ks
+    with pytest.raises(StudyError, match=r"ablation\.caps\[1\] = 0: .*history caps"):
+        sections("note", eval={"select_metric": "recall@20"}, ablation=ablation | {"caps": ["all", 0]})
+    with pytest.raises(StudyError, match=r"eval: select_metric 'recall@7' must be <metric>@<k>"):
+        sections("note", eval={"select_metric": "recall@7"}, ablation=ablation)
+
+
+def test_a_notebook_must_pass_exactly_the_declared_parameters(study: Path) -> None:
+    ablation = declared_params("note")["ablation"]
+    with pytest.raises(StudyError, match="the parameters of stage note lack eval.select_metric, which dvc.yaml declares"):
+        sections("note", ablation=ablation)
+    with pytest.raises(StudyError, match="hold keys dvc.yaml does not declare for it"):
+        sections("note", eval={"select_metric": "ndcg@10", "ks": [10]}, ablation=ablation)
 
 
 def _one_cell_stage(tmp_path: Path, code: str) -> subprocess.CompletedProcess:

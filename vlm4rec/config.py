@@ -12,10 +12,11 @@ import re
 import sys
 from pathlib import Path
 from types import UnionType
-from typing import Annotated, Any, Literal, TypeVar, Union, get_args, get_origin
+from typing import Annotated, Any, Callable, Literal, TypeVar, Union, get_args, get_origin
 
 import yaml
-from pydantic import AfterValidator, BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
+from pydantic import (AfterValidator, BaseModel, ConfigDict, Field, PrivateAttr, ValidationError, WrapValidator,
+                      field_validator, model_validator)
 
 from vlm4rec.errors import StudyError
 
@@ -23,6 +24,18 @@ Share = Annotated[float, Field(gt=0, lt=1)]
 PositiveInt = Annotated[int, Field(ge=1)]
 PositiveFloat = Annotated[float, Field(gt=0)]
 NonNegativeFloat = Annotated[float, Field(ge=0)]
+
+
+def _integer_as_written(value: Any, handler: Callable[[Any], float]) -> float:
+    """A float field's integer value stays an ``int`` (validated as a float), so that a chosen configuration
+    records a grid value as params.yaml writes it (``l2: 100``, not ``100.0``)."""
+    number = handler(value)
+    return value if type(value) is int else number
+
+
+#: A validation grid's numbers, integers kept as written (:func:`_integer_as_written`).
+PositiveNumber = Annotated[float, Field(gt=0), WrapValidator(_integer_as_written)]
+NonNegativeNumber = Annotated[float, Field(ge=0), WrapValidator(_integer_as_written)]
 Probability = Annotated[float, Field(ge=0, le=1)]
 MetricName = Literal["recall", "ndcg", "hit_rate", "mrr", "precision"]
 Aggregation = Literal["mean", "recency", "knn_sum"]
@@ -37,9 +50,22 @@ def _nonempty(description: str) -> Any:
 
 
 class Section(BaseModel):
-    """A params.yaml mapping: unknown keys are errors (a typo is never silently ignored)."""
+    """A params.yaml mapping: unknown keys are errors (a typo is never silently ignored).
+
+    A section handed to a stage holds only the keys ``dvc.yaml`` declares for it (:func:`restricted`); reading
+    another of its fields is a :class:`StudyError` naming the key and the stage."""
 
     model_config = ConfigDict(extra="forbid", frozen=True)
+    #: (stage, dotted key of this section) of a restricted section; None for a whole one
+    _scope: tuple[str, str] | None = PrivateAttr(default=None)
+
+    def __getattr__(self, name: str) -> Any:
+        if name in type(self).model_fields:  # a field left out by restricted()
+            stage, key = self._scope or ("?", "")
+            raise StudyError(f"stage {stage} reads {key}{'.' if key else ''}{name}, which dvc.yaml does not "
+                             "declare for it: add it to the stage's params (so that DVC re-runs the stage when it "
+                             "changes)")
+        return super().__getattr__(name)  # type: ignore[misc]
 
     @field_validator("*", mode="after")
     @classmethod
@@ -144,11 +170,15 @@ class DataParams(Section):
     align_macridvae: AlignMacridVAEParams
     mmrec: MMRecParams
 
+    @property
+    def source_params(self) -> MovieLens1MParams | Amazon2023Params | AlignMacridVAEParams | MMRecParams:
+        """The keys of the chosen source, ``data.<source>``."""
+        return getattr(self, self.source)
+
     @model_validator(mode="after")
     def _source_keys_given(self) -> "DataParams":
         """The chosen ``data.source`` has its required keys set (``data.<source>.root`` ...)."""
-        keys = getattr(self, self.source)
-        missing = [k for k in SOURCE_KEYS[self.source] if getattr(keys, k) in (None, "")]
+        missing = [k for k in SOURCE_KEYS[self.source] if getattr(self.source_params, k) in (None, "")]
         if missing:
             raise ValueError(f"data.source is {self.source!r} but data.{self.source}."
                              f"{' and '.join(missing)} {'is' if len(missing) == 1 else 'are'} not set")
@@ -225,6 +255,11 @@ class GroundParams(Section):
     tagger: TaggerParams
     hf: HFParams
     openai: OpenAIParams
+
+    @property
+    def backend_params(self) -> TaggerParams | HFParams | OpenAIParams:
+        """The keys of the chosen grounder, ``ground.<backend>``."""
+        return getattr(self, self.backend)
 
     @model_validator(mode="after")
     def _backend_keys_given(self) -> "GroundParams":
@@ -348,17 +383,17 @@ class MatchParams(Section):
 class ProfileParams(Section):
     aggregation: Aggregation = Field(description="mean (paper) | recency | knn_sum (ItemKNN-CBF)")
     history_cap: PositiveInt | None = Field(description="only the most recent N history items; null = all")
-    half_life_grid: list[PositiveFloat] = _nonempty("recency half-lives (in interactions) tried on validation")
+    half_life_grid: list[PositiveNumber] = _nonempty("recency half-lives (in interactions) tried on validation")
     knn_k_grid: list[PositiveInt] = _nonempty("neighbourhood sizes tried for knn_sum")
 
 
 class ItemKNNParams(Section):
     k_neighbours: list[PositiveInt] = _nonempty("neighbourhood sizes tried on validation")
-    shrinkage: list[NonNegativeFloat] = _nonempty("similarity shrinkage tried on validation")
+    shrinkage: list[NonNegativeNumber] = _nonempty("similarity shrinkage tried on validation")
 
 
 class EASEParams(Section):
-    l2: list[PositiveFloat] = _nonempty("EASE^R L2 penalties tried on validation")
+    l2: list[PositiveNumber] = _nonempty("EASE^R L2 penalties tried on validation")
 
 
 class BaselineParams(Section):
@@ -485,6 +520,16 @@ class GraphParams(Section):
     default: GraphScaleParams
     full: GraphScaleParams
     cells: dict[str, GraphCellParams] = Field(description="the DVC foreach: cell name -> model and modalities")
+
+    @property
+    def chosen_regime(self) -> GraphTrainingParams:
+        """The training options of the chosen regime, ``graph.training.<regime>``."""
+        return getattr(self.training, self.regime)
+
+    @property
+    def chosen_scale(self) -> GraphScaleParams:
+        """The seeds and grids of the chosen scale, ``graph.<scale>``."""
+        return getattr(self, self.scale)
 
     @model_validator(mode="after")
     def _cells_are_consistent(self) -> "GraphParams":
@@ -650,6 +695,33 @@ def validate_params(raw: Any, source: str = "params.yaml") -> StudyParams:
 
 
 SectionModel = TypeVar("SectionModel", bound=BaseModel)
+#: Declared keys below a section: field (or mapping key) -> the keys declared below it, None = all of it.
+KeyTree = dict[str, "KeyTree | None"]
+
+
+def restricted(section: SectionModel, keys: KeyTree, stage: str, prefix: str = "") -> SectionModel:
+    """``section`` (validated) holding only ``keys``, for ``stage``: reading a field left out raises a
+    :class:`StudyError` naming its key (``prefix`` + field) and the stage; a mapping (``graph.cells``) keeps only
+    its declared entries."""
+    unknown = [name for name in keys if name not in type(section).model_fields]
+    if unknown:
+        raise StudyError(f"stage {stage} declares {prefix}{unknown[0]}, which is not a key of params.yaml")
+    values = {name: _restricted_value(getattr(section, name), inner, stage, f"{prefix}{name}")
+              for name, inner in keys.items()}
+    partial = type(section).model_construct(_fields_set=set(values), **values)
+    partial._scope = (stage, prefix.rstrip("."))
+    return partial
+
+
+def _restricted_value(value: Any, keys: KeyTree | None, stage: str, key: str) -> Any:
+    if keys is None:
+        return value
+    if isinstance(value, Section):
+        return restricted(value, keys, stage, f"{key}.")
+    unknown = [name for name in keys if name not in value]
+    if unknown:
+        raise StudyError(f"stage {stage} declares {key}.{unknown[0]}, which is not a key of params.yaml")
+    return {name: _restricted_value(value[name], inner, stage, f"{key}.{name}") for name, inner in keys.items()}
 
 
 def validate_section(model: type[SectionModel], raw: Any, key: tuple[str, ...], source: str = "params.yaml"

@@ -2,9 +2,10 @@
 HTML export), or call a notebook-less stage's ``run``.
 
 ``dvc.yaml`` is the single source of truth for what a stage reads: a stage receives exactly the
-``params.yaml`` keys its ``params:`` list declares, so it cannot silently depend on a parameter DVC does
-not track. The whole file is validated against :mod:`vlm4rec.config` first, so a bad value stops the
-stage before any work with a message naming the key. Usage (what ``dvc.yaml`` calls)::
+``params.yaml`` keys its ``params:`` list declares, as the typed sections of :mod:`vlm4rec.config` holding
+only those keys (:func:`stage_params`; a notebook turns its injected dicts into them with :func:`sections`),
+so it cannot silently depend on a parameter DVC does not track. The whole file is validated first, so a bad
+value stops the stage before any work with a message naming the key. Usage (what ``dvc.yaml`` calls)::
 
     python -m vlm4rec.stage prepare            # notebook stage (the notebook is the stage's one .ipynb dep)
 
@@ -29,7 +30,7 @@ from typing import Any, Callable
 
 import yaml
 
-from vlm4rec.config import UniqueKeyLoader, load_params
+from vlm4rec.config import KeyTree, StudyParams, UniqueKeyLoader, load_params, restricted, validate_params
 from vlm4rec.errors import StudyError
 
 REPORTS_DIR = Path("reports")
@@ -68,26 +69,81 @@ def _assign(target: dict[str, Any], dotted: str, value: Any) -> None:
     target[parts[-1]] = value
 
 
-def declared_params(stage: str, params_file: str | Path = "params.yaml",
-                    dvc_file: str | Path = "dvc.yaml") -> dict[str, Any]:
-    """The subset of the parameter files that ``stage`` declares, nested by top-level key.
+def declared_keys(stage: str, params_file: str | Path = "params.yaml",
+                  dvc_file: str | Path = "dvc.yaml") -> list[tuple[str, str]]:
+    """(parameter file, dotted key) of every entry of ``stage``'s ``params:`` list.
 
-    ``params: [data, eval.ks]`` gives ``{"data": {...}, "eval": {"ks": [...]}}``; an entry
-    ``{other.yaml: [x.y]}`` reads ``x.y`` from ``other.yaml`` (beside ``dvc.yaml``), as DVC does. In a cell
-    ``name@key`` of a ``foreach`` stage, ``${key}`` in an entry stands for the cell's key.
-    """
+    An entry ``{other.yaml: [x.y]}`` reads ``x.y`` from ``other.yaml`` (beside ``dvc.yaml``), as DVC does. In a
+    cell ``name@key`` of a ``foreach`` stage, ``${key}`` in an entry stands for the cell's key."""
     base = Path(dvc_file).parent
     cell = stage.partition("@")[2]
-    selected: dict[str, Any] = {}
+    keys: list[tuple[str, str]] = []
     for entry in stage_definition(stage, dvc_file).get("params", []):
-        entry = entry.replace("${key}", cell) if isinstance(entry, str) else entry
-        sources = {str(params_file): [entry]} if isinstance(entry, str) else {
-            str(base / name): keys for name, keys in entry.items()}
-        for path, keys in sources.items():
-            values = load_yaml(path)
-            for key in keys:
-                _assign(selected, key, copy.deepcopy(_lookup(values, key, path)))
+        if isinstance(entry, str):
+            keys.append((str(params_file), entry.replace("${key}", cell)))
+        else:
+            keys += [(str(base / name), key) for name, listed in entry.items() for key in listed]
+    return keys
+
+
+def declared_params(stage: str, params_file: str | Path = "params.yaml",
+                    dvc_file: str | Path = "dvc.yaml") -> dict[str, Any]:
+    """The subset of the parameter files that ``stage`` declares, nested by top-level key (what a notebook
+    stage's parameters cell receives): ``params: [data, eval.ks]`` gives ``{"data": {...}, "eval": {"ks": [...]}}``."""
+    selected: dict[str, Any] = {}
+    files: dict[str, dict[str, Any]] = {}
+    for path, key in declared_keys(stage, params_file, dvc_file):
+        if path not in files:
+            files[path] = load_yaml(path)
+        _assign(selected, key, copy.deepcopy(_lookup(files[path], key, path)))
     return selected
+
+
+def stage_params(stage: str, params: StudyParams, dvc_file: str | Path = "dvc.yaml") -> StudyParams:
+    """``params`` (validated) restricted to the params.yaml keys ``dvc.yaml`` declares for ``stage``: its
+    sections hold only those keys, and reading any other one is a :class:`StudyError` naming the key and the
+    stage (so that a stage cannot depend on a parameter DVC does not track)."""
+    tree: KeyTree = {}
+    for path, key in declared_keys(stage, "params.yaml", dvc_file):
+        if Path(path) != Path("params.yaml"):
+            raise StudyError(f"stage {stage} declares {key} of {path}: typed sections come from params.yaml only")
+        _declare(tree, key.split("."))
+    return restricted(params, tree, stage)
+
+
+def _declare(tree: KeyTree, parts: list[str]) -> None:
+    """Add a declared key (its parts) to ``tree``; a whole section declared covers every key below it."""
+    head, *rest = parts
+    if head in tree and tree[head] is None:
+        return
+    if not rest:
+        tree[head] = None
+        return
+    _declare(tree.setdefault(head, {}), rest)  # type: ignore[arg-type]
+
+
+def sections(stage: str, **injected: Any) -> StudyParams:
+    """A notebook's parameters as typed sections, in its first code cell: ``p = sections("match", eval=eval,
+    match=match, ...)`` with the dicts of its parameters cell (what the runner injects: the keys ``dvc.yaml``
+    declares for ``stage``), then ``p.eval.select_metric``.
+
+    The dicts replace their keys in ``params.yaml`` and the whole file is validated with
+    :mod:`vlm4rec.config`'s models; the result is :func:`stage_params` (undeclared keys refused). A dict that
+    holds a key the stage does not declare, or lacks one it does, is a :class:`StudyError`."""
+    keys = [key for _, key in declared_keys(stage)]
+    given: dict[str, Any] = {}
+    for key in keys:
+        try:
+            _assign(given, key, _lookup(injected, key))
+        except KeyError:
+            raise StudyError(f"the parameters of stage {stage} lack {key}, which dvc.yaml declares for it") from None
+    if given != injected:
+        raise StudyError(f"the parameters of stage {stage} hold keys dvc.yaml does not declare for it (declared: "
+                         f"{', '.join(keys)})")
+    raw = load_yaml("params.yaml")
+    for key in keys:
+        _assign(raw, key, _lookup(injected, key))
+    return stage_params(stage, validate_params(raw))
 
 
 def stage_notebook(stage: str, dvc_file: str | Path = "dvc.yaml") -> Path:
@@ -179,11 +235,12 @@ ARGUMENT_NAMES = {"eval": "evaluation"}
 
 
 def run_stage_function(stage: str, function: Callable[..., Any], **extra: Any) -> Any:
-    """Call a notebook-less stage's ``function`` with its declared params (as keyword arguments, one per
-    top-level params.yaml key, renamed by :data:`ARGUMENT_NAMES`) plus ``extra``, after validating params.yaml."""
-    load_params()
-    sections = {ARGUMENT_NAMES.get(key, key): value for key, value in declared_params(stage).items()}
-    return function(**sections, **extra)
+    """Call a notebook-less stage's ``function`` with its declared sections (:func:`stage_params` of the
+    validated params.yaml; keyword arguments named by their top-level key, renamed by :data:`ARGUMENT_NAMES`)
+    plus ``extra``."""
+    params = stage_params(stage, load_params())
+    return function(**{ARGUMENT_NAMES.get(key, key): getattr(params, key) for key in params.model_fields_set},
+                    **extra)
 
 
 def _terminate_on_signals() -> None:
