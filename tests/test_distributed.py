@@ -5,19 +5,19 @@ import importlib.util
 import os
 import signal
 import sys
-from pathlib import Path
+from dataclasses import dataclass
 
 import numpy as np
 import pandas as pd
 import pytest
 import scipy.sparse as sp
-import yaml
 from PIL import Image
 
 from test_grounding_openai import KEY, KEY_ENV, ScriptedServer, openai_options
 from test_grounding_runner import CountingGrounder
-from vlm4rec.config import RayParams
-from vlm4rec.distributed import connect, ray_config_from_params
+from study_params import RAW, section
+from vlm4rec.config import OpenAIParams, RayParams
+from vlm4rec.distributed import connect, ray_config
 from vlm4rec.distributed.grounding import GrounderSpec, RayDescriber
 from vlm4rec.distributed.embedding import encode_image_paths_ray, encode_texts_ray
 from vlm4rec.distributed.matching import ranker, recommend_ray
@@ -28,7 +28,6 @@ from vlm4rec.grounding.prompts import IMAGE_ONLY, IMAGE_TITLE
 from vlm4rec.matching import ProfileRecommender, recommend, recommend_torch
 from vlm4rec.splits import build_history
 
-REPO = Path(__file__).resolve().parents[1]
 ray = pytest.importorskip("ray")
 
 
@@ -86,10 +85,10 @@ class CountingCache(DescriptionCache):
 
 def test_grounding_on_ray_equals_local(tmp_path):
     items = write_catalogue(tmp_path)
-    options = {"batch_size": 3}
-    describer = RayDescriber(GrounderSpec("tagger", options), CONFIG)
+    tagger = section("ground.tagger", batch_size=3)
+    describer = RayDescriber(GrounderSpec(tagger), CONFIG)
     with DescriptionCache(tmp_path / "local.sqlite") as cache:
-        local = ground_items(items, build_grounder("tagger", **options), cache, IMAGE_TITLE, progress=False)
+        local = ground_items(items, build_grounder(tagger), cache, IMAGE_TITLE, progress=False)
     with CountingCache(tmp_path / "ray.sqlite") as cache:
         distributed = ground_items(items, describer, cache, IMAGE_TITLE, progress=False)
         # 8 units: items 1 and 3 share an image but not a title; 3 batches of 3, 3 and 2
@@ -115,9 +114,13 @@ class CrashOnceGrounder(CountingGrounder):
         return super().describe(images, prompts)
 
 
+@dataclass(frozen=True)
 class CrashOnceSpec(GrounderSpec):
+    red: int = 0
+    marker: str = ""
+
     def build(self):
-        return CrashOnceGrounder(**self.options)
+        return CrashOnceGrounder(self.red, self.marker)
 
 
 def test_an_actor_killed_mid_run_is_restarted_and_every_item_is_described_once(tmp_path):
@@ -129,7 +132,7 @@ def test_an_actor_killed_mid_run_is_restarted_and_every_item_is_described_once(t
     items = pd.DataFrame({"item_idx": range(8), "item_id": [f"i{i}" for i in range(8)],
                           "title": [f"T{i}" for i in range(8)], "image_path": paths, "has_image": True})
     marker = tmp_path / "crashed"
-    describer = RayDescriber(CrashOnceSpec("crash", {"red": 50, "marker": str(marker)}), ONE_ACTOR)
+    describer = RayDescriber(CrashOnceSpec(section("ground.tagger"), red=50, marker=str(marker)), ONE_ACTOR)
     with CountingCache(tmp_path / "cache.sqlite") as cache:
         result = ground_items(items, describer, cache, IMAGE_ONLY, progress=False)
         assert sorted(cache.written) == sorted(set(cache.written)) and len(cache) == 8
@@ -151,9 +154,12 @@ class PoisonGrounder(CountingGrounder):
         return super().describe(images, prompts)
 
 
+@dataclass(frozen=True)
 class PoisonSpec(GrounderSpec):
+    red: int = 0
+
     def build(self):
-        return PoisonGrounder(**self.options)
+        return PoisonGrounder(self.red)
 
 
 def test_a_batch_that_kills_its_actor_every_time_is_recorded_failed_and_the_run_goes_on(tmp_path):
@@ -163,7 +169,7 @@ def test_a_batch_that_kills_its_actor_every_time_is_recorded_failed_and_the_run_
         Image.new("RGB", (4, 4), (red, 0, 0)).save(paths[-1])
     items = pd.DataFrame({"item_idx": range(4), "item_id": [f"i{i}" for i in range(4)],
                           "title": [f"T{i}" for i in range(4)], "image_path": paths, "has_image": True})
-    describer = RayDescriber(PoisonSpec("poison", {"red": 30}), ONE_ACTOR)
+    describer = RayDescriber(PoisonSpec(section("ground.tagger"), red=30), ONE_ACTOR)
     with DescriptionCache(tmp_path / "cache.sqlite") as cache:
         result = ground_items(items, describer, cache, IMAGE_ONLY, progress=False)
     # batches of 2: (10, 20) described, (30, 40) killed its actor on each of its 3 runs
@@ -174,8 +180,8 @@ def test_a_batch_that_kills_its_actor_every_time_is_recorded_failed_and_the_run_
 
 
 def openai_spec(urls, **changes) -> GrounderSpec:
-    return GrounderSpec("openai", openai_options(urls, **{"concurrency": 1, "backoff_s": 30, "timeout_s": 5,
-                                                          "batch_size": 2} | changes))
+    return GrounderSpec(OpenAIParams(**openai_options(urls, **{"concurrency": 1, "backoff_s": 30, "timeout_s": 5,
+                                                               "batch_size": 2} | changes)))
 
 
 def test_openai_fleet_on_ray_with_pinned_actors_and_a_dead_server(tmp_path, loopback, refused_url):
@@ -241,24 +247,20 @@ def test_matching_on_ray_equals_local_ties_included():
 
 
 def test_params_and_pinning_without_a_cluster():
-    local = {"address": None, "num_cpus": 1, "num_gpus": 0, "actors": 2, "pin_servers": False}
-    assert ray_config_from_params({"executor": "local"}) is None
-    config = ray_config_from_params({"executor": "ray", "ray": local | {"address": "auto", "num_gpus": 1, "actors": 4}})
+    ray = {"address": "auto", "num_cpus": 1, "num_gpus": 1, "actors": 4, "pin_servers": False}
+    assert ray_config(section("compute", executor="local", ray=ray)) is None
+    config = ray_config(section("compute", executor="ray", ray=ray))
     assert config == ray_params(address="auto", num_gpus=1.0, actors=4) and config.device == "cuda"
     assert CONFIG.device == "cpu"
-    with pytest.raises(StudyError, match="compute.executor"):
-        ray_config_from_params({"executor": "spark", "ray": local})
-    with pytest.raises(StudyError, match=r"compute.ray.gpus"):
-        ray_config_from_params({"executor": "ray", "ray": local | {"gpus": 1}})
-    with pytest.raises(StudyError, match="compute.ray.actors"):
-        ray_config_from_params({"executor": "ray", "ray": local | {"actors": 0}})
     with pytest.raises(StudyError, match="num_gpus > 0"):
         recommend_ray(None, np.arange(3), sp.csr_matrix((3, 3)), 1, 2, CONFIG, device="cuda")
     spec = openai_spec(["http://a/v1", "http://b/v1", "http://c/v1"])
-    assert spec.pinned(4).options["base_url"] == ["http://b/v1", "http://c/v1", "http://a/v1"]
-    assert spec.pinned(4).options["prefer_first"] and "prefer_first" not in spec.options
+    assert spec.pinned(4).params.base_url == ["http://b/v1", "http://c/v1", "http://a/v1"]
+    assert spec.pinned(4).prefer_first and not spec.prefer_first
+    assert spec.pinned(4).params.model_copy(update={"base_url": spec.params.base_url}) == spec.params
     assert openai_spec("http://a/v1").pinned(1) == openai_spec("http://a/v1")
-    assert GrounderSpec("tagger").pinned(3) == GrounderSpec("tagger")
+    tagger = GrounderSpec(section("ground.tagger"))
+    assert tagger.pinned(3) == tagger
 
 
 @pytest.mark.skipif(importlib.util.find_spec("grpc") is not None, reason="the Ray Client is installed")
@@ -296,22 +298,21 @@ def test_the_ground_embed_and_match_stages_on_ray_write_what_the_local_executor_
     inter["split"] = np.where(inter["timestamp"] < 4, "train", np.where(inter["timestamp"] == 4, "val", "test"))
     items = catalogue.assign(year=pd.NA, genres="", meta_text="", image_url=None)
     users = pd.DataFrame({"user_idx": np.arange(12), "user_id": [str(u) for u in range(12)]})
-    params = yaml.safe_load((REPO / "params.yaml").read_text())
-    params["match"]["representations"] = ["title", "description_image_only", "image"]
-    params["baselines"] |= {"itemknn_cf": {"k_neighbours": [3], "shrinkage": [0]}, "ease": {"l2": [10.0]}}
-    params["eval"]["ks"] = [5]
-    params["eval"]["select_metric"] = "ndcg@5"
+    evaluation = section("eval", ks=[5], select_metric="ndcg@5")
+    match_params = section("match", representations=["title", "description_image_only", "image"])
+    baselines = section("baselines", itemknn_cf={"k_neighbours": [3], "shrinkage": [0]}, ease={"l2": [10.0]})
+    ground_params, embed_params, profile = section("ground"), section("embed"), section("profile")
     outputs = {}
     for executor in ("local", "ray"):
         work = tmp_path / executor
         work.mkdir()
         monkeypatch.chdir(work)
         save_prepared(PreparedData(items, users, inter), "data/prepared")
-        compute = params["compute"] | {"executor": executor, "ray": params["compute"]["ray"] | {"actors": 1}}
-        descriptions, _ = ground.run(params["ground"], compute)
-        embed.run(params["embed"], params["ground"], compute)
-        results, metrics = match.run(params["eval"], params["match"], params["profile"], params["baselines"], compute)
-        vectors = {name: Representation.load("data/embeddings", name).vectors for name in params["match"]["representations"]}
+        compute = section("compute", executor=executor, ray=RAW["compute"]["ray"] | {"actors": 1})
+        descriptions, _ = ground.run(ground_params, compute)
+        embed.run(embed_params, ground_params, compute)
+        results, metrics = match.run(evaluation, match_params, profile, baselines, compute)
+        vectors = {name: Representation.load("data/embeddings", name).vectors for name in match_params.representations}
         outputs[executor] = descriptions, vectors, results, metrics
     (local_table, local_vectors, local_results, local_metrics), (ray_table, ray_vectors, ray_results, ray_metrics) = \
         outputs["local"], outputs["ray"]

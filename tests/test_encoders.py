@@ -12,6 +12,7 @@ from PIL import Image
 from skimage import data as skdata
 
 from vlm4rec import encoders
+from vlm4rec.config import OpenClipParams
 from vlm4rec.encoders import (EfficientNetLite0Features, EncoderUnavailableError, OpenClipImageEncoder,
                               encode_image_paths, encode_texts, fold_batchnorm, imagenet_transform,
                               load_text_encoder, resolve_text_encoder)
@@ -160,7 +161,7 @@ def test_open_clip_encoder_loads_a_local_checkpoint_and_matches_the_in_memory_mo
     checkpoint = tmp_path / "tiny_clip.pt"
     torch.save(model.state_dict(), checkpoint)
 
-    encoder = OpenClipImageEncoder("vlm4rec-tiny-clip", pretrained=str(checkpoint))
+    encoder = OpenClipImageEncoder(OpenClipParams(model_name="vlm4rec-tiny-clip", pretrained=str(checkpoint)))
     images = [Image.fromarray(skdata.chelsea()), Image.fromarray(skdata.rocket())]
     with torch.no_grad():
         reference = model.eval().encode_image(torch.stack([preprocess(im) for im in images])).numpy()
@@ -173,7 +174,9 @@ def test_open_clip_unknown_pretrained_is_a_clear_error(tmp_path):
     config.write_text(json.dumps(TINY_CLIP))
     open_clip.add_model_config(config)
     with pytest.raises(EncoderUnavailableError, match="neither a file nor a known tag"):
-        OpenClipImageEncoder("vlm4rec-tiny-clip2", pretrained=str(tmp_path / "missing.pt"))
+        OpenClipImageEncoder(OpenClipParams(model_name="vlm4rec-tiny-clip2", pretrained=str(tmp_path / "missing.pt")))
+    with pytest.raises(EncoderUnavailableError, match="needs embed.open_clip.pretrained"):
+        OpenClipImageEncoder(OpenClipParams(model_name="vlm4rec-tiny-clip2", pretrained=None))
 
 
 # --- encoding a list of image paths -----------------------------------------------------------------

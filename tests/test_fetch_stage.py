@@ -8,13 +8,16 @@ import subprocess
 import sys
 from collections.abc import Callable
 from pathlib import Path
+from typing import get_args
 
 import pytest
 import yaml
 
 from test_datasets_movielens_fetch import official, offline_urls  # noqa: F401 (fixtures used here)
+from study_params import RAW, section
 from test_datasets_movielens_fetch import poster, write_release
-from vlm4rec.datasets import load_source
+from vlm4rec.config import DataParams
+from vlm4rec.datasets import INPUT_PATH_KEYS, load_source
 from vlm4rec.errors import StudyError
 from vlm4rec.pipeline.fetch import SOURCE_MANIFEST, adapter_keys, load_source_manifest, run
 
@@ -30,11 +33,16 @@ def workdir(tmp_path, monkeypatch) -> Path:
     return work
 
 
+def data_params(source: str, **keys) -> DataParams:
+    """The repository's ``data`` section with ``source`` chosen and ``keys`` set in ``data.<source>``."""
+    return section("data", source=source, images_outside_folder="refuse", **{source: RAW["data"][source] | keys})
+
+
 @pytest.fixture()
-def movielens_params(offline_urls) -> Callable[..., dict]:
+def movielens_params(offline_urls) -> Callable[..., DataParams]:
     """``movielens_params(root, **keys)``: ``data`` for the release at ``root``, where no download can succeed."""
-    return lambda root, **keys: {"source": "movielens_1m", "images_outside_folder": "refuse",
-                                 "movielens_1m": {"root": str(root), "posters_dir": None, **offline_urls} | keys}
+    return lambda root, **keys: data_params("movielens_1m", **{"root": str(root), "posters_dir": None, **offline_urls}
+                                                             | keys)
 
 
 def test_movielens_manifest_metrics_and_adapter_keys(official, movielens_params, workdir, tmp_path):
@@ -73,12 +81,12 @@ def test_prepare_refuses_a_manifest_fetched_with_other_keys(official, movielens_
     root = write_release(tmp_path / "ml-1m", official)
     data = movielens_params(root)
     run(data)
-    moved = data | {"movielens_1m": data["movielens_1m"] | {"root": str(tmp_path / "elsewhere")}}
+    moved = movielens_params(tmp_path / "elsewhere")
     with pytest.raises(StudyError, match=rf"^data.movielens_1m.root is '{tmp_path}/elsewhere' but the fetch stage last "
                                          rf"ran with '{root}': run the fetch stage first \(dvc repro fetch\)"):
         adapter_keys(moved)
     with pytest.raises(StudyError, match=r"data.movielens_1m.posters_dir is '/p' but the fetch stage last ran with None"):
-        adapter_keys(data | {"movielens_1m": data["movielens_1m"] | {"posters_dir": "/p"}})
+        adapter_keys(movielens_params(root, posters_dir="/p"))
     assert adapter_keys(data)["root"] == root.as_posix()
 
 
@@ -89,8 +97,8 @@ def test_other_sources_are_fingerprinted_by_size_and_mtime_never_downloaded(work
     for name in ("baby.inter", "image_feat.npy", "text_feat.npy"):
         (root / name).write_bytes(b"x" * 10)
     (images / "0.jpg").write_bytes(b"jpeg")
-    data = {"source": "mmrec", "mmrec": {"root": str(root), "name": "baby", "meta_csv": str(tmp_path / "meta.csv"),
-                                         "images_dir": str(images)}}
+    data = data_params("mmrec", root=str(root), name="baby", meta_csv=str(tmp_path / "meta.csv"),
+                       images_dir=str(images))
     metrics = run(data)
     paths = load_source_manifest()["paths"]
     assert metrics["counts"] == {"paths": 3, "paths_missing": 1}
@@ -100,17 +108,21 @@ def test_other_sources_are_fingerprinted_by_size_and_mtime_never_downloaded(work
     (images / "1.jpg").write_bytes(b"jpeg")
     run(data)
     assert load_source_manifest()["paths"]["images_dir"]["files"] == 2 and SOURCE_MANIFEST.read_bytes() != before
-    assert adapter_keys(data) == data["mmrec"] | {"images_outside_folder": "refuse"}
+    assert adapter_keys(data) == data.mmrec.model_dump() | {"images_outside_folder": "refuse"}
 
 
 def test_stage_outputs_must_match_the_chosen_source(workdir):
+    mmrec = data_params("mmrec", root="baby", name="baby")
     with pytest.raises(StudyError, match="source.json is missing: run the fetch stage first"):
-        adapter_keys({"source": "mmrec"})
-    run({"source": "amazon2023", "amazon2023": {"reviews_path": "r.jsonl", "meta_path": "m.jsonl"}})
+        adapter_keys(mmrec)
+    run(data_params("amazon2023", reviews_path="r.jsonl", meta_path="m.jsonl"))
     with pytest.raises(StudyError, match="records source 'amazon2023' but data.source is 'mmrec'"):
-        adapter_keys({"source": "mmrec"})
-    with pytest.raises(StudyError, match="unknown data source 'nope'"):
-        run({"source": "nope"})
+        adapter_keys(mmrec)
+
+
+def test_every_source_but_movielens_has_its_input_paths_listed():
+    """The fetch stage fingerprints a source other than MovieLens-1M by the paths its loader reads."""
+    assert {"movielens_1m", *INPUT_PATH_KEYS} == set(get_args(DataParams.model_fields["source"].annotation))
 
 
 def test_stage_command_without_data_or_network_prints_the_instruction(workdir, tmp_path, refused_url):

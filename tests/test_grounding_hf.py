@@ -6,6 +6,8 @@ from PIL import Image
 from skimage import data
 
 from random_models import TINY_LLAVA, TINY_QWEN2_VL, save_random_vlm
+from study_params import section
+from vlm4rec.errors import StudyError
 from vlm4rec.grounding.hf import HFGrounder
 
 # Different sizes (Qwen2-VL: different image-token counts) and prompt lengths, so the batch needs padding.
@@ -18,9 +20,14 @@ def checkpoint(request, tmp_path_factory):
     return save_random_vlm(request.param, tmp_path_factory.mktemp(request.param.name), seed=0)
 
 
+def hf_params(checkpoint, **changes):
+    """``ground.hf`` for the local ``checkpoint``, never contacting the hub, with ``changes``."""
+    return section("ground.hf", model=str(checkpoint), local_files_only=True, **changes)
+
+
 @pytest.fixture(scope="module")
 def grounder(checkpoint):
-    return HFGrounder(checkpoint, max_new_tokens=6, batch_size=3, local_files_only=True)
+    return HFGrounder(hf_params(checkpoint, max_new_tokens=6, batch_size=3))
 
 
 def test_batched_generation_equals_one_by_one(grounder):
@@ -50,15 +57,20 @@ def test_identity_settings_and_chat_template(grounder, checkpoint):
 
 
 def test_min_new_tokens_fixes_output_length(checkpoint):
-    fixed = HFGrounder(checkpoint, max_new_tokens=5, min_new_tokens=5, local_files_only=True)
+    fixed = HFGrounder(hf_params(checkpoint, max_new_tokens=5), min_new_tokens=5)
     inputs = fixed.processor(images=[[IMAGES[0]]], text=[fixed.chat_text("x")], return_tensors="pt")
     output = fixed.model.generate(**inputs, do_sample=False, max_new_tokens=5, min_new_tokens=5)
     assert output.shape[1] - inputs["input_ids"].shape[1] == 5
     with pytest.raises(ValueError, match="min_new_tokens=6 > max_new_tokens=5"):
-        HFGrounder(checkpoint, max_new_tokens=5, min_new_tokens=6, local_files_only=True)
+        HFGrounder(hf_params(checkpoint, max_new_tokens=5), min_new_tokens=6)
 
 
 @pytest.mark.skipif(importlib.util.find_spec("bitsandbytes") is not None, reason="bitsandbytes is installed")
 def test_4bit_without_bitsandbytes_is_a_clear_error(checkpoint):
     with pytest.raises(ImportError, match="bitsandbytes"):
-        HFGrounder(checkpoint, load_in_4bit=True, local_files_only=True)
+        HFGrounder(hf_params(checkpoint, load_in_4bit=True))
+
+
+def test_a_model_must_be_named():
+    with pytest.raises(StudyError, match=r"^the hf grounder needs ground.hf.model"):
+        HFGrounder(section("ground.hf"))

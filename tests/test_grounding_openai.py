@@ -12,6 +12,7 @@ import pandas as pd
 import pytest
 from PIL import Image
 
+from study_params import section
 from vlm4rec.config import OpenAIParams
 from vlm4rec.errors import StudyError
 from vlm4rec.grounding import openai_api
@@ -211,25 +212,17 @@ def test_key_never_leaks(server, tmp_path):
         assert KEY.encode() not in path.read_bytes()
 
 
-def test_build_grounder_by_name():
+def test_build_grounder_from_its_section():
     from vlm4rec.grounding import build_grounder
 
-    built = build_grounder("openai", **openai_options("http://127.0.0.1:9/v1"), prefer_first=True)
+    built = build_grounder(OpenAIParams(**openai_options("http://127.0.0.1:9/v1")), prefer_first=True)
     assert isinstance(built, OpenAIGrounder) and built.fleet.prefer_first
     assert [s.endpoint for s in built.fleet.servers] == ["http://127.0.0.1:9/v1/chat/completions"]
-    broken = openai_options("http://127.0.0.1:9/v1", concurrency=0)
-    del broken["timeout_s"]
-    with pytest.raises(StudyError) as invalid:
-        build_grounder("openai", **broken)
-    assert str(invalid.value) == ("params.yaml: 2 invalid parameters:\n"
-                                  "  - ground.openai.concurrency = 0: Input should be greater than or equal to 1 "
-                                  "(requests in flight)\n"
-                                  "  - ground.openai.timeout_s: missing (per-request timeout)")
     with pytest.raises(StudyError, match=r"^the openai grounder needs ground.openai.base_url \(a URL or a list of "
                                          r"them\) and ground.openai.model$"):
-        build_grounder("openai", **openai_options([]))
-    with pytest.raises(ValueError, match="unknown grounder 'llava'"):
-        build_grounder("llava")
+        build_grounder(OpenAIParams(**openai_options([])))
+    with pytest.raises(TypeError, match="^EvalParams configures no grounder"):
+        build_grounder(section("eval"))
 
 
 # ---- fleets, unreachable servers, the key in echoed text ------------------------------------------

@@ -10,6 +10,7 @@ import pytest
 from PIL import Image
 from skimage import data
 
+from study_params import section
 from vlm4rec.grounding.cache import DescriptionCache
 from vlm4rec.grounding.prompts import IMAGE_ONLY, IMAGE_TITLE, build_prompt
 from vlm4rec.grounding.runner import ground_items
@@ -20,7 +21,7 @@ CAT_CLASSES = {"tabby", "tiger cat", "Persian cat", "Siamese cat", "Egyptian cat
 
 @pytest.fixture(scope="module")
 def tagger():
-    return TaggerGrounder(batch_size=4)
+    return TaggerGrounder(section("ground.tagger", batch_size=4))
 
 
 @pytest.fixture(scope="module")
@@ -45,12 +46,12 @@ def test_deterministic_and_independent_of_batching(tagger, chelsea):
     prompts = [build_prompt(IMAGE_ONLY, "")] * 3
     first = tagger.describe(images, prompts)
     assert tagger.describe(images, prompts) == first
-    fresh = TaggerGrounder(batch_size=1)  # no memory of the batch above: recomputed one image at a time
+    fresh = TaggerGrounder(section("ground.tagger", batch_size=1))  # no memory of the batch above: one at a time
     assert [fresh.describe([image], [prompts[0]])[0] for image in images] == first
 
 
 def test_second_prompt_arm_reuses_the_image_analysis(chelsea, monkeypatch):
-    tagger = TaggerGrounder()
+    tagger = TaggerGrounder(section("ground.tagger"))
     calls = []
     original = tagger.objects
     monkeypatch.setattr(tagger, "objects", lambda images: calls.append(len(images)) or original(images))

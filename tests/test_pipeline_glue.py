@@ -16,6 +16,8 @@ from vlm4rec.pipeline.profiles import profile_candidates
 from vlm4rec.pipeline.tables import method_family, method_group, seed_of
 from vlm4rec.splits import SplitConfig
 
+from study_params import section
+
 
 def test_simplex_grid_enumerates_every_weight_vector_summing_to_one() -> None:
     grid = simplex_grid(["a", "b", "c"], 0.5)
@@ -28,19 +30,19 @@ def test_simplex_grid_enumerates_every_weight_vector_summing_to_one() -> None:
 
 def test_profile_candidates_try_the_knob_of_the_chosen_aggregation() -> None:
     vectors = np.eye(3, dtype=np.float32)
-    profile = {"aggregation": "recency", "history_cap": 5, "half_life_grid": [2, 8], "knn_k_grid": [1]}
+    profile = section("profile", aggregation="recency", history_cap=5, half_life_grid=[2, 8], knn_k_grid=[1])
     candidates = profile_candidates(vectors, profile, "title")
     assert [c.config for c in candidates] == [
         {"aggregation": "recency", "history_cap": 5, "half_life": 2},
         {"aggregation": "recency", "history_cap": 5, "half_life": 8}]
     model = candidates[1].build()
     assert isinstance(model, ProfileRecommender) and model.half_life == 8 and model.history_cap == 5
-    assert [c.config for c in profile_candidates(vectors, profile | {"aggregation": "mean"}, "t")] == [
+    assert [c.config for c in profile_candidates(vectors, profile.model_copy(update={"aggregation": "mean"}), "t")] == [
         {"aggregation": "mean", "history_cap": 5}]
 
 
 def test_baseline_candidates_cover_the_params_grid() -> None:
-    grid = {"itemknn_cf": {"k_neighbours": [10, 20], "shrinkage": [0, 5]}, "ease": {"l2": [1.0]}}
+    grid = section("baselines", itemknn_cf={"k_neighbours": [10, 20], "shrinkage": [0, 5]}, ease={"l2": [1.0]})
     assert len(baseline_candidates("itemknn_cf", grid)) == 4
     assert baseline_candidates("ease", grid)[0].build().l2 == 1.0
     with pytest.raises(ValueError, match="unknown baseline"):
@@ -66,7 +68,7 @@ def test_seed_names_families_and_groups() -> None:
 
 
 def test_learned_grid_crosses_the_knobs_and_adds_combine_only_for_frequency_filter() -> None:
-    fusion = {"temperature_grid": [0.05, 0.1], "weight_decay_grid": [0.0], "combine_grid": ["sum", "product"]}
+    fusion = section("fusion", temperature_grid=[0.05, 0.1], weight_decay_grid=[0.0], combine_grid=["sum", "product"])
     assert learned_grid("gating", fusion) == [{"temperature": 0.05, "weight_decay": 0.0},
                                               {"temperature": 0.1, "weight_decay": 0.0}]
     assert len(learned_grid("frequency_filter", fusion)) == 4
@@ -101,6 +103,6 @@ def test_items_rated_below_the_threshold_are_counted_apart_from_never_rated_ones
     prepared = prepare(raw, min_rating=4, min_positives=2, split=SplitConfig(), universe="catalogue")
     assert dataset_counts(prepared)["items_without_positives"] == 3
     assert rated_items_without_positive(raw, prepared) == 2
-    assert split_protocol(raw, {"protocol": "temporal_ratio"}) == "temporal_ratio"
+    assert split_protocol(raw, section("split", protocol="temporal_ratio")) == "temporal_ratio"
     given = RawDataset("t", inter.assign(split="train"), items)
-    assert split_protocol(given, {"protocol": "temporal_ratio"}) == "source"
+    assert split_protocol(given, section("split", protocol="temporal_ratio")) == "source"

@@ -8,15 +8,15 @@ from pathlib import Path
 import numpy as np
 import pandas as pd
 import pytest
-import yaml
 from PIL import Image
 
 from random_models import TINY_LLAVA, save_random_vlm
+from study_params import RAW, section
 from test_grounding_openai import ScriptedServer
+from vlm4rec.config import GroundParams
 from vlm4rec.data import PreparedData, save_prepared
 from vlm4rec.pipeline import ground
 
-REPO = Path(__file__).resolve().parents[1]
 KEY_ENV = "VLM4REC_PIPELINE_TEST_KEY"
 
 
@@ -39,15 +39,14 @@ def catalogue(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Path:
     return tmp_path
 
 
-def ground_params(backend: str, options: dict) -> dict:
-    params = yaml.safe_load((REPO / "params.yaml").read_text())["ground"]
-    return params | {"backend": backend, backend: params[backend] | options}
+def ground_params(backend: str, options: dict) -> GroundParams:
+    return section("ground", backend=backend, **{backend: RAW["ground"][backend] | options})
 
 
-def run_twice(params: dict) -> tuple[pd.DataFrame, pd.DataFrame, dict]:
+def run_twice(params: GroundParams) -> tuple[pd.DataFrame, pd.DataFrame, dict]:
     """Ground twice; the stage's output file must not change when the second run is served from cache
     (later stages would otherwise re-run for nothing)."""
-    local = {"executor": "local"}
+    local = section("compute", executor="local")
     first, metrics = ground.run(params, local)
     written = Path("data/grounding/descriptions.parquet").read_bytes()
     again, _ = ground.run(params, local)

@@ -17,6 +17,7 @@ from PIL import Image
 
 from test_datasets_amazon import meta, review, write_jsonl
 from test_datasets_macridvae import write_pairs
+from study_params import typed
 from test_datasets_mmrec import write_inter
 from vlm4rec.pipeline import embed, fetch, ground, match, prepare
 
@@ -90,19 +91,19 @@ def test_source_runs_through_fetch_prepare_ground_embed_match(source: str, tmp_p
                                                         monkeypatch: pytest.MonkeyPatch) -> None:
     write_files, representations = SOURCES[source]
     params = yaml.safe_load((REPO / "params.yaml").read_text())
-    params["data"] |= {"source": source, source: write_files(tmp_path / "raw")}
+    params["data"] |= {"source": source, source: params["data"][source] | write_files(tmp_path / "raw")}
     params["ground"]["prompt_arms"] = ["image_only"]
     params["match"]["representations"] = representations
     params["baselines"] |= {"itemknn_cf": {"k_neighbours": [5], "shrinkage": [0]}, "ease": {"l2": [10.0]}}
     monkeypatch.chdir(tmp_path)
 
-    fetch.run(params["data"])
-    prepared, counts = prepare.run(params["data"], params["split"])
+    p = {key: typed(key, value) for key, value in params.items()}
+    fetch.run(p["data"])
+    prepared, counts = prepare.run(p["data"], p["split"])
     assert counts["counts"]["users"] == N_USERS and counts["counts"]["interactions_test"] > 0
-    ground.run(params["ground"], params["compute"])
-    embed.run(params["embed"], params["ground"], params["compute"])
-    results, metrics = match.run(params["eval"], params["match"], params["profile"], params["baselines"],
-                                 params["compute"])
+    ground.run(p["ground"], p["compute"])
+    embed.run(p["embed"], p["ground"], p["compute"])
+    results, metrics = match.run(p["eval"], p["match"], p["profile"], p["baselines"], p["compute"])
 
     assert set(metrics["methods"]) == {"mostpop", "itemknn_cf", "ease", *representations}
     for method, result in results.items():

@@ -6,6 +6,7 @@ import numpy as np
 import pandas as pd
 import pytest
 
+from study_params import section
 from vlm4rec.evaluation import MethodResult
 from vlm4rec.pipeline import tables
 from vlm4rec.stats import bootstrap_ci
@@ -31,7 +32,7 @@ def results() -> dict[str, MethodResult]:
             "fusion_gating@seed1": result("fusion_gating@seed1", base + 0.15 + 0.01 * rng.random(N_USERS), 0.3)}
 
 
-EVAL = {"bootstrap_resamples": 200, "seed": 0}
+EVAL = section("eval", bootstrap_resamples=200, seed=0)
 
 
 def test_main_table_treats_seeds_as_one_family_with_a_seed_aware_ci(results) -> None:

@@ -14,6 +14,7 @@ import pandas as pd
 import pytest
 from PIL import Image
 
+from study_params import section
 from vlm4rec.data import RawDataset, prepare
 from vlm4rec.encoders import EfficientNetLite0Features, encode_image_paths, encode_texts, load_text_encoder
 from vlm4rec.evaluation import EvalData, select_and_test
@@ -71,7 +72,7 @@ def representation_scores(tmp_path, signal: str) -> dict[str, float]:
     prepared = prepare(catalogue(tmp_path, signal), min_rating=4, min_positives=5, split=SplitConfig())
     items = prepared.items
     with DescriptionCache(tmp_path / "cache.sqlite") as cache:
-        grounded = ground_items(items, build_grounder("tagger"), cache, "image_only", progress=False).table
+        grounded = ground_items(items, build_grounder(section("ground.tagger")), cache, "image_only", progress=False).table
     descriptions = grounded[grounded["status"] == "ok"].set_index("item_idx")["description"]
     encoder = load_text_encoder()
     vectors = {

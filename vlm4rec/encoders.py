@@ -32,6 +32,7 @@ import torch
 from PIL import Image
 from tqdm import tqdm
 
+from vlm4rec.config import OpenClipParams
 from vlm4rec.errors import StudyError, os_reason
 from vlm4rec.images import ImageLoadError, load_image
 from vlm4rec.vectors import normalize_rows
@@ -255,13 +256,18 @@ class EfficientNetLite0Features(ImageEncoder):
 
 
 class OpenClipImageEncoder(ImageEncoder):
-    """The image tower of an open_clip model: ``model_name`` is an open_clip architecture,
-    ``pretrained`` a local checkpoint file or an open_clip pretrained tag (tags download, so online only).
-    Uses the model's own evaluation preprocessing and ``encode_image``."""
+    """The image tower of an open_clip model, configured by ``params.yaml: embed.open_clip``
+    (:class:`~vlm4rec.config.OpenClipParams`): ``model_name`` is an open_clip architecture, ``pretrained`` a
+    local checkpoint file or an open_clip pretrained tag (tags download, so online only). Uses the model's own
+    evaluation preprocessing and ``encode_image``."""
 
-    def __init__(self, model_name: str, pretrained: str, device: str = "cpu"):
+    def __init__(self, params: OpenClipParams, device: str = "cpu"):
         import open_clip
 
+        model_name, pretrained = params.model_name, params.pretrained
+        if not pretrained:
+            raise EncoderUnavailableError("open_clip needs embed.open_clip.pretrained (a weights file, or a tag "
+                                          "when online)")
         is_file = Path(pretrained).is_file()
         tags = open_clip.list_pretrained_tags_by_model(model_name)
         if not is_file and pretrained not in tags:

@@ -39,15 +39,13 @@ from typing import Any
 
 import numpy as np
 
-from vlm4rec.config import ComputeParams, RayParams, validate_section
+from vlm4rec.config import ComputeParams, RayParams
 from vlm4rec.errors import StudyError, os_reason
 
-def ray_config_from_params(compute: dict[str, Any]) -> RayParams | None:
-    """None when ``params.yaml: compute.executor`` is ``local``; else the validated ``compute.ray`` (another
-    executor or a bad key is a :class:`StudyError` naming it)."""
-    if compute.get("executor") == "local":
-        return None
-    return validate_section(ComputeParams, compute, ("compute",)).ray
+
+def ray_config(compute: ComputeParams) -> RayParams | None:
+    """The Ray cluster settings ``compute.ray`` when ``compute.executor`` is ``ray``; None for ``local``."""
+    return compute.ray if compute.executor == "ray" else None
 
 
 def connect(config: RayParams) -> None:

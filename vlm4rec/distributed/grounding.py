@@ -3,13 +3,13 @@ actor holding one grounder built from a picklable :class:`GrounderSpec`; the dri
 from __future__ import annotations
 
 from collections.abc import Iterator
-from dataclasses import dataclass, field, replace
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from vlm4rec.config import RayParams
+from vlm4rec.config import OpenAIParams, RayParams
 from vlm4rec.distributed import WorkerDied, _BatchActor, _stream, connect
-from vlm4rec.grounding import build_grounder
+from vlm4rec.grounding import GrounderParams, build_grounder
 from vlm4rec.grounding.base import Grounder, GroundingStopped
 from vlm4rec.grounding.cache import FAILED, CacheEntry
 from vlm4rec.grounding.runner import DescribedBatch, Describer, GrounderIdentity, Unit, describe_batch
@@ -17,24 +17,24 @@ from vlm4rec.grounding.runner import DescribedBatch, Describer, GrounderIdentity
 
 @dataclass(frozen=True)
 class GrounderSpec:
-    """How to build a grounder on an actor: :func:`vlm4rec.grounding.build_grounder` ``kind`` and its
-    keyword ``options`` (``params.yaml: ground.<backend>``). Picklable; the model is built where it runs."""
+    """How to build a grounder on an actor: its section (``params.yaml: ground.<backend>``) for
+    :func:`vlm4rec.grounding.build_grounder`, and an ``openai`` grounder's server pinning. Picklable; the model
+    is built where it runs."""
 
-    kind: str
-    options: dict[str, Any] = field(default_factory=dict)
+    params: GrounderParams
+    prefer_first: bool = False
 
     def build(self) -> Grounder:
-        return build_grounder(self.kind, **self.options)
+        return build_grounder(self.params, self.prefer_first)
 
     def pinned(self, slot: int) -> "GrounderSpec":
         """The spec of the actor in ``slot``: an ``openai`` fleet rotated to start at server ``slot``
         (modulo the fleet's size), which it prefers while that server is in; any other spec as it is."""
-        urls = self.options.get("base_url")
-        if self.kind != "openai" or isinstance(urls, str) or not urls:
+        urls = self.params.base_url if isinstance(self.params, OpenAIParams) else None
+        if isinstance(urls, str) or not urls:
             return self
         start = slot % len(urls)
-        return replace(self, options={**self.options, "base_url": [*urls[start:], *urls[:start]],
-                                      "prefer_first": True})
+        return GrounderSpec(self.params.model_copy(update={"base_url": [*urls[start:], *urls[:start]]}), True)
 
 
 @dataclass

@@ -19,6 +19,8 @@ from typing import Any
 import torch
 from PIL import Image
 
+from vlm4rec.config import HFParams
+from vlm4rec.errors import StudyError
 from vlm4rec.grounding.base import Grounder
 
 #: Files whose content (config) or size (weights) fingerprint a local model directory.
@@ -29,7 +31,8 @@ _WEIGHT_SUFFIXES = (".safetensors", ".bin")
 
 
 class HFGrounder(Grounder):
-    """Greedy, left-padded batched generation with a transformers vision-language model.
+    """Greedy, left-padded batched generation with a transformers vision-language model, configured by
+    ``params.yaml: ground.hf`` (:class:`~vlm4rec.config.HFParams`).
 
     model: a local directory (``save_pretrained`` output) or a hub id. dtype: ``"auto"`` (the checkpoint's),
     or a torch dtype name such as ``"bfloat16"``. load_in_4bit: NF4 weights via bitsandbytes (CUDA only).
@@ -39,22 +42,22 @@ class HFGrounder(Grounder):
     grounder_id = "hf"
     description_of_method = "hf (transformers vision-language model, greedy decoding)"
 
-    def __init__(self, model: str | Path, revision: str | None = None, dtype: str = "auto",
-                 device: str = "cpu", max_new_tokens: int = 64, batch_size: int = 4,
-                 load_in_4bit: bool = False, local_files_only: bool | None = None,
-                 min_new_tokens: int = 0):
+    def __init__(self, params: HFParams, min_new_tokens: int = 0):
         from huggingface_hub import constants
         from transformers import AutoModelForImageTextToText, AutoProcessor
 
-        offline = constants.HF_HUB_OFFLINE if local_files_only is None else local_files_only
-        resolved = _resolved_revision(str(model), revision, offline)
+        if not params.model:
+            raise StudyError("the hf grounder needs ground.hf.model (a local model directory or a hub id)")
+        model, device = params.model, params.device
+        offline = constants.HF_HUB_OFFLINE if params.local_files_only is None else params.local_files_only
+        resolved = _resolved_revision(model, params.revision, offline)
         load_args = {"revision": resolved, "local_files_only": offline}
-        processor = AutoProcessor.from_pretrained(str(model), **load_args)
+        processor = AutoProcessor.from_pretrained(model, **load_args)
         loaded = AutoModelForImageTextToText.from_pretrained(
-            str(model), dtype=_torch_dtype(dtype), **load_args, **_quantisation_args(device, load_in_4bit))
-        self._attach(loaded if load_in_4bit else loaded.to(device), processor,
-                     model_id=_model_identity(str(model), resolved), max_new_tokens=max_new_tokens,
-                     min_new_tokens=min_new_tokens, batch_size=batch_size, load_in_4bit=load_in_4bit)
+            model, dtype=_torch_dtype(params.dtype), **load_args, **_quantisation_args(device, params.load_in_4bit))
+        self._attach(loaded if params.load_in_4bit else loaded.to(device), processor,
+                     model_id=_model_identity(model, resolved), max_new_tokens=params.max_new_tokens,
+                     min_new_tokens=min_new_tokens, batch_size=params.batch_size, load_in_4bit=params.load_in_4bit)
 
     def _attach(self, model: torch.nn.Module, processor: Any, *, model_id: str, max_new_tokens: int,
                 min_new_tokens: int, batch_size: int, load_in_4bit: bool) -> None:

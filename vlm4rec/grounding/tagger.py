@@ -31,6 +31,7 @@ import numpy as np
 import torch
 from PIL import Image
 
+from vlm4rec.config import TaggerParams
 from vlm4rec.encoders import fold_batchnorm, imagenet_labels, imagenet_transform, load_efficientnet_lite0
 from vlm4rec.grounding.base import Grounder
 from vlm4rec.grounding.prompts import title_in_prompt
@@ -56,17 +57,17 @@ TONE_THRESHOLDS = {"dark_below": 0.30, "bright_above": 0.65, "black_and_white_be
 
 
 class TaggerGrounder(Grounder):
-    """EfficientNet-Lite0 labels + named colours + tone words; deterministic (see module docstring)."""
+    """EfficientNet-Lite0 labels + named colours + tone words; deterministic (see module docstring); configured by
+    ``params.yaml: ground.tagger`` (:class:`~vlm4rec.config.TaggerParams`)."""
 
     grounder_id = "tagger"
     description_of_method = "tagger (EfficientNet-Lite0 ImageNet labels + colour statistics; not an LVLM)"
 
-    def __init__(self, threshold: float = 0.1, max_labels: int = 3, n_colours: int = 3, batch_size: int = 32,
-                 device: str = "cpu"):
-        self.threshold, self.max_labels, self.n_colours = threshold, max_labels, n_colours
-        self.batch_size, self.device = batch_size, device
+    def __init__(self, params: TaggerParams):
+        self.threshold, self.max_labels, self.n_colours = params.threshold, params.max_labels, params.n_colours
+        self.batch_size, self.device = params.batch_size, params.device
         # Batch-norm folded into the convolutions, channels-last: about 2x faster on CPU, logits within 1e-4.
-        self.model = fold_batchnorm(load_efficientnet_lite0()).to(device).to(memory_format=torch.channels_last)
+        self.model = fold_batchnorm(load_efficientnet_lite0()).to(self.device).to(memory_format=torch.channels_last)
         self.labels = imagenet_labels()
         self._preprocess = imagenet_transform(RESIZE, CROP)
         self._palette = np.array(list(PALETTE.values()), dtype=np.float32) / 255.0

@@ -18,10 +18,11 @@ from typing import Any
 import pandas as pd
 import yaml
 
+from vlm4rec.config import AblationParams, EvalParams, ProfileParams
 from vlm4rec.data import load_prepared
 from vlm4rec.distributed.matching import ranker
 from vlm4rec.evaluation import EvalData, select_and_test
-from vlm4rec.pipeline.outputs import (ABLATIONS_DIR, EMBEDDINGS_DIR, METRICS_DIR, PREPARED_DIR, peak_rss_mb,
+from vlm4rec.pipeline.outputs import (ABLATIONS_DIR, EMBEDDINGS_DIR, METRICS_DIR, PLOTS_DIR, PREPARED_DIR, peak_rss_mb,
                                       write_json)
 from vlm4rec.pipeline.profiles import profile_candidates
 from vlm4rec.representations import load_vectors
@@ -38,24 +39,23 @@ def cell_representation(cell: dict[str, Any]) -> str:
     return f"{cell['representation']}_{cell['arm']}" if "arm" in cell else cell["representation"]
 
 
-def run_cell(evaluation: dict[str, Any], profile: dict[str, Any], ablation: dict[str, Any],
+def run_cell(evaluation: EvalParams, profile: ProfileParams, ablation: AblationParams,
              cell: dict[str, Any]) -> list[dict[str, Any]]:
     """Every aggregation x history cap of one representation: knob chosen on validation, test read once;
     one metrics file per cell (``metrics/ablations/<cell>.json``) with a row per configuration."""
     rep = cell_representation(cell)
     vectors = load_vectors(EMBEDDINGS_DIR, rep, "ablation")
-    data = EvalData.from_prepared(load_prepared(PREPARED_DIR),
-                                  ranker(None, evaluation["device"], evaluation["block_size"]))
+    data = EvalData.from_prepared(load_prepared(PREPARED_DIR), ranker(None, evaluation.device, evaluation.block_size))
     rows = []
-    for aggregation, cap in product(ablation["aggregations"], ablation["caps"]):
+    for aggregation, cap in product(ablation.aggregations, ablation.caps):
         configuration = cell | {"aggregation": aggregation, "cap": cap}
         name = cell_name(configuration)
-        knobs = profile | {"aggregation": aggregation, "history_cap": None if cap == "all" else int(cap)}
+        knobs = profile.model_copy(update={"aggregation": aggregation, "history_cap": None if cap == "all" else int(cap)})
         start = time.perf_counter()
-        result = select_and_test(name, profile_candidates(vectors, knobs, rep), data, evaluation["ks"],
-                                 evaluation["select_metric"], ABLATIONS_DIR / cell_name(cell) / f"{aggregation}-{cap}")
+        result = select_and_test(name, profile_candidates(vectors, knobs, rep), data, evaluation.ks,
+                                 evaluation.select_metric, ABLATIONS_DIR / cell_name(cell) / f"{aggregation}-{cap}")
         rows.append({"cell": configuration, "representation": rep, "chosen": result.config,
-                     "select_metric": evaluation["select_metric"], "validation": result.val_summary(),
+                     "select_metric": evaluation.select_metric, "validation": result.val_summary(),
                      "test": result.test_summary(), "wall_s": round(time.perf_counter() - start, 3)})
     write_json(METRICS_DIR / "ablations" / f"{cell_name(cell)}.json",
                {"configurations": rows, "cost": {"wall_s": round(sum(r["wall_s"] for r in rows), 3),
@@ -83,6 +83,16 @@ def ablation_table() -> pd.DataFrame:
     best = table.groupby("representation_file", sort=False)[metric].idxmax()
     table["selected"] = table.index.isin(best.to_numpy())
     return table.reset_index(drop=True)
+
+
+def run() -> pd.DataFrame:
+    """The ``ablations`` stage: :func:`ablation_table` with a ``cell`` label per configuration (representation
+    / aggregation / cap), written to ``plots/ablations.csv`` (the stage's plot) and returned."""
+    cells = ablation_table()
+    cells["cell"] = cells["representation_file"] + " / " + cells["aggregation"] + " / cap " + cells["cap"].astype(str)
+    PLOTS_DIR.mkdir(exist_ok=True)
+    cells.to_csv(PLOTS_DIR / "ablations.csv", index=False)
+    return cells
 
 
 def parse_cell(pairs: list[str]) -> dict[str, Any]:

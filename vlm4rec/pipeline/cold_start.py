@@ -14,17 +14,19 @@ import json
 from dataclasses import replace
 from typing import Any
 
+import numpy as np
 import pandas as pd
 
 from vlm4rec.baselines import EASE
-from vlm4rec.cold_start import (CANDIDATE_SETS, SPLIT_KEYS, FittedOnce, NewItemData, new_item_counts, new_item_findings,
+from vlm4rec.cold_start import (CANDIDATE_SETS, FittedOnce, NewItemData, new_item_counts, new_item_findings,
                                 select_and_test_new_items)
+from vlm4rec.config import ColdStartParams, EvalParams, FusionParams, GraphParams, ReportParams
 from vlm4rec.data import load_prepared
 from vlm4rec.distributed.matching import ranker
 from vlm4rec.evaluation import Candidate, MethodResult
 from vlm4rec.matching import ProfileRecommender
 from vlm4rec.multimodal import candidates as graph_candidates
-from vlm4rec.pipeline.fuse import FusionTrainer, hybrid_candidates, late_fusion_candidates
+from vlm4rec.pipeline.fuse import FusionTrainer, chosen_ease_l2, hybrid_candidates, late_fusion_candidates
 from vlm4rec.pipeline.graph import regime_options
 from vlm4rec.pipeline.outputs import (EMBEDDINGS_DIR, METRICS_DIR, PLOTS_DIR, PREPARED_DIR, RESULTS_DIR,
                                       peak_rss_mb, timed, write_json)
@@ -43,15 +45,21 @@ HYBRID_NOTE = "the EASE^R part gives new items no signal: their order among them
 Results = dict[str, dict[str, MethodResult]]
 
 
-def new_item_data(split_params: dict[str, Any], evaluation: dict[str, Any]) -> tuple[NewItemData, dict[str, int]]:
+def cold_split(inter: pd.DataFrame, cold_start: ColdStartParams) -> tuple[np.ndarray, np.ndarray]:
+    """(validation cold items, test cold items) of the protocol ``cold_start`` describes."""
+    return cold_items(inter, cold_share=cold_start.cold_share, val_share=cold_start.val_share,
+                      variant=cold_start.variant, seed=cold_start.seed)
+
+
+def new_item_data(cold_start: ColdStartParams, evaluation: EvalParams) -> tuple[NewItemData, dict[str, int]]:
     """The prepared interactions re-split by ``cold_start`` (selection ranks the validation cold items among
     themselves) and the protocol's counts."""
     prepared = load_prepared(PREPARED_DIR)
     inter = prepared.interactions.drop(columns="split", errors="ignore")
-    val_items, test_items = cold_items(inter, **split_params)
+    val_items, test_items = cold_split(inter, cold_start)
     inter = inter.assign(split=assign_cold_split(inter, val_items, test_items))
     data = NewItemData.from_cold_split(inter, prepared.n_users, prepared.n_items, val_items, test_items,
-                                       among_cold=True, rank=ranker(None, evaluation["device"], evaluation["block_size"]))
+                                       among_cold=True, rank=ranker(None, evaluation.device, evaluation.block_size))
     return data, new_item_counts(inter, val_items, test_items)
 
 
@@ -60,17 +68,16 @@ def _merge(into: Results, more: Results) -> None:
         into[name] |= more[name]
 
 
-def run(evaluation: dict[str, Any], cold_start: dict[str, Any], fusion: dict[str, Any], graph: dict[str, Any],
-        report: dict[str, Any]) -> tuple[Results, dict[str, Any]]:
+def run(evaluation: EvalParams, cold_start: ColdStartParams, fusion: FusionParams, graph: GraphParams,
+        report: ReportParams) -> tuple[Results, dict[str, Any]]:
     """Every new-item-capable method, selected on the validation cold items and tested on the test cold
     items under both candidate sets; results under ``data/results/cold_start/<all|cold>/<method>``, counts,
     test metrics and findings in ``metrics/cold_start.json``, Recall@K / NDCG@K curves in ``plots/``."""
-    split_params = {key: cold_start[key] for key in SPLIT_KEYS}
-    ks, metric, seeds = evaluation["ks"], evaluation["select_metric"], cold_start["seeds"]
+    ks, metric, seeds = evaluation.ks, evaluation.select_metric, cold_start.seeds
     costs: dict[str, Any] = {}
     results: Results = {name: {} for name in CANDIDATE_SETS}
     with timed(costs, "wall"):
-        data, counts = new_item_data(split_params, evaluation)
+        data, counts = new_item_data(cold_start, evaluation)
         print("new-item protocol:", json.dumps(counts))
 
         def unseeded(method: str, grid: list[Candidate]) -> None:
@@ -80,28 +87,28 @@ def run(evaluation: dict[str, Any], cold_start: dict[str, Any], fusion: dict[str
         for rep in available_representations(EMBEDDINGS_DIR):
             vectors = load_vectors(EMBEDDINGS_DIR, rep, "data/embeddings")
             unseeded(rep, [Candidate({}, lambda v=vectors, r=rep: ProfileRecommender(v, name=r))])
-        modalities = {name: load_vectors(EMBEDDINGS_DIR, name, "fusion.modalities") for name in fusion["modalities"]}
-        unseeded("fusion_late", late_fusion_candidates(modalities, fusion["concat_grid_step"]))
-        l2 = json.loads((RESULTS_DIR / "match" / "ease" / "chosen.json").read_text())["config"]["l2"]
+        modalities = {name: load_vectors(EMBEDDINGS_DIR, name, "fusion.modalities") for name in fusion.modalities}
+        unseeded("fusion_late", late_fusion_candidates(modalities, fusion.concat_grid_step))
+        l2 = chosen_ease_l2()
         ease = FittedOnce(EASE(l2=l2))  # one fit of the warm history, shared by every hybrid
-        for rep in fusion["hybrid_representations"]:
+        for rep in fusion.hybrid_representations:
             vectors = load_vectors(EMBEDDINGS_DIR, rep, "fusion.hybrid_representations")
-            unseeded(f"hybrid_{rep}_ease", hybrid_candidates(vectors, l2, fusion["hybrid_alpha_grid"], rep, ease))
+            unseeded(f"hybrid_{rep}_ease", hybrid_candidates(vectors, l2, fusion.hybrid_alpha_grid, rep, ease))
         trainer = FusionTrainer(modalities, data, fusion)
-        for kind in cold_start["fusion_learned"]:
+        for kind in cold_start.fusion_learned:
             _merge(results, select_and_test_new_items(f"fusion_{kind}", trainer.candidates_for(kind), data, ks,
                                                       metric, seeds, COLD_RESULTS))
-        for cell in cold_start["graph_cells"]:
-            spec = graph["cells"][cell]
-            fixed = regime_options(graph, spec["model"]) | {"unseen_items": "content"}
+        for cell in cold_start.graph_cells:
+            spec = graph.cells[cell]
+            fixed = regime_options(graph, spec.model) | {"unseen_items": "content"}
             cell_modalities = {name: load_vectors(EMBEDDINGS_DIR, name, f"graph.cells.{cell}.modalities")
-                               for name in spec["modalities"]}
-            grid = graph[graph["scale"]]["grids"][spec["model"]]
+                               for name in spec.modalities}
+            grid = graph.chosen_scale.grids[spec.model]
             _merge(results, select_and_test_new_items(
-                cell, lambda seed, s=spec, m=cell_modalities, g=grid: graph_candidates(s["model"], m, g, fixed, seed),
+                cell, lambda seed, s=spec, m=cell_modalities, g=grid: graph_candidates(s.model, m, g, fixed, seed),
                 data, ks, metric, seeds, COLD_RESULTS))
-    findings = {name: json_records(findings_table(results[name], report["findings"]["description"],
-                                                  cold_start["metric"], evaluation)) for name in CANDIDATE_SETS}
+    findings = {name: json_records(findings_table(results[name], report.findings.description,
+                                                  cold_start.metric, evaluation)) for name in CANDIDATE_SETS}
     metrics = {"counts": counts, "no_signal": NO_SIGNAL, "hybrids": HYBRID_NOTE,
                "methods": {name: test_metrics_json(results[name]) for name in CANDIDATE_SETS},
                "findings": findings,
@@ -113,12 +120,12 @@ def run(evaluation: dict[str, Any], cold_start: dict[str, Any], fusion: dict[str
 
 
 def findings_table(results: dict[str, MethodResult], description: str, metric: str,
-                   evaluation: dict[str, Any]) -> pd.DataFrame:
+                   evaluation: EvalParams) -> pd.DataFrame:
     """"Does the grounded description beat X on new items?" for every other scored method X (paired
     bootstrap over users and seeds, Holm across the questions)."""
     long = per_user_long(results)
     others = [m for m in dict.fromkeys(long["method"]) if m != description]
-    return new_item_findings(long, description, others, metric, evaluation["bootstrap_resamples"], evaluation["seed"])
+    return new_item_findings(long, description, others, metric, evaluation.bootstrap_resamples, evaluation.seed)
 
 
 def json_records(table: pd.DataFrame) -> list[dict[str, Any]]:
@@ -134,7 +141,7 @@ def new_item_curves(results: Results) -> pd.DataFrame:
     return pd.concat(frames, ignore_index=True)
 
 
-def new_item_table(results: dict[str, MethodResult], evaluation: dict[str, Any]) -> pd.DataFrame:
+def new_item_table(results: dict[str, MethodResult], evaluation: EvalParams) -> pd.DataFrame:
     """:func:`~vlm4rec.pipeline.tables.main_table`'s display table of one candidate set (95% CIs over users
     and seeds), a ``note`` column on the hybrids, and one row per method with no signal for new items
     (shown as such, never scored)."""
@@ -144,12 +151,12 @@ def new_item_table(results: dict[str, MethodResult], evaluation: dict[str, Any])
     return pd.concat([wide, absent]).fillna({c: "-" for c in wide.columns if c != "note"})
 
 
-def gallery_rows(results: dict[str, MethodResult], methods: list[str], split_params: dict[str, Any],
+def gallery_rows(results: dict[str, MethodResult], methods: list[str], cold_start: ColdStartParams,
                  n_users: int, seed: int) -> list[tuple[str, list[str | None], list[str]]]:
     """:func:`~vlm4rec.pipeline.report.user_gallery` on the new-item protocol: a few test users' latest
     warm history posters and each method's top new items (HIT = one of the user's test cold items)."""
     prepared = load_prepared(PREPARED_DIR)
     inter = prepared.interactions.drop(columns="split", errors="ignore")
-    inter = inter.assign(split=assign_cold_split(inter, *cold_items(inter, **split_params)))
+    inter = inter.assign(split=assign_cold_split(inter, *cold_split(inter, cold_start)))
     warm_and_test = replace(prepared, interactions=inter[inter["split"] != "val"])
     return user_gallery(results, methods, warm_and_test, n_users=n_users, seed=seed)

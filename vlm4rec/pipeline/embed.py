@@ -7,11 +7,11 @@ from typing import Any, Callable, Sequence
 import numpy as np
 import pandas as pd
 
-from vlm4rec.config import RayParams
+from vlm4rec.config import ComputeParams, EmbedParams, GroundParams, RayParams
 from vlm4rec.encoders import (EfficientNetLite0Features, ImageEncoder, OpenClipImageEncoder,
                               encode_image_paths, encode_texts, load_text_encoder)
 from vlm4rec.data import load_prepared
-from vlm4rec.distributed import ray_config_from_params
+from vlm4rec.distributed import ray_config
 from vlm4rec.distributed.embedding import encode_image_paths_ray, encode_texts_ray
 from vlm4rec.pipeline.outputs import EMBEDDINGS_DIR, GROUNDING_DIR, METRICS_DIR, PREPARED_DIR, peak_rss_mb, timed, write_json
 from vlm4rec.representations import Representation, from_features, from_texts, item_texts
@@ -23,12 +23,11 @@ def description_series(descriptions: pd.DataFrame, arm: str) -> pd.Series:
     return ok.set_index("item_idx")["description"]
 
 
-def image_encoder_factory(embed: dict[str, Any], device: str = "cpu") -> Callable[[], ImageEncoder]:
+def image_encoder_factory(embed: EmbedParams, device: str = "cpu") -> Callable[[], ImageEncoder]:
     """A picklable builder of ``embed.image_encoder`` on ``device``: offline EfficientNet-Lite0, or open_clip
     with a local weights file (built here, or once per Ray actor)."""
-    if embed["image_encoder"] == "open_clip":
-        clip = embed["open_clip"]
-        return partial(OpenClipImageEncoder, clip["model_name"], clip["pretrained"], device=device)
+    if embed.image_encoder == "open_clip":
+        return partial(OpenClipImageEncoder, embed.open_clip, device=device)
     return partial(EfficientNetLite0Features, device=device)
 
 
@@ -62,23 +61,23 @@ def text_representations(items: pd.DataFrame, descriptions: pd.DataFrame, arms: 
     return [from_texts(name, texts[name], encoded, vectors.shape[1], f"{label} on {what}") for name, _, _, what in jobs]
 
 
-def run(embed: dict[str, Any], ground: dict[str, Any], compute: dict[str, Any]) -> tuple[pd.DataFrame, dict[str, Any]]:
+def run(embed: EmbedParams, ground: GroundParams, compute: ComputeParams) -> tuple[pd.DataFrame, dict[str, Any]]:
     """Encode every representation the study compares and save them aligned to the item table."""
     costs: dict[str, Any] = {}
-    ray = ray_config_from_params(compute)
+    ray = ray_config(compute)
     data = load_prepared(PREPARED_DIR)
     descriptions = pd.read_parquet(GROUNDING_DIR / "descriptions.parquet")
     grounder = descriptions["grounder_method"].iloc[0] if len(descriptions) else "no grounder"
     with timed(costs, "wall"):
         with timed(costs, "text"):
-            reps = text_representations(data.items, descriptions, ground["prompt_arms"],
-                                        embed["text_encoder"], embed["text_batch_size"], grounder, ray)
+            reps = text_representations(data.items, descriptions, ground.prompt_arms,
+                                        embed.text_encoder, embed.text_batch_size, grounder, ray)
         paths = data.items["image_path"].tolist()
         if ray is None:
-            features = encode_image_paths(paths, image_encoder_factory(embed)(), embed["image_batch_size"])
+            features = encode_image_paths(paths, image_encoder_factory(embed)(), embed.image_batch_size)
         else:
             features = encode_image_paths_ray(paths, image_encoder_factory(embed, ray.device),
-                                              embed["image_batch_size"], ray)
+                                              embed.image_batch_size, ray)
         costs["image_s"] = round(features.seconds, 3)
         reps.append(from_features("image", features.vectors, f"image features: {features.encoder}"))
         reps += [from_features(name, array, f"precomputed {name} shipped with the dataset")

@@ -26,6 +26,7 @@ import os
 from pathlib import Path
 from typing import Any
 
+from vlm4rec.config import DataParams
 from vlm4rec.datasets import INPUT_PATH_KEYS
 from vlm4rec.datasets.movielens_fetch import resolve_movielens_1m
 from vlm4rec.errors import StudyError
@@ -61,19 +62,21 @@ def _movielens(keys: dict[str, Any]) -> tuple[dict[str, Any], dict[str, Any]]:
 
 def _other_source(source: str, keys: dict[str, Any]) -> tuple[dict[str, Any], dict[str, Any]]:
     """(manifest, metrics) of a source that is read where it is: its path arguments, fingerprinted."""
-    if source not in INPUT_PATH_KEYS:
-        raise StudyError(f"unknown data source {source!r} (data.source); known: "
-                         f"{sorted([*INPUT_PATH_KEYS, 'movielens_1m'])}")
     paths = {key: path_fingerprint(keys[key]) for key in INPUT_PATH_KEYS[source] if keys.get(key) is not None}
     return {"paths": paths}, {"counts": {"paths": len(paths),
                                          "paths_missing": sum("missing" in p for p in paths.values())}}
 
 
-def run(data: dict[str, Any]) -> dict[str, Any]:
+def source_keys(data: DataParams) -> dict[str, Any]:
+    """The chosen source's keys that are set (``data.<source>``, nulls left out)."""
+    return {k: v for k, v in data.source_params.model_dump().items() if v is not None}
+
+
+def run(data: DataParams) -> dict[str, Any]:
     """Resolve ``data.source``'s raw files, write :data:`SOURCE_MANIFEST` and ``metrics/fetch.json``
     (counts and wall time), and return the metrics."""
-    source = data["source"]
-    keys = {k: v for k, v in (data.get(source) or {}).items() if v is not None}
+    source = data.source
+    keys = source_keys(data)
     costs: dict[str, Any] = {}
     with timed(costs, "wall"):
         manifest, metrics = _movielens(keys) if source == "movielens_1m" else _other_source(source, keys)
@@ -91,25 +94,25 @@ def load_source_manifest(path: str | Path = SOURCE_MANIFEST) -> dict[str, Any]:
     return json.loads(path.read_text())
 
 
-def adapter_keys(data: dict[str, Any], manifest_path: str | Path = SOURCE_MANIFEST) -> dict[str, Any]:
-    """The keyword arguments for ``load_source(data["source"], ...)``: MovieLens-1M's resolved root and
+def adapter_keys(data: DataParams, manifest_path: str | Path = SOURCE_MANIFEST) -> dict[str, Any]:
+    """The keyword arguments for ``load_source(data.source, ...)``: MovieLens-1M's resolved root and
     posters folder from the manifest, other sources' own non-null keys, and ``images_outside_folder``.
 
     The manifest must come from a fetch run with the current ``data.<source>`` keys (it records them): a
     changed root is a StudyError, never a silent read of the folder the last fetch found."""
-    source = data["source"]
+    source = data.source
     manifest = load_source_manifest(manifest_path)
     if manifest["source"] != source:
         raise StudyError(f"{manifest_path} records source {manifest['source']!r} but data.source is "
                          f"{source!r}: run the fetch stage first (dvc repro fetch)")
-    keys = {k: v for k, v in (data.get(source) or {}).items() if v is not None}
+    keys = source_keys(data)
     recorded = manifest.get("keys", {})
     changed = sorted(k for k in keys.keys() | recorded.keys() if keys.get(k) != recorded.get(k))
     if changed:
         raise StudyError("; ".join(f"data.{source}.{k} is {keys.get(k)!r} but the fetch stage last ran with "
                                    f"{recorded.get(k)!r}" for k in changed)
                          + ": run the fetch stage first (dvc repro fetch), so that prepare reads these files")
-    policy = {"images_outside_folder": data.get("images_outside_folder", "refuse")}
+    policy = {"images_outside_folder": data.images_outside_folder}
     if source == "movielens_1m":
         return {"root": manifest["root"], "posters_dir": manifest["posters_dir"]} | policy
     return keys | policy

@@ -10,6 +10,7 @@ import pandas as pd
 import torch
 
 from vlm4rec.baselines import EASE
+from vlm4rec.config import EvalParams, FusionParams
 from vlm4rec.data import load_prepared
 from vlm4rec.distributed.matching import ranker
 from vlm4rec.evaluation import (Candidate, EvalData, MethodResult, select_and_test_methods,
@@ -47,18 +48,23 @@ def hybrid_candidates(vectors: np.ndarray, l2: float, alphas: list[float], name:
             for a in alphas]
 
 
-def learned_grid(kind: str, fusion: dict[str, Any]) -> list[dict[str, Any]]:
+def chosen_ease_l2() -> float:
+    """The EASE^R L2 penalty the match stage chose on validation (its ``chosen.json``)."""
+    return json.loads((RESULTS_DIR / "match" / "ease" / "chosen.json").read_text())["config"]["l2"]
+
+
+def learned_grid(kind: str, fusion: FusionParams) -> list[dict[str, Any]]:
     """The validation grid of a learned fusion: temperature x weight decay (x combine for frequency_filter)."""
-    combines = fusion["combine_grid"] if kind == "frequency_filter" else [None]
+    combines = fusion.combine_grid if kind == "frequency_filter" else [None]
     return [{"temperature": t, "weight_decay": w} | ({"combine": c} if c is not None else {})
-            for t, w, c in product(fusion["temperature_grid"], fusion["weight_decay_grid"], combines)]
+            for t, w, c in product(fusion.temperature_grid, fusion.weight_decay_grid, combines)]
 
 
 class FusionTrainer:
     """Trains each (kind, configuration, seed) at most once and keeps the runs for the metrics, so that the
     selection grid (first seed) and the refit of the chosen configuration per seed share work."""
 
-    def __init__(self, modalities: dict[str, np.ndarray], data: EvalData, fusion: dict[str, Any]):
+    def __init__(self, modalities: dict[str, np.ndarray], data: EvalData, fusion: FusionParams):
         self.modalities, self.data, self.fusion = modalities, data, fusion
         self.runs: dict[str, FusionResult] = {}
 
@@ -66,12 +72,12 @@ class FusionTrainer:
         key = json.dumps({"kind": kind, "config": config, "seed": seed}, sort_keys=True)
         if key not in self.runs:
             f = self.fusion
-            module_options = ({"hidden": f["attention_hidden"]} if kind == "attention" else
+            module_options = ({"hidden": f.attention_hidden} if kind == "attention" else
                               {"combine": config["combine"]} if kind == "frequency_filter" else {})
             self.runs[key] = fit_fusion_seeds(
                 kind, self.modalities, self.data.train_history, self.data.train_history, self.data.val_targets,
-                seeds=[seed], dim=f["dim"], module_options=module_options, epochs=f["epochs"],
-                patience=f["patience"], batch_size=f["batch_size"], lr=f["lr"], negatives=f["negatives"],
+                seeds=[seed], dim=f.dim, module_options=module_options, epochs=f.epochs,
+                patience=f.patience, batch_size=f.batch_size, lr=f.lr, negatives=f.negatives,
                 temperature=config["temperature"], weight_decay=config["weight_decay"])[0]
         return self.runs[key].vectors
 
@@ -100,27 +106,26 @@ class FusionTrainer:
         return summary
 
 
-def run(evaluation: dict[str, Any], fusion: dict[str, Any]) -> tuple[dict[str, MethodResult], dict[str, Any]]:
+def run(evaluation: EvalParams, fusion: FusionParams) -> tuple[dict[str, MethodResult], dict[str, Any]]:
     """Weighted late fusion, learned fusions over seeds, and content + EASE^R hybrids; same users and items."""
     costs: dict[str, Any] = {}
-    data = EvalData.from_prepared(load_prepared(PREPARED_DIR),
-                                  ranker(None, evaluation["device"], evaluation["block_size"]))
-    modalities = {name: load_vectors(EMBEDDINGS_DIR, name, "fusion.modalities") for name in fusion["modalities"]}
+    data = EvalData.from_prepared(load_prepared(PREPARED_DIR), ranker(None, evaluation.device, evaluation.block_size))
+    modalities = {name: load_vectors(EMBEDDINGS_DIR, name, "fusion.modalities") for name in fusion.modalities}
     hybrids = {name: load_vectors(EMBEDDINGS_DIR, name, "fusion.hybrid_representations")
-               for name in fusion["hybrid_representations"]}
+               for name in fusion.hybrid_representations}
     out = RESULTS_DIR / "fusion"
-    ks, metric = evaluation["ks"], evaluation["select_metric"]
+    ks, metric = evaluation.ks, evaluation.select_metric
     trainer = FusionTrainer(modalities, data, fusion)
     with timed(costs, "wall"):
         methods: dict[str, list[Candidate]] = {
-            "fusion_late": late_fusion_candidates(modalities, fusion["concat_grid_step"])}
-        l2 = json.loads((RESULTS_DIR / "match" / "ease" / "chosen.json").read_text())["config"]["l2"]
+            "fusion_late": late_fusion_candidates(modalities, fusion.concat_grid_step)}
+        l2 = chosen_ease_l2()
         for rep, vectors in hybrids.items():
-            methods[f"hybrid_{rep}_ease"] = hybrid_candidates(vectors, l2, fusion["hybrid_alpha_grid"], rep)
+            methods[f"hybrid_{rep}_ease"] = hybrid_candidates(vectors, l2, fusion.hybrid_alpha_grid, rep)
         results = select_and_test_methods(methods, data, ks, metric, out)
-        for kind in fusion["learned"]:
+        for kind in fusion.learned:
             results |= select_and_test_seeds(f"fusion_{kind}", trainer.candidates_for(kind), data,
-                                             fusion["seeds"], ks, metric, out)
+                                             fusion.seeds, ks, metric, out)
     training = trainer.training_summary()
     metrics = {"methods": test_metrics_json(results), "training": training,
                "cost": costs | {"peak_rss_mb": round(peak_rss_mb(), 1), "methods": timing_json(results),

@@ -13,6 +13,7 @@ import argparse
 import time
 from typing import Any
 
+from vlm4rec.config import EvalParams, GraphParams
 from vlm4rec.data import load_prepared
 from vlm4rec.distributed.matching import ranker
 from vlm4rec.evaluation import EvalData, MethodResult, select_and_test_seeds
@@ -25,34 +26,32 @@ from vlm4rec.stage import exit_on_study_error, run_stage_function
 GRAPH_RESULTS = RESULTS_DIR / "graph"
 
 
-def regime_options(graph: dict[str, Any], model: str) -> dict[str, Any]:
+def regime_options(graph: GraphParams, model: str) -> dict[str, Any]:
     """The training options every candidate of ``model`` gets in the chosen regime: the regime's shared
     options (a null ``lr`` leaves each model its own default), then the regime's options for ``model``
     (``graph.training.<regime>.models``), and the device."""
-    regime = graph["training"][graph["regime"]]
-    shared = {key: value for key, value in regime.items() if key != "models" and not (key == "lr" and value is None)}
-    return shared | regime["models"].get(model, {}) | {"device": graph["device"]}
+    regime = graph.chosen_regime
+    shared = {key: value for key, value in regime.model_dump(exclude={"models"}).items()
+              if not (key == "lr" and value is None)}
+    return shared | regime.models.get(model, {}) | {"device": graph.device}
 
 
-def run_cell(evaluation: dict[str, Any], graph: dict[str, Any], cell: str) -> dict[str, MethodResult]:
+def run_cell(evaluation: EvalParams, graph: GraphParams, cell: str) -> dict[str, MethodResult]:
     """Select, refit and test one cell over its seeds; results under ``data/results/graph/<cell>``, metrics
     (test and validation numbers, chosen configuration, epochs run and best epoch, wall times) in
     ``metrics/graph/<cell>.json``."""
-    spec, scale = graph["cells"][cell], graph[graph["scale"]]
+    spec, scale = graph.cells[cell], graph.chosen_scale
     modalities = {name: load_vectors(EMBEDDINGS_DIR, name, f"graph.cells.{cell}.modalities")
-                  for name in spec["modalities"]}
-    data = EvalData.from_prepared(load_prepared(PREPARED_DIR),
-                                  ranker(None, evaluation["device"], evaluation["block_size"]))
-    fixed = regime_options(graph, spec["model"])
-    grid = scale["grids"][spec["model"]]
+                  for name in spec.modalities}
+    data = EvalData.from_prepared(load_prepared(PREPARED_DIR), ranker(None, evaluation.device, evaluation.block_size))
+    fixed = regime_options(graph, spec.model)
+    grid = scale.grids[spec.model]
     started = time.perf_counter()
-    results = select_and_test_seeds(cell, lambda seed: candidates(spec["model"], modalities, grid, fixed, seed),
-                                    data, scale["seeds"], evaluation["ks"], evaluation["select_metric"],
-                                    GRAPH_RESULTS / cell)
+    results = select_and_test_seeds(cell, lambda seed: candidates(spec.model, modalities, grid, fixed, seed),
+                                    data, scale.seeds, evaluation.ks, evaluation.select_metric, GRAPH_RESULTS / cell)
     first = next(iter(results.values()))
     write_json(METRICS_DIR / "graph" / f"{cell}.json", {
-        "model": spec["model"], "modalities": spec["modalities"], "scale": graph["scale"],
-        "regime": graph["regime"],
+        "model": spec.model, "modalities": spec.modalities, "scale": graph.scale, "regime": graph.regime,
         "methods": test_metrics_json(results),
         "training": {"best_epoch": first.training["best_epoch"], "epochs_run": first.training["epochs_run"],
                      "stopped_early": first.training["stopped_early"],

@@ -5,24 +5,23 @@ from typing import Any
 
 import pandas as pd
 
+from vlm4rec.config import ComputeParams, GroundParams
 from vlm4rec.data import load_prepared
 from vlm4rec.errors import StudyError
-from vlm4rec.distributed import ray_config_from_params
+from vlm4rec.distributed import ray_config
 from vlm4rec.distributed.grounding import GrounderSpec, RayDescriber
 from vlm4rec.grounding import DescriptionCache, GroundingResult, build_grounder, ground_items
 from vlm4rec.grounding.runner import Describer, LocalDescriber
 from vlm4rec.pipeline.outputs import GROUNDING_DIR, METRICS_DIR, PREPARED_DIR, peak_rss_mb, timed, write_json
 
 
-def describer_from_params(ground: dict[str, Any], compute: dict[str, Any]) -> Describer:
+def describer_from_params(ground: GroundParams, compute: ComputeParams) -> Describer:
     """The grounder ``ground.backend`` with its own keys (``ground.<backend>``): built here for
     ``compute.executor: local``, or one per actor of a Ray pool for ``ray``."""
-    backend = ground["backend"]
-    options = {k: v for k, v in (ground.get(backend) or {}).items() if v is not None}
-    config = ray_config_from_params(compute)
+    config = ray_config(compute)
     if config is None:
-        return LocalDescriber(build_grounder(backend, **options))
-    return RayDescriber(GrounderSpec(backend, options), config)
+        return LocalDescriber(build_grounder(ground.backend_params))
+    return RayDescriber(GrounderSpec(ground.backend_params), config)
 
 
 def check_success_rate(result: GroundingResult, arm: str, min_success_rate: float) -> None:
@@ -40,17 +39,17 @@ def check_success_rate(result: GroundingResult, arm: str, min_success_rate: floa
         "a rerun describes only what is missing.")
 
 
-def run(ground: dict[str, Any], compute: dict[str, Any]) -> tuple[pd.DataFrame, dict[str, Any]]:
+def run(ground: GroundParams, compute: ComputeParams) -> tuple[pd.DataFrame, dict[str, Any]]:
     """Describe every item image under each prompt arm through the cache; one long table out."""
     costs: dict[str, Any] = {}
     items = load_prepared(PREPARED_DIR).items
     describer = describer_from_params(ground, compute)
     identity = describer.identity
     tables, arms = [], {}
-    with timed(costs, "wall"), DescriptionCache(ground["cache"]) as cache:
-        for arm in ground["prompt_arms"]:
+    with timed(costs, "wall"), DescriptionCache(ground.cache) as cache:
+        for arm in ground.prompt_arms:
             result = ground_items(items, describer, cache, arm)
-            check_success_rate(result, arm, ground["min_success_rate"])
+            check_success_rate(result, arm, ground.min_success_rate)
             table = result.table.assign(arm=arm)
             tables.append(table)
             arms[arm] = result.counts | {"title_mention_rate": float(table.loc[table["status"] == "ok",
@@ -62,7 +61,7 @@ def run(ground: dict[str, Any], compute: dict[str, Any]) -> tuple[pd.DataFrame, 
     # The file holds content only: whether a row came from the cache is run provenance (in the metrics),
     # and would otherwise make a cached re-run look like new descriptions to every later stage.
     descriptions.drop(columns="from_cache").to_parquet(GROUNDING_DIR / "descriptions.parquet", index=False)
-    metrics = {"grounder": {"backend": ground["backend"], "model": identity.model_id,
+    metrics = {"grounder": {"backend": ground.backend, "model": identity.model_id,
                             "description_of_method": identity.description_of_method},
                "arms": arms, "cost": costs | {"peak_rss_mb": round(peak_rss_mb(), 1)}}
     write_json(METRICS_DIR / "ground.json", metrics)

@@ -5,6 +5,7 @@ from typing import Any
 
 import numpy as np
 
+from vlm4rec.config import DataParams, SplitParams
 from vlm4rec.data import PreparedData, RawDataset, dataset_counts, id_order, prepare, save_prepared
 from vlm4rec.datasets import load_source
 from vlm4rec.pipeline.fetch import adapter_keys
@@ -12,9 +13,9 @@ from vlm4rec.pipeline.outputs import METRICS_DIR, PREPARED_DIR, peak_rss_mb, tim
 from vlm4rec.splits import SplitConfig
 
 
-def load_raw(data_params: dict[str, Any]) -> RawDataset:
+def load_raw(data: DataParams) -> RawDataset:
     """The source named by ``data.source``, read where the fetch stage found (or put) its files."""
-    return load_source(data_params["source"], **adapter_keys(data_params))
+    return load_source(data.source, **adapter_keys(data))
 
 
 def sample_users(raw: RawDataset, n_users: int | None, seed: int) -> RawDataset:
@@ -39,19 +40,19 @@ def rated_items_without_positive(raw: RawDataset, prepared: PreparedData) -> int
     return len((rated & set(prepared.items["item_id"].astype(str))) - positive)
 
 
-def split_protocol(raw: RawDataset, split: dict[str, Any]) -> str:
+def split_protocol(raw: RawDataset, split: SplitParams) -> str:
     """``split.protocol``, or ``source`` when the source labels its own split (which prepare keeps as is)."""
-    return "source" if "split" in raw.interactions.columns else split["protocol"]
+    return "source" if "split" in raw.interactions.columns else split.protocol
 
 
-def run(data: dict[str, Any], split: dict[str, Any]) -> tuple[PreparedData, dict[str, Any]]:
+def run(data: DataParams, split: SplitParams) -> tuple[PreparedData, dict[str, Any]]:
     """Read the source, make implicit positives, filter users, split, write Parquet and metrics."""
     costs: dict[str, Any] = {}
     with timed(costs, "wall"):
-        raw = sample_users(load_raw(data), data["user_sample"], data["seed"])
-        prepared = prepare(raw, data["min_rating"], data["min_positives"], SplitConfig(**split), data["universe"])
+        raw = sample_users(load_raw(data), data.user_sample, data.seed)
+        prepared = prepare(raw, data.min_rating, data.min_positives, SplitConfig(**split.model_dump()), data.universe)
         save_prepared(prepared, PREPARED_DIR)
-    metrics = {"dataset": data["source"], "universe": data["universe"], "split_protocol": split_protocol(raw, split),
+    metrics = {"dataset": data.source, "universe": data.universe, "split_protocol": split_protocol(raw, split),
                "counts": dataset_counts(prepared) | {
                    "items_without_positives_but_rated": rated_items_without_positive(raw, prepared)},
                "source_counts": raw.counts, "dropped_in_preparation": prepared.dropped,

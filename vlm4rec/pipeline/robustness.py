@@ -17,8 +17,9 @@ from typing import Any
 import numpy as np
 import pandas as pd
 
+from vlm4rec.config import BaselineParams, ComputeParams, EvalParams, ProfileParams, RobustnessParams
 from vlm4rec.data import load_prepared
-from vlm4rec.distributed import ray_config_from_params
+from vlm4rec.distributed import ray_config
 from vlm4rec.distributed.matching import ranker
 from vlm4rec.evaluation import EvalData, MethodResult, select_and_test_methods
 from vlm4rec.metrics import summarize
@@ -29,10 +30,9 @@ from vlm4rec.splits import SplitConfig, assign_split
 from vlm4rec.stage import exit_on_study_error, run_stage_function
 
 
-def resplit(interactions: pd.DataFrame, robustness: dict[str, Any]) -> pd.DataFrame:
+def resplit(interactions: pd.DataFrame, robustness: RobustnessParams) -> pd.DataFrame:
     """The prepared interactions labelled by the robustness protocol instead of the study's split."""
-    config = SplitConfig(protocol=robustness["protocol"], val_ratio=robustness["val_ratio"],
-                         test_ratio=robustness["test_ratio"])
+    config = SplitConfig(protocol=robustness.protocol, val_ratio=robustness.val_ratio, test_ratio=robustness.test_ratio)
     return interactions.assign(split=assign_split(interactions, config))
 
 
@@ -59,8 +59,8 @@ def history_split_metrics(result: MethodResult, with_history: np.ndarray) -> dic
                            "lists": cold_start_lists(result.test_topk[~has])}}
 
 
-def run(evaluation: dict[str, Any], robustness: dict[str, Any], profile: dict[str, Any], baselines: dict[str, Any],
-        compute: dict[str, Any]) -> dict[str, Any]:
+def run(evaluation: EvalParams, robustness: RobustnessParams, profile: ProfileParams, baselines: BaselineParams,
+        compute: ComputeParams) -> dict[str, Any]:
     """The baselines and the main profile representations, selected and tested under
     ``robustness.protocol`` (global_time: one time cut for everybody, so no user's training data postdates
     another user's test data) on the same items and embeddings. The protocol decides which users have test
@@ -68,20 +68,20 @@ def run(evaluation: dict[str, Any], robustness: dict[str, Any], profile: dict[st
     the users with a history and on those without (:func:`history_split_metrics`)."""
     costs: dict[str, Any] = {}
     with timed(costs, "wall"):
-        methods = method_grid(robustness["representations"], "robustness.representations", profile, baselines)
+        methods = method_grid(robustness.representations, "robustness.representations", profile, baselines)
         prepared = load_prepared(PREPARED_DIR)
         inter = resplit(prepared.interactions, robustness)
-        rank = ranker(ray_config_from_params(compute), evaluation["device"], evaluation["block_size"])
+        rank = ranker(ray_config(compute), evaluation.device, evaluation.block_size)
         data = EvalData.from_interactions(inter, prepared.n_users, prepared.n_items, rank)
-        results = select_and_test_methods(methods, data, evaluation["ks"], evaluation["select_metric"],
-                                          RESULTS_DIR / robustness["protocol"])
+        results = select_and_test_methods(methods, data, evaluation.ks, evaluation.select_metric,
+                                          RESULTS_DIR / robustness.protocol)
     counts = inter.groupby("split").agg(interactions=("user_idx", "size"), users=("user_idx", "nunique"))
     with_history = np.diff(data.trainval_history.matrix.indptr) > 0
     test_users = data.test_users
     entries = test_metrics_json(results)
     for name, result in results.items():
         entries[name] |= history_split_metrics(result, with_history)
-    metrics = {"protocol": robustness["protocol"], "methods": entries,
+    metrics = {"protocol": robustness.protocol, "methods": entries,
                "split": counts.to_dict(orient="index"),
                "test_users": {"all": len(test_users), "with_history": int(with_history[test_users].sum()),
                               "cold_start": int((~with_history[test_users]).sum())},

@@ -7,7 +7,7 @@ from typing import Any, Sequence, get_args
 
 import pandas as pd
 
-from vlm4rec.config import BaselineName
+from vlm4rec.config import BaselineName, EvalParams
 from vlm4rec.evaluation import MethodResult
 from vlm4rec.stats import paired_tests, results_table
 
@@ -57,13 +57,13 @@ def validation_scores(results: dict[str, MethodResult]) -> pd.Series:
     return pd.Series({f: r.val_summary()[metric] for f, r in first.items()}, name=f"validation {metric}")
 
 
-def main_table(results: dict[str, MethodResult], evaluation: dict[str, Any],
+def main_table(results: dict[str, MethodResult], evaluation: EvalParams,
                metrics: Sequence[str] = MAIN_TABLE_METRICS) -> tuple[pd.DataFrame, pd.DataFrame]:
     """(long table with mean and 95% CI per method family x metric, wide 'mean [low, high]' display
     table with the validation selection metric first, sorted by it: never by test). Seeded families' CIs
     resample users and seeds."""
-    long = results_table(per_user_long(results), list(metrics), evaluation["bootstrap_resamples"],
-                         seed=evaluation["seed"])
+    long = results_table(per_user_long(results), list(metrics), evaluation.bootstrap_resamples,
+                         seed=evaluation.seed)
     long["value"] = [f"{m:.4f} [{lo:.4f}, {hi:.4f}]" for m, lo, hi in
                      zip(long["mean"], long["ci_low"], long["ci_high"])]
     wide = long.pivot(index="method", columns="metric", values="value")[list(metrics)]
@@ -85,7 +85,7 @@ P_COLUMN = "p (paired bootstrap, Holm)"
 
 
 def paired_test_table(results: dict[str, MethodResult], references: Sequence[str], metrics: Sequence[str],
-                      evaluation: dict[str, Any]) -> tuple[pd.DataFrame, pd.DataFrame]:
+                      evaluation: EvalParams) -> tuple[pd.DataFrame, pd.DataFrame]:
     """(long paired-test table, compact display table).
 
     Every method family against each reference on each metric (:func:`vlm4rec.stats.paired_tests`: one
@@ -96,7 +96,7 @@ def paired_test_table(results: dict[str, MethodResult], references: Sequence[str
     """
     per_user = per_user_long(results)
     present = set(per_user["method"])
-    long = pd.concat([paired_tests(per_user, ref, metric, evaluation["bootstrap_resamples"], evaluation["seed"])
+    long = pd.concat([paired_tests(per_user, ref, metric, evaluation.bootstrap_resamples, evaluation.seed)
                       for ref in references if ref in present for metric in metrics], ignore_index=True)
     if long.empty:
         return long, pd.DataFrame()
