@@ -18,6 +18,7 @@ from pathlib import Path
 import numpy as np
 import pandas as pd
 
+from vlm4rec.config import load_params
 from vlm4rec.encoders import EfficientNetLite0Features, encode_image_paths, encode_texts, load_text_encoder
 from vlm4rec.grounding import DescriptionCache, build_grounder, ground_items
 
@@ -42,7 +43,7 @@ def main() -> None:
     times: dict[str, float] = {}
     start = time.perf_counter()
     with tempfile.TemporaryDirectory() as tmp, DescriptionCache(Path(tmp) / "cache.sqlite") as cache:
-        result = ground_items(items, build_grounder("tagger"), cache, "image_only", progress=False)
+        result = ground_items(items, build_grounder(load_params().ground.tagger), cache, "image_only", progress=False)
     times["ground_s"] = time.perf_counter() - start
     descriptions = result.table.set_index("item_idx")["description"].fillna("").tolist()
     phase = time.perf_counter()

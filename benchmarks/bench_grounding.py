@@ -23,6 +23,7 @@ import numpy as np
 import pandas as pd
 import torch
 
+from vlm4rec.config import load_params
 from vlm4rec.grounding.cache import DescriptionCache
 from vlm4rec.grounding.prompts import IMAGE_ONLY
 from vlm4rec.grounding.runner import ground_items
@@ -95,7 +96,7 @@ def main() -> None:
     torch.set_num_threads(args.threads)
     items = poster_items(args.posters, args.n)
     load_before = os.getloadavg()[0]
-    tagger = TaggerGrounder()
+    tagger = TaggerGrounder(load_params().ground.tagger)  # the study's settings
     sample = load_image(items["image_path"][0])
     for batch_size in args.batch_sizes:  # one-time kernel set-up per batch shape stays out of the timings
         tagger.objects([sample] * batch_size)

@@ -37,7 +37,7 @@ import torch
 
 from bench_all_posters import DEFAULT_POSTERS, poster_table
 from bench_matching import DIM, K, synthetic_history
-from vlm4rec.config import RayParams
+from vlm4rec.config import RayParams, load_params
 from vlm4rec.distributed.grounding import GrounderSpec, RayDescriber
 from vlm4rec.distributed.matching import recommend_ray
 from vlm4rec.grounding import DescriptionCache, Grounder, build_grounder, ground_items
@@ -46,6 +46,7 @@ from vlm4rec.matching import ProfileRecommender, recommend
 
 #: A local cluster, one CPU and no GPU per actor or task, two actors; each measurement changes one key.
 LOCAL = RayParams(address=None, num_cpus=1.0, num_gpus=0.0, actors=2, pin_servers=False)
+TAGGER = load_params().ground.tagger  # the study's tagger settings
 
 
 def timed(run: Callable[[], Any]) -> tuple[Any, float]:
@@ -64,16 +65,16 @@ def ground_once(items: pd.DataFrame, make: Callable[[], Grounder | Describer]) -
 def single_threaded_tagger() -> Grounder:
     """The tagger with torch on one thread, as in a Ray actor with one CPU (isolates Ray's own cost)."""
     torch.set_num_threads(1)
-    return build_grounder("tagger")
+    return build_grounder(TAGGER)
 
 
 def bench_grounding(items: pd.DataFrame, repeats: int) -> list[dict[str, Any]]:
     """Best of ``repeats`` rounds; each round runs every variant in turn (the machine may be shared)."""
     runs: dict[str, Callable[[], Grounder | Describer]] = {
-        "local (1 process, torch on every core)": lambda: build_grounder("tagger"),
+        "local (1 process, torch on every core)": lambda: build_grounder(TAGGER),
         "local, torch on 1 thread": single_threaded_tagger,
         **{f"ray, {n} actor{'s' * (n > 1)} x 1 CPU": functools.partial(
-            RayDescriber, GrounderSpec("tagger"), LOCAL.model_copy(update={"actors": n})) for n in (1, 2)}}
+            RayDescriber, GrounderSpec(TAGGER), LOCAL.model_copy(update={"actors": n})) for n in (1, 2)}}
     seconds: dict[str, list[float]] = {name: [] for name in runs}
     reference, threads = None, torch.get_num_threads()
     for _ in range(repeats):
