@@ -1,6 +1,8 @@
 """The pure parts of the stage glue (vlm4rec/pipeline/*): grids, names, seed handling, sampling."""
 from __future__ import annotations
 
+import json
+
 import numpy as np
 import pandas as pd
 import pytest
@@ -8,6 +10,7 @@ import pytest
 from vlm4rec.data import RawDataset, dataset_counts, prepare
 from vlm4rec.matching import ProfileRecommender
 from vlm4rec.evaluation import seed_method
+from vlm4rec.pipeline import ablate
 from vlm4rec.pipeline.ablate import cell_name, cell_representation, parse_cell
 from vlm4rec.pipeline.fuse import learned_grid, simplex_grid
 from vlm4rec.pipeline.match import baseline_candidates
@@ -73,6 +76,26 @@ def test_learned_grid_crosses_the_knobs_and_adds_combine_only_for_frequency_filt
                                               {"temperature": 0.1, "weight_decay": 0.0}]
     assert len(learned_grid("frequency_filter", fusion)) == 4
     assert {c["combine"] for c in learned_grid("frequency_filter", fusion)} == {"sum", "product"}
+
+
+def test_the_ablations_stage_writes_its_plot_table_ordered_by_validation(tmp_path, monkeypatch) -> None:
+    """Three configurations of two representations: ordered by validation NDCG (not test), the best per
+    representation selected, each labelled for the bar plot, and the file holds the returned table."""
+    monkeypatch.chdir(tmp_path)
+
+    def row(representation: str, aggregation: str, val: float, test: float) -> dict:
+        return {"cell": {"representation": representation, "aggregation": aggregation, "cap": "all"},
+                "representation": representation, "chosen": {}, "select_metric": "ndcg@10",
+                "validation": {"ndcg@10": val}, "test": {"ndcg@10": test}, "wall_s": 1.0}
+
+    (tmp_path / "metrics" / "ablations").mkdir(parents=True)
+    for name, rows in {"title": [row("title", "mean", 0.2, 0.9), row("title", "recency", 0.3, 0.1)],
+                       "image": [row("image", "mean", 0.25, 0.5)]}.items():
+        (tmp_path / "metrics" / "ablations" / f"{name}.json").write_text(json.dumps({"configurations": rows}))
+    cells = ablate.run()
+    assert cells["cell"].tolist() == ["title / recency / cap all", "image / mean / cap all", "title / mean / cap all"]
+    assert cells["selected"].tolist() == [True, True, False]
+    pd.testing.assert_frame_equal(pd.read_csv(tmp_path / "plots" / "ablations.csv"), cells)
 
 
 def test_parse_cell_reads_yaml_scalars() -> None:
