@@ -72,7 +72,8 @@ def representation_scores(tmp_path, signal: str) -> dict[str, float]:
     prepared = prepare(catalogue(tmp_path, signal), min_rating=4, min_positives=5, split=SplitConfig())
     items = prepared.items
     with DescriptionCache(tmp_path / "cache.sqlite") as cache:
-        grounded = ground_items(items, build_grounder(section("ground.tagger")), cache, "image_only", progress=False).table
+        tagger = build_grounder(section("ground.tagger"))
+        grounded = ground_items(items, tagger, cache, "image_only", progress=False).table
     descriptions = grounded[grounded["status"] == "ok"].set_index("item_idx")["description"]
     encoder = load_text_encoder()
     vectors = {

@@ -201,8 +201,8 @@ def study(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Path:
 def test_a_notebook_less_stage_function_gets_typed_sections_and_eval_as_evaluation(study: Path) -> None:
     """``eval`` would shadow the builtin as a parameter name: stage functions take it as ``evaluation``; a
     section holds the declared keys, typed, down to one entry of a mapping (``graph.cells.<cell>``)."""
-    evaluation, graph, cell = run_stage_function("cell@lightgcn", lambda evaluation, graph, cell: (evaluation, graph, cell),
-                                                 cell="lightgcn")
+    evaluation, graph, cell = run_stage_function("cell@lightgcn", lambda evaluation, graph, cell:
+                                                 (evaluation, graph, cell), cell="lightgcn")
     assert cell == "lightgcn" and isinstance(evaluation, EvalParams) and isinstance(graph, GraphParams)
     assert evaluation.select_metric == "ndcg@10"
     assert graph.cells == {"lightgcn": GraphCellParams(model="lightgcn", modalities=[])}
@@ -212,7 +212,8 @@ def test_a_notebook_less_stage_function_gets_typed_sections_and_eval_as_evaluati
 def test_reading_an_undeclared_key_names_the_key_and_the_stage(study: Path) -> None:
     params = stage_params("cell@vbpr-title-image", load_params())
     assert params.graph.cells["vbpr-title-image"].modalities == ["title", "image"]
-    with pytest.raises(StudyError, match=r"^stage cell@vbpr-title-image reads eval\.ks, which dvc\.yaml does not declare"):
+    with pytest.raises(StudyError, match=r"^stage cell@vbpr-title-image reads eval\.ks, which dvc\.yaml does not "
+                                         r"declare"):
         params.eval.ks
     with pytest.raises(StudyError, match=r"reads graph\.scale, which"):
         params.graph.chosen_scale
@@ -243,7 +244,7 @@ def test_a_notebook_turns_its_parameters_into_validated_sections(study: Path) ->
 
 def test_a_notebook_must_pass_exactly_the_declared_parameters(study: Path) -> None:
     ablation = declared_params("note")["ablation"]
-    with pytest.raises(StudyError, match="the parameters of stage note lack eval.select_metric, which dvc.yaml declares"):
+    with pytest.raises(StudyError, match="the parameters of stage note lack eval.select_metric, which dvc.yaml"):
         sections("note", ablation=ablation)
     with pytest.raises(StudyError, match="hold keys dvc.yaml does not declare for it"):
         sections("note", eval={"select_metric": "ndcg@10", "ks": [10]}, ablation=ablation)

@@ -50,7 +50,8 @@ def run_cell(evaluation: EvalParams, profile: ProfileParams, ablation: AblationP
     for aggregation, cap in product(ablation.aggregations, ablation.caps):
         configuration = cell | {"aggregation": aggregation, "cap": cap}
         name = cell_name(configuration)
-        knobs = profile.model_copy(update={"aggregation": aggregation, "history_cap": None if cap == "all" else int(cap)})
+        knobs = profile.model_copy(update={"aggregation": aggregation,
+                                           "history_cap": None if cap == "all" else int(cap)})
         start = time.perf_counter()
         result = select_and_test(name, profile_candidates(vectors, knobs, rep), data, evaluation.ks,
                                  evaluation.select_metric, ABLATIONS_DIR / cell_name(cell) / f"{aggregation}-{cap}")
