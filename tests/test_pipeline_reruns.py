@@ -12,6 +12,7 @@ import pandas as pd
 import pytest
 import yaml
 
+from study_params import typed
 from vlm4rec.data import PreparedData, save_prepared
 from vlm4rec.pipeline import fuse, match
 from vlm4rec.pipeline.outputs import EMBEDDINGS_DIR, PREPARED_DIR, RESULTS_DIR
@@ -40,9 +41,10 @@ def write_inputs() -> None:
         from_features(name, vectors, "synthetic").save(EMBEDDINGS_DIR)
 
 
-def run_match_and_fuse(params: dict) -> dict[str, bytes]:
-    match.run(params["eval"], params["match"], params["profile"], params["baselines"], params["compute"])
-    fuse.run(params["eval"], params["fusion"])
+def run_match_and_fuse(raw: dict) -> dict[str, bytes]:
+    p = {key: typed(key, raw[key]) for key in ("eval", "match", "profile", "baselines", "compute", "fusion")}
+    match.run(p["eval"], p["match"], p["profile"], p["baselines"], p["compute"])
+    fuse.run(p["eval"], p["fusion"])
     return {path.relative_to(RESULTS_DIR).as_posix(): path.read_bytes()
             for path in sorted(RESULTS_DIR.rglob("*")) if path.is_file()}
 
