@@ -134,16 +134,6 @@ def test_training_loss_decreases(planted):
     assert log.train_loss[-1] < 0.7 * log.train_loss[0]
 
 
-def test_devices():
-    assert TrainingOptions("cpu").torch_device() == torch.device("cpu")
-    assert TrainingOptions("auto").torch_device() == torch.device("cuda" if torch.cuda.is_available() else "cpu")
-    with pytest.raises(ValueError):
-        TrainingOptions("tpu").torch_device()
-    if not torch.cuda.is_available():
-        with pytest.raises(ValueError, match="CUDA"):
-            TrainingOptions("cuda").torch_device()
-
-
 def test_bad_training_parameters_are_refused():
     for bad in ({"lr": 0.0}, {"l2": -1.0}, {"batch_size": 0}, {"epochs": -1}, {"patience": 0}, {"lr_decay": 0.0},
                 {"lr_decay_step": 0},
