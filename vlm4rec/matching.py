@@ -102,13 +102,10 @@ class FactorRecommender(Recommender):
         assert self.user_factors is not None
         return self.user_factors[np.asarray(users, dtype=np.int64)]
 
-    def _n_items(self) -> int:
+    def score_block(self, users: np.ndarray) -> np.ndarray:
         self._require_fit()
         assert self.item_factors is not None
-        return self.item_factors.shape[0]
-
-    def score_block(self, users: np.ndarray) -> np.ndarray:
-        return self.score_into(users, np.empty((len(users), self._n_items()), dtype=np.float32))
+        return self.score_into(users, np.empty((len(users), len(self.item_factors)), dtype=np.float32))
 
     def score_into(self, users: np.ndarray, out: np.ndarray) -> np.ndarray:
         self._product_into(users, out)
