@@ -24,6 +24,7 @@ from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Callable, Literal
 
 import numpy as np
+from tqdm import tqdm
 
 if TYPE_CHECKING:
     import torch
@@ -157,8 +158,6 @@ def train_epochs(module: nn.Module, run_epoch: Callable[[int], float], epochs: i
     ``eval_every``-th epoch and after the last; a deep copy of the state of every new best check; training
     ends when ``stopping`` says so and ``module`` ends holding the best checked state. ``progress`` names a
     progress bar (none by default)."""
-    from tqdm import tqdm
-
     if (check is None) != (stopping is None):
         raise ValueError("check and stopping go together: give both or neither")
     log = TrainingLog()
