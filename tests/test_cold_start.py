@@ -181,7 +181,7 @@ def test_a_new_item_has_no_id_parameters_in_the_content_form():
     freedom.fit(data.train_history)
     assert not freedom.model.ego[60 + new].any()
     # its score still comes through the content graph: a new item's vector is not zero
-    assert np.abs(freedom._item_vectors[new]).sum(axis=1).min() > 0
+    assert np.abs(freedom.item_factors[new]).sum(axis=1).min() > 0
 
 
 def test_fitted_once_refits_only_on_another_history():

@@ -7,6 +7,7 @@ import numpy as np
 import pytest
 import scipy.sparse as sp
 import torch
+from torch import nn
 from torch_threads import single_thread  # noqa: F401  (autouse fixture)
 
 from recommender_contract import RecommenderContract, planted_item_vectors
@@ -175,6 +176,44 @@ def test_frequency_filter_product_is_circular_convolution_and_missing_is_identit
 def test_make_fusion_rejects_unknown_kind() -> None:
     with pytest.raises(ValueError, match="unknown fusion kind"):
         fu.make_fusion("average", {"A": 2})  # type: ignore[arg-type]
+
+
+def _global_init(kind: str, seed: int) -> list[torch.Tensor]:
+    """The initial weights the modules held when they drew from torch's global generator: nn.Linear layers
+    and torch.randn after torch.manual_seed(seed), in the order the constructors build them."""
+    torch.manual_seed(seed)
+    weights = [nn.Linear(5, 8, bias=False).weight, nn.Linear(7, 8, bias=False).weight]
+    if kind == "attention":
+        key = nn.Linear(8, 64)
+        weights += [key.weight, key.bias, torch.randn(64) / 8.0]
+    if kind == "gating":
+        gate = nn.Linear(16, 2)
+        weights += [gate.weight, gate.bias]
+    return weights
+
+
+@pytest.mark.parametrize("kind", ["attention", "gating", "frequency_filter"])
+def test_initial_weights_are_torchs_defaults_drawn_without_the_global_generator(kind: str) -> None:
+    state = torch.get_rng_state()
+    model = fu.make_fusion(kind, {"A": 5, "B": 7}, dim=8, seed=4)
+    assert torch.equal(torch.get_rng_state(), state)
+    draw_order = ["projections.0.weight", "projections.1.weight", "key.weight", "key.bias", "query", "gate.weight",
+                  "gate.bias"]
+    parameters = dict(model.named_parameters())
+    drawn = [parameters[name] for name in draw_order if name in parameters]
+    expected = _global_init(kind, 4)
+    assert len(drawn) == len(expected)
+    for got, want in zip(drawn, expected):
+        assert torch.equal(got, want)
+
+
+def test_training_leaves_the_global_random_state_alone(data) -> None:
+    modalities, history, val_targets = data
+    torch_state, numpy_state = torch.get_rng_state(), np.random.get_state()[1].copy()
+    fu.fit_fusion_seeds("attention", modalities, history, history, val_targets, seeds=[0], dim=8,
+                        **dict(TRAIN, epochs=1))
+    assert torch.equal(torch.get_rng_state(), torch_state)
+    np.testing.assert_array_equal(np.random.get_state()[1], numpy_state)
 
 
 # --------------------------------------------------------------------------- examples and leakage

@@ -6,7 +6,7 @@ import scipy.sparse as sp
 from recommender_contract import RecommenderContract, planted_item_vectors
 import torch
 
-from vlm4rec.matching import (ProfileRecommender, Recommender, ScoreMix, history_weights, recommend,
+from vlm4rec.matching import (FactorRecommender, ProfileRecommender, Recommender, ScoreMix, history_weights, recommend,
                               recommend_torch, standardize_rows, top_k, top_k_torch)
 from vlm4rec.splits import History, build_history
 
@@ -168,6 +168,44 @@ def test_score_block_of_wrong_shape_is_an_error() -> None:
 VECTORS = np.array([[1, 0, 0], [0, 2, 0], [0, 0, 3], [1, 1, 0], [0, 0, 0]], dtype=np.float32)
 # user 0: items 0 (t=1), 1 (t=2), 2 (t=3) -> recency ranks 2, 1, 0; user 1: only missing item 4.
 HISTORY = history_of([(0, 0, 1), (0, 1, 2), (0, 2, 3), (1, 4, 5)], n_users=3, n_items=5)
+
+
+class Factors(FactorRecommender):
+    """Given factors, set at fit: what the base does with them is under test."""
+
+    name = "factors"
+
+    def __init__(self, users: np.ndarray, items: np.ndarray, missing: np.ndarray | None = None):
+        self.users, self.item_factors, self.missing = users, items, missing
+
+    def fit(self, history: History) -> "Factors":
+        self.user_factors = self.users
+        return self
+
+
+def test_factor_scores_are_user_times_item_factors_with_missing_items_at_minus_inf() -> None:
+    users = np.array([[1, 0], [0, 2], [1, 1]], dtype=np.float32)
+    items = np.array([[1, 2], [3, -1], [0, 1], [2, 2]], dtype=np.float32)
+    model = Factors(users, items, missing=np.array([False, False, True, False]))
+    with pytest.raises(RuntimeError, match="factors: call fit"):
+        model.score_block(np.array([0]))
+    with pytest.raises(RuntimeError, match="call fit"):
+        model.torch_scorer("cpu")
+    model.fit(None)  # type: ignore[arg-type]
+    # user 0 = (1, 0): 1, 3, (0), 2; user 1 = (0, 2): 4, -2, (2), 4; user 2 = (1, 1): 3, 2, (1), 4
+    expected = np.array([[3, 2, -np.inf, 4], [1, 3, -np.inf, 2]], dtype=np.float32)
+    np.testing.assert_array_equal(model.score_block(np.array([2, 0])), expected)
+    out = np.full((2, 4), 7.0, dtype=np.float32)
+    assert model.score_into(np.array([2, 0]), out) is out
+    np.testing.assert_array_equal(out, expected)
+    np.testing.assert_array_equal(model.torch_scorer("cpu")(np.array([2, 0])).numpy(), expected)
+    none_seen = sp.csr_matrix((3, 4), dtype=np.float32)
+    for engine in (recommend, recommend_torch):
+        kwargs = {"device": "cpu"} if engine is recommend_torch else {}
+        # ties (user 1: items 0 and 3 at 4) go to the smaller index; the missing item is never above a scored one
+        assert engine(model, np.arange(3), none_seen, 3, **kwargs).tolist() == [[1, 3, 0], [0, 3, 1], [3, 0, 1]]
+    np.testing.assert_array_equal(Factors(users, items).fit(None).score_block(np.array([1])),  # type: ignore[arg-type]
+                                  [[4, -2, 2, 4]])
 
 
 def test_mean_profile_scores_are_cosines_to_normalised_mean() -> None:

@@ -9,6 +9,7 @@ from torch_threads import single_thread  # noqa: F401  (autouse fixture)
 
 from vlm4rec.matching import Recommender
 from vlm4rec.multimodal import LightGCN
+from vlm4rec.training import TrainingOptions
 
 
 class TestLightGCNContract(RecommenderContract):
@@ -23,7 +24,7 @@ def dense_final_embeddings(history: np.ndarray, ego: np.ndarray, layers: int) ->
 
 def test_loss_and_scores_match_a_dense_formulation():
     dense = random_history(9, 6, 0.4, 0).toarray()
-    model = LightGCN(layers=2, l2=0.1, dim=4, epochs=0, seed=0).fit(history_of(dense))
+    model = LightGCN(layers=2, l2=0.1, dim=4, epochs=0, options=TrainingOptions(seed=0)).fit(history_of(dense))
     ego = model.model.ego.detach().numpy().astype(np.float64)
     final = dense_final_embeddings(dense, ego, 2)
     users, items = final[:9], final[9:]

@@ -17,7 +17,8 @@ from torch_threads import single_thread  # noqa: F401  (autouse fixture)
 from vlm4rec.config import GraphModel
 from vlm4rec.multimodal import MODELS, LightGCN, candidates
 from vlm4rec.multimodal.training import (ContentFeatures, NegativeSampler, bpr_loss, bpr_rows_loss, embedding_tables,
-                                         info_nce, l2_penalty, linear, resolve_device)
+                                         info_nce, l2_penalty, linear)
+from vlm4rec.training import TrainingOptions
 
 
 def test_bpr_loss_hand_computed():
@@ -79,9 +80,9 @@ def test_same_seed_gives_byte_identical_scores_and_another_seed_does_not(planted
     for name, cls in MODELS.items():
         content = {} if name == "lightgcn" else {"modalities": vectors}
         settings = TINY | {"epochs": 5} | options
-        first = all_scores(cls(**content, **settings, seed=3).fit(planted.history), 60)
-        again = all_scores(cls(**content, **settings, seed=3).fit(planted.history), 60)
-        other = all_scores(cls(**content, **settings, seed=4).fit(planted.history), 60)
+        first = all_scores(cls(**content, **settings, options=TrainingOptions(seed=3)).fit(planted.history), 60)
+        again = all_scores(cls(**content, **settings, options=TrainingOptions(seed=3)).fit(planted.history), 60)
+        other = all_scores(cls(**content, **settings, options=TrainingOptions(seed=4)).fit(planted.history), 60)
         assert first.tobytes() == again.tobytes(), name
         assert not np.array_equal(first, other), name
 
@@ -105,7 +106,7 @@ class ScriptedMonitor:
 
 
 def test_fit_monitored_stops_after_patience_and_restores_the_best_state(planted):
-    model = LightGCN(**TINY | {"epochs": 30}, eval_every=2, patience=2, seed=1)
+    model = LightGCN(**TINY | {"epochs": 30}, eval_every=2, patience=2, options=TrainingOptions(seed=1))
     monitor = ScriptedMonitor([0.1, 0.2, 0.5, 0.4, 0.3, 0.9], n_users=60)
     log = model.fit_monitored(planted.history, monitor)
     assert [epoch for epoch, _ in log.curve] == [0, 2, 4, 6, 8]      # stopped: 2 checks without gain
@@ -113,34 +114,24 @@ def test_fit_monitored_stops_after_patience_and_restores_the_best_state(planted)
     assert log.best_epoch == 4 and log.epochs_run == 8 and len(log.train_loss) == 8 and log.stopped_early
     best_scores = monitor.scores[2]
     np.testing.assert_array_equal(all_scores(model, 60), best_scores)
-    refit = LightGCN(**TINY | {"epochs": log.best_epoch}, seed=1).fit(planted.history)
+    refit = LightGCN(**TINY | {"epochs": log.best_epoch}, options=TrainingOptions(seed=1)).fit(planted.history)
     np.testing.assert_array_equal(all_scores(refit, 60), best_scores)
 
 
 def test_fit_monitored_keeps_the_initial_state_when_nothing_improves_and_checks_the_last_epoch(planted):
-    model = LightGCN(**TINY | {"epochs": 5}, eval_every=2, patience=10, seed=2)
+    model = LightGCN(**TINY | {"epochs": 5}, eval_every=2, patience=10, options=TrainingOptions(seed=2))
     monitor = ScriptedMonitor([0.5, 0.4, 0.3, 0.2], n_users=60)
     log = model.fit_monitored(planted.history, monitor)
     assert [epoch for epoch, _ in log.curve] == [0, 2, 4, 5]
     assert log.best_epoch == 0 and not log.stopped_early  # ran to its epoch cap
     np.testing.assert_array_equal(all_scores(model, 60), monitor.scores[0])
-    np.testing.assert_array_equal(all_scores(LightGCN(**TINY | {"epochs": 0}, seed=2).fit(planted.history), 60),
-                                  monitor.scores[0])
+    untrained = LightGCN(**TINY | {"epochs": 0}, options=TrainingOptions(seed=2)).fit(planted.history)
+    np.testing.assert_array_equal(all_scores(untrained, 60), monitor.scores[0])
 
 
 def test_training_loss_decreases(planted):
     log = LightGCN(**TINY, eval_every=10).fit_monitored(planted.history, lambda model: 0.0)
     assert log.train_loss[-1] < 0.7 * log.train_loss[0]
-
-
-def test_devices():
-    assert resolve_device("cpu") == torch.device("cpu")
-    assert resolve_device("auto") == torch.device("cuda" if torch.cuda.is_available() else "cpu")
-    with pytest.raises(ValueError):
-        resolve_device("tpu")
-    if not torch.cuda.is_available():
-        with pytest.raises(ValueError, match="CUDA"):
-            resolve_device("cuda")
 
 
 def test_bad_training_parameters_are_refused():
@@ -161,7 +152,7 @@ def test_candidates_build_the_grid_product_with_the_seed():
     json.dumps([c.config for c in cands])
     model = cands[-1].build()
     assert type(model).__name__ == "FREEDOM"
-    assert (model.lr, model.knn_k, model.epochs, model.seed) == (0.05, 20, 7, 5)
+    assert (model.lr, model.knn_k, model.epochs, model.options) == (0.05, 20, 7, TrainingOptions("cpu", 5))
     assert cands[0].build() is not cands[0].build()
 
 

@@ -22,7 +22,6 @@ frequency-filter fusion only borrows its spectral parameterisation.
 """
 from __future__ import annotations
 
-import copy
 import math
 import time
 from dataclasses import dataclass
@@ -33,12 +32,12 @@ import scipy.sparse as sp
 import torch
 import torch.nn.functional as F
 from torch import nn
-from tqdm import tqdm
 
-from vlm4rec.matching import Recommender, history_weights, user_profiles
+from vlm4rec.matching import FactorRecommender, history_weights, user_profiles
 from vlm4rec.config import LearnedFusion
 from vlm4rec.reproducibility import deterministic_torch
 from vlm4rec.splits import History, binarize, sample_negatives
+from vlm4rec.training import EarlyStopping, TrainingLog, TrainingOptions, train_epochs
 from vlm4rec.vectors import check_modalities, normalize_rows
 
 FusionKind = LearnedFusion  # the kinds params.yaml's fusion.learned accepts
@@ -47,13 +46,14 @@ _EPS = 1e-12
 
 # --------------------------------------------------------------------------- inputs
 
-class WeightedLateFusion(Recommender):
+class WeightedLateFusion(FactorRecommender):
     """Late fusion of the per-modality VLM4Rec scores: ``s(u, i) = sum_m w_m <p_u^m, x_i^m>``.
 
     ``p_u^m = normalize(mean of the user's history vectors in modality m)`` (the single-representation
     profile) and ``x_i^m`` the L2-normalised item vector; an item without modality m contributes 0 for
     it (the other modalities keep their weight), an item with no modality at all is ranked last. Scored
-    as one matrix product of the concatenations of ``sqrt(w_m) p_u^m`` and ``sqrt(w_m) x_i^m``.
+    as one matrix product of the concatenations of ``sqrt(w_m) p_u^m`` (the user factors) and
+    ``sqrt(w_m) x_i^m`` (the item factors).
     """
 
     def __init__(self, modalities: Mapping[str, np.ndarray], weights: Mapping[str, float],
@@ -66,31 +66,34 @@ class WeightedLateFusion(Recommender):
         self.names = tuple(modalities)
         self.weights = {name: float(weights[name]) for name in self.names}
         self.blocks = [normalize_rows(modalities[m]) for m in self.names]
-        self.items = np.concatenate([math.sqrt(self.weights[m]) * x for m, x in zip(self.names, self.blocks)],
-                                    axis=1)
+        self.item_factors = np.concatenate([math.sqrt(self.weights[m]) * x for m, x in zip(self.names, self.blocks)],
+                                           axis=1)
         self.missing = ~np.stack([x.any(axis=1) for x in self.blocks]).any(axis=0)
         self.name = name
-        self._profiles: np.ndarray | None = None
 
     def fit(self, history: History) -> "WeightedLateFusion":
         weights = history_weights(history, "mean")
-        self._profiles = np.concatenate(
+        self.user_factors = np.concatenate(
             [math.sqrt(self.weights[m]) * user_profiles(weights, x) for m, x in zip(self.names, self.blocks)],
             axis=1)
         return self
-
-    def score_block(self, users: np.ndarray) -> np.ndarray:
-        if self._profiles is None:
-            raise RuntimeError(f"{self.name}: call fit(history) before scoring")
-        scores = self._profiles[users] @ self.items.T
-        scores[:, self.missing] = -np.inf
-        return scores.astype(np.float32, copy=False)
 
     def diagnostics(self) -> dict[str, float | int]:
         return {"n_missing_items": int(self.missing.sum())}
 
 
 # --------------------------------------------------------------------------- modules
+
+def torch_linear(d_in: int, d_out: int, generator: torch.Generator, bias: bool = True) -> nn.Linear:
+    """An ``nn.Linear`` with torch's default initialisation (``nn.Linear.reset_parameters``: Kaiming-uniform
+    weights with ``a = sqrt(5)``, bias U(-1/sqrt(d_in), 1/sqrt(d_in))) drawn from ``generator``: the same
+    draws as ``nn.Linear(d_in, d_out)`` after ``torch.manual_seed``, without the global random state."""
+    layer = torch.nn.utils.skip_init(nn.Linear, d_in, d_out, bias=bias)
+    nn.init.kaiming_uniform_(layer.weight, a=math.sqrt(5), generator=generator)
+    if bias:
+        nn.init.uniform_(layer.bias, -1 / math.sqrt(d_in), 1 / math.sqrt(d_in), generator=generator)
+    return layer
+
 
 class FusionModule(nn.Module):
     """Base: per-modality linear projection of the L2-normalised input to a common width ``dim``.
@@ -100,13 +103,13 @@ class FusionModule(nn.Module):
     that item: it gets no weight, and an item with every modality missing fuses to zero.
     """
 
-    def __init__(self, dims: Mapping[str, int], dim: int) -> None:
+    def __init__(self, dims: Mapping[str, int], dim: int, generator: torch.Generator) -> None:
         super().__init__()
         if not dims:
             raise ValueError("a fusion needs at least one modality")
         self.names: tuple[str, ...] = tuple(dims)
         self.dim = dim
-        self.projections = nn.ModuleList(nn.Linear(d_m, dim, bias=False) for d_m in dims.values())
+        self.projections = nn.ModuleList(torch_linear(d_m, dim, generator, bias=False) for d_m in dims.values())
 
     def project(self, inputs: Mapping[str, torch.Tensor]) -> tuple[torch.Tensor, torch.Tensor]:
         """Projected modalities ``(batch, M, dim)`` and the presence mask ``(batch, M)`` (bool)."""
@@ -141,10 +144,10 @@ class AttentionFusion(WeightedSumFusion):
     """Attention over modalities: ``a_m = softmax_m(q . tanh(W h_m))`` over present modalities,
     fused = ``sum_m a_m h_m`` with a learned query ``q``."""
 
-    def __init__(self, dims: Mapping[str, int], dim: int = 128, hidden: int = 64) -> None:
-        super().__init__(dims, dim)
-        self.key = nn.Linear(dim, hidden)
-        self.query = nn.Parameter(torch.randn(hidden) / math.sqrt(hidden))
+    def __init__(self, dims: Mapping[str, int], dim: int, generator: torch.Generator, hidden: int = 64) -> None:
+        super().__init__(dims, dim, generator)
+        self.key = torch_linear(dim, hidden, generator)
+        self.query = nn.Parameter(torch.randn(hidden, generator=generator) / math.sqrt(hidden))
 
     def _weights(self, h: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
         logits = torch.tanh(self.key(h)) @ self.query
@@ -156,9 +159,9 @@ class GatingFusion(WeightedSumFusion):
     """Per-modality sigmoid gates from the concatenated projections: ``g = sigmoid(W [h_1; ...; h_M])``,
     fused = ``sum_m g_m h_m`` (missing modalities gated to 0)."""
 
-    def __init__(self, dims: Mapping[str, int], dim: int = 128) -> None:
-        super().__init__(dims, dim)
-        self.gate = nn.Linear(len(self.names) * dim, len(self.names))
+    def __init__(self, dims: Mapping[str, int], dim: int, generator: torch.Generator) -> None:
+        super().__init__(dims, dim, generator)
+        self.gate = torch_linear(len(self.names) * dim, len(self.names), generator)
 
     def _weights(self, h: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
         return torch.sigmoid(self.gate(h.flatten(start_dim=1))) * mask
@@ -179,9 +182,9 @@ class FrequencyFilterFusion(FusionModule):
     Filters start at the identity (1 + 0j).
     """
 
-    def __init__(self, dims: Mapping[str, int], dim: int = 128,
+    def __init__(self, dims: Mapping[str, int], dim: int, generator: torch.Generator,
                  combine: Literal["sum", "product"] = "sum") -> None:
-        super().__init__(dims, dim)
+        super().__init__(dims, dim, generator)
         if combine not in ("sum", "product"):
             raise ValueError(f"combine must be 'sum' or 'product', got {combine!r}")
         self.combine = combine
@@ -210,11 +213,11 @@ _KINDS: dict[str, type[FusionModule]] = {
 
 def make_fusion(kind: FusionKind, dims: Mapping[str, int], dim: int = 128, seed: int = 0,
                 **options: Any) -> FusionModule:
-    """A freshly initialised fusion module of ``kind``; initial weights depend only on ``seed``."""
+    """A freshly initialised fusion module of ``kind``; initial weights drawn from a torch generator seeded
+    with ``seed`` (torch's global random state is neither read nor changed)."""
     if kind not in _KINDS:
         raise ValueError(f"unknown fusion kind {kind!r}; expected one of {sorted(_KINDS)}")
-    torch.manual_seed(seed)
-    return _KINDS[kind](dims, dim, **options)
+    return _KINDS[kind](dims, dim, TrainingOptions(seed=seed).torch_generator(), **options)
 
 
 def _as_tensors(modalities: Mapping[str, np.ndarray]) -> dict[str, torch.Tensor]:
@@ -333,15 +336,32 @@ class FusionResult:
     """A trained fusion: item vectors from the best validation epoch and how it got there."""
 
     vectors: np.ndarray           # (n_items, dim) fused, L2-normalised, best epoch
-    val_loss_curve: list[float]   # index 0 = before training, index e = after epoch e
-    train_loss_curve: list[float] # index e-1 = mean training loss of epoch e
-    best_epoch: int               # argmin of val_loss_curve (0 = the untrained model was best)
-    stopped_early: bool           # False: it ran to the epoch cap, the curve may still have been falling
+    log: TrainingLog              # validation loss per epoch (epoch 0 = before training), training losses
     seed: int
     train_s: float
     n_val_pairs: int
     n_val_users_without_history: int
     model: FusionModule           # holds the best epoch's weights
+
+    @property
+    def val_loss_curve(self) -> list[float]:
+        """Index 0 = before training, index e = after epoch e."""
+        return self.log.values
+
+    @property
+    def train_loss_curve(self) -> list[float]:
+        """Index e-1 = mean training loss of epoch e."""
+        return self.log.train_loss
+
+    @property
+    def best_epoch(self) -> int:
+        """argmin of ``val_loss_curve`` (0 = the untrained model was best)."""
+        return self.log.best_epoch
+
+    @property
+    def stopped_early(self) -> bool:
+        """False: it ran to the epoch cap, the curve may still have been falling."""
+        return self.log.stopped_early
 
     @property
     def best_val_loss(self) -> float:
@@ -375,11 +395,13 @@ def train_fusion(model: FusionModule, modalities: Mapping[str, np.ndarray], trai
                  batch_size: int = 512, lr: float = 1e-3, patience: int = 5, negatives: int = 100,
                  temperature: float = 0.1, weight_decay: float = 0.0, progress: bool = True) -> FusionResult:
     """Train ``model`` with the held-out-positive sampled softmax on ``train_history``; keep the epoch
-    with the lowest validation loss (``val_history`` as input, ``val_targets`` as positives), stopping
-    after ``patience`` epochs without improvement. Deterministic given ``seed``; ``model`` ends holding
-    the best epoch's weights (restored from a deep copy, never a live reference). Runs inside
-    :func:`~vlm4rec.reproducibility.deterministic_torch` (CPU, :data:`~vlm4rec.reproducibility.TRAINING_THREADS` threads), so a
-    rerun gives byte-identical vectors."""
+    with the lowest validation loss (``val_history`` as input, ``val_targets`` as positives), checked every
+    epoch, stopping after ``patience`` epochs without improvement (:func:`~vlm4rec.training.train_epochs`).
+    Deterministic given ``seed`` (held-out items, order and negatives from a numpy generator seeded with it;
+    the module is initialised by :func:`make_fusion`); ``model`` ends holding the best epoch's weights
+    (restored from a deep copy, never a live reference). Runs inside
+    :func:`~vlm4rec.reproducibility.deterministic_torch` (CPU, :data:`~vlm4rec.reproducibility.TRAINING_THREADS`
+    threads), so a rerun gives byte-identical vectors."""
     n_items = check_modalities(modalities)
     if train_history.n_items != n_items or val_history.n_items != n_items:
         raise ValueError(f"histories have {train_history.n_items}/{val_history.n_items} items, "
@@ -387,35 +409,21 @@ def train_fusion(model: FusionModule, modalities: Mapping[str, np.ndarray], trai
     if set(modalities) != set(model.names):
         raise ValueError(f"modalities {sorted(modalities)} differ from the model's {sorted(model.names)}")
     started = time.perf_counter()
-    torch.manual_seed(seed)
-    rng = np.random.default_rng(seed)
+    rng = TrainingOptions(seed=seed).numpy_rng()
     features = _as_tensors(modalities)
     history = binarize(train_history.matrix)
     validation = validation_set(val_history, val_targets)
     if validation.n_pairs == 0:
         raise ValueError("no validation pairs: no user has both validation positives and a history")
     optimizer = torch.optim.Adam(model.parameters(), lr=lr, weight_decay=weight_decay)
-
-    val_curve = [validation_loss(encode(model, modalities), validation, temperature)]
-    train_curve: list[float] = []
-    best_epoch, best_state, stopped_early = 0, copy.deepcopy(model.state_dict()), False
-    bar = tqdm(range(1, epochs + 1), unit="epoch", desc=f"{type(model).__name__} seed {seed}", disable=not progress)
-    for epoch in bar:
-        train_curve.append(_train_epoch(model, optimizer, features, history, rng, batch_size,
-                                        negatives, temperature))
-        val_curve.append(validation_loss(encode(model, modalities), validation, temperature))
-        bar.set_postfix(train_loss=f"{train_curve[-1]:.3f}", val_loss=f"{val_curve[-1]:.3f}", best=best_epoch)
-        if val_curve[-1] < val_curve[best_epoch]:
-            best_epoch, best_state = epoch, copy.deepcopy(model.state_dict())
-        elif epoch - best_epoch >= patience:
-            stopped_early = True
-            break
-    bar.close()
-    model.load_state_dict(best_state)
-    return FusionResult(vectors=encode(model, modalities), val_loss_curve=val_curve,
-                        train_loss_curve=train_curve, best_epoch=best_epoch, stopped_early=stopped_early, seed=seed,
-                        train_s=time.perf_counter() - started, n_val_pairs=validation.n_pairs,
-                        n_val_users_without_history=validation.n_users_without_history, model=model)
+    log = train_epochs(
+        model, lambda epoch: _train_epoch(model, optimizer, features, history, rng, batch_size, negatives, temperature),
+        epochs, check=lambda epoch: validation_loss(encode(model, modalities), validation, temperature),
+        stopping=EarlyStopping("min", patience),
+        progress=f"{type(model).__name__} seed {seed}" if progress else None)
+    return FusionResult(vectors=encode(model, modalities), log=log, seed=seed, train_s=time.perf_counter() - started,
+                        n_val_pairs=validation.n_pairs, n_val_users_without_history=validation.n_users_without_history,
+                        model=model)
 
 
 def fit_fusion_seeds(kind: FusionKind, modalities: Mapping[str, np.ndarray], train_history: History,

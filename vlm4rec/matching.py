@@ -14,6 +14,8 @@
                          online part, :func:`history_weights` + :func:`user_profiles` (one sparse weighted
                          sum per user, done at fit) followed by one matrix product ``profiles @ items.T``
                          per block of users.
+``FactorRecommender``    score = user factors . item factors, items without factors at ``-inf`` (the scorer of
+                         profile matching, the BPR models and weighted late fusion).
 ``ScoreMix``             hybrid of two recommenders on per-user standardised scores.
 ``IterativeRecommender`` a recommender trained epoch by epoch whose number of epochs is chosen on
                          validation (:func:`vlm4rec.evaluation.select_on_validation` early-stops it).
@@ -21,7 +23,6 @@
 from __future__ import annotations
 
 from abc import ABC, abstractmethod
-from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Callable, get_args
 
 import numpy as np
@@ -29,6 +30,7 @@ import scipy.sparse as sp
 
 from vlm4rec.config import Aggregation
 from vlm4rec.splits import History
+from vlm4rec.training import TrainingLog
 from vlm4rec.vectors import normalize_rows
 
 if TYPE_CHECKING:
@@ -72,26 +74,62 @@ class Recommender(ABC):
         return {}
 
 
-@dataclass
-class TrainingLog:
-    """How a monitored training run went: the validation metric after every evaluated epoch, the epoch
-    whose state was kept (0 = the initial, untrained state was best), the mean training loss per epoch and
-    whether early stopping ended it (False: it ran to its epoch cap, its curve may still have been rising).
-    Holds no wall times, so that it can be saved with the results and stay identical across reruns."""
+class FactorRecommender(Recommender):
+    """score(u, i) = user_u . item_i from two factor matrices, the ``missing`` items at ``-inf`` (ranked last),
+    as implicit's ``MatrixFactorizationBase``: one fit guard and one product behind :meth:`score_block`,
+    :meth:`score_into` and :meth:`torch_scorer` (which multiplies on the device, the items moved there once).
 
-    curve: list[tuple[int, float]] = field(default_factory=list)   # (epoch, validation metric)
-    train_loss: list[float] = field(default_factory=list)          # index e-1 = epoch e
-    best_epoch: int = 0
-    stopped_early: bool = False
+    Subclasses set ``item_factors`` (float32 ``(n_items, d)``) and ``missing`` (bool per item, None = every
+    item scorable) at construction or fit, and ``user_factors`` (float32 ``(n_users, d)``) at fit.
+    """
+
+    user_factors: np.ndarray | None = None
+    item_factors: np.ndarray | None = None
+    missing: np.ndarray | None = None
 
     @property
-    def epochs_run(self) -> int:
-        return len(self.train_loss)
+    def fitted(self) -> bool:
+        """Whether :meth:`fit` has run (scoring before it is an error)."""
+        return self.user_factors is not None and self.item_factors is not None
 
-    def as_dict(self) -> dict[str, object]:
-        return {"curve": [[int(e), float(v)] for e, v in self.curve], "train_loss": list(map(float, self.train_loss)),
-                "best_epoch": int(self.best_epoch), "epochs_run": self.epochs_run,
-                "stopped_early": bool(self.stopped_early)}
+    def _require_fit(self) -> None:
+        if not self.fitted:
+            raise RuntimeError(f"{self.name}: call fit(history) before scoring")
+
+    def user_vectors(self, users: np.ndarray) -> np.ndarray:
+        """The factors of ``users`` (float32 ``(len(users), d)``)."""
+        self._require_fit()
+        assert self.user_factors is not None
+        return self.user_factors[np.asarray(users, dtype=np.int64)]
+
+    def score_block(self, users: np.ndarray) -> np.ndarray:
+        self._require_fit()
+        assert self.item_factors is not None
+        return self.score_into(users, np.empty((len(users), len(self.item_factors)), dtype=np.float32))
+
+    def score_into(self, users: np.ndarray, out: np.ndarray) -> np.ndarray:
+        self._product_into(users, out)
+        if self.missing is not None and self.missing.any():
+            out[:, self.missing] = -np.inf
+        return out
+
+    def _product_into(self, users: np.ndarray, out: np.ndarray) -> None:
+        """``out = user factors of users @ item factors^T``."""
+        np.matmul(self.user_vectors(users), self.item_factors.T, out=out)
+
+    def torch_scorer(self, device: str) -> Callable[[np.ndarray], torch.Tensor]:
+        import torch
+
+        self._require_fit()
+        items = torch.from_numpy(self.item_factors).to(device)
+        missing = torch.from_numpy(np.flatnonzero(self.missing if self.missing is not None else [])).to(device)
+
+        def score(users: np.ndarray) -> torch.Tensor:
+            scores = torch.from_numpy(self.user_vectors(users)).to(device) @ items.T
+            scores[:, missing] = -torch.inf
+            return scores
+
+        return score
 
 
 class IterativeRecommender(Recommender):
@@ -373,7 +411,7 @@ def item_neighbours(items: np.ndarray, knn_k: int, block_size: int = 1024) -> sp
                          shape=(n_items, n_items), dtype=np.float32)
 
 
-class ProfileRecommender(Recommender):
+class ProfileRecommender(FactorRecommender):
     """VLM4Rec: score(u, i) = p_u . e_i with p_u the normalised weighted sum of the user's items.
 
     ``vectors``      (n_items, d) item embeddings; an all-zero row means the item has no
@@ -388,8 +426,10 @@ class ProfileRecommender(Recommender):
                      the unnormalised mean profile, since H E E^T = (H E) E^T.
     ``history_cap``  keep only each user's most recent ``history_cap`` interactions.
 
-    ``fit`` computes every user's profile (n_users x d, the online weighted sum); scoring a block is
-    then one matrix product with the item vectors.
+    ``fit`` computes every user's profile (n_users x d, the online weighted sum: the user factors of
+    :class:`FactorRecommender`, the normalised item vectors being its item factors); scoring a block is
+    then one matrix product with the item vectors. ``knn_sum`` builds no profiles and scores sparse
+    item-item sums instead.
     """
 
     def __init__(self, vectors: np.ndarray, aggregation: Aggregation = "mean", half_life: float = 10.0,
@@ -402,71 +442,55 @@ class ProfileRecommender(Recommender):
             raise ValueError(f"history_cap must be >= 1 or None, got {history_cap}")
         if knn_k < 1:
             raise ValueError(f"knn_k must be >= 1, got {knn_k}")
-        self.items = item_vectors(vectors)
-        self.missing = ~self.items.any(axis=1)
+        self.item_factors = item_vectors(vectors)
+        self.missing = ~self.item_factors.any(axis=1)
         self.aggregation, self.half_life, self.history_cap, self.knn_k = (
             aggregation, half_life, history_cap, knn_k)
         self.name = name
         self.n_empty_profiles = 0
         self._weights: sp.csr_matrix | None = None
-        self._profiles: np.ndarray | None = None
         self._neighbours: sp.csr_matrix | None = None
 
     def fit(self, history: History) -> "ProfileRecommender":
-        if history.n_items != self.items.shape[0]:
-            raise ValueError(f"history has {history.n_items} items, vectors have {self.items.shape[0]}")
+        n_items = self.item_factors.shape[0]
+        if history.n_items != n_items:
+            raise ValueError(f"history has {history.n_items} items, vectors have {n_items}")
         self._weights = history_weights(history, self.aggregation, self.half_life, self.history_cap)
         if self.aggregation == "knn_sum":
             represented_mass = self._weights @ (~self.missing).astype(np.float32)
             self.n_empty_profiles = int(np.count_nonzero(represented_mass == 0))
             if self._neighbours is None:
-                self._neighbours = item_neighbours(self.items, self.knn_k)
+                self._neighbours = item_neighbours(self.item_factors, self.knn_k)
         else:
-            self._profiles = user_profiles(self._weights, self.items)
-            self.n_empty_profiles = int(np.count_nonzero(~self._profiles.any(axis=1)))
+            self.user_factors = user_profiles(self._weights, self.item_factors)
+            self.n_empty_profiles = int(np.count_nonzero(~self.user_factors.any(axis=1)))
         return self
 
-    def _fitted(self) -> None:
-        if self._weights is None:
-            raise RuntimeError(f"{self.name}: call fit(history) before scoring")
+    @property
+    def fitted(self) -> bool:
+        return self._weights is not None
 
     def profiles(self, users: np.ndarray) -> np.ndarray:
         """Profiles p_u (float32 (len(users), d)) of ``users``, computed from the history at fit."""
-        self._fitted()
-        if self._profiles is None:
-            raise ValueError("knn_sum scores item-item similarities and builds no user profiles")
-        return self._profiles[users]
-
-    def score_block(self, users: np.ndarray) -> np.ndarray:
-        return self.score_into(users, np.empty((len(users), self.items.shape[0]), dtype=np.float32))
-
-    def score_into(self, users: np.ndarray, out: np.ndarray) -> np.ndarray:
-        self._fitted()
+        self._require_fit()
         if self.aggregation == "knn_sum":
+            raise ValueError("knn_sum scores item-item similarities and builds no user profiles")
+        return self.user_vectors(users)
+
+    def _product_into(self, users: np.ndarray, out: np.ndarray) -> None:
+        """``knn_sum``: the users' history weights times the truncated item-item similarities."""
+        if self.aggregation == "knn_sum":
+            self._require_fit()
             out[...] = (self._weights[users] @ self._neighbours).toarray()
         else:
-            np.matmul(self.profiles(users), self.items.T, out=out)
-        if self.missing.any():
-            out[:, self.missing] = -np.inf
-        return out
+            super()._product_into(users, out)
 
     def torch_scorer(self, device: str) -> Callable[[np.ndarray], torch.Tensor]:
-        """Profiles times item vectors on ``device`` (the items are moved there once); ``knn_sum``
-        scores sparse item-item sums on the CPU."""
-        import torch
-
-        self._fitted()
+        """Profiles times item vectors on ``device``; ``knn_sum`` scores sparse item-item sums on the CPU."""
         if self.aggregation == "knn_sum":
-            return super().torch_scorer(device)
-        items = torch.from_numpy(self.items).to(device)
-        missing = torch.from_numpy(np.flatnonzero(self.missing)).to(device)
-
-        def score(users: np.ndarray) -> torch.Tensor:
-            scores = torch.from_numpy(self.profiles(users)).to(device) @ items.T
-            scores[:, missing] = -torch.inf
-            return scores
-
-        return score
+            self._require_fit()
+            return Recommender.torch_scorer(self, device)
+        return super().torch_scorer(device)
 
     def diagnostics(self) -> dict[str, float | int]:
         return {"n_empty_profiles": self.n_empty_profiles, "n_missing_items": int(self.missing.sum())}

@@ -35,6 +35,7 @@ from vlm4rec.multimodal.lightgcn import LightGCN
 from vlm4rec.multimodal.smore import SMORE
 from vlm4rec.multimodal.training import BPRRecommender
 from vlm4rec.multimodal.vbpr import VBPR
+from vlm4rec.training import TrainingOptions
 
 #: Every model of ``params.yaml: graph.cells.*.model`` (:data:`vlm4rec.config.GraphModel`), by name.
 MODELS: dict[GraphModel, type[BPRRecommender]] = {"lightgcn": LightGCN, "vbpr": VBPR, "freedom": FREEDOM,
@@ -46,7 +47,8 @@ def candidates(model: str, modalities: Mapping[str, np.ndarray], grid: Mapping[s
                fixed: Mapping[str, Any] | None = None, seed: int = 0) -> list[Candidate]:
     """One :class:`~vlm4rec.evaluation.Candidate` per point of the product of ``grid``'s lists (in the grid's
     key order, last key fastest), each building ``MODELS[model]`` with ``modalities`` (none for LightGCN),
-    that point, the ``fixed`` options and ``seed``. A candidate's config is ``{**fixed, **point}``."""
+    that point, the ``fixed`` options and :class:`~vlm4rec.training.TrainingOptions` of the ``fixed`` device
+    (``cpu`` without one) and ``seed``. A candidate's config is ``{**fixed, **point}``."""
     if model not in MODELS:
         raise ValueError(f"unknown model {model!r}; expected one of {sorted(MODELS)}")
     if model in CONTENT_FREE and modalities:
@@ -61,5 +63,7 @@ def candidates(model: str, modalities: Mapping[str, np.ndarray], grid: Mapping[s
     for values in itertools.product(*grid.values()):
         config = {**fixed, **dict(zip(grid, values))}
         json.dumps(config)  # configs are saved as JSON
-        out.append(Candidate(config=config, build=partial(MODELS[model], **content, **config, seed=seed)))
+        training = {key: value for key, value in config.items() if key != "device"}
+        options = TrainingOptions(device=config.get("device", "cpu"), seed=seed)
+        out.append(Candidate(config=config, build=partial(MODELS[model], **content, **training, options=options)))
     return out

@@ -8,8 +8,8 @@ batch. Batches are large (thousands of triples) because on a CPU the propagation
 costs the time.
 
 A model scores by a dot product of a user vector and an item vector (:meth:`BPRModel.vectors`); both
-are computed once after training (and before each validation check), so that scoring a block of users
-is one matrix product, as for every other recommender of the package.
+are computed once after training (and before each validation check) and scored as the factors of a
+:class:`~vlm4rec.matching.FactorRecommender`, one matrix product per block of users.
 
 Two training regimes use these options (``params.yaml: graph.regime``; docs/protocol.md):
 ``fast`` (large batches, a high learning rate, few validation checks, N(0, 0.1^2) initial embeddings) fits
@@ -31,15 +31,13 @@ training; such an item is scored from its content alone (VBPR's content term, FR
 item-item content graph). ``"learned"`` (the default) trains every item's table row like any parameter.
 
 Reproducibility: each fit draws its initial weights and every random choice (order, negatives, edge
-dropout, dropout masks) from its own ``torch.Generator`` and ``numpy`` generator seeded with ``seed``;
+dropout, dropout masks) from its own ``torch.Generator`` and ``numpy`` generator seeded with ``options.seed``;
 no global random state is read or changed, and deterministic torch algorithms are enforced during the
 fit on CUDA (restored afterwards). Two CPU fits with the same seed give byte-identical scores.
 """
 from __future__ import annotations
 
-import copy
 import math
-import re
 from abc import abstractmethod
 from typing import Callable, Literal, Mapping, Sequence
 
@@ -49,29 +47,17 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from vlm4rec.matching import IterativeRecommender, TrainingLog, stored_coordinates
+from vlm4rec.matching import FactorRecommender, IterativeRecommender, stored_coordinates
 from vlm4rec.reproducibility import deterministic_torch
 from vlm4rec.splits import History, binarize, history_membership, sample_negatives
+from vlm4rec.training import EarlyStopping, TrainingLog, TrainingOptions, train_epochs
 from vlm4rec.vectors import check_modalities, normalize_rows
 
-Device = Literal["cpu", "cuda", "auto"]
 Init = Literal["normal", "reference"]
 Negatives = Literal["all", "seen"]
 UnseenItems = Literal["learned", "content"]
 LinearInit = Literal["xavier_uniform", "xavier_normal", "torch"]
 INIT_STD = 0.1  # N(0, 0.1^2) initial embeddings, as LightGCN's PyTorch port (the fast regime's choice)
-
-
-def resolve_device(device: str) -> torch.device:
-    """``cpu``, ``cuda`` / ``cuda:N`` (an error without that GPU) or ``auto`` (CUDA where present, else CPU)."""
-    if device == "auto":
-        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
-    if device != "cpu" and not re.fullmatch(r"cuda(:\d+)?", device):
-        raise ValueError(f"device must be 'cpu', 'cuda', 'cuda:N' or 'auto', got {device!r}")
-    resolved = torch.device(device)
-    if resolved.type == "cuda" and torch.cuda.device_count() <= (resolved.index or 0):
-        raise ValueError(f"device={device!r} but torch sees no such CUDA device")
-    return resolved
 
 
 # --------------------------------------------------------------------------- losses and initialisation
@@ -256,7 +242,7 @@ class NegativeSampler:
         return drawn if self.pool is None else self.pool[drawn]
 
 
-class BPRRecommender(IterativeRecommender):
+class BPRRecommender(FactorRecommender, IterativeRecommender):
     """Trains a :class:`BPRModel` built by :meth:`build` with BPR, epoch by epoch (see module docstring).
 
     ``dim``          embedding size (fixed at 64 across the study, as in the four papers' experiments)
@@ -267,8 +253,8 @@ class BPRRecommender(IterativeRecommender):
                      step, dominates a step's cost on a CPU, so fewer, larger steps make an epoch cheaper)
     ``eval_every``   :meth:`fit_monitored` checks validation every this many epochs (and after the last)
     ``patience``     ... and stops after this many checks without improvement
-    ``seed``         initial weights, order, negatives, dropout
-    ``device``       ``cpu`` | ``cuda`` | ``auto``
+    ``options``      device (``cpu`` | ``cuda`` | ``cuda:N`` | ``auto``) and the seed of initial weights, order,
+                     negatives, dropout (:class:`~vlm4rec.training.TrainingOptions`)
     ``init``         ``normal`` (ID tables N(0, 0.1^2), Xavier-uniform linear layers: the fast regime) |
                      ``reference`` (each model's reference initialisation, see the model)
     ``lr_decay``     gamma of the learning-rate schedule lr * gamma^(epoch / lr_decay_step), stepped after
@@ -286,9 +272,9 @@ class BPRRecommender(IterativeRecommender):
     name = "bpr"
 
     def __init__(self, *, dim: int = 64, lr: float = 0.05, l2: float = 1e-4, epochs: int = 60,
-                 batch_size: int = 32768, eval_every: int = 5, patience: int = 2, seed: int = 0,
-                 device: Device = "cpu", init: Init = "normal", lr_decay: float = 1.0, lr_decay_step: float = 50.0,
-                 negatives: Negatives = "all", unseen_items: UnseenItems = "learned"):
+                 batch_size: int = 32768, eval_every: int = 5, patience: int = 2,
+                 options: TrainingOptions = TrainingOptions(), init: Init = "normal", lr_decay: float = 1.0,
+                 lr_decay_step: float = 50.0, negatives: Negatives = "all", unseen_items: UnseenItems = "learned"):
         if min(dim, batch_size, eval_every, patience) < 1 or epochs < 0:
             raise ValueError(f"need dim, batch_size, eval_every, patience >= 1 and epochs >= 0, got dim={dim}, "
                              f"batch_size={batch_size}, eval_every={eval_every}, patience={patience}, "
@@ -302,12 +288,10 @@ class BPRRecommender(IterativeRecommender):
         if unseen_items not in ("learned", "content"):
             raise ValueError(f"unseen_items must be 'learned' or 'content', got {unseen_items!r}")
         self.dim, self.lr, self.l2, self.epochs, self.batch_size = dim, lr, l2, epochs, batch_size
-        self.eval_every, self.patience, self.seed, self.device = eval_every, patience, seed, device
+        self.eval_every, self.patience, self.options = eval_every, patience, options
         self.init, self.lr_decay, self.lr_decay_step = init, lr_decay, lr_decay_step
         self.negatives, self.unseen_items = negatives, unseen_items
         self.model: BPRModel | None = None
-        self._user_vectors: np.ndarray | None = None
-        self._item_vectors: np.ndarray | None = None
 
     @abstractmethod
     def build(self, history: sp.csr_matrix, generator: torch.Generator, device: torch.device) -> BPRModel:
@@ -327,37 +311,30 @@ class BPRRecommender(IterativeRecommender):
         matrix = binarize(history.matrix)
         if matrix.nnz == 0:
             raise ValueError(f"{self.name}: the history holds no interactions to train on")
-        rng = np.random.default_rng(self.seed)
-        generator = torch.Generator().manual_seed(self.seed)
-        log = TrainingLog()
-        device = resolve_device(self.device)
+        rng, generator = self.options.numpy_rng(), self.options.torch_generator()
+        device = self.options.torch_device()
         with deterministic_torch(threads=None):  # all of torch's threads: these models are the slow part
-            self.model = self.build(matrix, generator, device)
+            self.model = model = self.build(matrix, generator, device)
             unseen = (torch.as_tensor(np.flatnonzero(matrix.getnnz(axis=0) == 0), device=device)
                       if self.unseen_items == "content" else None)
             self._forget(unseen)
-            optimizer = torch.optim.Adam(self.model.parameters(), lr=self.lr)
+            optimizer = torch.optim.Adam(model.parameters(), lr=self.lr)
             schedule = torch.optim.lr_scheduler.LambdaLR(optimizer, self.lr_factor)
             sampler = NegativeSampler(matrix, "seen" if unseen is not None else self.negatives)
-            best_value, best_state, checks_without_gain = -math.inf, None, 0
-            if monitor is not None:
-                best_value, best_state = self._check(monitor, 0, log), copy.deepcopy(self.model.state_dict())
-            for epoch in range(1, self.epochs + 1):
-                log.train_loss.append(self._epoch(matrix, optimizer, sampler, rng, unseen))
+
+            def run_epoch(epoch: int) -> float:
+                loss = self._epoch(matrix, optimizer, sampler, rng, unseen)
                 schedule.step()
-                if monitor is None or (epoch % self.eval_every and epoch != self.epochs):
-                    continue
-                value = self._check(monitor, epoch, log)
-                if value > best_value:
-                    best_value, best_state, checks_without_gain = value, copy.deepcopy(self.model.state_dict()), 0
-                    log.best_epoch = epoch
-                else:
-                    checks_without_gain += 1
-                    if checks_without_gain >= self.patience:
-                        log.stopped_early = True
-                        break
-            if best_state is not None:
-                self.model.load_state_dict(best_state)
+                return loss
+
+            def check(epoch: int) -> float:
+                assert monitor is not None
+                self._refresh()
+                return float(monitor(self))
+
+            log = train_epochs(model, run_epoch, self.epochs, check if monitor is not None else None,
+                               EarlyStopping("max", self.patience) if monitor is not None else None,
+                               eval_every=self.eval_every)
             self._refresh()
         return log
 
@@ -365,13 +342,6 @@ class BPRRecommender(IterativeRecommender):
         """The learning rate of epoch ``epoch + 1`` (after ``epoch`` completed epochs) over ``lr``:
         lr_decay^(epoch / lr_decay_step)."""
         return self.lr_decay ** (epoch / self.lr_decay_step)
-
-    def _check(self, monitor: Callable[[IterativeRecommender], float], epoch: int, log: TrainingLog) -> float:
-        """The monitored metric of the current state, recorded in the log (NaN counts as no gain)."""
-        self._refresh()
-        value = float(monitor(self))
-        log.curve.append((epoch, value))
-        return value if math.isfinite(value) else -math.inf
 
     @torch.no_grad()
     def _forget(self, unseen: torch.Tensor | None) -> None:
@@ -411,21 +381,8 @@ class BPRRecommender(IterativeRecommender):
         assert self.model is not None
         self.model.eval()
         users, items = self.model.vectors()
-        self._user_vectors = users.float().cpu().numpy()
-        self._item_vectors = np.ascontiguousarray(items.float().cpu().numpy())
-
-    # ----------------------------------------------------------------------- scoring
-
-    def score_block(self, users: np.ndarray) -> np.ndarray:
-        if self._item_vectors is None:
-            raise RuntimeError(f"{self.name}: call fit(history) before scoring")
-        return self.score_into(users, np.empty((len(users), self._item_vectors.shape[0]), dtype=np.float32))
-
-    def score_into(self, users: np.ndarray, out: np.ndarray) -> np.ndarray:
-        if self._user_vectors is None or self._item_vectors is None:
-            raise RuntimeError(f"{self.name}: call fit(history) before scoring")
-        np.matmul(self._user_vectors[np.asarray(users, dtype=np.int64)], self._item_vectors.T, out=out)
-        return out
+        self.user_factors = users.float().cpu().numpy()
+        self.item_factors = np.ascontiguousarray(items.float().cpu().numpy())
 
     def diagnostics(self) -> dict[str, float | int]:
         if self.model is None:
