@@ -21,7 +21,7 @@ from vlm4rec.cold_start import (CANDIDATE_SETS, SPLIT_KEYS, FittedOnce, NewItemD
                                 select_and_test_new_items)
 from vlm4rec.data import load_prepared
 from vlm4rec.distributed.matching import ranker
-from vlm4rec.evaluation import Candidate, MethodResult
+from vlm4rec.evaluation import Candidate, MethodKey, MethodResult, per_user_long
 from vlm4rec.matching import ProfileRecommender
 from vlm4rec.multimodal import candidates as graph_candidates
 from vlm4rec.pipeline.fuse import FusionTrainer, hybrid_candidates, late_fusion_candidates
@@ -29,7 +29,7 @@ from vlm4rec.pipeline.graph import regime_options
 from vlm4rec.pipeline.outputs import (EMBEDDINGS_DIR, METRICS_DIR, PLOTS_DIR, PREPARED_DIR, RESULTS_DIR,
                                       peak_rss_mb, timed, write_json)
 from vlm4rec.pipeline.report import user_gallery
-from vlm4rec.pipeline.tables import main_table, metric_curves, per_user_long, test_metrics_json, timing_json
+from vlm4rec.pipeline.tables import main_table, metric_curves, test_metrics_json, timing_json
 from vlm4rec.representations import available_representations, load_vectors
 from vlm4rec.splits import assign_cold_split, cold_items
 
@@ -40,7 +40,7 @@ NO_SIGNAL = {"mostpop": "no signal for new items (popularity counts training int
              "lightgcn": "no signal for new items (a new item has no edge and no learned embedding)"}
 HYBRID_NOTE = "the EASE^R part gives new items no signal: their order among themselves is the content's"
 
-Results = dict[str, dict[str, MethodResult]]
+Results = dict[str, dict[MethodKey, MethodResult]]
 
 
 def new_item_data(split_params: dict[str, Any], evaluation: dict[str, Any]) -> tuple[NewItemData, dict[str, int]]:
@@ -112,7 +112,7 @@ def run(evaluation: dict[str, Any], cold_start: dict[str, Any], fusion: dict[str
     return results, metrics
 
 
-def findings_table(results: dict[str, MethodResult], description: str, metric: str,
+def findings_table(results: dict[MethodKey, MethodResult], description: str, metric: str,
                    evaluation: dict[str, Any]) -> pd.DataFrame:
     """"Does the grounded description beat X on new items?" for every other scored method X (paired
     bootstrap over users and seeds, Holm across the questions)."""

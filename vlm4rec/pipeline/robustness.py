@@ -79,8 +79,8 @@ def run(evaluation: dict[str, Any], robustness: dict[str, Any], profile: dict[st
     with_history = np.diff(data.trainval_history.matrix.indptr) > 0
     test_users = data.test_users
     entries = test_metrics_json(results)
-    for name, result in results.items():
-        entries[name] |= history_split_metrics(result, with_history)
+    for key, result in results.items():
+        entries[key.name] |= history_split_metrics(result, with_history)
     metrics = {"protocol": robustness["protocol"], "methods": entries,
                "split": counts.to_dict(orient="index"),
                "test_users": {"all": len(test_users), "with_history": int(with_history[test_users].sum()),
