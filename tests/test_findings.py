@@ -105,11 +105,6 @@ def test_an_unclear_difference_is_said_so() -> None:
     assert replace(finding, ci_low=0.005, p_holm=0.01).answer.startswith("yes")
 
 
-@pytest.mark.parametrize("p, text", [(0.5, "0.500"), (0.0321, "0.032"), (1.2e-4, "1.2e-04"), (0.0, "<1e-10")])
-def test_p_values_are_printed_readably(p: float, text: str) -> None:
-    assert F.format_p(p) == text
-
-
 def test_a_bootstrap_too_coarse_for_holm_is_a_caveat() -> None:
     found = [F.Finding(str(i), "q?", "a", "b", "ndcg@10", "all", 10, (1, 1), 0.1, 0.05, 0.2, 0.01) for i in range(5)]
     assert F.p_floor_note(found, 999) is None  # 5 x 2 / 1000 = 0.01

@@ -19,19 +19,12 @@ from vlm4rec.config import EvalParams, FindingsParams, GraphCellParams, GraphMod
 from vlm4rec.data import PreparedData
 from vlm4rec.evaluation import MethodKey, MethodResult, per_user_long
 from vlm4rec.slices import HISTORY_BINS, history_lengths, item_popularity_groups, per_user_recall_on, slices_for_methods
-from vlm4rec.stats import holm_where_tested, paired_tests
+from vlm4rec.stats import format_p, holm_where_tested, paired_tests
 
 SIGNIFICANCE = 0.05
 MODEL_NAMES: dict[GraphModel, str] = {"lightgcn": "LightGCN", "vbpr": "VBPR", "freedom": "FREEDOM", "smore": "SMORE"}
 
 Results = dict[MethodKey, MethodResult]
-
-
-def format_p(p: float) -> str:
-    """A p-value a reader can scan: ``0.032``, ``1.2e-04``, ``<1e-10``."""
-    if p < 1e-10:
-        return "<1e-10"
-    return f"{p:.3f}" if p >= 1e-3 else f"{p:.1e}"
 
 
 def families(results: Results) -> dict[str, list[MethodKey]]:

@@ -19,9 +19,9 @@ import pandas as pd
 from vlm4rec.config import EvalParams, FindingsParams, GraphCellParams, GraphParams, MatchParams, ReportParams
 from vlm4rec.data import PreparedData, load_prepared
 from vlm4rec.evaluation import MethodKey, MethodResult, load_result
-from vlm4rec.findings import (MODEL_NAMES, Finding, families, findings, format_p, graph_comparisons,
-                              p_floor_note)
+from vlm4rec.findings import MODEL_NAMES, Finding, families, findings, graph_comparisons, p_floor_note
 from vlm4rec.pipeline.outputs import GROUNDING_DIR, METRICS_DIR, PREPARED_DIR, RESULTS_DIR, read_metrics, write_json
+from vlm4rec.stats import format_p
 
 RESULT_STAGES = ("match", "fusion", "graph")
 

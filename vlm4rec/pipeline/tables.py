@@ -10,8 +10,7 @@ import pandas as pd
 
 from vlm4rec.config import BaselineName, EvalParams
 from vlm4rec.evaluation import MethodKey, MethodResult, per_user_long
-from vlm4rec.findings import format_p
-from vlm4rec.stats import paired_tests, results_table
+from vlm4rec.stats import format_p, paired_tests, results_table
 
 MAIN_TABLE_METRICS = ("recall@10", "ndcg@10", "hit_rate@10", "recall@20", "ndcg@20", "hit_rate@20")
 
