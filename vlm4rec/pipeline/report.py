@@ -4,7 +4,7 @@ The report opens with findings generated from the numbers (:mod:`vlm4rec.finding
 questions answered with the paired difference, its 95% CI and the Holm-corrected paired-bootstrap p-value
 (users and both arms' seeds resampled; Holm across the findings), plus the caveats that apply. The same
 findings go to ``metrics/report.json`` so that ``dvc exp show`` compares them across experiments. This module
-loads the stage outputs, writes the report's and formats what the notebook shows.
+loads the stage outputs, writes the report stage's metrics and formats what the notebook shows.
 """
 from __future__ import annotations
 
