@@ -256,6 +256,11 @@ def test_a_method_key_is_named_as_its_result_folder_and_read_back(key: MethodKey
     assert key.name == str(key) == name and MethodKey.parse(name) == key
 
 
+def test_a_method_name_holding_the_seed_separator_is_refused() -> None:
+    with pytest.raises(ValueError, match="reserve for the seed"):
+        MethodKey("fusion@seed1")
+
+
 def test_per_user_long_stacks_results_by_family_and_seed() -> None:
     def result(key: MethodKey, values: list[float]) -> MethodResult:
         per_user = pd.DataFrame({"user_idx": [3, 7], "ndcg@10": values})

@@ -113,6 +113,10 @@ class MethodKey:
     family: str
     seed: int | None = None
 
+    def __post_init__(self) -> None:
+        if "@" in self.family:
+            raise ValueError(f"method name {self.family!r} holds '@', which result names reserve for the seed")
+
     @property
     def name(self) -> str:
         return self.family if self.seed is None else f"{self.family}@seed{self.seed}"
@@ -291,7 +295,7 @@ def select_and_test_methods(methods: dict[str, Sequence[Candidate]], data: EvalD
                             select_metric: str, out_dir: Path | None = None) -> dict[MethodKey, MethodResult]:
     """:func:`select_and_test` for each method on the same data; results under ``out_dir/<method>``."""
     return {MethodKey(method): select_and_test(method, candidates, data, ks, select_metric,
-                                    out_dir / method if out_dir is not None else None)
+                                               out_dir / method if out_dir is not None else None)
             for method, candidates in methods.items()}
 
 
@@ -302,8 +306,8 @@ def select_and_test_seeds(method: str, candidates_for: Callable[[int], Sequence[
     seed; the chosen configuration is then refitted on train + validation and tested once per seed.
 
     ``candidates_for(seed)`` returns the same grid, in the same order, built with ``seed``. Results are
-    keyed by ``MethodKey(method, seed)`` and saved under ``out_dir/<key name>``; every seed's result carries the
-    selection run's validation numbers.
+    keyed by ``MethodKey(method, seed)`` and saved under ``out_dir/<key name>``; every seed's result carries
+    the selection run's validation numbers.
     """
     if not seeds:
         raise ValueError(f"{method}: no seeds given; a seeded method needs at least one")
