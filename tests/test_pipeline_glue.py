@@ -12,7 +12,7 @@ from vlm4rec.pipeline.fuse import learned_grid, simplex_grid
 from vlm4rec.pipeline.match import baseline_candidates
 from vlm4rec.pipeline.prepare import rated_items_without_positive, sample_users, split_protocol
 from vlm4rec.pipeline.profiles import profile_candidates
-from vlm4rec.pipeline.tables import method_group
+from vlm4rec.tables import method_group
 from vlm4rec.splits import SplitConfig
 
 

@@ -29,7 +29,7 @@ from vlm4rec.pipeline.graph import regime_options
 from vlm4rec.pipeline.outputs import (EMBEDDINGS_DIR, METRICS_DIR, PLOTS_DIR, PREPARED_DIR, RESULTS_DIR,
                                       peak_rss_mb, timed, write_json)
 from vlm4rec.pipeline.report import user_gallery
-from vlm4rec.pipeline.tables import main_table, metric_curves, test_metrics_json, timing_json
+from vlm4rec.tables import main_table, metric_curves, test_metrics_json, timing_json
 from vlm4rec.representations import available_representations, load_vectors
 from vlm4rec.splits import assign_cold_split, cold_items
 
@@ -135,7 +135,7 @@ def new_item_curves(results: Results) -> pd.DataFrame:
 
 
 def new_item_table(results: dict[str, MethodResult], evaluation: dict[str, Any]) -> pd.DataFrame:
-    """:func:`~vlm4rec.pipeline.tables.main_table`'s display table of one candidate set (95% CIs over users
+    """:func:`~vlm4rec.tables.main_table`'s display table of one candidate set (95% CIs over users
     and seeds), a ``note`` column on the hybrids, and one row per method with no signal for new items
     (shown as such, never scored)."""
     wide = main_table(results, evaluation)[1]

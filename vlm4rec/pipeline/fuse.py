@@ -18,7 +18,7 @@ from vlm4rec.fusion import FusionResult, WeightedLateFusion, fit_fusion_seeds, m
 from vlm4rec.matching import ProfileRecommender, Recommender, ScoreMix
 from vlm4rec.pipeline.outputs import (EMBEDDINGS_DIR, METRICS_DIR, PLOTS_DIR, PREPARED_DIR, RESULTS_DIR,
                                       peak_rss_mb, timed, write_json)
-from vlm4rec.pipeline.tables import test_metrics_json, timing_json
+from vlm4rec.tables import test_metrics_json, timing_json
 from vlm4rec.representations import load_vectors
 
 

@@ -24,7 +24,7 @@ from vlm4rec.evaluation import EvalData, MethodResult, select_and_test_methods
 from vlm4rec.metrics import summarize
 from vlm4rec.pipeline.match import method_grid
 from vlm4rec.pipeline.outputs import METRICS_DIR, PREPARED_DIR, RESULTS_DIR, peak_rss_mb, timed, write_json
-from vlm4rec.pipeline.tables import test_metrics_json, timing_json
+from vlm4rec.tables import test_metrics_json, timing_json
 from vlm4rec.splits import SplitConfig, assign_split
 from vlm4rec.stage import exit_on_study_error, run_stage_function
 

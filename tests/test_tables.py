@@ -1,5 +1,5 @@
-"""Result tables of the stage glue (vlm4rec/pipeline/tables.py): seeded families, paired-test layout,
-readable p-values, curves and the metrics JSON."""
+"""Result tables (vlm4rec/tables.py): seeded families with seed-aware CIs, paired-test layout, seed spread,
+curves and the metrics JSON keyed by result name."""
 from __future__ import annotations
 
 import numpy as np
@@ -8,7 +8,7 @@ import pytest
 
 from vlm4rec.config import EvalParams
 from vlm4rec.evaluation import MethodKey, MethodResult
-from vlm4rec.pipeline import tables
+from vlm4rec import tables
 from vlm4rec.stats import bootstrap_ci
 
 N_USERS = 50
