@@ -10,7 +10,7 @@ import numpy as np
 import pandas as pd
 import pytest
 
-from results_helpers import EVAL, FINDINGS, N_USERS, graph_cell, prepared, study
+from results_helpers import EVAL, FINDINGS, graph_cell, prepared, study
 from vlm4rec.config import GraphCellParams, GraphParams, MatchParams, ReportParams
 from vlm4rec.data import PreparedData
 from vlm4rec.evaluation import MethodKey, MethodResult, save_result

@@ -126,8 +126,9 @@ def restricted_per_user(results: Results, names: list[str], prepared: PreparedDa
     return pd.concat(frames, ignore_index=True).astype({"seed": "float64"})
 
 
-def cold_items(prepared: PreparedData) -> np.ndarray:
-    """The items without a positive in train + validation (:func:`vlm4rec.slices.item_popularity_groups`)."""
+def unseen_items(prepared: PreparedData) -> np.ndarray:
+    """The items without a positive in train + validation (the "cold" group of
+    :func:`vlm4rec.slices.item_popularity_groups`), whose test pairs the cold-item findings score."""
     return np.flatnonzero(item_popularity_groups(prepared.interactions, prepared.n_items).to_numpy() == "cold")
 
 
@@ -178,7 +179,7 @@ def findings(results: Results, evaluation: EvalParams, params: FindingsParams, r
                            f"({hybrid} against EASE^R)?", per_user, hybrid, "ease", metric, "all test users",
                            evaluation))
     k = params.slice_k
-    cold = cold_items(prepared)
+    cold = unseen_items(prepared)
     lengths = history_lengths(prepared.interactions)
     short_users = lengths.index[lengths <= params.short_history].to_numpy()
     for against in (title, image):
@@ -217,7 +218,7 @@ def graph_comparisons(results: Results, evaluation: EvalParams, params: Findings
     if not pairs:
         return []
     per_user = per_user_long(results)
-    cold = cold_items(prepared)
+    cold = unseen_items(prepared)
     compared = []
     for model, cells in pairs.items():
         overall = compare(model, "", per_user, *cells, params.metric, "", evaluation)
