@@ -146,8 +146,8 @@ def planted_data(among_cold: bool = False) -> tuple[NewItemData, np.ndarray]:
 
 
 def cold_recall_of(results: dict, method: str, candidates: str, k: int) -> float:
-    return float(np.mean([r.test_per_user[f"recall@{k}"].mean() for name, r in results[candidates].items()
-                          if name.split("@")[0] == method]))
+    return float(np.mean([r.test_per_user[f"recall@{k}"].mean() for key, r in results[candidates].items()
+                          if key.family == method]))
 
 
 def test_the_stage_path_ranks_new_items_by_profile_and_by_vbprs_and_freedoms_content_form():

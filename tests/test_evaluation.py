@@ -6,8 +6,8 @@ import pytest
 import scipy.sparse as sp
 
 from vlm4rec.data import PreparedData
-from vlm4rec.evaluation import (Candidate, EvalData, evaluate, load_result, select_and_test,
-                                select_and_test_seeds)
+from vlm4rec.evaluation import (Candidate, EvalData, MethodKey, MethodResult, evaluate, load_result, per_user_long,
+                                select_and_test, select_and_test_seeds)
 from vlm4rec.stats import paired_tests
 from vlm4rec.matching import IterativeRecommender, ProfileRecommender, TrainingLog
 from vlm4rec.splits import History, SplitConfig, assign_split
@@ -84,7 +84,7 @@ def test_per_user_results_feed_paired_tests(planted) -> None:
     data, _, vectors = planted
     signal = select_and_test("signal", lambda: ProfileRecommender(vectors), data, ks=(10,))
     noise = select_and_test("shuffled", lambda: ProfileRecommender(shuffled(vectors)), data, ks=(10,))
-    long = pd.concat([r.test_per_user.assign(method=r.method) for r in (signal, noise)])
+    long = pd.concat([r.test_per_user.assign(method=r.key.family) for r in (signal, noise)])
     table = paired_tests(long, "shuffled", "ndcg@10")
     assert table.loc[0, "method"] == "signal" and table.loc[0, "n_users"] == N_USERS
     assert table.loc[0, "mean_diff"] > 0 and table.loc[0, "p"] < 0.01
@@ -154,7 +154,7 @@ def test_save_and_load_round_trip(planted, tmp_path) -> None:
         "chosen.json", "val_grid.parquet", "val_per_user.parquet", "test_per_user.parquet",
         "test_topk.npy", "summary.json"}
     loaded = load_result(tmp_path)
-    assert (loaded.method, loaded.config, loaded.select_metric) == ("profile", {"vectors": "signal"},
+    assert (loaded.key, loaded.config, loaded.select_metric) == (MethodKey("profile"), {"vectors": "signal"},
                                                                     "ndcg@10")
     pd.testing.assert_frame_equal(loaded.val_grid, result.val_grid)
     pd.testing.assert_frame_equal(loaded.test_per_user, result.test_per_user)
@@ -237,14 +237,40 @@ def test_seeded_methods_select_on_the_first_seed_and_test_every_seed(planted, tm
         return [Candidate({"good": g}, lambda g=g: EpochModel(vectors, g, seed=seed)) for g in (2, 4)]
 
     results = select_and_test_seeds("epochs", grid, data, seeds=[5, 6], ks=(10,), out_dir=tmp_path)
-    assert list(results) == ["epochs@seed5", "epochs@seed6"]
+    assert list(results) == [MethodKey("epochs", 5), MethodKey("epochs", 6)]
+    assert [r.key for r in results.values()] == list(results)
     assert [(kind, seed) for kind, seed, _, _ in EpochModel.calls] == [
         ("monitored", 5), ("monitored", 5), ("fit", 5), ("fit", 6)]
     assert all(r.config == {"good": 2, "epochs": 2} for r in results.values())  # first of the tie
     assert sorted(p.name for p in tmp_path.iterdir()) == ["epochs@seed5", "epochs@seed6"]
-    assert load_result(tmp_path / "epochs@seed6").training == results["epochs@seed6"].training
+    loaded = load_result(tmp_path / "epochs@seed6")
+    assert loaded.key == MethodKey("epochs", 6) and loaded.training == results[MethodKey("epochs", 6)].training
     with pytest.raises(ValueError, match="no seeds"):
         select_and_test_seeds("epochs", grid, data, seeds=[], ks=(10,))
+
+
+@pytest.mark.parametrize("key, name", [(MethodKey("fusion_gating", 1), "fusion_gating@seed1"),
+                                       (MethodKey("vbpr-title-image", 0), "vbpr-title-image@seed0"),
+                                       (MethodKey("ease"), "ease"), (MethodKey("title_meta", None), "title_meta")])
+def test_a_method_key_is_named_as_its_result_folder_and_read_back(key: MethodKey, name: str) -> None:
+    assert key.name == str(key) == name and MethodKey.parse(name) == key
+
+
+def test_a_method_name_holding_the_seed_separator_is_refused() -> None:
+    with pytest.raises(ValueError, match="reserve for the seed"):
+        MethodKey("fusion@seed1")
+
+
+def test_per_user_long_stacks_results_by_family_and_seed() -> None:
+    def result(key: MethodKey, values: list[float]) -> MethodResult:
+        per_user = pd.DataFrame({"user_idx": [3, 7], "ndcg@10": values})
+        return MethodResult(key, {}, pd.DataFrame(), per_user, per_user, np.zeros((2, 1), dtype=np.int64), {}, {})
+
+    keys = [MethodKey("title"), MethodKey("fusion", 2)]
+    long = per_user_long({key: result(key, [0.5, 0.25 * i]) for i, key in enumerate(keys)})
+    assert long["method"].tolist() == ["title", "title", "fusion", "fusion"]
+    assert long["seed"].tolist()[2:] == [2.0, 2.0] and long["seed"].isna().tolist()[:2] == [True, True]
+    assert long["ndcg@10"].tolist() == [0.5, 0.0, 0.5, 0.25]
 
 
 def test_a_grid_without_any_finite_validation_metric_is_an_error(planted):

@@ -110,5 +110,5 @@ def test_selection_and_refits_see_only_their_own_histories(attribute, name, monk
     test = split_pairs(data, ("test",))
     assert not any(seen & test for _, seen in events)
     assert len(monitored) == 2 and all(pairs(split.targets) == split_pairs(data, ("val",)) for split in monitored)
-    chosen_epochs = results[f"{name}@seed0"].config["epochs"]
+    chosen_epochs = results[evaluation.MethodKey(name, 0)].config["epochs"]
     assert all(result.config["epochs"] == chosen_epochs for result in results.values())

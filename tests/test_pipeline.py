@@ -179,7 +179,7 @@ def test_second_repro_runs_only_the_data_check_and_a_param_invalidates_only_its_
     _run(["git", "checkout", "params.yaml"], study)
 
 
-@pytest.mark.parametrize("module", ["vlm4rec/metrics.py", "vlm4rec/encoders.py", "vlm4rec/pipeline/tables.py"])
+@pytest.mark.parametrize("module", ["vlm4rec/metrics.py", "vlm4rec/encoders.py", "vlm4rec/tables.py"])
 def test_touching_a_module_invalidates_exactly_the_stages_that_import_it(study: Path, module: str) -> None:
     """dvc status after an edit of one module lists exactly the stages whose code closure (the import
     analysis of tests/test_stage_deps.py) contains it, besides the always-changed fetch stage."""

@@ -9,14 +9,13 @@ import pytest
 
 from vlm4rec.data import RawDataset, dataset_counts, prepare
 from vlm4rec.matching import ProfileRecommender
-from vlm4rec.evaluation import seed_method
 from vlm4rec.pipeline import ablate
 from vlm4rec.pipeline.ablate import cell_name, cell_representation, parse_cell
 from vlm4rec.pipeline.fuse import learned_grid, simplex_grid
 from vlm4rec.pipeline.match import baseline_candidates
 from vlm4rec.pipeline.prepare import rated_items_without_positive, sample_users, split_protocol
 from vlm4rec.pipeline.profiles import profile_candidates
-from vlm4rec.pipeline.tables import method_family, method_group, seed_of
+from vlm4rec.tables import method_group
 from vlm4rec.splits import SplitConfig
 
 from study_params import section
@@ -60,10 +59,7 @@ def test_cell_names_and_representations() -> None:
     assert cell_name(plain) == "image-knn_sum-20" and cell_representation(plain) == "image"
 
 
-def test_seed_names_families_and_groups() -> None:
-    name = seed_method("fusion_gating", 1)
-    assert name == "fusion_gating@seed1" and method_family(name) == "fusion_gating" and seed_of(name) == 1
-    assert method_family("ease") == "ease" and seed_of("ease") is None
+def test_method_groups() -> None:
     reps = ["title", "image"]
     assert [method_group(m, reps) for m in ("ease", "image", "hybrid_title_ease", "fusion_late", "smore-x")] == [
         "collaborative baselines", "profile matching (one representation)", "content fusions and hybrids",

@@ -1,98 +1,34 @@
-"""The report's findings (vlm4rec/pipeline/report.py): paired comparisons answered in words, choices made
-on validation, Holm across the findings, caveats from the stage outputs."""
+"""The report stage's glue (vlm4rec/pipeline/report.py): stage outputs read back, caveats from them, the
+report's metrics written, tables formatted for the notebook. The statistics are tested in test_findings.py."""
 from __future__ import annotations
 
 import json
-from typing import get_args
 from dataclasses import replace
+from pathlib import Path
 
 import numpy as np
 import pandas as pd
 import pytest
 
-from vlm4rec.config import GraphModel
+from results_helpers import EVAL, FINDINGS, graph_cell, prepared, study
+from vlm4rec.config import GraphCellParams, GraphParams, MatchParams, ReportParams
 from vlm4rec.data import PreparedData
-from vlm4rec import slices
-from vlm4rec.evaluation import MethodResult, save_result
-from vlm4rec.metrics import ranking_metrics
+from vlm4rec.evaluation import MethodKey, MethodResult, save_result
+from vlm4rec.findings import Finding, findings
 from vlm4rec.pipeline import report
-from vlm4rec.splits import targets_of
-from vlm4rec.stats import holm
-
-N_USERS, N_ITEMS = 40, 30
-REPORT = {"findings": {"metric": "ndcg@10", "description": "description", "title": "title", "image": "image",
-                       "slice_k": 10, "short_history": 3}}
-EVAL = {"bootstrap_resamples": 999, "seed": 0, "select_metric": "ndcg@10"}
-
-
-def prepared() -> PreparedData:
-    """User u has 2 + u % 5 train items, one test item; items >= 25 are never in train (cold)."""
-    rng = np.random.default_rng(0)
-    rows = []
-    for user in range(N_USERS):
-        train = rng.choice(25, size=2 + user % 5, replace=False)
-        rows += [(user, int(i), t, "train") for t, i in enumerate(train)]
-        rows.append((user, int(25 + user % 5) if user % 2 else int(rng.integers(0, 25)), 99, "test"))
-    inter = pd.DataFrame(rows, columns=["user_idx", "item_idx", "timestamp", "split"]).assign(rating=5.0)
-    items = pd.DataFrame({"item_idx": np.arange(N_ITEMS), "item_id": [str(i) for i in range(N_ITEMS)],
-                          "has_image": True})
-    users = pd.DataFrame({"user_idx": np.arange(N_USERS), "user_id": [str(u) for u in range(N_USERS)]})
-    return PreparedData(items=items, users=users, interactions=inter)
-
-
-def method(name: str, data: PreparedData, hit_share: float, val: float, seed: int) -> MethodResult:
-    """A method that ranks each user's test item first for a share of the users, else last."""
-    rng = np.random.default_rng(seed)
-    test = data.interactions[data.interactions["split"] == "test"].set_index("user_idx")["item_idx"]
-    topk = np.zeros((N_USERS, 10), dtype=np.int64)
-    for user in range(N_USERS):
-        others = [i for i in range(N_ITEMS) if i != test[user]]
-        ranked = rng.permutation(others)[:10]
-        if rng.random() < hit_share:
-            ranked[0] = test[user]
-        topk[user] = ranked
-    users = np.arange(N_USERS)
-    per_user = ranking_metrics(topk, targets_of(data.interactions, "test", N_USERS, N_ITEMS), users, [10])
-    val_per_user = pd.DataFrame({"user_idx": users, "ndcg@10": np.full(N_USERS, val)})
-    return MethodResult(name, {}, pd.DataFrame(), val_per_user, per_user, topk, {"coverage@10": 1.0}, {})
+from vlm4rec.pipeline.outputs import read_metrics
 
 
 @pytest.fixture(scope="module")
-def setup() -> tuple[dict[str, MethodResult], PreparedData]:
+def setup() -> tuple[dict[MethodKey, MethodResult], PreparedData]:
     data = prepared()
-    results = {"title": method("title", data, 0.2, 0.10, 1), "image": method("image", data, 0.2, 0.05, 2),
-               "description": method("description", data, 0.9, 0.20, 3),
-               # validation prefers fusion_a although fusion_b is better on test: the finding must use fusion_a
-               "fusion_a@seed0": method("fusion_a@seed0", data, 0.3, 0.50, 4),
-               "fusion_a@seed1": method("fusion_a@seed1", data, 0.3, 0.50, 5),
-               "fusion_b": method("fusion_b", data, 0.95, 0.40, 6)}
-    return results, data
+    return study(data), data
 
 
-def test_findings_answer_each_question_with_choices_made_on_validation(setup) -> None:
-    results, data = setup
-    found = {f.id: f for f in report.findings(results, EVAL, REPORT, ["title", "image", "description"], data)}
-    assert set(found) == {"description_vs_image", "description_vs_title", "fusion_vs_best_single",
-                          "description_vs_title_cold_items", "description_vs_title_short_histories",
-                          "description_vs_image_cold_items", "description_vs_image_short_histories"}
-    assert (found["fusion_vs_best_single"].method, found["fusion_vs_best_single"].against) == ("fusion_a", "description")
-    assert found["description_vs_title"].answer.startswith("yes: description - title = +")
-    assert found["fusion_vs_best_single"].answer.startswith("no, it is worse")
-    cold = found["description_vs_title_cold_items"]
-    assert cold.n_users == N_USERS // 2 and cold.metric == "recall@10"  # odd users have a cold test item
-    assert found["description_vs_title_short_histories"].n_users == 16  # 2 or 3 train items: u % 5 in {0, 1}
-    p = [f.p for f in found.values()]
-    assert sorted(f.p_holm for f in found.values()) == pytest.approx(sorted(holm(p)))
-    assert found["fusion_vs_best_single"].seeds == (2, 1) and found["description_vs_title"].seeds == (1, 1)
-
-
-def test_an_unclear_difference_is_said_so() -> None:
-    finding = report.Finding("x", "q?", "a", "b", "ndcg@10", "all", 10, (1, 1), 0.01, -0.02, 0.04, 0.01, p_holm=0.2)
-    assert finding.answer.startswith("no clear difference: a - b = +0.0100 ndcg@10 [95% CI -0.0200, +0.0400], "
-                                     "Holm-corrected paired-bootstrap p = 0.200")
-    # significant p but a CI holding 0 cannot be a "yes" either
-    assert replace(finding, p_holm=0.01).answer.startswith("no clear difference")
-    assert replace(finding, ci_low=0.005, p_holm=0.01).answer.startswith("yes")
+def write_metrics(root: Path, name: str, payload: dict) -> None:
+    path = root / "metrics" / f"{name}.json"
+    path.parent.mkdir(parents=True, exist_ok=True)
+    path.write_text(json.dumps(payload))
 
 
 def test_caveats_name_the_grounder_the_split_and_the_robustness_check() -> None:
@@ -115,20 +51,13 @@ def test_caveats_name_the_grounder_the_split_and_the_robustness_check() -> None:
     assert not any("epoch cap" in n for n in notes)
 
 
-def test_a_bootstrap_too_coarse_for_holm_is_a_caveat() -> None:
-    found = [report.Finding(str(i), "q?", "a", "b", "ndcg@10", "all", 10, (1, 1), 0.1, 0.05, 0.2, 0.01)
-             for i in range(5)]
-    assert report.p_floor_note(found, 999) is None  # 5 x 2 / 1000 = 0.01
-    note = report.p_floor_note(found + [replace(found[0], p=float("nan"))], 199)  # 5 tested x 0.01 = 0.05
-    assert note.startswith("With eval.bootstrap_resamples = 199 no p-value falls below 0.0100, so none of the 5")
-
-
 def test_runs_that_reached_their_epoch_cap_are_named_in_a_caveat(setup) -> None:
     results, _ = setup
+    title = results[MethodKey("title")]
     curve = {"curve": [[0, 0.1], [4, 0.2]], "train_loss": [1.0] * 4, "best_epoch": 4, "epochs_run": 4}
-    graph = {"lightgcn@seed0": replace(results["title"], training=curve | {"stopped_early": False}),
-             "lightgcn@seed1": replace(results["title"], training=curve | {"stopped_early": False}),
-             "vbpr-title-image@seed0": replace(results["title"], training=curve | {"stopped_early": True})}
+    graph = {MethodKey("lightgcn", 0): replace(title, training=curve | {"stopped_early": False}),
+             MethodKey("lightgcn", 1): replace(title, training=curve | {"stopped_early": False}),
+             MethodKey("vbpr-title-image", 0): replace(title, training=curve | {"stopped_early": True})}
     fusion = {"a": {"kind": "gating", "seed": 2, "config": {"temperature": 0.1}, "stopped_early": False},
               "b": {"kind": "attention", "seed": 0, "config": {"temperature": 0.1}, "stopped_early": True}}
     capped = report.runs_at_epoch_cap(results | graph, fusion)
@@ -136,86 +65,101 @@ def test_runs_that_reached_their_epoch_cap_are_named_in_a_caveat(setup) -> None:
     grounding = {"grounder": {"backend": "hf", "description_of_method": "an LVLM"}, "arms": {}}
     note = report.caveats(grounding, "global_time", None, capped)[-1]
     assert note.startswith("2 training run(s) reached their epoch cap") and "lightgcn; fusion_gating seed 2" in note
-
-
-def test_a_slice_without_users_leaves_its_finding_out(setup) -> None:
-    results, data = setup
-    tight = {"findings": REPORT["findings"] | {"short_history": 1}}  # every user has at least 2 history items
-    found = {f.id for f in report.findings(results, EVAL, tight, ["title", "image", "description"], data)}
-    assert "description_vs_title_short_histories" not in found and "description_vs_title_cold_items" in found
-
-
-def graph_cell(name: str, data: PreparedData, hit_share: float, seeds: int) -> dict[str, MethodResult]:
-    return {f"{name}@seed{s}": method(f"{name}@seed{s}", data, hit_share, 0.1, 10 * s + len(name))
-            for s in range(seeds)}
-
-
-GRAPH_CELLS = {"vbpr-title-image": {"model": "vbpr", "modalities": ["title", "image"]},
-               "vbpr-description-image": {"model": "vbpr", "modalities": ["description", "image"]}}
-
-
-def test_graph_findings_resample_three_seeds_of_both_cells(setup) -> None:
-    results, data = setup
-    graph = graph_cell("vbpr-title-image", data, 0.2, 3) | graph_cell("vbpr-description-image", data, 0.9, 3)
-    found = {f.id: f for f in report.findings(results | graph, EVAL, REPORT, ["title", "image", "description"],
-                                              data, GRAPH_CELLS)}
-    vbpr = found["vbpr_description_vs_title"]
-    assert vbpr.seeds == (3, 3) and vbpr.answer.startswith("yes") and vbpr.answer.endswith("3 vs 3 seed(s)")
-
-
-def test_a_seeded_cell_with_one_seed_gets_no_verdict_and_stays_out_of_holm(setup) -> None:
-    results, data = setup
-    graph = graph_cell("vbpr-title-image", data, 0.2, 1) | graph_cell("vbpr-description-image", data, 0.9, 3)
-    found = report.findings(results | graph, EVAL, REPORT, ["title", "image", "description"], data, GRAPH_CELLS)
-    vbpr = next(f for f in found if f.id == "vbpr_description_vs_title")
-    assert vbpr.answer.startswith("one seed: no verdict: vbpr-description-image - vbpr-title-image = +")
-    assert np.isnan(vbpr.p) and np.isnan(vbpr.p_holm) and "p =" not in vbpr.answer
-    tested = [f for f in found if f is not vbpr]
-    assert [f.p_holm for f in tested] == pytest.approx(list(holm([f.p for f in tested])))
+    assert list(report.graph_training_curves(graph)["cell"]) == ["lightgcn", "lightgcn", "vbpr-title-image",
+                                                                 "vbpr-title-image"]  # seeds share selection
 
 
 def test_report_metrics_write_an_untested_p_as_null(tmp_path, monkeypatch) -> None:
-    monkeypatch.setattr(report, "METRICS_DIR", tmp_path)
-    finding = report.Finding("x", "q?", "a", "b", "ndcg@10", "all", 10, (1, 1), 0.1, 0.05, 0.2, float("nan"),
-                             "one seed")
+    monkeypatch.chdir(tmp_path)
+    finding = Finding("x", "q?", "a", "b", "ndcg@10", "all", 10, (1, 1), 0.1, 0.05, 0.2, float("nan"), "one seed")
     report.write_report_metrics([finding], ["note"])
-    written = json.loads((tmp_path / "report.json").read_text(), parse_constant=lambda c: pytest.fail(c))
+    written = json.loads((tmp_path / "metrics" / "report.json").read_text(), parse_constant=lambda c: pytest.fail(c))
     assert written["findings"]["x"]["p"] is None and written["findings"]["x"]["seeds"] == [1, 1]
     assert written["findings"]["x"]["answer"].startswith("one seed: no verdict")
 
 
+def test_the_stage_writes_the_findings_and_their_caveats(tmp_path, monkeypatch, setup) -> None:
+    results, data = setup
+    monkeypatch.chdir(tmp_path)
+    write_metrics(tmp_path, "ground", {"grounder": {"backend": "hf", "description_of_method": "an LVLM"}, "arms": {}})
+    write_metrics(tmp_path, "prepare", {"split_protocol": "global_time"})
+    write_metrics(tmp_path, "fusion", {"training": {}})
+    params = ReportParams(findings=FINDINGS, references=["title"], gallery_methods=[], slice_methods=[],
+                          gallery_users=0)
+    graph = GraphParams.model_construct(cells={})  # the report stage's graph section holds only graph.cells
+    found, notes = report.write_findings(results, data, EVAL, MatchParams(representations=["title", "image",
+                                         "description"], reference="title"), graph, params)
+    assert [f.id for f in found] == [f.id for f in findings(results, EVAL, FINDINGS, ["title", "image",
+                                                                                     "description"], data)]
+    assert notes == ["Every description comes from: an LVLM."]
+    written = read_metrics("report")
+    assert sorted(written["findings"]) == sorted(f.id for f in found) and written["caveats"] == notes
+    assert written["findings"]["description_vs_title"]["difference"] == found[1].difference
+
+
+def test_the_graph_table_formats_each_models_comparison_and_its_cost(tmp_path, monkeypatch, setup) -> None:
+    results, data = setup
+    monkeypatch.chdir(tmp_path)
+    cells = {"vbpr-title-image": GraphCellParams(model="vbpr", modalities=["title", "image"]),
+             "vbpr-description-image": GraphCellParams(model="vbpr", modalities=["description", "image"])}
+    for cell, seconds in (("vbpr-title-image", 1.25), ("vbpr-description-image", 2.5)):
+        write_metrics(tmp_path, f"graph/{cell}", {"cost": {"wall_s": seconds}})
+    graph = graph_cell("vbpr-title-image", data, 0.2, 1) | graph_cell("vbpr-description-image", data, 0.9, 2)
+    table = report.graph_table(results | graph, EVAL, FINDINGS, cells, data)
+    row = table.loc["VBPR"]
+    assert row["cells"] == "vbpr-description-image vs vbpr-title-image" and row["seeds"] == "2 vs 1"
+    assert row["ndcg@10: p (Holm across models)"] == "one seed: no verdict"
+    assert row["wall_s (both cells)"] == 3.8  # round(3.75, 1)
+    assert report.graph_table(results, EVAL, FINDINGS, cells, data).empty
+
+
 def test_only_the_graph_cells_in_params_are_loaded(tmp_path, monkeypatch, setup) -> None:
     results, data = setup
-    monkeypatch.setattr(report, "RESULTS_DIR", tmp_path)
+    monkeypatch.chdir(tmp_path)
     for cell, hit in (("vbpr-title-image", 0.2), ("smore-description", 0.5)):  # the second is stale
-        for name, r in graph_cell(cell, data, hit, 2).items():
-            save_result(r, tmp_path / "graph" / cell / name)
-    save_result(results["title"], tmp_path / "match" / "title")
+        for key, r in graph_cell(cell, data, hit, 2).items():
+            save_result(r, tmp_path / "data" / "results" / "graph" / cell / key.name)
+    save_result(results[MethodKey("title")], tmp_path / "data" / "results" / "match" / "title")
     loaded = report.load_all_results(["vbpr-title-image", "lightgcn"])
-    assert sorted(loaded) == ["title", "vbpr-title-image@seed0", "vbpr-title-image@seed1"]
+    assert list(loaded) == [MethodKey("title"), MethodKey("vbpr-title-image", 0), MethodKey("vbpr-title-image", 1)]
+    assert loaded[MethodKey("vbpr-title-image", 1)].key == MethodKey("vbpr-title-image", 1)
 
 
-def test_slices_and_galleries_show_seeded_families(setup) -> None:
+def test_galleries_show_a_seeded_familys_first_seed(setup) -> None:
     results, data = setup
-    data = replace(data, items=data.items.assign(title=[f"t{i}" for i in range(N_ITEMS)], image_path=None))
-    sliced = report.family_slices(results, ["fusion_a", "title", "absent"], data, k=10, metrics=["recall@10"])
-    assert set(sliced["method"]) == {"fusion_a", "title"}
-    per_seed = slices.slices_for_methods(
-        {n: (results[n].test_topk, np.arange(N_USERS), results[n].test_per_user)
-         for n in ("fusion_a@seed0", "fusion_a@seed1")},
-        data, k=10, metrics=["recall@10"])
-    expected = per_seed.groupby(["slice_kind", "slice"], sort=False)["value"].mean()
-    got = sliced[sliced["method"] == "fusion_a"].set_index(["slice_kind", "slice"])["value"]
-    pd.testing.assert_series_equal(got.sort_index(), expected.sort_index(), check_names=False)
+    data = replace(data, items=data.items.assign(title=[f"t{i}" for i in range(len(data.items))], image_path=None))
     rows = report.user_gallery(results, ["fusion_a", "title", "absent"], data, n_users=1, k=3)
     assert [title for title, _, _ in rows[1:]] == ["fusion_a@seed0 top-3", "title top-3"]
 
 
+def test_coverage_and_chosen_configurations_are_per_family(tmp_path, monkeypatch, setup) -> None:
+    results, _ = setup
+    monkeypatch.chdir(tmp_path)
+    write_metrics(tmp_path, "embed", {"representations": {"title": {"coverage": 0.75}}})
+    seeded = {key: replace(r, coverage={"coverage@10": 0.1 * (1 + (key.seed or 0))}, config={"s": key.seed})
+              for key, r in results.items()}
+    coverage = report.coverage_columns(seeded)
+    assert coverage.loc["fusion_a", "catalogue_coverage@10"] == pytest.approx((0.1 + 0.2) / 2)
+    assert coverage.loc["title", "item_coverage"] == 0.75 and np.isnan(coverage.loc["fusion_a", "item_coverage"])
+    assert report.chosen_configurations(seeded)["fusion_a"] == '{"s": 0}'
+
+
+def test_new_item_tables_group_the_seeds_named_in_the_metrics(setup) -> None:
+    methods = {"all": {"title": {"test": {"recall@20": 0.5}}, "fusion_gating@seed0": {"test": {"recall@20": 0.25}},
+                       "fusion_gating@seed1": {"test": {"recall@20": 0.75}}}}
+    new_items = {"methods": methods, "hybrids": "", "no_signal": {"ease": "no signal"}}
+    table = report.new_item_table(["recall@20"], new_items)
+    assert table.loc["fusion_gating", "recall@20 (among all)"] == 0.5 and table.loc["fusion_gating", "seeds"] == 2
+    assert table.loc["ease", "note"] == "no signal"
+    curves = report.new_item_curves(new_items)
+    assert curves.set_index("method").loc["fusion_gating", "recall"] == 0.5
+
+
 def test_robustness_compares_users_with_history_and_reports_cold_start_apart(tmp_path, monkeypatch) -> None:
-    monkeypatch.setattr(report, "METRICS_DIR", tmp_path)
+    monkeypatch.chdir(tmp_path)
     main = {m: {"test": {"ndcg@10": t}, "validation": {"ndcg@10": v}}
             for m, t, v in (("ease", 0.30, 0.20), ("title", 0.10, 0.25))}
-    (tmp_path / "match.json").write_text(json.dumps({"methods": main}))
+    write_metrics(tmp_path, "match", {"methods": main})
     robustness = {"protocol": "global_time", "test_users": {"all": 10, "with_history": 6, "cold_start": 4},
                   "methods": {"ease": {"test": {"ndcg@10": 0.05}, "test_with_history": {"ndcg@10": 0.08},
                                        "cold_start": {"test": {"ndcg@10": 0.01}, "lists": "one list for all"}},
@@ -227,19 +171,14 @@ def test_robustness_compares_users_with_history_and_reports_cold_start_apart(tmp
     cold = report.cold_start_table("ndcg@10", robustness)
     assert cold.loc["ease", "lists"] == "one list for all" and cold.loc["title", "test ndcg@10"] == 0.0
     assert report.robustness_table("ndcg@10", None) is None
+    assert report.load_robustness() is None
 
 
 def test_graph_tuning_note_says_where_single_configurations_were_tuned(tmp_path, monkeypatch) -> None:
-    monkeypatch.setattr(report, "METRICS_DIR", tmp_path)
-    (tmp_path / "graph").mkdir()
+    monkeypatch.chdir(tmp_path)
     for cell, size in (("lightgcn", 1), ("vbpr-title-image", 4)):
-        (tmp_path / "graph" / f"{cell}.json").write_text(json.dumps({"scale": "default",
-                                                                      "training": {"grid_size": size}}))
+        write_metrics(tmp_path, f"graph/{cell}", {"scale": "default", "training": {"grid_size": size}})
     note = report.graph_tuning_note(["lightgcn", "vbpr-title-image"])
     assert note.startswith("1 graph cell(s) trained one configuration each (graph.scale: default)")
     assert report.GRAPH_TUNING_RECORD in note and note.endswith("Cells: lightgcn.")
     assert report.graph_tuning_note(["vbpr-title-image"]) is None
-
-
-def test_every_graph_model_has_a_display_name() -> None:
-    assert tuple(report.MODEL_NAMES) == get_args(GraphModel)

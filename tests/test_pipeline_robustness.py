@@ -6,7 +6,7 @@ import numpy as np
 import pandas as pd
 import pytest
 
-from vlm4rec.evaluation import MethodResult
+from vlm4rec.evaluation import MethodKey, MethodResult
 from vlm4rec.pipeline.robustness import cold_start_lists, history_split_metrics
 
 
@@ -20,7 +20,7 @@ def test_cold_start_lists_names_what_a_method_returns() -> None:
 def test_history_split_metrics_average_each_group_of_users() -> None:
     per_user = pd.DataFrame({"user_idx": [0, 2, 3, 5], "ndcg@10": [0.2, 0.4, 0.0, 0.1]})
     topk = np.array([[5, 4], [0, 1], [0, 1], [2, 3]])
-    result = MethodResult("m", {}, pd.DataFrame(), per_user, per_user, topk, {}, {})
+    result = MethodResult(MethodKey("m"), {}, pd.DataFrame(), per_user, per_user, topk, {}, {})
     with_history = np.array([True, True, False, False, True, True])  # users 2 and 3 have none
     split = history_split_metrics(result, with_history)
     assert split["test_with_history"]["ndcg@10"] == pytest.approx((0.2 + 0.1) / 2)

@@ -4,7 +4,7 @@ import numpy as np
 import pandas as pd
 import pytest
 
-from vlm4rec.stats import (bootstrap_ci, bootstrap_distribution, bootstrap_p, holm, holm_where_tested,
+from vlm4rec.stats import (bootstrap_ci, bootstrap_distribution, bootstrap_p, format_p, holm, holm_where_tested,
                             paired_tests, percentile_interval, results_table)
 
 
@@ -210,3 +210,8 @@ def test_seeded_methods_in_results_table_and_paired_tests() -> None:
     assert tests.loc["learned", "diff_ci_low"] < 0.08  # the seed spread (0.05 vs 0.15) widens the interval
     with pytest.raises(ValueError, match="different users"):
         paired_tests(per_user[~((per_user["seed"] == 1) & (per_user["user_idx"] == 0))], "ref", "ndcg@10")
+
+
+@pytest.mark.parametrize("p, text", [(0.5, "0.500"), (0.0321, "0.032"), (1.2e-4, "1.2e-04"), (0.0, "<1e-10")])
+def test_p_values_are_printed_readably(p: float, text: str) -> None:
+    assert format_p(p) == text

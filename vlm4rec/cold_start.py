@@ -21,8 +21,8 @@ import numpy as np
 import pandas as pd
 import scipy.sparse as sp
 
-from vlm4rec.evaluation import (Candidate, EvalData, EvalSplit, MethodResult, evaluate, rank_and_score,
-                                save_result, seed_method, select_on_validation, users_with_targets)
+from vlm4rec.evaluation import (Candidate, EvalData, EvalSplit, MethodKey, MethodResult, evaluate, rank_and_score,
+                                save_result, select_on_validation, users_with_targets)
 from vlm4rec.matching import IterativeRecommender, ProfileRecommender, Ranker, Recommender, recommend
 from vlm4rec.splits import History
 from vlm4rec.metrics import catalogue_coverage
@@ -121,18 +121,18 @@ class FittedOnce(Recommender):
 def select_and_test_new_items(method: str, candidates_for: Callable[[int], Sequence[Candidate]],
                               data: NewItemData, ks: Sequence[int], select_metric: str,
                               seeds: Sequence[int] | None = None,
-                              out_dir: Path | None = None) -> dict[str, dict[str, MethodResult]]:
+                              out_dir: Path | None = None) -> dict[str, dict[MethodKey, MethodResult]]:
     """``method`` on the new items: its configuration (and number of epochs) selected on ``data``'s
     validation split (its candidate set: the stage ranks the validation cold items among themselves) with
     the first seed, then fitted on the warm training history once per seed (once for
     an unseeded method, ``seeds`` None: ``candidates_for`` gets 0) and tested under both candidate sets.
-    Returns {candidate set: {result name: result}}; saved under ``out_dir/<candidate set>/<name>``."""
+    Returns {candidate set: {result key: result}}; saved under ``out_dir/<candidate set>/<key name>``."""
     grid = list(candidates_for(seeds[0] if seeds else 0))
     selection = select_on_validation(grid, data.validation(), ks, select_metric)
     tests = {name: data.with_candidates(name == "cold").test() for name in CANDIDATE_SETS}
-    results: dict[str, dict[str, MethodResult]] = {name: {} for name in CANDIDATE_SETS}
+    results: dict[str, dict[MethodKey, MethodResult]] = {name: {} for name in CANDIDATE_SETS}
     for seed in seeds or [None]:
-        name = method if seed is None else seed_method(method, seed)
+        key = MethodKey(method, seed)
         chosen = grid if seed is None or seed == seeds[0] else list(candidates_for(seed))
         model = chosen[selection.index].build()
         if isinstance(model, IterativeRecommender) and "epochs" in selection.config:
@@ -144,14 +144,14 @@ def select_and_test_new_items(method: str, candidates_for: Callable[[int], Seque
             timing = {"val_s": selection.seconds, "fit_s": fit_s}
             topk, per_user = rank_and_score(model, split, ks, timing)
             result = MethodResult(
-                method=name, config=selection.config, val_grid=selection.val_grid,
+                key=key, config=selection.config, val_grid=selection.val_grid,
                 val_per_user=selection.val_per_user, test_per_user=per_user, test_topk=topk,
                 coverage={f"coverage@{k}": catalogue_coverage(topk, data.n_items, k) for k in ks},
                 timing=timing, diagnostics=model.diagnostics(), select_metric=select_metric,
                 training=selection.training)
-            results[candidates][name] = result
+            results[candidates][key] = result
             if out_dir is not None:
-                save_result(result, out_dir / candidates / name)
+                save_result(result, out_dir / candidates / key.name)
     return results
 
 

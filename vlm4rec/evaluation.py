@@ -102,6 +102,35 @@ class Candidate:
     build: Callable[[], Recommender]
 
 
+@dataclass(frozen=True)
+class MethodKey:
+    """Which method a result belongs to: its ``family`` (what tables and tests group by) and, for a seeded
+    method, the training ``seed`` (None otherwise).
+
+    :attr:`name` is the key's one serialisation (``fusion_gating@seed0``, ``ease``): result folders and
+    metrics JSON are keyed by it; :meth:`parse` is its inverse, for names read back from disk."""
+
+    family: str
+    seed: int | None = None
+
+    def __post_init__(self) -> None:
+        if "@" in self.family:
+            raise ValueError(f"method name {self.family!r} holds '@', which result names reserve for the seed")
+
+    @property
+    def name(self) -> str:
+        return self.family if self.seed is None else f"{self.family}@seed{self.seed}"
+
+    def __str__(self) -> str:
+        return self.name
+
+    @classmethod
+    def parse(cls, name: str) -> "MethodKey":
+        """The key whose :attr:`name` is ``name``."""
+        family, tagged, seed = name.partition("@seed")
+        return cls(family, int(seed) if tagged else None)
+
+
 @dataclass
 class MethodResult:
     """What a method's selection and single test evaluation produced.
@@ -109,7 +138,7 @@ class MethodResult:
     Everything but ``timing`` is saved by :func:`save_result`; wall times go to the stage's metrics (cost),
     never into result files, so that a rerun writes byte-identical results."""
 
-    method: str
+    key: MethodKey
     config: dict[str, Any]
     val_grid: pd.DataFrame        # one row per candidate: candidate, config (JSON), macro validation metrics
     val_per_user: pd.DataFrame    # chosen configuration on validation
@@ -126,6 +155,14 @@ class MethodResult:
 
     def val_summary(self) -> dict[str, float]:
         return summarize(self.val_per_user)
+
+
+def per_user_long(results: dict[MethodKey, MethodResult]) -> pd.DataFrame:
+    """Every result's per-user test metrics stacked: columns ``method`` (the family), ``seed`` (NaN for
+    unseeded methods), ``user_idx`` and the metrics (the long form :mod:`vlm4rec.stats` tests)."""
+    frames = [r.test_per_user.assign(method=key.family, seed=key.seed) for key, r in results.items()]
+    long = pd.concat(frames, ignore_index=True)
+    return long.astype({"seed": "float64"})
 
 
 def rank_and_score(model: Recommender, split: EvalSplit, ks: Sequence[int],
@@ -223,14 +260,14 @@ def select_on_validation(candidates: Sequence[Candidate], split: EvalSplit, ks: 
                      best_log.as_dict() if best_log is not None else None, time.perf_counter() - started)
 
 
-def _test_once(method: str, model: Recommender, selection: Selection, data: EvalData, ks: Sequence[int],
+def _test_once(key: MethodKey, model: Recommender, selection: Selection, data: EvalData, ks: Sequence[int],
                select_metric: str, out_dir: Path | None) -> MethodResult:
     """Fit the chosen model on train + validation (for the chosen number of epochs) and test it once."""
     if isinstance(model, IterativeRecommender) and "epochs" in selection.config:
         model.epochs = int(selection.config["epochs"])
     timing: dict[str, float] = {"val_s": selection.seconds}
     topk, test_per_user = evaluate(model, data.test(), ks, timing)
-    result = MethodResult(method=method, config=selection.config, val_grid=selection.val_grid,
+    result = MethodResult(key=key, config=selection.config, val_grid=selection.val_grid,
                           val_per_user=selection.val_per_user, test_per_user=test_per_user, test_topk=topk,
                           coverage={f"coverage@{k}": catalogue_coverage(topk, data.n_items, k) for k in ks},
                           timing=timing, diagnostics=model.diagnostics(), select_metric=select_metric,
@@ -251,31 +288,26 @@ def select_and_test(method: str, candidates: Sequence[Candidate] | Callable[[], 
     """
     grid = _as_candidates(candidates)
     selection = select_on_validation(grid, data.validation(), ks, select_metric)
-    return _test_once(method, grid[selection.index].build(), selection, data, ks, select_metric, out_dir)
+    return _test_once(MethodKey(method), grid[selection.index].build(), selection, data, ks, select_metric, out_dir)
 
 
 def select_and_test_methods(methods: dict[str, Sequence[Candidate]], data: EvalData, ks: Sequence[int],
-                            select_metric: str, out_dir: Path | None = None) -> dict[str, MethodResult]:
+                            select_metric: str, out_dir: Path | None = None) -> dict[MethodKey, MethodResult]:
     """:func:`select_and_test` for each method on the same data; results under ``out_dir/<method>``."""
-    return {method: select_and_test(method, candidates, data, ks, select_metric,
-                                    out_dir / method if out_dir is not None else None)
+    return {MethodKey(method): select_and_test(method, candidates, data, ks, select_metric,
+                                               out_dir / method if out_dir is not None else None)
             for method, candidates in methods.items()}
-
-
-def seed_method(method: str, seed: int) -> str:
-    """Result name of one seed of a seeded method (reports group them by the part before '@')."""
-    return f"{method}@seed{seed}"
 
 
 def select_and_test_seeds(method: str, candidates_for: Callable[[int], Sequence[Candidate]], data: EvalData,
                           seeds: Sequence[int], ks: Sequence[int] = DEFAULT_KS, select_metric: str = "ndcg@10",
-                          out_dir: Path | None = None) -> dict[str, MethodResult]:
+                          out_dir: Path | None = None) -> dict[MethodKey, MethodResult]:
     """A seeded method: its configuration (and number of epochs) is selected on validation with the first
     seed; the chosen configuration is then refitted on train + validation and tested once per seed.
 
     ``candidates_for(seed)`` returns the same grid, in the same order, built with ``seed``. Results are
-    named :func:`seed_method` and saved under ``out_dir/<name>``; every seed's result carries the
-    selection run's validation numbers.
+    keyed by ``MethodKey(method, seed)`` and saved under ``out_dir/<key name>``; every seed's result carries
+    the selection run's validation numbers.
     """
     if not seeds:
         raise ValueError(f"{method}: no seeds given; a seeded method needs at least one")
@@ -283,10 +315,10 @@ def select_and_test_seeds(method: str, candidates_for: Callable[[int], Sequence[
     selection = select_on_validation(grid, data.validation(), ks, select_metric)
     results = {}
     for seed in seeds:
-        name = seed_method(method, seed)
+        key = MethodKey(method, seed)
         chosen = _as_candidates(candidates_for(seed))[selection.index]
-        results[name] = _test_once(name, chosen.build(), selection, data, ks, select_metric,
-                                   out_dir / name if out_dir is not None else None)
+        results[key] = _test_once(key, chosen.build(), selection, data, ks, select_metric,
+                                  out_dir / key.name if out_dir is not None else None)
     return results
 
 
@@ -296,13 +328,13 @@ def save_result(result: MethodResult, out_dir: str | Path) -> None:
     No wall times: the files of two identical runs are byte-identical."""
     out = Path(out_dir)
     out.mkdir(parents=True, exist_ok=True)
-    (out / "chosen.json").write_text(json.dumps({"method": result.method, "config": result.config,
+    (out / "chosen.json").write_text(json.dumps({"method": result.key.name, "config": result.config,
                                                  "select_metric": result.select_metric}, indent=1))
     result.val_grid.to_parquet(out / "val_grid.parquet", index=False)
     result.val_per_user.to_parquet(out / "val_per_user.parquet", index=False)
     result.test_per_user.to_parquet(out / "test_per_user.parquet", index=False)
     np.save(out / "test_topk.npy", result.test_topk)
-    summary = {"method": result.method, "test": result.test_summary(), "coverage": result.coverage,
+    summary = {"method": result.key.name, "test": result.test_summary(), "coverage": result.coverage,
                "diagnostics": result.diagnostics}
     (out / "summary.json").write_text(json.dumps(summary, indent=1))
     if result.training is not None:
@@ -315,7 +347,7 @@ def load_result(in_dir: str | Path) -> MethodResult:
     chosen = json.loads((path / "chosen.json").read_text())
     summary = json.loads((path / "summary.json").read_text())
     training = path / "training.json"
-    return MethodResult(method=chosen["method"], config=chosen["config"],
+    return MethodResult(key=MethodKey.parse(chosen["method"]), config=chosen["config"],
                         val_grid=pd.read_parquet(path / "val_grid.parquet"),
                         val_per_user=pd.read_parquet(path / "val_per_user.parquet"),
                         test_per_user=pd.read_parquet(path / "test_per_user.parquet"),

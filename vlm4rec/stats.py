@@ -101,6 +101,13 @@ def bootstrap_ci(values: np.ndarray, n_resamples: int = 1000, level: float = 0.9
     return (float(_as_grid(values).mean()), *percentile_interval(replicates, level))
 
 
+def format_p(p: float) -> str:
+    """A p-value a reader can scan: ``0.032``, ``1.2e-04``, ``<1e-10``."""
+    if p < 1e-10:
+        return "<1e-10"
+    return f"{p:.3f}" if p >= 1e-3 else f"{p:.1e}"
+
+
 def holm(pvalues: Sequence[float]) -> np.ndarray:
     """Holm step-down adjusted p-values, in the input order.
 

@@ -23,7 +23,7 @@ from vlm4rec.data import load_prepared
 from vlm4rec.distributed.matching import ranker
 from vlm4rec.evaluation import EvalData, select_and_test
 from vlm4rec.pipeline.outputs import (ABLATIONS_DIR, EMBEDDINGS_DIR, METRICS_DIR, PLOTS_DIR, PREPARED_DIR, peak_rss_mb,
-                                      write_json)
+                                      read_metrics, write_json)
 from vlm4rec.pipeline.profiles import profile_candidates
 from vlm4rec.representations import load_vectors
 from vlm4rec.stage import exit_on_study_error, run_stage_function
@@ -70,7 +70,7 @@ def ablation_table() -> pd.DataFrame:
     prompt arm), the configuration validation chooses."""
     rows = []
     for path in sorted((METRICS_DIR / "ablations").glob("*.json")):
-        for row in json.loads(path.read_text())["configurations"]:
+        for row in read_metrics(f"ablations/{path.stem}")["configurations"]:
             cell = row["cell"]
             rows.append({**cell, "arm": cell.get("arm", "-"), "representation_file": row["representation"],
                          "chosen": json.dumps(row["chosen"]), "select_metric": row["select_metric"],

@@ -23,7 +23,7 @@ from vlm4rec.cold_start import (CANDIDATE_SETS, FittedOnce, NewItemData, new_ite
 from vlm4rec.config import ColdStartParams, EvalParams, FusionParams, GraphParams, ReportParams
 from vlm4rec.data import load_prepared
 from vlm4rec.distributed.matching import ranker
-from vlm4rec.evaluation import Candidate, MethodResult
+from vlm4rec.evaluation import Candidate, MethodKey, MethodResult, per_user_long
 from vlm4rec.matching import ProfileRecommender
 from vlm4rec.multimodal import candidates as graph_candidates
 from vlm4rec.pipeline.fuse import FusionTrainer, chosen_ease_l2, hybrid_candidates, late_fusion_candidates
@@ -31,7 +31,7 @@ from vlm4rec.pipeline.graph import regime_options
 from vlm4rec.pipeline.outputs import (EMBEDDINGS_DIR, METRICS_DIR, PLOTS_DIR, PREPARED_DIR, RESULTS_DIR,
                                       peak_rss_mb, timed, write_json)
 from vlm4rec.pipeline.report import user_gallery
-from vlm4rec.pipeline.tables import main_table, metric_curves, per_user_long, test_metrics_json, timing_json
+from vlm4rec.tables import main_table, metric_curves, test_metrics_json, timing_json
 from vlm4rec.representations import available_representations, load_vectors
 from vlm4rec.splits import assign_cold_split, cold_items
 
@@ -42,7 +42,7 @@ NO_SIGNAL = {"mostpop": "no signal for new items (popularity counts training int
              "lightgcn": "no signal for new items (a new item has no edge and no learned embedding)"}
 HYBRID_NOTE = "the EASE^R part gives new items no signal: their order among themselves is the content's"
 
-Results = dict[str, dict[str, MethodResult]]
+Results = dict[str, dict[MethodKey, MethodResult]]
 
 
 def cold_split(inter: pd.DataFrame, cold_start: ColdStartParams) -> tuple[np.ndarray, np.ndarray]:
@@ -119,7 +119,7 @@ def run(evaluation: EvalParams, cold_start: ColdStartParams, fusion: FusionParam
     return results, metrics
 
 
-def findings_table(results: dict[str, MethodResult], description: str, metric: str,
+def findings_table(results: dict[MethodKey, MethodResult], description: str, metric: str,
                    evaluation: EvalParams) -> pd.DataFrame:
     """"Does the grounded description beat X on new items?" for every other scored method X (paired
     bootstrap over users and seeds, Holm across the questions)."""
@@ -141,8 +141,8 @@ def new_item_curves(results: Results) -> pd.DataFrame:
     return pd.concat(frames, ignore_index=True)
 
 
-def new_item_table(results: dict[str, MethodResult], evaluation: EvalParams) -> pd.DataFrame:
-    """:func:`~vlm4rec.pipeline.tables.main_table`'s display table of one candidate set (95% CIs over users
+def new_item_table(results: dict[MethodKey, MethodResult], evaluation: EvalParams) -> pd.DataFrame:
+    """:func:`~vlm4rec.tables.main_table`'s display table of one candidate set (95% CIs over users
     and seeds), a ``note`` column on the hybrids, and one row per method with no signal for new items
     (shown as such, never scored)."""
     wide = main_table(results, evaluation)[1]

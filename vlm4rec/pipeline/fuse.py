@@ -13,13 +13,13 @@ from vlm4rec.baselines import EASE
 from vlm4rec.config import EvalParams, FusionParams
 from vlm4rec.data import load_prepared
 from vlm4rec.distributed.matching import ranker
-from vlm4rec.evaluation import (Candidate, EvalData, MethodResult, select_and_test_methods,
-                                select_and_test_seeds, seed_method)
+from vlm4rec.evaluation import (Candidate, EvalData, MethodKey, MethodResult, select_and_test_methods,
+                                select_and_test_seeds)
 from vlm4rec.fusion import FusionResult, WeightedLateFusion, fit_fusion_seeds, modality_ablation
 from vlm4rec.matching import ProfileRecommender, Recommender, ScoreMix
 from vlm4rec.pipeline.outputs import (EMBEDDINGS_DIR, METRICS_DIR, PLOTS_DIR, PREPARED_DIR, RESULTS_DIR,
                                       peak_rss_mb, timed, write_json)
-from vlm4rec.pipeline.tables import test_metrics_json, timing_json
+from vlm4rec.tables import test_metrics_json, timing_json
 from vlm4rec.representations import load_vectors
 
 
@@ -84,7 +84,7 @@ class FusionTrainer:
     def candidates_for(self, kind: str) -> Callable[[int], list[Candidate]]:
         def grid(seed: int) -> list[Candidate]:
             return [Candidate(config, lambda c=config: ProfileRecommender(self.vectors(kind, c, seed),
-                                                                          name=seed_method(f"fusion_{kind}", seed)))
+                                                                          name=MethodKey(f"fusion_{kind}", seed).name))
                     for config in learned_grid(kind, self.fusion)]
         return grid
 

@@ -19,7 +19,7 @@ from vlm4rec.distributed.matching import ranker
 from vlm4rec.evaluation import EvalData, MethodResult, select_and_test_seeds
 from vlm4rec.multimodal import candidates
 from vlm4rec.pipeline.outputs import EMBEDDINGS_DIR, METRICS_DIR, PREPARED_DIR, RESULTS_DIR, peak_rss_mb, write_json
-from vlm4rec.pipeline.tables import test_metrics_json, timing_json
+from vlm4rec.tables import test_metrics_json, timing_json
 from vlm4rec.representations import load_vectors
 from vlm4rec.stage import exit_on_study_error, run_stage_function
 

@@ -13,7 +13,7 @@ from vlm4rec.evaluation import Candidate, EvalData, MethodResult, select_and_tes
 from vlm4rec.pipeline.outputs import (EMBEDDINGS_DIR, METRICS_DIR, PLOTS_DIR, PREPARED_DIR, RESULTS_DIR,
                                       peak_rss_mb, timed, write_json)
 from vlm4rec.pipeline.profiles import profile_candidates
-from vlm4rec.pipeline.tables import metric_curves, test_metrics_json, timing_json
+from vlm4rec.tables import metric_curves, test_metrics_json, timing_json
 from vlm4rec.representations import load_vectors
 
 

@@ -45,6 +45,12 @@ def write_json(path: str | Path, payload: dict[str, Any]) -> None:
     path.write_text(json.dumps(payload, indent=2, sort_keys=True, default=_to_builtin) + "\n")
 
 
+def read_metrics(name: str) -> dict[str, Any]:
+    """A stage's metrics JSON, ``metrics/<name>.json`` (``name`` may name a folder: ``graph/lightgcn``): the
+    one way stage outputs' metrics are read back."""
+    return json.loads((METRICS_DIR / f"{name}.json").read_text())
+
+
 def _to_builtin(value: Any) -> Any:
     if isinstance(value, np.generic):
         return value.item()

@@ -25,7 +25,7 @@ from vlm4rec.evaluation import EvalData, MethodResult, select_and_test_methods
 from vlm4rec.metrics import summarize
 from vlm4rec.pipeline.match import method_grid
 from vlm4rec.pipeline.outputs import METRICS_DIR, PREPARED_DIR, RESULTS_DIR, peak_rss_mb, timed, write_json
-from vlm4rec.pipeline.tables import test_metrics_json, timing_json
+from vlm4rec.tables import test_metrics_json, timing_json
 from vlm4rec.splits import SplitConfig, assign_split
 from vlm4rec.stage import exit_on_study_error, run_stage_function
 
@@ -79,8 +79,8 @@ def run(evaluation: EvalParams, robustness: RobustnessParams, profile: ProfilePa
     with_history = np.diff(data.trainval_history.matrix.indptr) > 0
     test_users = data.test_users
     entries = test_metrics_json(results)
-    for name, result in results.items():
-        entries[name] |= history_split_metrics(result, with_history)
+    for key, result in results.items():
+        entries[key.name] |= history_split_metrics(result, with_history)
     metrics = {"protocol": robustness.protocol, "methods": entries,
                "split": counts.to_dict(orient="index"),
                "test_users": {"all": len(test_users), "with_history": int(with_history[test_users].sum()),

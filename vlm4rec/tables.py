@@ -1,6 +1,7 @@
 """Tables and metrics JSON built from :class:`~vlm4rec.evaluation.MethodResult` objects: the main table
 with seed-aware 95% CIs, the paired tests, metric@K curves and the per-method entries of a stage's
-metrics file. Seeded methods are named ``<family>@seed<k>`` and enter every table as one family."""
+metrics file. Results are keyed by :class:`~vlm4rec.evaluation.MethodKey`: a seeded method's seeds enter every
+table as one family; the metrics JSON is keyed by the key's name."""
 from __future__ import annotations
 
 from typing import Any, Sequence, get_args
@@ -8,15 +9,10 @@ from typing import Any, Sequence, get_args
 import pandas as pd
 
 from vlm4rec.config import BaselineName, EvalParams
-from vlm4rec.evaluation import MethodResult
-from vlm4rec.stats import paired_tests, results_table
+from vlm4rec.evaluation import MethodKey, MethodResult, per_user_long
+from vlm4rec.stats import format_p, paired_tests, results_table
 
 MAIN_TABLE_METRICS = ("recall@10", "ndcg@10", "hit_rate@10", "recall@20", "ndcg@20", "hit_rate@20")
-
-
-def method_family(method: str) -> str:
-    """``fusion_attention@seed1`` -> ``fusion_attention``; other names are their own family."""
-    return method.split("@")[0]
 
 
 def method_group(family: str, representations: Sequence[str]) -> str:
@@ -30,26 +26,12 @@ def method_group(family: str, representations: Sequence[str]) -> str:
     return "multimodal recommenders"
 
 
-def seed_of(method: str) -> int | None:
-    """``fusion_attention@seed1`` -> 1; None for an unseeded method."""
-    _, _, tag = method.partition("@seed")
-    return int(tag) if tag else None
-
-
-def per_user_long(results: dict[str, MethodResult]) -> pd.DataFrame:
-    """Every method's per-user test metrics stacked: columns ``method`` (the family), ``seed`` (NaN for
-    unseeded methods), ``user_idx`` and the metrics."""
-    frames = [r.test_per_user.assign(method=method_family(name), seed=seed_of(name)) for name, r in results.items()]
-    long = pd.concat(frames, ignore_index=True)
-    return long.astype({"seed": "float64"})
-
-
-def validation_scores(results: dict[str, MethodResult]) -> pd.Series:
+def validation_scores(results: dict[MethodKey, MethodResult]) -> pd.Series:
     """Per method family, the validation selection metric of its chosen configuration (a seeded family's
     selection run, which every seed's result carries), named ``validation <metric>``."""
     first = {}
-    for name, r in results.items():
-        first.setdefault(method_family(name), r)
+    for key, r in results.items():
+        first.setdefault(key.family, r)
     metrics = {r.select_metric for r in first.values()}
     if len(metrics) != 1:
         raise ValueError(f"the methods were selected on different metrics {sorted(metrics)}")
@@ -57,7 +39,7 @@ def validation_scores(results: dict[str, MethodResult]) -> pd.Series:
     return pd.Series({f: r.val_summary()[metric] for f, r in first.items()}, name=f"validation {metric}")
 
 
-def main_table(results: dict[str, MethodResult], evaluation: EvalParams,
+def main_table(results: dict[MethodKey, MethodResult], evaluation: EvalParams,
                metrics: Sequence[str] = MAIN_TABLE_METRICS) -> tuple[pd.DataFrame, pd.DataFrame]:
     """(long table with mean and 95% CI per method family x metric, wide 'mean [low, high]' display
     table with the validation selection metric first, sorted by it: never by test). Seeded families' CIs
@@ -74,17 +56,10 @@ def main_table(results: dict[str, MethodResult], evaluation: EvalParams,
     return long, wide.sort_values(validation.name, ascending=False, kind="stable")
 
 
-def format_p(p: float) -> str:
-    """A p-value a reader can scan: ``0.032``, ``1.2e-04``, ``<1e-10``."""
-    if p < 1e-10:
-        return "<1e-10"
-    return f"{p:.3f}" if p >= 1e-3 else f"{p:.1e}"
-
-
 P_COLUMN = "p (paired bootstrap, Holm)"
 
 
-def paired_test_table(results: dict[str, MethodResult], references: Sequence[str], metrics: Sequence[str],
+def paired_test_table(results: dict[MethodKey, MethodResult], references: Sequence[str], metrics: Sequence[str],
                       evaluation: EvalParams) -> tuple[pd.DataFrame, pd.DataFrame]:
     """(long paired-test table, compact display table).
 
@@ -110,36 +85,37 @@ def paired_test_table(results: dict[str, MethodResult], references: Sequence[str
     return long, wide
 
 
-def metric_curves(results: dict[str, MethodResult], metric: str = "recall") -> pd.DataFrame:
+def metric_curves(results: dict[MethodKey, MethodResult], metric: str = "recall") -> pd.DataFrame:
     """``metric``@K per method family and K, seeded families averaged over seeds (plot data)."""
-    rows = [{"method": method_family(name), "k": int(key.split("@")[1]), metric: value}
-            for name, result in results.items()
-            for key, value in result.test_summary().items() if key.startswith(f"{metric}@")]
+    rows = [{"method": key.family, "k": int(name.split("@")[1]), metric: value}
+            for key, result in results.items()
+            for name, value in result.test_summary().items() if name.startswith(f"{metric}@")]
     frame = pd.DataFrame(rows, columns=["method", "k", metric])
     return frame.groupby(["method", "k"], as_index=False, sort=False)[metric].mean()
 
 
-def test_metrics_json(results: dict[str, MethodResult]) -> dict[str, Any]:
+def test_metrics_json(results: dict[MethodKey, MethodResult]) -> dict[str, Any]:
     """Per method: test macro metrics, the chosen configuration's validation selection metric, catalogue
-    coverage and the chosen configuration (for ``dvc metrics show``)."""
+    coverage and the chosen configuration (for ``dvc metrics show``), keyed by the method's name."""
     entries = {}
-    for method, r in results.items():
+    for key, r in results.items():
         validation = r.val_summary()
-        entries[method] = {"test": r.test_summary(), "validation": {r.select_metric: validation[r.select_metric]},
+        entries[key.name] = {"test": r.test_summary(), "validation": {r.select_metric: validation[r.select_metric]},
                            "coverage": r.coverage, "chosen": r.config}
     return entries
 
 
-def timing_json(results: dict[str, MethodResult]) -> dict[str, dict[str, float]]:
-    """Per method: selection, fit and scoring seconds and users/s (the ``cost`` part of a stage's metrics)."""
-    return {method: {key: round(float(value), 3) for key, value in r.timing.items()}
-            for method, r in results.items()}
+def timing_json(results: dict[MethodKey, MethodResult]) -> dict[str, dict[str, float]]:
+    """Per method name: selection, fit and scoring seconds and users/s (the ``cost`` part of a stage's
+    metrics)."""
+    return {key.name: {what: round(float(value), 3) for what, value in r.timing.items()}
+            for key, r in results.items()}
 
 
-def seed_spread(results: dict[str, MethodResult], metric: str) -> pd.DataFrame:
+def seed_spread(results: dict[MethodKey, MethodResult], metric: str) -> pd.DataFrame:
     """Per seeded family: the number of seeds and the mean, standard deviation, min and max over seeds of
     the test ``metric``."""
-    rows = [{"method": method_family(m), metric: r.test_summary()[metric]}
-            for m, r in results.items() if seed_of(m) is not None]
+    rows = [{"method": key.family, metric: r.test_summary()[metric]}
+            for key, r in results.items() if key.seed is not None]
     frame = pd.DataFrame(rows, columns=["method", metric])
     return frame.groupby("method")[metric].agg(n_seeds="size", mean="mean", std="std", min="min", max="max")

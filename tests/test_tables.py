@@ -1,38 +1,39 @@
-"""Result tables of the stage glue (vlm4rec/pipeline/tables.py): seeded families, paired-test layout,
-readable p-values, curves and the metrics JSON."""
+"""Result tables (vlm4rec/tables.py): seeded families with seed-aware CIs, paired-test layout, seed spread,
+curves and the metrics JSON keyed by result name."""
 from __future__ import annotations
 
 import numpy as np
 import pandas as pd
 import pytest
 
-from study_params import section
-from vlm4rec.evaluation import MethodResult
-from vlm4rec.pipeline import tables
+from vlm4rec.config import EvalParams
+from vlm4rec.evaluation import MethodKey, MethodResult
+from vlm4rec import tables
 from vlm4rec.stats import bootstrap_ci
 
 N_USERS = 50
 
 
-def result(name: str, ndcg: np.ndarray, val: float = 0.1, config: dict | None = None) -> MethodResult:
+def result(key: MethodKey, ndcg: np.ndarray, val: float = 0.1, config: dict | None = None) -> MethodResult:
     per_user = pd.DataFrame({"user_idx": np.arange(N_USERS), "ndcg@10": ndcg, "recall@10": ndcg / 2,
                              "recall@20": ndcg})
     val_per_user = pd.DataFrame({"user_idx": np.arange(N_USERS), "ndcg@10": np.full(N_USERS, val)})
-    return MethodResult(method=name, config=config or {}, val_grid=pd.DataFrame(), val_per_user=val_per_user,
+    return MethodResult(key=key, config=config or {}, val_grid=pd.DataFrame(), val_per_user=val_per_user,
                         test_per_user=per_user, test_topk=np.zeros((N_USERS, 20), dtype=np.int64),
                         coverage={"coverage@10": 0.5}, timing={"fit_s": 1.23456})
 
 
 @pytest.fixture(scope="module")
-def results() -> dict[str, MethodResult]:
+def results() -> dict[MethodKey, MethodResult]:
     rng = np.random.default_rng(0)
     base = rng.random(N_USERS)
-    return {"title": result("title", base, 0.2),
-            "fusion_gating@seed0": result("fusion_gating@seed0", base + 0.05 + 0.01 * rng.random(N_USERS), 0.3),
-            "fusion_gating@seed1": result("fusion_gating@seed1", base + 0.15 + 0.01 * rng.random(N_USERS), 0.3)}
+    keys = [MethodKey("title"), MethodKey("fusion_gating", 0), MethodKey("fusion_gating", 1)]
+    return {keys[0]: result(keys[0], base, 0.2),
+            keys[1]: result(keys[1], base + 0.05 + 0.01 * rng.random(N_USERS), 0.3),
+            keys[2]: result(keys[2], base + 0.15 + 0.01 * rng.random(N_USERS), 0.3)}
 
 
-EVAL = section("eval", bootstrap_resamples=200, seed=0)
+EVAL = EvalParams(ks=[10], select_metric="ndcg@10", block_size=64, device="cpu", bootstrap_resamples=200, seed=0)
 
 
 def test_main_table_treats_seeds_as_one_family_with_a_seed_aware_ci(results) -> None:
@@ -41,7 +42,7 @@ def test_main_table_treats_seeds_as_one_family_with_a_seed_aware_ci(results) -> 
     assert list(wide["validation ndcg@10"]) == [0.3, 0.2]
     assert wide.loc["fusion_gating", "seeds"] == 2 and wide.loc["title", "seeds"] == 1
     row = long[(long["method"] == "fusion_gating") & (long["metric"] == "ndcg@10")].iloc[0]
-    grid = np.stack([results[f"fusion_gating@seed{s}"].test_per_user["ndcg@10"] for s in (0, 1)])
+    grid = np.stack([results[MethodKey("fusion_gating", s)].test_per_user["ndcg@10"] for s in (0, 1)])
     assert (row["mean"], row["ci_low"], row["ci_high"]) == pytest.approx(bootstrap_ci(grid, 200))
 
 
@@ -56,29 +57,31 @@ def test_paired_test_table_has_one_row_per_metric_and_method_and_a_column_group_
 def test_main_table_is_sorted_by_validation_not_test() -> None:
     rng = np.random.default_rng(1)
     base = rng.random(N_USERS)
-    better_on_test = {"a": result("a", base + 0.3, val=0.1), "b": result("b", base, val=0.4)}
+    better_on_test = {MethodKey(m): result(MethodKey(m), ndcg, val=v) for m, ndcg, v in (("a", base + 0.3, 0.1),
+                                                                                         ("b", base, 0.4))}
     _, wide = tables.main_table(better_on_test, EVAL, metrics=("recall@10", "ndcg@10"))
     assert list(wide.index) == ["b", "a"]
 
 
 def test_a_seeded_family_with_one_seed_gets_no_verdict(results) -> None:
-    one_seed = {k: v for k, v in results.items() if k != "fusion_gating@seed1"}
+    one_seed = {k: v for k, v in results.items() if k != MethodKey("fusion_gating", 1)}
     long, wide = tables.paired_test_table(one_seed, ["title"], ["ndcg@10"], EVAL)
     assert wide.loc[("ndcg@10", "fusion_gating"), ("title", "p (paired bootstrap, Holm)")] == "one seed: no verdict"
     assert np.isnan(long.loc[0, "p_holm"])
 
 
-@pytest.mark.parametrize("p, text", [(0.5, "0.500"), (0.0321, "0.032"), (1.2e-4, "1.2e-04"), (0.0, "<1e-10")])
-def test_p_values_are_printed_readably(p: float, text: str) -> None:
-    assert tables.format_p(p) == text
-
-
 def test_curves_average_seeds_and_metrics_json_holds_validation_and_timing(results) -> None:
     curves = tables.metric_curves(results, "recall").set_index(["method", "k"])["recall"]
-    expected = np.mean([results[f"fusion_gating@seed{s}"].test_summary()["recall@20"] for s in (0, 1)])
+    expected = np.mean([results[MethodKey("fusion_gating", s)].test_summary()["recall@20"] for s in (0, 1)])
     assert curves[("fusion_gating", 20)] == pytest.approx(expected)
-    entry = tables.test_metrics_json(results)["title"]
+    entries = tables.test_metrics_json(results)
+    assert list(entries) == ["title", "fusion_gating@seed0", "fusion_gating@seed1"]  # keyed by the result names
+    entry = entries["title"]
     assert entry["validation"] == {"ndcg@10": pytest.approx(0.2)} and "fit_s" not in str(entry)
     assert tables.timing_json(results)["title"] == {"fit_s": 1.235}
+    assert list(tables.timing_json(results)) == list(entries)
     spread = tables.seed_spread(results, "ndcg@10")
     assert spread.loc["fusion_gating", "n_seeds"] == 2 and "title" not in spread.index
+    a, b = (results[MethodKey("fusion_gating", s)].test_summary()["ndcg@10"] for s in (0, 1))
+    assert spread.loc["fusion_gating", ["mean", "std", "min", "max"]].tolist() == pytest.approx(
+        [(a + b) / 2, abs(a - b) / np.sqrt(2), min(a, b), max(a, b)])  # sample std of two values
