@@ -23,8 +23,7 @@ import time
 from pathlib import Path
 from typing import Any, Callable
 
-import yaml
-
+from vlm4rec.config import GraphParams, load_params
 from vlm4rec.data import load_prepared
 from vlm4rec.distributed.matching import ranker
 from vlm4rec.evaluation import DEFAULT_KS, EvalData, validation_monitor
@@ -36,12 +35,12 @@ from vlm4rec.representations import load_vectors
 METRIC = "ndcg@10"
 
 
-def model_options(graph: dict[str, Any], model: str, regime: str, overrides: dict[str, Any]) -> dict[str, Any]:
+def model_options(graph: GraphParams, model: str, regime: str, overrides: dict[str, Any]) -> dict[str, Any]:
     """The regime's training options for ``model``, the fast regime's grid point of ``model`` (first values
     of ``graph.default.grids``), then ``overrides``."""
-    options = regime_options(graph | {"regime": regime}, model)
+    options = regime_options(graph.model_copy(update={"regime": regime}), model)
     if regime == "fast":
-        options |= {key: values[0] for key, values in graph["default"]["grids"][model].items()}
+        options |= {key: values[0] for key, values in graph.default.grids[model].items()}
     return options | overrides
 
 
@@ -83,7 +82,7 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--out", required=True, help="JSON file rewritten after every validation check")
     args = parser.parse_args(argv)
 
-    graph = yaml.safe_load(Path(args.params).read_text())["graph"]
+    graph = load_params(args.params).graph
     overrides = {key: json.loads(value) for key, value in (item.split("=", 1) for item in args.set)}
     if args.device:
         overrides["device"] = args.device
