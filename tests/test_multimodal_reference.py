@@ -74,6 +74,7 @@ pytestmark = [
 RTOL = 1e-6
 N_USERS, N_ITEMS, DIM, BATCH, STEPS, LR = 40, 30, 16, 64, 3, 1e-3
 EDGE_DROP = 0.8  # the reference grid's first value
+KNN_K = 5  # FREEDOM's neighbours per item (SMORE's image and text sizes differ: 5 and 7)
 Model = FreedomModel | SmoreModel
 
 
@@ -163,9 +164,13 @@ def build_pair(ours_recommender: FREEDOM | SMORE, weights: Callable[[Model], dic
     return ours, theirs
 
 
-def all_scores(model: Model) -> torch.Tensor:
-    users, items = model.vectors()
-    return users @ items.T
+@torch.no_grad()
+def assert_scores_agree(ours: Model, theirs: torch.nn.Module) -> None:
+    """Every user's scores of every item, in evaluation mode, on the full user-item graph."""
+    ours.eval()
+    theirs.eval()
+    users, items = ours.vectors()
+    assert_agree(users @ items.T, theirs.full_sort_predict((torch.arange(N_USERS),)), "scores")
 
 
 def training_losses(model: torch.nn.Module, loss: Callable[[], torch.Tensor]) -> list[float]:
@@ -182,15 +187,22 @@ def training_losses(model: torch.nn.Module, loss: Callable[[], torch.Tensor]) ->
     return losses
 
 
+def assert_training_losses_agree(ours: Model, theirs: torch.nn.Module, batch: tuple[torch.Tensor, ...]) -> None:
+    our_losses = training_losses(ours, lambda: ours.loss(*batch))
+    their_losses = training_losses(theirs, lambda: theirs.calculate_loss(batch))
+    assert_agree(np.array(our_losses), np.array(their_losses), "training losses")
+    assert len(set(our_losses)) == STEPS  # the steps changed the weights
+
+
 # --------------------------------------------------------------------------- FREEDOM
 
 @pytest.fixture()
 def freedom_pair(history, modalities, tmp_path, monkeypatch) -> tuple[FreedomModel, torch.nn.Module]:
-    install_shims(monkeypatch)
-    ours = FREEDOM(modalities, layers=2, item_layers=1, knn_k=5, edge_drop=EDGE_DROP, projection_weight=0.1,
+    install_shims(monkeypatch)  # projection_weight above its grid (<= 1e-3): the projection losses weigh in
+    ours = FREEDOM(modalities, layers=2, item_layers=1, knn_k=KNN_K, edge_drop=EDGE_DROP, projection_weight=0.1,
                    image_weight=0.1, dim=DIM, init="reference", finetune_features=True)
     return build_pair(ours, shared_weights, history, tmp_path / "freedom",
-                      feat_embed_dim=DIM, knn_k=5, n_mm_layers=1, n_ui_layers=2, reg_weight=0.1,
+                      feat_embed_dim=DIM, knn_k=KNN_K, n_mm_layers=1, n_ui_layers=2, reg_weight=0.1,
                       mm_image_weight=0.1, dropout=EDGE_DROP, lambda_coeff=0.9, cf_model="lightgcn", degree_ratio=1.0)
 
 
@@ -215,10 +227,10 @@ def prune_both(ours: FreedomModel, theirs: torch.nn.Module, history: sp.csr_matr
 
 def test_freedom_item_and_user_item_graphs_agree(freedom_pair, modalities):
     ours, theirs = freedom_pair
-    for role, table in [("image", theirs.image_embedding.weight), ("text", theirs.text_embedding.weight)]:
+    for modality, table in [("image", theirs.image_embedding.weight), ("text", theirs.text_embedding.weight)]:
         _, their_graph = theirs.get_knn_adj_mat(table.detach())
-        assert_agree(knn_graph(modalities[role], 5, weighted=False, self_loops=True).toarray(), their_graph,
-                     f"{role} kNN graph")
+        assert_agree(knn_graph(modalities[modality], KNN_K, weighted=False, self_loops=True).toarray(), their_graph,
+                     f"{modality} kNN graph")
     assert_agree(ours.item_graphs[0].matrix.toarray(), theirs.mm_adj, "mixed item graph")
     assert_agree(ours.adjacency.matrix.toarray(), theirs.norm_adj, "user-item graph")
 
@@ -231,27 +243,20 @@ def test_freedom_pruned_graph_agrees_with_the_same_draws(freedom_pair, history, 
 
 
 def test_freedom_scores_agree(freedom_pair):
-    ours, theirs = freedom_pair
-    ours.eval()
-    theirs.eval()
-    with torch.no_grad():
-        assert_agree(all_scores(ours), theirs.full_sort_predict((torch.arange(N_USERS),)), "scores")
+    assert_scores_agree(*freedom_pair)
 
 
 def test_freedom_training_losses_agree(freedom_pair, history, batch, monkeypatch):
     ours, theirs = freedom_pair
     prune_both(ours, theirs, history, monkeypatch)
-    our_losses = training_losses(ours, lambda: ours.loss(*batch))
-    their_losses = training_losses(theirs, lambda: theirs.calculate_loss(batch))
-    assert_agree(np.array(our_losses), np.array(their_losses), "training losses")
-    assert len(set(our_losses)) == STEPS  # the steps changed the weights
+    assert_training_losses_agree(ours, theirs, batch)
 
 
 # --------------------------------------------------------------------------- SMORE
 
 @pytest.fixture()
 def smore_pair(history, modalities, tmp_path, monkeypatch) -> tuple[SmoreModel, torch.nn.Module]:
-    install_shims(monkeypatch)
+    install_shims(monkeypatch)  # l2 above its grid (<= 1e-4): the L2 term weighs in the losses
     ours = SMORE(modalities, layers=3, item_layers=1, image_knn_k=5, text_knn_k=7, cl_weight=0.01, temperature=0.2,
                  dropout=0.1, l2=1e-2, dim=DIM, init="reference", finetune_features=True)
     return build_pair(ours, smore_weights, history, tmp_path / "smore",
@@ -270,11 +275,7 @@ def test_smore_item_and_user_item_graphs_agree(smore_pair):
 
 
 def test_smore_scores_agree(smore_pair):
-    ours, theirs = smore_pair
-    ours.eval()
-    theirs.eval()
-    with torch.no_grad():
-        assert_agree(all_scores(ours), theirs.full_sort_predict((torch.arange(N_USERS),)), "scores")
+    assert_scores_agree(*smore_pair)
 
 
 class GeneratorDropout(torch.nn.Module):
@@ -293,7 +294,4 @@ def test_smore_training_losses_agree(smore_pair, batch):
     replay = torch.Generator()
     replay.set_state(ours.generator.get_state())
     theirs.dropout = GeneratorDropout(0.1, replay)
-    our_losses = training_losses(ours, lambda: ours.loss(*batch))
-    their_losses = training_losses(theirs, lambda: theirs.calculate_loss(batch))
-    assert_agree(np.array(our_losses), np.array(their_losses), "training losses")
-    assert len(set(our_losses)) == STEPS
+    assert_training_losses_agree(ours, theirs, batch)
