@@ -14,8 +14,9 @@ What their constructors need, and nothing more:
   the interaction matrix;
 - their own base class ``GeneralRecommender``, unmodified: it loads the feature tables from ``.npy`` files,
   so the test writes ours there;
-- shims for what current libraries dropped or this machine lacks (:func:`install_shims`), installed by
-  monkeypatching for one test, never by editing their files.
+- shims (:func:`install_shims`) for what current SciPy dropped, for the ``torch_scatter`` extension this
+  project does not install and for ``.cuda()`` on the CPU, installed by monkeypatching for one test, never by
+  editing their files.
 """
 from __future__ import annotations
 
