@@ -3,7 +3,6 @@ validation, the slices the findings restrict to, Holm across a family of finding
 from __future__ import annotations
 
 from dataclasses import replace
-from typing import get_args
 
 import numpy as np
 import pandas as pd
@@ -12,7 +11,7 @@ import pytest
 from results_helpers import EVAL, FINDINGS, N_ITEMS, N_USERS, graph_cell, prepared, study
 from vlm4rec import findings as F
 from vlm4rec import slices
-from vlm4rec.config import GraphCellParams, GraphModel
+from vlm4rec.config import GraphCellParams
 from vlm4rec.data import PreparedData
 from vlm4rec.evaluation import MethodKey, MethodResult
 from vlm4rec.stats import holm
@@ -167,5 +166,3 @@ def test_slices_of_a_seeded_family_are_the_mean_of_its_seeds(setup) -> None:
     pd.testing.assert_series_equal(got.sort_index(), expected.sort_index(), check_names=False)
 
 
-def test_every_graph_model_has_a_display_name() -> None:
-    assert tuple(F.MODEL_NAMES) == get_args(GraphModel)

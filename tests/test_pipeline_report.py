@@ -125,13 +125,6 @@ def test_only_the_graph_cells_in_params_are_loaded(tmp_path, monkeypatch, setup)
     assert loaded[MethodKey("vbpr-title-image", 1)].key == MethodKey("vbpr-title-image", 1)
 
 
-def test_galleries_show_a_seeded_familys_first_seed(setup) -> None:
-    results, data = setup
-    data = replace(data, items=data.items.assign(title=[f"t{i}" for i in range(len(data.items))], image_path=None))
-    rows = report.user_gallery(results, ["fusion_a", "title", "absent"], data, n_users=1, k=3)
-    assert [title for title, _, _ in rows[1:]] == ["fusion_a@seed0 top-3", "title top-3"]
-
-
 def test_coverage_and_chosen_configurations_are_per_family(tmp_path, monkeypatch, setup) -> None:
     results, _ = setup
     monkeypatch.chdir(tmp_path)

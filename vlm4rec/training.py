@@ -1,5 +1,5 @@
 """One iterative trainer: the epoch loop, early-stopping rule, training log and training options shared by the
-BPR recommenders (:mod:`vlm4rec.multimodal.training`) and the learned fusions (:mod:`vlm4rec.fusion`).
+BPR recommenders (:mod:`vlm4rec.multimodal.bpr`) and the learned fusions (:mod:`vlm4rec.fusion`).
 
 ``TrainingOptions`` where a fit runs and the seed of its own random generators (as LensKit's
                     ``TrainingOptions``): a fit draws from ``options.numpy_rng()`` and

@@ -11,29 +11,17 @@ from __future__ import annotations
 
 import argparse
 import time
-from typing import Any
-
 from vlm4rec.config import EvalParams, GraphParams
 from vlm4rec.data import load_prepared
 from vlm4rec.distributed.matching import ranker
 from vlm4rec.evaluation import EvalData, MethodResult, select_and_test_seeds
-from vlm4rec.multimodal import candidates
+from vlm4rec.multimodal import candidates, regime_options
 from vlm4rec.pipeline.outputs import EMBEDDINGS_DIR, METRICS_DIR, PREPARED_DIR, RESULTS_DIR, peak_rss_mb, write_json
 from vlm4rec.tables import test_metrics_json, timing_json
 from vlm4rec.representations import load_vectors
 from vlm4rec.stage import exit_on_study_error, run_stage_function
 
 GRAPH_RESULTS = RESULTS_DIR / "graph"
-
-
-def regime_options(graph: GraphParams, model: str) -> dict[str, Any]:
-    """The training options every candidate of ``model`` gets in the chosen regime: the regime's shared
-    options (a null ``lr`` leaves each model its own default), then the regime's options for ``model``
-    (``graph.training.<regime>.models``), and the device."""
-    regime = graph.chosen_regime
-    shared = {key: value for key, value in regime.model_dump(exclude={"models"}).items()
-              if not (key == "lr" and value is None)}
-    return shared | regime.models.get(model, {}) | {"device": graph.device}
 
 
 def run_cell(evaluation: EvalParams, graph: GraphParams, cell: str) -> dict[str, MethodResult]:

@@ -19,7 +19,8 @@ import pandas as pd
 from vlm4rec.config import EvalParams, FindingsParams, GraphCellParams, GraphParams, MatchParams, ReportParams
 from vlm4rec.data import PreparedData, load_prepared
 from vlm4rec.evaluation import MethodKey, MethodResult, load_result
-from vlm4rec.findings import MODEL_NAMES, Finding, families, findings, graph_comparisons, p_floor_note
+from vlm4rec.findings import Finding, families, findings, graph_comparisons, p_floor_note
+from vlm4rec.methods import CATALOGUE, fusion_method, is_kind
 from vlm4rec.pipeline.outputs import GROUNDING_DIR, METRICS_DIR, PREPARED_DIR, RESULTS_DIR, read_metrics, write_json
 from vlm4rec.stats import format_p
 
@@ -50,7 +51,7 @@ def graph_table(results: dict[MethodKey, MethodResult], evaluation: EvalParams, 
     rows = []
     for c in compared:
         seconds = [read_metrics(f"graph/{cell}")["cost"]["wall_s"] for cell in c.cells]
-        rows.append({"model": MODEL_NAMES.get(c.model, c.model), "cells": " vs ".join(c.cells),
+        rows.append({"model": CATALOGUE[c.model].display, "cells": " vs ".join(c.cells),
                      **_summary(c.overall, params.metric), **_summary(c.cold, "cold-item recall"),
                      "wall_s (both cells)": round(sum(seconds), 1)})
     return pd.DataFrame(rows).set_index("model")
@@ -79,7 +80,7 @@ def runs_at_epoch_cap(results: dict[MethodKey, MethodResult], fusion_training: d
     configuration (``fusion_training``: the ``training`` entry of ``metrics/fusion.json``)."""
     graph = sorted({key.family for key, r in results.items()
                     if r.training is not None and not r.training["stopped_early"]})
-    fusion = sorted(f"fusion_{run['kind']} seed {run['seed']} {json.dumps(run['config'], sort_keys=True)}"
+    fusion = sorted(f"{fusion_method(run['kind'])} seed {run['seed']} {json.dumps(run['config'], sort_keys=True)}"
                     for run in fusion_training.values() if not run["stopped_early"])
     return graph + fusion
 
@@ -193,7 +194,7 @@ def new_item_table(metrics: Sequence[str], new_items: dict[str, Any]) -> pd.Data
     table = pd.DataFrame({family: {column: float(np.mean(v)) for column, v in columns.items()}
                           for family, columns in values.items()}).T
     table.insert(0, "seeds", [len(next(iter(values[f].values()))) for f in table.index])
-    table["note"] = [new_items["hybrids"] if f.startswith("hybrid_") else "" for f in table.index]
+    table["note"] = [new_items["hybrids"] if is_kind(f, "hybrid") else "" for f in table.index]
     table = table.sort_values(table.columns[1], ascending=False, kind="stable")
     absent = pd.DataFrame({"note": list(new_items["no_signal"].values())}, index=list(new_items["no_signal"]))
     return pd.concat([table, absent]).rename_axis("method")
@@ -288,29 +289,3 @@ def load_descriptions() -> pd.DataFrame:
 
 def load_prepared_data() -> PreparedData:
     return load_prepared(PREPARED_DIR)
-
-
-def user_gallery(results: dict[MethodKey, MethodResult], methods: list[str], prepared: PreparedData, n_users: int = 3,
-                 history: int = 6, k: int = 5, seed: int = 0) -> list[tuple[str, list[str | None], list[str]]]:
-    """For a seeded sample of test users: their latest history posters, then each method family's top-k
-    (a seeded family's first seed, named in the row title; families without results are skipped).
-
-    Returns (row title, image paths, captions) rows for :func:`vlm4rec.plots.image_grid`."""
-    items = prepared.items.set_index("item_idx")
-    inter = prepared.interactions
-    test = inter[inter["split"] == "test"].groupby("user_idx")["item_idx"].apply(set)
-    users = np.random.default_rng(seed).permutation(np.sort(test.index.to_numpy()))[:n_users]
-    rows = []
-    for user in users:
-        seen = inter[(inter["user_idx"] == user) & inter["split"].isin(["train", "val"])]
-        latest = seen.sort_values("timestamp")["item_idx"].to_numpy()[-history:][::-1]
-        rows.append((f"user {user}: latest history", [items.at[i, "image_path"] for i in latest],
-                     [items.at[i, "title"] for i in latest]))
-        for method in [m for m in methods if m in families(results)]:
-            key = families(results)[method][0]
-            result = results[key]
-            row = int(np.flatnonzero(result.test_per_user["user_idx"].to_numpy() == user)[0])
-            top = result.test_topk[row, :k]
-            rows.append((f"{key.name} top-{k}", [items.at[i, "image_path"] for i in top],
-                         [("HIT  " if i in test[user] else "") + items.at[i, "title"] for i in top]))
-    return rows

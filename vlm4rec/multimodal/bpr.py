@@ -39,7 +39,7 @@ from __future__ import annotations
 
 import math
 from abc import abstractmethod
-from typing import Callable, Literal, Mapping, Sequence
+from typing import Any, Callable, ClassVar, Literal, Mapping, Sequence
 
 import numpy as np
 import scipy.sparse as sp
@@ -47,15 +47,13 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from vlm4rec.methods import BPRConfig, Init, Negatives
 from vlm4rec.matching import FactorRecommender, IterativeRecommender, stored_coordinates
 from vlm4rec.reproducibility import deterministic_torch
 from vlm4rec.splits import History, binarize, history_membership, sample_negatives
 from vlm4rec.training import EarlyStopping, TrainingLog, TrainingOptions, train_epochs
 from vlm4rec.vectors import check_modalities, normalize_rows
 
-Init = Literal["normal", "reference"]
-Negatives = Literal["all", "seen"]
-UnseenItems = Literal["learned", "content"]
 LinearInit = Literal["xavier_uniform", "xavier_normal", "torch"]
 INIT_STD = 0.1  # N(0, 0.1^2) initial embeddings, as LightGCN's PyTorch port (the fast regime's choice)
 
@@ -266,31 +264,20 @@ class BPRRecommender(FactorRecommender, IterativeRecommender):
     ``negatives``    ``all`` | ``seen`` (see the module docstring)
     ``unseen_items`` ``learned`` | ``content`` (new items scored from content alone; see the module docstring)
     Defaults are the fast regime's; subclasses may change them (VBPR's lr and l2, FREEDOM's l2, SMORE's
-    lr_decay).
+    lr_decay). Each model validates its options with its pydantic configuration :attr:`Config`
+    (:mod:`vlm4rec.methods`, the same one params.yaml's per-model options are checked against at load): a bad
+    option is a :class:`pydantic.ValidationError` (a ``ValueError``) naming it; the validated options become
+    the model's attributes and ``config``.
     """
 
     name = "bpr"
+    Config: ClassVar[type[BPRConfig]] = BPRConfig
 
-    def __init__(self, *, dim: int = 64, lr: float = 0.05, l2: float = 1e-4, epochs: int = 60,
-                 batch_size: int = 32768, eval_every: int = 5, patience: int = 2,
-                 options: TrainingOptions = TrainingOptions(), init: Init = "normal", lr_decay: float = 1.0,
-                 lr_decay_step: float = 50.0, negatives: Negatives = "all", unseen_items: UnseenItems = "learned"):
-        if min(dim, batch_size, eval_every, patience) < 1 or epochs < 0:
-            raise ValueError(f"need dim, batch_size, eval_every, patience >= 1 and epochs >= 0, got dim={dim}, "
-                             f"batch_size={batch_size}, eval_every={eval_every}, patience={patience}, "
-                             f"epochs={epochs}")
-        if lr <= 0 or l2 < 0 or not 0 < lr_decay <= 1 or lr_decay_step <= 0:
-            raise ValueError(f"need lr > 0, l2 >= 0, 0 < lr_decay <= 1 and lr_decay_step > 0, got lr={lr}, l2={l2}, "
-                             f"lr_decay={lr_decay}, lr_decay_step={lr_decay_step}")
-        if init not in ("normal", "reference") or negatives not in ("all", "seen"):
-            raise ValueError(f"init must be 'normal' or 'reference' and negatives 'all' or 'seen', got "
-                             f"{init!r}, {negatives!r}")
-        if unseen_items not in ("learned", "content"):
-            raise ValueError(f"unseen_items must be 'learned' or 'content', got {unseen_items!r}")
-        self.dim, self.lr, self.l2, self.epochs, self.batch_size = dim, lr, l2, epochs, batch_size
-        self.eval_every, self.patience, self.options = eval_every, patience, options
-        self.init, self.lr_decay, self.lr_decay_step = init, lr_decay, lr_decay_step
-        self.negatives, self.unseen_items = negatives, unseen_items
+    def __init__(self, *, options: TrainingOptions = TrainingOptions(), **settings: Any):
+        self.config = self.Config(**settings)
+        for key, value in self.config:
+            setattr(self, key, value)
+        self.options = options
         self.model: BPRModel | None = None
 
     @abstractmethod

@@ -16,7 +16,7 @@ from torch_threads import single_thread  # noqa: F401  (autouse fixture)
 
 from vlm4rec.config import GraphModel
 from vlm4rec.multimodal import MODELS, LightGCN, candidates
-from vlm4rec.multimodal.training import (ContentFeatures, NegativeSampler, bpr_loss, bpr_rows_loss, embedding_tables,
+from vlm4rec.multimodal.bpr import (ContentFeatures, NegativeSampler, bpr_loss, bpr_rows_loss, embedding_tables,
                                          info_nce, l2_penalty, linear)
 from vlm4rec.training import TrainingOptions
 
