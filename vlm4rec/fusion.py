@@ -340,7 +340,6 @@ class FusionResult:
     seed: int
     train_s: float
     n_val_pairs: int
-    n_val_users_without_history: int
     model: FusionModule           # holds the best epoch's weights
 
     @property
@@ -422,7 +421,7 @@ def train_fusion(model: FusionModule, modalities: Mapping[str, np.ndarray], trai
         stopping=EarlyStopping("min", patience),
         progress=f"{type(model).__name__} seed {seed}" if progress else None)
     return FusionResult(vectors=encode(model, modalities), log=log, seed=seed, train_s=time.perf_counter() - started,
-                        n_val_pairs=validation.n_pairs, n_val_users_without_history=validation.n_users_without_history,
+                        n_val_pairs=validation.n_pairs,
                         model=model)
 
 

@@ -32,8 +32,10 @@ item-item content graph). ``"learned"`` (the default) trains every item's table 
 
 Reproducibility: each fit draws its initial weights and every random choice (order, negatives, edge
 dropout, dropout masks) from its own ``torch.Generator`` and ``numpy`` generator seeded with ``options.seed``;
-no global random state is read or changed, and deterministic torch algorithms are enforced during the
-fit on CUDA (restored afterwards). Two CPU fits with the same seed give byte-identical scores.
+no global random state is read or changed, and torch's deterministic algorithms are requested during the
+fit (``warn_only``: an operation without a deterministic version warns instead of failing, so a CUDA fit is
+not guaranteed identical; the settings are restored afterwards). Two CPU fits with the same seed give
+byte-identical scores.
 """
 from __future__ import annotations
 

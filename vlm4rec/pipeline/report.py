@@ -200,17 +200,6 @@ def new_item_table(metrics: Sequence[str], new_items: dict[str, Any]) -> pd.Data
     return pd.concat([table, absent]).rename_axis("method")
 
 
-def new_item_findings(new_items: dict[str, Any]) -> pd.DataFrame:
-    """"Does the grounded description beat X on new items?": per candidate set and X, the paired difference
-    with its 95% CI and the Holm-corrected p (or why there is no verdict)."""
-    rows = [{"candidates": candidates, "description": r["method"], "against": r["reference"], "metric": r["metric"],
-             "difference": f"{r['mean_diff']:+.4f} [{r['diff_ci_low']:+.4f}, {r['diff_ci_high']:+.4f}]",
-             "p (Holm)": (f"{r['verdict_blocked_by']}: no verdict" if r["verdict_blocked_by"]
-                          else format_p(r["p_holm"]))}
-            for candidates, found in new_items["findings"].items() for r in found]
-    return pd.DataFrame(rows)
-
-
 def new_item_curves(new_items: dict[str, Any], metric: str = "recall") -> pd.DataFrame:
     """``metric``@K per method family (seeds averaged) on the new items, one ``group`` per candidate set
     (plot data for :func:`vlm4rec.plots.metric_at_k_curves`)."""
