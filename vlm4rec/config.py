@@ -97,18 +97,27 @@ def _device_present(device: str) -> str:
     """``eval.device`` and ``graph.device`` are ``cpu``, ``cuda`` or ``cuda:N`` (``graph.device`` also
     ``auto``) and a CUDA device must exist on this machine (torch is imported only to check one): a GPU-less
     machine stops at the stage start, not in the middle of the work."""
+    problem = device_problem(device)
+    if problem:
+        raise ValueError(problem)
+    return device
+
+
+def device_problem(device: str) -> str | None:
+    """Why ``device`` is not a device of this machine (None when it is ``cpu`` or a CUDA device torch sees):
+    the one device check, at params.yaml's load and again where a fit resolves its device."""
     if device == "cpu":
-        return device
+        return None
     kind, colon, index = device.partition(":")
     if kind != "cuda" or (colon and not index.isdigit()):
-        raise ValueError("must be cpu, cuda or cuda:N")
+        return "must be cpu, cuda or cuda:N"
     import torch
 
     count = torch.cuda.device_count() if torch.cuda.is_available() else 0
     if int(index or 0) >= count:
-        raise ValueError(f"this machine has {count} CUDA device{'s' if count != 1 else ''} (torch sees "
-                         f"{'none' if count == 0 else f'cuda:0 to cuda:{count - 1}'}); use cpu")
-    return device
+        return (f"this machine has {count} CUDA device{'s' if count != 1 else ''} (torch sees "
+                f"{'none' if count == 0 else f'cuda:0 to cuda:{count - 1}'}); use cpu")
+    return None
 
 
 Device = Annotated[str, AfterValidator(_device_present)]

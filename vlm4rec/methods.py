@@ -29,7 +29,7 @@ from pydantic import BaseModel, ConfigDict, Field, ValidationError
 Kind = Literal["profile", "baseline", "fusion", "hybrid", "graph_model", "cold_start_model"]
 Init = Literal["normal", "reference"]
 Negatives = Literal["all", "seen"]
-UnseenItems = Literal["learned", "content"]
+NewItemScoring = Literal["learned", "content"]
 ModalityMix = Literal["fixed", "learned"]
 
 
@@ -53,7 +53,7 @@ class BPRConfig(BaseModel):
     lr_decay: float = Field(1.0, gt=0, le=1, description="learning rate * lr_decay^(epoch / lr_decay_step)")
     lr_decay_step: float = Field(50.0, gt=0, description="epochs over which the learning rate falls by lr_decay")
     negatives: Negatives = Field("all", description="BPR negatives from every item or the seen ones")
-    unseen_items: UnseenItems = Field(
+    unseen_items: NewItemScoring = Field(
         "learned", description="new items: learned ID parameters, or scored from content alone")
 
 

@@ -39,7 +39,6 @@ byte-identical scores.
 """
 from __future__ import annotations
 
-import math
 from abc import abstractmethod
 from typing import Any, Callable, ClassVar, Literal, Mapping, Sequence
 
@@ -56,7 +55,6 @@ from vlm4rec.splits import History, binarize, history_membership, sample_negativ
 from vlm4rec.training import EarlyStopping, TrainingLog, TrainingOptions, train_epochs
 from vlm4rec.vectors import check_modalities, normalize_rows
 
-LinearInit = Literal["xavier_uniform", "xavier_normal", "torch"]
 INIT_STD = 0.1  # N(0, 0.1^2) initial embeddings, as LightGCN's PyTorch port (the fast regime's choice)
 
 
@@ -131,29 +129,6 @@ def embedding_tables(sizes: Sequence[int], dim: int, generator: torch.Generator,
         raise ValueError(f"init must be 'normal' or 'reference', got {init!r}")
     tables = [nn.init.xavier_uniform_(torch.empty(n, dim), generator=generator) for n in sizes]
     return nn.Parameter(torch.cat(tables))
-
-
-def linear(d_in: int, d_out: int, generator: torch.Generator, bias: bool = True,
-           init: LinearInit = "xavier_uniform") -> nn.Linear:
-    """A Linear layer initialised from ``generator`` (no global RNG): Xavier-uniform or Xavier-normal
-    weights and zero bias, or ``torch``'s own default (weights and bias U(-1/sqrt(d_in), 1/sqrt(d_in)), what
-    an ``nn.Linear`` of the FREEDOM and SMORE reference code starts from)."""
-    layer = torch.nn.utils.skip_init(nn.Linear, d_in, d_out, bias=bias)
-    if init == "torch":
-        bound = 1.0 / math.sqrt(d_in)
-        nn.init.uniform_(layer.weight, -bound, bound, generator=generator)
-        if bias:
-            nn.init.uniform_(layer.bias, -bound, bound, generator=generator)
-        return layer
-    if init == "xavier_uniform":
-        nn.init.xavier_uniform_(layer.weight, generator=generator)
-    elif init == "xavier_normal":
-        nn.init.xavier_normal_(layer.weight, generator=generator)
-    else:
-        raise ValueError(f"unknown linear init {init!r}")
-    if bias:
-        nn.init.zeros_(layer.bias)
-    return layer
 
 
 def dropout(x: torch.Tensor, p: float, generator: torch.Generator, training: bool) -> torch.Tensor:
@@ -304,15 +279,15 @@ class BPRRecommender(FactorRecommender, IterativeRecommender):
         device = self.options.torch_device()
         with deterministic_torch(threads=None):  # all of torch's threads: these models are the slow part
             self.model = model = self.build(matrix, generator, device)
-            unseen = (torch.as_tensor(np.flatnonzero(matrix.getnnz(axis=0) == 0), device=device)
+            new_items = (torch.as_tensor(np.flatnonzero(matrix.getnnz(axis=0) == 0), device=device)
                       if self.unseen_items == "content" else None)
-            self._forget(unseen)
+            self._forget(new_items)
             optimizer = torch.optim.Adam(model.parameters(), lr=self.lr)
             schedule = torch.optim.lr_scheduler.LambdaLR(optimizer, self.lr_factor)
-            sampler = NegativeSampler(matrix, "seen" if unseen is not None else self.negatives)
+            sampler = NegativeSampler(matrix, "seen" if new_items is not None else self.negatives)
 
             def run_epoch(epoch: int) -> float:
-                loss = self._epoch(matrix, optimizer, sampler, rng, unseen)
+                loss = self._epoch(matrix, optimizer, sampler, rng, new_items)
                 schedule.step()
                 return loss
 
@@ -333,14 +308,14 @@ class BPRRecommender(FactorRecommender, IterativeRecommender):
         return self.lr_decay ** (epoch / self.lr_decay_step)
 
     @torch.no_grad()
-    def _forget(self, unseen: torch.Tensor | None) -> None:
+    def _forget(self, new_items: torch.Tensor | None) -> None:
         """Zero the new items' ID parameters (``unseen_items="content"``; nothing otherwise)."""
-        if unseen is not None and len(unseen):
+        if new_items is not None and len(new_items):
             assert self.model is not None
-            self.model.forget_items(unseen)
+            self.model.forget_items(new_items)
 
     def _epoch(self, matrix: sp.csr_matrix, optimizer: torch.optim.Optimizer, sampler: "NegativeSampler",
-               rng: np.random.Generator, unseen: torch.Tensor | None = None) -> float:
+               rng: np.random.Generator, new_items: torch.Tensor | None = None) -> float:
         """One pass over every positive in a random order; the mean batch loss."""
         assert self.model is not None
         model = self.model
@@ -360,7 +335,7 @@ class BPRRecommender(FactorRecommender, IterativeRecommender):
             optimizer.zero_grad()
             loss.backward()
             optimizer.step()
-            self._forget(unseen)
+            self._forget(new_items)
             losses.append(loss.item())
         return float(np.mean(losses))
 

@@ -43,7 +43,8 @@ from vlm4rec.methods import FREEDOMConfig
 from vlm4rec.multimodal.graphs import (GraphOperator, degree_sensitive_dropout, interaction_graph, knn_graph,
                                        weighted_sum)
 from vlm4rec.multimodal.lightgcn import LightGCN, LightGCNModel
-from vlm4rec.multimodal.bpr import ContentFeatures, Init, bpr_rows_loss, linear
+from vlm4rec.layers import linear
+from vlm4rec.multimodal.bpr import ContentFeatures, Init, bpr_rows_loss
 
 def role_weights(names: Sequence[str], image_modality: str, image_weight: float) -> list[float]:
     """FREEDOM's fixed modality weights: ``image_weight`` shared by the modalities named ``image_modality``,

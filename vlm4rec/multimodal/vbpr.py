@@ -35,8 +35,9 @@ import torch
 from torch import nn
 
 from vlm4rec.methods import VBPRConfig
-from vlm4rec.multimodal.bpr import (BPRModel, BPRRecommender, ContentFeatures, Init, bpr_loss,
-                                         embedding_tables, l2_penalty, linear, rows)
+from vlm4rec.layers import linear
+from vlm4rec.multimodal.bpr import (BPRModel, BPRRecommender, ContentFeatures, Init, bpr_loss, embedding_tables,
+                                    l2_penalty, rows)
 
 
 class VBPRModel(BPRModel):

@@ -14,7 +14,7 @@ import time
 from vlm4rec.config import EvalParams, GraphParams
 from vlm4rec.data import load_prepared
 from vlm4rec.distributed.matching import ranker
-from vlm4rec.evaluation import EvalData, MethodResult, select_and_test_seeds
+from vlm4rec.evaluation import EvalData, MethodKey, MethodResult, select_and_test_seeds
 from vlm4rec.multimodal import candidates, regime_options
 from vlm4rec.pipeline.outputs import EMBEDDINGS_DIR, METRICS_DIR, PREPARED_DIR, RESULTS_DIR, peak_rss_mb, write_json
 from vlm4rec.tables import test_metrics_json, timing_json
@@ -24,7 +24,7 @@ from vlm4rec.stage import exit_on_study_error, run_stage_function
 GRAPH_RESULTS = RESULTS_DIR / "graph"
 
 
-def run_cell(evaluation: EvalParams, graph: GraphParams, cell: str) -> dict[str, MethodResult]:
+def run_cell(evaluation: EvalParams, graph: GraphParams, cell: str) -> dict[MethodKey, MethodResult]:
     """Select, refit and test one cell over its seeds; results under ``data/results/graph/<cell>``, metrics
     (test and validation numbers, chosen configuration, epochs run and best epoch, wall times) in
     ``metrics/graph/<cell>.json``."""
