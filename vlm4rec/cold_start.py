@@ -12,7 +12,6 @@ candidate sets from the same fitted model (:func:`select_and_test_new_items`).
 """
 from __future__ import annotations
 
-import time
 from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import Any, Callable, Sequence
@@ -21,10 +20,9 @@ import numpy as np
 import pandas as pd
 import scipy.sparse as sp
 
-from vlm4rec.evaluation import (Candidate, EvalData, EvalSplit, MethodKey, MethodResult, rank_and_score,
-                                save_result, select_on_validation, users_with_targets)
-from vlm4rec.matching import IterativeRecommender, Ranker, Recommender, recommend
-from vlm4rec.metrics import catalogue_coverage
+from vlm4rec.evaluation import (Candidate, EvalData, EvalSplit, MethodKey, MethodResult, select_and_test_on,
+                                users_with_targets)
+from vlm4rec.matching import Ranker, Recommender, recommend
 from vlm4rec.splits import History
 from vlm4rec.stats import format_p, holm_where_tested, paired_tests
 
@@ -110,37 +108,19 @@ def select_and_test_new_items(method: str, candidates_for: Callable[[int], Seque
                               data: NewItemData, ks: Sequence[int], select_metric: str,
                               seeds: Sequence[int] | None = None,
                               out_dir: Path | None = None) -> dict[str, dict[MethodKey, MethodResult]]:
-    """``method`` on the new items: its configuration (and number of epochs) selected on ``data``'s
-    validation split (its candidate set: the stage ranks the validation cold items among themselves) with
-    the first seed, then fitted on the warm training history once per seed (once for
-    an unseeded method, ``seeds`` None: ``candidates_for`` gets 0) and tested under both candidate sets.
-    Returns {candidate set: {result key: result}}; saved under ``out_dir/<candidate set>/<key name>``."""
-    grid = list(candidates_for(seeds[0] if seeds else 0))
-    selection = select_on_validation(grid, data.validation(), ks, select_metric)
-    tests = {name: data.with_candidates(name == "cold").test() for name in CANDIDATE_SETS}
-    results: dict[str, dict[MethodKey, MethodResult]] = {name: {} for name in CANDIDATE_SETS}
-    for seed in seeds or [None]:
-        key = MethodKey(method, seed)
-        chosen = grid if seed is None or seed == seeds[0] else list(candidates_for(seed))
-        model = chosen[selection.index].build()
-        if isinstance(model, IterativeRecommender) and "epochs" in selection.config:
-            model.epochs = int(selection.config["epochs"])
-        started = time.perf_counter()
-        model.fit(data.train_history)
-        fit_s = time.perf_counter() - started
-        for candidates, split in tests.items():
-            timing = {"val_s": selection.seconds, "fit_s": fit_s}
-            topk, per_user = rank_and_score(model, split, ks, timing)
-            result = MethodResult(
-                key=key, config=selection.config, val_grid=selection.val_grid,
-                val_per_user=selection.val_per_user, test_per_user=per_user, test_topk=topk,
-                coverage={f"coverage@{k}": catalogue_coverage(topk, data.n_items, k) for k in ks},
-                timing=timing, diagnostics=model.diagnostics(), select_metric=select_metric,
-                training=selection.training)
-            results[candidates][key] = result
-            if out_dir is not None:
-                save_result(result, out_dir / candidates / key.name)
-    return results
+    """``method`` on the new items (:func:`~vlm4rec.evaluation.select_and_test_on`): its configuration (and
+    number of epochs) selected on ``data``'s validation split (its candidate set: the stage ranks the
+    validation cold items among themselves) with the first seed, then fitted on the warm training history once
+    per seed (once for an unseeded method, ``seeds`` None: ``candidates_for`` gets 0) and tested under both
+    candidate sets. Returns {candidate set: {result key: result}}; saved under
+    ``out_dir/<candidate set>/<key name>``."""
+    def test_splits() -> dict[str, EvalSplit]:
+        return {name: data.with_candidates(name == "cold").test() for name in CANDIDATE_SETS}
+
+    def out_dirs(key: MethodKey) -> dict[str, Path | None]:
+        return {name: out_dir / name / key.name if out_dir is not None else None for name in CANDIDATE_SETS}
+
+    return select_and_test_on(method, candidates_for, data, test_splits, seeds, ks, select_metric, out_dirs)
 
 
 def new_item_findings(per_user: pd.DataFrame, description: str, against: list[str], metric: str,
