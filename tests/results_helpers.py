@@ -9,6 +9,7 @@ from vlm4rec.config import EvalParams, FindingsParams
 from vlm4rec.data import PreparedData
 from vlm4rec.evaluation import MethodKey, MethodResult
 from vlm4rec.metrics import ranking_metrics
+from vlm4rec.pipeline.stage_metrics import GraphCellMetrics, GraphCost, GraphTraining, MethodMetrics
 from vlm4rec.splits import targets_of
 
 N_USERS, N_ITEMS = 40, 30
@@ -63,3 +64,15 @@ def graph_cell(name: str, data: PreparedData, hit_share: float, seeds: int) -> d
     """``seeds`` seeds of a graph cell."""
     return {MethodKey(name, s): method(MethodKey(name, s), data, hit_share, 0.1, 10 * s + len(name))
             for s in range(seeds)}
+
+
+def graph_cell_metrics(scale: str = "default", grid_size: int = 1, wall_s: float = 1.0) -> GraphCellMetrics:
+    """A graph cell's metrics file with the given scale, grid size and wall time (other fields small)."""
+    entry = MethodMetrics(test={"ndcg@10": 0.25}, validation={"ndcg@10": 0.5}, coverage={"coverage@10": 0.1},
+                          chosen={"l2": 0.01, "epochs": 4})
+    return GraphCellMetrics(model="vbpr", modalities=["title", "image"], scale=scale, regime="fast",
+                            methods={"vbpr-title-image@seed0": entry},
+                            training=GraphTraining(best_epoch=4, epochs_run=8, stopped_early=True,
+                                                   validation_curve=[[0, 0.1], [4, 0.5], [8, 0.4]],
+                                                   grid_size=grid_size),
+                            cost=GraphCost(wall_s=wall_s, peak_rss_mb=100.0, methods={}))

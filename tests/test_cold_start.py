@@ -209,7 +209,7 @@ def test_fitted_once_refits_only_on_another_history():
 def test_the_new_item_findings_display_reads_the_metrics_records() -> None:
     record = {"method": "description", "reference": "title", "metric": "recall@20", "mean_diff": 0.0125,
               "diff_ci_low": -0.5, "diff_ci_high": 0.25, "verdict_blocked_by": "", "p_holm": 0.5}
-    shown = new_item_findings_display({"findings": {"cold": [record, record | {"verdict_blocked_by": "one seed"}]}})
+    shown = new_item_findings_display({"cold": [record, record | {"verdict_blocked_by": "one seed"}]})
     assert shown["difference"].tolist() == ["+0.0125 [-0.5000, +0.2500]"] * 2
     assert shown["p (Holm)"].iloc[1] == "one seed: no verdict" and shown["candidates"].tolist() == ["cold", "cold"]
 

@@ -10,13 +10,14 @@ import numpy as np
 import pandas as pd
 import pytest
 
-from results_helpers import EVAL, FINDINGS, graph_cell, prepared, study
+from results_helpers import EVAL, FINDINGS, graph_cell, graph_cell_metrics, prepared, study
 from vlm4rec.config import GraphCellParams, GraphParams, MatchParams, ReportParams
 from vlm4rec.data import PreparedData
 from vlm4rec.evaluation import MethodKey, MethodResult, save_result
 from vlm4rec.findings import Finding, findings
 from vlm4rec.pipeline import report
 from vlm4rec.pipeline.outputs import read_metrics
+from vlm4rec.pipeline.stage_metrics import GraphCellMetrics, MethodMetrics, NewItemMetrics
 
 
 @pytest.fixture(scope="module")
@@ -103,7 +104,7 @@ def test_the_graph_table_formats_each_models_comparison_and_its_cost(tmp_path, m
     cells = {"vbpr-title-image": GraphCellParams(model="vbpr", modalities=["title", "image"]),
              "vbpr-description-image": GraphCellParams(model="vbpr", modalities=["description", "image"])}
     for cell, seconds in (("vbpr-title-image", 1.25), ("vbpr-description-image", 2.5)):
-        write_metrics(tmp_path, f"graph/{cell}", {"cost": {"wall_s": seconds}})
+        graph_cell_metrics(wall_s=seconds).save(GraphCellMetrics.path(cell))
     graph = graph_cell("vbpr-title-image", data, 0.2, 1) | graph_cell("vbpr-description-image", data, 0.9, 2)
     table = report.graph_table(results | graph, EVAL, FINDINGS, cells, data)
     row = table.loc["VBPR"]
@@ -138,9 +139,12 @@ def test_coverage_and_chosen_configurations_are_per_family(tmp_path, monkeypatch
 
 
 def test_new_item_tables_group_the_seeds_named_in_the_metrics(setup) -> None:
-    methods = {"all": {"title": {"test": {"recall@20": 0.5}}, "fusion_gating@seed0": {"test": {"recall@20": 0.25}},
-                       "fusion_gating@seed1": {"test": {"recall@20": 0.75}}}}
-    new_items = {"methods": methods, "hybrids": "", "no_signal": {"ease": "no signal"}}
+    def entry(recall: float) -> MethodMetrics:
+        return MethodMetrics(test={"recall@20": recall}, validation={}, coverage={}, chosen={})
+
+    methods = {"all": {"title": entry(0.5), "fusion_gating@seed0": entry(0.25), "fusion_gating@seed1": entry(0.75)}}
+    new_items = NewItemMetrics(counts={}, no_signal={"ease": "no signal"}, hybrids="", methods=methods, findings={},
+                               cost={})
     table = report.new_item_table(["recall@20"], new_items)
     assert table.loc["fusion_gating", "recall@20 (among all)"] == 0.5 and table.loc["fusion_gating", "seeds"] == 2
     assert table.loc["ease", "note"] == "no signal"
@@ -170,7 +174,7 @@ def test_robustness_compares_users_with_history_and_reports_cold_start_apart(tmp
 def test_graph_tuning_note_says_where_single_configurations_were_tuned(tmp_path, monkeypatch) -> None:
     monkeypatch.chdir(tmp_path)
     for cell, size in (("lightgcn", 1), ("vbpr-title-image", 4)):
-        write_metrics(tmp_path, f"graph/{cell}", {"scale": "default", "training": {"grid_size": size}})
+        graph_cell_metrics(scale="default", grid_size=size).save(GraphCellMetrics.path(cell))
     note = report.graph_tuning_note(["lightgcn", "vbpr-title-image"])
     assert note.startswith("1 graph cell(s) trained one configuration each (graph.scale: default)")
     assert report.GRAPH_TUNING_RECORD in note and note.endswith("Cells: lightgcn.")

@@ -141,15 +141,16 @@ def new_item_findings(per_user: pd.DataFrame, description: str, against: list[st
     return table
 
 
-def new_item_findings_display(new_items: dict[str, Any]) -> pd.DataFrame:
+def new_item_findings_display(found: dict[str, list[dict[str, Any]]]) -> pd.DataFrame:
     """"Does the grounded description beat X on new items?": per candidate set and X, the paired difference
-    with its 95% CI and the Holm-corrected p (or why there is no verdict), from the stage's metrics
-    (``metrics/cold_start.json``: this stage shows it, and so does the report)."""
+    with its 95% CI and the Holm-corrected p (or why there is no verdict), from the findings records of the
+    stage's metrics (``metrics/cold_start.json``, candidate set -> records: this stage shows it, and so does
+    the report)."""
     rows = [{"candidates": candidates, "description": r["method"], "against": r["reference"], "metric": r["metric"],
              "difference": f"{r['mean_diff']:+.4f} [{r['diff_ci_low']:+.4f}, {r['diff_ci_high']:+.4f}]",
              "p (Holm)": (f"{r['verdict_blocked_by']}: no verdict" if r["verdict_blocked_by"]
                           else format_p(r["p_holm"]))}
-            for candidates, found in new_items["findings"].items() for r in found]
+            for candidates, records in found.items() for r in records]
     return pd.DataFrame(rows)
 
 

@@ -29,8 +29,9 @@ from vlm4rec.multimodal import candidates as graph_candidates, regime_options
 from vlm4rec.fusion_candidates import FusionTrainer, hybrid_candidates, late_fusion_candidates
 from vlm4rec.gallery import user_gallery
 from vlm4rec.methods import CATALOGUE, HYBRID, fusion_method, hybrid_method, is_kind
-from vlm4rec.pipeline.outputs import (EMBEDDINGS_DIR, METRICS_DIR, PLOTS_DIR, PREPARED_DIR, RESULTS_DIR,
-                                      chosen_ease_l2, peak_rss_mb, timed, write_json)
+from vlm4rec.pipeline.outputs import (EMBEDDINGS_DIR, PLOTS_DIR, PREPARED_DIR, RESULTS_DIR, chosen_ease_l2,
+                                      peak_rss_mb, timed)
+from vlm4rec.pipeline.stage_metrics import NewItemMetrics
 from vlm4rec.tables import main_table, metric_curves, test_metrics_json, timing_json
 from vlm4rec.representations import available_representations, load_vectors
 from vlm4rec.splits import assign_cold_split, cold_items
@@ -66,10 +67,11 @@ def _merge(into: Results, more: Results) -> None:
 
 
 def run(evaluation: EvalParams, cold_start: ColdStartParams, fusion: FusionParams, graph: GraphParams,
-        report: ReportParams) -> tuple[Results, dict[str, Any]]:
+        report: ReportParams) -> tuple[Results, NewItemMetrics]:
     """Every new-item-capable method, selected on the validation cold items and tested on the test cold
     items under both candidate sets; results under ``data/results/cold_start/<all|cold>/<method>``, counts,
-    test metrics and findings in ``metrics/cold_start.json``, Recall@K / NDCG@K curves in ``plots/``."""
+    test metrics and findings in ``metrics/cold_start.json`` (:class:`NewItemMetrics`), Recall@K / NDCG@K
+    curves in ``plots/``."""
     ks, metric, seeds = evaluation.ks, evaluation.select_metric, cold_start.seeds
     costs: dict[str, Any] = {}
     results: Results = {name: {} for name in CANDIDATE_SETS}
@@ -106,11 +108,11 @@ def run(evaluation: EvalParams, cold_start: ColdStartParams, fusion: FusionParam
                 data, ks, metric, seeds, COLD_RESULTS))
     findings = {name: json_records(findings_table(results[name], report.findings.description,
                                                   cold_start.metric, evaluation)) for name in CANDIDATE_SETS}
-    metrics = {"counts": counts, "no_signal": NO_SIGNAL, "hybrids": HYBRID.note,
-               "methods": {name: test_metrics_json(results[name]) for name in CANDIDATE_SETS},
-               "findings": findings,
-               "cost": costs | {"peak_rss_mb": round(peak_rss_mb(), 1), "methods": timing_json(results["all"])}}
-    write_json(METRICS_DIR / "cold_start.json", metrics)
+    metrics = NewItemMetrics(counts=counts, no_signal=NO_SIGNAL, hybrids=HYBRID.note,
+                             methods={name: test_metrics_json(results[name]) for name in CANDIDATE_SETS},
+                             findings=findings, cost=costs | {"peak_rss_mb": round(peak_rss_mb(), 1),
+                                                              "methods": timing_json(results["all"])})
+    metrics.save(NewItemMetrics.path())
     PLOTS_DIR.mkdir(exist_ok=True)
     new_item_curves(results).to_csv(PLOTS_DIR / "cold_start_at_k.csv", index=False)
     return results, metrics

@@ -16,7 +16,8 @@ from vlm4rec.data import load_prepared
 from vlm4rec.distributed.matching import ranker
 from vlm4rec.evaluation import EvalData, MethodKey, MethodResult, select_and_test_seeds
 from vlm4rec.multimodal import candidates, regime_options
-from vlm4rec.pipeline.outputs import EMBEDDINGS_DIR, METRICS_DIR, PREPARED_DIR, RESULTS_DIR, peak_rss_mb, write_json
+from vlm4rec.pipeline.outputs import EMBEDDINGS_DIR, PREPARED_DIR, RESULTS_DIR, peak_rss_mb
+from vlm4rec.pipeline.stage_metrics import GraphCellMetrics, GraphCost, GraphTraining
 from vlm4rec.tables import test_metrics_json, timing_json
 from vlm4rec.representations import load_vectors
 from vlm4rec.stage import exit_on_study_error, run_stage_function
@@ -38,14 +39,14 @@ def run_cell(evaluation: EvalParams, graph: GraphParams, cell: str) -> dict[Meth
     results = select_and_test_seeds(cell, lambda seed: candidates(spec.model, modalities, grid, fixed, seed),
                                     data, scale.seeds, evaluation.ks, evaluation.select_metric, GRAPH_RESULTS / cell)
     first = next(iter(results.values()))
-    write_json(METRICS_DIR / "graph" / f"{cell}.json", {
-        "model": spec.model, "modalities": spec.modalities, "scale": graph.scale, "regime": graph.regime,
-        "methods": test_metrics_json(results),
-        "training": {"best_epoch": first.training["best_epoch"], "epochs_run": first.training["epochs_run"],
-                     "stopped_early": first.training["stopped_early"],
-                     "validation_curve": first.training["curve"], "grid_size": len(first.val_grid)},
-        "cost": {"wall_s": round(time.perf_counter() - started, 3), "peak_rss_mb": round(peak_rss_mb(), 1),
-                 "methods": timing_json(results)}})
+    GraphCellMetrics(
+        model=spec.model, modalities=spec.modalities, scale=graph.scale, regime=graph.regime,
+        methods=test_metrics_json(results),
+        training=GraphTraining(best_epoch=first.training["best_epoch"], epochs_run=first.training["epochs_run"],
+                               stopped_early=first.training["stopped_early"],
+                               validation_curve=first.training["curve"], grid_size=len(first.val_grid)),
+        cost=GraphCost(wall_s=round(time.perf_counter() - started, 3), peak_rss_mb=round(peak_rss_mb(), 1),
+                       methods=timing_json(results))).save(GraphCellMetrics.path(cell))
     return results
 
 
