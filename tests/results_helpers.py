@@ -54,9 +54,9 @@ def study(data: PreparedData) -> dict[MethodKey, MethodResult]:
     """Three representations, a seeded fusion that validation prefers and an unseeded one better on test."""
     specs = [(MethodKey("title"), 0.2, 0.10, 1), (MethodKey("image"), 0.2, 0.05, 2),
              (MethodKey("description"), 0.9, 0.20, 3),
-             # validation prefers fusion_a although fusion_b is better on test: the finding must use fusion_a
-             (MethodKey("fusion_a", 0), 0.3, 0.50, 4), (MethodKey("fusion_a", 1), 0.3, 0.50, 5),
-             (MethodKey("fusion_b"), 0.95, 0.40, 6)]
+             # validation prefers fusion_gating although fusion_attention is better on test: the finding must use fusion_gating
+             (MethodKey("fusion_gating", 0), 0.3, 0.50, 4), (MethodKey("fusion_gating", 1), 0.3, 0.50, 5),
+             (MethodKey("fusion_attention"), 0.95, 0.40, 6)]
     return {key: method(key, data, hit, val, seed) for key, hit, val, seed in specs}
 
 

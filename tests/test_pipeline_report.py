@@ -133,9 +133,9 @@ def test_coverage_and_chosen_configurations_are_per_family(tmp_path, monkeypatch
     seeded = {key: replace(r, coverage={"coverage@10": 0.1 * (1 + (key.seed or 0))}, config={"s": key.seed})
               for key, r in results.items()}
     coverage = report.coverage_columns(seeded)
-    assert coverage.loc["fusion_a", "catalogue_coverage@10"] == pytest.approx((0.1 + 0.2) / 2)
-    assert coverage.loc["title", "item_coverage"] == 0.75 and np.isnan(coverage.loc["fusion_a", "item_coverage"])
-    assert report.chosen_configurations(seeded)["fusion_a"] == '{"s": 0}'
+    assert coverage.loc["fusion_gating", "catalogue_coverage@10"] == pytest.approx((0.1 + 0.2) / 2)
+    assert coverage.loc["title", "item_coverage"] == 0.75 and np.isnan(coverage.loc["fusion_gating", "item_coverage"])
+    assert report.chosen_configurations(seeded)["fusion_gating"] == '{"s": 0}'
 
 
 def test_new_item_tables_group_the_seeds_named_in_the_metrics(setup) -> None:
