@@ -28,8 +28,7 @@ from vlm4rec.data import load_prepared
 from vlm4rec.distributed.matching import ranker
 from vlm4rec.evaluation import DEFAULT_KS, EvalData, validation_monitor
 from vlm4rec.matching import IterativeRecommender
-from vlm4rec.multimodal import MODELS, candidates
-from vlm4rec.pipeline.graph import regime_options
+from vlm4rec.multimodal import MODELS, candidates, regime_options
 from vlm4rec.representations import load_vectors
 
 METRIC = "ndcg@10"

@@ -9,6 +9,7 @@ from vlm4rec.config import EvalParams, FindingsParams
 from vlm4rec.data import PreparedData
 from vlm4rec.evaluation import MethodKey, MethodResult
 from vlm4rec.metrics import ranking_metrics
+from vlm4rec.pipeline.stage_metrics import GraphCellMetrics, GraphCost, GraphTraining, MethodMetrics
 from vlm4rec.splits import targets_of
 
 N_USERS, N_ITEMS = 40, 30
@@ -53,9 +54,9 @@ def study(data: PreparedData) -> dict[MethodKey, MethodResult]:
     """Three representations, a seeded fusion that validation prefers and an unseeded one better on test."""
     specs = [(MethodKey("title"), 0.2, 0.10, 1), (MethodKey("image"), 0.2, 0.05, 2),
              (MethodKey("description"), 0.9, 0.20, 3),
-             # validation prefers fusion_a although fusion_b is better on test: the finding must use fusion_a
-             (MethodKey("fusion_a", 0), 0.3, 0.50, 4), (MethodKey("fusion_a", 1), 0.3, 0.50, 5),
-             (MethodKey("fusion_b"), 0.95, 0.40, 6)]
+             # validation prefers fusion_gating although fusion_attention is better on test: the finding must use fusion_gating
+             (MethodKey("fusion_gating", 0), 0.3, 0.50, 4), (MethodKey("fusion_gating", 1), 0.3, 0.50, 5),
+             (MethodKey("fusion_attention"), 0.95, 0.40, 6)]
     return {key: method(key, data, hit, val, seed) for key, hit, val, seed in specs}
 
 
@@ -63,3 +64,15 @@ def graph_cell(name: str, data: PreparedData, hit_share: float, seeds: int) -> d
     """``seeds`` seeds of a graph cell."""
     return {MethodKey(name, s): method(MethodKey(name, s), data, hit_share, 0.1, 10 * s + len(name))
             for s in range(seeds)}
+
+
+def graph_cell_metrics(scale: str = "default", grid_size: int = 1, wall_s: float = 1.0) -> GraphCellMetrics:
+    """A graph cell's metrics file with the given scale, grid size and wall time (other fields small)."""
+    entry = MethodMetrics(test={"ndcg@10": 0.25}, validation={"ndcg@10": 0.5}, coverage={"coverage@10": 0.1},
+                          chosen={"l2": 0.01, "epochs": 4})
+    return GraphCellMetrics(model="vbpr", modalities=["title", "image"], scale=scale, regime="fast",
+                            methods={"vbpr-title-image@seed0": entry},
+                            training=GraphTraining(best_epoch=4, epochs_run=8, stopped_early=True,
+                                                   validation_curve=[[0, 0.1], [4, 0.5], [8, 0.4]],
+                                                   grid_size=grid_size),
+                            cost=GraphCost(wall_s=wall_s, peak_rss_mb=100.0, methods={}))

@@ -8,8 +8,9 @@ import pytest
 import scipy.linalg
 import scipy.sparse as sp
 from recommender_contract import RecommenderContract, mean_recall_at_10
+from study_params import section
 
-from vlm4rec.baselines import EASE, ItemKNNCF, MostPop, cosine_topk_similarity, ease_weights
+from vlm4rec.baselines import EASE, ItemKNNCF, MostPop, baseline_candidates, cosine_topk_similarity, ease_weights
 from vlm4rec.config import BaselineName
 from vlm4rec.matching import Recommender, recommend
 from vlm4rec.splits import History
@@ -167,3 +168,11 @@ class TestItemKNNCFContract(RecommenderContract):
 class TestEASEContract(RecommenderContract):
     def make(self) -> Recommender:
         return EASE(l2=10.0)
+
+
+def test_baseline_candidates_cover_the_params_grid() -> None:
+    grid = section("baselines", itemknn_cf={"k_neighbours": [10, 20], "shrinkage": [0, 5]}, ease={"l2": [1.0]})
+    assert len(baseline_candidates("itemknn_cf", grid)) == 4
+    assert baseline_candidates("ease", grid)[0].build().l2 == 1.0
+    with pytest.raises(ValueError, match="unknown baseline"):
+        baseline_candidates("bpr", grid)

@@ -7,8 +7,9 @@ import pandas as pd
 import pytest
 import scipy.sparse as sp
 
-from vlm4rec.cold_start import (SPLIT_KEYS, FittedOnce, NewItemData, exclusion_outside, new_item_counts, new_item_findings,
-                                new_item_splits, profile_per_user, select_and_test_new_items)
+from vlm4rec.cold_start import (FittedOnce, NewItemData, exclusion_outside, new_item_counts, new_item_findings,
+                                new_item_findings_display,
+                                select_and_test_new_items)
 from vlm4rec.config import load_params
 from vlm4rec.evaluation import Candidate, evaluate
 from vlm4rec.matching import ProfileRecommender, recommend
@@ -83,7 +84,8 @@ def test_new_item_splits_fit_on_warm_items_only_and_rank_the_phase_candidates():
     inter = inter.assign(split=assign_cold_split(inter, val, test))
     n_users, n_items = int(inter["user_idx"].max()) + 1, len(vectors)
     for among_cold in (False, True):
-        val_split, test_split = new_item_splits(inter, n_users, n_items, val, test, among_cold)
+        data = NewItemData.from_cold_split(inter, n_users, n_items, val, test, among_cold)
+        val_split, test_split = data.validation(), data.test()
         assert not val_split.history.matrix[:, np.concatenate([val, test])].nnz
         _, per_user = evaluate(ProfileRecommender(vectors), test_split, ks=[3, 10])
         k = 3 if among_cold else 10
@@ -93,7 +95,7 @@ def test_new_item_splits_fit_on_warm_items_only_and_rank_the_phase_candidates():
 def test_the_cold_start_params_are_the_keywords_of_cold_items():
     inter, _ = planted()
     params = load_params("params.yaml").cold_start.model_dump()
-    val, test = cold_items(inter, **{key: params[key] for key in SPLIT_KEYS})
+    val, test = cold_items(inter, **{key: params[key] for key in ("variant", "cold_share", "val_share", "seed")})
     assert len(val) + len(test) == round(params["cold_share"] * inter["item_idx"].nunique())
 
 
@@ -123,7 +125,7 @@ def test_new_item_findings_give_a_one_seed_arm_no_verdict():
     assert np.isnan(table["p_holm"].iloc[0]) and table["p_holm"].iloc[1] == table["p"].iloc[1]
 
 
-def test_profile_per_user_ranks_both_candidate_sets_and_counts_the_protocol():
+def test_the_protocol_counts_and_a_profile_ranks_the_new_items_by_their_content():
     inter, vectors = planted()
     val, test = cold_items(inter, cold_share=0.3, val_share=0.5)
     inter = inter.assign(split=assign_cold_split(inter, val, test))
@@ -131,11 +133,12 @@ def test_profile_per_user_ranks_both_candidate_sets_and_counts_the_protocol():
     assert counts["val_cold_items"] == counts["test_cold_items"] == 9
     assert counts["test_pairs"] == int(inter["item_idx"].isin(test).sum())
     shuffled = vectors[np.random.default_rng(1).permutation(len(vectors))]
-    table = profile_per_user({"signal": vectors, "shuffled": shuffled}, inter, 60, 60, val, test, [3, 10])
-    assert len(table) == 4 * counts["test_users"]
-    means = table.groupby(["candidates", "method"])["recall@3"].mean()
-    assert means["cold", "signal"] == cold_recall(inter, vectors, 3, among_cold=True) == 1.0
-    assert means["cold", "shuffled"] == pytest.approx(cold_recall(inter, shuffled, 3, among_cold=True))
+    split = NewItemData.from_cold_split(inter, 60, 60, val, test, among_cold=True).test()
+    means = {name: evaluate(ProfileRecommender(x), split, [3, 10])[1]["recall@3"].mean()
+             for name, x in (("signal", vectors), ("shuffled", shuffled))}
+    assert len(split.users) == counts["test_users"]
+    assert means["signal"] == cold_recall(inter, vectors, 3, among_cold=True) == 1.0
+    assert means["shuffled"] == pytest.approx(cold_recall(inter, shuffled, 3, among_cold=True))
 
 
 def planted_data(among_cold: bool = False) -> tuple[NewItemData, np.ndarray]:
@@ -201,3 +204,12 @@ def test_fitted_once_refits_only_on_another_history():
                           ("train",), 60, len(vectors))
     shared.fit(other)
     assert Counting.fits == 2 and shared.score_block(np.array([0])).argmax() % 3 == 0
+
+
+def test_the_new_item_findings_display_reads_the_metrics_records() -> None:
+    record = {"method": "description", "reference": "title", "metric": "recall@20", "mean_diff": 0.0125,
+              "diff_ci_low": -0.5, "diff_ci_high": 0.25, "verdict_blocked_by": "", "p_holm": 0.5}
+    shown = new_item_findings_display({"cold": [record, record | {"verdict_blocked_by": "one seed"}]})
+    assert shown["difference"].tolist() == ["+0.0125 [-0.5000, +0.2500]"] * 2
+    assert shown["p (Holm)"].iloc[1] == "one seed: no verdict" and shown["candidates"].tolist() == ["cold", "cold"]
+

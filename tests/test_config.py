@@ -72,6 +72,32 @@ def test_each_bad_value_names_the_key_the_value_and_what_is_allowed(key, value, 
     assert message in str(caught.value)
 
 
+@pytest.mark.parametrize("key, value, message", [
+    ("graph.training.fast.models.freedom", {"lrr": 0.01},
+     "graph.training.fast.models.freedom.lrr: FREEDOM has no option 'lrr'"),
+    ("graph.training.paper.models", {"vbpr": {"layers": 2}}, "graph.training.paper.models.vbpr.layers: VBPR has no option"),
+    ("graph.training.fast.models.freedom", {"edge_drop": 1.0},
+     "graph.training.fast.models.freedom.edge_drop = 1.0: Input should be less than 1"),
+    ("graph.training.fast.models.freedom", {"device": "cuda"},
+     "graph.training.fast.models.freedom.device: not an option params.yaml may set (the device of every model is "
+     "graph.device)"),
+    ("graph.training.fast.models", {"smore": {"unseen_items": "content"}},
+     "graph.training.fast.models.smore.unseen_items: not an option params.yaml may set"),
+    ("graph.default.grids.smore", {"l2": [0.001], "image_knn_k": [10, 0]},
+     "graph.default.grids.smore.image_knn_k = 0: Input should be greater than or equal to 1"),
+    ("graph.full.grids.lightgcn", {"layers": [], "l2": [0.01]},
+     "graph.full.grids.lightgcn.layers: no values (a grid entry needs at least one)"),
+    ("graph.default.grids.vbpr", {"l2": [0.01], "knn_k": [10]}, "graph.default.grids.vbpr.knn_k: VBPR has no option"),
+    ("graph.default.grids.lightgcn", {"seed": [0, 1]}, "graph.default.grids.lightgcn.seed: not an option params.yaml"),
+])
+def test_per_model_options_and_grids_are_checked_against_the_model_at_load(key, value, message) -> None:
+    """Each bad per-model option stops validation (before any data is read) in one line naming its key."""
+    with pytest.raises(StudyError) as caught:
+        validate_params(with_change(key, value))
+    assert message in str(caught.value)
+    assert str(caught.value).count("\n") == 1  # the file's header line, then the one problem
+
+
 def test_a_grid_number_keeps_the_type_params_yaml_gives_it() -> None:
     """A chosen configuration records a grid value as written (``l2: 100``, not ``100.0``)."""
     params = validate_params(with_change("baselines.ease.l2", [100, 2.5]))
@@ -223,5 +249,5 @@ def test_the_parameter_reference_lists_every_rule_across_keys() -> None:
 
     doc = (REPO / "docs" / "params.md").read_text()
     rules = cross_field_rules()
-    assert len(rules) == 14 and all(f"- {rule}" in doc for rule in rules)
+    assert len(rules) == 13 and all(f"- {rule}" in doc for rule in rules)  # the grid rule is in the cells rule
     assert any("given twice" in rule for rule in rules) and any("match.reference" in rule for rule in rules)

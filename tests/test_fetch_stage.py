@@ -19,7 +19,8 @@ from test_datasets_movielens_fetch import poster, write_release
 from vlm4rec.config import DataParams
 from vlm4rec.datasets import INPUT_PATH_KEYS, load_source
 from vlm4rec.errors import StudyError
-from vlm4rec.pipeline.fetch import SOURCE_MANIFEST, adapter_keys, load_source_manifest, run
+from vlm4rec.pipeline.fetch import run
+from vlm4rec.pipeline.source_manifest import SOURCE_MANIFEST, adapter_keys, load_source_manifest
 
 REPO = Path(__file__).resolve().parents[1]
 

@@ -3,7 +3,6 @@ validation, the slices the findings restrict to, Holm across a family of finding
 from __future__ import annotations
 
 from dataclasses import replace
-from typing import get_args
 
 import numpy as np
 import pandas as pd
@@ -12,7 +11,7 @@ import pytest
 from results_helpers import EVAL, FINDINGS, N_ITEMS, N_USERS, graph_cell, prepared, study
 from vlm4rec import findings as F
 from vlm4rec import slices
-from vlm4rec.config import GraphCellParams, GraphModel
+from vlm4rec.config import GraphCellParams
 from vlm4rec.data import PreparedData
 from vlm4rec.evaluation import MethodKey, MethodResult
 from vlm4rec.stats import holm
@@ -33,10 +32,10 @@ def setup() -> tuple[dict[MethodKey, MethodResult], PreparedData]:
 def test_families_group_seeds_and_validation_chooses(setup) -> None:
     results, _ = setup
     grouped = F.families(results)
-    assert list(grouped) == ["title", "image", "description", "fusion_a", "fusion_b"]
-    assert grouped["fusion_a"] == [MethodKey("fusion_a", 0), MethodKey("fusion_a", 1)]
-    # validation ndcg@10: fusion_a 0.5 > fusion_b 0.4, although fusion_b hits 95% of test users
-    assert F.best_by_validation(results, ["fusion_b", "fusion_a", "absent"], "ndcg@10") == "fusion_a"
+    assert list(grouped) == ["title", "image", "description", "fusion_gating", "fusion_attention"]
+    assert grouped["fusion_gating"] == [MethodKey("fusion_gating", 0), MethodKey("fusion_gating", 1)]
+    # validation ndcg@10: fusion_gating 0.5 > fusion_attention 0.4, although fusion_attention hits 95% of test users
+    assert F.best_by_validation(results, ["fusion_attention", "fusion_gating", "absent"], "ndcg@10") == "fusion_gating"
     with pytest.raises(ValueError, match="none of"):
         F.best_by_validation(results, ["absent"], "ndcg@10")
 
@@ -59,7 +58,7 @@ def test_the_difference_of_seeded_arms_is_the_mean_over_users_of_their_seed_mean
     results, _ = setup
     found = {f.id: f for f in F.findings(results, EVAL, FINDINGS, REPRESENTATIONS, setup[1])}
     fusion = found["fusion_vs_best_single"]
-    seeds = np.stack([results[MethodKey("fusion_a", s)].test_per_user["ndcg@10"] for s in (0, 1)]).mean(axis=0)
+    seeds = np.stack([results[MethodKey("fusion_gating", s)].test_per_user["ndcg@10"] for s in (0, 1)]).mean(axis=0)
     expected = np.mean(seeds - results[MethodKey("description")].test_per_user["ndcg@10"].to_numpy())
     assert fusion.difference == pytest.approx(expected) and fusion.seeds == (2, 1)
 
@@ -71,7 +70,7 @@ def test_findings_answer_each_question_with_choices_made_on_validation(setup) ->
                           "description_vs_title_cold_items", "description_vs_title_short_histories",
                           "description_vs_image_cold_items", "description_vs_image_short_histories"}
     fusion = found["fusion_vs_best_single"]
-    assert (fusion.method, fusion.against) == ("fusion_a", "description")
+    assert (fusion.method, fusion.against) == ("fusion_gating", "description")
     assert found["description_vs_title"].answer.startswith("yes: description - title = +")
     assert found["fusion_vs_best_single"].answer.startswith("no, it is worse")
     cold = found["description_vs_title_cold_items"]
@@ -86,9 +85,9 @@ def test_recall_on_cold_items_counts_each_users_cold_test_item_in_the_top_k(setu
     """Odd users' test item is cold (25 + u % 5, never in train): their recall@10 over cold items is 1 when
     that item is in their top-10, else 0; even users have no cold test item and no row."""
     results, data = setup
-    table = F.restricted_per_user(results, ["description", "fusion_a"], data, items=F.unseen_items(data), k=10)
+    table = F.restricted_per_user(results, ["description", "fusion_gating"], data, items=F.unseen_items(data), k=10)
     assert F.unseen_items(data).tolist() == list(range(25, N_ITEMS))
-    for key in (MethodKey("description"), MethodKey("fusion_a", 1)):
+    for key in (MethodKey("description"), MethodKey("fusion_gating", 1)):
         seed = -1 if key.seed is None else key.seed
         rows = table[(table["method"] == key.family) & (table["seed"].fillna(-1) == seed)]
         topk = results[key].test_topk
@@ -156,16 +155,14 @@ def test_model_comparisons_are_holm_corrected_across_the_models_only(setup) -> N
 
 def test_slices_of_a_seeded_family_are_the_mean_of_its_seeds(setup) -> None:
     results, data = setup
-    sliced = F.family_slices(results, ["fusion_a", "title", "absent"], data, k=10, metrics=["recall@10"])
-    assert set(sliced["method"]) == {"fusion_a", "title"}
+    sliced = F.family_slices(results, ["fusion_gating", "title", "absent"], data, k=10, metrics=["recall@10"])
+    assert set(sliced["method"]) == {"fusion_gating", "title"}
     per_seed = slices.slices_for_methods(
         {key.name: (results[key].test_topk, np.arange(N_USERS), results[key].test_per_user)
-         for key in (MethodKey("fusion_a", 0), MethodKey("fusion_a", 1))},
+         for key in (MethodKey("fusion_gating", 0), MethodKey("fusion_gating", 1))},
         data, k=10, metrics=["recall@10"])
     expected = per_seed.groupby(["slice_kind", "slice"], sort=False)["value"].mean()
-    got = sliced[sliced["method"] == "fusion_a"].set_index(["slice_kind", "slice"])["value"]
+    got = sliced[sliced["method"] == "fusion_gating"].set_index(["slice_kind", "slice"])["value"]
     pd.testing.assert_series_equal(got.sort_index(), expected.sort_index(), check_names=False)
 
 
-def test_every_graph_model_has_a_display_name() -> None:
-    assert tuple(F.MODEL_NAMES) == get_args(GraphModel)

@@ -68,7 +68,7 @@ def test_selection_and_refits_see_only_their_own_histories(attribute, name, monk
     train history while selecting (early-stopped on validation) and train + validation when refitted for
     the chosen number of epochs (no monitor); no test pair ever reaches a model or its monitor."""
     import vlm4rec.evaluation as evaluation
-    import vlm4rec.multimodal.training as training
+    import vlm4rec.multimodal.bpr as training
     from vlm4rec.multimodal import candidates
 
     data, eval_data = attribute

@@ -11,23 +11,11 @@ from vlm4rec.data import RawDataset, dataset_counts, prepare
 from vlm4rec.matching import ProfileRecommender
 from vlm4rec.pipeline import ablate
 from vlm4rec.pipeline.ablate import cell_name, cell_representation, parse_cell
-from vlm4rec.pipeline.fuse import learned_grid, simplex_grid
-from vlm4rec.pipeline.match import baseline_candidates
 from vlm4rec.pipeline.prepare import rated_items_without_positive, sample_users, split_protocol
 from vlm4rec.pipeline.profiles import profile_candidates
-from vlm4rec.tables import method_group
 from vlm4rec.splits import SplitConfig
 
 from study_params import section
-
-
-def test_simplex_grid_enumerates_every_weight_vector_summing_to_one() -> None:
-    grid = simplex_grid(["a", "b", "c"], 0.5)
-    assert sorted(tuple(w.values()) for w in grid) == sorted(
-        [(1, 0, 0), (0, 1, 0), (0, 0, 1), (0.5, 0.5, 0), (0.5, 0, 0.5), (0, 0.5, 0.5)])
-    assert len(simplex_grid(["a", "b", "c"], 0.25)) == 15  # C(4 + 2, 2)
-    with pytest.raises(ValueError, match="divide 1"):
-        simplex_grid(["a"], 0.3)
 
 
 def test_profile_candidates_try_the_knob_of_the_chosen_aggregation() -> None:
@@ -43,35 +31,12 @@ def test_profile_candidates_try_the_knob_of_the_chosen_aggregation() -> None:
         {"aggregation": "mean", "history_cap": 5}]
 
 
-def test_baseline_candidates_cover_the_params_grid() -> None:
-    grid = section("baselines", itemknn_cf={"k_neighbours": [10, 20], "shrinkage": [0, 5]}, ease={"l2": [1.0]})
-    assert len(baseline_candidates("itemknn_cf", grid)) == 4
-    assert baseline_candidates("ease", grid)[0].build().l2 == 1.0
-    with pytest.raises(ValueError, match="unknown baseline"):
-        baseline_candidates("bpr", grid)
-
-
 def test_cell_names_and_representations() -> None:
     grounded = {"representation": "description", "arm": "image_only", "aggregation": "mean", "cap": "all"}
     assert cell_name(grounded) == "description-image_only-mean-all"
     assert cell_representation(grounded) == "description_image_only"
     plain = {"representation": "image", "aggregation": "knn_sum", "cap": 20}
     assert cell_name(plain) == "image-knn_sum-20" and cell_representation(plain) == "image"
-
-
-def test_method_groups() -> None:
-    reps = ["title", "image"]
-    assert [method_group(m, reps) for m in ("ease", "image", "hybrid_title_ease", "fusion_late", "smore-x")] == [
-        "collaborative baselines", "profile matching (one representation)", "content fusions and hybrids",
-        "content fusions and hybrids", "multimodal recommenders"]
-
-
-def test_learned_grid_crosses_the_knobs_and_adds_combine_only_for_frequency_filter() -> None:
-    fusion = section("fusion", temperature_grid=[0.05, 0.1], weight_decay_grid=[0.0], combine_grid=["sum", "product"])
-    assert learned_grid("gating", fusion) == [{"temperature": 0.05, "weight_decay": 0.0},
-                                              {"temperature": 0.1, "weight_decay": 0.0}]
-    assert len(learned_grid("frequency_filter", fusion)) == 4
-    assert {c["combine"] for c in learned_grid("frequency_filter", fusion)} == {"sum", "product"}
 
 
 def test_the_ablations_stage_writes_its_plot_table_ordered_by_validation(tmp_path, monkeypatch) -> None:

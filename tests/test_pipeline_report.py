@@ -10,13 +10,14 @@ import numpy as np
 import pandas as pd
 import pytest
 
-from results_helpers import EVAL, FINDINGS, graph_cell, prepared, study
+from results_helpers import EVAL, FINDINGS, graph_cell, graph_cell_metrics, prepared, study
 from vlm4rec.config import GraphCellParams, GraphParams, MatchParams, ReportParams
 from vlm4rec.data import PreparedData
 from vlm4rec.evaluation import MethodKey, MethodResult, save_result
 from vlm4rec.findings import Finding, findings
 from vlm4rec.pipeline import report
 from vlm4rec.pipeline.outputs import read_metrics
+from vlm4rec.pipeline.stage_metrics import GraphCellMetrics, MethodMetrics, NewItemMetrics
 
 
 @pytest.fixture(scope="module")
@@ -103,7 +104,7 @@ def test_the_graph_table_formats_each_models_comparison_and_its_cost(tmp_path, m
     cells = {"vbpr-title-image": GraphCellParams(model="vbpr", modalities=["title", "image"]),
              "vbpr-description-image": GraphCellParams(model="vbpr", modalities=["description", "image"])}
     for cell, seconds in (("vbpr-title-image", 1.25), ("vbpr-description-image", 2.5)):
-        write_metrics(tmp_path, f"graph/{cell}", {"cost": {"wall_s": seconds}})
+        graph_cell_metrics(wall_s=seconds).save(GraphCellMetrics.path(cell))
     graph = graph_cell("vbpr-title-image", data, 0.2, 1) | graph_cell("vbpr-description-image", data, 0.9, 2)
     table = report.graph_table(results | graph, EVAL, FINDINGS, cells, data)
     row = table.loc["VBPR"]
@@ -125,13 +126,6 @@ def test_only_the_graph_cells_in_params_are_loaded(tmp_path, monkeypatch, setup)
     assert loaded[MethodKey("vbpr-title-image", 1)].key == MethodKey("vbpr-title-image", 1)
 
 
-def test_galleries_show_a_seeded_familys_first_seed(setup) -> None:
-    results, data = setup
-    data = replace(data, items=data.items.assign(title=[f"t{i}" for i in range(len(data.items))], image_path=None))
-    rows = report.user_gallery(results, ["fusion_a", "title", "absent"], data, n_users=1, k=3)
-    assert [title for title, _, _ in rows[1:]] == ["fusion_a@seed0 top-3", "title top-3"]
-
-
 def test_coverage_and_chosen_configurations_are_per_family(tmp_path, monkeypatch, setup) -> None:
     results, _ = setup
     monkeypatch.chdir(tmp_path)
@@ -139,15 +133,18 @@ def test_coverage_and_chosen_configurations_are_per_family(tmp_path, monkeypatch
     seeded = {key: replace(r, coverage={"coverage@10": 0.1 * (1 + (key.seed or 0))}, config={"s": key.seed})
               for key, r in results.items()}
     coverage = report.coverage_columns(seeded)
-    assert coverage.loc["fusion_a", "catalogue_coverage@10"] == pytest.approx((0.1 + 0.2) / 2)
-    assert coverage.loc["title", "item_coverage"] == 0.75 and np.isnan(coverage.loc["fusion_a", "item_coverage"])
-    assert report.chosen_configurations(seeded)["fusion_a"] == '{"s": 0}'
+    assert coverage.loc["fusion_gating", "catalogue_coverage@10"] == pytest.approx((0.1 + 0.2) / 2)
+    assert coverage.loc["title", "item_coverage"] == 0.75 and np.isnan(coverage.loc["fusion_gating", "item_coverage"])
+    assert report.chosen_configurations(seeded)["fusion_gating"] == '{"s": 0}'
 
 
 def test_new_item_tables_group_the_seeds_named_in_the_metrics(setup) -> None:
-    methods = {"all": {"title": {"test": {"recall@20": 0.5}}, "fusion_gating@seed0": {"test": {"recall@20": 0.25}},
-                       "fusion_gating@seed1": {"test": {"recall@20": 0.75}}}}
-    new_items = {"methods": methods, "hybrids": "", "no_signal": {"ease": "no signal"}}
+    def entry(recall: float) -> MethodMetrics:
+        return MethodMetrics(test={"recall@20": recall}, validation={}, coverage={}, chosen={})
+
+    methods = {"all": {"title": entry(0.5), "fusion_gating@seed0": entry(0.25), "fusion_gating@seed1": entry(0.75)}}
+    new_items = NewItemMetrics(counts={}, no_signal={"ease": "no signal"}, hybrids="", methods=methods, findings={},
+                               cost={})
     table = report.new_item_table(["recall@20"], new_items)
     assert table.loc["fusion_gating", "recall@20 (among all)"] == 0.5 and table.loc["fusion_gating", "seeds"] == 2
     assert table.loc["ease", "note"] == "no signal"
@@ -177,7 +174,7 @@ def test_robustness_compares_users_with_history_and_reports_cold_start_apart(tmp
 def test_graph_tuning_note_says_where_single_configurations_were_tuned(tmp_path, monkeypatch) -> None:
     monkeypatch.chdir(tmp_path)
     for cell, size in (("lightgcn", 1), ("vbpr-title-image", 4)):
-        write_metrics(tmp_path, f"graph/{cell}", {"scale": "default", "training": {"grid_size": size}})
+        graph_cell_metrics(scale="default", grid_size=size).save(GraphCellMetrics.path(cell))
     note = report.graph_tuning_note(["lightgcn", "vbpr-title-image"])
     assert note.startswith("1 graph cell(s) trained one configuration each (graph.scale: default)")
     assert report.GRAPH_TUNING_RECORD in note and note.endswith("Cells: lightgcn.")

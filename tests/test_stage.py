@@ -2,6 +2,7 @@
 from __future__ import annotations
 
 import ast
+import builtins
 import itertools
 import json
 import subprocess
@@ -13,7 +14,8 @@ import yaml
 
 from vlm4rec.config import EvalParams, GraphCellParams, GraphParams, load_params
 from vlm4rec.errors import StudyError
-from vlm4rec.stage import declared_params, run_stage_function, sections, stage_definition, stage_notebook, stage_params
+from vlm4rec.stage import (declared_params, notebook_parameters, run_stage_function, sections, stage_definition,
+                           stage_notebook, stage_params)
 
 REPO = Path(__file__).resolve().parents[1]
 
@@ -118,7 +120,9 @@ def test_notebook_parameter_defaults_equal_what_the_runner_injects() -> None:
         if not stage.get("cmd", "").startswith("python -m vlm4rec.stage "):
             continue
         notebook = REPO / stage_notebook(name, REPO / "dvc.yaml")
-        assert parameters_cell_values(notebook) == declared_params(name, REPO / "params.yaml", REPO / "dvc.yaml"), name
+        values = parameters_cell_values(notebook)
+        assert values == notebook_parameters(name, REPO / "params.yaml", REPO / "dvc.yaml"), name
+        assert not set(values) & set(dir(builtins)), f"{name}: a parameter shadows a Python builtin"
 
 
 def test_source_notebooks_are_stored_without_outputs() -> None:
@@ -234,6 +238,8 @@ def test_a_notebook_turns_its_parameters_into_validated_sections(study: Path) ->
     ablation = declared_params("note")["ablation"] | {"caps": ["all", 5]}
     p = sections("note", eval={"select_metric": "recall@20"}, ablation=ablation)
     assert p.eval.select_metric == "recall@20" and p.ablation.caps == ["all", 5]
+    injected = sections("note", evaluation={"select_metric": "recall@20"}, ablation=ablation)  # the runner's name
+    assert injected.eval.select_metric == "recall@20"
     with pytest.raises(StudyError, match="reads eval.ks"):
         p.eval.ks
     with pytest.raises(StudyError, match=r"ablation\.caps\[1\] = 0: .*history caps"):

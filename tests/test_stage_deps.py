@@ -11,7 +11,7 @@ from __future__ import annotations
 from pathlib import Path
 
 import pytest
-from stage_deps import COMMAND, closure, code_deps, is_code_dep, main, stages
+from stage_deps import COMMAND, REPO, closure, code_deps, imported_modules, is_code_dep, main, stages
 
 
 @pytest.mark.parametrize("name", sorted(stages()))
@@ -106,3 +106,25 @@ def test_write_replaces_stale_lists_in_place_and_then_finds_them_current(tmp_pat
     assert main(["--root", str(tmp_path)]) == 0
     assert main(["--root", str(tmp_path), "--write"]) == 0
     assert (tmp_path / "dvc.yaml").read_text() == CURRENT
+
+
+#: Modules of vlm4rec/pipeline that several stages share and that are no stage themselves (no ``run``).
+PIPELINE_HELPERS = {"__init__", "outputs", "profiles", "source_manifest", "stage_metrics", "descriptions"}
+
+
+def pipeline_imports(path: Path) -> set[str]:
+    """The ``vlm4rec.pipeline`` modules a file imports (``from vlm4rec.pipeline import x`` names module x)."""
+    return {name.removeprefix("vlm4rec.pipeline.") for name in imported_modules(path.read_text())
+            if name.startswith("vlm4rec.pipeline.")}
+
+
+def test_no_stage_module_imports_another_and_the_benchmarks_import_no_stage() -> None:
+    """What stages share lives in the domain modules or in the pipeline's helpers, so that an edit of one
+    stage's glue re-runs that stage (and what reads its outputs), not another."""
+    pipeline = REPO / "vlm4rec" / "pipeline"
+    helpers = [pipeline / f"{name}.py" for name in PIPELINE_HELPERS]
+    assert all(path.exists() and "\ndef run(" not in path.read_text() for path in helpers)
+    for path in [*pipeline.glob("*.py"), *(REPO / "benchmarks").glob("*.py")]:
+        stages_imported = pipeline_imports(path) - PIPELINE_HELPERS - {path.stem}
+        assert not stages_imported, f"{path.relative_to(REPO)} imports the stage module(s) {sorted(stages_imported)}"
+    assert "vlm4rec/pipeline/report.py" not in code_deps(stages()["cold_start"])

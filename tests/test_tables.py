@@ -9,6 +9,7 @@ import pytest
 from vlm4rec.config import EvalParams
 from vlm4rec.evaluation import MethodKey, MethodResult
 from vlm4rec import tables
+from vlm4rec.tables import method_group
 from vlm4rec.stats import bootstrap_ci
 
 N_USERS = 50
@@ -85,3 +86,10 @@ def test_curves_average_seeds_and_metrics_json_holds_validation_and_timing(resul
     a, b = (results[MethodKey("fusion_gating", s)].test_summary()["ndcg@10"] for s in (0, 1))
     assert spread.loc["fusion_gating", ["mean", "std", "min", "max"]].tolist() == pytest.approx(
         [(a + b) / 2, abs(a - b) / np.sqrt(2), min(a, b), max(a, b)])  # sample std of two values
+
+
+def test_method_groups_follow_the_catalogue_kinds() -> None:
+    reps = ["title", "image"]
+    assert [method_group(m, reps) for m in ("ease", "image", "hybrid_title_ease", "fusion_late", "smore-x")] == [
+        "collaborative baselines", "profile matching (one representation)", "content fusions and hybrids",
+        "content fusions and hybrids", "multimodal recommenders"]

@@ -5,15 +5,20 @@
 ``EASE``       Steck (2019) EASE^R closed form: B = I - P diag(1/diag P), P = (X^T X + l2 I)^-1.
 
 Each is a :class:`~vlm4rec.matching.Recommender`; the matching engine masks seen items and breaks ties
-by item index, so scores here are raw.
+by item index, so scores here are raw. :func:`baseline_candidates` is each one's validation grid.
 """
 from __future__ import annotations
+
+from itertools import product
 
 import numpy as np
 import scipy.linalg
 import scipy.sparse as sp
 
+from vlm4rec.config import BaselineParams
+from vlm4rec.evaluation import Candidate
 from vlm4rec.matching import Recommender
+from vlm4rec.methods import of_kind
 from vlm4rec.splits import History, binarize
 
 
@@ -121,3 +126,17 @@ class EASE(_HistoryRecommender):
 
     def score_block(self, users: np.ndarray) -> np.ndarray:
         return np.asarray(self._history_rows(users) @ self.weights, dtype=np.float32)
+
+
+def baseline_candidates(method: str, baselines: BaselineParams) -> list[Candidate]:
+    """The validation grid of a classic baseline, from ``params.yaml: baselines.<method>``."""
+    if method == "mostpop":
+        return [Candidate({}, MostPop)]
+    if method == "itemknn_cf":
+        grid = baselines.itemknn_cf
+        return [Candidate({"k_neighbours": k, "shrinkage": s},
+                          lambda k=k, s=s: ItemKNNCF(k_neighbours=k, shrinkage=s))
+                for k, s in product(grid.k_neighbours, grid.shrinkage)]
+    if method == "ease":
+        return [Candidate({"l2": l2}, lambda l2=l2: EASE(l2=l2)) for l2 in baselines.ease.l2]
+    raise ValueError(f"unknown baseline {method!r}; known: {', '.join(of_kind('baseline'))}")

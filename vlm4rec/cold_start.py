@@ -12,25 +12,21 @@ candidate sets from the same fitted model (:func:`select_and_test_new_items`).
 """
 from __future__ import annotations
 
-import time
 from dataclasses import dataclass, field, replace
 from pathlib import Path
-from typing import Callable, Sequence
+from typing import Any, Callable, Sequence
 
 import numpy as np
 import pandas as pd
 import scipy.sparse as sp
 
-from vlm4rec.evaluation import (Candidate, EvalData, EvalSplit, MethodKey, MethodResult, evaluate, rank_and_score,
-                                save_result, select_on_validation, users_with_targets)
-from vlm4rec.matching import IterativeRecommender, ProfileRecommender, Ranker, Recommender, recommend
+from vlm4rec.evaluation import (Candidate, EvalData, EvalSplit, MethodKey, MethodResult, select_and_test_on,
+                                users_with_targets)
+from vlm4rec.matching import Ranker, Recommender, recommend
 from vlm4rec.splits import History
-from vlm4rec.metrics import catalogue_coverage
-from vlm4rec.splits import build_history, targets_of
+from vlm4rec.stats import format_p, holm_where_tested, paired_tests
 
 CANDIDATE_SETS = ("all", "cold")
-SPLIT_KEYS = ("variant", "cold_share", "val_share", "seed")  # the params cold_start keys that cold_items takes
-from vlm4rec.stats import holm_where_tested, paired_tests
 
 
 def exclusion_outside(seen: sp.csr_matrix, candidates: np.ndarray | None,
@@ -52,16 +48,6 @@ def exclusion_outside(seen: sp.csr_matrix, candidates: np.ndarray | None,
     out = (seen + mask).tocsr()
     out.data[:] = 1.0
     return out
-
-
-def new_item_splits(inter: pd.DataFrame, n_users: int, n_items: int, val_items: np.ndarray,
-                    test_items: np.ndarray, among_cold: bool) -> tuple[EvalSplit, EvalSplit]:
-    """(validation, test) :class:`EvalSplit` of the strict protocol for ``inter`` labelled by
-    :func:`~vlm4rec.splits.assign_cold_split`. Both fit on the training history only (no cold item's
-    interaction is ever fitted on) and exclude it; the candidates are all items, or (``among_cold``) the
-    phase's own cold items."""
-    data = NewItemData.from_cold_split(inter, n_users, n_items, val_items, test_items, among_cold)
-    return data.validation(), data.test()
 
 
 @dataclass(frozen=True)
@@ -122,37 +108,19 @@ def select_and_test_new_items(method: str, candidates_for: Callable[[int], Seque
                               data: NewItemData, ks: Sequence[int], select_metric: str,
                               seeds: Sequence[int] | None = None,
                               out_dir: Path | None = None) -> dict[str, dict[MethodKey, MethodResult]]:
-    """``method`` on the new items: its configuration (and number of epochs) selected on ``data``'s
-    validation split (its candidate set: the stage ranks the validation cold items among themselves) with
-    the first seed, then fitted on the warm training history once per seed (once for
-    an unseeded method, ``seeds`` None: ``candidates_for`` gets 0) and tested under both candidate sets.
-    Returns {candidate set: {result key: result}}; saved under ``out_dir/<candidate set>/<key name>``."""
-    grid = list(candidates_for(seeds[0] if seeds else 0))
-    selection = select_on_validation(grid, data.validation(), ks, select_metric)
-    tests = {name: data.with_candidates(name == "cold").test() for name in CANDIDATE_SETS}
-    results: dict[str, dict[MethodKey, MethodResult]] = {name: {} for name in CANDIDATE_SETS}
-    for seed in seeds or [None]:
-        key = MethodKey(method, seed)
-        chosen = grid if seed is None or seed == seeds[0] else list(candidates_for(seed))
-        model = chosen[selection.index].build()
-        if isinstance(model, IterativeRecommender) and "epochs" in selection.config:
-            model.epochs = int(selection.config["epochs"])
-        started = time.perf_counter()
-        model.fit(data.train_history)
-        fit_s = time.perf_counter() - started
-        for candidates, split in tests.items():
-            timing = {"val_s": selection.seconds, "fit_s": fit_s}
-            topk, per_user = rank_and_score(model, split, ks, timing)
-            result = MethodResult(
-                key=key, config=selection.config, val_grid=selection.val_grid,
-                val_per_user=selection.val_per_user, test_per_user=per_user, test_topk=topk,
-                coverage={f"coverage@{k}": catalogue_coverage(topk, data.n_items, k) for k in ks},
-                timing=timing, diagnostics=model.diagnostics(), select_metric=select_metric,
-                training=selection.training)
-            results[candidates][key] = result
-            if out_dir is not None:
-                save_result(result, out_dir / candidates / key.name)
-    return results
+    """``method`` on the new items (:func:`~vlm4rec.evaluation.select_and_test_on`): its configuration (and
+    number of epochs) selected on ``data``'s validation split (its candidate set: the stage ranks the
+    validation cold items among themselves) with the first seed, then fitted on the warm training history once
+    per seed (once for an unseeded method, ``seeds`` None: ``candidates_for`` gets 0) and tested under both
+    candidate sets. Returns {candidate set: {result key: result}}; saved under
+    ``out_dir/<candidate set>/<key name>``."""
+    def test_splits() -> dict[str, EvalSplit]:
+        return {name: data.with_candidates(name == "cold").test() for name in CANDIDATE_SETS}
+
+    def out_dirs(key: MethodKey) -> dict[str, Path | None]:
+        return {name: out_dir / name / key.name if out_dir is not None else None for name in CANDIDATE_SETS}
+
+    return select_and_test_on(method, candidates_for, data, test_splits, seeds, ks, select_metric, out_dirs)
 
 
 def new_item_findings(per_user: pd.DataFrame, description: str, against: list[str], metric: str,
@@ -173,24 +141,22 @@ def new_item_findings(per_user: pd.DataFrame, description: str, against: list[st
     return table
 
 
+def new_item_findings_display(found: dict[str, list[dict[str, Any]]]) -> pd.DataFrame:
+    """"Does the grounded description beat X on new items?": per candidate set and X, the paired difference
+    with its 95% CI and the Holm-corrected p (or why there is no verdict), from the findings records of the
+    stage's metrics (``metrics/cold_start.json``, candidate set -> records: this stage shows it, and so does
+    the report)."""
+    rows = [{"candidates": candidates, "description": r["method"], "against": r["reference"], "metric": r["metric"],
+             "difference": f"{r['mean_diff']:+.4f} [{r['diff_ci_low']:+.4f}, {r['diff_ci_high']:+.4f}]",
+             "p (Holm)": (f"{r['verdict_blocked_by']}: no verdict" if r["verdict_blocked_by"]
+                          else format_p(r["p_holm"]))}
+            for candidates, records in found.items() for r in records]
+    return pd.DataFrame(rows)
+
+
 def new_item_counts(inter: pd.DataFrame, val_items: np.ndarray, test_items: np.ndarray) -> dict[str, int]:
     """What the stage prints and docs/protocol.md quotes: cold items per phase, test pairs and test users."""
     test = inter[inter["split"] == "test"]
     return {"val_cold_items": len(val_items), "test_cold_items": len(test_items),
             "val_pairs": int((inter["split"] == "val").sum()), "test_pairs": len(test),
             "test_users": int(test["user_idx"].nunique())}
-
-
-def profile_per_user(vectors: dict[str, np.ndarray], inter: pd.DataFrame, n_users: int, n_items: int,
-                     val_items: np.ndarray, test_items: np.ndarray, ks: list[int]) -> pd.DataFrame:
-    """Test per-user metrics of the mean-profile matching of every representation in ``vectors`` on the
-    new items, ranked among all items and among the test cold items (column ``candidates``: all | cold).
-    Long format (method, seed, candidates, user_idx, metrics) as :func:`new_item_findings` reads it;
-    the mean profile has no hyperparameter, so nothing is selected on the validation cold items."""
-    frames = []
-    for candidates in ("all", "cold"):
-        _, test_split = new_item_splits(inter, n_users, n_items, val_items, test_items, candidates == "cold")
-        for name, item_vectors in vectors.items():
-            _, per_user = evaluate(ProfileRecommender(item_vectors, name=name), test_split, ks)
-            frames.append(per_user.assign(method=name, seed=np.nan, candidates=candidates))
-    return pd.concat(frames, ignore_index=True)

@@ -19,6 +19,7 @@ from pydantic import (AfterValidator, BaseModel, ConfigDict, Field, PrivateAttr,
                       field_validator, model_validator)
 
 from vlm4rec.errors import StudyError
+from vlm4rec.methods import CATALOGUE, LEARNED_FUSIONS, TRAINED_MODELS, fusion_method, hybrid_method, of_kind, option_problems
 
 Share = Annotated[float, Field(gt=0, lt=1)]
 PositiveInt = Annotated[int, Field(ge=1)]
@@ -40,8 +41,8 @@ Probability = Annotated[float, Field(ge=0, le=1)]
 MetricName = Literal["recall", "ndcg", "hit_rate", "mrr", "precision"]
 Aggregation = Literal["mean", "recency", "knn_sum"]
 PromptArm = Literal["image_only", "image_title"]
-LearnedFusion = Literal["attention", "gating", "frequency_filter"]
-BaselineName = Literal["mostpop", "itemknn_cf", "ease"]
+LearnedFusion = Literal[LEARNED_FUSIONS]  # type: ignore[valid-type]
+BaselineName = Literal[of_kind("baseline")]  # type: ignore[valid-type]
 GrounderBackend = Literal["tagger", "hf", "openai"]
 
 
@@ -96,18 +97,27 @@ def _device_present(device: str) -> str:
     """``eval.device`` and ``graph.device`` are ``cpu``, ``cuda`` or ``cuda:N`` (``graph.device`` also
     ``auto``) and a CUDA device must exist on this machine (torch is imported only to check one): a GPU-less
     machine stops at the stage start, not in the middle of the work."""
+    problem = device_problem(device)
+    if problem:
+        raise ValueError(problem)
+    return device
+
+
+def device_problem(device: str) -> str | None:
+    """Why ``device`` is not a device of this machine (None when it is ``cpu`` or a CUDA device torch sees):
+    the one device check, at params.yaml's load and again where a fit resolves its device."""
     if device == "cpu":
-        return device
+        return None
     kind, colon, index = device.partition(":")
     if kind != "cuda" or (colon and not index.isdigit()):
-        raise ValueError("must be cpu, cuda or cuda:N")
+        return "must be cpu, cuda or cuda:N"
     import torch
 
     count = torch.cuda.device_count() if torch.cuda.is_available() else 0
     if int(index or 0) >= count:
-        raise ValueError(f"this machine has {count} CUDA device{'s' if count != 1 else ''} (torch sees "
-                         f"{'none' if count == 0 else f'cuda:0 to cuda:{count - 1}'}); use cpu")
-    return device
+        return (f"this machine has {count} CUDA device{'s' if count != 1 else ''} (torch sees "
+                f"{'none' if count == 0 else f'cuda:0 to cuda:{count - 1}'}); use cpu")
+    return None
 
 
 Device = Annotated[str, AfterValidator(_device_present)]
@@ -442,7 +452,7 @@ class RobustnessParams(Section):
                                                    "baselines.methods)")
 
 
-GraphModel = Literal["lightgcn", "vbpr", "freedom", "smore"]
+GraphModel = Literal[TRAINED_MODELS]  # type: ignore[valid-type]
 #: What a graph cell name may hold: it becomes a stage name on a ``dvc repro -s`` command line and a file name.
 SAFE_NAME = re.compile(r"[A-Za-z0-9_.-]+")
 
@@ -479,7 +489,15 @@ class GraphTrainingParams(Section):
     models: dict[GraphModel, dict[str, Any]] = Field(
         description="per model: training options that replace the shared ones above for that model, and "
                     "others of its training (e.g. lr_decay, lr_decay_step: lr * lr_decay^(epoch / "
-                    "lr_decay_step)); {} = the shared options for every model")
+                    "lr_decay_step)); {} = the shared options for every model; each checked against the "
+                    "model's configuration (vlm4rec/methods.py; not device, which is graph.device)")
+
+    def model_options(self, model: str) -> dict[str, Any]:
+        """The options every candidate of ``model`` gets from this regime: the shared options (a null ``lr``
+        leaves each model its own default), then the regime's options for ``model``."""
+        shared = {key: value for key, value in self.model_dump(exclude={"models"}).items()
+                  if not (key == "lr" and value is None)}
+        return shared | self.models.get(model, {})
 
 
 class GraphRegimes(Section):
@@ -492,15 +510,6 @@ class GraphScaleParams(Section):
     grids: dict[GraphModel, dict[str, list[Any]]] = Field(
         description="per model: hyperparameter -> values tried on validation (their product); others keep "
                     "the model's defaults")
-
-    @model_validator(mode="after")
-    def _values_given(self) -> "GraphScaleParams":
-        """Every entry of ``graph.<scale>.grids`` has at least one value."""
-        empty = [f"{model}.{key}" for model, grid in self.grids.items() for key, values in grid.items() if not values]
-        if empty:
-            raise ValueError(f"grid entries without values: {empty}")
-        return self
-
 
 class GraphCellParams(Section):
     model: GraphModel = Field(description="lightgcn | vbpr | freedom | smore")
@@ -534,25 +543,48 @@ class GraphParams(Section):
     @model_validator(mode="after")
     def _cells_are_consistent(self) -> "GraphParams":
         """Graph cell names hold only letters, digits, ``_``, ``.`` and ``-``; a ``lightgcn`` cell has no
-        modalities, the other models at least one; both scales have a grid for every cell's model."""
+        modalities, the other models at least one; both scales have a grid for every cell's model; each
+        regime's options for a model (``graph.training.<regime>`` merged with its ``models.<model>``) and every
+        grid value are options of that model with values it accepts (its configuration in
+        ``vlm4rec/methods.py``), none of them ``device``, ``seed``, ``unseen_items`` or ``modalities`` (the study
+        sets those); a grid entry holds at least one value."""
         problems = []
         for name, cell in self.cells.items():
             if not SAFE_NAME.fullmatch(name):
                 problems.append(f"cell name {name!r} may hold only letters, digits, '_', '.' and '-' (it becomes "
                                 "a DVC stage name graph@<name> and a file name)")
-            if (cell.model == "lightgcn") == bool(cell.modalities):
+            if CATALOGUE[cell.model].uses_content != bool(cell.modalities):
                 problems.append(f"cell {name}: lightgcn takes no modalities, the other models at least one")
             for scale in ("default", "full"):
                 if cell.model not in getattr(self, scale).grids:
                     problems.append(f"cell {name}: graph.{scale}.grids has no {cell.model} grid")
             if cell.model == "smore" and (len(cell.modalities) != 2 or "image" not in cell.modalities):
                 problems.append(f"cell {name}: smore takes two modalities, image and one text representation")
+        problems += self._option_problems()
         if self.scale == "full" and self.regime != "paper":
             problems.append("graph.scale full runs the references' grids in their training regime: set "
                             "graph.regime to paper")
         if problems:
             raise ValueError("; ".join(problems))
         return self
+
+    def _option_problems(self) -> list[str]:
+        """Each regime's options for every model, and every grid value, are options the model has with values
+        it accepts (its configuration in vlm4rec/methods.py); a grid entry has at least one value."""
+        problems = []
+        for regime in ("fast", "paper"):
+            training: GraphTrainingParams = getattr(self.training, regime)
+            for model in TRAINED_MODELS:
+                key = f"graph.training.{regime}" + (f".models.{model}" if model in training.models else "")
+                problems += option_problems(model, training.model_options(model), key)
+        for scale in ("default", "full"):
+            for model, grid in getattr(self, scale).grids.items():
+                key = f"graph.{scale}.grids.{model}"
+                problems += [f"{key}.{option}: no values (a grid entry needs at least one)"
+                             for option, values in grid.items() if not values]
+                problems += [problem for option, values in grid.items() for value in values
+                             for problem in option_problems(model, {option: value}, key)]
+        return list(dict.fromkeys(problems))
 
 
 AblationCap = PositiveInt | Literal["all"]
@@ -616,8 +648,8 @@ class StudyParams(Section):
         """The methods the study evaluates (the names the report reads), by the stage that computes them."""
         fusion = self.fusion
         return {"match": [*self.match.representations, *self.baselines.methods],
-                "fuse": ["fusion_late", *(f"fusion_{kind}" for kind in fusion.learned),
-                         *(f"hybrid_{rep}_ease" for rep in fusion.hybrid_representations)],
+                "fuse": [fusion_method("late"), *map(fusion_method, fusion.learned),
+                         *map(hybrid_method, fusion.hybrid_representations)],
                 "graph": list(self.graph.cells)}
 
     @model_validator(mode="after")

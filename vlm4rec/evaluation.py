@@ -6,7 +6,8 @@ refitted on train + validation and evaluated on test (train + validation items e
 
 Leakage is ruled out by structure: selection receives an :class:`EvalSplit` from
 :meth:`EvalData.validation`, which holds no test data, and :meth:`EvalData.test` (the only reader of
-``test_targets``) is called only by :func:`select_and_test`, after the choice is made.
+``test_targets``) is called only by :func:`select_and_test_on` (the one select-then-test of the main,
+robustness and new-item paths), after the choice is made.
 """
 from __future__ import annotations
 
@@ -14,7 +15,7 @@ import json
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Callable, Sequence
+from typing import Any, Callable, Mapping, Sequence
 
 import numpy as np
 import pandas as pd
@@ -260,21 +261,60 @@ def select_on_validation(candidates: Sequence[Candidate], split: EvalSplit, ks: 
                      best_log.as_dict() if best_log is not None else None, time.perf_counter() - started)
 
 
-def _test_once(key: MethodKey, model: Recommender, selection: Selection, data: EvalData, ks: Sequence[int],
-               select_metric: str, out_dir: Path | None) -> MethodResult:
-    """Fit the chosen model on train + validation (for the chosen number of epochs) and test it once."""
+def test_chosen(key: MethodKey, model: Recommender, selection: Selection, tests: Mapping[str, EvalSplit],
+                n_items: int, ks: Sequence[int], select_metric: str,
+                out_dirs: Mapping[str, Path | None]) -> dict[str, MethodResult]:
+    """Fit the chosen model once (for the chosen number of epochs) on the history the ``tests`` splits share,
+    then test it once on each: {split name: result}, saved under ``out_dirs[name]`` when given."""
     if isinstance(model, IterativeRecommender) and "epochs" in selection.config:
         model.epochs = int(selection.config["epochs"])
-    timing: dict[str, float] = {"val_s": selection.seconds}
-    topk, test_per_user = evaluate(model, data.test(), ks, timing)
-    result = MethodResult(key=key, config=selection.config, val_grid=selection.val_grid,
-                          val_per_user=selection.val_per_user, test_per_user=test_per_user, test_topk=topk,
-                          coverage={f"coverage@{k}": catalogue_coverage(topk, data.n_items, k) for k in ks},
-                          timing=timing, diagnostics=model.diagnostics(), select_metric=select_metric,
-                          training=selection.training)
-    if out_dir is not None:
-        save_result(result, out_dir)
-    return result
+    histories = {id(split.history) for split in tests.values()}
+    if len(histories) != 1:
+        raise ValueError("the test splits of one fit must share its history")
+    started = time.perf_counter()
+    model.fit(next(iter(tests.values())).history)
+    fit_s = time.perf_counter() - started
+    results = {}
+    for name, split in tests.items():
+        timing: dict[str, float] = {"val_s": selection.seconds, "fit_s": fit_s}
+        topk, test_per_user = rank_and_score(model, split, ks, timing)
+        result = MethodResult(key=key, config=selection.config, val_grid=selection.val_grid,
+                              val_per_user=selection.val_per_user, test_per_user=test_per_user, test_topk=topk,
+                              coverage={f"coverage@{k}": catalogue_coverage(topk, n_items, k) for k in ks},
+                              timing=timing, diagnostics=model.diagnostics(), select_metric=select_metric,
+                              training=selection.training)
+        if out_dirs.get(name) is not None:
+            save_result(result, out_dirs[name])
+        results[name] = result
+    return results
+
+
+def select_and_test_on(method: str, candidates_for: Callable[[int], Sequence[Candidate]], data: EvalData,
+                       test_splits: Callable[[], Mapping[str, EvalSplit]], seeds: Sequence[int] | None,
+                       ks: Sequence[int],
+                       select_metric: str, out_dirs: Callable[[MethodKey], Mapping[str, Path | None]]
+                       ) -> dict[str, dict[MethodKey, MethodResult]]:
+    """The one select-then-test: ``method``'s configuration (and number of epochs) selected on ``data``'s
+    validation split with the first seed, then the chosen configuration fitted once per seed (once, key
+    without a seed, when ``seeds`` is None: ``candidates_for`` gets 0) and tested on each split of
+    ``test_splits()`` (split name -> split, one fit shared; called once the choice is made, so that selection
+    never holds test data). Returns {split name: {result key: result}}; ``out_dirs(key)`` says where each
+    split's result of ``key`` is saved."""
+    if seeds is not None and not seeds:
+        raise ValueError(f"{method}: no seeds given; a seeded method needs at least one")
+    first = seeds[0] if seeds else 0
+    grid = _as_candidates(candidates_for(first))
+    selection = select_on_validation(grid, data.validation(), ks, select_metric)
+    tests = test_splits()
+    results: dict[str, dict[MethodKey, MethodResult]] = {name: {} for name in tests}
+    for seed in seeds or [None]:
+        key = MethodKey(method, seed)
+        chosen = grid if seed is None or seed == first else _as_candidates(candidates_for(seed))
+        tested = test_chosen(key, chosen[selection.index].build(), selection, tests, data.n_items, ks,
+                             select_metric, out_dirs(key))
+        for name, result in tested.items():
+            results[name][key] = result
+    return results
 
 
 def select_and_test(method: str, candidates: Sequence[Candidate] | Callable[[], Recommender],
@@ -287,8 +327,9 @@ def select_and_test(method: str, candidates: Sequence[Candidate] | Callable[[], 
     under ``out_dir`` (see :func:`save_result`) when given.
     """
     grid = _as_candidates(candidates)
-    selection = select_on_validation(grid, data.validation(), ks, select_metric)
-    return _test_once(MethodKey(method), grid[selection.index].build(), selection, data, ks, select_metric, out_dir)
+    results = select_and_test_on(method, lambda seed: grid, data, lambda: {"test": data.test()}, None, ks, select_metric,
+                                 lambda key: {"test": out_dir})
+    return results["test"][MethodKey(method)]
 
 
 def select_and_test_methods(methods: dict[str, Sequence[Candidate]], data: EvalData, ks: Sequence[int],
@@ -311,15 +352,8 @@ def select_and_test_seeds(method: str, candidates_for: Callable[[int], Sequence[
     """
     if not seeds:
         raise ValueError(f"{method}: no seeds given; a seeded method needs at least one")
-    grid = _as_candidates(candidates_for(seeds[0]))
-    selection = select_on_validation(grid, data.validation(), ks, select_metric)
-    results = {}
-    for seed in seeds:
-        key = MethodKey(method, seed)
-        chosen = _as_candidates(candidates_for(seed))[selection.index]
-        results[key] = _test_once(key, chosen.build(), selection, data, ks, select_metric,
-                                  out_dir / key.name if out_dir is not None else None)
-    return results
+    return select_and_test_on(method, candidates_for, data, lambda: {"test": data.test()}, seeds, ks, select_metric,
+                              lambda key: {"test": out_dir / key.name if out_dir is not None else None})["test"]
 
 
 def save_result(result: MethodResult, out_dir: str | Path) -> None:

@@ -15,14 +15,14 @@ from dataclasses import dataclass
 import numpy as np
 import pandas as pd
 
-from vlm4rec.config import EvalParams, FindingsParams, GraphCellParams, GraphModel
+from vlm4rec.config import EvalParams, FindingsParams, GraphCellParams
 from vlm4rec.data import PreparedData
 from vlm4rec.evaluation import MethodKey, MethodResult, per_user_long
+from vlm4rec.methods import CATALOGUE, hybrid_method, is_kind
 from vlm4rec.slices import HISTORY_BINS, history_lengths, item_popularity_groups, per_user_recall_on, slices_for_methods
 from vlm4rec.stats import format_p, holm_where_tested, paired_tests
 
 SIGNIFICANCE = 0.05
-MODEL_NAMES: dict[GraphModel, str] = {"lightgcn": "LightGCN", "vbpr": "VBPR", "freedom": "FREEDOM", "smore": "SMORE"}
 
 Results = dict[MethodKey, MethodResult]
 
@@ -159,7 +159,7 @@ def findings(results: Results, evaluation: EvalParams, params: FindingsParams, r
                 description, image, metric, "all test users", evaluation),
         compare("description_vs_title", "Do grounded descriptions beat the title?", per_user,
                 description, title, metric, "all test users", evaluation)]
-    fusions = [f for f in present if f.startswith("fusion_")]
+    fusions = [f for f in present if is_kind(f, "fusion")]
     singles = [r for r in representations if r in present]
     if fusions and singles:
         best_fusion = best_by_validation(results, fusions, evaluation.select_metric)
@@ -170,10 +170,10 @@ def findings(results: Results, evaluation: EvalParams, params: FindingsParams, r
     for model, (with_description, with_title) in graph_pairs(graph_cells or {}, description, title, image).items():
         if {with_description, with_title} <= set(present):
             out.append(compare(f"{model}_description_vs_title", f"Does the grounded description help "
-                               f"{MODEL_NAMES.get(model, model)} "
+                               f"{CATALOGUE[model].display} "
                                "(description + image against title + image)?", per_user, with_description,
                                with_title, metric, "all test users", evaluation))
-    hybrid = f"hybrid_{description}_ease"
+    hybrid = hybrid_method(description)
     if hybrid in present and "ease" in present:
         out.append(compare("hybrid_vs_ease", "Do grounded descriptions add to collaborative filtering "
                            f"({hybrid} against EASE^R)?", per_user, hybrid, "ease", metric, "all test users",

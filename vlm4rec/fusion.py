@@ -35,6 +35,7 @@ from torch import nn
 
 from vlm4rec.matching import FactorRecommender, history_weights, user_profiles
 from vlm4rec.config import LearnedFusion
+from vlm4rec.layers import linear
 from vlm4rec.reproducibility import deterministic_torch
 from vlm4rec.splits import History, binarize, sample_negatives
 from vlm4rec.training import EarlyStopping, TrainingLog, TrainingOptions, train_epochs
@@ -84,17 +85,6 @@ class WeightedLateFusion(FactorRecommender):
 
 # --------------------------------------------------------------------------- modules
 
-def torch_linear(d_in: int, d_out: int, generator: torch.Generator, bias: bool = True) -> nn.Linear:
-    """An ``nn.Linear`` with torch's default initialisation (``nn.Linear.reset_parameters``: Kaiming-uniform
-    weights with ``a = sqrt(5)``, bias U(-1/sqrt(d_in), 1/sqrt(d_in))) drawn from ``generator``: the same
-    draws as ``nn.Linear(d_in, d_out)`` after ``torch.manual_seed``, without the global random state."""
-    layer = torch.nn.utils.skip_init(nn.Linear, d_in, d_out, bias=bias)
-    nn.init.kaiming_uniform_(layer.weight, a=math.sqrt(5), generator=generator)
-    if bias:
-        nn.init.uniform_(layer.bias, -1 / math.sqrt(d_in), 1 / math.sqrt(d_in), generator=generator)
-    return layer
-
-
 class FusionModule(nn.Module):
     """Base: per-modality linear projection of the L2-normalised input to a common width ``dim``.
 
@@ -109,7 +99,7 @@ class FusionModule(nn.Module):
             raise ValueError("a fusion needs at least one modality")
         self.names: tuple[str, ...] = tuple(dims)
         self.dim = dim
-        self.projections = nn.ModuleList(torch_linear(d_m, dim, generator, bias=False) for d_m in dims.values())
+        self.projections = nn.ModuleList(linear(d_m, dim, generator, bias=False, init="torch") for d_m in dims.values())
 
     def project(self, inputs: Mapping[str, torch.Tensor]) -> tuple[torch.Tensor, torch.Tensor]:
         """Projected modalities ``(batch, M, dim)`` and the presence mask ``(batch, M)`` (bool)."""
@@ -146,7 +136,7 @@ class AttentionFusion(WeightedSumFusion):
 
     def __init__(self, dims: Mapping[str, int], dim: int, generator: torch.Generator, hidden: int = 64) -> None:
         super().__init__(dims, dim, generator)
-        self.key = torch_linear(dim, hidden, generator)
+        self.key = linear(dim, hidden, generator, init="torch")
         self.query = nn.Parameter(torch.randn(hidden, generator=generator) / math.sqrt(hidden))
 
     def _weights(self, h: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
@@ -161,7 +151,7 @@ class GatingFusion(WeightedSumFusion):
 
     def __init__(self, dims: Mapping[str, int], dim: int, generator: torch.Generator) -> None:
         super().__init__(dims, dim, generator)
-        self.gate = torch_linear(len(self.names) * dim, len(self.names), generator)
+        self.gate = linear(len(self.names) * dim, len(self.names), generator, init="torch")
 
     def _weights(self, h: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
         return torch.sigmoid(self.gate(h.flatten(start_dim=1))) * mask
@@ -340,7 +330,6 @@ class FusionResult:
     seed: int
     train_s: float
     n_val_pairs: int
-    n_val_users_without_history: int
     model: FusionModule           # holds the best epoch's weights
 
     @property
@@ -422,7 +411,7 @@ def train_fusion(model: FusionModule, modalities: Mapping[str, np.ndarray], trai
         stopping=EarlyStopping("min", patience),
         progress=f"{type(model).__name__} seed {seed}" if progress else None)
     return FusionResult(vectors=encode(model, modalities), log=log, seed=seed, train_s=time.perf_counter() - started,
-                        n_val_pairs=validation.n_pairs, n_val_users_without_history=validation.n_users_without_history,
+                        n_val_pairs=validation.n_pairs,
                         model=model)
 
 

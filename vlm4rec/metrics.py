@@ -13,9 +13,6 @@ import numpy as np
 import pandas as pd
 import scipy.sparse as sp
 
-METRICS: tuple[str, ...] = ("recall", "ndcg", "hit_rate", "mrr", "precision")
-
-
 def _check_topk(topk: np.ndarray, n_items: int, ks: Sequence[int]) -> None:
     """Ranked lists must be in range, hold each item at most once, and be long enough for every k."""
     if topk.ndim != 2:

@@ -4,7 +4,7 @@ Floating-point sums depend on their order. Torch may pick kernels whose reductio
 runs (scatter-adds in sparse and indexing backward passes; on CPU the learned fusions' training differs
 in the last bits from one process to the next without the flag), and the order of a parallel reduction
 can depend on the number of threads. The learned fusions (:mod:`vlm4rec.fusion`) and the multimodal
-recommenders (:mod:`vlm4rec.multimodal.training`) therefore train inside :func:`deterministic_torch`.
+recommenders (:mod:`vlm4rec.multimodal.bpr`) therefore train inside :func:`deterministic_torch`.
 """
 from __future__ import annotations
 

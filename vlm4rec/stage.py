@@ -122,14 +122,22 @@ def _declare(tree: KeyTree, parts: list[str]) -> None:
     _declare(tree.setdefault(head, {}), rest)  # type: ignore[arg-type]
 
 
+def notebook_parameters(stage: str, params_file: str | Path = "params.yaml",
+                        dvc_file: str | Path = "dvc.yaml") -> dict[str, Any]:
+    """What the runner injects into ``stage``'s notebook: :func:`declared_params`, each section under its
+    argument name (:data:`ARGUMENT_NAMES`: ``eval`` as ``evaluation``, so that no notebook shadows the builtin)."""
+    return {ARGUMENT_NAMES.get(key, key): value for key, value in declared_params(stage, params_file, dvc_file).items()}
+
+
 def sections(stage: str, **injected: Any) -> StudyParams:
-    """A notebook's parameters as typed sections, in its first code cell: ``p = sections("match", eval=eval,
-    match=match, ...)`` with the dicts of its parameters cell (what the runner injects: the keys ``dvc.yaml``
-    declares for ``stage``), then ``p.eval.select_metric``.
+    """A notebook's parameters as typed sections, in its first code cell: ``p = sections("match",
+    evaluation=evaluation, match=match, ...)`` with the dicts of its parameters cell (what the runner injects,
+    :func:`notebook_parameters`: the keys ``dvc.yaml`` declares for ``stage``), then ``p.eval.select_metric``.
 
     The dicts replace their keys in ``params.yaml`` and the whole file is validated with
     :mod:`vlm4rec.config`'s models; the result is :func:`stage_params` (undeclared keys refused). A dict that
     holds a key the stage does not declare, or lacks one it does, is a :class:`StudyError`."""
+    injected = {PARAMS_KEYS.get(name, name): value for name, value in injected.items()}
     keys = [key for _, key in declared_keys(stage)]
     given: dict[str, Any] = {}
     for key in keys:
@@ -183,7 +191,7 @@ def run_notebook_stage(stage: str) -> Path:
     REPORTS_DIR.mkdir(exist_ok=True)
     executed = REPORTS_DIR / notebook.name
     try:
-        papermill.execute_notebook(str(notebook), str(executed), parameters=declared_params(stage),
+        papermill.execute_notebook(str(notebook), str(executed), parameters=notebook_parameters(stage),
                                    cwd=str(Path.cwd()), progress_bar=False, log_output=True,
                                    kernel_name="python3")
     except papermill.PapermillExecutionError as err:
@@ -232,6 +240,7 @@ def study_error_names() -> frozenset[str]:
 
 #: params.yaml sections whose name is a Python builtin, and the argument name they take in stage functions.
 ARGUMENT_NAMES = {"eval": "evaluation"}
+PARAMS_KEYS = {argument: key for key, argument in ARGUMENT_NAMES.items()}
 
 
 def run_stage_function(stage: str, function: Callable[..., Any], **extra: Any) -> Any:

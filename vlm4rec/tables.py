@@ -4,26 +4,30 @@ metrics file. Results are keyed by :class:`~vlm4rec.evaluation.MethodKey`: a see
 table as one family; the metrics JSON is keyed by the key's name."""
 from __future__ import annotations
 
-from typing import Any, Sequence, get_args
+from typing import Any, Sequence
 
 import pandas as pd
 
-from vlm4rec.config import BaselineName, EvalParams
+from vlm4rec.config import EvalParams
 from vlm4rec.evaluation import MethodKey, MethodResult, per_user_long
+from vlm4rec.methods import Kind, family_of
 from vlm4rec.stats import format_p, paired_tests, results_table
 
 MAIN_TABLE_METRICS = ("recall@10", "ndcg@10", "hit_rate@10", "recall@20", "ndcg@20", "hit_rate@20")
 
 
+#: The panel of each method kind (:mod:`vlm4rec.methods`) in figures that put each kind in its own panel.
+KIND_GROUPS: dict[Kind, str] = {"baseline": "collaborative baselines",
+                                "profile": "profile matching (one representation)",
+                                "fusion": "content fusions and hybrids", "hybrid": "content fusions and hybrids",
+                                "graph_model": "multimodal recommenders", "cold_start_model": "cold-start recommenders"}
+
+
 def method_group(family: str, representations: Sequence[str]) -> str:
-    """Which kind of method a family is, for figures that put each kind in its own panel."""
-    if family in get_args(BaselineName):
-        return "collaborative baselines"
-    if family in representations:
-        return "profile matching (one representation)"
-    if family.startswith(("fusion_", "hybrid_")):
-        return "content fusions and hybrids"
-    return "multimodal recommenders"
+    """Which kind of method a family is (its catalogue kind; a family the catalogue cannot name from
+    ``representations`` is a graph cell), for figures that put each kind in its own panel."""
+    found = family_of(family, representations)
+    return KIND_GROUPS[found.kind if found is not None else "graph_model"]
 
 
 def validation_scores(results: dict[MethodKey, MethodResult]) -> pd.Series:

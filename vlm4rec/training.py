@@ -1,5 +1,5 @@
 """One iterative trainer: the epoch loop, early-stopping rule, training log and training options shared by the
-BPR recommenders (:mod:`vlm4rec.multimodal.training`) and the learned fusions (:mod:`vlm4rec.fusion`).
+BPR recommenders (:mod:`vlm4rec.multimodal.bpr`) and the learned fusions (:mod:`vlm4rec.fusion`).
 
 ``TrainingOptions`` where a fit runs and the seed of its own random generators (as LensKit's
                     ``TrainingOptions``): a fit draws from ``options.numpy_rng()`` and
@@ -19,7 +19,6 @@ from __future__ import annotations
 
 import copy
 import math
-import re
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Callable, Literal
 
@@ -53,17 +52,18 @@ class TrainingOptions:
         return torch.Generator().manual_seed(self.seed)
 
     def torch_device(self) -> torch.device:
-        """``device`` resolved; an error naming the device when it is malformed or this machine lacks it."""
+        """``device`` resolved; an error naming the device when it is malformed or this machine lacks it
+        (:func:`vlm4rec.config.device_problem`, the check params.yaml's devices pass at load)."""
         import torch
+
+        from vlm4rec.config import device_problem
 
         if self.device == "auto":
             return torch.device("cuda" if torch.cuda.is_available() else "cpu")
-        if self.device != "cpu" and not re.fullmatch(r"cuda(:\d+)?", self.device):
-            raise ValueError(f"device must be 'cpu', 'cuda', 'cuda:N' or 'auto', got {self.device!r}")
-        resolved = torch.device(self.device)
-        if resolved.type == "cuda" and torch.cuda.device_count() <= (resolved.index or 0):
-            raise ValueError(f"device={self.device!r} but torch sees no such CUDA device")
-        return resolved
+        problem = device_problem(self.device)
+        if problem:
+            raise ValueError(f"device {self.device!r} (cpu, cuda, cuda:N or auto): {problem}")
+        return torch.device(self.device)
 
 
 @dataclass

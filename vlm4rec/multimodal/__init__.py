@@ -9,13 +9,14 @@
 
 Each module's docstring says which reference code it follows (MMRec, the authors' repositories) and where it
 deviates. The training options of both regimes (``params.yaml: graph.regime``) are those of
-:class:`~vlm4rec.multimodal.training.BPRRecommender`.
+:class:`~vlm4rec.multimodal.bpr.BPRRecommender`.
 
 Each is an :class:`~vlm4rec.matching.IterativeRecommender`, so :func:`vlm4rec.evaluation.select_and_test_seeds`
 early-stops it on validation and refits it for the chosen number of epochs. :func:`candidates` turns a model
 name, its modalities and a hyperparameter grid into the candidate list that function takes (the grids of
 the study are ``params.yaml: graph.default`` for a 2-core CPU and ``graph.full``, the references' own grids,
-for a GPU).
+for a GPU); :func:`regime_options` gives the options every candidate of a model gets in the study's training
+regime. The models, their kinds and their configurations are catalogued in :mod:`vlm4rec.methods`.
 A modality is any ``(n_items, d)`` float32 matrix with rows aligned to item index; an all-zero row means
 the item lacks it.
 """
@@ -28,19 +29,26 @@ from typing import Any, Mapping, Sequence
 
 import numpy as np
 
-from vlm4rec.config import GraphModel
+from vlm4rec.config import GraphParams
 from vlm4rec.evaluation import Candidate
+from vlm4rec.methods import CATALOGUE, TRAINED_MODELS
+from vlm4rec.multimodal.bpr import BPRRecommender
 from vlm4rec.multimodal.freedom import FREEDOM
 from vlm4rec.multimodal.lightgcn import LightGCN
 from vlm4rec.multimodal.smore import SMORE
-from vlm4rec.multimodal.training import BPRRecommender
 from vlm4rec.multimodal.vbpr import VBPR
 from vlm4rec.training import TrainingOptions
 
-#: Every model of ``params.yaml: graph.cells.*.model`` (:data:`vlm4rec.config.GraphModel`), by name.
-MODELS: dict[GraphModel, type[BPRRecommender]] = {"lightgcn": LightGCN, "vbpr": VBPR, "freedom": FREEDOM,
-                                                  "smore": SMORE}
-CONTENT_FREE: frozenset[GraphModel] = frozenset({"lightgcn"})
+#: Every model of ``params.yaml: graph.cells.*.model`` (:data:`vlm4rec.methods.TRAINED_MODELS`), by name.
+MODELS: dict[str, type[BPRRecommender]] = {name: CATALOGUE[name].implementation() for name in TRAINED_MODELS}
+__all__ = ["FREEDOM", "LightGCN", "MODELS", "SMORE", "VBPR", "candidates", "regime_options"]
+CONTENT_FREE: frozenset[str] = frozenset(name for name in TRAINED_MODELS if not CATALOGUE[name].uses_content)
+
+
+def regime_options(graph: GraphParams, model: str) -> dict[str, Any]:
+    """The training options every candidate of ``model`` gets in the chosen regime
+    (:meth:`~vlm4rec.config.GraphTrainingParams.model_options`) and the device, ``graph.device``."""
+    return graph.chosen_regime.model_options(model) | {"device": graph.device}
 
 
 def candidates(model: str, modalities: Mapping[str, np.ndarray], grid: Mapping[str, Sequence[Any]],

@@ -32,20 +32,19 @@ the edge pruning keeps each user's best-keyed edge so that no user is cut off fo
 """
 from __future__ import annotations
 
-from typing import Literal, Mapping, Sequence
+from typing import Any, Mapping, Sequence
 
 import numpy as np
 import scipy.sparse as sp
 import torch
 from torch import nn
 
+from vlm4rec.methods import FREEDOMConfig
 from vlm4rec.multimodal.graphs import (GraphOperator, degree_sensitive_dropout, interaction_graph, knn_graph,
                                        weighted_sum)
 from vlm4rec.multimodal.lightgcn import LightGCN, LightGCNModel
-from vlm4rec.multimodal.training import ContentFeatures, Init, bpr_rows_loss, linear
-
-ModalityMix = Literal["fixed", "learned"]
-
+from vlm4rec.layers import linear
+from vlm4rec.multimodal.bpr import ContentFeatures, Init, bpr_rows_loss
 
 def role_weights(names: Sequence[str], image_modality: str, image_weight: float) -> list[float]:
     """FREEDOM's fixed modality weights: ``image_weight`` shared by the modalities named ``image_modality``,
@@ -126,30 +125,18 @@ class FREEDOM(LightGCN):
     ``image_weight``       the image graph's weight in the fixed mix (reference ``mm_image_weight``: 0.1)
     ``image_modality``     the modality name that plays the image role (others: text)
     ``finetune_features``  train the normalised feature tables too (the reference does)
-    Training parameters: :class:`~vlm4rec.multimodal.training.BPRRecommender` (``l2``: LightGCN's ego term,
+    Training parameters: :class:`~vlm4rec.multimodal.bpr.BPRRecommender` (``l2``: LightGCN's ego term,
     0 by default as in the reference).
     """
 
     name = "freedom"
+    Config = FREEDOMConfig
 
-    def __init__(self, modalities: Mapping[str, np.ndarray], layers: int = 2, item_layers: int = 1,
-                 knn_k: int = 10, edge_drop: float = 0.8, projection_weight: float = 1e-3,
-                 modality_mix: ModalityMix = "fixed", image_weight: float = 0.1, image_modality: str = "image",
-                 finetune_features: bool = False, **training):
-        super().__init__(layers=layers, **{"l2": 0.0, **training})
+    def __init__(self, modalities: Mapping[str, np.ndarray], **settings: Any):
+        super().__init__(**settings)
         if not modalities:
             raise ValueError("FREEDOM needs at least one modality")
-        if item_layers < 1 or knn_k < 1 or not 0 <= edge_drop < 1 or projection_weight < 0:
-            raise ValueError(f"need item_layers >= 1, knn_k >= 1, 0 <= edge_drop < 1, projection_weight >= 0; "
-                             f"got {item_layers}, {knn_k}, {edge_drop}, {projection_weight}")
-        if modality_mix not in ("fixed", "learned") or not 0 <= image_weight <= 1:
-            raise ValueError(f"need modality_mix 'fixed' or 'learned' and 0 <= image_weight <= 1, got "
-                             f"{modality_mix!r}, {image_weight}")
         self.modalities = dict(modalities)
-        self.item_layers, self.knn_k, self.edge_drop, self.projection_weight = (
-            item_layers, knn_k, edge_drop, projection_weight)
-        self.modality_mix, self.image_weight, self.image_modality = modality_mix, image_weight, image_modality
-        self.finetune_features = finetune_features
 
     def build(self, history: sp.csr_matrix, generator: torch.Generator, device: torch.device) -> FreedomModel:
         features = ContentFeatures(self.modalities, history.shape[1], trainable=self.finetune_features)

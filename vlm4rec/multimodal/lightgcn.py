@@ -19,8 +19,9 @@ from __future__ import annotations
 import scipy.sparse as sp
 import torch
 
+from vlm4rec.methods import LightGCNConfig
 from vlm4rec.multimodal.graphs import GraphOperator, interaction_graph, layer_mean
-from vlm4rec.multimodal.training import (BPRModel, BPRRecommender, Init, bpr_rows_loss, embedding_tables,
+from vlm4rec.multimodal.bpr import (BPRModel, BPRRecommender, Init, bpr_rows_loss, embedding_tables,
                                          l2_penalty, rows)
 
 
@@ -61,15 +62,10 @@ class LightGCNModel(BPRModel):
 
 class LightGCN(BPRRecommender):
     """LightGCN on the fitted history. ``layers``: propagation depth K (the paper's default 3); the other
-    parameters are :class:`~vlm4rec.multimodal.training.BPRRecommender`'s."""
+    parameters are :class:`~vlm4rec.multimodal.bpr.BPRRecommender`'s."""
 
     name = "lightgcn"
-
-    def __init__(self, layers: int = 3, **training):
-        super().__init__(**training)
-        if layers < 0:
-            raise ValueError(f"layers must be >= 0, got {layers}")
-        self.layers = layers
+    Config = LightGCNConfig
 
     def build(self, history: sp.csr_matrix, generator: torch.Generator, device: torch.device) -> LightGCNModel:
         return LightGCNModel(history, self.dim, self.layers, self.l2, generator, device, self.init).to(device)

@@ -40,17 +40,18 @@ inverse rFFT ignores those parts, so the views are the reference's).
 """
 from __future__ import annotations
 
-from typing import Mapping
+from typing import Any, Mapping
 
 import numpy as np
 import scipy.sparse as sp
 import torch
 from torch import nn
 
+from vlm4rec.methods import SMOREConfig
 from vlm4rec.multimodal.graphs import GraphOperator, knn_graph, max_fusion
 from vlm4rec.multimodal.lightgcn import LightGCN, LightGCNModel
-from vlm4rec.multimodal.training import (ContentFeatures, Init, LinearInit, bpr_loss, dropout, info_nce, l2_penalty,
-                                         linear, rows)
+from vlm4rec.layers import LinearInit, linear
+from vlm4rec.multimodal.bpr import ContentFeatures, Init, bpr_loss, dropout, info_nce, l2_penalty, rows
 
 INFO_NCE_ROWS = 2048
 
@@ -182,29 +183,21 @@ class SMORE(LightGCN):
     ``dropout``            dropout on the preference gates (reference grid: 0, 0.1)
     ``image_modality``     the name of the image modality; the other modality is the text
     ``finetune_features``  train the normalised feature tables too (the reference does)
-    Training parameters: :class:`~vlm4rec.multimodal.training.BPRRecommender` (``l2``: on the final
+    Training parameters: :class:`~vlm4rec.multimodal.bpr.BPRRecommender` (``l2``: on the final
     embeddings of the batch, the reference's ``reg_weight``, grid 1e-5, 1e-4; ``lr_decay`` 0.96 by default).
     """
 
     name = "smore"
+    Config = SMOREConfig
 
-    def __init__(self, modalities: Mapping[str, np.ndarray], layers: int = 3, item_layers: int = 1,
-                 image_knn_k: int = 10, text_knn_k: int = 10, cl_weight: float = 0.01, temperature: float = 0.2,
-                 dropout: float = 0.1, image_modality: str = "image", finetune_features: bool = False,
-                 **training):
-        super().__init__(layers=layers, **{"lr_decay": 0.96, **training})
+    def __init__(self, modalities: Mapping[str, np.ndarray], **settings: Any):
+        super().__init__(**settings)
+        image_modality = self.image_modality
         if len(modalities) != 2 or image_modality not in modalities:
             raise ValueError(f"SMORE takes one image modality (named {image_modality!r}) and one text modality, "
                              f"got {sorted(modalities)}")
-        if item_layers < 1 or min(image_knn_k, text_knn_k) < 1 or cl_weight < 0 or temperature <= 0 \
-                or not 0 <= dropout < 1:
-            raise ValueError(f"need item_layers >= 1, knn_k >= 1, cl_weight >= 0, temperature > 0, 0 <= dropout < 1; "
-                             f"got {item_layers}, {image_knn_k}/{text_knn_k}, {cl_weight}, {temperature}, {dropout}")
         text = next(name for name in modalities if name != image_modality)
         self.modalities = {image_modality: modalities[image_modality], text: modalities[text]}  # image first
-        self.item_layers, self.image_knn_k, self.text_knn_k = item_layers, image_knn_k, text_knn_k
-        self.cl_weight, self.temperature, self.dropout = cl_weight, temperature, dropout
-        self.image_modality, self.finetune_features = image_modality, finetune_features
 
     def build(self, history: sp.csr_matrix, generator: torch.Generator, device: torch.device) -> SmoreModel:
         features = ContentFeatures(self.modalities, history.shape[1], trainable=self.finetune_features)

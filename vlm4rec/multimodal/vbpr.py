@@ -27,15 +27,17 @@ tables, a Xavier-normal projection E; biases start at zero in both regimes.
 """
 from __future__ import annotations
 
-from typing import Mapping
+from typing import Any, Mapping
 
 import numpy as np
 import scipy.sparse as sp
 import torch
 from torch import nn
 
-from vlm4rec.multimodal.training import (BPRModel, BPRRecommender, ContentFeatures, Init, bpr_loss,
-                                         embedding_tables, l2_penalty, linear, rows)
+from vlm4rec.methods import VBPRConfig
+from vlm4rec.layers import linear
+from vlm4rec.multimodal.bpr import (BPRModel, BPRRecommender, ContentFeatures, Init, bpr_loss, embedding_tables,
+                                    l2_penalty, rows)
 
 
 class VBPRModel(BPRModel):
@@ -80,14 +82,15 @@ class VBPRModel(BPRModel):
 
 class VBPR(BPRRecommender):
     """VBPR with one or more content modalities ``{name: (n_items, d) float32}`` (rows aligned to item
-    index, all-zero row = missing). Training parameters: :class:`~vlm4rec.multimodal.training.BPRRecommender`,
+    index, all-zero row = missing). Training parameters: :class:`~vlm4rec.multimodal.bpr.BPRRecommender`,
     with VBPR's own defaults lr = 0.01 and l2 = 1e-2 (a matrix factorisation has no graph smoothing: at
     the graph models' lr = 0.05 and l2 = 1e-4 it overfits within a few epochs on ML-1M)."""
 
     name = "vbpr"
+    Config = VBPRConfig
 
-    def __init__(self, modalities: Mapping[str, np.ndarray], **training):
-        super().__init__(**{"lr": 0.01, "l2": 1e-2, **training})
+    def __init__(self, modalities: Mapping[str, np.ndarray], **settings: Any):
+        super().__init__(**settings)
         if not modalities:
             raise ValueError("VBPR needs at least one modality")
         self.modalities = dict(modalities)

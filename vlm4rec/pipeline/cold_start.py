@@ -25,22 +25,20 @@ from vlm4rec.data import load_prepared
 from vlm4rec.distributed.matching import ranker
 from vlm4rec.evaluation import Candidate, MethodKey, MethodResult, per_user_long
 from vlm4rec.matching import ProfileRecommender
-from vlm4rec.multimodal import candidates as graph_candidates
-from vlm4rec.pipeline.fuse import FusionTrainer, chosen_ease_l2, hybrid_candidates, late_fusion_candidates
-from vlm4rec.pipeline.graph import regime_options
-from vlm4rec.pipeline.outputs import (EMBEDDINGS_DIR, METRICS_DIR, PLOTS_DIR, PREPARED_DIR, RESULTS_DIR,
-                                      peak_rss_mb, timed, write_json)
-from vlm4rec.pipeline.report import user_gallery
+from vlm4rec.multimodal import candidates as graph_candidates, regime_options
+from vlm4rec.fusion_candidates import FusionTrainer, hybrid_candidates, late_fusion_candidates
+from vlm4rec.gallery import user_gallery
+from vlm4rec.methods import CATALOGUE, HYBRID, fusion_method, hybrid_method, is_kind
+from vlm4rec.pipeline.outputs import (EMBEDDINGS_DIR, PLOTS_DIR, PREPARED_DIR, RESULTS_DIR, chosen_ease_l2,
+                                      peak_rss_mb, timed)
+from vlm4rec.pipeline.stage_metrics import NewItemMetrics
 from vlm4rec.tables import main_table, metric_curves, test_metrics_json, timing_json
 from vlm4rec.representations import available_representations, load_vectors
 from vlm4rec.splits import assign_cold_split, cold_items
 
 COLD_RESULTS = RESULTS_DIR / "cold_start"
-NO_SIGNAL = {"mostpop": "no signal for new items (popularity counts training interactions: a new item has none)",
-             "itemknn_cf": "no signal for new items (a new item has no co-interactions)",
-             "ease": "no signal for new items (a new item's column of the training matrix is empty)",
-             "lightgcn": "no signal for new items (a new item has no edge and no learned embedding)"}
-HYBRID_NOTE = "the EASE^R part gives new items no signal: their order among themselves is the content's"
+#: The catalogued methods that cannot score a new item, and why (listed in the tables, never scored).
+NO_SIGNAL = {name: family.no_signal for name, family in CATALOGUE.items() if not family.scores_new}
 
 Results = dict[str, dict[MethodKey, MethodResult]]
 
@@ -69,10 +67,11 @@ def _merge(into: Results, more: Results) -> None:
 
 
 def run(evaluation: EvalParams, cold_start: ColdStartParams, fusion: FusionParams, graph: GraphParams,
-        report: ReportParams) -> tuple[Results, dict[str, Any]]:
+        report: ReportParams) -> tuple[Results, NewItemMetrics]:
     """Every new-item-capable method, selected on the validation cold items and tested on the test cold
     items under both candidate sets; results under ``data/results/cold_start/<all|cold>/<method>``, counts,
-    test metrics and findings in ``metrics/cold_start.json``, Recall@K / NDCG@K curves in ``plots/``."""
+    test metrics and findings in ``metrics/cold_start.json`` (:class:`NewItemMetrics`), Recall@K / NDCG@K
+    curves in ``plots/``."""
     ks, metric, seeds = evaluation.ks, evaluation.select_metric, cold_start.seeds
     costs: dict[str, Any] = {}
     results: Results = {name: {} for name in CANDIDATE_SETS}
@@ -88,15 +87,15 @@ def run(evaluation: EvalParams, cold_start: ColdStartParams, fusion: FusionParam
             vectors = load_vectors(EMBEDDINGS_DIR, rep, "data/embeddings")
             unseeded(rep, [Candidate({}, lambda v=vectors, r=rep: ProfileRecommender(v, name=r))])
         modalities = {name: load_vectors(EMBEDDINGS_DIR, name, "fusion.modalities") for name in fusion.modalities}
-        unseeded("fusion_late", late_fusion_candidates(modalities, fusion.concat_grid_step))
+        unseeded(fusion_method("late"), late_fusion_candidates(modalities, fusion.concat_grid_step))
         l2 = chosen_ease_l2()
         ease = FittedOnce(EASE(l2=l2))  # one fit of the warm history, shared by every hybrid
         for rep in fusion.hybrid_representations:
             vectors = load_vectors(EMBEDDINGS_DIR, rep, "fusion.hybrid_representations")
-            unseeded(f"hybrid_{rep}_ease", hybrid_candidates(vectors, l2, fusion.hybrid_alpha_grid, rep, ease))
+            unseeded(hybrid_method(rep), hybrid_candidates(vectors, l2, fusion.hybrid_alpha_grid, rep, ease))
         trainer = FusionTrainer(modalities, data, fusion)
         for kind in cold_start.fusion_learned:
-            _merge(results, select_and_test_new_items(f"fusion_{kind}", trainer.candidates_for(kind), data, ks,
+            _merge(results, select_and_test_new_items(fusion_method(kind), trainer.candidates_for(kind), data, ks,
                                                       metric, seeds, COLD_RESULTS))
         for cell in cold_start.graph_cells:
             spec = graph.cells[cell]
@@ -109,11 +108,11 @@ def run(evaluation: EvalParams, cold_start: ColdStartParams, fusion: FusionParam
                 data, ks, metric, seeds, COLD_RESULTS))
     findings = {name: json_records(findings_table(results[name], report.findings.description,
                                                   cold_start.metric, evaluation)) for name in CANDIDATE_SETS}
-    metrics = {"counts": counts, "no_signal": NO_SIGNAL, "hybrids": HYBRID_NOTE,
-               "methods": {name: test_metrics_json(results[name]) for name in CANDIDATE_SETS},
-               "findings": findings,
-               "cost": costs | {"peak_rss_mb": round(peak_rss_mb(), 1), "methods": timing_json(results["all"])}}
-    write_json(METRICS_DIR / "cold_start.json", metrics)
+    metrics = NewItemMetrics(counts=counts, no_signal=NO_SIGNAL, hybrids=HYBRID.note,
+                             methods={name: test_metrics_json(results[name]) for name in CANDIDATE_SETS},
+                             findings=findings, cost=costs | {"peak_rss_mb": round(peak_rss_mb(), 1),
+                                                              "methods": timing_json(results["all"])})
+    metrics.save(NewItemMetrics.path())
     PLOTS_DIR.mkdir(exist_ok=True)
     new_item_curves(results).to_csv(PLOTS_DIR / "cold_start_at_k.csv", index=False)
     return results, metrics
@@ -146,14 +145,14 @@ def new_item_table(results: dict[MethodKey, MethodResult], evaluation: EvalParam
     and seeds), a ``note`` column on the hybrids, and one row per method with no signal for new items
     (shown as such, never scored)."""
     wide = main_table(results, evaluation)[1]
-    wide["note"] = ["" if not m.startswith("hybrid_") else HYBRID_NOTE for m in wide.index]
+    wide["note"] = [HYBRID.note if is_kind(m, "hybrid") else "" for m in wide.index]
     absent = pd.DataFrame({"note": list(NO_SIGNAL.values())}, index=list(NO_SIGNAL))
     return pd.concat([wide, absent]).fillna({c: "-" for c in wide.columns if c != "note"})
 
 
-def gallery_rows(results: dict[str, MethodResult], methods: list[str], cold_start: ColdStartParams,
+def gallery_rows(results: dict[MethodKey, MethodResult], methods: list[str], cold_start: ColdStartParams,
                  n_users: int, seed: int) -> list[tuple[str, list[str | None], list[str]]]:
-    """:func:`~vlm4rec.pipeline.report.user_gallery` on the new-item protocol: a few test users' latest
+    """:func:`~vlm4rec.gallery.user_gallery` on the new-item protocol: a few test users' latest
     warm history posters and each method's top new items (HIT = one of the user's test cold items)."""
     prepared = load_prepared(PREPARED_DIR)
     inter = prepared.interactions.drop(columns="split", errors="ignore")

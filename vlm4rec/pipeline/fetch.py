@@ -7,7 +7,7 @@ included) changes the manifest and re-runs ``prepare``. The stage runs on every 
 and fingerprints, never times or download counts, so that an unchanged source gives the same bytes.
 
 The manifest also records the ``data.<source>`` keys the stage ran with, so that ``prepare`` refuses a
-manifest made for other keys (:func:`adapter_keys`).
+manifest made for other keys (:func:`vlm4rec.pipeline.source_manifest.adapter_keys`).
 
 - ``movielens_1m``: :func:`vlm4rec.datasets.movielens_fetch.resolve_movielens_1m` finds the official
   files (or downloads them on a fresh machine). The manifest holds the resolved root, size and sha256
@@ -29,11 +29,10 @@ from typing import Any
 from vlm4rec.config import DataParams
 from vlm4rec.datasets import INPUT_PATH_KEYS
 from vlm4rec.datasets.movielens_fetch import resolve_movielens_1m
-from vlm4rec.errors import StudyError
 from vlm4rec.pipeline.outputs import METRICS_DIR, RAW_DIR, timed, write_json
+from vlm4rec.pipeline.source_manifest import SOURCE_MANIFEST, source_keys
 from vlm4rec.stage import exit_on_study_error, run_stage_function
 
-SOURCE_MANIFEST = RAW_DIR / "source.json"
 #: Where MovieLens-1M is downloaded when ``data.movielens_1m.download_dir`` is not set (git-ignored).
 DEFAULT_DOWNLOAD_DIR = RAW_DIR / "ml-1m"
 
@@ -67,11 +66,6 @@ def _other_source(source: str, keys: dict[str, Any]) -> tuple[dict[str, Any], di
                                          "paths_missing": sum("missing" in p for p in paths.values())}}
 
 
-def source_keys(data: DataParams) -> dict[str, Any]:
-    """The chosen source's keys that are set (``data.<source>``, nulls left out)."""
-    return {k: v for k, v in data.source_params.model_dump().items() if v is not None}
-
-
 def run(data: DataParams) -> dict[str, Any]:
     """Resolve ``data.source``'s raw files, write :data:`SOURCE_MANIFEST` and ``metrics/fetch.json``
     (counts and wall time), and return the metrics."""
@@ -84,38 +78,6 @@ def run(data: DataParams) -> dict[str, Any]:
     metrics = {"source": source} | metrics | {"cost": costs}
     write_json(METRICS_DIR / "fetch.json", metrics)
     return metrics
-
-
-def load_source_manifest(path: str | Path = SOURCE_MANIFEST) -> dict[str, Any]:
-    """What the fetch stage recorded; a StudyError when it has not run."""
-    path = Path(path)
-    if not path.is_file():
-        raise StudyError(f"{path} is missing: run the fetch stage first (dvc repro fetch)")
-    return json.loads(path.read_text())
-
-
-def adapter_keys(data: DataParams, manifest_path: str | Path = SOURCE_MANIFEST) -> dict[str, Any]:
-    """The keyword arguments for ``load_source(data.source, ...)``: MovieLens-1M's resolved root and
-    posters folder from the manifest, other sources' own non-null keys, and ``images_outside_folder``.
-
-    The manifest must come from a fetch run with the current ``data.<source>`` keys (it records them): a
-    changed root is a StudyError, never a silent read of the folder the last fetch found."""
-    source = data.source
-    manifest = load_source_manifest(manifest_path)
-    if manifest["source"] != source:
-        raise StudyError(f"{manifest_path} records source {manifest['source']!r} but data.source is "
-                         f"{source!r}: run the fetch stage first (dvc repro fetch)")
-    keys = source_keys(data)
-    recorded = manifest.get("keys", {})
-    changed = sorted(k for k in keys.keys() | recorded.keys() if keys.get(k) != recorded.get(k))
-    if changed:
-        raise StudyError("; ".join(f"data.{source}.{k} is {keys.get(k)!r} but the fetch stage last ran with "
-                                   f"{recorded.get(k)!r}" for k in changed)
-                         + ": run the fetch stage first (dvc repro fetch), so that prepare reads these files")
-    policy = {"images_outside_folder": data.images_outside_folder}
-    if source == "movielens_1m":
-        return {"root": manifest["root"], "posters_dir": manifest["posters_dir"]} | policy
-    return keys | policy
 
 
 def main() -> None:

@@ -11,14 +11,13 @@ from __future__ import annotations
 
 import argparse
 import time
-from typing import Any
-
 from vlm4rec.config import EvalParams, GraphParams
 from vlm4rec.data import load_prepared
 from vlm4rec.distributed.matching import ranker
-from vlm4rec.evaluation import EvalData, MethodResult, select_and_test_seeds
-from vlm4rec.multimodal import candidates
-from vlm4rec.pipeline.outputs import EMBEDDINGS_DIR, METRICS_DIR, PREPARED_DIR, RESULTS_DIR, peak_rss_mb, write_json
+from vlm4rec.evaluation import EvalData, MethodKey, MethodResult, select_and_test_seeds
+from vlm4rec.multimodal import candidates, regime_options
+from vlm4rec.pipeline.outputs import EMBEDDINGS_DIR, PREPARED_DIR, RESULTS_DIR, peak_rss_mb
+from vlm4rec.pipeline.stage_metrics import GraphCellMetrics, GraphCost, GraphTraining
 from vlm4rec.tables import test_metrics_json, timing_json
 from vlm4rec.representations import load_vectors
 from vlm4rec.stage import exit_on_study_error, run_stage_function
@@ -26,17 +25,7 @@ from vlm4rec.stage import exit_on_study_error, run_stage_function
 GRAPH_RESULTS = RESULTS_DIR / "graph"
 
 
-def regime_options(graph: GraphParams, model: str) -> dict[str, Any]:
-    """The training options every candidate of ``model`` gets in the chosen regime: the regime's shared
-    options (a null ``lr`` leaves each model its own default), then the regime's options for ``model``
-    (``graph.training.<regime>.models``), and the device."""
-    regime = graph.chosen_regime
-    shared = {key: value for key, value in regime.model_dump(exclude={"models"}).items()
-              if not (key == "lr" and value is None)}
-    return shared | regime.models.get(model, {}) | {"device": graph.device}
-
-
-def run_cell(evaluation: EvalParams, graph: GraphParams, cell: str) -> dict[str, MethodResult]:
+def run_cell(evaluation: EvalParams, graph: GraphParams, cell: str) -> dict[MethodKey, MethodResult]:
     """Select, refit and test one cell over its seeds; results under ``data/results/graph/<cell>``, metrics
     (test and validation numbers, chosen configuration, epochs run and best epoch, wall times) in
     ``metrics/graph/<cell>.json``."""
@@ -50,14 +39,14 @@ def run_cell(evaluation: EvalParams, graph: GraphParams, cell: str) -> dict[str,
     results = select_and_test_seeds(cell, lambda seed: candidates(spec.model, modalities, grid, fixed, seed),
                                     data, scale.seeds, evaluation.ks, evaluation.select_metric, GRAPH_RESULTS / cell)
     first = next(iter(results.values()))
-    write_json(METRICS_DIR / "graph" / f"{cell}.json", {
-        "model": spec.model, "modalities": spec.modalities, "scale": graph.scale, "regime": graph.regime,
-        "methods": test_metrics_json(results),
-        "training": {"best_epoch": first.training["best_epoch"], "epochs_run": first.training["epochs_run"],
-                     "stopped_early": first.training["stopped_early"],
-                     "validation_curve": first.training["curve"], "grid_size": len(first.val_grid)},
-        "cost": {"wall_s": round(time.perf_counter() - started, 3), "peak_rss_mb": round(peak_rss_mb(), 1),
-                 "methods": timing_json(results)}})
+    GraphCellMetrics(
+        model=spec.model, modalities=spec.modalities, scale=graph.scale, regime=graph.regime,
+        methods=test_metrics_json(results),
+        training=GraphTraining(best_epoch=first.training["best_epoch"], epochs_run=first.training["epochs_run"],
+                               stopped_early=first.training["stopped_early"],
+                               validation_curve=first.training["curve"], grid_size=len(first.val_grid)),
+        cost=GraphCost(wall_s=round(time.perf_counter() - started, 3), peak_rss_mb=round(peak_rss_mb(), 1),
+                       methods=timing_json(results))).save(GraphCellMetrics.path(cell))
     return results
 
 

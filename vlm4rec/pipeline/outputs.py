@@ -51,6 +51,11 @@ def read_metrics(name: str) -> dict[str, Any]:
     return json.loads((METRICS_DIR / f"{name}.json").read_text())
 
 
+def chosen_ease_l2() -> float:
+    """The EASE^R L2 penalty the match stage chose on validation (its ``chosen.json``)."""
+    return json.loads((RESULTS_DIR / "match" / "ease" / "chosen.json").read_text())["config"]["l2"]
+
+
 def _to_builtin(value: Any) -> Any:
     if isinstance(value, np.generic):
         return value.item()

@@ -8,7 +8,7 @@ import numpy as np
 from vlm4rec.config import DataParams, SplitParams
 from vlm4rec.data import PreparedData, RawDataset, dataset_counts, id_order, prepare, save_prepared
 from vlm4rec.datasets import load_source
-from vlm4rec.pipeline.fetch import adapter_keys
+from vlm4rec.pipeline.source_manifest import adapter_keys
 from vlm4rec.pipeline.outputs import METRICS_DIR, PREPARED_DIR, peak_rss_mb, timed, write_json
 from vlm4rec.splits import SplitConfig
 

@@ -19,8 +19,10 @@ import pandas as pd
 from vlm4rec.config import EvalParams, FindingsParams, GraphCellParams, GraphParams, MatchParams, ReportParams
 from vlm4rec.data import PreparedData, load_prepared
 from vlm4rec.evaluation import MethodKey, MethodResult, load_result
-from vlm4rec.findings import MODEL_NAMES, Finding, families, findings, graph_comparisons, p_floor_note
+from vlm4rec.findings import Finding, families, findings, graph_comparisons, p_floor_note
+from vlm4rec.methods import CATALOGUE, fusion_method, is_kind
 from vlm4rec.pipeline.outputs import GROUNDING_DIR, METRICS_DIR, PREPARED_DIR, RESULTS_DIR, read_metrics, write_json
+from vlm4rec.pipeline.stage_metrics import GraphCellMetrics, NewItemMetrics
 from vlm4rec.stats import format_p
 
 RESULT_STAGES = ("match", "fusion", "graph")
@@ -49,8 +51,8 @@ def graph_table(results: dict[MethodKey, MethodResult], evaluation: EvalParams, 
         return pd.DataFrame()
     rows = []
     for c in compared:
-        seconds = [read_metrics(f"graph/{cell}")["cost"]["wall_s"] for cell in c.cells]
-        rows.append({"model": MODEL_NAMES.get(c.model, c.model), "cells": " vs ".join(c.cells),
+        seconds = [GraphCellMetrics.load(GraphCellMetrics.path(cell)).cost.wall_s for cell in c.cells]
+        rows.append({"model": CATALOGUE[c.model].display, "cells": " vs ".join(c.cells),
                      **_summary(c.overall, params.metric), **_summary(c.cold, "cold-item recall"),
                      "wall_s (both cells)": round(sum(seconds), 1)})
     return pd.DataFrame(rows).set_index("model")
@@ -79,7 +81,7 @@ def runs_at_epoch_cap(results: dict[MethodKey, MethodResult], fusion_training: d
     configuration (``fusion_training``: the ``training`` entry of ``metrics/fusion.json``)."""
     graph = sorted({key.family for key, r in results.items()
                     if r.training is not None and not r.training["stopped_early"]})
-    fusion = sorted(f"fusion_{run['kind']} seed {run['seed']} {json.dumps(run['config'], sort_keys=True)}"
+    fusion = sorted(f"{fusion_method(run['kind'])} seed {run['seed']} {json.dumps(run['config'], sort_keys=True)}"
                     for run in fusion_training.values() if not run["stopped_early"])
     return graph + fusion
 
@@ -93,10 +95,10 @@ def graph_tuning_note(graph_cells: Collection[str]) -> str | None:
     :data:`GRAPH_TUNING_RECORD`; None when every cell searched a grid here."""
     fixed = {}
     for cell in graph_cells:
-        if (METRICS_DIR / "graph" / f"{cell}.json").exists():
-            metrics = read_metrics(f"graph/{cell}")
-            if metrics["training"]["grid_size"] == 1:
-                fixed[cell] = metrics["scale"]
+        if GraphCellMetrics.path(cell).exists():
+            metrics = GraphCellMetrics.load(GraphCellMetrics.path(cell))
+            if metrics.training.grid_size == 1:
+                fixed[cell] = metrics.scale
     if not fixed:
         return None
     scales = ", ".join(sorted(set(fixed.values())))
@@ -175,48 +177,37 @@ def cold_start_table(metric: str, robustness: dict[str, Any] | None) -> pd.DataF
     return pd.DataFrame.from_dict(rows, orient="index").rename_axis("method")
 
 
-def load_new_items() -> dict[str, Any]:
+def load_new_items() -> NewItemMetrics:
     """``metrics/cold_start.json``: the strict new-item protocol's counts, test metrics and findings."""
-    return read_metrics("cold_start")
+    return NewItemMetrics.load(NewItemMetrics.path())
 
 
-def new_item_table(metrics: Sequence[str], new_items: dict[str, Any]) -> pd.DataFrame:
+def new_item_table(metrics: Sequence[str], new_items: NewItemMetrics) -> pd.DataFrame:
     """Per method family, each test metric on the new items ranked among all items and among the new items
     (a seeded family: the mean over its seeds, with their number), then the methods with no signal for a new
     item, shown as such."""
     values: dict[str, dict[str, list[float]]] = {}
-    for candidates, methods in new_items["methods"].items():
+    for candidates, methods in new_items.methods.items():
         for name, entry in methods.items():
             family = values.setdefault(MethodKey.parse(name).family, {})
             for metric in metrics:
-                family.setdefault(f"{metric} (among {candidates})", []).append(entry["test"][metric])
+                family.setdefault(f"{metric} (among {candidates})", []).append(entry.test[metric])
     table = pd.DataFrame({family: {column: float(np.mean(v)) for column, v in columns.items()}
                           for family, columns in values.items()}).T
     table.insert(0, "seeds", [len(next(iter(values[f].values()))) for f in table.index])
-    table["note"] = [new_items["hybrids"] if f.startswith("hybrid_") else "" for f in table.index]
+    table["note"] = [new_items.hybrids if is_kind(f, "hybrid") else "" for f in table.index]
     table = table.sort_values(table.columns[1], ascending=False, kind="stable")
-    absent = pd.DataFrame({"note": list(new_items["no_signal"].values())}, index=list(new_items["no_signal"]))
+    absent = pd.DataFrame({"note": list(new_items.no_signal.values())}, index=list(new_items.no_signal))
     return pd.concat([table, absent]).rename_axis("method")
 
 
-def new_item_findings(new_items: dict[str, Any]) -> pd.DataFrame:
-    """"Does the grounded description beat X on new items?": per candidate set and X, the paired difference
-    with its 95% CI and the Holm-corrected p (or why there is no verdict)."""
-    rows = [{"candidates": candidates, "description": r["method"], "against": r["reference"], "metric": r["metric"],
-             "difference": f"{r['mean_diff']:+.4f} [{r['diff_ci_low']:+.4f}, {r['diff_ci_high']:+.4f}]",
-             "p (Holm)": (f"{r['verdict_blocked_by']}: no verdict" if r["verdict_blocked_by"]
-                          else format_p(r["p_holm"]))}
-            for candidates, found in new_items["findings"].items() for r in found]
-    return pd.DataFrame(rows)
-
-
-def new_item_curves(new_items: dict[str, Any], metric: str = "recall") -> pd.DataFrame:
+def new_item_curves(new_items: NewItemMetrics, metric: str = "recall") -> pd.DataFrame:
     """``metric``@K per method family (seeds averaged) on the new items, one ``group`` per candidate set
     (plot data for :func:`vlm4rec.plots.metric_at_k_curves`)."""
     rows = [{"group": f"among {candidates} items", "method": MethodKey.parse(name).family,
              "k": int(at_k.split("@")[1]), metric: value}
-            for candidates, methods in new_items["methods"].items() for name, entry in methods.items()
-            for at_k, value in entry["test"].items() if at_k.startswith(f"{metric}@")]
+            for candidates, methods in new_items.methods.items() for name, entry in methods.items()
+            for at_k, value in entry.test.items() if at_k.startswith(f"{metric}@")]
     frame = pd.DataFrame(rows, columns=["group", "method", "k", metric])
     return frame.groupby(["group", "method", "k"], as_index=False, sort=False)[metric].mean()
 
@@ -288,29 +279,3 @@ def load_descriptions() -> pd.DataFrame:
 
 def load_prepared_data() -> PreparedData:
     return load_prepared(PREPARED_DIR)
-
-
-def user_gallery(results: dict[MethodKey, MethodResult], methods: list[str], prepared: PreparedData, n_users: int = 3,
-                 history: int = 6, k: int = 5, seed: int = 0) -> list[tuple[str, list[str | None], list[str]]]:
-    """For a seeded sample of test users: their latest history posters, then each method family's top-k
-    (a seeded family's first seed, named in the row title; families without results are skipped).
-
-    Returns (row title, image paths, captions) rows for :func:`vlm4rec.plots.image_grid`."""
-    items = prepared.items.set_index("item_idx")
-    inter = prepared.interactions
-    test = inter[inter["split"] == "test"].groupby("user_idx")["item_idx"].apply(set)
-    users = np.random.default_rng(seed).permutation(np.sort(test.index.to_numpy()))[:n_users]
-    rows = []
-    for user in users:
-        seen = inter[(inter["user_idx"] == user) & inter["split"].isin(["train", "val"])]
-        latest = seen.sort_values("timestamp")["item_idx"].to_numpy()[-history:][::-1]
-        rows.append((f"user {user}: latest history", [items.at[i, "image_path"] for i in latest],
-                     [items.at[i, "title"] for i in latest]))
-        for method in [m for m in methods if m in families(results)]:
-            key = families(results)[method][0]
-            result = results[key]
-            row = int(np.flatnonzero(result.test_per_user["user_idx"].to_numpy() == user)[0])
-            top = result.test_topk[row, :k]
-            rows.append((f"{key.name} top-{k}", [items.at[i, "image_path"] for i in top],
-                         [("HIT  " if i in test[user] else "") + items.at[i, "title"] for i in top]))
-    return rows

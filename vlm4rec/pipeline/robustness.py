@@ -23,7 +23,7 @@ from vlm4rec.distributed import ray_config
 from vlm4rec.distributed.matching import ranker
 from vlm4rec.evaluation import EvalData, MethodResult, select_and_test_methods
 from vlm4rec.metrics import summarize
-from vlm4rec.pipeline.match import method_grid
+from vlm4rec.pipeline.profiles import method_grid
 from vlm4rec.pipeline.outputs import METRICS_DIR, PREPARED_DIR, RESULTS_DIR, peak_rss_mb, timed, write_json
 from vlm4rec.tables import test_metrics_json, timing_json
 from vlm4rec.splits import SplitConfig, assign_split

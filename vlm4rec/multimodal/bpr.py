@@ -32,14 +32,15 @@ item-item content graph). ``"learned"`` (the default) trains every item's table 
 
 Reproducibility: each fit draws its initial weights and every random choice (order, negatives, edge
 dropout, dropout masks) from its own ``torch.Generator`` and ``numpy`` generator seeded with ``options.seed``;
-no global random state is read or changed, and deterministic torch algorithms are enforced during the
-fit on CUDA (restored afterwards). Two CPU fits with the same seed give byte-identical scores.
+no global random state is read or changed, and torch's deterministic algorithms are requested during the
+fit (``warn_only``: an operation without a deterministic version warns instead of failing, so a CUDA fit is
+not guaranteed identical; the settings are restored afterwards). Two CPU fits with the same seed give
+byte-identical scores.
 """
 from __future__ import annotations
 
-import math
 from abc import abstractmethod
-from typing import Callable, Literal, Mapping, Sequence
+from typing import Any, Callable, ClassVar, Literal, Mapping, Sequence
 
 import numpy as np
 import scipy.sparse as sp
@@ -47,16 +48,13 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from vlm4rec.methods import BPRConfig, Init, Negatives
 from vlm4rec.matching import FactorRecommender, IterativeRecommender, stored_coordinates
 from vlm4rec.reproducibility import deterministic_torch
 from vlm4rec.splits import History, binarize, history_membership, sample_negatives
 from vlm4rec.training import EarlyStopping, TrainingLog, TrainingOptions, train_epochs
 from vlm4rec.vectors import check_modalities, normalize_rows
 
-Init = Literal["normal", "reference"]
-Negatives = Literal["all", "seen"]
-UnseenItems = Literal["learned", "content"]
-LinearInit = Literal["xavier_uniform", "xavier_normal", "torch"]
 INIT_STD = 0.1  # N(0, 0.1^2) initial embeddings, as LightGCN's PyTorch port (the fast regime's choice)
 
 
@@ -131,29 +129,6 @@ def embedding_tables(sizes: Sequence[int], dim: int, generator: torch.Generator,
         raise ValueError(f"init must be 'normal' or 'reference', got {init!r}")
     tables = [nn.init.xavier_uniform_(torch.empty(n, dim), generator=generator) for n in sizes]
     return nn.Parameter(torch.cat(tables))
-
-
-def linear(d_in: int, d_out: int, generator: torch.Generator, bias: bool = True,
-           init: LinearInit = "xavier_uniform") -> nn.Linear:
-    """A Linear layer initialised from ``generator`` (no global RNG): Xavier-uniform or Xavier-normal
-    weights and zero bias, or ``torch``'s own default (weights and bias U(-1/sqrt(d_in), 1/sqrt(d_in)), what
-    an ``nn.Linear`` of the FREEDOM and SMORE reference code starts from)."""
-    layer = torch.nn.utils.skip_init(nn.Linear, d_in, d_out, bias=bias)
-    if init == "torch":
-        bound = 1.0 / math.sqrt(d_in)
-        nn.init.uniform_(layer.weight, -bound, bound, generator=generator)
-        if bias:
-            nn.init.uniform_(layer.bias, -bound, bound, generator=generator)
-        return layer
-    if init == "xavier_uniform":
-        nn.init.xavier_uniform_(layer.weight, generator=generator)
-    elif init == "xavier_normal":
-        nn.init.xavier_normal_(layer.weight, generator=generator)
-    else:
-        raise ValueError(f"unknown linear init {init!r}")
-    if bias:
-        nn.init.zeros_(layer.bias)
-    return layer
 
 
 def dropout(x: torch.Tensor, p: float, generator: torch.Generator, training: bool) -> torch.Tensor:
@@ -266,31 +241,20 @@ class BPRRecommender(FactorRecommender, IterativeRecommender):
     ``negatives``    ``all`` | ``seen`` (see the module docstring)
     ``unseen_items`` ``learned`` | ``content`` (new items scored from content alone; see the module docstring)
     Defaults are the fast regime's; subclasses may change them (VBPR's lr and l2, FREEDOM's l2, SMORE's
-    lr_decay).
+    lr_decay). Each model validates its options with its pydantic configuration :attr:`Config`
+    (:mod:`vlm4rec.methods`, the same one params.yaml's per-model options are checked against at load): a bad
+    option is a :class:`pydantic.ValidationError` (a ``ValueError``) naming it; the validated options become
+    the model's attributes and ``config``.
     """
 
     name = "bpr"
+    Config: ClassVar[type[BPRConfig]] = BPRConfig
 
-    def __init__(self, *, dim: int = 64, lr: float = 0.05, l2: float = 1e-4, epochs: int = 60,
-                 batch_size: int = 32768, eval_every: int = 5, patience: int = 2,
-                 options: TrainingOptions = TrainingOptions(), init: Init = "normal", lr_decay: float = 1.0,
-                 lr_decay_step: float = 50.0, negatives: Negatives = "all", unseen_items: UnseenItems = "learned"):
-        if min(dim, batch_size, eval_every, patience) < 1 or epochs < 0:
-            raise ValueError(f"need dim, batch_size, eval_every, patience >= 1 and epochs >= 0, got dim={dim}, "
-                             f"batch_size={batch_size}, eval_every={eval_every}, patience={patience}, "
-                             f"epochs={epochs}")
-        if lr <= 0 or l2 < 0 or not 0 < lr_decay <= 1 or lr_decay_step <= 0:
-            raise ValueError(f"need lr > 0, l2 >= 0, 0 < lr_decay <= 1 and lr_decay_step > 0, got lr={lr}, l2={l2}, "
-                             f"lr_decay={lr_decay}, lr_decay_step={lr_decay_step}")
-        if init not in ("normal", "reference") or negatives not in ("all", "seen"):
-            raise ValueError(f"init must be 'normal' or 'reference' and negatives 'all' or 'seen', got "
-                             f"{init!r}, {negatives!r}")
-        if unseen_items not in ("learned", "content"):
-            raise ValueError(f"unseen_items must be 'learned' or 'content', got {unseen_items!r}")
-        self.dim, self.lr, self.l2, self.epochs, self.batch_size = dim, lr, l2, epochs, batch_size
-        self.eval_every, self.patience, self.options = eval_every, patience, options
-        self.init, self.lr_decay, self.lr_decay_step = init, lr_decay, lr_decay_step
-        self.negatives, self.unseen_items = negatives, unseen_items
+    def __init__(self, *, options: TrainingOptions = TrainingOptions(), **settings: Any):
+        self.config = self.Config(**settings)
+        for key, value in self.config:
+            setattr(self, key, value)
+        self.options = options
         self.model: BPRModel | None = None
 
     @abstractmethod
@@ -315,15 +279,15 @@ class BPRRecommender(FactorRecommender, IterativeRecommender):
         device = self.options.torch_device()
         with deterministic_torch(threads=None):  # all of torch's threads: these models are the slow part
             self.model = model = self.build(matrix, generator, device)
-            unseen = (torch.as_tensor(np.flatnonzero(matrix.getnnz(axis=0) == 0), device=device)
+            new_items = (torch.as_tensor(np.flatnonzero(matrix.getnnz(axis=0) == 0), device=device)
                       if self.unseen_items == "content" else None)
-            self._forget(unseen)
+            self._forget(new_items)
             optimizer = torch.optim.Adam(model.parameters(), lr=self.lr)
             schedule = torch.optim.lr_scheduler.LambdaLR(optimizer, self.lr_factor)
-            sampler = NegativeSampler(matrix, "seen" if unseen is not None else self.negatives)
+            sampler = NegativeSampler(matrix, "seen" if new_items is not None else self.negatives)
 
             def run_epoch(epoch: int) -> float:
-                loss = self._epoch(matrix, optimizer, sampler, rng, unseen)
+                loss = self._epoch(matrix, optimizer, sampler, rng, new_items)
                 schedule.step()
                 return loss
 
@@ -344,14 +308,14 @@ class BPRRecommender(FactorRecommender, IterativeRecommender):
         return self.lr_decay ** (epoch / self.lr_decay_step)
 
     @torch.no_grad()
-    def _forget(self, unseen: torch.Tensor | None) -> None:
+    def _forget(self, new_items: torch.Tensor | None) -> None:
         """Zero the new items' ID parameters (``unseen_items="content"``; nothing otherwise)."""
-        if unseen is not None and len(unseen):
+        if new_items is not None and len(new_items):
             assert self.model is not None
-            self.model.forget_items(unseen)
+            self.model.forget_items(new_items)
 
     def _epoch(self, matrix: sp.csr_matrix, optimizer: torch.optim.Optimizer, sampler: "NegativeSampler",
-               rng: np.random.Generator, unseen: torch.Tensor | None = None) -> float:
+               rng: np.random.Generator, new_items: torch.Tensor | None = None) -> float:
         """One pass over every positive in a random order; the mean batch loss."""
         assert self.model is not None
         model = self.model
@@ -371,7 +335,7 @@ class BPRRecommender(FactorRecommender, IterativeRecommender):
             optimizer.zero_grad()
             loss.backward()
             optimizer.step()
-            self._forget(unseen)
+            self._forget(new_items)
             losses.append(loss.item())
         return float(np.mean(losses))
 

@@ -16,8 +16,8 @@ from torch_threads import single_thread  # noqa: F401  (autouse fixture)
 
 from vlm4rec.config import GraphModel
 from vlm4rec.multimodal import MODELS, LightGCN, candidates
-from vlm4rec.multimodal.training import (ContentFeatures, NegativeSampler, bpr_loss, bpr_rows_loss, embedding_tables,
-                                         info_nce, l2_penalty, linear)
+from vlm4rec.multimodal.bpr import (ContentFeatures, NegativeSampler, bpr_loss, bpr_rows_loss, embedding_tables,
+                                    info_nce, l2_penalty)
 from vlm4rec.training import TrainingOptions
 
 
@@ -237,5 +237,3 @@ def test_reference_initialisation_draws_each_id_table_xavier_uniform():
     assert np.abs(table[:400]).max() <= np.sqrt(6 / 410) < np.abs(table[400:]).max() <= np.sqrt(6 / 40)
     normal = embedding_tables((400, 30), 10, torch.Generator().manual_seed(0), "normal").detach().numpy()
     assert normal.std() == pytest.approx(0.1, rel=0.1)
-    layer = linear(25, 7, torch.Generator().manual_seed(0), init="torch")
-    assert np.abs(layer.weight.detach().numpy()).max() <= 0.2 and np.abs(layer.bias.detach().numpy()).max() <= 0.2
