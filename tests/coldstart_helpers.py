@@ -6,10 +6,11 @@ from __future__ import annotations
 from dataclasses import dataclass
 
 import numpy as np
+import pandas as pd
 import scipy.sparse as sp
 from torch import nn
 
-from vlm4rec.cold_start import FittedOnce
+from vlm4rec.cold_start import FittedOnce, NewItemData
 from vlm4rec.coldstart import default_backbone
 from vlm4rec.matching import Recommender
 from vlm4rec.splits import History
@@ -98,3 +99,19 @@ def dense_forward(layers: nn.Sequential, x: np.ndarray) -> np.ndarray:
         else:
             raise TypeError(f"no dense formulation for {type(layer).__name__}")
     return x
+
+
+def planted_new_item_data(planted: PlantedNewItems) -> NewItemData:
+    """The strict protocol's data for ``planted``: the warm history is train; each user's new items of their
+    cluster are validation (the first half of each cluster's new items) or test targets (the rest)."""
+    per_cluster = len(planted.new_items) // len(np.unique(planted.item_cluster))
+    first_half = (np.arange(len(planted.new_items)) % per_cluster) < per_cluster // 2
+    val_items, test_items = planted.new_items[first_half], planted.new_items[~first_half]
+    users, items = planted.history.matrix.nonzero()
+    rows = [(u, i, 0, "train") for u, i in zip(users, items)]
+    for user, cluster in enumerate(planted.user_cluster):
+        for item in planted.new_items[planted.item_cluster[planted.new_items] == cluster]:
+            rows.append((user, item, 1, "val" if item in val_items else "test"))
+    inter = pd.DataFrame(rows, columns=["user_idx", "item_idx", "timestamp", "split"])
+    return NewItemData.from_cold_split(inter, planted.history.n_users, planted.history.n_items, val_items,
+                                       test_items, among_cold=True)
