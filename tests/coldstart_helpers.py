@@ -7,6 +7,7 @@ from dataclasses import dataclass
 
 import numpy as np
 import pandas as pd
+import pytest
 import scipy.sparse as sp
 from torch import nn
 
@@ -59,6 +60,18 @@ def shared_backbone(data: PlantedNewItems, seed: int = 0) -> FittedOnce:
     backbone = FittedOnce(default_backbone(TrainingOptions(seed=seed), dim=16, layers=2, epochs=40, batch_size=64,
                                            lr=0.05))
     return backbone.fit(data.history)
+
+
+@pytest.fixture(scope="module")
+def planted() -> PlantedNewItems:
+    """The planted new-item data (a module-scoped fixture: import it into a test module)."""
+    return planted_new_items()
+
+
+@pytest.fixture(scope="module")
+def backbone(planted: PlantedNewItems) -> FittedOnce:
+    """The tiny backbone fitted once on ``planted`` (a module-scoped fixture: import it into a test module)."""
+    return shared_backbone(planted)
 
 
 def new_item_precision(model: Recommender, data: PlantedNewItems) -> float:

@@ -5,7 +5,8 @@ from __future__ import annotations
 import numpy as np
 import pydantic
 import pytest
-from coldstart_helpers import planted_new_item_data, planted_new_items, shared_backbone
+from coldstart_helpers import planted  # noqa: F401  (module-scoped fixture)
+from coldstart_helpers import planted_new_item_data, shared_backbone
 from torch_threads import single_thread  # noqa: F401  (autouse fixture)
 
 from vlm4rec.cold_start import select_and_test_new_items
@@ -16,11 +17,6 @@ GRIDS = {"content_regression": {"hidden": [[8], []]}, "dropoutnet": {"dropout": 
 FIXED = {"content_regression": {"lr": 0.01}, "dropoutnet": {"lr": 0.01, "hidden": [12, 8]},
          "aldi": {"lr": 0.01, "hidden": [12]}, "collective_ease": {"l2": 20.0}, "additive_ease": {"l2": 5.0}}
 TRAINING = {"epochs": 20, "batch_size": 32, "eval_every": 5, "patience": 2}
-
-
-@pytest.fixture(scope="module")
-def planted():
-    return planted_new_items()
 
 
 @pytest.mark.parametrize("model", sorted(MODELS))

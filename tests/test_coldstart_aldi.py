@@ -6,24 +6,14 @@ import numpy as np
 import pytest
 import scipy.sparse as sp
 import torch
-from coldstart_helpers import (TINY_TRAINING, backbone_vectors, dense_forward, new_item_precision, normalised,
-                               planted_new_items, shared_backbone)
+from coldstart_helpers import backbone, planted  # noqa: F401  (module-scoped fixtures)
+from coldstart_helpers import TINY_TRAINING, backbone_vectors, dense_forward, new_item_precision, normalised
 from recommender_contract import RecommenderContract, planted_item_vectors
 from torch_threads import single_thread  # noqa: F401  (autouse fixture)
 
 from vlm4rec.coldstart import ALDI
 from vlm4rec.coldstart.aldi import teacher_weights
 from vlm4rec.matching import Recommender
-
-
-@pytest.fixture(scope="module")
-def planted():
-    return planted_new_items()
-
-
-@pytest.fixture(scope="module")
-def backbone(planted):
-    return shared_backbone(planted)
 
 
 class TestALDIContract(RecommenderContract):

@@ -4,22 +4,13 @@ from __future__ import annotations
 
 import numpy as np
 import pytest
+from coldstart_helpers import backbone, planted  # noqa: F401  (module-scoped fixtures)
 from coldstart_helpers import planted_new_items, shared_backbone
 from torch_threads import single_thread  # noqa: F401  (autouse fixture)
 
 from vlm4rec.coldstart import ContentRegression, DropoutNet
 from vlm4rec.coldstart.base import batch_slices, content_inputs
 from vlm4rec.training import TrainingOptions
-
-
-@pytest.fixture(scope="module")
-def planted():
-    return planted_new_items()
-
-
-@pytest.fixture(scope="module")
-def backbone(planted):
-    return shared_backbone(planted)
 
 
 def test_content_rows_are_normalised_and_zero_rows_mark_missing_content():

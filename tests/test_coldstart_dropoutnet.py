@@ -7,8 +7,8 @@ import copy
 import numpy as np
 import pytest
 import torch
-from coldstart_helpers import (TINY_TRAINING, backbone_vectors, dense_forward, new_item_precision, normalised,
-                               planted_new_items, shared_backbone)
+from coldstart_helpers import backbone, planted  # noqa: F401  (module-scoped fixtures)
+from coldstart_helpers import TINY_TRAINING, backbone_vectors, dense_forward, new_item_precision, normalised
 from recommender_contract import RecommenderContract, planted_item_vectors
 from torch_threads import single_thread  # noqa: F401  (autouse fixture)
 
@@ -16,16 +16,6 @@ from vlm4rec.coldstart import DropoutNet
 from vlm4rec.matching import Recommender
 
 SMALL = dict(hidden=(12, 8), out_dim=6)
-
-
-@pytest.fixture(scope="module")
-def planted():
-    return planted_new_items()
-
-
-@pytest.fixture(scope="module")
-def backbone(planted):
-    return shared_backbone(planted)
 
 
 class TestDropoutNetContract(RecommenderContract):

@@ -31,18 +31,16 @@ per positive per epoch too, but drop the last partial batch).
 """
 from __future__ import annotations
 
-from typing import Any, Iterator, Mapping
+from typing import Iterator
 
 import numpy as np
+import scipy.sparse as sp
 import torch
 import torch.nn.functional as F
 from pydantic import Field
 from torch import nn
 
-from vlm4rec.coldstart.base import (DistilledRecommender, TrainedConfig, WarmData, configured, mlp,
-                                    triple_batches)
-from vlm4rec.matching import Recommender
-from vlm4rec.training import TrainingOptions
+from vlm4rec.coldstart.base import DistilledRecommender, TrainedConfig, WarmData, mlp, triple_batches
 
 
 class ALDIConfig(TrainedConfig):
@@ -59,7 +57,7 @@ class ALDIConfig(TrainedConfig):
     freq_coef_M: float = Field(default=4.0, gt=0)
 
 
-def teacher_weights(matrix: Any, frequency_weighting: bool, freq_coef_M: float) -> np.ndarray:
+def teacher_weights(matrix: sp.csr_matrix, frequency_weighting: bool, freq_coef_M: float) -> np.ndarray:
     """w_i per item (float32): min(tanh(a freq_i), tanh(M)) with the module docstring's freq and a, or ones."""
     n_users, n_items = matrix.shape
     if not frequency_weighting:
@@ -131,20 +129,11 @@ class ALDI(DistilledRecommender):
     :func:`~vlm4rec.coldstart.base.default_backbone`), see the module docstring."""
 
     name = "aldi"
+    config_type = ALDIConfig
     config: ALDIConfig
-
-    def __init__(self, content: np.ndarray, config: ALDIConfig | Mapping[str, Any] | None = None, *,
-                 backbone: Recommender | None = None, options: TrainingOptions = TrainingOptions(), **overrides: Any):
-        super().__init__(content, configured(ALDIConfig, config, overrides), backbone, options)
 
     def build(self, data: WarmData, generator: torch.Generator, device: torch.device) -> ALDIModule:
         return ALDIModule(data, self.config, generator)
 
     def batches(self, data: WarmData, rng: np.random.Generator) -> Iterator[tuple[np.ndarray, ...]]:
         return triple_batches(data, rng, self.config.batch_size)
-
-    def batch_loss(self, batch: tuple[torch.Tensor, ...], generator: torch.Generator) -> torch.Tensor:
-        return self.module.loss(*batch)
-
-    def factors(self) -> tuple[torch.Tensor, torch.Tensor]:
-        return self.module.vectors()

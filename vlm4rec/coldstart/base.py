@@ -127,10 +127,15 @@ class ColdStartRecommender(Recommender):
     """A cold-start model over one content matrix: its fit reads the history through :meth:`warm_data`, which
     marks the new items without content ``missing`` (to be scored ``-inf``)."""
 
+    config_type: type[ColdStartConfig] = ColdStartConfig
     missing: np.ndarray | None = None
 
-    def __init__(self, content: np.ndarray):
+    def __init__(self, content: np.ndarray, config: ColdStartConfig | Mapping[str, Any] | None = None,
+                 **overrides: Any):
+        """``config`` (the model's ``config_type``, a mapping or None = its defaults) with ``overrides``
+        applied, validated here, before any fit."""
         self.content, self.has_content = content_inputs(content)
+        self.config = configured(self.config_type, config, overrides)
 
     def warm_data(self, history: History, backbone: Recommender | None) -> WarmData:
         """The fitted history's :class:`WarmData` (``backbone`` None: no collaborative vectors, zero-width)."""
@@ -199,17 +204,20 @@ def as_tensors(arrays: tuple[np.ndarray, ...], device: torch.device) -> tuple[to
 
 class DistilledRecommender(ColdStartRecommender, FactorRecommender, IterativeRecommender):
     """A cold-start model that learns a content mapping from the backbone on the warm items by Adam, epoch by
-    epoch (see the module docstring). Subclasses give the module (:meth:`build`), the epoch's batches, the
-    batch loss and the scoring vectors."""
+    epoch (see the module docstring). Subclasses give their ``config_type``, the module (:meth:`build`: its
+    ``loss`` of a batch and its scoring ``vectors()``) and the epoch's batches."""
 
+    config_type: type[TrainedConfig] = TrainedConfig
     config: TrainedConfig
 
-    def __init__(self, content: np.ndarray, config: TrainedConfig, backbone: Recommender | None,
-                 options: TrainingOptions):
-        super().__init__(content)
-        self.config, self.options = config, options
+    def __init__(self, content: np.ndarray, config: TrainedConfig | Mapping[str, Any] | None = None, *,
+                 backbone: Recommender | None = None, options: TrainingOptions = TrainingOptions(),
+                 **overrides: Any):
+        """As :class:`ColdStartRecommender`; ``backbone`` None = :func:`default_backbone` with ``options``."""
+        super().__init__(content, config, **overrides)
+        self.options = options
         self.backbone = backbone if backbone is not None else default_backbone(options)
-        self.epochs, self.eval_every, self.patience = config.epochs, config.eval_every, config.patience
+        self.epochs, self.eval_every, self.patience = self.config.epochs, self.config.eval_every, self.config.patience
         self.module: nn.Module | None = None
 
     @abstractmethod
@@ -220,13 +228,14 @@ class DistilledRecommender(ColdStartRecommender, FactorRecommender, IterativeRec
     def batches(self, data: WarmData, rng: np.random.Generator) -> Iterator[tuple[np.ndarray, ...]]:
         """One epoch's batches of index arrays."""
 
-    @abstractmethod
     def batch_loss(self, batch: tuple[torch.Tensor, ...], generator: torch.Generator) -> torch.Tensor:
-        """The training loss of one batch (the module in training mode)."""
+        """The training loss of one batch (the module in training mode): the module's ``loss`` of it."""
+        return self.module.loss(*batch)
 
-    @abstractmethod
     def factors(self) -> tuple[torch.Tensor, torch.Tensor]:
-        """(user vectors, item vectors) that score every item (the module in evaluation mode)."""
+        """(user vectors, item vectors) that score every item (the module in evaluation mode): the module's
+        ``vectors()``."""
+        return self.module.vectors()
 
     def fit(self, history: History) -> "DistilledRecommender":
         self._train(history, None)

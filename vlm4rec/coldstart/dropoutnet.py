@@ -25,17 +25,14 @@ share of the batch); the paper's user dropout and "transform" inputs are left ou
 """
 from __future__ import annotations
 
-from typing import Any, Iterator, Mapping
+from typing import Iterator
 
 import numpy as np
 import torch
 from pydantic import Field
 from torch import nn
 
-from vlm4rec.coldstart.base import (DistilledRecommender, TrainedConfig, WarmData, configured, mlp,
-                                    triple_batches)
-from vlm4rec.matching import Recommender
-from vlm4rec.training import TrainingOptions
+from vlm4rec.coldstart.base import DistilledRecommender, TrainedConfig, WarmData, mlp, triple_batches
 
 
 class DropoutNetConfig(TrainedConfig):
@@ -82,11 +79,8 @@ class DropoutNet(DistilledRecommender):
     :func:`~vlm4rec.coldstart.base.default_backbone`), see the module docstring."""
 
     name = "dropoutnet"
+    config_type = DropoutNetConfig
     config: DropoutNetConfig
-
-    def __init__(self, content: np.ndarray, config: DropoutNetConfig | Mapping[str, Any] | None = None, *,
-                 backbone: Recommender | None = None, options: TrainingOptions = TrainingOptions(), **overrides: Any):
-        super().__init__(content, configured(DropoutNetConfig, config, overrides), backbone, options)
 
     def build(self, data: WarmData, generator: torch.Generator, device: torch.device) -> DropoutNetModule:
         return DropoutNetModule(data, self.config, generator)
@@ -99,6 +93,3 @@ class DropoutNet(DistilledRecommender):
         users, items = batch
         keep = (torch.rand(len(items), generator=generator) >= self.config.dropout).to(items.device)
         return self.module.loss(users, items, keep.float())
-
-    def factors(self) -> tuple[torch.Tensor, torch.Tensor]:
-        return self.module.vectors()

@@ -18,17 +18,15 @@ epoch, as the paper's objective weighs every song alike, and has no L2 term (val
 """
 from __future__ import annotations
 
-from typing import Any, Iterator, Mapping
+from typing import Iterator
 
 import numpy as np
 import torch
 from pydantic import Field
 from torch import nn
 
-from vlm4rec.coldstart.base import (Activation, DistilledRecommender, TrainedConfig, WarmData, configured,
-                                    item_batches, mlp)
-from vlm4rec.matching import Recommender
-from vlm4rec.training import TrainingOptions
+from vlm4rec.coldstart.base import (Activation, DistilledRecommender, TrainedConfig, WarmData, item_batches,
+                                    mlp)
 
 
 class ContentRegressionConfig(TrainedConfig):
@@ -56,9 +54,9 @@ class RegressionModule(nn.Module):
     def loss(self, items: torch.Tensor) -> torch.Tensor:
         return (self.f(self.content[items]) - self.targets[items]).pow(2).mean()
 
-    def item_vectors(self) -> torch.Tensor:
-        """Backbone vectors for the warm items, f(content) for the new ones."""
-        return torch.where(self.warm[:, None], self.targets, self.f(self.content))
+    def vectors(self) -> tuple[torch.Tensor, torch.Tensor]:
+        """The backbone's user vectors; the backbone's vectors for the warm items, f(content) for the new ones."""
+        return self.users, torch.where(self.warm[:, None], self.targets, self.f(self.content))
 
 
 class ContentRegression(DistilledRecommender):
@@ -66,20 +64,11 @@ class ContentRegression(DistilledRecommender):
     (default: :func:`~vlm4rec.coldstart.base.default_backbone`), see the module docstring."""
 
     name = "content_regression"
+    config_type = ContentRegressionConfig
     config: ContentRegressionConfig
-
-    def __init__(self, content: np.ndarray, config: ContentRegressionConfig | Mapping[str, Any] | None = None, *,
-                 backbone: Recommender | None = None, options: TrainingOptions = TrainingOptions(), **overrides: Any):
-        super().__init__(content, configured(ContentRegressionConfig, config, overrides), backbone, options)
 
     def build(self, data: WarmData, generator: torch.Generator, device: torch.device) -> RegressionModule:
         return RegressionModule(data, self.config, generator)
 
     def batches(self, data: WarmData, rng: np.random.Generator) -> Iterator[tuple[np.ndarray, ...]]:
         return item_batches(data.warm_items[data.has_content[data.warm_items]], rng, self.config.batch_size)
-
-    def batch_loss(self, batch: tuple[torch.Tensor, ...], generator: torch.Generator) -> torch.Tensor:
-        return self.module.loss(*batch)
-
-    def factors(self) -> tuple[torch.Tensor, torch.Tensor]:
-        return self.module.users, self.module.item_vectors()

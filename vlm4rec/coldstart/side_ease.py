@@ -22,14 +22,13 @@ tag matrix (so C C^T is the items' cosine similarity); Add-EASE^R's content mode
 from __future__ import annotations
 
 from abc import abstractmethod
-from typing import Any, Mapping
 
 import numpy as np
 import scipy.sparse as sp
 from pydantic import Field
 
 from vlm4rec.baselines import ease_weights_of_gram, item_gram
-from vlm4rec.coldstart.base import ColdStartConfig, ColdStartRecommender, configured
+from vlm4rec.coldstart.base import ColdStartConfig, ColdStartRecommender
 from vlm4rec.splits import History
 
 
@@ -82,11 +81,8 @@ class CollectiveEASE(SideInfoEASE):
     """cEASE^R (module docstring)."""
 
     name = "collective_ease"
-
-    def __init__(self, content: np.ndarray, config: CollectiveEASEConfig | Mapping[str, Any] | None = None,
-                 **overrides: Any):
-        super().__init__(content)
-        self.config = configured(CollectiveEASEConfig, config, overrides)
+    config_type = CollectiveEASEConfig
+    config: CollectiveEASEConfig
 
     def weights(self, matrix: sp.csr_matrix, content: np.ndarray) -> np.ndarray:
         return ease_weights_of_gram(item_gram(matrix) + self.config.alpha ** 2 * content_gram(content),
@@ -97,11 +93,8 @@ class AdditiveEASE(SideInfoEASE):
     """Add-EASE^R (module docstring)."""
 
     name = "additive_ease"
-
-    def __init__(self, content: np.ndarray, config: AdditiveEASEConfig | Mapping[str, Any] | None = None,
-                 **overrides: Any):
-        super().__init__(content)
-        self.config = configured(AdditiveEASEConfig, config, overrides)
+    config_type = AdditiveEASEConfig
+    config: AdditiveEASEConfig
 
     def weights(self, matrix: sp.csr_matrix, content: np.ndarray) -> np.ndarray:
         beta = self.config.beta
