@@ -31,8 +31,6 @@ per positive per epoch too, but drop the last partial batch).
 """
 from __future__ import annotations
 
-from typing import Iterator
-
 import numpy as np
 import scipy.sparse as sp
 import torch
@@ -40,7 +38,7 @@ import torch.nn.functional as F
 from pydantic import Field
 from torch import nn
 
-from vlm4rec.coldstart.base import DistilledRecommender, TrainedConfig, WarmData, mlp, triple_batches
+from vlm4rec.coldstart.base import DistilledRecommender, TrainedConfig, WarmData, mlp
 
 
 class ALDIConfig(TrainedConfig):
@@ -131,9 +129,4 @@ class ALDI(DistilledRecommender):
     name = "aldi"
     config_type = ALDIConfig
     config: ALDIConfig
-
-    def build(self, data: WarmData, generator: torch.Generator, device: torch.device) -> ALDIModule:
-        return ALDIModule(data, self.config, generator)
-
-    def batches(self, data: WarmData, rng: np.random.Generator) -> Iterator[tuple[np.ndarray, ...]]:
-        return triple_batches(data, rng, self.config.batch_size)
+    module_type = ALDIModule

@@ -22,7 +22,6 @@ Trainer (:class:`DistilledRecommender`): Adam over mini-batches, an epoch at a t
 """
 from __future__ import annotations
 
-from abc import abstractmethod
 from dataclasses import dataclass
 from functools import cached_property
 from typing import Any, Callable, Iterator, Literal, Mapping, TypeVar
@@ -204,8 +203,9 @@ def as_tensors(arrays: tuple[np.ndarray, ...], device: torch.device) -> tuple[to
 
 class DistilledRecommender(ColdStartRecommender, FactorRecommender, IterativeRecommender):
     """A cold-start model that learns a content mapping from the backbone on the warm items by Adam, epoch by
-    epoch (see the module docstring). Subclasses give their ``config_type``, the module (:meth:`build`: its
-    ``loss`` of a batch and its scoring ``vectors()``) and the epoch's batches."""
+    epoch (see the module docstring). Subclasses give their ``config_type`` and ``module_type`` (a module with
+    a ``loss`` of a batch and the scoring ``vectors()``), and their epoch's batches where they are not
+    triples."""
 
     config_type: type[TrainedConfig] = TrainedConfig
     config: TrainedConfig
@@ -220,13 +220,12 @@ class DistilledRecommender(ColdStartRecommender, FactorRecommender, IterativeRec
         self.epochs, self.eval_every, self.patience = self.config.epochs, self.config.eval_every, self.config.patience
         self.module: nn.Module | None = None
 
-    @abstractmethod
-    def build(self, data: WarmData, generator: torch.Generator, device: torch.device) -> nn.Module:
-        """A freshly initialised module."""
+    #: the module a fit trains, built as ``module_type(warm data, config, generator)``
+    module_type: Callable[[WarmData, Any, torch.Generator], nn.Module]
 
-    @abstractmethod
     def batches(self, data: WarmData, rng: np.random.Generator) -> Iterator[tuple[np.ndarray, ...]]:
-        """One epoch's batches of index arrays."""
+        """One epoch's batches of index arrays: (users, positives, negatives) by default (:func:`triple_batches`)."""
+        return triple_batches(data, rng, self.config.batch_size)
 
     def batch_loss(self, batch: tuple[torch.Tensor, ...], generator: torch.Generator) -> torch.Tensor:
         """The training loss of one batch (the module in training mode): the module's ``loss`` of it."""
@@ -253,7 +252,7 @@ class DistilledRecommender(ColdStartRecommender, FactorRecommender, IterativeRec
         rng, generator = self.options.numpy_rng(), self.options.torch_generator()
         device = self.options.torch_device()
         with deterministic_torch(threads=None):
-            self.module = module = self.build(data, generator, device).to(device)
+            self.module = module = self.module_type(data, self.config, generator).to(device)
             optimizer = torch.optim.Adam(module.parameters(), lr=self.config.lr)
 
             def run_epoch(epoch: int) -> float:

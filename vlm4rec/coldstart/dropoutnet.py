@@ -32,7 +32,7 @@ import torch
 from pydantic import Field
 from torch import nn
 
-from vlm4rec.coldstart.base import DistilledRecommender, TrainedConfig, WarmData, mlp, triple_batches
+from vlm4rec.coldstart.base import DistilledRecommender, TrainedConfig, WarmData, mlp
 
 
 class DropoutNetConfig(TrainedConfig):
@@ -81,12 +81,10 @@ class DropoutNet(DistilledRecommender):
     name = "dropoutnet"
     config_type = DropoutNetConfig
     config: DropoutNetConfig
-
-    def build(self, data: WarmData, generator: torch.Generator, device: torch.device) -> DropoutNetModule:
-        return DropoutNetModule(data, self.config, generator)
+    module_type = DropoutNetModule
 
     def batches(self, data: WarmData, rng: np.random.Generator) -> Iterator[tuple[np.ndarray, ...]]:
-        for users, positives, negatives in triple_batches(data, rng, self.config.batch_size):
+        for users, positives, negatives in super().batches(data, rng):
             yield np.concatenate([users, users]), np.concatenate([positives, negatives])
 
     def batch_loss(self, batch: tuple[torch.Tensor, ...], generator: torch.Generator) -> torch.Tensor:

@@ -66,9 +66,7 @@ class ContentRegression(DistilledRecommender):
     name = "content_regression"
     config_type = ContentRegressionConfig
     config: ContentRegressionConfig
-
-    def build(self, data: WarmData, generator: torch.Generator, device: torch.device) -> RegressionModule:
-        return RegressionModule(data, self.config, generator)
+    module_type = RegressionModule
 
     def batches(self, data: WarmData, rng: np.random.Generator) -> Iterator[tuple[np.ndarray, ...]]:
         return item_batches(data.warm_items[data.has_content[data.warm_items]], rng, self.config.batch_size)
