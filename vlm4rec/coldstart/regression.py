@@ -6,6 +6,8 @@ mean squared error (the paper's MSE objective on the latent factors of a collabo
 
     L = mean over a batch of warm items i of ||f(c_i) - v_i||^2 / dim
 
+(a warm item without content has nothing to regress from and is left out of training).
+
 Scoring: score(u, i) = u_u . v_i for a warm item (the backbone, unchanged) and u_u . f(c_i) for a new item,
 u being the backbone's user vector: the warm ranking is the backbone's.
 
