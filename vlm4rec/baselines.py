@@ -101,7 +101,17 @@ class ItemKNNCF(_HistoryRecommender):
 
 def ease_weights(matrix: sp.csr_matrix, l2: float) -> np.ndarray:
     """EASE^R item-item weights B (float64, zero diagonal) by the closed form on the Gram matrix."""
-    gram = (matrix.T @ matrix).toarray().astype(np.float64)
+    return ease_weights_of_gram(item_gram(matrix), l2)
+
+
+def item_gram(matrix: sp.csr_matrix) -> np.ndarray:
+    """X^T X of a users x items matrix, dense float64."""
+    return (matrix.T @ matrix).toarray().astype(np.float64)
+
+
+def ease_weights_of_gram(gram: np.ndarray, l2: float) -> np.ndarray:
+    """EASE^R weights from a Gram matrix G (float64 items x items, overwritten): B = I - P diag(1/diag P),
+    P = (G + l2 I)^-1, zero diagonal (the side-information EASE^R variants pass their own G)."""
     gram[np.diag_indices_from(gram)] += l2
     precision = scipy.linalg.cho_solve(scipy.linalg.cho_factor(gram), np.eye(len(gram)))
     weights = -precision / np.diag(precision)[None, :]
