@@ -2,7 +2,7 @@
 split of the catalogue into warm and new items, and one trainer for the models that learn a content mapping.
 
 Content: one ``(n_items, d)`` float matrix, rows aligned to item index, an all-zero row = the item has none.
-Rows are L2-normalised (as :class:`~vlm4rec.multimodal.training.ContentFeatures` does), so that every
+Rows are L2-normalised (as :class:`~vlm4rec.multimodal.bpr.ContentFeatures` does), so that every
 representation of the study (text arms, image, a concatenation of two) enters on the same scale.
 
 Warm and new items: an item is *warm* when it has a positive in the fitted history, *new* otherwise. A new
@@ -33,9 +33,10 @@ from pydantic import BaseModel, ConfigDict, Field
 from torch import nn
 
 from vlm4rec.cold_start import FittedOnce
+from vlm4rec.layers import linear
 from vlm4rec.matching import FactorRecommender, IterativeRecommender, Recommender, stored_coordinates
 from vlm4rec.multimodal import LightGCN
-from vlm4rec.multimodal.training import NegativeSampler, linear
+from vlm4rec.multimodal.bpr import NegativeSampler
 from vlm4rec.reproducibility import deterministic_torch
 from vlm4rec.splits import History, binarize
 from vlm4rec.training import EarlyStopping, TrainingLog, TrainingOptions, train_epochs
