@@ -19,6 +19,7 @@ from pydantic import (AfterValidator, BaseModel, ConfigDict, Field, PrivateAttr,
                       field_validator, model_validator)
 
 from vlm4rec.errors import StudyError
+from vlm4rec.names import SafeName, checked_name
 
 Share = Annotated[float, Field(gt=0, lt=1)]
 PositiveInt = Annotated[int, Field(ge=1)]
@@ -376,7 +377,7 @@ class EvalParams(Section):
 
 
 class MatchParams(Section):
-    representations: list[str] = _nonempty("item representations matched by profile (data/embeddings/<name>.npy)")
+    representations: list[SafeName] = _nonempty("item representations matched by profile (data/embeddings/<name>.npy)")
     reference: str = Field(description="method the match stage's paired tests compare against")
 
 
@@ -403,7 +404,7 @@ class BaselineParams(Section):
 
 
 class FusionParams(Section):
-    modalities: list[str] = Field(min_length=2, description="representations fused (data/embeddings)")
+    modalities: list[SafeName] = Field(min_length=2, description="representations fused (data/embeddings)")
     concat_grid_step: Annotated[float, Field(gt=0, le=1)] = Field(
         description="weighted concat tries every weight vector on the simplex with this step (must divide 1)")
     learned: list[LearnedFusion] = Field(description="learned fusions trained with a sampled-softmax "
@@ -421,7 +422,7 @@ class FusionParams(Section):
     combine_grid: list[Literal["sum", "product"]] = _nonempty(
         "frequency_filter only: how the filtered spectra are combined (sum = linear fusion; product = "
         "multiplicative cross-modal term), tried on validation")
-    hybrid_representations: list[str] = Field(description="content profiles mixed with EASE^R")
+    hybrid_representations: list[SafeName] = Field(description="content profiles mixed with EASE^R")
     hybrid_alpha_grid: list[Probability] = _nonempty("weight of the content score; 0 = EASE^R alone")
 
     @model_validator(mode="after")
@@ -438,13 +439,11 @@ class RobustnessParams(Section):
         description="second split protocol under which the main methods are re-evaluated")
     val_ratio: Share = Field(description="share of all positives after the validation cut (global_time)")
     test_ratio: Share = Field(description="share of all positives after the test cut (global_time)")
-    representations: list[str] = Field(description="profile representations re-evaluated (with "
+    representations: list[SafeName] = Field(description="profile representations re-evaluated (with "
                                                    "baselines.methods)")
 
 
 GraphModel = Literal["lightgcn", "vbpr", "freedom", "smore"]
-#: What a graph cell name may hold: it becomes a stage name on a ``dvc repro -s`` command line and a file name.
-SAFE_NAME = re.compile(r"[A-Za-z0-9_.-]+")
 
 
 class ColdStartParams(Section):
@@ -458,7 +457,7 @@ class ColdStartParams(Section):
     seeds: list[int] = Field(min_length=1, description="training seeds of the learned fusions and graph models "
                                                        "on new items (selection uses the first)")
     fusion_learned: list[LearnedFusion] = Field(description="learned fusions evaluated on new items")
-    graph_cells: list[str] = Field(description="graph.cells evaluated on new items in their new-item form "
+    graph_cells: list[SafeName] = Field(description="graph.cells evaluated on new items in their new-item form "
                                                "(content-free models such as LightGCN are not allowed)")
 
 
@@ -504,7 +503,7 @@ class GraphScaleParams(Section):
 
 class GraphCellParams(Section):
     model: GraphModel = Field(description="lightgcn | vbpr | freedom | smore")
-    modalities: list[str] = Field(description="representations fed to the model (data/embeddings); none for lightgcn")
+    modalities: list[SafeName] = Field(description="representations fed to the model (data/embeddings); none for lightgcn")
 
 
 class GraphParams(Section):
@@ -519,7 +518,9 @@ class GraphParams(Section):
     training: GraphRegimes
     default: GraphScaleParams
     full: GraphScaleParams
-    cells: dict[str, GraphCellParams] = Field(description="the DVC foreach: cell name -> model and modalities")
+    cells: dict[SafeName, GraphCellParams] = Field(
+        description="cell name -> model and modalities; the names are the graph foreach of dvc.yaml (python -m "
+                    "vlm4rec.stage_lists --write after a change)")
 
     @property
     def chosen_regime(self) -> GraphTrainingParams:
@@ -533,13 +534,10 @@ class GraphParams(Section):
 
     @model_validator(mode="after")
     def _cells_are_consistent(self) -> "GraphParams":
-        """Graph cell names hold only letters, digits, ``_``, ``.`` and ``-``; a ``lightgcn`` cell has no
-        modalities, the other models at least one; both scales have a grid for every cell's model."""
+        """A ``lightgcn`` graph cell has no modalities, the other models at least one; both scales have a grid
+        for every cell's model."""
         problems = []
         for name, cell in self.cells.items():
-            if not SAFE_NAME.fullmatch(name):
-                problems.append(f"cell name {name!r} may hold only letters, digits, '_', '.' and '-' (it becomes "
-                                "a DVC stage name graph@<name> and a file name)")
             if (cell.model == "lightgcn") == bool(cell.modalities):
                 problems.append(f"cell {name}: lightgcn takes no modalities, the other models at least one")
             for scale in ("default", "full"):
@@ -561,7 +559,7 @@ AblationCap = PositiveInt | Literal["all"]
 class AblationParams(Section):
     grounded: list[Literal["description", "title_description"]] = Field(
         description="representations that depend on the prompt arm")
-    ungrounded: list[str] = Field(description="representations without a prompt arm")
+    ungrounded: list[SafeName] = Field(description="representations without a prompt arm")
     arms: list[PromptArm] = Field(description="prompt arms (must be among ground.prompt_arms)")
     aggregations: list[Aggregation] = _nonempty("profile aggregations")
     caps: list[AblationCap] = _nonempty("history caps (most recent N items); all = no cap")
@@ -815,7 +813,7 @@ def markdown_reference() -> str:
 
 def cross_field_rules() -> list[str]:
     """The rules the schema checks beyond each key's type: its validators' docstrings, each stating one."""
-    checks = [UniqueKeyLoader, _device_present] + [decorator.func for model in _models(StudyParams)
+    checks = [UniqueKeyLoader, _device_present, checked_name] + [decorator.func for model in _models(StudyParams)
                                   for decorators in [model.__pydantic_decorators__]
                                   for decorator in [*decorators.field_validators.values(),
                                                     *decorators.model_validators.values()]]

@@ -32,6 +32,7 @@ import yaml
 
 from vlm4rec.config import KeyTree, StudyParams, UniqueKeyLoader, load_params, restricted, validate_params
 from vlm4rec.errors import StudyError
+from vlm4rec.stage_lists import check_stage_lists
 
 REPORTS_DIR = Path("reports")
 
@@ -74,13 +75,14 @@ def declared_keys(stage: str, params_file: str | Path = "params.yaml",
     """(parameter file, dotted key) of every entry of ``stage``'s ``params:`` list.
 
     An entry ``{other.yaml: [x.y]}`` reads ``x.y`` from ``other.yaml`` (beside ``dvc.yaml``), as DVC does. In a
-    cell ``name@key`` of a ``foreach`` stage, ``${key}`` in an entry stands for the cell's key."""
+    cell ``name@key`` of a ``foreach`` stage, ``${item}`` (a list's) or ``${key}`` (a mapping's) in an entry
+    stands for the cell's key."""
     base = Path(dvc_file).parent
     cell = stage.partition("@")[2]
     keys: list[tuple[str, str]] = []
     for entry in stage_definition(stage, dvc_file).get("params", []):
         if isinstance(entry, str):
-            keys.append((str(params_file), entry.replace("${key}", cell)))
+            keys.append((str(params_file), entry.replace("${key}", cell).replace("${item}", cell)))
         else:
             keys += [(str(base / name), key) for name, listed in entry.items() for key in listed]
     return keys
@@ -238,7 +240,9 @@ def run_stage_function(stage: str, function: Callable[..., Any], **extra: Any) -
     """Call a notebook-less stage's ``function`` with its declared sections (:func:`stage_params` of the
     validated params.yaml; keyword arguments named by their top-level key, renamed by :data:`ARGUMENT_NAMES`)
     plus ``extra``."""
-    params = stage_params(stage, load_params())
+    study = load_params()
+    check_stage_lists(study)
+    params = stage_params(stage, study)
     return function(**{ARGUMENT_NAMES.get(key, key): getattr(params, key) for key in params.model_fields_set},
                     **extra)
 
@@ -268,7 +272,7 @@ def main(argv: list[str] | None = None) -> None:
     _terminate_on_signals()
 
     def body() -> None:
-        load_params()
+        check_stage_lists(load_params())
         print(run_notebook_stage(args.stage))
 
     exit_on_study_error(body)
