@@ -20,6 +20,7 @@ from pydantic import (AfterValidator, BaseModel, ConfigDict, Field, PrivateAttr,
 
 from vlm4rec.errors import StudyError
 from vlm4rec.names import SafeName, checked_name
+from vlm4rec.secrets import SECRET_ERROR, KeyVariable, key_variable
 
 Share = Annotated[float, Field(gt=0, lt=1)]
 PositiveInt = Annotated[int, Field(ge=1)]
@@ -231,7 +232,7 @@ class OpenAIParams(Section):
         description="OpenAI-compatible server URL, e.g. http://localhost:8000/v1 (vLLM), or a list of URLs "
                     "(one server per node) that requests are spread over")
     model: str | None = Field(description="model name the server serves")
-    api_key_env: str = Field(description="NAME of the environment variable holding the key (never the key)")
+    api_key_env: KeyVariable = Field(description="NAME of the environment variable holding the key (never the key)")
     max_new_tokens: PositiveInt = Field(description="max_tokens of each request")
     temperature: NonNegativeFloat = Field(description="sampling temperature (0 = greedy; part of the cache key)")
     concurrency: PositiveInt = Field(description="requests in flight")
@@ -764,7 +765,7 @@ def _describe(key: str, group: list[dict[str, Any]]) -> str:
     if first["type"] == "extra_forbidden":
         return f"{key}: unknown key (allowed here: {', '.join(_allowed_keys(names[:-1]))})"
     value = first.get("input")
-    shown = "" if isinstance(value, dict) else f" = {value!r}"
+    shown = "" if isinstance(value, dict) or first["type"] == SECRET_ERROR else f" = {value!r}"
     messages = list(dict.fromkeys(e["msg"].removeprefix("Value error, ") for e in group))
     meaning = _meaning(names)
     return f"{key}{shown}: {', or '.join(messages)}" + (f" ({meaning})" if meaning else "")
@@ -813,7 +814,7 @@ def markdown_reference() -> str:
 
 def cross_field_rules() -> list[str]:
     """The rules the schema checks beyond each key's type: its validators' docstrings, each stating one."""
-    checks = [UniqueKeyLoader, _device_present, checked_name] + [decorator.func for model in _models(StudyParams)
+    checks = [UniqueKeyLoader, _device_present, checked_name, key_variable] + [decorator.func for model in _models(StudyParams)
                                   for decorators in [model.__pydantic_decorators__]
                                   for decorator in [*decorators.field_validators.values(),
                                                     *decorators.model_validators.values()]]
