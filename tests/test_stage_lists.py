@@ -40,6 +40,8 @@ def test_a_stage_refuses_to_run_on_lists_params_yaml_no_longer_gives(tmp_path: P
                                          r"ablation.ungrounded gives \['title'\]\): run `python -m vlm4rec.stage_lists"):
         check_stage_lists(validate_params(raw), tmp_path / "dvc.yaml")
     assert wanted_lists(validate_params(raw))[("ablate_ungrounded", "representation")] == ["title"]
+    raw["ablation"]["ungrounded"] = ["image", "title"]  # another order makes the same stages
+    check_stage_lists(validate_params(raw), tmp_path / "dvc.yaml")
 
 
 def _run(cmd: list[str], cwd: Path) -> subprocess.CompletedProcess:

@@ -24,7 +24,7 @@ from vlm4rec.data import PreparedData
 from vlm4rec.matching import IterativeRecommender, Ranker, Recommender, TrainingLog, recommend
 from vlm4rec.metrics import catalogue_coverage, ranking_metrics, summarize
 from vlm4rec.splits import History, build_history, targets_of
-from vlm4rec.stage_outputs import stage_output
+from vlm4rec.stage_outputs import read_output
 
 DEFAULT_KS: tuple[int, ...] = (5, 10, 20, 50)
 
@@ -350,10 +350,10 @@ def load_result(in_dir: str | Path) -> MethodResult:
     summary = _json_entries(path / "summary.json", "coverage", "diagnostics")
     training = path / "training.json"
     return MethodResult(key=MethodKey.parse(chosen["method"]), config=chosen["config"],
-                        val_grid=_read(path / "val_grid.parquet", pd.read_parquet),
-                        val_per_user=_read(path / "val_per_user.parquet", pd.read_parquet),
-                        test_per_user=_read(path / "test_per_user.parquet", pd.read_parquet),
-                        test_topk=_read(path / "test_topk.npy", np.load), coverage=summary["coverage"],
+                        val_grid=read_output(path / "val_grid.parquet", pd.read_parquet),
+                        val_per_user=read_output(path / "val_per_user.parquet", pd.read_parquet),
+                        test_per_user=read_output(path / "test_per_user.parquet", pd.read_parquet),
+                        test_topk=read_output(path / "test_topk.npy", np.load), coverage=summary["coverage"],
                         timing={}, diagnostics=summary["diagnostics"], select_metric=chosen["select_metric"],
                         training=_json_entries(training) if training.exists() else None)
 
@@ -363,10 +363,4 @@ def _json_entries(path: Path, *keys: str) -> dict[str, Any]:
     def read(file: Path) -> dict[str, Any]:
         payload = json.loads(file.read_text())
         return payload | {key: payload[key] for key in keys}
-    return _read(path, read)
-
-
-def _read(path: Path, reader: Callable[[Path], Any]) -> Any:
-    """``reader(path)``; a missing or unreadable file is a StudyError naming it and its stage."""
-    with stage_output(path):
-        return reader(path)
+    return read_output(path, read)

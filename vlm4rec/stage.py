@@ -22,11 +22,12 @@ import argparse
 import ast
 import copy
 import functools
+import json
 import re
 import signal
 import sys
 from pathlib import Path
-from typing import Any, Callable
+from typing import Any, Callable, Collection
 
 import yaml
 
@@ -35,6 +36,10 @@ from vlm4rec.errors import StudyError
 from vlm4rec.stage_lists import check_stage_lists
 
 REPORTS_DIR = Path("reports")
+#: Why a notebook's kernel dies without a Python error, most likely first.
+KERNEL_DEATH = ("most likely the machine ran out of memory and the system killed it: free memory, or lower the "
+                "stage's batch and block sizes (eval.block_size, the stage's batch_size keys) or user sample; "
+                "else the process was killed or crashed in native code")
 
 
 def load_yaml(path: str | Path) -> dict[str, Any]:
@@ -177,17 +182,60 @@ def export_html(executed: Path) -> Path:
     return html
 
 
+def check_parameters_cell(notebook: Path, injected: Collection[str]) -> None:
+    """A notebook runs on the values the runner injects only: it has one cell tagged ``parameters`` (without
+    one papermill puts the values before the notebook's own assignments, which then win) and no later cell
+    assigns, deletes or changes a name it injects; otherwise a :class:`StudyError` naming the notebook."""
+    cells = [cell for cell in json.loads(notebook.read_text(encoding="utf-8"))["cells"] if cell["cell_type"] == "code"]
+    tagged = [i for i, cell in enumerate(cells) if "parameters" in cell.get("metadata", {}).get("tags", [])]
+    if len(tagged) != 1:
+        raise StudyError(f"{notebook} has {len(tagged)} code cells tagged `parameters`, not one: papermill injects "
+                         "params.yaml's values after the tagged cell (without one, before the notebook's own "
+                         "assignments, which would win); tag the cell that assigns the stage's parameters")
+    for number, cell in enumerate(cells[tagged[0] + 1:], start=tagged[0] + 2):
+        overridden = sorted(bound_names("".join(cell["source"])) & set(injected))
+        if overridden:
+            raise StudyError(f"{notebook}: code cell {number} assigns {', '.join(overridden)} after the parameters "
+                             "cell, overriding the values params.yaml gives the stage; read them there, change "
+                             "them in params.yaml")
+
+
+def bound_names(source: str) -> set[str]:
+    """The names a piece of notebook code assigns, deletes, imports or changes in place (``x[k] = v``,
+    ``x.a = v``, ``x += v``); IPython magics and shell lines are skipped."""
+    code = "\n".join("" if line.lstrip().startswith(("%", "!")) else line for line in source.splitlines())
+    names = set()
+    for node in ast.walk(ast.parse(code)):
+        if isinstance(node, (ast.Name, ast.Subscript, ast.Attribute)) and isinstance(node.ctx, (ast.Store, ast.Del)):
+            while isinstance(node, (ast.Subscript, ast.Attribute)):
+                node = node.value
+            if isinstance(node, ast.Name):
+                names.add(node.id)
+        elif isinstance(node, (ast.Import, ast.ImportFrom)):
+            names |= {(alias.asname or alias.name).split(".")[0] for alias in node.names}
+        elif isinstance(node, (ast.FunctionDef, ast.AsyncFunctionDef, ast.ClassDef)):
+            names.add(node.name)
+    return names
+
+
 def run_notebook_stage(stage: str) -> Path:
-    """Execute the stage's notebook with its declared params and export it; returns the HTML path."""
+    """Execute the stage's notebook with its declared params and export it; returns the HTML path. A kernel
+    that dies (as an out-of-memory kill does) is a :class:`StudyError` naming the stage, notebook and cause."""
     import papermill
+    from nbclient.exceptions import DeadKernelError
 
     notebook = stage_notebook(stage)
+    parameters = declared_params(stage)
+    check_parameters_cell(notebook, parameters)
     REPORTS_DIR.mkdir(exist_ok=True)
     executed = REPORTS_DIR / notebook.name
     try:
-        papermill.execute_notebook(str(notebook), str(executed), parameters=declared_params(stage),
+        papermill.execute_notebook(str(notebook), str(executed), parameters=parameters,
                                    cwd=str(Path.cwd()), progress_bar=False, log_output=True,
                                    kernel_name="python3")
+    except DeadKernelError:
+        raise StudyError(f"{stage}: the kernel running {notebook} died ({KERNEL_DEATH}); the executed notebook "
+                         f"up to the cell that was running: {executed}") from None
     except papermill.PapermillExecutionError as err:
         message = study_error_message(err.ename, err.evalue)
         if message is None:

@@ -57,11 +57,13 @@ def declared_lists(dvc_file: str | Path = "dvc.yaml") -> dict[tuple[str, str], A
 
 
 def stale_lists(params: StudyParams, dvc_file: str | Path = "dvc.yaml") -> list[str]:
-    """One line per generated list of dvc.yaml that differs from params.yaml."""
+    """One line per generated list of dvc.yaml that names other stages than params.yaml (the order, which
+    makes no stage, may differ)."""
     wanted = wanted_lists(params)
     return [f"{stage}'s {key} is {value} in {dvc_file}, params.yaml {LISTS[(stage, key)]} gives "
             f"{wanted[(stage, key)]}"
-            for (stage, key), value in declared_lists(dvc_file).items() if value != wanted[(stage, key)]]
+            for (stage, key), value in declared_lists(dvc_file).items()
+            if not isinstance(value, list) or sorted(map(str, value)) != sorted(wanted[(stage, key)])]
 
 
 def check_stage_lists(params: StudyParams, dvc_file: str | Path = "dvc.yaml") -> None:

@@ -3,6 +3,7 @@ the file and the stage that writes it (found in dvc.yaml), instead of a tracebac
 
     with stage_output(path):
         table = pd.read_parquet(path)
+    table = read_output(path, pd.read_parquet)  # the same
 """
 from __future__ import annotations
 
@@ -12,7 +13,7 @@ import re
 from collections.abc import Iterator
 from contextlib import contextmanager
 from pathlib import Path
-from typing import Any
+from typing import Any, Callable, TypeVar
 
 import yaml
 
@@ -22,6 +23,7 @@ from vlm4rec.errors import StudyError
 #: are ValueErrors; numpy raises ValueError, EOFError or an unpickling error; a JSON without an expected key,
 #: KeyError or TypeError).
 UNREADABLE = (ValueError, EOFError, KeyError, TypeError, pickle.UnpicklingError, OSError)
+T = TypeVar("T")
 
 
 @contextmanager
@@ -34,6 +36,12 @@ def stage_output(path: str | Path, dvc_file: str | Path = "dvc.yaml") -> Iterato
     except UNREADABLE as err:
         raise StudyError(f"{path} cannot be read, it is truncated or corrupt ({type(err).__name__}: {err}): "
                          f"{remedy(path, 'again', dvc_file)}") from None
+
+
+def read_output(path: str | Path, reader: Callable[[Path], T]) -> T:
+    """``reader(path)`` under :func:`stage_output`."""
+    with stage_output(path):
+        return reader(Path(path))
 
 
 def remedy(path: str | Path, when: str, dvc_file: str | Path = "dvc.yaml") -> str:

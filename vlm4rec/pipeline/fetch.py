@@ -32,6 +32,7 @@ from vlm4rec.datasets.movielens_fetch import resolve_movielens_1m
 from vlm4rec.errors import StudyError
 from vlm4rec.pipeline.outputs import METRICS_DIR, RAW_DIR, timed, write_json
 from vlm4rec.stage import exit_on_study_error, run_stage_function
+from vlm4rec.stage_outputs import read_output
 
 SOURCE_MANIFEST = RAW_DIR / "source.json"
 #: Where MovieLens-1M is downloaded when ``data.movielens_1m.download_dir`` is not set (git-ignored).
@@ -88,10 +89,7 @@ def run(data: DataParams) -> dict[str, Any]:
 
 def load_source_manifest(path: str | Path = SOURCE_MANIFEST) -> dict[str, Any]:
     """What the fetch stage recorded; a StudyError when it has not run."""
-    path = Path(path)
-    if not path.is_file():
-        raise StudyError(f"{path} is missing: run the fetch stage first (dvc repro fetch)")
-    return json.loads(path.read_text())
+    return read_output(path, lambda file: json.loads(file.read_text()))
 
 
 def adapter_keys(data: DataParams, manifest_path: str | Path = SOURCE_MANIFEST) -> dict[str, Any]:

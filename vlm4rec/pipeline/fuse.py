@@ -21,6 +21,7 @@ from vlm4rec.pipeline.outputs import (EMBEDDINGS_DIR, METRICS_DIR, PLOTS_DIR, PR
                                       peak_rss_mb, timed, write_json)
 from vlm4rec.tables import test_metrics_json, timing_json
 from vlm4rec.representations import load_vectors
+from vlm4rec.stage_outputs import read_output
 
 
 def simplex_grid(names: list[str], step: float) -> list[dict[str, float]]:
@@ -50,7 +51,8 @@ def hybrid_candidates(vectors: np.ndarray, l2: float, alphas: list[float], name:
 
 def chosen_ease_l2() -> float:
     """The EASE^R L2 penalty the match stage chose on validation (its ``chosen.json``)."""
-    return json.loads((RESULTS_DIR / "match" / "ease" / "chosen.json").read_text())["config"]["l2"]
+    return read_output(RESULTS_DIR / "match" / "ease" / "chosen.json",
+                       lambda path: json.loads(path.read_text())["config"]["l2"])
 
 
 def learned_grid(kind: str, fusion: FusionParams) -> list[dict[str, Any]]:

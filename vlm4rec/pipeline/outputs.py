@@ -15,7 +15,7 @@ from typing import Any, Iterator
 
 import numpy as np
 
-from vlm4rec.stage_outputs import stage_output
+from vlm4rec.stage_outputs import read_output
 
 RAW_DIR = Path("data/raw")
 PREPARED_DIR = Path("data/prepared")
@@ -51,9 +51,7 @@ def read_metrics(name: str) -> dict[str, Any]:
     """A stage's metrics JSON, ``metrics/<name>.json`` (``name`` may name a folder: ``graph/lightgcn``): the
     one way stage outputs' metrics are read back; a missing or unparsable one is a StudyError naming the file
     and its stage."""
-    path = METRICS_DIR / f"{name}.json"
-    with stage_output(path):
-        return json.loads(path.read_text())
+    return read_output(METRICS_DIR / f"{name}.json", lambda path: json.loads(path.read_text()))
 
 
 def _to_builtin(value: Any) -> Any:

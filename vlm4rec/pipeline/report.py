@@ -23,6 +23,7 @@ from vlm4rec.findings import MODEL_NAMES, Finding, families, findings, graph_com
 from vlm4rec.pipeline.outputs import GROUNDING_DIR, METRICS_DIR, PREPARED_DIR, read_metrics, write_json
 from vlm4rec.pipeline.study_files import StudyFiles
 from vlm4rec.stats import format_p
+from vlm4rec.stage_outputs import read_output
 
 
 def load_all_results(study: StudyFiles) -> dict[MethodKey, MethodResult]:
@@ -291,7 +292,7 @@ def cost_table(study: StudyFiles) -> pd.DataFrame:
 
 def load_descriptions() -> pd.DataFrame:
     """The ground stage's long table (item_idx, arm, status, description, ...)."""
-    return pd.read_parquet(GROUNDING_DIR / "descriptions.parquet")
+    return read_output(GROUNDING_DIR / "descriptions.parquet", pd.read_parquet)
 
 
 def load_prepared_data() -> PreparedData:
