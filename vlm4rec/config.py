@@ -611,6 +611,41 @@ class StudyParams(Section):
                              f"{self.ground.prompt_arms}")
         return self
 
+    @model_validator(mode="after")
+    def _rules_across_sections(self) -> "StudyParams":
+        """``cold_start.fusion_learned`` are among the fusions ``fusion.learned`` trains;
+        ``report.findings.slice_k`` is among ``eval.ks``; a representation named ``description_<arm>`` or
+        ``title_description_<arm>`` (in ``match``, ``robustness``, ``fusion``, ``graph.cells``' modalities,
+        ``ablation.ungrounded``, ``report.findings``) has its arm among ``ground.prompt_arms`` (the embed stage
+        writes no other)."""
+        problems = []
+        untrained = [kind for kind in self.cold_start.fusion_learned if kind not in self.fusion.learned]
+        if untrained:
+            problems.append(f"cold_start.fusion_learned {untrained} are not among the fusions fusion.learned "
+                            f"trains {self.fusion.learned}")
+        if self.report.findings.slice_k not in self.eval.ks:
+            problems.append(f"report.findings.slice_k {self.report.findings.slice_k} is not among eval.ks "
+                            f"{self.eval.ks} (the per-user recall it reads is computed at those k)")
+        named = {"match.representations": self.match.representations,
+                 "robustness.representations": self.robustness.representations,
+                 "fusion.modalities": self.fusion.modalities,
+                 "fusion.hybrid_representations": self.fusion.hybrid_representations,
+                 "ablation.ungrounded": self.ablation.ungrounded,
+                 "report.findings": [self.report.findings.description, self.report.findings.title,
+                                     self.report.findings.image],
+                 **{f"graph.cells.{cell}.modalities": spec.modalities for cell, spec in self.graph.cells.items()}}
+        for key, names in named.items():
+            unwritten = [name for name in names
+                         if (arm := re.fullmatch(r"(?:title_)?description_(\w+)", name)) is not None
+                         and arm.group(1) not in self.ground.prompt_arms]
+            if unwritten:
+                problems.append(f"{key} names {unwritten}, whose prompt arm is not among ground.prompt_arms "
+                                f"{self.ground.prompt_arms} (the embed stage writes description_<arm> and "
+                                "title_description_<arm> for those only)")
+        if problems:
+            raise ValueError("; ".join(problems))
+        return self
+
     def computed_methods(self) -> dict[str, list[str]]:
         """The methods the study evaluates (the names the report reads), by the stage that computes them."""
         fusion = self.fusion
