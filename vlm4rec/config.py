@@ -559,7 +559,8 @@ AblationCap = PositiveInt | Literal["all"]
 
 class AblationParams(Section):
     grounded: list[Literal["description", "title_description"]] = Field(
-        description="representations that depend on the prompt arm")
+        description="representations that depend on the prompt arm (a DVC matrix, like ungrounded and arms: "
+                    "python -m vlm4rec.stage_lists --write after a change)")
     ungrounded: list[SafeName] = Field(description="representations without a prompt arm")
     arms: list[PromptArm] = Field(description="prompt arms (must be among ground.prompt_arms)")
     aggregations: list[Aggregation] = _nonempty("profile aggregations")
