@@ -57,8 +57,8 @@ def declared_lists(dvc_file: str | Path = "dvc.yaml") -> dict[tuple[str, str], A
 
 
 def stale_lists(params: StudyParams, dvc_file: str | Path = "dvc.yaml") -> list[str]:
-    """One line per generated list of dvc.yaml that names other stages than params.yaml (the order, which
-    makes no stage, may differ)."""
+    """One line per generated list of dvc.yaml whose names differ from params.yaml's (in any order: the order
+    changes no stage)."""
     wanted = wanted_lists(params)
     return [f"{stage}'s {key} is {value} in {dvc_file}, params.yaml {LISTS[(stage, key)]} gives "
             f"{wanted[(stage, key)]}"

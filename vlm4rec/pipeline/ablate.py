@@ -13,6 +13,8 @@ import argparse
 import json
 import time
 from itertools import product
+from collections.abc import Sequence
+from pathlib import Path
 from typing import Any
 
 import pandas as pd
@@ -32,6 +34,14 @@ from vlm4rec.stage import exit_on_study_error, run_stage_function
 def cell_name(cell: dict[str, Any]) -> str:
     """Directory / metrics name of one grid cell or configuration, e.g. ``description-image_only-mean-all``."""
     return "-".join(str(cell[k]) for k in ("representation", "arm", "aggregation", "cap") if k in cell)
+
+
+def cell_metrics_files(ablation: AblationParams) -> list[Path]:
+    """The metrics file of every matrix cell ``ablation`` names (``ablate_grounded``'s representation x arm,
+    ``ablate_ungrounded``'s representation): what the ablations and report stages read, and nothing else."""
+    cells = [{"representation": r, "arm": a} for r in ablation.grounded for a in ablation.arms]
+    cells += [{"representation": r} for r in ablation.ungrounded]
+    return [METRICS_DIR / "ablations" / f"{cell_name(cell)}.json" for cell in cells]
 
 
 def cell_representation(cell: dict[str, Any]) -> str:
@@ -64,12 +74,12 @@ def run_cell(evaluation: EvalParams, profile: ProfileParams, ablation: AblationP
     return rows
 
 
-def ablation_table() -> pd.DataFrame:
-    """Every finished configuration: chosen knobs, validation and test metrics (``val_`` / ``test_``
-    prefixes), ordered by the validation selection metric; ``selected`` marks, per representation (and
-    prompt arm), the configuration validation chooses."""
+def ablation_table(cells: Sequence[Path]) -> pd.DataFrame:
+    """Every configuration of the given cells' metrics files (:func:`cell_metrics_files`): chosen knobs,
+    validation and test metrics (``val_`` / ``test_`` prefixes), ordered by the validation selection metric;
+    ``selected`` marks, per representation (and prompt arm), the configuration validation chooses."""
     rows = []
-    for path in sorted((METRICS_DIR / "ablations").glob("*.json")):
+    for path in cells:
         for row in read_metrics(f"ablations/{path.stem}")["configurations"]:
             cell = row["cell"]
             rows.append({**cell, "arm": cell.get("arm", "-"), "representation_file": row["representation"],
@@ -86,10 +96,11 @@ def ablation_table() -> pd.DataFrame:
     return table.reset_index(drop=True)
 
 
-def run() -> pd.DataFrame:
-    """The ``ablations`` stage: :func:`ablation_table` with a ``cell`` label per configuration (representation
-    / aggregation / cap), written to ``plots/ablations.csv`` (the stage's plot) and returned."""
-    cells = ablation_table()
+def run(ablation: AblationParams) -> pd.DataFrame:
+    """The ``ablations`` stage: :func:`ablation_table` of the cells ``ablation`` names, with a ``cell`` label per
+    configuration (representation / aggregation / cap), written to ``plots/ablations.csv`` (the stage's plot)
+    and returned."""
+    cells = ablation_table(cell_metrics_files(ablation))
     cells["cell"] = cells["representation_file"] + " / " + cells["aggregation"] + " / cap " + cells["cap"].astype(str)
     PLOTS_DIR.mkdir(exist_ok=True)
     cells.to_csv(PLOTS_DIR / "ablations.csv", index=False)

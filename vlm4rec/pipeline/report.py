@@ -283,7 +283,7 @@ def cost_table(study: StudyFiles) -> pd.DataFrame:
             for name, metrics in stages.items()}
     for arm, counts in stages["ground"]["arms"].items():
         rows[f"ground: {arm}"] = {k: counts[k] for k in ("wall_s", "described", "from_cache", "images_per_s")}
-    cells = [read_metrics(f"ablations/{p.stem}")["cost"] for p in study.metrics if p.parent.name == "ablations"]
+    cells = [read_metrics(f"ablations/{p.stem}")["cost"] for p in study.ablation_metrics]
     if cells:
         rows[f"ablation grid ({len(cells)} cells, compute only)"] = {
             "wall_s": sum(c["wall_s"] for c in cells), "peak_rss_mb": max(c["peak_rss_mb"] for c in cells)}

@@ -14,6 +14,7 @@ from pathlib import Path
 from vlm4rec.config import StudyParams
 from vlm4rec.errors import StudyError
 from vlm4rec.evaluation import MethodKey
+from vlm4rec.pipeline.ablate import cell_metrics_files
 from vlm4rec.pipeline.outputs import METRICS_DIR, RESULTS_DIR
 from vlm4rec.stage_outputs import remedy
 
@@ -44,11 +45,13 @@ class StudyFiles:
                 folder = base / method if group == "graph" else base  # a graph cell's seeds: one level down
                 keys = [MethodKey(method, seed) for seed in seeded[method]] if method in seeded else [MethodKey(method)]
                 results += [folder / key.name for key in keys]
-        ablation = params.ablation
-        cells = [f"{r}-{a}" for r in ablation.grounded for a in ablation.arms] + list(ablation.ungrounded)
         metrics = [METRICS_DIR / "graph" / f"{cell}.json" for cell in params.graph.cells]
-        metrics += [METRICS_DIR / "ablations" / f"{cell}.json" for cell in cells]
-        return cls(tuple(results), tuple(metrics))
+        return cls(tuple(results), (*metrics, *cell_metrics_files(params.ablation)))
+
+    @property
+    def ablation_metrics(self) -> list[Path]:
+        """The ablation matrix cells' metrics files."""
+        return [path for path in self.metrics if path.parent.name == "ablations"]
 
     def check_present(self) -> None:
         """A :class:`StudyError` naming each named folder or file that is missing and the stage that writes it."""
