@@ -114,7 +114,7 @@ def test_other_sources_are_fingerprinted_by_size_and_mtime_never_downloaded(work
 
 def test_stage_outputs_must_match_the_chosen_source(workdir):
     mmrec = data_params("mmrec", root="baby", name="baby")
-    with pytest.raises(StudyError, match="source.json is missing: run the fetch stage first"):
+    with pytest.raises(StudyError, match="source.json is missing: run `dvc repro`"):
         adapter_keys(mmrec)
     run(data_params("amazon2023", reviews_path="r.jsonl", meta_path="m.jsonl"))
     with pytest.raises(StudyError, match="records source 'amazon2023' but data.source is 'mmrec'"):

@@ -76,6 +76,7 @@ def study(tmp_path_factory) -> Path:
         shutil.copy2(poster, posters / poster.name)
     params = _small_params(yaml.safe_load((work / "params.yaml").read_text()), posters)
     (work / "params.yaml").write_text(yaml.safe_dump(params, sort_keys=False))
+    _run(["python", "-m", "vlm4rec.stage_lists", "--write"], work)  # the smaller graph cells and ablation grid
     _run(["git", "init", "-q"], work)
     _run(["git", "add", "-A"], work)
     _run(["git", "commit", "-qm", "study copy"], work)

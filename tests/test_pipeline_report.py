@@ -3,6 +3,7 @@ report's metrics written, tables formatted for the notebook. The statistics are 
 from __future__ import annotations
 
 import json
+import shutil
 from dataclasses import replace
 from pathlib import Path
 
@@ -11,13 +12,16 @@ import pandas as pd
 import pytest
 
 from results_helpers import EVAL, FINDINGS, graph_cell, graph_cell_metrics, prepared, study
+from study_params import REPO
 from vlm4rec.config import GraphCellParams, GraphParams, MatchParams, ReportParams
 from vlm4rec.data import PreparedData
 from vlm4rec.evaluation import MethodKey, MethodResult, save_result
 from vlm4rec.findings import Finding, findings
 from vlm4rec.pipeline import report
+from vlm4rec.errors import StudyError
 from vlm4rec.pipeline.outputs import read_metrics
 from vlm4rec.pipeline.stage_metrics import GraphCellMetrics, MethodMetrics, NewItemMetrics
+from vlm4rec.pipeline.study_files import StudyFiles
 
 
 @pytest.fixture(scope="module")
@@ -89,12 +93,15 @@ def test_the_stage_writes_the_findings_and_their_caveats(tmp_path, monkeypatch, 
                           gallery_users=0)
     graph = GraphParams.model_construct(cells={})  # the report stage's graph section holds only graph.cells
     found, notes = report.write_findings(results, data, EVAL, MatchParams(representations=["title", "image",
-                                         "description"], reference="title"), graph, params)
+                                         "description"], reference="title"), graph, params, ["data/results/match/x"])
     assert [f.id for f in found] == [f.id for f in findings(results, EVAL, FINDINGS, ["title", "image",
                                                                                      "description"], data)]
-    assert notes == ["Every description comes from: an LVLM."]
+    assert notes == ["Every description comes from: an LVLM.", "1 result folder(s) or metrics file(s) on disk are not "
+                     "part of the study params.yaml describes (left by an earlier run) and were ignored: "
+                     "data/results/match/x."]
     written = read_metrics("report")
     assert sorted(written["findings"]) == sorted(f.id for f in found) and written["caveats"] == notes
+    assert written["ignored"] == ["data/results/match/x"]
     assert written["findings"]["description_vs_title"]["difference"] == found[1].difference
 
 
@@ -114,16 +121,34 @@ def test_the_graph_table_formats_each_models_comparison_and_its_cost(tmp_path, m
     assert report.graph_table(results, EVAL, FINDINGS, cells, data).empty
 
 
-def test_only_the_graph_cells_in_params_are_loaded(tmp_path, monkeypatch, setup) -> None:
+def test_the_report_reads_exactly_the_named_results_and_lists_the_others_as_ignored(tmp_path, monkeypatch,
+                                                                                    setup) -> None:
     results, data = setup
     monkeypatch.chdir(tmp_path)
+    shutil.copy2(REPO / "dvc.yaml", tmp_path / "dvc.yaml")
     for cell, hit in (("vbpr-title-image", 0.2), ("smore-description", 0.5)):  # the second is stale
         for key, r in graph_cell(cell, data, hit, 2).items():
             save_result(r, tmp_path / "data" / "results" / "graph" / cell / key.name)
-    save_result(results[MethodKey("title")], tmp_path / "data" / "results" / "match" / "title")
-    loaded = report.load_all_results(["vbpr-title-image", "lightgcn"])
+        write_metrics(tmp_path, f"graph/{cell}", {})
+    for method in ("title", "image"):  # image is no longer in params
+        save_result(results[MethodKey(method)], tmp_path / "data" / "results" / "match" / method)
+    graph = Path("data/results/graph/vbpr-title-image")
+    study = StudyFiles((Path("data/results/match/title"), graph / "vbpr-title-image@seed0",
+                        graph / "vbpr-title-image@seed1"), (Path("metrics/graph/vbpr-title-image.json"),))
+    loaded = report.load_all_results(study)
     assert list(loaded) == [MethodKey("title"), MethodKey("vbpr-title-image", 0), MethodKey("vbpr-title-image", 1)]
     assert loaded[MethodKey("vbpr-title-image", 1)].key == MethodKey("vbpr-title-image", 1)
+    assert study.ignored() == ["data/results/graph/smore-description/smore-description@seed0",
+                               "data/results/graph/smore-description/smore-description@seed1",
+                               "data/results/match/image", "metrics/graph/smore-description.json"]
+    assert report.ignored_note(study.ignored()).startswith("4 result folder(s) or metrics file(s) on disk are not")
+    (tmp_path / "metrics/graph/vbpr-title-image.json").unlink()
+    shutil.rmtree(tmp_path / "data/results/match/title")
+    with pytest.raises(StudyError, match=r"^the study params.yaml describes lacks 2 output\(s\): data/results/match/"
+                                         r"title \(run `dvc repro` or the match stage first\); metrics/graph/"
+                                         r"vbpr-title-image.json \(run `dvc repro` or the graph@vbpr-title-image "
+                                         r"stage first\)$"):
+        report.load_all_results(study)
 
 
 def test_coverage_and_chosen_configurations_are_per_family(tmp_path, monkeypatch, setup) -> None:

@@ -72,10 +72,9 @@ def test_stage_notebook_is_the_one_notebook_dependency(project: Path) -> None:
 
 def test_every_real_stage_declares_params_that_exist_and_one_notebook_or_its_own_module() -> None:
     stages = yaml.safe_load((REPO / "dvc.yaml").read_text())["stages"]
-    params_file = yaml.safe_load((REPO / "params.yaml").read_text())
     for name, stage in stages.items():
         if "foreach" in stage:  # a cell: the template with the first key
-            name = f"{name}@{next(iter(_lookup_dotted(params_file, stage['foreach'][2:-1])))}"
+            name = f"{name}@{stage['foreach'][0]}"
             stage = stage["do"]
         params = declared_params(name, REPO / "params.yaml", REPO / "dvc.yaml")
         assert params, name
@@ -95,12 +94,6 @@ def test_ablation_grid_expands_to_the_expected_cells() -> None:
     expected = {f"ablate_grounded@{r}-{a}" for r, a in itertools.product(grid["grounded"], grid["arms"])}
     expected |= {f"ablate_ungrounded@{r}" for r in grid["ungrounded"]}
     assert {name for name in listed if name.startswith("ablate_")} == expected
-
-
-def _lookup_dotted(params: dict, dotted: str):
-    for part in dotted.split("."):
-        params = params[part]
-    return params
 
 
 def parameters_cell_values(notebook: Path) -> dict:
@@ -256,13 +249,15 @@ def test_a_notebook_must_pass_exactly_the_declared_parameters(study: Path) -> No
         sections("note", eval={"select_metric": "ndcg@10", "ks": [10]}, ablation=ablation)
 
 
-def _one_cell_stage(tmp_path: Path, code: str) -> subprocess.CompletedProcess:
-    """Run ``python -m vlm4rec.stage bad`` on a notebook whose one cell is ``code``, in a fresh process."""
+def _one_cell_stage(tmp_path: Path, code: str, tags: tuple[str, ...] = ("parameters",)) -> subprocess.CompletedProcess:
+    """Run ``python -m vlm4rec.stage bad`` on a notebook whose parameters cell (tagged ``tags``) is followed by
+    one cell, ``code``, in a fresh process."""
     import nbformat
     import os
 
     notebook = nbformat.v4.new_notebook(cells=[
-        nbformat.v4.new_code_cell("eval = {}", metadata={"tags": ["parameters"]}), nbformat.v4.new_code_cell(code)])
+        nbformat.v4.new_code_cell("evaluation = {'seed': 7}", metadata={"tags": list(tags)}),
+        nbformat.v4.new_code_cell(code)])
     notebook.metadata["kernelspec"] = {"name": "python3", "display_name": "Python 3", "language": "python"}
     (tmp_path / "notebooks").mkdir()
     nbformat.write(notebook, tmp_path / "notebooks" / "bad.ipynb")
@@ -308,3 +303,47 @@ def test_the_runner_knows_every_study_error_subclass_of_the_package() -> None:
     assert study_error_message("RayTaskError(DataFormatError)", ray_value) == "bad line 3"
     assert study_error_message("DataFormatError", "bad line 3") == "bad line 3"
     assert study_error_message("KeyError", "'a'") is None
+
+
+RAN = "open('ran', 'w').write(str(evaluation))"
+
+
+def test_a_notebook_whose_parameters_cell_lost_its_tag_does_not_run(tmp_path: Path) -> None:
+    done = _one_cell_stage(tmp_path, RAN, tags=())
+    assert done.returncode == 1 and done.stderr.startswith(
+        "ERROR: notebooks/bad.ipynb has 0 code cells tagged `parameters`, not one")
+    assert not (tmp_path / "ran").exists() and not (tmp_path / "reports").exists()
+
+
+@pytest.mark.parametrize("code, names", [("evaluation = {'seed': 5}\n" + RAN, "evaluation"),
+                                         ("evaluation['seed'] = 5\n" + RAN, "evaluation"),
+                                         ("for evaluation in [{}]:\n    pass\n" + RAN, "evaluation")])
+def test_a_notebook_that_overrides_an_injected_value_does_not_run(tmp_path: Path, code: str, names: str) -> None:
+    done = _one_cell_stage(tmp_path, code)
+    assert done.returncode == 1 and done.stderr.startswith(
+        f"ERROR: notebooks/bad.ipynb: code cell 2 assigns {names} after the parameters cell, overriding the values "
+        "params.yaml gives the stage")
+    assert not (tmp_path / "ran").exists()
+
+
+def test_a_tagged_notebook_runs_on_the_value_params_yaml_gives(tmp_path: Path) -> None:
+    """The parameters cell's own default (seed 7) is replaced by params.yaml's (0)."""
+    assert _one_cell_stage(tmp_path, RAN).returncode == 0
+    assert (tmp_path / "ran").read_text() == "{'seed': 0}"
+
+
+def test_the_names_a_cell_binds_are_found_and_reads_are_not() -> None:
+    from vlm4rec.stage import bound_names
+
+    assert bound_names("%matplotlib inline\nx, (y, z) = 1, (2, 3)\nw.a += 1\nimport numpy as np\n"
+                       "del q\ndef f(a):\n    return a\nprint(eval['seed'])") == {"x", "y", "z", "w", "np", "q", "f"}
+
+
+def test_a_dead_kernel_names_the_stage_the_notebook_and_the_likely_cause(tmp_path: Path) -> None:
+    done = _one_cell_stage(tmp_path, "import os, signal\nos.kill(os.getpid(), signal.SIGKILL)")
+    assert done.returncode == 1 and "Traceback" not in done.stderr
+    assert done.stderr.endswith("ERROR: bad: the kernel running notebooks/bad.ipynb died (most likely the machine ran "
+                                "out of memory and the system killed it: free memory, or lower the stage's batch and "
+                                "block sizes (eval.block_size, the stage's batch_size keys) or user sample; else the "
+                                "process was killed or crashed in native code); the executed notebook up to the cell "
+                                "that was running: reports/bad.ipynb\n")

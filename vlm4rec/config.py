@@ -20,6 +20,8 @@ from pydantic import (AfterValidator, BaseModel, ConfigDict, Field, PrivateAttr,
 
 from vlm4rec.errors import StudyError
 from vlm4rec.methods import CATALOGUE, LEARNED_FUSIONS, TRAINED_MODELS, fusion_method, hybrid_method, of_kind, option_problems
+from vlm4rec.names import SafeName, checked_name
+from vlm4rec.secrets import SECRET_ERROR, KeyVariable, key_variable
 
 Share = Annotated[float, Field(gt=0, lt=1)]
 PositiveInt = Annotated[int, Field(ge=1)]
@@ -240,7 +242,7 @@ class OpenAIParams(Section):
         description="OpenAI-compatible server URL, e.g. http://localhost:8000/v1 (vLLM), or a list of URLs "
                     "(one server per node) that requests are spread over")
     model: str | None = Field(description="model name the server serves")
-    api_key_env: str = Field(description="NAME of the environment variable holding the key (never the key)")
+    api_key_env: KeyVariable = Field(description="NAME of the environment variable holding the key (never the key)")
     max_new_tokens: PositiveInt = Field(description="max_tokens of each request")
     temperature: NonNegativeFloat = Field(description="sampling temperature (0 = greedy; part of the cache key)")
     concurrency: PositiveInt = Field(description="requests in flight")
@@ -386,7 +388,7 @@ class EvalParams(Section):
 
 
 class MatchParams(Section):
-    representations: list[str] = _nonempty("item representations matched by profile (data/embeddings/<name>.npy)")
+    representations: list[SafeName] = _nonempty("item representations matched by profile (data/embeddings/<name>.npy)")
     reference: str = Field(description="method the match stage's paired tests compare against")
 
 
@@ -413,7 +415,7 @@ class BaselineParams(Section):
 
 
 class FusionParams(Section):
-    modalities: list[str] = Field(min_length=2, description="representations fused (data/embeddings)")
+    modalities: list[SafeName] = Field(min_length=2, description="representations fused (data/embeddings)")
     concat_grid_step: Annotated[float, Field(gt=0, le=1)] = Field(
         description="weighted concat tries every weight vector on the simplex with this step (must divide 1)")
     learned: list[LearnedFusion] = Field(description="learned fusions trained with a sampled-softmax "
@@ -431,7 +433,7 @@ class FusionParams(Section):
     combine_grid: list[Literal["sum", "product"]] = _nonempty(
         "frequency_filter only: how the filtered spectra are combined (sum = linear fusion; product = "
         "multiplicative cross-modal term), tried on validation")
-    hybrid_representations: list[str] = Field(description="content profiles mixed with EASE^R")
+    hybrid_representations: list[SafeName] = Field(description="content profiles mixed with EASE^R")
     hybrid_alpha_grid: list[Probability] = _nonempty("weight of the content score; 0 = EASE^R alone")
 
     @model_validator(mode="after")
@@ -448,13 +450,11 @@ class RobustnessParams(Section):
         description="second split protocol under which the main methods are re-evaluated")
     val_ratio: Share = Field(description="share of all positives after the validation cut (global_time)")
     test_ratio: Share = Field(description="share of all positives after the test cut (global_time)")
-    representations: list[str] = Field(description="profile representations re-evaluated (with "
+    representations: list[SafeName] = Field(description="profile representations re-evaluated (with "
                                                    "baselines.methods)")
 
 
 GraphModel = Literal[TRAINED_MODELS]  # type: ignore[valid-type]
-#: What a graph cell name may hold: it becomes a stage name on a ``dvc repro -s`` command line and a file name.
-SAFE_NAME = re.compile(r"[A-Za-z0-9_.-]+")
 
 
 class ColdStartParams(Section):
@@ -468,7 +468,7 @@ class ColdStartParams(Section):
     seeds: list[int] = Field(min_length=1, description="training seeds of the learned fusions and graph models "
                                                        "on new items (selection uses the first)")
     fusion_learned: list[LearnedFusion] = Field(description="learned fusions evaluated on new items")
-    graph_cells: list[str] = Field(description="graph.cells evaluated on new items in their new-item form "
+    graph_cells: list[SafeName] = Field(description="graph.cells evaluated on new items in their new-item form "
                                                "(content-free models such as LightGCN are not allowed)")
 
 
@@ -513,7 +513,7 @@ class GraphScaleParams(Section):
 
 class GraphCellParams(Section):
     model: GraphModel = Field(description="lightgcn | vbpr | freedom | smore")
-    modalities: list[str] = Field(description="representations fed to the model (data/embeddings); none for lightgcn")
+    modalities: list[SafeName] = Field(description="representations fed to the model (data/embeddings); none for lightgcn")
 
 
 class GraphParams(Section):
@@ -528,7 +528,9 @@ class GraphParams(Section):
     training: GraphRegimes
     default: GraphScaleParams
     full: GraphScaleParams
-    cells: dict[str, GraphCellParams] = Field(description="the DVC foreach: cell name -> model and modalities")
+    cells: dict[SafeName, GraphCellParams] = Field(
+        description="cell name -> model and modalities; the names are the graph foreach of dvc.yaml (python -m "
+                    "vlm4rec.stage_lists --write after a change)")
 
     @property
     def chosen_regime(self) -> GraphTrainingParams:
@@ -542,17 +544,14 @@ class GraphParams(Section):
 
     @model_validator(mode="after")
     def _cells_are_consistent(self) -> "GraphParams":
-        """Graph cell names hold only letters, digits, ``_``, ``.`` and ``-``; a ``lightgcn`` cell has no
-        modalities, the other models at least one; both scales have a grid for every cell's model; each
+        """A ``lightgcn`` graph cell has no modalities, the other models at least one (cell names follow
+        :mod:`vlm4rec.names`, checked by their type); both scales have a grid for every cell's model; each
         regime's options for a model (``graph.training.<regime>`` merged with its ``models.<model>``) and every
         grid value are options of that model with values it accepts (its configuration in
         ``vlm4rec/methods.py``), none of them ``device``, ``seed``, ``unseen_items`` or ``modalities`` (the study
         sets those); a grid entry holds at least one value."""
         problems = []
         for name, cell in self.cells.items():
-            if not SAFE_NAME.fullmatch(name):
-                problems.append(f"cell name {name!r} may hold only letters, digits, '_', '.' and '-' (it becomes "
-                                "a DVC stage name graph@<name> and a file name)")
             if CATALOGUE[cell.model].uses_content != bool(cell.modalities):
                 problems.append(f"cell {name}: lightgcn takes no modalities, the other models at least one")
             for scale in ("default", "full"):
@@ -592,8 +591,9 @@ AblationCap = PositiveInt | Literal["all"]
 
 class AblationParams(Section):
     grounded: list[Literal["description", "title_description"]] = Field(
-        description="representations that depend on the prompt arm")
-    ungrounded: list[str] = Field(description="representations without a prompt arm")
+        description="representations that depend on the prompt arm (a DVC matrix, like ungrounded and arms: "
+                    "python -m vlm4rec.stage_lists --write after a change)")
+    ungrounded: list[SafeName] = Field(description="representations without a prompt arm")
     arms: list[PromptArm] = Field(description="prompt arms (must be among ground.prompt_arms)")
     aggregations: list[Aggregation] = _nonempty("profile aggregations")
     caps: list[AblationCap] = _nonempty("history caps (most recent N items); all = no cap")
@@ -642,6 +642,41 @@ class StudyParams(Section):
         if unknown_arms:
             raise ValueError(f"ablation.arms {unknown_arms} are not among ground.prompt_arms "
                              f"{self.ground.prompt_arms}")
+        return self
+
+    @model_validator(mode="after")
+    def _rules_across_sections(self) -> "StudyParams":
+        """``cold_start.fusion_learned`` are among the fusions ``fusion.learned`` trains;
+        ``report.findings.slice_k`` is among ``eval.ks``; a representation named ``description_<arm>`` or
+        ``title_description_<arm>`` (in ``match``, ``robustness``, ``fusion``, ``graph.cells``' modalities,
+        ``ablation.ungrounded``, ``report.findings``) has its arm among ``ground.prompt_arms`` (the embed stage
+        writes no other)."""
+        problems = []
+        untrained = [kind for kind in self.cold_start.fusion_learned if kind not in self.fusion.learned]
+        if untrained:
+            problems.append(f"cold_start.fusion_learned {untrained} are not among the fusions fusion.learned "
+                            f"trains {self.fusion.learned}")
+        if self.report.findings.slice_k not in self.eval.ks:
+            problems.append(f"report.findings.slice_k {self.report.findings.slice_k} is not among eval.ks "
+                            f"{self.eval.ks} (the per-user recall it reads is computed at those k)")
+        named = {"match.representations": self.match.representations,
+                 "robustness.representations": self.robustness.representations,
+                 "fusion.modalities": self.fusion.modalities,
+                 "fusion.hybrid_representations": self.fusion.hybrid_representations,
+                 "ablation.ungrounded": self.ablation.ungrounded,
+                 "report.findings": [self.report.findings.description, self.report.findings.title,
+                                     self.report.findings.image],
+                 **{f"graph.cells.{cell}.modalities": spec.modalities for cell, spec in self.graph.cells.items()}}
+        for key, names in named.items():
+            unwritten = [name for name in names
+                         if (arm := re.fullmatch(r"(?:title_)?description_(\w+)", name)) is not None
+                         and arm.group(1) not in self.ground.prompt_arms]
+            if unwritten:
+                problems.append(f"{key} names {unwritten}, whose prompt arm is not among ground.prompt_arms "
+                                f"{self.ground.prompt_arms} (the embed stage writes description_<arm> and "
+                                "title_description_<arm> for those only)")
+        if problems:
+            raise ValueError("; ".join(problems))
         return self
 
     def computed_methods(self) -> dict[str, list[str]]:
@@ -798,7 +833,7 @@ def _describe(key: str, group: list[dict[str, Any]]) -> str:
     if first["type"] == "extra_forbidden":
         return f"{key}: unknown key (allowed here: {', '.join(_allowed_keys(names[:-1]))})"
     value = first.get("input")
-    shown = "" if isinstance(value, dict) else f" = {value!r}"
+    shown = "" if isinstance(value, dict) or first["type"] == SECRET_ERROR else f" = {value!r}"
     messages = list(dict.fromkeys(e["msg"].removeprefix("Value error, ") for e in group))
     meaning = _meaning(names)
     return f"{key}{shown}: {', or '.join(messages)}" + (f" ({meaning})" if meaning else "")
@@ -847,7 +882,7 @@ def markdown_reference() -> str:
 
 def cross_field_rules() -> list[str]:
     """The rules the schema checks beyond each key's type: its validators' docstrings, each stating one."""
-    checks = [UniqueKeyLoader, _device_present] + [decorator.func for model in _models(StudyParams)
+    checks = [UniqueKeyLoader, _device_present, checked_name, key_variable] + [decorator.func for model in _models(StudyParams)
                                   for decorators in [model.__pydantic_decorators__]
                                   for decorator in [*decorators.field_validators.values(),
                                                     *decorators.model_validators.values()]]

@@ -28,6 +28,7 @@ import pandas as pd
 
 from vlm4rec.errors import StudyError
 from vlm4rec.splits import SPLITS, SplitConfig, assign_split
+from vlm4rec.stage_outputs import read_output
 
 ITEM_COLUMNS = ["item_id", "title", "year", "genres", "meta_text", "image_path", "has_image", "image_url"]
 Universe = Literal["catalogue", "interacted"]
@@ -224,10 +225,9 @@ def save_prepared(data: PreparedData, out_dir: str | Path) -> None:
 
 
 def load_prepared(in_dir: str | Path) -> PreparedData:
-    """Read what :func:`save_prepared` wrote."""
+    """Read what :func:`save_prepared` wrote; a missing, truncated or corrupt file is a StudyError naming it
+    and the stage that writes it."""
     path = Path(in_dir)
-    names = json.loads((path / "features" / "index.json").read_text())
-    return PreparedData(items=pd.read_parquet(path / "items.parquet"),
-                        users=pd.read_parquet(path / "users.parquet"),
-                        interactions=pd.read_parquet(path / "interactions.parquet"),
-                        features={n: np.load(path / "features" / f"{n}.npy") for n in names})
+    names = read_output(path / "features" / "index.json", lambda file: json.loads(file.read_text()))
+    tables = {name: read_output(path / f"{name}.parquet", pd.read_parquet) for name in ("items", "users", "interactions")}
+    return PreparedData(**tables, features={n: read_output(path / "features" / f"{n}.npy", np.load) for n in names})

@@ -25,6 +25,7 @@ from vlm4rec.data import PreparedData
 from vlm4rec.matching import IterativeRecommender, Ranker, Recommender, TrainingLog, recommend
 from vlm4rec.metrics import catalogue_coverage, ranking_metrics, summarize
 from vlm4rec.splits import History, build_history, targets_of
+from vlm4rec.stage_outputs import read_output
 
 DEFAULT_KS: tuple[int, ...] = (5, 10, 20, 50)
 
@@ -376,15 +377,24 @@ def save_result(result: MethodResult, out_dir: str | Path) -> None:
 
 
 def load_result(in_dir: str | Path) -> MethodResult:
-    """Read what :func:`save_result` wrote (``timing`` is empty: it lives in the stage's metrics)."""
+    """Read what :func:`save_result` wrote (``timing`` is empty: it lives in the stage's metrics); a missing,
+    truncated or corrupt file is a StudyError naming it and the stage that writes it."""
     path = Path(in_dir)
-    chosen = json.loads((path / "chosen.json").read_text())
-    summary = json.loads((path / "summary.json").read_text())
+    chosen = _json_entries(path / "chosen.json", "method", "config", "select_metric")
+    summary = _json_entries(path / "summary.json", "coverage", "diagnostics")
     training = path / "training.json"
     return MethodResult(key=MethodKey.parse(chosen["method"]), config=chosen["config"],
-                        val_grid=pd.read_parquet(path / "val_grid.parquet"),
-                        val_per_user=pd.read_parquet(path / "val_per_user.parquet"),
-                        test_per_user=pd.read_parquet(path / "test_per_user.parquet"),
-                        test_topk=np.load(path / "test_topk.npy"), coverage=summary["coverage"],
+                        val_grid=read_output(path / "val_grid.parquet", pd.read_parquet),
+                        val_per_user=read_output(path / "val_per_user.parquet", pd.read_parquet),
+                        test_per_user=read_output(path / "test_per_user.parquet", pd.read_parquet),
+                        test_topk=read_output(path / "test_topk.npy", np.load), coverage=summary["coverage"],
                         timing={}, diagnostics=summary["diagnostics"], select_metric=chosen["select_metric"],
-                        training=json.loads(training.read_text()) if training.exists() else None)
+                        training=_json_entries(training) if training.exists() else None)
+
+
+def _json_entries(path: Path, *keys: str) -> dict[str, Any]:
+    """A result's JSON file, required to hold ``keys``."""
+    def read(file: Path) -> dict[str, Any]:
+        payload = json.loads(file.read_text())
+        return payload | {key: payload[key] for key in keys}
+    return read_output(path, read)

@@ -19,6 +19,7 @@ import pandas as pd
 
 from vlm4rec.errors import StudyError
 from vlm4rec.vectors import coverage_of, normalize_rows
+from vlm4rec.stage_outputs import read_output
 
 TextKind = Literal["title", "title_meta", "description", "title_description"]
 TEXT_KINDS: tuple[str, ...] = get_args(TextKind)
@@ -146,8 +147,8 @@ class Representation:
     def load(cls, directory: str | Path, name: str) -> Representation:
         """Read what :meth:`save` wrote; refuses a matrix whose shape disagrees with its metadata."""
         directory = Path(directory)
-        meta = json.loads((directory / f"{name}.json").read_text())
-        vectors = np.load(directory / f"{name}.npy")
+        meta = read_output(directory / f"{name}.json", lambda path: json.loads(path.read_text()))
+        vectors = read_output(directory / f"{name}.npy", np.load)
         if vectors.shape != (meta["n_items"], meta["dim"]):
             raise ValueError(f"{name}.npy has shape {vectors.shape}, its metadata says "
                              f"({meta['n_items']}, {meta['dim']})")

@@ -22,18 +22,24 @@ import argparse
 import ast
 import copy
 import functools
+import json
 import re
 import signal
 import sys
 from pathlib import Path
-from typing import Any, Callable
+from typing import Any, Callable, Collection
 
 import yaml
 
 from vlm4rec.config import KeyTree, StudyParams, UniqueKeyLoader, load_params, restricted, validate_params
 from vlm4rec.errors import StudyError
+from vlm4rec.stage_lists import check_stage_lists
 
 REPORTS_DIR = Path("reports")
+#: Why a notebook's kernel dies without a Python error, most likely first.
+KERNEL_DEATH = ("most likely the machine ran out of memory and the system killed it: free memory, or lower the "
+                "stage's batch and block sizes (eval.block_size, the stage's batch_size keys) or user sample; "
+                "else the process was killed or crashed in native code")
 
 
 def load_yaml(path: str | Path) -> dict[str, Any]:
@@ -74,13 +80,14 @@ def declared_keys(stage: str, params_file: str | Path = "params.yaml",
     """(parameter file, dotted key) of every entry of ``stage``'s ``params:`` list.
 
     An entry ``{other.yaml: [x.y]}`` reads ``x.y`` from ``other.yaml`` (beside ``dvc.yaml``), as DVC does. In a
-    cell ``name@key`` of a ``foreach`` stage, ``${key}`` in an entry stands for the cell's key."""
+    cell ``name@key`` of a ``foreach`` stage, ``${item}`` (a list's) or ``${key}`` (a mapping's) in an entry
+    stands for the cell's key."""
     base = Path(dvc_file).parent
     cell = stage.partition("@")[2]
     keys: list[tuple[str, str]] = []
     for entry in stage_definition(stage, dvc_file).get("params", []):
         if isinstance(entry, str):
-            keys.append((str(params_file), entry.replace("${key}", cell)))
+            keys.append((str(params_file), entry.replace("${key}", cell).replace("${item}", cell)))
         else:
             keys += [(str(base / name), key) for name, listed in entry.items() for key in listed]
     return keys
@@ -183,17 +190,60 @@ def export_html(executed: Path) -> Path:
     return html
 
 
+def check_parameters_cell(notebook: Path, injected: Collection[str]) -> None:
+    """A notebook runs on the values the runner injects only: it has one cell tagged ``parameters`` (without
+    one papermill puts the values before the notebook's own assignments, which then win) and no later cell
+    assigns, deletes or changes a name it injects; otherwise a :class:`StudyError` naming the notebook."""
+    cells = [cell for cell in json.loads(notebook.read_text(encoding="utf-8"))["cells"] if cell["cell_type"] == "code"]
+    tagged = [i for i, cell in enumerate(cells) if "parameters" in cell.get("metadata", {}).get("tags", [])]
+    if len(tagged) != 1:
+        raise StudyError(f"{notebook} has {len(tagged)} code cells tagged `parameters`, not one: papermill injects "
+                         "params.yaml's values after the tagged cell (without one, before the notebook's own "
+                         "assignments, which would win); tag the cell that assigns the stage's parameters")
+    for number, cell in enumerate(cells[tagged[0] + 1:], start=tagged[0] + 2):
+        overridden = sorted(bound_names("".join(cell["source"])) & set(injected))
+        if overridden:
+            raise StudyError(f"{notebook}: code cell {number} assigns {', '.join(overridden)} after the parameters "
+                             "cell, overriding the values params.yaml gives the stage; read them there, change "
+                             "them in params.yaml")
+
+
+def bound_names(source: str) -> set[str]:
+    """The names a piece of notebook code assigns, deletes, imports or changes in place (``x[k] = v``,
+    ``x.a = v``, ``x += v``); IPython magics and shell lines are skipped."""
+    code = "\n".join("" if line.lstrip().startswith(("%", "!")) else line for line in source.splitlines())
+    names = set()
+    for node in ast.walk(ast.parse(code)):
+        if isinstance(node, (ast.Name, ast.Subscript, ast.Attribute)) and isinstance(node.ctx, (ast.Store, ast.Del)):
+            while isinstance(node, (ast.Subscript, ast.Attribute)):
+                node = node.value
+            if isinstance(node, ast.Name):
+                names.add(node.id)
+        elif isinstance(node, (ast.Import, ast.ImportFrom)):
+            names |= {(alias.asname or alias.name).split(".")[0] for alias in node.names}
+        elif isinstance(node, (ast.FunctionDef, ast.AsyncFunctionDef, ast.ClassDef)):
+            names.add(node.name)
+    return names
+
+
 def run_notebook_stage(stage: str) -> Path:
-    """Execute the stage's notebook with its declared params and export it; returns the HTML path."""
+    """Execute the stage's notebook with its declared params and export it; returns the HTML path. A kernel
+    that dies (as an out-of-memory kill does) is a :class:`StudyError` naming the stage, notebook and cause."""
     import papermill
+    from nbclient.exceptions import DeadKernelError
 
     notebook = stage_notebook(stage)
+    parameters = notebook_parameters(stage)
+    check_parameters_cell(notebook, parameters)
     REPORTS_DIR.mkdir(exist_ok=True)
     executed = REPORTS_DIR / notebook.name
     try:
-        papermill.execute_notebook(str(notebook), str(executed), parameters=notebook_parameters(stage),
+        papermill.execute_notebook(str(notebook), str(executed), parameters=parameters,
                                    cwd=str(Path.cwd()), progress_bar=False, log_output=True,
                                    kernel_name="python3")
+    except DeadKernelError:
+        raise StudyError(f"{stage}: the kernel running {notebook} died ({KERNEL_DEATH}); the executed notebook "
+                         f"up to the cell that was running: {executed}") from None
     except papermill.PapermillExecutionError as err:
         message = study_error_message(err.ename, err.evalue)
         if message is None:
@@ -247,7 +297,9 @@ def run_stage_function(stage: str, function: Callable[..., Any], **extra: Any) -
     """Call a notebook-less stage's ``function`` with its declared sections (:func:`stage_params` of the
     validated params.yaml; keyword arguments named by their top-level key, renamed by :data:`ARGUMENT_NAMES`)
     plus ``extra``."""
-    params = stage_params(stage, load_params())
+    study = load_params()
+    check_stage_lists(study)
+    params = stage_params(stage, study)
     return function(**{ARGUMENT_NAMES.get(key, key): getattr(params, key) for key in params.model_fields_set},
                     **extra)
 
@@ -277,7 +329,7 @@ def main(argv: list[str] | None = None) -> None:
     _terminate_on_signals()
 
     def body() -> None:
-        load_params()
+        check_stage_lists(load_params())
         print(run_notebook_stage(args.stage))
 
     exit_on_study_error(body)

@@ -15,18 +15,17 @@ The API key is read from the environment variable NAMED by ``api_key_env`` at ea
 Bearer header; it is never stored on the object, in ``settings()``, the cache, reprs or error messages:
 server text quoted in errors is scrubbed of it before it is cut short, and so are descriptions (a server
 that echoes the key does not get it into the cache), in every spelling a server may echo it
-(JSON-escaped, URL-encoded, base64 of the header value: :func:`redact`). No variable set: no Authorization header.
+(JSON-escaped, URL-encoded, base64 of the header value: :func:`vlm4rec.secrets.redact`). No variable set:
+no Authorization header.
 """
 from __future__ import annotations
 
 import base64
 import email.utils
 import io
-import json
 import os
 import threading
 import time
-import urllib.parse
 from collections import Counter
 from collections.abc import Callable, Sequence
 from concurrent.futures import ThreadPoolExecutor
@@ -40,13 +39,11 @@ from urllib3.exceptions import ConnectTimeoutError, NameResolutionError, NewConn
 from vlm4rec.config import OpenAIParams
 from vlm4rec.errors import StudyError, os_reason
 from vlm4rec.grounding.base import Grounder, GroundingError, GroundingStopped
+from vlm4rec.secrets import redact
 
 RETRY_STATUSES = frozenset({429, 500, 502, 503, 504})
 MAX_BACKOFF_S = 120.0
 JPEG_QUALITY = 90
-REDACTED = "***"
-#: Shortest base64 core of a secret that is redacted (shorter strings occur by chance in any text).
-MIN_BASE64_FORM = 8
 
 
 class OpenAIGrounder(Grounder):
@@ -164,35 +161,6 @@ class OpenAIGrounder(Grounder):
     def _redact(self, text: str) -> str:
         key = os.environ.get(self.params.api_key_env)
         return redact(text, key) if key else text
-
-
-def redact(text: str, secret: str) -> str:
-    """``text`` with every form of ``secret`` a server may echo replaced by :data:`REDACTED`: as it is,
-    JSON-escaped (``\\/`` for ``/`` too), URL-encoded, and base64-encoded (standard or URL-safe alphabet) as
-    part of any value, such as the header value ``Bearer <secret>``; longest forms first."""
-    for form in sorted(set(secret_forms(secret)), key=len, reverse=True):
-        text = text.replace(form, REDACTED)
-    return text
-
-
-def secret_forms(secret: str) -> list[str]:
-    """The spellings of ``secret`` that :func:`redact` removes (see there).
-
-    A base64 encoding of a value holding the secret depends on where the secret starts modulo 3 bytes; for
-    each of the three offsets, the characters encoding only the secret's own bits are the same in every
-    such value, so they are the form to remove."""
-    json_escaped = json.dumps(secret)[1:-1]
-    forms = [secret, json_escaped, json_escaped.replace("/", "\\/"), urllib.parse.quote(secret, safe=""),
-             urllib.parse.quote_plus(secret)]
-    raw = secret.encode("utf-8")
-    for offset in range(3):
-        first = -(-8 * offset // 6)  # the first character whose 6 bits all come from the secret
-        last = 8 * (offset + len(raw)) // 6  # one past the last such character
-        for encode in (base64.b64encode, base64.urlsafe_b64encode):
-            core = encode(b"\0" * offset + raw).decode("ascii")[first:last]
-            if len(core) >= MIN_BASE64_FORM:
-                forms.append(core)
-    return forms
 
 
 @dataclass(eq=False)

@@ -13,6 +13,8 @@ import argparse
 import json
 import time
 from itertools import product
+from collections.abc import Sequence
+from pathlib import Path
 from typing import Any
 
 import pandas as pd
@@ -25,13 +27,9 @@ from vlm4rec.evaluation import EvalData, select_and_test
 from vlm4rec.pipeline.outputs import (ABLATIONS_DIR, EMBEDDINGS_DIR, METRICS_DIR, PLOTS_DIR, PREPARED_DIR, peak_rss_mb,
                                       read_metrics, write_json)
 from vlm4rec.pipeline.profiles import profile_candidates
+from vlm4rec.pipeline.study_files import cell_metrics_files, cell_name
 from vlm4rec.representations import load_vectors
 from vlm4rec.stage import exit_on_study_error, run_stage_function
-
-
-def cell_name(cell: dict[str, Any]) -> str:
-    """Directory / metrics name of one grid cell or configuration, e.g. ``description-image_only-mean-all``."""
-    return "-".join(str(cell[k]) for k in ("representation", "arm", "aggregation", "cap") if k in cell)
 
 
 def cell_representation(cell: dict[str, Any]) -> str:
@@ -64,12 +62,12 @@ def run_cell(evaluation: EvalParams, profile: ProfileParams, ablation: AblationP
     return rows
 
 
-def ablation_table() -> pd.DataFrame:
-    """Every finished configuration: chosen knobs, validation and test metrics (``val_`` / ``test_``
-    prefixes), ordered by the validation selection metric; ``selected`` marks, per representation (and
-    prompt arm), the configuration validation chooses."""
+def ablation_table(cells: Sequence[Path]) -> pd.DataFrame:
+    """Every configuration of the given cells' metrics files (:func:`cell_metrics_files`): chosen knobs,
+    validation and test metrics (``val_`` / ``test_`` prefixes), ordered by the validation selection metric;
+    ``selected`` marks, per representation (and prompt arm), the configuration validation chooses."""
     rows = []
-    for path in sorted((METRICS_DIR / "ablations").glob("*.json")):
+    for path in cells:
         for row in read_metrics(f"ablations/{path.stem}")["configurations"]:
             cell = row["cell"]
             rows.append({**cell, "arm": cell.get("arm", "-"), "representation_file": row["representation"],
@@ -86,10 +84,11 @@ def ablation_table() -> pd.DataFrame:
     return table.reset_index(drop=True)
 
 
-def run() -> pd.DataFrame:
-    """The ``ablations`` stage: :func:`ablation_table` with a ``cell`` label per configuration (representation
-    / aggregation / cap), written to ``plots/ablations.csv`` (the stage's plot) and returned."""
-    cells = ablation_table()
+def run(ablation: AblationParams) -> pd.DataFrame:
+    """The ``ablations`` stage: :func:`ablation_table` of the cells ``ablation`` names, with a ``cell`` label per
+    configuration (representation / aggregation / cap), written to ``plots/ablations.csv`` (the stage's plot)
+    and returned."""
+    cells = ablation_table(cell_metrics_files(ablation))
     cells["cell"] = cells["representation_file"] + " / " + cells["aggregation"] + " / cap " + cells["cap"].astype(str)
     PLOTS_DIR.mkdir(exist_ok=True)
     cells.to_csv(PLOTS_DIR / "ablations.csv", index=False)

@@ -15,6 +15,7 @@ from vlm4rec.distributed import ray_config
 from vlm4rec.distributed.embedding import encode_image_paths_ray, encode_texts_ray
 from vlm4rec.pipeline.outputs import EMBEDDINGS_DIR, GROUNDING_DIR, METRICS_DIR, PREPARED_DIR, peak_rss_mb, timed, write_json
 from vlm4rec.representations import Representation, from_features, from_texts, item_texts
+from vlm4rec.stage_outputs import read_output
 
 
 def description_series(descriptions: pd.DataFrame, arm: str) -> pd.Series:
@@ -66,7 +67,7 @@ def run(embed: EmbedParams, ground: GroundParams, compute: ComputeParams) -> tup
     costs: dict[str, Any] = {}
     ray = ray_config(compute)
     data = load_prepared(PREPARED_DIR)
-    descriptions = pd.read_parquet(GROUNDING_DIR / "descriptions.parquet")
+    descriptions = read_output(GROUNDING_DIR / "descriptions.parquet", pd.read_parquet)
     grounder = descriptions["grounder_method"].iloc[0] if len(descriptions) else "no grounder"
     with timed(costs, "wall"):
         with timed(costs, "text"):

@@ -15,6 +15,8 @@ from typing import Any, Iterator
 
 import numpy as np
 
+from vlm4rec.stage_outputs import read_output
+
 RAW_DIR = Path("data/raw")
 PREPARED_DIR = Path("data/prepared")
 GROUNDING_DIR = Path("data/grounding")
@@ -47,13 +49,15 @@ def write_json(path: str | Path, payload: dict[str, Any]) -> None:
 
 def read_metrics(name: str) -> dict[str, Any]:
     """A stage's metrics JSON, ``metrics/<name>.json`` (``name`` may name a folder: ``graph/lightgcn``): the
-    one way stage outputs' metrics are read back."""
-    return json.loads((METRICS_DIR / f"{name}.json").read_text())
+    one way stage outputs' metrics are read back; a missing or unparsable one is a StudyError naming the file
+    and its stage."""
+    return read_output(METRICS_DIR / f"{name}.json", lambda path: json.loads(path.read_text()))
 
 
 def chosen_ease_l2() -> float:
     """The EASE^R L2 penalty the match stage chose on validation (its ``chosen.json``)."""
-    return json.loads((RESULTS_DIR / "match" / "ease" / "chosen.json").read_text())["config"]["l2"]
+    return read_output(RESULTS_DIR / "match" / "ease" / "chosen.json",
+                       lambda path: json.loads(path.read_text())["config"]["l2"])
 
 
 def _to_builtin(value: Any) -> Any:

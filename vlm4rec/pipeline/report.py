@@ -21,22 +21,19 @@ from vlm4rec.data import PreparedData, load_prepared
 from vlm4rec.evaluation import MethodKey, MethodResult, load_result
 from vlm4rec.findings import Finding, families, findings, graph_comparisons, p_floor_note
 from vlm4rec.methods import CATALOGUE, fusion_method, is_kind
-from vlm4rec.pipeline.outputs import GROUNDING_DIR, METRICS_DIR, PREPARED_DIR, RESULTS_DIR, read_metrics, write_json
+from vlm4rec.pipeline.outputs import GROUNDING_DIR, METRICS_DIR, PREPARED_DIR, read_metrics, write_json
 from vlm4rec.pipeline.stage_metrics import GraphCellMetrics, NewItemMetrics
+from vlm4rec.pipeline.study_files import StudyFiles
 from vlm4rec.stats import format_p
+from vlm4rec.stage_outputs import read_output
 
-RESULT_STAGES = ("match", "fusion", "graph")
 
-
-def load_all_results(graph_cells: Collection[str],
-                     stages: tuple[str, ...] = RESULT_STAGES) -> dict[MethodKey, MethodResult]:
-    """Every method evaluated by the given stages, by key: each result folder under ``data/results/<stage>``
-    (a graph cell's seeds one level further down), graph results only for the cells in ``graph_cells``
-    (params ``graph.cells``): a folder left by a cell no longer in params is stale and stays out of the
-    tables and the Holm families."""
-    folders = [path.parent for stage in stages for path in sorted((RESULTS_DIR / stage).rglob("chosen.json"))
-               if stage != "graph" or path.parent.parent.name in graph_cells]
-    return {result.key: result for result in map(load_result, folders)}
+def load_all_results(study: StudyFiles) -> dict[MethodKey, MethodResult]:
+    """Every method of the study params.yaml describes, by key, from exactly its result folders (a folder
+    params.yaml does not name stays out of the tables and the Holm families: :meth:`StudyFiles.ignored`); a
+    named result or cell metrics file that is missing stops the report, naming it and its stage."""
+    study.check_present()
+    return {result.key: result for result in map(load_result, study.results)}
 
 
 def graph_table(results: dict[MethodKey, MethodResult], evaluation: EvalParams, params: FindingsParams,
@@ -212,32 +209,44 @@ def new_item_curves(new_items: NewItemMetrics, metric: str = "recall") -> pd.Dat
     return frame.groupby(["group", "method", "k"], as_index=False, sort=False)[metric].mean()
 
 
-def write_report_metrics(found: list[Finding], notes: list[str]) -> dict[str, Any]:
+def write_report_metrics(found: list[Finding], notes: list[str], ignored: Sequence[str] = ()) -> dict[str, Any]:
     """``metrics/report.json``: every finding's numbers (keyed by id, for ``dvc exp show``; an untested
-    p is null, not NaN, which JSON lacks) and the caveats."""
+    p is null, not NaN, which JSON lacks), the caveats and the result folders and metrics files on disk that
+    params.yaml does not name (ignored)."""
     def number(value: Any) -> Any:
         return None if isinstance(value, float) and np.isnan(value) else value
 
     payload = {"findings": {f.id: {k: number(v) for k, v in asdict(f).items() if k != "id"} | {"answer": f.answer}
                             for f in found},
-               "caveats": notes}
+               "caveats": notes, "ignored": list(ignored)}
     write_json(METRICS_DIR / "report.json", payload)
     return payload
 
 
 def write_findings(results: dict[MethodKey, MethodResult], prepared: PreparedData, evaluation: EvalParams,
-                   match: MatchParams, graph: GraphParams, report: ReportParams) -> tuple[list[Finding], list[str]]:
+                   match: MatchParams, graph: GraphParams, report: ReportParams,
+                   ignored: Sequence[str] = ()) -> tuple[list[Finding], list[str]]:
     """The report stage's output: the findings (:func:`vlm4rec.findings.findings`) and the caveats that apply
-    to them, from the stage outputs, written to ``metrics/report.json``; returned for display."""
+    to them, from the stage outputs (one names the ``ignored`` files: :meth:`StudyFiles.ignored`), written to
+    ``metrics/report.json``; returned for display."""
     found = findings(results, evaluation, report.findings, match.representations, prepared, graph.cells)
     robustness_metrics = load_robustness()
     robustness = robustness_table(report.findings.metric, robustness_metrics)
     capped = runs_at_epoch_cap(results, read_metrics("fusion")["training"])
     notes = caveats(read_metrics("ground"), read_metrics("prepare")["split_protocol"], robustness, capped,
                     robustness_metrics["test_users"] if robustness_metrics else None,
-                    [graph_tuning_note(graph.cells), p_floor_note(found, evaluation.bootstrap_resamples)])
-    write_report_metrics(found, notes)
+                    [graph_tuning_note(graph.cells), p_floor_note(found, evaluation.bootstrap_resamples),
+                     ignored_note(ignored)])
+    write_report_metrics(found, notes, ignored)
     return found, notes
+
+
+def ignored_note(ignored: Sequence[str]) -> str | None:
+    """The caveat that lists the outputs on disk the report did not read (None when there are none)."""
+    if not ignored:
+        return None
+    return (f"{len(ignored)} result folder(s) or metrics file(s) on disk are not part of the study params.yaml "
+            f"describes (left by an earlier run) and were ignored: {', '.join(ignored)}.")
 
 
 def coverage_columns(results: dict[MethodKey, MethodResult]) -> pd.DataFrame:
@@ -257,15 +266,15 @@ def chosen_configurations(results: dict[MethodKey, MethodResult]) -> pd.Series:
                       for family, keys in families(results).items()}, name="chosen")
 
 
-def cost_table() -> pd.DataFrame:
+def cost_table(study: StudyFiles) -> pd.DataFrame:
     """Wall time, throughput and peak memory per stage (and per grounding arm), from the metrics JSON
-    the stages wrote (all declared dependencies of the report stage)."""
+    the stages wrote (all declared dependencies of the report stage; the ablation cells of ``study``)."""
     stages = {name: read_metrics(name) for name in ("prepare", "ground", "embed", "match", "robustness", "fusion")}
     rows = {name: {k: v for k, v in metrics["cost"].items() if not isinstance(v, dict)}
             for name, metrics in stages.items()}
     for arm, counts in stages["ground"]["arms"].items():
         rows[f"ground: {arm}"] = {k: counts[k] for k in ("wall_s", "described", "from_cache", "images_per_s")}
-    cells = [read_metrics(f"ablations/{p.stem}")["cost"] for p in sorted((METRICS_DIR / "ablations").glob("*.json"))]
+    cells = [read_metrics(f"ablations/{p.stem}")["cost"] for p in study.ablation_metrics]
     if cells:
         rows[f"ablation grid ({len(cells)} cells, compute only)"] = {
             "wall_s": sum(c["wall_s"] for c in cells), "peak_rss_mb": max(c["peak_rss_mb"] for c in cells)}
@@ -274,7 +283,7 @@ def cost_table() -> pd.DataFrame:
 
 def load_descriptions() -> pd.DataFrame:
     """The ground stage's long table (item_idx, arm, status, description, ...)."""
-    return pd.read_parquet(GROUNDING_DIR / "descriptions.parquet")
+    return read_output(GROUNDING_DIR / "descriptions.parquet", pd.read_parquet)
 
 
 def load_prepared_data() -> PreparedData:

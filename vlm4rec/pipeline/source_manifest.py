@@ -10,6 +10,7 @@ from typing import Any
 from vlm4rec.config import DataParams
 from vlm4rec.errors import StudyError
 from vlm4rec.pipeline.outputs import RAW_DIR
+from vlm4rec.stage_outputs import read_output
 
 SOURCE_MANIFEST = RAW_DIR / "source.json"
 
@@ -21,10 +22,7 @@ def source_keys(data: DataParams) -> dict[str, Any]:
 
 def load_source_manifest(path: str | Path = SOURCE_MANIFEST) -> dict[str, Any]:
     """What the fetch stage recorded; a StudyError when it has not run."""
-    path = Path(path)
-    if not path.is_file():
-        raise StudyError(f"{path} is missing: run the fetch stage first (dvc repro fetch)")
-    return json.loads(path.read_text())
+    return read_output(path, lambda file: json.loads(file.read_text()))
 
 
 def adapter_keys(data: DataParams, manifest_path: str | Path = SOURCE_MANIFEST) -> dict[str, Any]:

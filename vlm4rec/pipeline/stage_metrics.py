@@ -15,6 +15,7 @@ from typing import Any, TypeVar
 from pydantic import BaseModel, ConfigDict
 
 from vlm4rec.pipeline.outputs import METRICS_DIR, write_json
+from vlm4rec.stage_outputs import read_output
 
 Metrics = TypeVar("Metrics", bound="StageMetrics")
 
@@ -33,7 +34,8 @@ class StageMetrics(BaseModel):
 
     @classmethod
     def load(cls: type[Metrics], path: str | Path) -> Metrics:
-        return cls.model_validate(json.loads(Path(path).read_text()))
+        """The file's content; a missing, unparsable or off-schema file is a StudyError naming it and its stage."""
+        return read_output(path, lambda file: cls.model_validate(json.loads(file.read_text())))
 
 
 class MethodMetrics(StageMetrics):
