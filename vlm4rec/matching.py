@@ -460,8 +460,8 @@ def _check_score_tensor(scores: torch.Tensor, n_rows: int, n_items: int, name: s
 
 
 #: ``rank(model, users, exclude, k)``: top-K lists of a fitted model (:func:`recommend` is one; the torch
-#: engine :func:`recommend_torch` and the Ray engine of :mod:`vlm4rec.distributed.matching` give the same lists
-#: on the CPU, and on a GPU up to last-bit ties).
+#: engine :func:`recommend_torch`, on any device, and the Ray engine of :mod:`vlm4rec.distributed.matching`
+#: give the same lists).
 Ranker = Callable[["Recommender", np.ndarray, sp.csr_matrix, int], np.ndarray]
 
 
