@@ -36,7 +36,7 @@ import numpy as np
 import scipy.sparse as sp
 
 from vlm4rec.config import Aggregation
-from vlm4rec.selection import (FLOAT32_UNIT, Rescorer, RunningTopK, dot_error_factor, fixed_order_dots,
+from vlm4rec.selection import (FLOAT32_UNIT, FixedOrderDots, Rescorer, RunningTopK, dot_error_factor,
                                float32_at_most, kth_lower_bound, kth_lower_bound_torch, tie_margins)
 from vlm4rec.splits import History
 from vlm4rec.training import TrainingLog
@@ -371,6 +371,7 @@ def recommend(model: Recommender, users: np.ndarray, exclude: sp.csr_matrix, k: 
                 _tile_items(tile_items, len(block), k), np.zeros(len(block)), None, clock)
         return out
     max_norm, missing = _checked_factors(factors, n_items, model.name), _missing_items(factors)
+    exact_scores = FixedOrderDots(factors.users, factors.items)
     width = _tile_items(tile_items, min(TILE_ROWS, len(users)), k)
     buffer = np.empty(min(TILE_ROWS, len(users)) * min(width, n_items), dtype=np.float32)
     for start in range(0, len(users), TILE_ROWS):
@@ -385,13 +386,13 @@ def recommend(model: Recommender, users: np.ndarray, exclude: sp.csr_matrix, k: 
 
         out[start:start + len(rows)] = _rank_tiles(
             _NumpyTiles(score), _Exclusions(exclude[rows]), len(rows), n_items, k, width,
-            _checked_margins(user_factors, max_norm, FLOAT32_UNIT, model.name), _factor_rescorer(user_factors, factors.items), clock)
+            _checked_margins(user_factors, max_norm, FLOAT32_UNIT, model.name), _rescorer(exact_scores, rows), clock)
     return out
 
 
-def _factor_rescorer(user_factors: np.ndarray, item_factors: np.ndarray) -> Rescorer:
-    """Exact scores of (block row, item) pairs: :func:`~vlm4rec.selection.fixed_order_dots`."""
-    return lambda rows, items: fixed_order_dots(user_factors[rows], item_factors[items])
+def _rescorer(exact_scores: FixedOrderDots, users: np.ndarray) -> Rescorer:
+    """Exact scores of (row of a tile of ``users``, item) pairs."""
+    return lambda rows, items: exact_scores(users[rows], items)
 
 
 def _torch_unit_roundoff() -> float:
@@ -429,7 +430,7 @@ def recommend_torch(model: Recommender, users: np.ndarray, exclude: sp.csr_matri
                 n_items, k, _tile_items(tile_items, len(block), k), np.zeros(len(block)), None, clock)
         return out
     max_norm, missing = _checked_factors(factors, n_items, model.name), _missing_items(factors)
-    items = torch.from_numpy(factors.items).to(device)
+    items, exact_scores = torch.from_numpy(factors.items).to(device), FixedOrderDots(factors.users, factors.items)
     width, unit = _tile_items(tile_items, min(TILE_ROWS, len(users)), k), _torch_unit_roundoff()
     for start in range(0, len(users), TILE_ROWS):
         rows = users[start:start + TILE_ROWS]
@@ -443,7 +444,7 @@ def recommend_torch(model: Recommender, users: np.ndarray, exclude: sp.csr_matri
 
         out[start:start + len(rows)] = _rank_tiles(
             _TorchTiles(score, device), _Exclusions(exclude[rows]), len(rows), n_items, k, width,
-            _checked_margins(user_factors, max_norm, unit, model.name), _factor_rescorer(user_factors, factors.items), clock)
+            _checked_margins(user_factors, max_norm, unit, model.name), _rescorer(exact_scores, rows), clock)
     return out
 
 
@@ -531,7 +532,7 @@ def item_neighbours(items: np.ndarray, knn_k: int, block_size: int = 1024) -> sp
     best = recommend(model, np.arange(n_items), sp.identity(n_items, format="csr"), k, block_size)
     rows = np.broadcast_to(np.arange(n_items)[:, None], best.shape)
     kept = ~model.missing[best] & ~model.missing[rows] & (best != rows)
-    sims = fixed_order_dots(model.item_factors[rows[kept]], model.item_factors[best[kept]]).astype(np.float32)
+    sims = FixedOrderDots(model.item_factors, model.item_factors)(rows[kept], best[kept]).astype(np.float32)
     return sp.csr_matrix((sims, (rows[kept], best[kept])), shape=(n_items, n_items), dtype=np.float32)
 
 

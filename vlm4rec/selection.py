@@ -60,14 +60,27 @@ def tie_margins(users: np.ndarray, max_item_norm: float, unit: float = FLOAT32_U
     return 2 * error * (1 + 2.0 ** -20) * norms * max_item_norm
 
 
-def fixed_order_dots(a: np.ndarray, b: np.ndarray, chunk: int = 8192) -> np.ndarray:
-    """Row-wise ``a_r . b_r`` in float64 (the exact score ``g``): float32 inputs multiply exactly in float64,
-    and the products are summed left to right (a cumulative sum), whatever the machine's threads."""
-    out = np.empty(len(a), dtype=np.float64)
-    for start in range(0, len(a), chunk):
-        products = a[start:start + chunk].astype(np.float64) * b[start:start + chunk].astype(np.float64)
-        out[start:start + chunk] = np.cumsum(products, axis=1)[:, -1] if products.shape[1] else 0.0
-    return out
+class FixedOrderDots:
+    """``dots(rows, columns)``: the exact scores ``g`` of pairs, ``left[rows[j]] . right[columns[j]]`` in float64:
+    float32 inputs multiply exactly in float64, and the products are summed left to right over the
+    coordinates (a cumulative sum), whatever the machine's threads. Pairs go through buffers of ``chunk`` rows that live as long
+    as the object (a fresh large array per call costs its page faults again)."""
+
+    def __init__(self, left: np.ndarray, right: np.ndarray, chunk: int = 1024):
+        self.left, self.right, self.chunk = left, right, chunk
+        self._left = np.empty((chunk, left.shape[1]), dtype=np.float32)
+        self._right = np.empty((chunk, right.shape[1]), dtype=np.float32)
+        self._products = np.empty((chunk, left.shape[1]), dtype=np.float64)
+
+    def __call__(self, rows: np.ndarray, columns: np.ndarray) -> np.ndarray:
+        out = np.empty(len(rows), dtype=np.float64)
+        for start in range(0, len(rows), self.chunk):
+            stop = min(start + self.chunk, len(rows))
+            left = np.take(self.left, rows[start:stop], axis=0, out=self._left[:stop - start])
+            right = np.take(self.right, columns[start:stop], axis=0, out=self._right[:stop - start])
+            products = np.multiply(left, right, out=self._products[:stop - start], dtype=np.float64)
+            out[start:stop] = np.cumsum(products, axis=1, out=products)[:, -1]  # sequential by definition
+        return out
 
 
 def float32_at_most(values: np.ndarray) -> np.ndarray:
