@@ -50,7 +50,7 @@ AGGREGATIONS: tuple[Aggregation, ...] = get_args(Aggregation)
 #: this size; the tile's scores are masked and selected while they are in the cache.
 TILE_BYTES = 16 * 2 ** 20
 #: Users per tile of a factor model (a tile is TILE_ROWS x TILE_BYTES / (4 TILE_ROWS) items).
-TILE_ROWS = 256
+TILE_ROWS = 1024
 
 
 @dataclass(frozen=True)
@@ -239,7 +239,7 @@ class _NumpyTiles:
 
     @staticmethod
     def kth_bound(tile: np.ndarray, rows: np.ndarray, k: int) -> np.ndarray:
-        return kth_lower_bound(tile[rows], k)
+        return kth_lower_bound(tile if len(rows) == len(tile) else tile[rows], k)  # no copy of a whole tile
 
     @staticmethod
     def above(tile: np.ndarray, floors: np.ndarray, lo: int) -> tuple[np.ndarray, np.ndarray, np.ndarray]:

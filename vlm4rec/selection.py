@@ -63,23 +63,26 @@ def tie_margins(users: np.ndarray, max_item_norm: float, unit: float = FLOAT32_U
 class FixedOrderDots:
     """``dots(rows, columns)``: the exact scores ``g`` of pairs, ``left[rows[j]] . right[columns[j]]`` in float64:
     float32 inputs multiply exactly in float64, and the products are summed left to right over the
-    coordinates (a cumulative sum), whatever the machine's threads. Pairs go through buffers of ``chunk`` rows that live as long
+    coordinates, whatever the machine's threads. Pairs go through buffers of ``chunk`` rows that live as long
     as the object (a fresh large array per call costs its page faults again)."""
 
     def __init__(self, left: np.ndarray, right: np.ndarray, chunk: int = 1024):
         self.left, self.right, self.chunk = left, right, chunk
         self._left = np.empty((chunk, left.shape[1]), dtype=np.float32)
         self._right = np.empty((chunk, right.shape[1]), dtype=np.float32)
-        self._products = np.empty((chunk, left.shape[1]), dtype=np.float64)
 
     def __call__(self, rows: np.ndarray, columns: np.ndarray) -> np.ndarray:
         out = np.empty(len(rows), dtype=np.float64)
         for start in range(0, len(rows), self.chunk):
-            stop = min(start + self.chunk, len(rows))
-            left = np.take(self.left, rows[start:stop], axis=0, out=self._left[:stop - start])
-            right = np.take(self.right, columns[start:stop], axis=0, out=self._right[:stop - start])
-            products = np.multiply(left, right, out=self._products[:stop - start], dtype=np.float64)
-            out[start:stop] = np.cumsum(products, axis=1, out=products)[:, -1]  # sequential by definition
+            size = min(self.chunk, len(rows) - start)
+            left = np.take(self.left, rows[start:start + size], axis=0, out=self._left[:size])
+            right = np.take(self.right, columns[start:start + size], axis=0, out=self._right[:size])
+            products = left.T.astype(np.float64, order="C")  # one row per coordinate
+            products *= right.T
+            total = np.zeros(size, dtype=np.float64)
+            for coordinate in products:  # left to right
+                total += coordinate
+            out[start:start + size] = total
         return out
 
 
@@ -145,7 +148,9 @@ class RunningTopK:
         """Add candidates (block row, item, float32 score), grouped by row, all after the items held."""
         if not len(rows):
             return
-        hit, arrivals = np.unique(rows, return_counts=True)
+        arrivals = np.bincount(rows, minlength=len(self.kth))
+        hit = np.flatnonzero(arrivals)
+        arrivals = arrivals[hit]
         slots = np.repeat(np.arange(len(hit)), arrivals)
         positions = np.arange(len(rows)) - np.repeat(np.cumsum(arrivals) - arrivals, arrivals)
         new_scores = np.full((len(hit), arrivals.max()), -np.inf, dtype=np.float32)
@@ -174,26 +179,27 @@ class RunningTopK:
     def ordered(self, rescore: Rescorer | None, n_items: int) -> np.ndarray:
         """The top-k items per row (int64, best first) by the module's rule; ``rescore`` None = the float32
         scores are exact (margins 0)."""
-        k, (n_rows, width) = self.k, self.scores.shape
-        scores = np.pad(self.scores, ((0, 0), (0, max(k - width, 0))), constant_values=-np.inf)
-        items = np.pad(self.items, ((0, 0), (0, max(k - width, 0))), constant_values=n_items)
-        items = np.where(scores > -np.inf, items, n_items)  # empty slots sort after every item
-        by_score = np.argsort(-scores, axis=1, kind="stable")
+        k, n_rows = self.k, len(self.kth)
+        missing_slots = max(k - self.scores.shape[1], 0)
+        scores = np.pad(self.scores, ((0, 0), (0, missing_slots)), constant_values=-np.inf)
+        items = np.where(scores > -np.inf, np.pad(self.items, ((0, 0), (0, missing_slots))), n_items)
+        by_score = np.argsort(-scores, axis=1, kind="stable")  # empty slots (item n_items) last
         scores, items = np.take_along_axis(scores, by_score, 1), np.take_along_axis(items, by_score, 1)
         with np.errstate(invalid="ignore"):
-            gaps = scores[:, :-1].astype(np.float64) - scores[:, 1:]
-        splits = ~(gaps <= self.margins[:, None])  # -inf - -inf is NaN: the empty slots' own cluster
-        clusters = np.concatenate([np.zeros((n_rows, 1), np.int64), np.cumsum(splits, axis=1)], axis=1)
-        exact = scores.astype(np.float64)
-        if rescore is not None:
-            shared = np.zeros(clusters.shape, dtype=bool)
-            shared[:, 1:] |= ~splits
-            shared[:, :-1] |= ~splits
-            rows, columns = np.nonzero(shared & (scores > -np.inf))
-            exact[rows, columns] = rescore(rows, items[rows, columns])
-        best = np.take_along_axis(items, np.lexsort((items, -exact, clusters), axis=1)[:, :k], axis=1)
+            close = scores[:, :-1].astype(np.float64) - scores[:, 1:] <= self.margins[:, None]
+        clusters = np.concatenate([np.zeros((n_rows, 1), np.int64), np.cumsum(~close, axis=1)], axis=1)
+        shared = np.zeros(scores.shape, dtype=bool)
+        shared[:, 1:] |= close
+        shared[:, :-1] |= close
+        rows, columns = np.nonzero(shared)  # row-major: grouped by (row, cluster), the clusters in order
+        if len(rows):
+            members = items[rows, columns]
+            exact = (rescore(rows, members) if rescore is not None
+                     else scores[rows, columns].astype(np.float64))
+            within = np.lexsort((members, -exact, clusters[rows, columns], rows))
+            items[rows, columns] = members[within]
+        best = items[:, :k]
         for row in np.flatnonzero(best[:, -1] >= n_items):  # fewer than k scorable: fill by index
             scored = best[row][best[row] < n_items]
-            fill = np.setdiff1d(np.arange(2 * k), scored)[:k - len(scored)]
-            best[row, len(scored):] = fill
+            best[row, len(scored):] = np.setdiff1d(np.arange(2 * k), scored)[:k - len(scored)]
         return best
