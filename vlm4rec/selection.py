@@ -104,7 +104,9 @@ def kth_lower_bound(scores: np.ndarray, k: int) -> np.ndarray:
     if group < 2:
         return np.partition(scores, width - k, axis=1)[:, width - k]
     n_groups = width // group
-    maxima = scores[:, :n_groups * group].reshape(n_rows, group, n_groups).max(axis=1)
+    maxima = scores[:, :n_groups].copy()
+    for start in range(n_groups, n_groups * group, n_groups):  # no copy of the whole tile
+        np.maximum(maxima, scores[:, start:start + n_groups], out=maxima)
     return np.partition(maxima, n_groups - k, axis=1)[:, n_groups - k]
 
 
