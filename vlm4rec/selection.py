@@ -63,8 +63,8 @@ def tie_margins(users: np.ndarray, max_item_norm: float, unit: float = FLOAT32_U
 class FixedOrderDots:
     """``dots(rows, columns)``: the exact scores ``g`` of pairs, ``left[rows[j]] . right[columns[j]]`` in float64:
     float32 inputs multiply exactly in float64, and the products are summed left to right over the
-    coordinates, whatever the machine's threads. Pairs go through buffers of ``chunk`` rows that live as long
-    as the object (a fresh large array per call costs its page faults again)."""
+    coordinates, whatever the machine's threads. The vectors are gathered, ``chunk`` pairs at a time, into
+    buffers that live as long as the object (a fresh large array per call costs its page faults again)."""
 
     def __init__(self, left: np.ndarray, right: np.ndarray, chunk: int = 1024):
         self.left, self.right, self.chunk = left, right, chunk
