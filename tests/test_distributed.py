@@ -12,6 +12,7 @@ import pandas as pd
 import pytest
 import scipy.sparse as sp
 from PIL import Image
+from threadpoolctl import threadpool_limits
 
 from test_grounding_openai import KEY, KEY_ENV, ScriptedServer, openai_options
 from test_grounding_runner import CountingGrounder
@@ -228,20 +229,27 @@ def test_text_and_image_embeddings_on_ray_equal_local(tmp_path):
     assert ray_images.encoder == local_images.encoder and ray_images.n_encoded == 6
 
 
-def test_matching_on_ray_equals_local_ties_included():
+def test_matching_on_ray_equals_local_for_any_blas_thread_count_ties_included():
+    """Exact ties (repeated vectors, as repeated descriptions give) and near-ties a last bit apart: the same
+    lists with one BLAS thread or several, here or on Ray (whose tasks run one BLAS thread each)."""
     rng = np.random.default_rng(0)
     vectors = rng.normal(size=(300, 16)).astype(np.float32)
     vectors[50:60] = vectors[40]  # eleven identical items: exact ties, broken by index
+    vectors[60:80] = vectors[41]
+    vectors[60:80:2, 3] = np.nextafter(vectors[41, 3], np.float32(np.inf))  # near-ties a last bit apart
     vectors[[7, 8]] = 0.0  # items without a vector
     rows = [(u, int(i), t) for u in range(500) for t, i in enumerate(rng.choice(300, 1 + u % 20, replace=False))]
     inter = pd.DataFrame(rows, columns=["user_idx", "item_idx", "timestamp"]).assign(split="train")
     history = build_history(inter, ("train",), 510, 300)  # users 500-509 have no history: all-zero profiles
     model = ProfileRecommender(vectors).fit(history)
     users = rng.permutation(510)
-    expected = recommend(model, users, history.matrix, 50, block_size=64)
+    with threadpool_limits(limits=1, user_api="blas"):
+        expected = recommend(model, users, history.matrix, 50, block_size=64)
+    with threadpool_limits(limits=2, user_api="blas"):
+        np.testing.assert_array_equal(recommend(model, users, history.matrix, 50, block_size=512), expected)
     np.testing.assert_array_equal(recommend_ray(model, users, history.matrix, 50, 64, CONFIG), expected)
-    torch_on_ray = recommend_ray(model, users, history.matrix, 50, 64, CONFIG, device="cpu")
-    np.testing.assert_array_equal(torch_on_ray, recommend_torch(model, users, history.matrix, 50, 64, "cpu"))
+    np.testing.assert_array_equal(recommend_ray(model, users, history.matrix, 50, 64, CONFIG, device="cpu"), expected)
+    np.testing.assert_array_equal(recommend_torch(model, users, history.matrix, 50, 64, "cpu"), expected)
     for config in (None, CONFIG):  # what compute.executor and eval.device select
         np.testing.assert_array_equal(ranker(config, "cpu", 100)(model, users, history.matrix, 50), expected)
 

@@ -1,13 +1,15 @@
+import math
+
 import numpy as np
 import pandas as pd
 import pytest
 import scipy.sparse as sp
 
 from recommender_contract import RecommenderContract, planted_item_vectors
-import torch
+from threadpoolctl import threadpool_limits
 
-from vlm4rec.matching import (FactorRecommender, ProfileRecommender, Recommender, ScoreMix, history_weights, recommend,
-                              recommend_torch, standardize_rows, top_k, top_k_torch)
+from vlm4rec.matching import (FactorRecommender, PhaseClock, ProfileRecommender, Recommender, ScoreMix,
+                              history_weights, item_neighbours, recommend, recommend_torch, standardize_rows)
 from vlm4rec.splits import History, build_history
 
 
@@ -43,22 +45,22 @@ def history_of(rows: list[tuple[int, int, int]], n_users: int, n_items: int) -> 
     return build_history(inter, ("train",), n_users, n_items)
 
 
-def recommend_on_torch_cpu(model, users, exclude, k, block_size=2048):
-    return recommend_torch(model, users, exclude, k, block_size, device="cpu")
+def recommend_on_torch_cpu(model, users, exclude, k, block_size=2048, tile_items=None):
+    return recommend_torch(model, users, exclude, k, block_size, device="cpu", tile_items=tile_items)
 
 
 ENGINES = [pytest.param(recommend, id="numpy"), pytest.param(recommend_on_torch_cpu, id="torch")]
 
 
 @pytest.mark.parametrize("engine", ENGINES)
-@pytest.mark.parametrize("k,block_size", [(1, 3), (5, 4), (12, 100), (30, 7)])
-def test_recommend_matches_full_sort_with_many_ties(engine, k: int, block_size: int) -> None:
+@pytest.mark.parametrize("k,block_size,tile_items", [(1, 3, None), (5, 4, 3), (12, 100, 7), (30, 7, 1)])
+def test_recommend_matches_full_sort_with_many_ties(engine, k: int, block_size: int, tile_items) -> None:
     rng = np.random.default_rng(k)
     scores = rng.integers(0, 3, size=(17, 30)).astype(np.float32)
     scores[rng.random(scores.shape) < 0.1] = -np.inf
     scores[2, ::3] = -0.0  # equal to 0.0: ties by index
     exclude = sp.csr_matrix(rng.random((17, 30)) < 0.3)
-    got = engine(FixedScores(scores), np.arange(17), exclude, k, block_size=block_size)
+    got = engine(FixedScores(scores), np.arange(17), exclude, k, block_size=block_size, tile_items=tile_items)
     assert got.dtype == np.int64 and got.shape == (17, k)
     np.testing.assert_array_equal(got, reference_topk(scores, exclude, k))
 
@@ -72,16 +74,23 @@ def test_torch_engine_equals_numpy_engine_on_random_tied_scores(k: int, block_si
     scores[7] = 0.0
     exclude = sp.csr_matrix(rng.random(scores.shape) < 0.1)
     users = rng.permutation(300)[:250]
-    np.testing.assert_array_equal(recommend_on_torch_cpu(FixedScores(scores), users, exclude, k, block_size),
-                                  recommend(FixedScores(scores), users, exclude, k, block_size))
+    expected = recommend(FixedScores(scores), users, exclude, k, block_size)
+    np.testing.assert_array_equal(expected[:5], reference_topk(scores[users[:5]], exclude[users[:5]], k))
+    for tile_items in (None, 64, 333):
+        np.testing.assert_array_equal(recommend_on_torch_cpu(FixedScores(scores), users, exclude, k, block_size,
+                                                             tile_items), expected)
 
 
-def test_top_k_torch_orders_every_float_like_numpy() -> None:
+@pytest.mark.parametrize("engine", ENGINES)
+def test_every_float_is_ordered_like_a_stable_sort(engine) -> None:
     values = np.array([-np.inf, -3.4e38, -1.0, -1e-45, -0.0, 0.0, 1e-45, 1.0, 3.4e38, np.inf], np.float32)
     scores = np.tile(values, (2, 3))
     scores[1] = scores[1, ::-1]
     expected = np.argsort(-scores, axis=1, kind="stable")
-    np.testing.assert_array_equal(top_k_torch(torch.from_numpy(scores), scores.shape[1]).numpy(), expected)
+    for tile_items in (None, 4, 11):
+        got = engine(FixedScores(scores), np.arange(2), sp.csr_matrix(scores.shape), scores.shape[1],
+                     tile_items=tile_items)
+        np.testing.assert_array_equal(got, expected)
 
 
 def test_profile_scores_on_torch_equal_numpy_scores() -> None:
@@ -93,11 +102,10 @@ def test_profile_scores_on_torch_equal_numpy_scores() -> None:
     history = history_of(rows + [(31, 5, 0)], 33, 60)  # user 31 has only a missing item, user 32 nothing
     model = ProfileRecommender(vectors).fit(history)
     users = np.arange(33)
-    torch_scores = model.torch_scorer("cpu")(users).numpy()
-    np.testing.assert_allclose(torch_scores, model.score_block(users), rtol=0, atol=1e-6)
-    assert np.isneginf(torch_scores[:, [5, 9]]).all()
-    np.testing.assert_array_equal(recommend_on_torch_cpu(model, users, history.matrix, 20, 7),
-                                  recommend(model, users, history.matrix, 20, 7))
+    expected = recommend(model, users, history.matrix, 20, 7)
+    np.testing.assert_array_equal(expected[:30], reference_factor_topk(model.profiles(np.arange(30)), model.item_factors,
+                                                                        history.matrix[:30], 20, model.missing))
+    np.testing.assert_array_equal(recommend_on_torch_cpu(model, users, history.matrix, 20, 7), expected)
 
 
 def test_torch_engine_rejects_float64_and_nan_scores() -> None:
@@ -110,8 +118,8 @@ def test_torch_engine_rejects_float64_and_nan_scores() -> None:
 
 
 @pytest.mark.parametrize("k", [1, 3, 10, 40])
-def test_top_k_equals_stable_full_sort_on_large_tied_rows(k: int) -> None:
-    """Rows long enough for the group prefilter, with a tail, ties, -inf and all-tied rows."""
+def test_recommend_equals_stable_full_sort_on_large_tied_rows(k: int) -> None:
+    """Rows long enough for the grouped k-th bound, with a tail, ties, -inf and all-tied rows."""
     rng = np.random.default_rng(k)
     scores = rng.integers(0, 50, size=(40, 2003)).astype(np.float32)
     scores[rng.random(scores.shape) < 0.3] = -np.inf
@@ -120,8 +128,126 @@ def test_top_k_equals_stable_full_sort_on_large_tied_rows(k: int) -> None:
     scores[9, :1990] = -np.inf  # the only finite scores are in the tail
     scores[11] = rng.random(2003)
     expected = np.argsort(-scores, axis=1, kind="stable")[:, :k]
-    np.testing.assert_array_equal(top_k(scores, k), expected)
-    np.testing.assert_array_equal(top_k_torch(torch.from_numpy(scores), k).numpy(), expected)
+    none_seen = sp.csr_matrix(scores.shape)
+    for tile_items in (None, 500, 2003):
+        np.testing.assert_array_equal(recommend(FixedScores(scores), np.arange(40), none_seen, k,
+                                                tile_items=tile_items), expected)
+        np.testing.assert_array_equal(recommend_on_torch_cpu(FixedScores(scores), np.arange(40), none_seen, k,
+                                                             tile_items=tile_items), expected)
+
+
+# ---- the tie rule of factor models: exact scores, then item index ---------------------------------
+
+def reference_factor_topk(users: np.ndarray, items: np.ndarray, exclude: sp.csr_matrix, k: int,
+                          missing: np.ndarray | None = None) -> np.ndarray:
+    """The rule written plainly: float64 products (math.fsum: correctly rounded), full sort by (excluded or
+    missing last, -score, item index)."""
+    out = []
+    for u, user in enumerate(users.astype(np.float64)):
+        seen = set(exclude[u].indices) | set(np.flatnonzero(missing) if missing is not None else [])
+        key = [(1, 0.0, i) if i in seen else (0, -math.fsum(user * item), i)
+               for i, item in enumerate(items.astype(np.float64))]
+        out.append([item for *_, item in sorted(key)[:k]])
+    return np.array(out)
+
+
+def tied_factors(seed: int, n_users: int = 40, n_items: int = 120, d: int = 12):
+    """Factors with many exact ties (repeated item vectors, as the offline grounder's repeated
+    descriptions give) and near-ties (a repeated vector moved by one float32 step in one coordinate),
+    users without a vector, missing items and seen items."""
+    rng = np.random.default_rng(seed)
+    users = rng.normal(size=(n_users, d)).astype(np.float32)
+    users[:2] = 0.0
+    items = rng.normal(size=(n_items, d)).astype(np.float32)
+    copies = rng.integers(0, 10, n_items // 2)
+    items[n_items // 2:] = items[copies]
+    nudged = rng.random(n_items) < 0.2
+    items[nudged, 0] = np.nextafter(items[nudged, 0], np.float32(np.inf))
+    missing = rng.random(n_items) < 0.05
+    exclude = sp.csr_matrix(rng.random((n_users, n_items)) < 0.2)
+    return users, items, missing, exclude
+
+
+@pytest.mark.parametrize("engine", ENGINES)
+@pytest.mark.parametrize("seed,k", [(0, 1), (1, 10), (2, 60), (3, 120)])
+def test_factor_engine_equals_exact_full_sort_for_any_tile(engine, seed: int, k: int) -> None:
+    users, items, missing, exclude = tied_factors(seed)
+    model = Factors(users, items, missing).fit(None)  # type: ignore[arg-type]
+    expected = reference_factor_topk(users, items, exclude, k, missing)
+    for block_size, tile_items in [(2048, None), (7, 1), (13, 5), (40, 33), (3, 120)]:
+        got = engine(model, np.arange(len(users)), exclude, k, block_size, tile_items=tile_items)
+        np.testing.assert_array_equal(got, expected, err_msg=f"block {block_size}, tile {tile_items}")
+
+
+def test_factor_engine_without_ties_equals_a_float64_full_sort_on_random_data() -> None:
+    """What the engine before tiling returned on data without ties: the lists of a float64 full sort."""
+    rng = np.random.default_rng(5)
+    users, items = rng.normal(size=(30, 8)).astype(np.float32), rng.normal(size=(500, 8)).astype(np.float32)
+    exclude = sp.csr_matrix(rng.random((30, 500)) < 0.1)
+    scores = users.astype(np.float64) @ items.astype(np.float64).T
+    scores[exclude.toarray()] = -np.inf
+    expected = np.argsort(-scores, axis=1, kind="stable")[:, :25]
+    model = Factors(users, items).fit(None)  # type: ignore[arg-type]
+    for tile_items in (None, 64, 499):
+        np.testing.assert_array_equal(recommend(model, np.arange(30), exclude, 25, tile_items=tile_items), expected)
+
+
+def noisy_matmul(a, b, out=None):
+    """A product whose sums came out a last bit or two apart, as another BLAS thread count may give (within
+    the error bound: a sum of exact zeros stays zero)."""
+    exact = np.asarray(a, np.float64) @ np.asarray(b, np.float64)
+    noise = np.random.default_rng(exact.size).integers(-2, 3, exact.shape) * (exact != 0)
+    result = exact.astype(np.float32)
+    towards = np.where(noise > 0, np.float32(np.inf), np.float32(-np.inf))
+    for step in (1, 2):
+        result = np.where(np.abs(noise) >= step, np.nextafter(result, towards), result)
+    if out is None:
+        return result
+    out[...] = result
+    return out
+
+
+def test_last_bit_noise_in_the_product_changes_no_list(monkeypatch) -> None:
+    users, items, missing, exclude = tied_factors(7, n_users=60, n_items=300, d=24)
+    model = Factors(users, items, missing).fit(None)  # type: ignore[arg-type]
+    clean = recommend(model, np.arange(60), exclude, 30, tile_items=50)
+    monkeypatch.setattr(np, "matmul", noisy_matmul)
+    noisy_scores = model.score_block(np.arange(60))
+    assert (noisy_scores != users @ items.T)[:, ~missing].any()  # the noise is there...
+    np.testing.assert_array_equal(recommend(model, np.arange(60), exclude, 30, tile_items=50), clean)  # ...not here
+    np.testing.assert_array_equal(clean, reference_factor_topk(users, items, exclude, 30, missing))
+
+
+def test_lists_do_not_depend_on_the_blas_thread_count() -> None:
+    users, items, missing, exclude = tied_factors(11, n_users=300, n_items=2000, d=64)
+    model = Factors(users, items, missing).fit(None)  # type: ignore[arg-type]
+    with threadpool_limits(limits=1, user_api="blas"):
+        one = recommend(model, np.arange(300), exclude, 50)
+    with threadpool_limits(limits=4, user_api="blas"):
+        several = recommend(model, np.arange(300), exclude, 50, block_size=64, tile_items=300)
+    np.testing.assert_array_equal(one, several)
+    np.testing.assert_array_equal(one[:20], reference_factor_topk(users[:20], items, exclude[:20], 50, missing))
+
+
+def test_phase_clock_sums_the_engines_phases() -> None:
+    users, items, missing, exclude = tied_factors(3)
+    clock = PhaseClock()
+    recommend(Factors(users, items, missing).fit(None), np.arange(40), exclude, 5, tile_items=50, clock=clock)  # type: ignore[arg-type]
+    assert set(clock.seconds) == {"scoring", "masking", "selection", "ordering"}
+    assert all(seconds >= 0 for seconds in clock.seconds.values())
+
+
+def test_item_neighbours_are_the_exact_top_k_with_index_ties() -> None:
+    _, items, missing, _ = tied_factors(4, n_items=60)
+    items[missing] = 0.0
+    neighbours = item_neighbours(items, 7).toarray()
+    for i in np.flatnonzero(~missing):
+        others = [j for j in range(60) if j != i and not missing[j]]
+        sims = {j: math.fsum(items[i].astype(np.float64) * items[j].astype(np.float64)) for j in others}
+        best = sorted(others, key=lambda j: (-sims[j], j))[:7]
+        assert list(np.flatnonzero(neighbours[i])) == sorted(best)
+        np.testing.assert_allclose(neighbours[i, best], [sims[j] for j in best], rtol=1e-6)
+    assert not neighbours[missing].any() and not neighbours[:, missing].any()
 
 
 def test_all_zero_scores_rank_by_index_with_seen_items_last() -> None:
@@ -141,13 +267,22 @@ def test_recommend_scores_one_block_at_a_time_in_user_order() -> None:
 
 def test_recommend_rejects_bad_input() -> None:
     scores = np.zeros((3, 4), np.float32)
-    with pytest.raises(ValueError, match="exceeds the number of items"):
+    with pytest.raises(ValueError, match="between 1 and the number of items"):
         recommend(FixedScores(scores), np.arange(3), sp.csr_matrix((3, 4)), 5)
+    with pytest.raises(ValueError, match="k=0"):
+        recommend(FixedScores(scores), np.arange(3), sp.csr_matrix((3, 4)), 0)
+    with pytest.raises(ValueError, match="tile_items"):
+        recommend(FixedScores(scores), np.arange(3), sp.csr_matrix((3, 4)), 2, tile_items=0)
     scores[1, 2] = np.nan
     with pytest.raises(ValueError, match="NaN"):
         recommend(FixedScores(scores), np.arange(3), sp.csr_matrix((3, 4)), 2)
-    with pytest.raises(ValueError, match="k=0"):
-        top_k(np.zeros((2, 4), np.float32), 0)
+    items = np.ones((4, 2), np.float32)
+    for users, match in [(np.full((3, 2), np.nan, np.float32), "user factors"), (np.ones((3, 2)), "float32")]:
+        with pytest.raises(ValueError, match=match):
+            recommend(Factors(users, items).fit(None), np.arange(3), sp.csr_matrix((3, 4)), 2)  # type: ignore[arg-type]
+    items[2, 1] = np.inf
+    with pytest.raises(ValueError, match="item factors"):
+        recommend(Factors(np.ones((3, 2), np.float32), items).fit(None), np.arange(3), sp.csr_matrix((3, 4)), 2)  # type: ignore[arg-type]
 
 
 def test_recommender_diagnostics_default_to_none() -> None:
@@ -190,7 +325,7 @@ def test_factor_scores_are_user_times_item_factors_with_missing_items_at_minus_i
     with pytest.raises(RuntimeError, match="factors: call fit"):
         model.score_block(np.array([0]))
     with pytest.raises(RuntimeError, match="call fit"):
-        model.torch_scorer("cpu")
+        model.factors()
     model.fit(None)  # type: ignore[arg-type]
     # user 0 = (1, 0): 1, 3, (0), 2; user 1 = (0, 2): 4, -2, (2), 4; user 2 = (1, 1): 3, 2, (1), 4
     expected = np.array([[3, 2, -np.inf, 4], [1, 3, -np.inf, 2]], dtype=np.float32)
@@ -198,7 +333,6 @@ def test_factor_scores_are_user_times_item_factors_with_missing_items_at_minus_i
     out = np.full((2, 4), 7.0, dtype=np.float32)
     assert model.score_into(np.array([2, 0]), out) is out
     np.testing.assert_array_equal(out, expected)
-    np.testing.assert_array_equal(model.torch_scorer("cpu")(np.array([2, 0])).numpy(), expected)
     none_seen = sp.csr_matrix((3, 4), dtype=np.float32)
     for engine in (recommend, recommend_torch):
         kwargs = {"device": "cpu"} if engine is recommend_torch else {}

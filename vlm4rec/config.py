@@ -370,10 +370,12 @@ class EvalParams(Section):
     ks: list[PositiveInt] = _nonempty("cut-offs of every metric")
     select_metric: str = Field(description="validation metric that chooses every hyperparameter, "
                                            "<metric>@<k> with k in ks")
-    block_size: PositiveInt = Field(description="users scored per block (bounds memory: block x items floats)")
-    device: Device = Field(description="cpu = the numpy engine; cuda | cuda:N = block scoring and top-K in torch "
-                                       "on a GPU of this machine (same tie rule; a last-bit float difference of a "
-                                       "GPU product can swap two near-tied items)")
+    block_size: PositiveInt = Field(description="users per block (a Ray task ranks one); a model that is not a "
+                                               "factor product scores a whole block (block x items floats), "
+                                               "factor models are scored in tiles of bounded size")
+    device: Device = Field(description="cpu = the numpy engine; cuda | cuda:N = tile scoring and the candidate "
+                                       "test in torch on a GPU of this machine (the same lists: near-ties are "
+                                       "ordered by an exact score on the CPU)")
     bootstrap_resamples: Annotated[int, Field(ge=100)] = Field(
         description="bootstrap resamples over users (and seeds) for 95% CIs")
     seed: int = Field(description="bootstrap seed")

@@ -3,12 +3,16 @@
 ``Recommender``          fit(history) -> self; score_block(users) -> float32 (len(users), n_items),
                          higher is better, ``-inf`` = item not scorable (ranked last, by index);
                          optional score_into(users, out) writes into a reused block buffer.
-``recommend``            blocked over users: score one block, mask seen items, partial-sort top-K,
-                         ties broken by the smaller item index. Never holds more than one block of scores.
-``recommend_torch``      top-K in torch on a device (``cuda`` for a GPU; ``cpu`` runs the same code and gives
-                         the same lists): scores from ``Recommender.torch_scorer`` (profile matching
-                         multiplies on the device, where a last-bit difference can swap two near-tied
-                         items), masking and :func:`top_k_torch` there too.
+``recommend``            the engine: users x items tiles (a factor model's product is computed per tile,
+                         :data:`TILE_BYTES` of scores; any other model is scored a block of users at a
+                         time and selected per tile), seen items masked and the candidates merged into a
+                         running top-K per tile, so memory is bounded by the tile, not the catalogue. Ties
+                         follow :mod:`vlm4rec.selection`: items ordered by (exact score, item index), the
+                         exact score of a factor model being its fixed-order float64 product, so no
+                         thread count, tile size, device or executor changes a list.
+``recommend_torch``      the same tiles in torch on a device (``cuda`` for a GPU; ``cpu`` runs the same
+                         code): the product, masking and candidate test there, the exact order on the CPU,
+                         so the lists equal :func:`recommend`'s.
 ``ProfileRecommender``   the VLM4Rec method (docs/protocol.md, "Method"). Its cost splits into an offline part,
                          :func:`item_vectors` (L2-normalised item embeddings, paid once per item), and an
                          online part, :func:`history_weights` + :func:`user_profiles` (one sparse weighted
@@ -22,13 +26,18 @@
 """
 from __future__ import annotations
 
+import time
 from abc import ABC, abstractmethod
-from typing import TYPE_CHECKING, Callable, get_args
+from contextlib import contextmanager
+from dataclasses import dataclass
+from typing import TYPE_CHECKING, Callable, Iterator, get_args
 
 import numpy as np
 import scipy.sparse as sp
 
 from vlm4rec.config import Aggregation
+from vlm4rec.selection import (FLOAT32_UNIT, FixedOrderDots, Rescorer, RunningTopK, dot_error_factor,
+                               float32_at_most, kth_lower_bound, kth_lower_bound_torch, tie_margins)
 from vlm4rec.splits import History
 from vlm4rec.training import TrainingLog
 from vlm4rec.vectors import normalize_rows
@@ -37,6 +46,21 @@ if TYPE_CHECKING:
     import torch
 
 AGGREGATIONS: tuple[Aggregation, ...] = get_args(Aggregation)
+#: Bytes of float32 scores per tile: faiss's exhaustive search scores blocks of 4096 queries x 1024 items,
+#: this size; the tile's scores are masked and selected while they are in the cache.
+TILE_BYTES = 16 * 2 ** 20
+#: Users per tile of a factor model (a tile is TILE_ROWS x TILE_BYTES / (4 TILE_ROWS) items).
+TILE_ROWS = 1024
+
+
+@dataclass(frozen=True)
+class Factors:
+    """A model whose score is a product: score(u, i) = ``users[u] . items[i]`` (float32 (n_users, d) and
+    (n_items, d)), the items flagged in ``missing`` (bool per item, None = none) at ``-inf``."""
+
+    users: np.ndarray
+    items: np.ndarray
+    missing: np.ndarray | None
 
 
 class Recommender(ABC):
@@ -69,6 +93,12 @@ class Recommender(ABC):
 
         return lambda users: torch.from_numpy(np.asarray(self.score_block(users))).to(device)
 
+    def factors(self) -> Factors | None:
+        """The user and item factors when the score is their product: the engine then scores tiles of
+        items itself and rescores near-ties exactly (:mod:`vlm4rec.selection`). None (the default) for any
+        other model, which the engine scores a block of users at a time."""
+        return None
+
     def diagnostics(self) -> dict[str, float | int]:
         """Counts a report shows next to the model's numbers (fallbacks taken, sizes); none by default."""
         return {}
@@ -76,8 +106,9 @@ class Recommender(ABC):
 
 class FactorRecommender(Recommender):
     """score(u, i) = user_u . item_i from two factor matrices, the ``missing`` items at ``-inf`` (ranked last),
-    as implicit's ``MatrixFactorizationBase``: one fit guard and one product behind :meth:`score_block`,
-    :meth:`score_into` and :meth:`torch_scorer` (which multiplies on the device, the items moved there once).
+    as implicit's ``MatrixFactorizationBase``: one fit guard and one product behind :meth:`score_block` and
+    :meth:`score_into`; :meth:`factors` hands both matrices to the engine, which scores tiles of items itself
+    (on the device too) and rescores near-ties exactly.
 
     Subclasses set ``item_factors`` (float32 ``(n_items, d)``) and ``missing`` (bool per item, None = every
     item scorable) at construction or fit, and ``user_factors`` (float32 ``(n_users, d)``) at fit.
@@ -117,19 +148,9 @@ class FactorRecommender(Recommender):
         """``out = user factors of users @ item factors^T``."""
         np.matmul(self.user_vectors(users), self.item_factors.T, out=out)
 
-    def torch_scorer(self, device: str) -> Callable[[np.ndarray], torch.Tensor]:
-        import torch
-
+    def factors(self) -> Factors:
         self._require_fit()
-        items = torch.from_numpy(self.item_factors).to(device)
-        missing = torch.from_numpy(np.flatnonzero(self.missing if self.missing is not None else [])).to(device)
-
-        def score(users: np.ndarray) -> torch.Tensor:
-            scores = torch.from_numpy(self.user_vectors(users)).to(device) @ items.T
-            scores[:, missing] = -torch.inf
-            return scores
-
-        return score
+        return Factors(self.user_factors, self.item_factors, self.missing)
 
 
 class IterativeRecommender(Recommender):
@@ -155,15 +176,17 @@ class IterativeRecommender(Recommender):
 # Top-K over a block of scores
 # --------------------------------------------------------------------------------------------------
 
-def _check_scores(scores: np.ndarray, n_rows: int) -> None:
-    """A score block must be a 2-d float array with one row per user and no NaN."""
+def _check_scores(scores: np.ndarray, n_rows: int, n_items: int, name: str) -> None:
+    """A score block must be a 2-d float array of (n_rows, n_items) without NaN."""
     if not isinstance(scores, np.ndarray) or scores.ndim != 2 or scores.shape[0] != n_rows:
         shape = getattr(scores, "shape", None)
-        raise ValueError(f"score_block returned shape {shape}, expected ({n_rows}, n_items)")
+        raise ValueError(f"{name}: score_block returned shape {shape}, expected ({n_rows}, n_items)")
+    if scores.shape[1] != n_items:
+        raise ValueError(f"{name}: score_block has {scores.shape[1]} items, exclude has {n_items}")
     if not np.issubdtype(scores.dtype, np.floating):
-        raise ValueError(f"score_block returned dtype {scores.dtype}, expected a float dtype")
+        raise ValueError(f"{name}: score_block returned dtype {scores.dtype}, expected a float dtype")
     if scores.size and np.isnan(scores.max()):  # max propagates NaN; no temporary array
-        raise ValueError("score_block returned NaN scores; use -inf for items that cannot be scored")
+        raise ValueError(f"{name}: score_block returned NaN scores; use -inf for items that cannot be scored")
 
 
 def stored_coordinates(matrix: sp.csr_matrix) -> tuple[np.ndarray, np.ndarray]:
@@ -176,98 +199,135 @@ def mask_items(scores: np.ndarray, exclude_rows: sp.csr_matrix) -> None:
     scores[stored_coordinates(exclude_rows)] = -np.inf
 
 
-def _select_with_ties(scores: np.ndarray, threshold: np.ndarray, k: int) -> np.ndarray:
-    """Boolean mask of exactly ``k`` items per row: all above the row's threshold, then the items
-    equal to it in increasing column order (only used for rows where the threshold is tied)."""
-    above = scores > threshold[:, None]
-    at = scores == threshold[:, None]
-    need = k - np.count_nonzero(above, axis=1)
-    return above | (at & (np.cumsum(at, axis=1) <= need[:, None]))
+class PhaseClock:
+    """Seconds the engine spends per phase (``scoring``, ``masking``, ``selection``, ``ordering``), summed over
+    every call it is passed to: where the time goes (the benchmark prints it)."""
+
+    def __init__(self) -> None:
+        self.seconds: dict[str, float] = {}
+
+    @contextmanager
+    def __call__(self, phase: str) -> Iterator[None]:
+        start = time.perf_counter()
+        yield
+        self.seconds[phase] = self.seconds.get(phase, 0.0) + time.perf_counter() - start
 
 
-def _exact_top_k(scores: np.ndarray, k: int) -> np.ndarray:
-    """Columns of the ``k`` best entries per row, best first, ties to the smaller column.
+class _Exclusions:
+    """The stored (row, item) entries of a block's exclusion rows, sorted by item, so each tile finds its own."""
 
-    The k-th largest value per row comes from ``np.partition`` (linear time); every entry above it
-    is kept and entries equal to it are taken in column order, so the result does not depend on the
-    selection algorithm's internal order. Only the k kept entries are then sorted.
-    """
-    n_rows, n_cols = scores.shape
-    threshold = np.partition(scores, n_cols - k, axis=1)[:, n_cols - k]
-    keep = scores >= threshold[:, None]
-    tied = np.flatnonzero(np.count_nonzero(keep, axis=1) > k)
-    if len(tied):
-        keep[tied] = _select_with_ties(scores[tied], threshold[tied], k)
-    cols = np.nonzero(keep)[1].reshape(n_rows, k)
-    values = np.take_along_axis(scores, cols, axis=1)
-    return np.take_along_axis(cols, np.lexsort((cols, -values), axis=1), axis=1)
+    def __init__(self, rows: sp.csr_matrix):
+        row, item = stored_coordinates(rows)
+        order = np.argsort(item, kind="stable")
+        self.rows, self.items = row[order], item[order].astype(np.int64)
+
+    def within(self, lo: int, hi: int) -> tuple[np.ndarray, np.ndarray]:
+        """(rows, item - lo) of the entries with lo <= item < hi."""
+        first, last = np.searchsorted(self.items, [lo, hi])
+        return self.rows[first:last], self.items[first:last] - lo
 
 
-def _group_prefilter(scores: np.ndarray, k: int, group: int) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
-    """Candidates that must contain every row's top-k, as (rows covered, candidate scores, item ids).
+class _NumpyTiles:
+    """Tile operations of the numpy engine; ``score(lo, hi)`` gives the block's scores of items lo..hi-1."""
 
-    Items are split into m interleaved groups {j, j + m, j + 2m, ...} of ``group`` items (so the group
-    maxima are a vectorised max over contiguous slices). When exactly k groups have a maximum at or
-    above the k-th largest group maximum, every other item is strictly below the k-th largest score
-    (k distinct items reach that bound), so the top-k lies in those k groups plus the leftover tail.
-    Rows with ties at the bound are not covered and left to the exact path. Candidates are laid out
-    in increasing item order, so the exact selection's tie rule still follows item index.
-    """
-    n_rows, n_items = scores.shape
-    n_groups = n_items // group
-    group_max = scores[:, :n_groups * group].reshape(n_rows, group, n_groups).max(axis=1)
-    bound = np.partition(group_max, n_groups - k, axis=1)[:, n_groups - k]
-    kept = group_max >= bound[:, None]
-    light = np.flatnonzero(np.count_nonzero(kept, axis=1) == k)
-    groups = np.nonzero(kept[light])[1].reshape(len(light), 1, k)
-    members = (np.arange(group)[None, :, None] * n_groups + groups).reshape(len(light), group * k)
-    tail = np.arange(n_groups * group, n_items)
-    ids = np.concatenate([members, np.broadcast_to(tail, (len(light), len(tail)))], axis=1)
-    return light, np.take(scores, light[:, None] * n_items + ids), ids
+    def __init__(self, score: Callable[[int, int], np.ndarray]):
+        self.score = score
+
+    @staticmethod
+    def mask(tile: np.ndarray, rows: np.ndarray, columns: np.ndarray) -> None:
+        tile[rows, columns] = -np.inf
+
+    @staticmethod
+    def kth_bound(tile: np.ndarray, rows: np.ndarray, k: int) -> np.ndarray:
+        return kth_lower_bound(tile if len(rows) == len(tile) else tile[rows], k)  # no copy of a whole tile
+
+    @staticmethod
+    def above(tile: np.ndarray, floors: np.ndarray, lo: int) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+        """(row, item, score) of the entries at or above their row's float32 floor, grouped by row."""
+        rows, columns = np.divmod(np.flatnonzero(tile >= floors[:, None]), tile.shape[1])  # 2-d nonzero is slower
+        return rows, columns + lo, tile[rows, columns]
 
 
-def top_k(scores: np.ndarray, k: int) -> np.ndarray:
-    """Indices (int64) of the ``k`` best items per row, best first; ties go to the smaller index.
+class _TorchTiles:
+    """:class:`_NumpyTiles` for torch tensors on ``device``; what it returns is moved to numpy."""
 
-    Large rows are first cut down to about sqrt(n_items * k) candidates per row by a group-maximum
-    bound (:func:`_group_prefilter`, one vectorised pass over the scores), then the exact selection
-    runs on the candidates; both steps keep the tie rule, so the result equals a full stable sort.
-    """
-    n_rows, n_items = scores.shape
-    if not 1 <= k <= n_items:
-        raise ValueError(f"k={k} must be between 1 and the number of items ({n_items})")
-    group = int(round(np.sqrt(n_items / k)))
-    if group < 2 or n_items // group < 4 * k:
-        return _exact_top_k(scores, k).astype(np.int64)
-    out = np.empty((n_rows, k), dtype=np.int64)
-    light, candidates, ids = _group_prefilter(scores, k, group)
-    if len(light):
-        out[light] = np.take_along_axis(ids, _exact_top_k(candidates, k), axis=1)
-    heavy = np.setdiff1d(np.arange(n_rows), light)
-    if len(heavy):
-        out[heavy] = _exact_top_k(scores[heavy], k)
-    return out
+    def __init__(self, score: Callable[[int, int], torch.Tensor], device: str):
+        self.score, self.device = score, device
+
+    def _on_device(self, array: np.ndarray) -> torch.Tensor:
+        import torch
+
+        return torch.from_numpy(np.ascontiguousarray(array)).to(self.device)
+
+    def mask(self, tile: torch.Tensor, rows: np.ndarray, columns: np.ndarray) -> None:
+        tile[self._on_device(rows), self._on_device(columns)] = -float("inf")
+
+    def kth_bound(self, tile: torch.Tensor, rows: np.ndarray, k: int) -> np.ndarray:
+        return kth_lower_bound_torch(tile[self._on_device(rows)], k).cpu().numpy()
+
+    def above(self, tile: torch.Tensor, floors: np.ndarray, lo: int) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+        rows, columns = (tile >= self._on_device(floors)[:, None]).nonzero(as_tuple=True)
+        scores = tile[rows, columns]
+        return rows.cpu().numpy(), columns.cpu().numpy() + lo, scores.cpu().numpy()
 
 
-def top_k_torch(scores: torch.Tensor, k: int) -> torch.Tensor:
-    """:func:`top_k` for a float32 torch tensor on any device: int64 indices, best first, ties to the
-    smaller index, exactly as the numpy engine.
+def _rank_tiles(tiles: _NumpyTiles | _TorchTiles, exclusions: _Exclusions, n_rows: int, n_items: int, k: int,
+                tile_items: int, margins: np.ndarray, rescore: Rescorer | None, clock: PhaseClock) -> np.ndarray:
+    """Top-k of one block of rows: items tile by tile (score, mask the excluded, merge the candidates into
+    the running top-K), then the exact order (:mod:`vlm4rec.selection`)."""
+    held = RunningTopK(n_rows, k, margins)
+    for lo in range(0, n_items, tile_items):
+        hi = min(lo + tile_items, n_items)
+        with clock("scoring"):
+            tile = tiles.score(lo, hi)
+        with clock("masking"):
+            tiles.mask(tile, *exclusions.within(lo, hi))
+        with clock("selection"):
+            floors = held.floors()
+            open_rows = np.flatnonzero(np.isneginf(floors))
+            if len(open_rows):  # fewer than k held: the tile's own k-th score bounds the candidates
+                floors[open_rows] = tiles.kth_bound(tile, open_rows, k) - margins[open_rows]
+            held.merge(*tiles.above(tile, float32_at_most(floors), lo))
+    with clock("ordering"):
+        return held.ordered(rescore, n_items)
 
-    ``torch.topk`` does not order ties, so no two entries are left equal: each score becomes one int64 key
-    whose high 32 bits are the score's bit pattern made order-preserving (sign-magnitude to two's
-    complement; ``-0.0`` counts as ``0.0``) and whose low 32 bits are the reversed column index. The k
-    largest keys are the k best items with ties to the smaller index. Holds 12 extra bytes per score.
-    """
-    import torch
 
-    n_rows, n_items = scores.shape
-    if not 1 <= k <= n_items:
-        raise ValueError(f"k={k} must be between 1 and the number of items ({n_items})")
-    bits = (scores + 0.0).view(torch.int32)  # + 0.0 turns -0.0 into 0.0
-    bits ^= (bits >> 31) & 0x7FFFFFFF
-    keys = bits.to(torch.int64) << 32
-    keys += 0xFFFFFFFF - torch.arange(n_items, device=scores.device)
-    return keys.topk(k, dim=1).indices
+def _tile_items(tile_items: int | None, n_rows: int, k: int) -> int:
+    """Items per tile: as asked, or as many as fill :data:`TILE_BYTES` of float32 scores for ``n_rows``."""
+    if tile_items is not None and tile_items < 1:
+        raise ValueError(f"tile_items must be positive, got {tile_items}")
+    return tile_items or max(k, TILE_BYTES // (4 * max(n_rows, 1)))
+
+
+def _checked_factors(factors: Factors, n_items: int, name: str) -> float:
+    """An upper bound on the item factors' norms, after checking they fit the request and are finite."""
+    if factors.users.dtype != np.float32 or factors.items.dtype != np.float32:
+        raise ValueError(f"{name}: the engine ranks float32 factors, got {factors.users.dtype} users and "
+                         f"{factors.items.dtype} items")
+    if factors.items.shape[0] != n_items:
+        raise ValueError(f"{name}: {factors.items.shape[0]} item factors, exclude has {n_items} items")
+    squares = np.einsum("ij,ij->i", factors.items, factors.items)  # float32: within gamma_d of the true sums
+    if not np.isfinite(squares).all():
+        raise ValueError(f"{name}: NaN or inf in the item factors; scores must be finite or -inf")
+    return float(np.sqrt(squares.max(initial=0.0) / (1 - dot_error_factor(factors.items.shape[1], FLOAT32_UNIT))))
+
+
+def _checked_margins(user_factors: np.ndarray, max_item_norm: float, unit: float, name: str) -> np.ndarray:
+    """:func:`~vlm4rec.selection.tie_margins` of a tile's users, which must be finite."""
+    margins = tie_margins(user_factors, max_item_norm, unit)
+    if not np.isfinite(margins).all():
+        raise ValueError(f"{name}: NaN or inf in the user factors; scores must be finite or -inf")
+    return margins
+
+
+def _missing_items(factors: Factors) -> np.ndarray:
+    """Indices of the items the factors flag as not scorable (sorted)."""
+    return np.flatnonzero(factors.missing) if factors.missing is not None else np.zeros(0, dtype=np.int64)
+
+
+def _missing_within(missing: np.ndarray, lo: int, hi: int) -> np.ndarray:
+    first, last = np.searchsorted(missing, [lo, hi])
+    return missing[first:last] - lo
 
 
 def _checked_request(users: np.ndarray, exclude: sp.csr_matrix, k: int,
@@ -279,53 +339,112 @@ def _checked_request(users: np.ndarray, exclude: sp.csr_matrix, k: int,
     if block_size < 1:
         raise ValueError(f"block_size must be positive, got {block_size}")
     exclude = sp.csr_matrix(exclude)
-    if k > exclude.shape[1]:
-        raise ValueError(f"k={k} exceeds the number of items ({exclude.shape[1]})")
+    if not 1 <= k <= exclude.shape[1]:
+        raise ValueError(f"k={k} must be between 1 and the number of items ({exclude.shape[1]})")
     return users, exclude
 
 
-def recommend(model: Recommender, users: np.ndarray, exclude: sp.csr_matrix, k: int,
-              block_size: int = 2048) -> np.ndarray:
-    """Top-``k`` items (int64, (len(users), k), best first) for ``users``, seen items excluded.
+def recommend(model: Recommender, users: np.ndarray, exclude: sp.csr_matrix, k: int, block_size: int = 2048,
+              tile_items: int | None = None, clock: PhaseClock | None = None) -> np.ndarray:
+    """Top-``k`` items (int64, (len(users), k), best first) for ``users``, the stored items of ``exclude``'s
+    rows (users x items) ranked last, by index, with the unscorable ones, when fewer than ``k`` remain.
 
-    Users are scored ``block_size`` at a time; the rows of ``exclude`` (users x items) are masked with
-    ``-inf`` so seen items and unscorable items come last, by index, when fewer than ``k`` remain.
+    A factor model (:meth:`Recommender.factors`) is scored tile by tile, :data:`TILE_ROWS` users x
+    ``tile_items`` items (default: a :data:`TILE_BYTES` tile), so memory is bounded by the tile whatever the
+    catalogue; any other model scores ``block_size`` users at a time (:meth:`Recommender.score_into`) and the
+    block is then selected tile by tile. The lists follow :mod:`vlm4rec.selection`'s rule: the same for any
+    block size, tile size, thread count and executor.
     """
     users, exclude = _checked_request(users, exclude, k, block_size)
+    n_items, clock = exclude.shape[1], clock or PhaseClock()
+    factors = model.factors()
     out = np.empty((len(users), k), dtype=np.int64)
-    buffer = np.empty((min(block_size, len(users)), exclude.shape[1]), dtype=np.float32)
-    for start in range(0, len(users), block_size):
-        block = users[start:start + block_size]
-        scores = model.score_into(block, buffer[:len(block)])
-        _check_scores(scores, len(block))
-        if scores.shape[1] != exclude.shape[1]:
-            raise ValueError(f"{model.name}: score_block has {scores.shape[1]} items, "
-                             f"exclude has {exclude.shape[1]}")
-        mask_items(scores, exclude[block])
-        out[start:start + len(block)] = top_k(scores, k)
+    if factors is None:
+        buffer = np.empty((min(block_size, len(users)), n_items), dtype=np.float32)
+        for start in range(0, len(users), block_size):
+            block = users[start:start + block_size]
+            with clock("scoring"):
+                scores = model.score_into(block, buffer[:len(block)])
+                _check_scores(scores, len(block), n_items, model.name)
+            out[start:start + len(block)] = _rank_tiles(
+                _NumpyTiles(lambda lo, hi: scores[:, lo:hi]), _Exclusions(exclude[block]), len(block), n_items, k,
+                _tile_items(tile_items, len(block), k), np.zeros(len(block)), None, clock)
+        return out
+    max_norm, missing = _checked_factors(factors, n_items, model.name), _missing_items(factors)
+    exact_scores = FixedOrderDots(factors.users, factors.items)
+    width = _tile_items(tile_items, min(TILE_ROWS, len(users)), k)
+    buffer = np.empty(min(TILE_ROWS, len(users)) * min(width, n_items), dtype=np.float32)
+    for start in range(0, len(users), TILE_ROWS):
+        rows = users[start:start + TILE_ROWS]
+        user_factors = factors.users[rows]
+
+        def score(lo: int, hi: int) -> np.ndarray:
+            tile = np.matmul(user_factors, factors.items[lo:hi].T,
+                             out=buffer[:len(rows) * (hi - lo)].reshape(len(rows), hi - lo))
+            tile[:, _missing_within(missing, lo, hi)] = -np.inf
+            return tile
+
+        out[start:start + len(rows)] = _rank_tiles(
+            _NumpyTiles(score), _Exclusions(exclude[rows]), len(rows), n_items, k, width,
+            _checked_margins(user_factors, max_norm, FLOAT32_UNIT, model.name), _rescorer(exact_scores, rows), clock)
     return out
 
 
+def _rescorer(exact_scores: FixedOrderDots, users: np.ndarray) -> Rescorer:
+    """Exact scores of (row of a tile of ``users``, item) pairs."""
+    return lambda rows, items: exact_scores(users[rows], items)
+
+
+def _torch_unit_roundoff() -> float:
+    """Unit roundoff of torch's float32 matrix products under ``torch.get_float32_matmul_precision()``:
+    ``highest`` is float32; ``high`` may use TF32 (10-bit mantissa), ``medium`` bfloat16 (7-bit)."""
+    import torch
+
+    return {"highest": FLOAT32_UNIT, "high": 2.0 ** -11, "medium": 2.0 ** -8}[torch.get_float32_matmul_precision()]
+
+
 def recommend_torch(model: Recommender, users: np.ndarray, exclude: sp.csr_matrix, k: int,
-                    block_size: int = 2048, device: str = "cuda") -> np.ndarray:
-    """:func:`recommend` with scoring, masking and top-K in torch on ``device``; the same top-K lists,
-    ties included, as long as the model's torch scores equal its numpy ones (they do when it scores on
-    the CPU; a product computed on a GPU may differ in the last bit, which can swap two items whose scores
-    are that close). A block of scores lives on the device: about 16 bytes per user and item.
+                    block_size: int = 2048, device: str = "cuda", tile_items: int | None = None,
+                    clock: PhaseClock | None = None) -> np.ndarray:
+    """:func:`recommend` with scoring, masking and the candidate test in torch on ``device`` (``cuda`` for
+    a GPU; ``cpu`` runs the same code). The candidates come back to the CPU, where the exact order is
+    computed from the model's numpy factors, so the lists equal :func:`recommend`'s on any device: the
+    margin covers the device's product (its error bound follows torch's float32 matmul precision). Other
+    models score a block on the device by :meth:`Recommender.torch_scorer`.
     """
     import torch
 
     users, exclude = _checked_request(users, exclude, k, block_size)
-    n_items = exclude.shape[1]
-    score = model.torch_scorer(device)
+    n_items, clock = exclude.shape[1], clock or PhaseClock()
+    factors = model.factors()
     out = np.empty((len(users), k), dtype=np.int64)
-    for start in range(0, len(users), block_size):
-        block = users[start:start + block_size]
-        scores = score(block)
-        _check_score_tensor(scores, len(block), n_items, model.name)
-        rows, columns = stored_coordinates(exclude[block])
-        scores[torch.from_numpy(rows).to(device), torch.from_numpy(columns.astype(np.int64)).to(device)] = -torch.inf
-        out[start:start + len(block)] = top_k_torch(scores, k).cpu().numpy()
+    if factors is None:
+        scorer = model.torch_scorer(device)
+        for start in range(0, len(users), block_size):
+            block = users[start:start + block_size]
+            with clock("scoring"):
+                scores = scorer(block)
+                _check_score_tensor(scores, len(block), n_items, model.name)
+            out[start:start + len(block)] = _rank_tiles(
+                _TorchTiles(lambda lo, hi: scores[:, lo:hi], device), _Exclusions(exclude[block]), len(block),
+                n_items, k, _tile_items(tile_items, len(block), k), np.zeros(len(block)), None, clock)
+        return out
+    max_norm, missing = _checked_factors(factors, n_items, model.name), _missing_items(factors)
+    items, exact_scores = torch.from_numpy(factors.items).to(device), FixedOrderDots(factors.users, factors.items)
+    width, unit = _tile_items(tile_items, min(TILE_ROWS, len(users)), k), _torch_unit_roundoff()
+    for start in range(0, len(users), TILE_ROWS):
+        rows = users[start:start + TILE_ROWS]
+        user_factors = factors.users[rows]
+        on_device = torch.from_numpy(user_factors).to(device)
+
+        def score(lo: int, hi: int) -> torch.Tensor:
+            tile = on_device @ items[lo:hi].T
+            tile[:, torch.from_numpy(_missing_within(missing, lo, hi)).to(device)] = -torch.inf
+            return tile
+
+        out[start:start + len(rows)] = _rank_tiles(
+            _TorchTiles(score, device), _Exclusions(exclude[rows]), len(rows), n_items, k, width,
+            _checked_margins(user_factors, max_norm, unit, model.name), _rescorer(exact_scores, rows), clock)
     return out
 
 
@@ -342,8 +461,8 @@ def _check_score_tensor(scores: torch.Tensor, n_rows: int, n_items: int, name: s
 
 
 #: ``rank(model, users, exclude, k)``: top-K lists of a fitted model (:func:`recommend` is one; the torch
-#: engine :func:`recommend_torch` and the Ray engine of :mod:`vlm4rec.distributed.matching` give the same lists
-#: on the CPU, and on a GPU up to last-bit ties).
+#: engine :func:`recommend_torch`, on any device, and the Ray engine of :mod:`vlm4rec.distributed.matching`
+#: give the same lists).
 Ranker = Callable[["Recommender", np.ndarray, sp.csr_matrix, int], np.ndarray]
 
 
@@ -387,28 +506,34 @@ def user_profiles(weights: sp.csr_matrix, items: np.ndarray) -> np.ndarray:
     return normalize_rows(weights @ items)
 
 
+class _ItemSimilarity(FactorRecommender):
+    """Cosine similarity of the items to each other: the items are both the users and the items."""
+
+    name = "item similarity"
+
+    def __init__(self, items: np.ndarray):
+        self.user_factors = self.item_factors = items
+        self.missing = ~items.any(axis=1)
+
+    def fit(self, history: History) -> "_ItemSimilarity":
+        return self
+
+
 def item_neighbours(items: np.ndarray, knn_k: int, block_size: int = 1024) -> sp.csr_matrix:
     """Cosine similarities (items x items) kept only for each item's ``knn_k`` most similar other
-    represented items; computed in blocks of rows so that no items x items dense matrix exists."""
+    represented items, chosen and valued by the engine's exact rule (:mod:`vlm4rec.selection`: the
+    similarity is the fixed-order float64 product, rounded to float32), so no thread count changes them;
+    no items x items dense matrix exists."""
     n_items = items.shape[0]
-    missing = ~items.any(axis=1)
     k = min(knn_k, n_items - 1)
     if k < 1:
         return sp.csr_matrix((n_items, n_items), dtype=np.float32)
-    rows, cols, vals = [], [], []
-    for start in range(0, n_items, block_size):
-        block = np.arange(start, min(start + block_size, n_items))
-        sims = items[block] @ items.T
-        sims[:, missing] = -np.inf
-        sims[np.arange(len(block)), block] = -np.inf
-        best = top_k(sims, k)
-        best_sims = np.take_along_axis(sims, best, axis=1)
-        finite = np.isfinite(best_sims) & ~missing[block][:, None]
-        rows.append(np.broadcast_to(block[:, None], best.shape)[finite])
-        cols.append(best[finite])
-        vals.append(best_sims[finite])
-    return sp.csr_matrix((np.concatenate(vals), (np.concatenate(rows), np.concatenate(cols))),
-                         shape=(n_items, n_items), dtype=np.float32)
+    model = _ItemSimilarity(np.asarray(items, dtype=np.float32))
+    best = recommend(model, np.arange(n_items), sp.identity(n_items, format="csr"), k, block_size)
+    rows = np.broadcast_to(np.arange(n_items)[:, None], best.shape)
+    kept = ~model.missing[best] & ~model.missing[rows] & (best != rows)
+    sims = FixedOrderDots(model.item_factors, model.item_factors)(rows[kept], best[kept]).astype(np.float32)
+    return sp.csr_matrix((sims, (rows[kept], best[kept])), shape=(n_items, n_items), dtype=np.float32)
 
 
 class ProfileRecommender(FactorRecommender):
@@ -485,12 +610,9 @@ class ProfileRecommender(FactorRecommender):
         else:
             super()._product_into(users, out)
 
-    def torch_scorer(self, device: str) -> Callable[[np.ndarray], torch.Tensor]:
-        """Profiles times item vectors on ``device``; ``knn_sum`` scores sparse item-item sums on the CPU."""
-        if self.aggregation == "knn_sum":
-            self._require_fit()
-            return Recommender.torch_scorer(self, device)
-        return super().torch_scorer(device)
+    def factors(self) -> Factors | None:
+        """Profiles and item vectors; None for ``knn_sum`` (sparse item-item sums, scored a block at a time)."""
+        return None if self.aggregation == "knn_sum" else super().factors()
 
     def diagnostics(self) -> dict[str, float | int]:
         return {"n_empty_profiles": self.n_empty_profiles, "n_missing_items": int(self.missing.sum())}

@@ -232,11 +232,6 @@ class DistilledRecommender(ColdStartRecommender, FactorRecommender, IterativeRec
         """The training loss of one batch (the module in training mode): the module's ``loss`` of it."""
         return self.module.loss(*batch)
 
-    def factors(self) -> tuple[torch.Tensor, torch.Tensor]:
-        """(user vectors, item vectors) that score every item (the module in evaluation mode): the module's
-        ``vectors()``."""
-        return self.module.vectors()
-
     def fit(self, history: History) -> "DistilledRecommender":
         self._train(history, None)
         return self
@@ -280,10 +275,10 @@ class DistilledRecommender(ColdStartRecommender, FactorRecommender, IterativeRec
 
     @torch.no_grad()
     def _refresh(self) -> None:
-        """The scoring factors from the current weights, in evaluation mode."""
+        """The scoring factors from the current weights, in evaluation mode: the module's ``vectors()``."""
         assert self.module is not None
         self.module.eval()
-        users, items = self.factors()
+        users, items = self.module.vectors()
         self.user_factors = users.float().cpu().numpy()
         self.item_factors = np.ascontiguousarray(items.float().cpu().numpy())
 
