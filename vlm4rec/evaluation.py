@@ -165,6 +165,9 @@ def chance_per_user(split: EvalSplit, ks: Sequence[int]) -> pd.DataFrame:
     return chance_metrics(split.exclude.shape[1] - excluded, np.diff(split.targets.indptr)[users], users, ks)
 
 
+CHANCE = "chance"  # the name chance's rows carry in tables and tests
+
+
 @dataclass(frozen=True)
 class ChanceReference:
     """Chance on one protocol: the expected per-user metrics of a uniformly random ranking over the same

@@ -121,3 +121,19 @@ def chance_metrics(n_candidates: np.ndarray, n_relevant: np.ndarray, users: np.n
         columns[f"mrr@{k}"] = (first_hit[:, :k] / ranks[:, :k]).sum(axis=1)
         columns[f"precision@{k}"] = hits / k
     return pd.DataFrame(columns)
+
+
+def target_pairs(targets: sp.csr_matrix, users: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    """(user, item) of every relevant item of ``users``, in the order of ``users`` then item index."""
+    rows = sp.csr_matrix(targets)[np.asarray(users, dtype=np.int64)].tocoo()
+    order = np.lexsort((rows.col, rows.row))
+    return np.asarray(users, dtype=np.int64)[rows.row[order]], rows.col[order].astype(np.int64)
+
+
+def pair_hits(topk: np.ndarray, users: np.ndarray, pair_users: np.ndarray, pair_items: np.ndarray,
+              k: int) -> np.ndarray:
+    """Whether each (user, item) pair's item is in that user's top-``k`` (``topk[r]`` ranks ``users[r]``):
+    the per-pair hits that a user's recall@k averages, for statistics that resample items too."""
+    row_of = pd.Series(np.arange(len(users)), index=np.asarray(users, dtype=np.int64))
+    rows = row_of.loc[pair_users].to_numpy()
+    return (topk[rows, :k] == np.asarray(pair_items)[:, None]).any(axis=1)

@@ -159,6 +159,12 @@ def format_p(p: float, at_floor: bool = False) -> str:
     return f"{p:.3f}" if p >= 1e-3 else f"{p:.1e}"
 
 
+def p_statement(p: float, at_floor: bool = False) -> str:
+    """``p = 0.032``, or ``p < 0.0002`` at the bootstrap's floor (:func:`format_p`)."""
+    text = format_p(p, at_floor)
+    return f"p {text}" if text.startswith("<") else f"p = {text}"
+
+
 def holm(pvalues: Sequence[float]) -> np.ndarray:
     """Holm step-down adjusted p-values, in the input order.
 

@@ -13,15 +13,17 @@ import pandas as pd
 from scipy.stats import t as stats_t
 
 from vlm4rec.config import BaselineName, EvalParams
-from vlm4rec.evaluation import ChanceReference, MethodKey, MethodResult, per_user_long
+from vlm4rec.evaluation import CHANCE, ChanceReference, MethodKey, MethodResult, per_user_long
 from vlm4rec.stats import format_p, paired_tests, results_table
 
-CHANCE = "chance"
 MAIN_TABLE_METRICS = ("recall@10", "ndcg@10", "hit_rate@10", "recall@20", "ndcg@20", "hit_rate@20")
 
 
 def method_group(family: str, representations: Sequence[str]) -> str:
-    """Which kind of method a family is, for figures that put each kind in its own panel."""
+    """Which kind of method a family is, for figures that put each kind in its own panel (chance is its own
+    kind, which figures draw in every panel)."""
+    if family == CHANCE:
+        return CHANCE
     if family in get_args(BaselineName):
         return "collaborative baselines"
     if family in representations:

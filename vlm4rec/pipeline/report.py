@@ -1,10 +1,12 @@
 """Report stage: everything read back from the stage outputs, nothing recomputed but statistics.
 
 The report opens with findings generated from the numbers (:mod:`vlm4rec.findings`): each of the study's
-questions answered with the paired difference, its 95% CI and the Holm-corrected paired-bootstrap p-value
-(users and both arms' seeds resampled; Holm across the findings), plus the caveats that apply. The same
-findings go to ``metrics/report.json`` so that ``dvc exp show`` compares them across experiments. This module
-loads the stage outputs, writes the report stage's metrics and formats what the notebook shows.
+questions answered with the paired difference, its unadjusted 95% CI (and what it resamples) and its
+paired-bootstrap p-value; the confirmatory family (docs/protocol.md, "Statistics") is Holm-corrected as one
+family, every other p is exploratory and unadjusted; plus the caveats that apply. The same findings go to
+``metrics/report.json`` so that ``dvc exp show`` compares them across experiments. This module loads the
+stage outputs, writes the report stage's metrics and formats what the notebook shows. Every table is ordered
+by validation (or by family), never by test, and holds a chance row where it ranks methods.
 """
 from __future__ import annotations
 
@@ -18,8 +20,9 @@ import pandas as pd
 
 from vlm4rec.config import EvalParams, FindingsParams, GraphCellParams, GraphParams, MatchParams, ReportParams
 from vlm4rec.data import PreparedData, load_prepared
-from vlm4rec.evaluation import MethodKey, MethodResult, load_result
-from vlm4rec.findings import MODEL_NAMES, Finding, families, findings, graph_comparisons, p_floor_note
+from vlm4rec.evaluation import CHANCE, ChanceReference, EvalData, MethodKey, MethodResult, load_result
+from vlm4rec.findings import (MODEL_NAMES, Finding, families, findings, graph_comparisons, new_item_findings_of,
+                              p_floor_note)
 from vlm4rec.pipeline.outputs import GROUNDING_DIR, METRICS_DIR, PREPARED_DIR, RESULTS_DIR, read_metrics, write_json
 from vlm4rec.stats import format_p
 
@@ -38,13 +41,15 @@ def load_all_results(graph_cells: Collection[str],
 
 
 def graph_table(results: dict[MethodKey, MethodResult], evaluation: EvalParams, params: FindingsParams,
-                graph_cells: dict[str, GraphCellParams], prepared: PreparedData) -> pd.DataFrame:
+                graph_cells: dict[str, GraphCellParams], prepared: PreparedData,
+                found: Sequence[Finding]) -> pd.DataFrame:
     """Does the grounded description help a multimodal recommender? Per model
     (:func:`vlm4rec.findings.graph_comparisons`): the paired difference (description + image minus title +
-    image) on the headline metric and on recall over cold test items, each with its 95% CI over users and
-    both cells' seeds and the paired-bootstrap p (Holm across the models), and the two cells' wall time (all
-    seeds, from ``metrics/graph/<cell>.json``)."""
-    compared = graph_comparisons(results, evaluation, params, graph_cells, prepared)
+    image) on the headline metric (the confirmatory finding of ``found``: its unadjusted CI and its Holm p
+    over the confirmatory family, the same numbers as the findings) and on recall over cold test items
+    (exploratory, unadjusted), each with its 95% CI over users and both cells' seeds, and the two cells' wall
+    time (all seeds, from ``metrics/graph/<cell>.json``)."""
+    compared = graph_comparisons(results, evaluation, params, graph_cells, prepared, found)
     if not compared:
         return pd.DataFrame()
     rows = []
@@ -56,14 +61,24 @@ def graph_table(results: dict[MethodKey, MethodResult], evaluation: EvalParams, 
     return pd.DataFrame(rows).set_index("model")
 
 
+def finding_p(finding: Finding) -> str:
+    """A finding's p as tables print it: "not tested: <why>", the unadjusted p of an exploratory finding
+    ("(exploratory, unadjusted)"), or a confirmatory finding's Holm p with its family size; a bound at the
+    bootstrap's floor."""
+    if finding.verdict_blocked_by:
+        return f"not tested: {finding.verdict_blocked_by}"
+    if not finding.confirmatory:
+        return f"{format_p(finding.p, finding.p_at_floor)} (exploratory, unadjusted)"
+    return f"{format_p(finding.p_holm, finding.p_at_floor)} (Holm over m = {finding.family_size})"
+
+
 def _summary(finding: Finding | None, label: str) -> dict[str, str]:
     if finding is None:
-        return {f"{label}: difference [95% CI]": "no users", f"{label}: p (Holm across models)": ""}
-    p = f"{finding.verdict_blocked_by}: no verdict" if finding.verdict_blocked_by else format_p(finding.p_holm)
+        return {f"{label}: difference [unadjusted 95% CI]": "no users", f"{label}: p": ""}
     return {"seeds": f"{finding.seeds[0]} vs {finding.seeds[1]}",
-            f"{label}: difference [95% CI]":
+            f"{label}: difference [unadjusted 95% CI]":
                 f"{finding.difference:+.4f} [{finding.ci_low:+.4f}, {finding.ci_high:+.4f}]",
-            f"{label}: p (Holm across models)": p}
+            f"{label}: p": finding_p(finding)}
 
 
 def graph_training_curves(results: dict[MethodKey, MethodResult]) -> pd.DataFrame:
@@ -181,41 +196,51 @@ def load_new_items() -> dict[str, Any]:
 
 
 def new_item_table(metrics: Sequence[str], new_items: dict[str, Any]) -> pd.DataFrame:
-    """Per method family, each test metric on the new items ranked among all items and among the new items
-    (a seeded family: the mean over its seeds, with their number), then the methods with no signal for a new
-    item, shown as such."""
+    """Per method family and chance, each test metric on the new items ranked among all items and among the
+    new items (a seeded family: the mean over its seeds, with their number), ordered by the validation
+    selection metric (every candidate set shares the selection on the validation new items; never by test),
+    then the methods with no signal for a new item, shown as such."""
     values: dict[str, dict[str, list[float]]] = {}
+    validation: dict[str, float] = {}
     for candidates, methods in new_items["methods"].items():
-        for name, entry in methods.items():
-            family = values.setdefault(MethodKey.parse(name).family, {})
+        entries = [(MethodKey.parse(name).family, entry) for name, entry in methods.items()]
+        for family, entry in entries + [(CHANCE, new_items["chance"][candidates])]:
+            columns = values.setdefault(family, {})
+            validation[family] = next(iter(entry["validation"].values()))
             for metric in metrics:
-                family.setdefault(f"{metric} (among {candidates})", []).append(entry["test"][metric])
+                columns.setdefault(f"{metric} (among {candidates})", []).append(entry["test"][metric])
     table = pd.DataFrame({family: {column: float(np.mean(v)) for column, v in columns.items()}
                           for family, columns in values.items()}).T
-    table.insert(0, "seeds", [len(next(iter(values[f].values()))) for f in table.index])
+    table.insert(0, "seeds", [len(next(iter(values[f].values()))) // len(new_items["methods"]) for f in table.index])
+    table.insert(1, "validation", pd.Series(validation).reindex(table.index).round(4))
     table["note"] = [new_items["hybrids"] if f.startswith("hybrid_") else "" for f in table.index]
-    table = table.sort_values(table.columns[1], ascending=False, kind="stable")
+    table = table.sort_values("validation", ascending=False, kind="stable")
     absent = pd.DataFrame({"note": list(new_items["no_signal"].values())}, index=list(new_items["no_signal"]))
     return pd.concat([table, absent]).rename_axis("method")
 
 
 def new_item_findings(new_items: dict[str, Any]) -> pd.DataFrame:
     """"Does the grounded description beat X on new items?": per candidate set and X, the paired difference
-    with its 95% CI and the Holm-corrected p (or why there is no verdict)."""
+    with its unadjusted 95% CI resampling users, items and seeds (two-way) and, for comparison, users and
+    seeds only, and the unadjusted p (or why it was not tested). Exploratory: the confirmatory ones (against
+    the title and the image, among the new items) are adjusted in the findings, with their family."""
     rows = [{"candidates": candidates, "description": r["method"], "against": r["reference"], "metric": r["metric"],
-             "difference": f"{r['mean_diff']:+.4f} [{r['diff_ci_low']:+.4f}, {r['diff_ci_high']:+.4f}]",
-             "p (Holm)": (f"{r['verdict_blocked_by']}: no verdict" if r["verdict_blocked_by"]
-                          else format_p(r["p_holm"]))}
+             "difference [95% CI, users x items x seeds]":
+                 f"{r['mean_diff']:+.4f} [{r['diff_ci_low']:+.4f}, {r['diff_ci_high']:+.4f}]",
+             "[95% CI, users x seeds]": f"[{r['diff_ci_low_users']:+.4f}, {r['diff_ci_high_users']:+.4f}]",
+             "p (exploratory, unadjusted)": (f"not tested: {r['verdict_blocked_by']}" if r["verdict_blocked_by"]
+                                             else format_p(r["p"], r["p_at_floor"]))}
             for candidates, found in new_items["findings"].items() for r in found]
     return pd.DataFrame(rows)
 
 
 def new_item_curves(new_items: dict[str, Any], metric: str = "recall") -> pd.DataFrame:
-    """``metric``@K per method family (seeds averaged) on the new items, one ``group`` per candidate set
-    (plot data for :func:`vlm4rec.plots.metric_at_k_curves`)."""
+    """``metric``@K per method family (seeds averaged) and chance on the new items, one ``group`` per
+    candidate set (plot data for :func:`vlm4rec.plots.metric_at_k_curves`)."""
     rows = [{"group": f"among {candidates} items", "method": MethodKey.parse(name).family,
              "k": int(at_k.split("@")[1]), metric: value}
-            for candidates, methods in new_items["methods"].items() for name, entry in methods.items()
+            for candidates, methods in new_items["methods"].items()
+            for name, entry in list(methods.items()) + [(CHANCE, new_items["chance"][candidates])]
             for at_k, value in entry["test"].items() if at_k.startswith(f"{metric}@")]
     frame = pd.DataFrame(rows, columns=["group", "method", "k", metric])
     return frame.groupby(["group", "method", "k"], as_index=False, sort=False)[metric].mean()
@@ -227,18 +252,32 @@ def write_report_metrics(found: list[Finding], notes: list[str]) -> dict[str, An
     def number(value: Any) -> Any:
         return None if isinstance(value, float) and np.isnan(value) else value
 
-    payload = {"findings": {f.id: {k: number(v) for k, v in asdict(f).items() if k != "id"} | {"answer": f.answer}
+    payload = {"findings": {f.id: {k: number(v) for k, v in asdict(f).items() if k != "id"}
+                            | {"confirmatory": f.confirmatory, "verdict": f.verdict, "answer": f.answer}
                             for f in found},
                "caveats": notes}
     write_json(METRICS_DIR / "report.json", payload)
     return payload
 
 
+def study_chance(prepared: PreparedData, evaluation: EvalParams) -> ChanceReference:
+    """Chance on the study split: a uniformly random ranking of each user's unseen items of the universe
+    (the candidates every method ranks), on validation and on test."""
+    data = EvalData.from_prepared(prepared)
+    return ChanceReference.of(data.validation(), data.test(), evaluation.ks)
+
+
 def write_findings(results: dict[MethodKey, MethodResult], prepared: PreparedData, evaluation: EvalParams,
-                   match: MatchParams, graph: GraphParams, report: ReportParams) -> tuple[list[Finding], list[str]]:
-    """The report stage's output: the findings (:func:`vlm4rec.findings.findings`) and the caveats that apply
-    to them, from the stage outputs, written to ``metrics/report.json``; returned for display."""
-    found = findings(results, evaluation, report.findings, match.representations, prepared, graph.cells)
+                   match: MatchParams, graph: GraphParams, report: ReportParams,
+                   chance: ChanceReference | None = None) -> tuple[list[Finding], list[str]]:
+    """The report stage's output: the findings (:func:`vlm4rec.findings.findings`, with the new-item stage's
+    confirmatory comparisons among the new items when it has run, and each representation against
+    ``chance``) and the caveats that apply to them, from the stage outputs, written to
+    ``metrics/report.json``; returned for display."""
+    new_items = (new_item_findings_of(load_new_items()["findings"]["cold"], report.findings)
+                 if (METRICS_DIR / "cold_start.json").exists() else [])
+    found = findings(results, evaluation, report.findings, match.representations, prepared, graph.cells,
+                     chance, new_items)
     robustness_metrics = load_robustness()
     robustness = robustness_table(report.findings.metric, robustness_metrics)
     capped = runs_at_epoch_cap(results, read_metrics("fusion")["training"])
