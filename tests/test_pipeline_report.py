@@ -13,7 +13,7 @@ import pytest
 from results_helpers import EVAL, FINDINGS, graph_cell, prepared, study
 from vlm4rec.config import GraphCellParams, GraphParams, MatchParams, ReportParams
 from vlm4rec.data import PreparedData
-from vlm4rec.evaluation import MethodKey, MethodResult, save_result
+from vlm4rec.evaluation import ChanceReference, MethodKey, MethodResult, save_result
 from vlm4rec.cold_start import new_item_findings
 from vlm4rec.findings import Finding, findings
 from vlm4rec.pipeline import report
@@ -183,6 +183,11 @@ def test_robustness_compares_users_with_history_and_reports_cold_start_apart(tmp
     assert cold.loc["ease", "lists"] == "one list for all" and cold.loc["title", "test ndcg@10"] == 0.0
     assert report.robustness_table("ndcg@10", None) is None
     assert report.load_robustness() is None
+    chance_values = pd.DataFrame({"user_idx": [0, 1], "ndcg@10": [0.01, 0.03]})  # mean 0.02
+    robustness["chance"] = {"test_with_history": {"ndcg@10": 0.015}}
+    with_chance = report.robustness_table("ndcg@10", robustness, ChanceReference(chance_values * [1, 11], chance_values))
+    assert list(with_chance.index) == ["title", "chance", "ease"]  # chance's validation 0.22 sits between
+    assert with_chance.loc["chance", ["study_split", "global_time"]].tolist() == pytest.approx([0.02, 0.015])
 
 
 def test_graph_tuning_note_says_where_single_configurations_were_tuned(tmp_path, monkeypatch) -> None:
@@ -250,3 +255,12 @@ def test_every_verdict_of_a_generated_report_agrees_with_its_interval_and_p(tmp_
             assert verdict.endswith("(exploratory, unadjusted)") and "(exploratory, unadjusted)" in entry["answer"]
         assert entry["p"] < 0.05 or min(abs(entry["ci_low"]), abs(entry["ci_high"])) < 1e-3, fid
     assert {"yes", "no clear difference"} <= verdicts  # the synthetic report exercises several verdicts
+
+
+def test_the_ablation_view_places_chance_by_its_validation_value() -> None:
+    cells = pd.DataFrame({"representation": ["a", "b", "c"], "selected": [True, True, False],
+                          "val_ndcg@10": [0.3, 0.2, 0.1], "test_ndcg@10": [0.1, 0.5, 0.9]})
+    values = pd.DataFrame({"user_idx": [0, 1], "ndcg@10": [0.1, 0.2]})  # validation mean 0.15
+    view = report.ablation_view(cells, ChanceReference(values, values / 10), "ndcg@10", top=2)
+    assert view["representation"].tolist() == ["a", "b", "chance"]  # top 2 by validation, then chance (0.15)
+    assert view.loc[2, "test_ndcg@10"] == pytest.approx(0.015) and not view.loc[2, "selected"]

@@ -21,11 +21,11 @@ import numpy as np
 import pandas as pd
 import scipy.sparse as sp
 
-from vlm4rec.evaluation import (CHANCE, Candidate, ChanceReference, EvalData, EvalSplit, MethodKey, MethodResult, evaluate,
+from vlm4rec.evaluation import (Candidate, ChanceReference, EvalData, EvalSplit, MethodKey, MethodResult, evaluate,
                                 rank_and_score, save_result, select_on_validation, users_with_targets)
 from vlm4rec.matching import IterativeRecommender, ProfileRecommender, Ranker, Recommender, recommend
 from vlm4rec.splits import History
-from vlm4rec.metrics import catalogue_coverage, pair_hits, target_pairs
+from vlm4rec.metrics import CHANCE, catalogue_coverage, pair_hits, target_pairs
 from vlm4rec.splits import build_history, targets_of
 
 CANDIDATE_SETS = ("all", "cold")

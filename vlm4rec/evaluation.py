@@ -22,7 +22,7 @@ import scipy.sparse as sp
 
 from vlm4rec.data import PreparedData
 from vlm4rec.matching import IterativeRecommender, Ranker, Recommender, TrainingLog, recommend
-from vlm4rec.metrics import catalogue_coverage, chance_metrics, ranking_metrics, summarize
+from vlm4rec.metrics import CHANCE, catalogue_coverage, chance_metrics, ranking_metrics, summarize
 from vlm4rec.splits import History, build_history, targets_of
 
 DEFAULT_KS: tuple[int, ...] = (5, 10, 20, 50)
@@ -163,9 +163,6 @@ def chance_per_user(split: EvalSplit, ks: Sequence[int]) -> pd.DataFrame:
     users = split.users
     excluded = np.asarray((split.exclude[users] > 0).sum(axis=1)).ravel()
     return chance_metrics(split.exclude.shape[1] - excluded, np.diff(split.targets.indptr)[users], users, ks)
-
-
-CHANCE = "chance"  # the name chance's rows carry in tables and tests
 
 
 @dataclass(frozen=True)

@@ -20,7 +20,8 @@ import pandas as pd
 
 from vlm4rec.config import EvalParams, FindingsParams, GraphCellParams, GraphModel
 from vlm4rec.data import PreparedData
-from vlm4rec.evaluation import CHANCE, ChanceReference, MethodKey, MethodResult
+from vlm4rec.evaluation import ChanceReference, MethodKey, MethodResult
+from vlm4rec.metrics import CHANCE
 from vlm4rec.slices import HISTORY_BINS, history_lengths, item_popularity_groups, per_user_recall_on, slices_for_methods
 from vlm4rec.stats import USER_RESAMPLING, holm_where_tested, p_floor, p_statement, paired_tests
 from vlm4rec.tables import per_user_with_chance

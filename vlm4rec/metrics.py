@@ -14,6 +14,7 @@ import pandas as pd
 import scipy.sparse as sp
 
 METRICS: tuple[str, ...] = ("recall", "ndcg", "hit_rate", "mrr", "precision")
+CHANCE = "chance"  # the method name of :func:`chance_metrics`' rows in tables, tests and figures
 
 
 def _check_topk(topk: np.ndarray, n_items: int, ks: Sequence[int]) -> None:

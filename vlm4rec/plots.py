@@ -10,7 +10,7 @@ import pandas as pd
 import seaborn as sns
 
 from vlm4rec.data import PreparedData
-from vlm4rec.evaluation import CHANCE
+from vlm4rec.metrics import CHANCE
 
 sns.set_theme(style="whitegrid", context="notebook")
 

@@ -13,7 +13,8 @@ import pandas as pd
 from scipy.stats import t as stats_t
 
 from vlm4rec.config import BaselineName, EvalParams
-from vlm4rec.evaluation import CHANCE, ChanceReference, MethodKey, MethodResult, per_user_long
+from vlm4rec.evaluation import ChanceReference, MethodKey, MethodResult, per_user_long
+from vlm4rec.metrics import CHANCE
 from vlm4rec.stats import format_p, paired_tests, results_table
 
 MAIN_TABLE_METRICS = ("recall@10", "ndcg@10", "hit_rate@10", "recall@20", "ndcg@20", "hit_rate@20")

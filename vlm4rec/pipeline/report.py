@@ -20,9 +20,10 @@ import pandas as pd
 
 from vlm4rec.config import EvalParams, FindingsParams, GraphCellParams, GraphParams, MatchParams, ReportParams
 from vlm4rec.data import PreparedData, load_prepared
-from vlm4rec.evaluation import CHANCE, ChanceReference, EvalData, MethodKey, MethodResult, load_result
+from vlm4rec.evaluation import ChanceReference, EvalData, MethodKey, MethodResult, load_result
 from vlm4rec.findings import (MODEL_NAMES, Finding, families, findings, graph_comparisons, new_item_findings_of,
                               p_floor_note)
+from vlm4rec.metrics import CHANCE
 from vlm4rec.pipeline.outputs import GROUNDING_DIR, METRICS_DIR, PREPARED_DIR, RESULTS_DIR, read_metrics, write_json
 from vlm4rec.stats import format_p
 
@@ -162,10 +163,12 @@ def load_robustness() -> dict[str, Any] | None:
     return read_metrics("robustness") if (METRICS_DIR / "robustness.json").exists() else None
 
 
-def robustness_table(metric: str, robustness: dict[str, Any] | None) -> pd.DataFrame | None:
+def robustness_table(metric: str, robustness: dict[str, Any] | None,
+                     chance: ChanceReference | None = None) -> pd.DataFrame | None:
     """Test ``metric`` of each method under the study's split (all test users) and under the robustness
     protocol on its test users with a non-empty history, with their ranks, sorted by the study split's
-    validation selection metric (None when the robustness stage has not run). The users without history
+    validation selection metric (None when the robustness stage has not run); with ``chance`` (the study
+    split's), a chance row, whose robustness value the robustness stage wrote. The users without history
     are in :func:`cold_start_table`."""
     if robustness is None:
         return None
@@ -173,6 +176,11 @@ def robustness_table(metric: str, robustness: dict[str, Any] | None) -> pd.DataF
     rows = [{"method": m, **{f"validation {k}": v for k, v in main[m]["validation"].items()},
              "study_split": main[m]["test"][metric], robustness["protocol"]: e["test_with_history"][metric]}
             for m, e in robustness["methods"].items() if m in main]
+    if chance is not None and "chance" in robustness:
+        selected = next(iter(main.values()))["validation"]
+        rows.append({"method": CHANCE, **{f"validation {k}": chance.val_summary()[k] for k in selected},
+                     "study_split": chance.test_summary()[metric],
+                     robustness["protocol"]: robustness["chance"]["test_with_history"][metric]})
     table = pd.DataFrame(rows).set_index("method")
     table = table.sort_values(table.columns[0], ascending=False, kind="stable")
     for column in ("study_split", robustness["protocol"]):
@@ -353,3 +361,27 @@ def user_gallery(results: dict[MethodKey, MethodResult], methods: list[str], pre
             rows.append((f"{key.name} top-{k}", [items.at[i, "image_path"] for i in top],
                          [("HIT  " if i in test[user] else "") + items.at[i, "title"] for i in top]))
     return rows
+
+
+def findings_markdown(found: Sequence[Finding]) -> str:
+    """The findings as the report lists them: the confirmatory family first (Holm over it), then the
+    exploratory findings (unadjusted), then the comparisons not tested, with the reason."""
+    def items(selected: list[Finding]) -> str:
+        return "\n".join(f"* **{f.question}** {f.answer}." for f in selected) or "* none"
+
+    tested = [f for f in found if not f.verdict_blocked_by]
+    sections = [("Confirmatory (Holm over this family only)", [f for f in tested if f.confirmatory]),
+                ("Exploratory (unadjusted p and 95% CIs)", [f for f in tested if not f.confirmatory]),
+                ("Not tested", [f for f in found if f.verdict_blocked_by])]
+    return "\n\n".join(f"**{title}**\n\n{items(selected)}" for title, selected in sections)
+
+
+def ablation_view(cells: pd.DataFrame, chance: ChanceReference, select_metric: str, top: int = 20) -> pd.DataFrame:
+    """The ablation grid's ``top`` configurations by validation (:func:`vlm4rec.pipeline.ablate.ablation_table`,
+    already in that order) and a chance row at its validation place: the grid ranks the study split's
+    candidates, so chance is the study split's."""
+    validation, test = chance.val_summary(), chance.test_summary()
+    row = pd.DataFrame([{"representation": CHANCE, "selected": False, f"val_{select_metric}": validation[select_metric],
+                         **{f"test_{k}": v for k, v in test.items() if k != "n_users"}}])
+    shown = pd.concat([cells.head(top), row], ignore_index=True)
+    return shown.sort_values(f"val_{select_metric}", ascending=False, kind="stable").reset_index(drop=True)
