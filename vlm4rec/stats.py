@@ -16,6 +16,7 @@ seeded methods, ``seed`` (one row per method, seed and user; the other methods l
 """
 from __future__ import annotations
 
+import functools
 from collections.abc import Iterator, Sequence
 
 import numpy as np
@@ -48,6 +49,21 @@ def draw_counts(n: int, n_resamples: int, rng: np.random.Generator,
         size = min(chunk, n_resamples - start)
         drawn = rng.integers(0, n, size=(size, n)) + n * np.arange(size)[:, None]
         yield np.bincount(drawn.ravel(), minlength=size * n).reshape(size, n).astype(np.float64)
+
+
+@functools.lru_cache(maxsize=4)
+def _user_counts(n_users: int, n_resamples: int, seed: int) -> np.ndarray:
+    """The (resamples x users) draw counts of the users' stream of ``seed``, kept (as uint8, 60 MB for 10,000
+    resamples of 6,000 users) for the next call on the same users: the report draws the same users for its
+    tables and findings, and the draw costs more than the matrix products that use it."""
+    def small(chunk: np.ndarray) -> np.ndarray:
+        if chunk.max() > np.iinfo(np.uint8).max:
+            raise OverflowError(f"a user was drawn more than 255 times in one resample of {n_users:,}")
+        return chunk.astype(np.uint8)
+
+    counts = np.concatenate([small(chunk) for chunk in draw_counts(n_users, n_resamples, _streams(seed, 0)[0])])
+    counts.flags.writeable = False
+    return counts
 
 
 def seed_inflation(n_seeds: int) -> float:
@@ -85,9 +101,12 @@ def arm_replicates(arms: Sequence[np.ndarray], n_resamples: int = 10_000, seed: 
     n_users = grids[0].shape[1]
     if any(g.shape[1] != n_users for g in grids):
         raise ValueError(f"paired arms cover different numbers of users: {[g.shape[1] for g in grids]}")
-    users_rng, seed_rngs = _streams(seed, len(grids))
+    seed_rngs = _streams(seed, len(grids))[1]
     columns = np.concatenate([g.T for g in grids], axis=1) / n_users
-    means = np.concatenate([counts @ columns for counts in draw_counts(n_users, n_resamples, users_rng)])
+    counts = _user_counts(n_users, n_resamples, seed)
+    chunk = max(1, _BOOTSTRAP_CHUNK_CELLS // n_users)
+    means = np.concatenate([counts[start:start + chunk].astype(np.float64) @ columns
+                            for start in range(0, n_resamples, chunk)])
     bounds = np.cumsum([0] + [len(g) for g in grids])
     return [resample_seeds(means[:, lo:hi], rng) for lo, hi, rng in zip(bounds[:-1], bounds[1:], seed_rngs)]
 
@@ -190,22 +209,25 @@ def _check_long(per_user: pd.DataFrame, metric: str) -> None:
         raise ValueError(f"per_user has more than one row for some ({', '.join(keys)})")
 
 
-def seed_matrix(per_user: pd.DataFrame, method: str, metric: str) -> pd.DataFrame:
-    """``metric`` of ``method`` as a (seeds x users) frame (one row for an unseeded method); every seed
-    must cover the same users."""
-    rows = per_user[per_user["method"] == method]
-    seeds = rows["seed"].fillna(-1) if "seed" in rows.columns else pd.Series(-1, index=rows.index)
-    matrix = rows.assign(seed=seeds).pivot(index="seed", columns="user_idx", values=metric)
-    if matrix.isna().any().any():
-        raise ValueError(f"the seeds of {method!r} were evaluated on different users")
-    return matrix
+def seed_matrices(per_user: pd.DataFrame, metrics: Sequence[str]) -> dict[tuple[str, str], pd.DataFrame]:
+    """Per (method, metric), in the table's method order: ``metric`` of ``method`` as a (seeds x users) frame
+    (one row, seed -1, for an unseeded method); every seed must cover the same users. One pass over the
+    table, however many methods it holds."""
+    seeds = per_user["seed"].fillna(-1) if "seed" in per_user.columns else pd.Series(-1.0, index=per_user.index)
+    table = per_user.assign(seed=seeds)
+    matrices = {}
+    for method, rows in table.groupby("method", sort=False):
+        for metric in metrics:
+            matrix = rows.pivot(index="seed", columns="user_idx", values=metric)
+            if matrix.isna().any().any():
+                raise ValueError(f"the seeds of {method!r} were evaluated on different users")
+            matrices[str(method), metric] = matrix
+    return matrices
 
 
-def _single_seed(per_user: pd.DataFrame, method: str, n_seeds: int) -> bool:
-    """Whether ``method`` is a seeded method (a non-empty ``seed``) evaluated with one seed only."""
-    if "seed" not in per_user.columns or n_seeds > 1:
-        return False
-    return bool(per_user.loc[per_user["method"] == method, "seed"].notna().any())
+def _single_seed(matrix: pd.DataFrame) -> bool:
+    """Whether a (seeds x users) frame of :func:`seed_matrices` is a seeded method's with one seed only."""
+    return len(matrix) == 1 and matrix.index[0] != -1
 
 
 # A comparison in which fewer users than this have a non-zero value in either arm is not tested.
@@ -261,11 +283,11 @@ def paired_tests(per_user: pd.DataFrame, reference: str, metric: str, n_resample
     seed ("one seed"), or :func:`vacuous_because`.
     """
     _check_long(per_user, metric)
-    methods = list(dict.fromkeys(per_user["method"]))
-    if reference not in methods:
-        raise ValueError(f"reference method {reference!r} not in per_user (has {methods})")
-    ref = seed_matrix(per_user, reference, metric)
-    others = {m: seed_matrix(per_user, m, metric) for m in methods if m != reference}
+    matrices = {method: matrix for (method, _), matrix in seed_matrices(per_user, [metric]).items()}
+    if reference not in matrices:
+        raise ValueError(f"reference method {reference!r} not in per_user (has {list(matrices)})")
+    ref = matrices.pop(reference)
+    others = matrices
     shared = [m for m, other in others.items() if other.columns.equals(ref.columns)]
     replicates = {}
     if shared:
@@ -279,7 +301,7 @@ def paired_tests(per_user: pd.DataFrame, reference: str, metric: str, n_resample
         mine, theirs = other[common].to_numpy(float), ref[common].to_numpy(float)
         if method not in replicates:
             replicates[method] = bootstrap_distribution(mine, theirs, n_resamples, seed)
-        one_seed = _single_seed(per_user, method, len(other)) or _single_seed(per_user, reference, len(ref))
+        one_seed = _single_seed(other) or _single_seed(ref)
         blocked = "one seed" if one_seed else vacuous_because(mine, theirs, metric)
         rows.append(paired_row(method, reference, metric, mine, theirs, replicates[method], blocked,
                                n_resamples, level))
@@ -306,8 +328,7 @@ def results_table(per_user: pd.DataFrame, metrics: Sequence[str], n_resamples: i
     draw (:func:`arm_replicates`), so the table costs one matrix product per chunk of resamples."""
     for metric in metrics:
         _check_long(per_user, metric)
-    cells = {(method, metric): seed_matrix(per_user, method, metric)
-             for method in dict.fromkeys(per_user["method"]) for metric in metrics}
+    cells = seed_matrices(per_user, metrics)
     by_users: dict[tuple[int, ...], list[tuple[str, str]]] = {}
     for cell, matrix in cells.items():
         by_users.setdefault(tuple(matrix.columns), []).append(cell)
