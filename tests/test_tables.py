@@ -73,7 +73,7 @@ def test_a_seeded_family_with_one_seed_gets_no_verdict(results) -> None:
     one_seed = {k: v for k, v in results.items() if k != MethodKey("fusion_gating", 1)}
     long, wide = tables.paired_test_table(one_seed, ["title"], ["ndcg@10"], EVAL)
     assert wide.loc[("ndcg@10", "fusion_gating"), ("title", tables.P_COLUMN)] == "not tested: one seed"
-    assert np.isnan(long.loc[0, "p_holm"])
+    assert np.isnan(long.loc[0, "p"])
 
 
 def test_curves_average_seeds_and_metrics_json_holds_validation_and_timing(results) -> None:

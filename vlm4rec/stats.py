@@ -9,7 +9,8 @@ seeded arm with one seed, identical or constant arms, too few users with a non-z
 and says why. Findings on few items resample the items as well (:func:`two_way_replicates`).
 
 The bootstrap is vectorised: one matrix of user draw counts serves every method evaluated on the same users
-(resampled means are matrix products), so 10,000 resamples cost about what one comparison's 1,000 did.
+(resampled means are matrix products), and the draws are kept for the next call on the same users
+(benchmarks/bench_bootstrap.py times the report's statistics at the study's size).
 
 ``per_user`` tables are long format: columns ``method``, ``user_idx``, one column per metric and, for
 seeded methods, ``seed`` (one row per method, seed and user; the other methods leave it empty).
@@ -278,9 +279,10 @@ def paired_tests(per_user: pd.DataFrame, reference: str, metric: str, n_resample
     methods evaluated on the reference's users share one draw) gives both its percentile CI
     (``diff_ci_low`` / ``diff_ci_high``) and its two-sided p-value ``p`` (:func:`bootstrap_p`;
     ``p_at_floor``: it is the resolution bound), so the test, the interval and the sign all speak of the same
-    mean difference. ``p_holm`` is Holm-corrected across the methods. A comparison that would test nothing has
-    no p (NaN, left out of Holm) and says why in ``verdict_blocked_by``: a seeded arm evaluated with a single
-    seed ("one seed"), or :func:`vacuous_because`.
+    mean difference. The p is unadjusted: which comparisons form a Holm family is the caller's decision
+    (:mod:`vlm4rec.findings`), so no table adjusts one comparison with another m. A comparison that would test
+    nothing has no p (NaN) and says why in ``verdict_blocked_by``: a seeded arm evaluated with a single seed
+    ("one seed"), or :func:`vacuous_because`.
     """
     _check_long(per_user, metric)
     matrices = {method: matrix for (method, _), matrix in seed_matrices(per_user, [metric]).items()}
@@ -305,9 +307,7 @@ def paired_tests(per_user: pd.DataFrame, reference: str, metric: str, n_resample
         blocked = "one seed" if one_seed else vacuous_because(mine, theirs, metric)
         rows.append(paired_row(method, reference, metric, mine, theirs, replicates[method], blocked,
                                n_resamples, level))
-    table = pd.DataFrame(rows, columns=PAIRED_COLUMNS)
-    table["p_holm"] = holm_where_tested(table["p"].to_numpy())
-    return table
+    return pd.DataFrame(rows, columns=PAIRED_COLUMNS)
 
 
 def holm_where_tested(pvalues: Sequence[float]) -> np.ndarray:
