@@ -216,8 +216,8 @@ def profile_per_user(vectors: dict[str, np.ndarray], inter: pd.DataFrame, n_user
                      val_items: np.ndarray, test_items: np.ndarray, ks: list[int]) -> pd.DataFrame:
     """Test per-user metrics of the mean-profile matching of every representation in ``vectors`` on the
     new items, ranked among all items and among the test cold items (column ``candidates``: all | cold).
-    Long format (method, seed, candidates, user_idx, metrics) as :func:`new_item_findings` reads it;
-    the mean profile has no hyperparameter, so nothing is selected on the validation cold items."""
+    Long format (method, seed, candidates, user_idx, metrics); the mean profile has no hyperparameter, so
+    nothing is selected on the validation cold items."""
     frames = []
     for candidates in ("all", "cold"):
         _, test_split = new_item_splits(inter, n_users, n_items, val_items, test_items, candidates == "cold")
