@@ -30,7 +30,7 @@ from vlm4rec.splits import build_history, targets_of
 
 CANDIDATE_SETS = ("all", "cold")
 SPLIT_KEYS = ("variant", "cold_share", "val_share", "seed")  # the params cold_start keys that cold_items takes
-from vlm4rec.stats import (PAIRED_COLUMNS, TWO_WAY_RESAMPLING, bootstrap_distribution, paired_row, percentile_interval,
+from vlm4rec.stats import (PAIRED_COLUMNS, TWO_WAY_RESAMPLING, arm_replicates, paired_row, percentile_interval,
                            two_way_replicates, vacuous_because)
 
 
@@ -191,15 +191,18 @@ def new_item_findings(results: dict[MethodKey, MethodResult], targets: sp.csr_ma
         per_user[CHANCE] = chance_recall.loc[users].to_numpy()[None, :]
         hits[CHANCE] = chance_recall.loc[pair_users].to_numpy()[None, :]
         seeded[CHANCE] = False
+    others = [family for family in per_user if family != description]
+    # one draw of users and items (and of users alone) for every comparison: the arms' replicates are paired
+    two_way = two_way_replicates(pair_users, pair_items, [hits[f] for f in [description, *others]], n_resamples, seed)
+    users_only = arm_replicates([per_user[f] for f in [description, *others]], n_resamples, seed)
     rows = []
-    for other in [family for family in per_user if family != description]:
+    for other, both, alone in zip(others, two_way[1:], users_only[1:]):
         mine, theirs = per_user[description], per_user[other]
         one_seed = (seeded[description] and len(mine) == 1) or (seeded[other] and len(theirs) == 1)
         blocked = "one seed" if one_seed else vacuous_because(mine, theirs, metric)
-        arms = two_way_replicates(pair_users, pair_items, [hits[description], hits[other]], n_resamples, seed)
-        row = paired_row(description, other, metric, mine, theirs, arms[0] - arms[1], blocked, n_resamples,
+        row = paired_row(description, other, metric, mine, theirs, two_way[0] - both, blocked, n_resamples,
                          resampling=TWO_WAY_RESAMPLING)
-        low, high = percentile_interval(bootstrap_distribution(mine, theirs, n_resamples, seed))
+        low, high = percentile_interval(users_only[0] - alone)
         rows.append(row | {"diff_ci_low_users": low, "diff_ci_high_users": high})
     return pd.DataFrame(rows)
 

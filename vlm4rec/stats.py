@@ -360,24 +360,30 @@ def two_way_replicates(pair_users: np.ndarray, pair_items: np.ndarray, arms: Seq
     grids = [_as_grid(a) for a in arms]
     if any(g.shape[1] != len(user_of_pair) for g in grids):
         raise ValueError(f"arms cover {[g.shape[1] for g in grids]} pairs, the labels {len(user_of_pair)}")
-    to_users = sp.csr_matrix((np.ones(len(user_of_pair)), (user_of_pair, np.arange(len(user_of_pair)))),
-                             shape=(len(users), len(user_of_pair)))
+
+    def items_by_user(values: np.ndarray) -> sp.csr_matrix:
+        """(items x users): each pair's value at (its item, its user)."""
+        return sp.csr_matrix((values, (item_of_pair, user_of_pair)), shape=(len(items), len(users)))
+
+    targets = items_by_user(np.ones(len(user_of_pair))).T.tocsr()   # (users x items)
+    hits = [[items_by_user(row) for row in grid] for grid in grids]
     children = np.random.SeedSequence(seed).spawn(3)
     users_rng, item_rng = np.random.default_rng(children[0]), np.random.default_rng(children[1])
     seed_rngs = [np.random.default_rng(c) for c in children[2].spawn(len(grids))]
-    chunk = max(1, _BOOTSTRAP_CHUNK_CELLS // max(len(users), len(items), len(user_of_pair)))
+    chunk = max(1, _BOOTSTRAP_CHUNK_CELLS // max(len(users), len(items)))
     per_seed: list[list[np.ndarray]] = [[] for _ in grids]
     for user_counts, item_counts in zip(draw_counts(len(users), n_resamples, users_rng, chunk),
                                         draw_counts(len(items), n_resamples, item_rng, chunk)):
-        pair_weight = item_counts[:, item_of_pair]                  # (chunk, pairs)
-        drawn_targets = (to_users @ pair_weight.T).T                 # (chunk, users)
-        weight = user_counts * (drawn_targets > 0)
-        total = weight.sum(axis=1)
-        for arm, grid in zip(per_seed, grids):
-            hits = np.stack([(to_users @ (pair_weight * row).T).T for row in grid], axis=2)
-            recall = hits / np.maximum(drawn_targets, 1)[:, :, None]
-            with np.errstate(invalid="ignore", divide="ignore"):
-                arm.append(np.einsum("cu,cus->cs", weight, recall) / total[:, None])
+        # (units x resamples) throughout: every product below is a sparse matrix times contiguous columns
+        drawn_items = np.ascontiguousarray(item_counts.T)
+        drawn_targets = targets @ drawn_items                       # (users, chunk): targets counted as drawn
+        counted = user_counts.T * (drawn_targets > 0)                # users without a drawn target drop out
+        per_target = counted / np.maximum(drawn_targets, 1)
+        with np.errstate(invalid="ignore", divide="ignore"):
+            for arm, arm_hits in zip(per_seed, hits):
+                # sum_u per_target[u] sum_i h[i, u] drawn[i]: a user's drawn hits over their drawn targets
+                arm.append(np.stack([((h @ per_target) * drawn_items).sum(axis=0) for h in arm_hits], axis=1)
+                           / counted.sum(axis=0)[:, None])
     means = [np.concatenate(arm) for arm in per_seed]
     defined = np.isfinite(means[0]).all(axis=1)
     return [resample_seeds(m[defined], rng) for m, rng in zip(means, seed_rngs)]
