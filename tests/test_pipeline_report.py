@@ -264,3 +264,15 @@ def test_the_ablation_view_places_chance_by_its_validation_value() -> None:
     view = report.ablation_view(cells, ChanceReference(values, values / 10), "ndcg@10", top=2)
     assert view["representation"].tolist() == ["a", "b", "chance"]  # top 2 by validation, then chance (0.15)
     assert view.loc[2, "test_ndcg@10"] == pytest.approx(0.015) and not view.loc[2, "selected"]
+
+
+def test_findings_are_listed_confirmatory_first_then_exploratory_then_not_tested() -> None:
+    base = Finding("description_vs_title", "Q1?", "a", "b", "ndcg@10", "all", 10, (1, 1), 0.1, 0.05, 0.2, 0.01,
+                   p_holm=0.02, family_size=1)
+    found = [replace(base, id="fusion_vs_best_single", question="Q2?", p_holm=float("nan"), family_size=0), base,
+             replace(base, id="hybrid_vs_ease", question="Q3?", p=float("nan"), p_holm=float("nan"),
+                     verdict_blocked_by="identical per-user values")]
+    text = report.findings_markdown(found)
+    assert text.index("**Confirmatory") < text.index("Q1?") < text.index("**Exploratory") < text.index("Q2?") \
+        < text.index("**Not tested") < text.index("Q3?")
+    assert "* **Q3?** not tested (identical per-user values): a - b" in text
