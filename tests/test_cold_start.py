@@ -11,12 +11,15 @@ from vlm4rec.cold_start import (FittedOnce, NewItemData, exclusion_outside, new_
                                 new_item_findings_display,
                                 select_and_test_new_items)
 from vlm4rec.config import load_params
-from vlm4rec.evaluation import Candidate, evaluate
+from vlm4rec.evaluation import Candidate, ChanceReference, MethodKey, MethodResult, evaluate
+from vlm4rec.metrics import CHANCE
 from vlm4rec.matching import ProfileRecommender, recommend
+from vlm4rec.metrics import chance_metrics, ranking_metrics
 from vlm4rec.multimodal import candidates as graph_candidates
 from vlm4rec.multimodal.freedom import FREEDOM
 from vlm4rec.multimodal.vbpr import VBPR
 from vlm4rec.splits import assign_cold_split, build_history, cold_items, targets_of
+from vlm4rec.stats import TWO_WAY_RESAMPLING, bootstrap_p, percentile_interval, two_way_replicates
 
 
 def test_a_new_item_matching_a_users_history_reaches_the_top_k():
@@ -99,30 +102,54 @@ def test_the_cold_start_params_are_the_keywords_of_cold_items():
     assert len(val) + len(test) == round(params["cold_share"] * inter["item_idx"].nunique())
 
 
-def test_new_item_findings_pair_the_description_with_each_method_and_holm_across_them():
-    users = np.arange(8)
-    rows = [pd.DataFrame({"method": "description", "seed": np.nan, "user_idx": users, "recall@3": 0.5}),
-            pd.DataFrame({"method": "title", "seed": np.nan, "user_idx": users,
-                          "recall@3": 0.5 - 0.1 * (users % 2 + 1)}),
-            pd.DataFrame({"method": "image", "seed": np.nan, "user_idx": users, "recall@3": 0.5})]
-    table = new_item_findings(pd.concat(rows), "description", ["title", "image", "lightgcn"], "recall@3",
-                              n_resamples=200)
-    assert table["reference"].tolist() == ["title", "image"]
-    assert table["mean_diff"].tolist() == pytest.approx([0.15, 0.0])  # (0.1 + 0.2) / 2 and no difference
-    assert table["method"].tolist() == ["description", "description"]
-    # two questions, the title one significant (every resample favours the description), the image one not
-    assert table["p"].iloc[0] == pytest.approx(2 / 201) and table["p"].iloc[1] == 1.0
-    assert table["p_holm"].tolist() == pytest.approx([2 * 2 / 201, 1.0])
+def ranked(key: MethodKey, topk: np.ndarray, targets: sp.csr_matrix) -> MethodResult:
+    """A new-item result from hand-made top-3 lists over the users 0..len(topk) - 1."""
+    users = np.arange(len(topk))
+    per_user = ranking_metrics(topk, targets, users, [3])
+    return MethodResult(key, {}, pd.DataFrame(), per_user, per_user, topk, {}, {})
 
 
-def test_new_item_findings_give_a_one_seed_arm_no_verdict():
-    users = np.arange(6)
-    rows = [pd.DataFrame({"method": "description", "seed": np.nan, "user_idx": users, "recall@3": 0.5}),
-            pd.DataFrame({"method": "vbpr", "seed": 0.0, "user_idx": users, "recall@3": 0.1}),
-            pd.DataFrame({"method": "title", "seed": np.nan, "user_idx": users, "recall@3": 0.5 - 0.1 * (users % 2)})]
-    table = new_item_findings(pd.concat(rows), "description", ["vbpr", "title"], "recall@3", n_resamples=200)
-    assert table["verdict_blocked_by"].tolist() == ["one seed", ""]
-    assert np.isnan(table["p_holm"].iloc[0]) and table["p_holm"].iloc[1] == table["p"].iloc[1]
+def new_item_case() -> tuple[sp.csr_matrix, dict[MethodKey, MethodResult]]:
+    """12 users, 6 new items; user u's targets are items u % 6 and (u + 1) % 6. The description lists both
+    targets first (recall 1), the title lists one of them for even users (0.5) and none for odd ones (0), the
+    image lists the same as the description, vbpr has one seed."""
+    n = 12
+    targets = sp.csr_matrix((np.ones(2 * n), (np.repeat(np.arange(n), 2),
+                                               np.ravel([[u % 6, (u + 1) % 6] for u in range(n)]))), shape=(n, 6))
+    description = np.array([[u % 6, (u + 1) % 6, (u + 2) % 6] for u in range(n)])
+    title = np.array([[u % 6, (u + 2) % 6, (u + 3) % 6] if u % 2 == 0 else [(u + 2) % 6, (u + 3) % 6, (u + 4) % 6]
+                      for u in range(n)])
+    results = {MethodKey("description"): ranked(MethodKey("description"), description, targets),
+               MethodKey("title"): ranked(MethodKey("title"), title, targets),
+               MethodKey("image"): ranked(MethodKey("image"), description.copy(), targets),
+               MethodKey("vbpr", 0): ranked(MethodKey("vbpr", 0), title, targets)}
+    return targets, results
+
+
+def test_new_item_findings_resample_users_and_items_against_each_method_and_chance():
+    targets, results = new_item_case()
+    chance_test = chance_metrics(np.full(12, 6), np.full(12, 2), np.arange(12), [3])  # recall@3 = 3 / 6
+    chance = ChanceReference(chance_test, chance_test)
+    table = new_item_findings(results, targets, "description", "recall@3", chance, n_resamples=400, seed=1)
+    assert table["reference"].tolist() == ["title", "image", "vbpr", CHANCE]
+    assert (table["method"] == "description").all() and (table["resampling"] == TWO_WAY_RESAMPLING).all()
+    rows = table.set_index("reference")
+    assert rows.loc["title", "mean_diff"] == pytest.approx(1 - 0.25)  # title: 0.5 on even users, 0 on odd
+    assert rows.loc[CHANCE, "mean_reference"] == pytest.approx(0.5)
+    assert rows.loc["image", "verdict_blocked_by"] == "identical per-user values"
+    assert rows.loc["vbpr", "verdict_blocked_by"] == "one seed" and np.isnan(rows.loc["vbpr", "p"])
+    # the title's CI and p come from the two-way replicates of the per-pair hits
+    pair_users = np.repeat(np.arange(12), 2)
+    pair_items = np.ravel([sorted([u % 6, (u + 1) % 6]) for u in range(12)])
+    mine = np.ones(24)
+    theirs = np.array([1.0 if (u % 2 == 0 and i == u % 6) else 0.0 for u, i in zip(pair_users, pair_items)])
+    arms = two_way_replicates(pair_users, pair_items, [mine, theirs], 400, seed=1)
+    assert (rows.loc["title", "diff_ci_low"], rows.loc["title", "diff_ci_high"]) == \
+        pytest.approx(percentile_interval(arms[0] - arms[1]))
+    assert rows.loc["title", "p"] == pytest.approx(bootstrap_p(arms[0] - arms[1]))
+    assert rows.loc["title", "diff_ci_low_users"] <= rows.loc["title", "diff_ci_high_users"]
+    with pytest.raises(ValueError, match="recall@K"):
+        new_item_findings(results, targets, "description", "ndcg@3")
 
 
 def test_the_protocol_counts_and_a_profile_ranks_the_new_items_by_their_content():
@@ -208,8 +235,12 @@ def test_fitted_once_refits_only_on_another_history():
 
 def test_the_new_item_findings_display_reads_the_metrics_records() -> None:
     record = {"method": "description", "reference": "title", "metric": "recall@20", "mean_diff": 0.0125,
-              "diff_ci_low": -0.5, "diff_ci_high": 0.25, "verdict_blocked_by": "", "p_holm": 0.5}
+              "diff_ci_low": -0.5, "diff_ci_high": 0.25, "diff_ci_low_users": -0.25, "diff_ci_high_users": 0.125,
+              "verdict_blocked_by": "", "p": 0.5, "p_at_floor": False}
     shown = new_item_findings_display({"cold": [record, record | {"verdict_blocked_by": "one seed"}]})
-    assert shown["difference"].tolist() == ["+0.0125 [-0.5000, +0.2500]"] * 2
-    assert shown["p (Holm)"].iloc[1] == "one seed: no verdict" and shown["candidates"].tolist() == ["cold", "cold"]
+    assert shown["difference [95% CI, users x items x seeds]"].tolist() == ["+0.0125 [-0.5000, +0.2500]"] * 2
+    assert shown["[95% CI, users x seeds]"].tolist() == ["[-0.2500, +0.1250]"] * 2
+    assert shown["p (exploratory, unadjusted)"].tolist() == ["0.500", "not tested: one seed"]
+    assert shown["candidates"].tolist() == ["cold", "cold"]
+
 

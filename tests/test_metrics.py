@@ -4,7 +4,9 @@ import numpy as np
 import pytest
 import scipy.sparse as sp
 
-from vlm4rec.metrics import catalogue_coverage, ranking_metrics, summarize
+from itertools import permutations
+
+from vlm4rec.metrics import catalogue_coverage, chance_metrics, ranking_metrics, summarize
 
 
 def targets_from(sets: list[set[int]], n_items: int) -> sp.csr_matrix:
@@ -86,3 +88,38 @@ def test_summarize_macro_averages_users() -> None:
     assert summary["n_users"] == 2
     assert summary["recall@2"] == pytest.approx((1 + 0.5) / 2)
     assert "user_idx" not in summary
+
+
+def random_ranking_means(lists: np.ndarray, relevant: set[int], n_items: int, ks: tuple[int, ...]) -> np.ndarray:
+    """Mean of ranking_metrics over the given ranked lists, each scored against the same relevant set."""
+    targets = targets_from([relevant] * len(lists), n_items)
+    per_list = ranking_metrics(lists, targets, np.arange(len(lists)), ks)
+    return per_list.drop(columns="user_idx").mean().to_numpy()
+
+
+def test_chance_is_the_mean_over_every_permutation() -> None:
+    """6 candidates, 2 relevant: the closed form equals the average of every metric over all 720 orderings."""
+    ks = (1, 2, 3, 4)
+    lists = np.array([p[:4] for p in permutations(range(6))])
+    chance = chance_metrics(np.array([6]), np.array([2]), np.array([9]), ks)
+    assert chance["user_idx"].tolist() == [9]
+    np.testing.assert_allclose(chance.drop(columns="user_idx").to_numpy()[0],
+                               random_ranking_means(lists, {0, 1}, 6, ks), rtol=1e-12)
+    # by hand: hit_rate@2 = 1 - C(4, 2) / C(6, 2) = 1 - 6 / 15; mrr@2 = 2/6 + (4/6)(2/5) / 2
+    assert chance.loc[0, "hit_rate@2"] == pytest.approx(0.6)
+    assert chance.loc[0, "mrr@2"] == pytest.approx(1 / 3 + 4 / 30)
+
+
+def test_chance_matches_a_seeded_monte_carlo_per_user() -> None:
+    ks = (5, 10, 20)
+    chance = chance_metrics(np.array([40, 25]), np.array([5, 1]), np.array([0, 1]), ks)
+    rng = np.random.default_rng(0)
+    for row, (n, relevant) in enumerate([(40, {0, 1, 2, 3, 4}), (25, {7})]):
+        lists = np.stack([rng.permutation(n)[:20] for _ in range(20_000)])
+        np.testing.assert_allclose(chance.drop(columns="user_idx").to_numpy()[row],
+                                   random_ranking_means(lists, relevant, n, ks), atol=0.01)
+
+
+def test_chance_rejects_users_without_targets() -> None:
+    with pytest.raises(ValueError, match="chance"):
+        chance_metrics(np.array([5]), np.array([0]), np.array([0]), (1,))

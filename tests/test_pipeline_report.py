@@ -15,13 +15,16 @@ from results_helpers import EVAL, FINDINGS, graph_cell, graph_cell_metrics, prep
 from study_params import REPO
 from vlm4rec.config import GraphCellParams, GraphParams, MatchParams, ReportParams
 from vlm4rec.data import PreparedData
-from vlm4rec.evaluation import MethodKey, MethodResult, save_result
+from vlm4rec.evaluation import ChanceReference, MethodKey, MethodResult, save_result
+from vlm4rec.cold_start import new_item_findings
 from vlm4rec.findings import Finding, findings
 from vlm4rec.pipeline import report
 from vlm4rec.errors import StudyError
+from vlm4rec.pipeline.cold_start import json_records
 from vlm4rec.pipeline.outputs import read_metrics
-from vlm4rec.pipeline.stage_metrics import GraphCellMetrics, MethodMetrics, NewItemMetrics
+from vlm4rec.pipeline.stage_metrics import ChanceMetrics, GraphCellMetrics, MethodMetrics, NewItemMetrics
 from vlm4rec.pipeline.study_files import StudyFiles
+from vlm4rec.splits import targets_of
 
 
 @pytest.fixture(scope="module")
@@ -80,7 +83,8 @@ def test_report_metrics_write_an_untested_p_as_null(tmp_path, monkeypatch) -> No
     report.write_report_metrics([finding], ["note"])
     written = json.loads((tmp_path / "metrics" / "report.json").read_text(), parse_constant=lambda c: pytest.fail(c))
     assert written["findings"]["x"]["p"] is None and written["findings"]["x"]["seeds"] == [1, 1]
-    assert written["findings"]["x"]["answer"].startswith("one seed: no verdict")
+    assert written["findings"]["x"]["answer"].startswith("not tested (one seed)")
+    assert written["findings"]["x"]["verdict"] == "not tested (one seed)" and not written["findings"]["x"]["confirmatory"]
 
 
 def test_the_stage_writes_the_findings_and_their_caveats(tmp_path, monkeypatch, setup) -> None:
@@ -113,12 +117,13 @@ def test_the_graph_table_formats_each_models_comparison_and_its_cost(tmp_path, m
     for cell, seconds in (("vbpr-title-image", 1.25), ("vbpr-description-image", 2.5)):
         graph_cell_metrics(wall_s=seconds).save(GraphCellMetrics.path(cell))
     graph = graph_cell("vbpr-title-image", data, 0.2, 1) | graph_cell("vbpr-description-image", data, 0.9, 2)
-    table = report.graph_table(results | graph, EVAL, FINDINGS, cells, data)
+    found = findings(results | graph, EVAL, FINDINGS, ["title", "image", "description"], data, cells)
+    table = report.graph_table(results | graph, EVAL, FINDINGS, cells, data, found)
     row = table.loc["VBPR"]
     assert row["cells"] == "vbpr-description-image vs vbpr-title-image" and row["seeds"] == "2 vs 1"
-    assert row["ndcg@10: p (Holm across models)"] == "one seed: no verdict"
+    assert row["ndcg@10: p"] == "not tested: one seed"
     assert row["wall_s (both cells)"] == 3.8  # round(3.75, 1)
-    assert report.graph_table(results, EVAL, FINDINGS, cells, data).empty
+    assert report.graph_table(results, EVAL, FINDINGS, cells, data, found[:1]).empty
 
 
 def test_the_report_reads_exactly_the_named_results_and_lists_the_others_as_ignored(tmp_path, monkeypatch,
@@ -164,17 +169,21 @@ def test_coverage_and_chosen_configurations_are_per_family(tmp_path, monkeypatch
 
 
 def test_new_item_tables_group_the_seeds_named_in_the_metrics(setup) -> None:
-    def entry(recall: float) -> MethodMetrics:
-        return MethodMetrics(test={"recall@20": recall}, validation={}, coverage={}, chosen={})
+    def entry(test: float, validation: float) -> MethodMetrics:
+        return MethodMetrics(test={"recall@20": test}, validation={"ndcg@10": validation}, coverage={}, chosen={})
 
-    methods = {"all": {"title": entry(0.5), "fusion_gating@seed0": entry(0.25), "fusion_gating@seed1": entry(0.75)}}
-    new_items = NewItemMetrics(counts={}, no_signal={"ease": "no signal"}, hybrids="", methods=methods, findings={},
-                               cost={})
+    methods = {"all": {"title": entry(0.5, 0.1), "fusion_gating@seed0": entry(0.25, 0.3),
+                       "fusion_gating@seed1": entry(0.75, 0.3)}}
+    new_items = NewItemMetrics(counts={}, no_signal={"ease": "no signal"}, hybrids="", methods=methods,
+                               chance={"all": ChanceMetrics(test={"recall@20": 0.01}, validation={"ndcg@10": 0.2})},
+                               findings={}, cost={})
     table = report.new_item_table(["recall@20"], new_items)
     assert table.loc["fusion_gating", "recall@20 (among all)"] == 0.5 and table.loc["fusion_gating", "seeds"] == 2
     assert table.loc["ease", "note"] == "no signal"
-    curves = report.new_item_curves(new_items)
-    assert curves.set_index("method").loc["fusion_gating", "recall"] == 0.5
+    # ordered by validation (fusion 0.3, chance 0.2, title 0.1), although the title is better on test
+    assert list(table.index) == ["fusion_gating", "chance", "title", "ease"]
+    curves = report.new_item_curves(new_items).set_index("method")
+    assert curves.loc["fusion_gating", "recall"] == 0.5 and curves.loc["chance", "recall"] == 0.01
 
 
 def test_robustness_compares_users_with_history_and_reports_cold_start_apart(tmp_path, monkeypatch) -> None:
@@ -194,6 +203,11 @@ def test_robustness_compares_users_with_history_and_reports_cold_start_apart(tmp
     assert cold.loc["ease", "lists"] == "one list for all" and cold.loc["title", "test ndcg@10"] == 0.0
     assert report.robustness_table("ndcg@10", None) is None
     assert report.load_robustness() is None
+    chance_values = pd.DataFrame({"user_idx": [0, 1], "ndcg@10": [0.01, 0.03]})  # mean 0.02
+    robustness["chance"] = {"test_with_history": {"ndcg@10": 0.015}}
+    with_chance = report.robustness_table("ndcg@10", robustness, ChanceReference(chance_values * [1, 11], chance_values))
+    assert list(with_chance.index) == ["title", "chance", "ease"]  # chance's validation 0.22 sits between
+    assert with_chance.loc["chance", ["study_split", "global_time"]].tolist() == pytest.approx([0.02, 0.015])
 
 
 def test_graph_tuning_note_says_where_single_configurations_were_tuned(tmp_path, monkeypatch) -> None:
@@ -204,3 +218,82 @@ def test_graph_tuning_note_says_where_single_configurations_were_tuned(tmp_path,
     assert note.startswith("1 graph cell(s) trained one configuration each (graph.scale: default)")
     assert report.GRAPH_TUNING_RECORD in note and note.endswith("Cells: lightgcn.")
     assert report.graph_tuning_note(["vbpr-title-image"]) is None
+
+
+def interval_excludes_zero(entry: dict) -> bool:
+    return entry["ci_low"] > 0 or entry["ci_high"] < 0
+
+
+def test_every_verdict_of_a_generated_report_agrees_with_its_interval_and_p(tmp_path, monkeypatch, setup) -> None:
+    """A report generated from small synthetic results (representations, a seeded fusion, two multimodal cells,
+    chance, and new-item comparisons written as the new-item stage writes them): every finding's verdict
+    agrees with its unadjusted CI, its p and, when confirmatory, its Holm p over the confirmatory family."""
+    results, data = setup
+    monkeypatch.chdir(tmp_path)
+    write_metrics(tmp_path, "ground", {"grounder": {"backend": "hf", "description_of_method": "an LVLM"}, "arms": {}})
+    write_metrics(tmp_path, "prepare", {"split_protocol": "global_time"})
+    write_metrics(tmp_path, "fusion", {"training": {}})
+    cells = {"vbpr-title-image": GraphCellParams(model="vbpr", modalities=["title", "image"]),
+             "vbpr-description-image": GraphCellParams(model="vbpr", modalities=["description", "image"])}
+    graph_results = graph_cell("vbpr-title-image", data, 0.3, 3) | graph_cell("vbpr-description-image", data, 0.35, 3)
+    chance = report.study_chance(data, EVAL)
+    targets = targets_of(data.interactions, "test", data.n_users, data.n_items)
+    records = new_item_findings(results, targets, "description", "recall@10", chance, EVAL.bootstrap_resamples)
+    NewItemMetrics(counts={}, no_signal={}, hybrids="", methods={}, chance={}, findings={"cold": json_records(records)},
+                   cost={}).save(NewItemMetrics.path())
+    params = ReportParams(findings=FINDINGS, references=["title"], gallery_methods=[], slice_methods=[],
+                          gallery_users=0)
+    found, _ = report.write_findings(results | graph_results, data, EVAL, MatchParams(
+        representations=["title", "image", "description"], reference="title"), GraphParams.model_construct(cells=cells),
+        params, chance=chance)
+    written = read_metrics("report")["findings"]
+    assert {"vbpr_description_vs_title", "new_items_description_vs_title", "new_items_description_vs_image",
+            "description_vs_chance"} <= set(written)
+    confirmatory = [e for e in written.values() if e["confirmatory"] and e["p"] is not None]
+    assert {e["family_size"] for e in confirmatory} == {len(confirmatory)} and len(confirmatory) >= 5
+    verdicts = set()
+    for fid, entry in written.items():
+        verdict = entry["verdict"]
+        verdicts.add(verdict.split(" (")[0].split(" over")[0])
+        assert entry["answer"].startswith(f"{verdict}: ")
+        if verdict.startswith("not tested"):
+            assert entry["p"] is None and entry["verdict_blocked_by"] in verdict
+            continue
+        assert f"unadjusted 95% CI {entry['ci_low']:+.4f}, {entry['ci_high']:+.4f}" in entry["answer"]
+        if verdict in ("no clear difference", "not distinguishable from chance"):
+            assert not interval_excludes_zero(entry), fid
+            continue
+        assert interval_excludes_zero(entry), fid  # every other verdict rests on an interval without 0
+        if verdict.startswith("not significant after Holm"):
+            assert entry["confirmatory"] and entry["p_holm"] >= 0.05
+            assert verdict == f"not significant after Holm over m = {entry['family_size']}"
+            continue
+        assert verdict.startswith("yes" if entry["difference"] > 0 else "no, it is worse"), fid
+        assert entry["confirmatory"] == (entry["p_holm"] is not None)
+        if entry["confirmatory"]:
+            assert entry["p_holm"] < 0.05 and f"Holm over m = {entry['family_size']}" in entry["answer"]
+        else:
+            assert verdict.endswith("(exploratory, unadjusted)") and "(exploratory, unadjusted)" in entry["answer"]
+        assert entry["p"] < 0.05 or min(abs(entry["ci_low"]), abs(entry["ci_high"])) < 1e-3, fid
+    assert {"yes", "no clear difference"} <= verdicts  # the synthetic report exercises several verdicts
+
+
+def test_the_ablation_view_places_chance_by_its_validation_value() -> None:
+    cells = pd.DataFrame({"representation": ["a", "b", "c"], "selected": [True, True, False],
+                          "val_ndcg@10": [0.3, 0.2, 0.1], "test_ndcg@10": [0.1, 0.5, 0.9]})
+    values = pd.DataFrame({"user_idx": [0, 1], "ndcg@10": [0.1, 0.2]})  # validation mean 0.15
+    view = report.ablation_view(cells, ChanceReference(values, values / 10), "ndcg@10", top=2)
+    assert view["representation"].tolist() == ["a", "b", "chance"]  # top 2 by validation, then chance (0.15)
+    assert view.loc[2, "test_ndcg@10"] == pytest.approx(0.015) and not view.loc[2, "selected"]
+
+
+def test_findings_are_listed_confirmatory_first_then_exploratory_then_not_tested() -> None:
+    base = Finding("description_vs_title", "Q1?", "a", "b", "ndcg@10", "all", 10, (1, 1), 0.1, 0.05, 0.2, 0.01,
+                   p_holm=0.02, family_size=1)
+    found = [replace(base, id="fusion_vs_best_single", question="Q2?", p_holm=float("nan"), family_size=0), base,
+             replace(base, id="hybrid_vs_ease", question="Q3?", p=float("nan"), p_holm=float("nan"),
+                     verdict_blocked_by="identical per-user values")]
+    text = report.findings_markdown(found)
+    assert text.index("**Confirmatory") < text.index("Q1?") < text.index("**Exploratory") < text.index("Q2?") \
+        < text.index("**Not tested") < text.index("Q3?")
+    assert "* **Q3?** not tested (identical per-user values): a - b" in text

@@ -14,6 +14,7 @@ ENTRY = {"test": {"ndcg@10": 0.25, "recall@20": 0.5}, "validation": {"ndcg@10": 
          "coverage": {"coverage@10": 0.1}, "chosen": {"l2": 100, "alpha": 0.25}}
 NEW_ITEMS = {"counts": {"val_cold_items": 3, "test_cold_items": 4}, "no_signal": {"ease": "no signal"},
              "hybrids": "a note", "methods": {"all": {"title": ENTRY}, "cold": {"title": ENTRY}},
+             "chance": {"all": {"test": {"ndcg@10": 0.0625}, "validation": {"ndcg@10": 0.125}}},
              "findings": {"all": [{"method": "d", "p": None, "mean_diff": 0.125}], "cold": []},
              "cost": {"wall_s": 1.5, "peak_rss_mb": 10.0, "methods": {"title": {"fit_s": 0.1}}}}
 

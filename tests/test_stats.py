@@ -4,8 +4,9 @@ import numpy as np
 import pandas as pd
 import pytest
 
-from vlm4rec.stats import (bootstrap_ci, bootstrap_distribution, bootstrap_p, format_p, holm, holm_where_tested,
-                            paired_tests, percentile_interval, results_table)
+from vlm4rec.stats import (MIN_NONZERO_USERS, bootstrap_ci, bootstrap_distribution, bootstrap_p, draw_counts,
+                            format_p, holm, holm_where_tested, p_floor, paired_tests, percentile_interval,
+                            results_table, seed_inflation, two_way_replicates, vacuous_because)
 
 
 def test_holm_against_hand_computation() -> None:
@@ -65,11 +66,12 @@ def test_paired_tests_p_is_the_bootstrap_of_the_mean_difference_and_holm() -> No
         interval = tuple(np.quantile(replicates, [0.025, 0.975]))
         assert (row["diff_ci_low"], row["diff_ci_high"]) == pytest.approx(interval)
         assert row["p"] == pytest.approx(bootstrap_p(replicates))
-    # identical arms: every replicate is 0, so p = 1; a clear shift: no replicate <= 0, p = 2 / 501
-    assert table.loc["same", "p"] == 1.0
-    assert table.loc["better", "p"] == pytest.approx(2 / 501)
-    np.testing.assert_allclose(table["p_holm"], holm(table["p"]))
-    assert (table["verdict_blocked_by"] == "").all()
+    # identical arms test nothing: no p, out of Holm; a clear shift: no replicate <= 0, p at the floor 2 / 501
+    assert table.loc["same", "verdict_blocked_by"] == "identical per-user values"
+    assert np.isnan(table.loc["same", "p"]) and "p_holm" not in table  # unadjusted: the family is the caller's
+    assert table.loc["better", "p"] == pytest.approx(2 / 501) == p_floor(500)
+    assert table.loc["better", "p_at_floor"] and not table.loc["noisy", "p_at_floor"]
+    assert (table.drop(index="same")["verdict_blocked_by"] == "").all()
 
 
 def test_bootstrap_p_by_hand() -> None:
@@ -92,14 +94,20 @@ def test_bootstrap_p_and_the_percentile_interval_agree() -> None:
 
 def test_paired_bootstrap_matches_an_exact_enumeration() -> None:
     """Two users, two seeds per arm: the 4 x 4 x 4 equally likely (users, method seeds, reference seeds)
-    draws give the exact bootstrap distribution; its P(d <= 0) and quantiles are matched by resampling."""
+    draws give the exact bootstrap distribution (each arm's seed deviation from its all-seed mean on the drawn
+    users scaled by sqrt(2 / 1)); its P(d <= 0) and quantiles are matched by resampling."""
     method = np.array([[0.0, 1.0], [0.4, 0.6]])
     reference = np.array([[0.2, 0.2], [0.5, 0.9]])
+
+    def arm(grid: np.ndarray, seeds: tuple[int, ...], users: tuple[int, ...]) -> float:
+        overall = grid[:, list(users)].mean()
+        return overall + np.sqrt(2) * (grid[list(seeds)][:, list(users)].mean() - overall)
+
     exact = []
     for users in product(range(2), repeat=2):
         for ms in product(range(2), repeat=2):
             for rs in product(range(2), repeat=2):
-                exact.append(method[list(ms)][:, list(users)].mean() - reference[list(rs)][:, list(users)].mean())
+                exact.append(arm(method, ms, users) - arm(reference, rs, users))
     exact = np.array(exact)
     replicates = bootstrap_distribution(method, reference, 40_000, seed=2)
     assert (replicates <= 0).mean() == pytest.approx((exact <= 0).mean(), abs=0.01)
@@ -141,9 +149,7 @@ def test_single_seed_of_a_seeded_method_gets_no_verdict() -> None:
                          ignore_index=True)
     table = paired_tests(per_user, "ref", "ndcg@10", n_resamples=200).set_index("method")
     assert table.loc["graph", "verdict_blocked_by"] == "one seed" and np.isnan(table.loc["graph", "p"])
-    assert np.isnan(table.loc["graph", "p_holm"])
-    # the untested row is not in the Holm family: the other row keeps its own p
-    assert table.loc["other", "p_holm"] == table.loc["other", "p"] == pytest.approx(2 / 201)
+    assert table.loc["other", "p"] == pytest.approx(2 / 201)
     np.testing.assert_allclose(holm_where_tested([0.01, np.nan, 0.02]), [0.02, np.nan, 0.02])
 
 
@@ -167,13 +173,15 @@ def test_results_table_has_mean_and_ci_per_method_and_metric() -> None:
 
 
 def test_seeded_bootstrap_matches_a_loop_over_the_same_draws() -> None:
-    """Each resample averages the cells of the drawn seeds and the drawn users (an independent loop)."""
+    """Each resample averages the cells of the drawn users, then moves by sqrt(3 / 2) times the deviation of
+    the drawn seeds' mean from it (an independent loop over the same streams: users first, then the seeds)."""
     grid = np.random.default_rng(2).random((3, 40))
     mean, low, high = bootstrap_ci(grid, n_resamples=300, seed=7)
-    rng = np.random.default_rng(7)
-    users = rng.integers(0, 40, size=(300, 40))
-    seeds = rng.integers(0, 3, size=(300, 3))
-    loop = [grid[seeds[r]][:, users[r]].mean() for r in range(300)]
+    users_stream, seeds_stream = np.random.SeedSequence(7).spawn(2)
+    users = np.random.default_rng(users_stream).integers(0, 40, size=(300, 40))
+    seeds = np.random.default_rng(seeds_stream).integers(0, 3, size=(300, 3))
+    loop = [grid[:, users[r]].mean() + np.sqrt(1.5) * (grid[seeds[r]][:, users[r]].mean() - grid[:, users[r]].mean())
+            for r in range(300)]
     assert mean == pytest.approx(grid.mean())
     assert (low, high) == pytest.approx(tuple(np.quantile(loop, [0.025, 0.975])))
 
@@ -201,8 +209,9 @@ def test_seeded_methods_in_results_table_and_paired_tests() -> None:
     table = results_table(per_user, ["ndcg@10"], n_resamples=300).set_index("method")
     assert table.loc["learned", "n_seeds"] == 2 and table.loc["ref", "n_seeds"] == 1
     learned = per_user[per_user["method"] == "learned"].pivot(index="seed", columns="user_idx", values="ndcg@10")
+    # the same procedure (the arm's own seed stream differs with its place in the table)
     assert (table.loc["learned", "mean"], table.loc["learned", "ci_low"], table.loc["learned", "ci_high"]) == \
-        pytest.approx(bootstrap_ci(learned.to_numpy(), n_resamples=300))
+        pytest.approx(bootstrap_ci(learned.to_numpy(), n_resamples=300), rel=0.03)
     tests = paired_tests(per_user, "ref", "ndcg@10", n_resamples=300).set_index("method")
     diff = learned.mean(axis=0).to_numpy() - ref
     assert tests.loc["learned", "mean_diff"] == pytest.approx(diff.mean())
@@ -212,6 +221,76 @@ def test_seeded_methods_in_results_table_and_paired_tests() -> None:
         paired_tests(per_user[~((per_user["seed"] == 1) & (per_user["user_idx"] == 0))], "ref", "ndcg@10")
 
 
-@pytest.mark.parametrize("p, text", [(0.5, "0.500"), (0.0321, "0.032"), (1.2e-4, "1.2e-04"), (0.0, "<1e-10")])
+@pytest.mark.parametrize("p, text", [(0.5, "0.500"), (0.0321, "0.032"), (1.2e-4, "1.2e-04"), (0.0, "<1e-10"),
+                                     (np.nan, "not tested")])
 def test_p_values_are_printed_readably(p: float, text: str) -> None:
     assert format_p(p) == text
+
+
+def test_a_p_at_the_resolution_floor_is_printed_as_a_bound() -> None:
+    # 10,000 resamples: the floor 2 / 10,001 = 0.00019998 prints as "< 0.0002"; Holm over m = 8 moves that
+    # bound to 8 x 0.00019998 = 0.0015998, printed rounded up, "< 0.0016"
+    assert format_p(p_floor(10_000), at_floor=True) == "< 0.0002"
+    assert format_p(holm([p_floor(10_000)] * 8)[0], at_floor=True) == "< 0.0016"
+    assert format_p(1.0, at_floor=True) == "1.000"  # a Holm p capped at 1 is no bound
+
+
+def test_draw_counts_are_resamples_with_replacement() -> None:
+    counts = np.concatenate(list(draw_counts(7, 2_000, np.random.default_rng(0), chunk=300)))
+    assert counts.shape == (2_000, 7) and (counts.sum(axis=1) == 7).all()
+    # each unit is drawn Binomial(7, 1/7) times: mean 1, variance 6/7
+    assert counts.mean() == pytest.approx(1.0, abs=0.03) and counts.var() == pytest.approx(6 / 7, abs=0.05)
+
+
+def test_seed_inflation_gives_the_seed_mean_its_unbiased_variance() -> None:
+    """Three seeds with no user variation: resampling them gives their mean the plug-in variance
+    (2 / 3) s^2 / 3; the inflated replicates have s^2 / 3, s^2 the seed values' n - 1 variance."""
+    offsets = np.array([0.0, 0.03, 0.09])
+    grid = np.tile(offsets[:, None], (1, 20))
+    replicates = bootstrap_distribution(grid, None, 40_000, seed=1)
+    assert seed_inflation(3) == pytest.approx(np.sqrt(1.5))
+    assert replicates.var() == pytest.approx(offsets.var(ddof=1) / 3, rel=0.03)
+
+
+def test_vacuous_comparisons_are_named() -> None:
+    values = np.random.default_rng(0).random((1, 30))
+    assert vacuous_because(values, values.copy(), "recall@20") == "identical per-user values"
+    assert vacuous_because(np.zeros((1, 30)), np.zeros((3, 30)), "recall@20").startswith("both arms constant")
+    sparse = np.zeros((1, 30))
+    sparse[0, :MIN_NONZERO_USERS - 1] = 1.0
+    assert vacuous_because(sparse, np.zeros((1, 30)), "recall@20") == \
+        f"{MIN_NONZERO_USERS - 1} user(s) with a non-zero recall@20, fewer than {MIN_NONZERO_USERS}"
+    assert vacuous_because(values, values + 0.1, "recall@20") == ""
+
+
+def test_two_way_bootstrap_widens_around_one_dominant_item() -> None:
+    """20 users with one target each: 16 on item 0 (the dominant item), 4 on item 1; the method hits item 0
+    and never item 1, the reference hits nothing, so the per-user difference is 1 on item 0's users and 0
+    on item 1's (mean 0.8). Resampling users only, the difference is a share of 16-of-20 users: its 95% CI
+    is about 0.8 +- 1.96 sqrt(0.8 * 0.2 / 20) = [0.62, 0.98]. Resampling the two items as well, a quarter of
+    the replicates draw item 1 twice (only item 1's users count: difference 0) and a quarter item 0 twice
+    (difference 1), so by hand the 2.5% and 97.5% quantiles are exactly 0 and 1: the interval spans [0, 1]."""
+    users, items = np.arange(20), np.array([0] * 16 + [1] * 4)
+    method, reference = (items == 0).astype(float), np.zeros(20)
+    low_user, high_user = percentile_interval(bootstrap_distribution(method, reference, 10_000, seed=0))
+    assert 0.6 <= low_user < high_user <= 1.0 and low_user > 0.55
+    arms = two_way_replicates(users, items, [method, reference], 10_000, seed=0)
+    difference = arms[0] - arms[1]
+    assert len(difference) > 9_900  # only draws of item 1 twice with none of its 4 users drawn are undefined
+    assert percentile_interval(difference) == (0.0, 1.0)
+    assert (difference == 0).mean() == pytest.approx(0.25, abs=0.015)
+    assert (difference == 1).mean() == pytest.approx(0.25 + 0.5 * 0.8 ** 20, abs=0.015)
+
+
+def test_two_way_bootstrap_averages_per_user_recall() -> None:
+    """Every replicate is a weighted mean of per-user recalls over the drawn targets: an arm that hits every
+    pair with probability 0.5 (chance) has recall 0.5 in every replicate, whatever users and items are drawn."""
+    users = np.array([0, 0, 1, 1, 1, 2])
+    items = np.array([0, 1, 0, 2, 3, 1])
+    hits = np.array([1.0, 0.0, 1.0, 1.0, 1.0, 0.0])
+    half = np.full(6, 0.5)
+    arms = two_way_replicates(users, items, [hits, half, np.stack([hits, half])], 2_000, seed=3)
+    assert np.allclose(arms[1], 0.5)
+    assert arms[0].min() >= 0 and arms[0].max() <= 1 and arms[0].std() > 0
+    with pytest.raises(ValueError, match="pairs"):
+        two_way_replicates(users, items, [hits[:5]], 10)

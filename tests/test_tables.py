@@ -9,8 +9,9 @@ import pytest
 from vlm4rec.config import EvalParams
 from vlm4rec.evaluation import MethodKey, MethodResult
 from vlm4rec import tables
+from vlm4rec.evaluation import ChanceReference
 from vlm4rec.tables import method_group
-from vlm4rec.stats import bootstrap_ci
+from vlm4rec.stats import bootstrap_ci, format_p
 
 N_USERS = 50
 
@@ -44,14 +45,19 @@ def test_main_table_treats_seeds_as_one_family_with_a_seed_aware_ci(results) -> 
     assert wide.loc["fusion_gating", "seeds"] == 2 and wide.loc["title", "seeds"] == 1
     row = long[(long["method"] == "fusion_gating") & (long["metric"] == "ndcg@10")].iloc[0]
     grid = np.stack([results[MethodKey("fusion_gating", s)].test_per_user["ndcg@10"] for s in (0, 1)])
-    assert (row["mean"], row["ci_low"], row["ci_high"]) == pytest.approx(bootstrap_ci(grid, 200))
+    # the same seed-aware bootstrap (each arm's seed draws come from its own stream: equal up to the draws)
+    assert (row["mean"], row["ci_low"], row["ci_high"]) == pytest.approx(bootstrap_ci(grid, 200), rel=0.03)
+    assert wide.loc["fusion_gating", "resampling"] == "users x seeds (seed deviation inflated)"
 
 
 def test_paired_test_table_has_one_row_per_metric_and_method_and_a_column_group_per_reference(results) -> None:
     long, wide = tables.paired_test_table(results, ["title", "missing"], ["ndcg@10", "recall@20"], EVAL)
     assert set(long["reference"]) == {"title"}
     assert list(wide.index) == [("ndcg@10", "fusion_gating"), ("recall@20", "fusion_gating")]
-    assert list(wide.columns) == [("title", "difference"), ("title", "p (paired bootstrap, Holm)")]
+    assert list(wide.columns) == [("title", "difference"), ("title", tables.P_COLUMN)]
+    assert tables.P_COLUMN == "p (paired bootstrap; exploratory, unadjusted)"
+    assert wide.loc[("ndcg@10", "fusion_gating"), ("title", tables.P_COLUMN)] == \
+        format_p(long.loc[0, "p"], bool(long.loc[0, "p_at_floor"]))  # the raw p, never a Holm p
     assert wide.loc[("ndcg@10", "fusion_gating"), ("title", "difference")].startswith("+0.10")
 
 
@@ -67,8 +73,8 @@ def test_main_table_is_sorted_by_validation_not_test() -> None:
 def test_a_seeded_family_with_one_seed_gets_no_verdict(results) -> None:
     one_seed = {k: v for k, v in results.items() if k != MethodKey("fusion_gating", 1)}
     long, wide = tables.paired_test_table(one_seed, ["title"], ["ndcg@10"], EVAL)
-    assert wide.loc[("ndcg@10", "fusion_gating"), ("title", "p (paired bootstrap, Holm)")] == "one seed: no verdict"
-    assert np.isnan(long.loc[0, "p_holm"])
+    assert wide.loc[("ndcg@10", "fusion_gating"), ("title", tables.P_COLUMN)] == "not tested: one seed"
+    assert np.isnan(long.loc[0, "p"])
 
 
 def test_curves_average_seeds_and_metrics_json_holds_validation_and_timing(results) -> None:
@@ -84,8 +90,34 @@ def test_curves_average_seeds_and_metrics_json_holds_validation_and_timing(resul
     spread = tables.seed_spread(results, "ndcg@10")
     assert spread.loc["fusion_gating", "n_seeds"] == 2 and "title" not in spread.index
     a, b = (results[MethodKey("fusion_gating", s)].test_summary()["ndcg@10"] for s in (0, 1))
-    assert spread.loc["fusion_gating", ["mean", "std", "min", "max"]].tolist() == pytest.approx(
-        [(a + b) / 2, abs(a - b) / np.sqrt(2), min(a, b), max(a, b)])  # sample std of two values
+    assert spread.loc["fusion_gating", ["mean", "std"]].tolist() == pytest.approx(
+        [(a + b) / 2, abs(a - b) / np.sqrt(2)])  # sample std of two values
+    assert spread.loc["fusion_gating", "per seed"] == f"{a:.4f}, {b:.4f}"
+    # t interval on two seeds: mean +- t(0.975, 1) * std / sqrt(2), t(0.975, 1) = 12.70620
+    half = 12.70620 * abs(a - b) / np.sqrt(2) / np.sqrt(2)
+    assert spread.loc["fusion_gating", ["t95_low", "t95_high"]].tolist() == pytest.approx(
+        [(a + b) / 2 - half, (a + b) / 2 + half], abs=1e-6)
+
+
+def chance_reference(test_value: float, val_value: float) -> ChanceReference:
+    def frame(value: float) -> pd.DataFrame:
+        return pd.DataFrame({"user_idx": np.arange(N_USERS), "ndcg@10": np.full(N_USERS, value),
+                             "recall@10": np.full(N_USERS, value / 2), "recall@20": np.full(N_USERS, value)})
+    return ChanceReference(frame(val_value), frame(test_value))
+
+
+def test_chance_is_a_row_of_every_table_ordered_by_its_validation_value(results) -> None:
+    chance = chance_reference(0.01, 0.25)  # validation 0.25: between fusion_gating (0.3) and title (0.2)
+    long, wide = tables.main_table(results, EVAL, metrics=("recall@10", "ndcg@10"), chance=chance)
+    assert list(wide.index) == ["fusion_gating", tables.CHANCE, "title"]
+    assert wide.loc[tables.CHANCE, "seeds"] == 1
+    assert wide.loc[tables.CHANCE, "ndcg@10"] == "0.0100 [0.0100, 0.0100]"
+    paired, _ = tables.paired_test_table(results, [tables.CHANCE], ["ndcg@10"], EVAL, chance=chance)
+    row = paired.set_index("method").loc["title"]
+    title = results[MethodKey("title")].test_per_user["ndcg@10"]
+    assert row["mean_diff"] == pytest.approx(title.mean() - 0.01) and row["verdict_blocked_by"] == ""
+    curves = tables.metric_curves(results, "recall", chance=chance).set_index(["method", "k"])["recall"]
+    assert curves[(tables.CHANCE, 20)] == pytest.approx(0.01)
 
 
 def test_method_groups_follow_the_catalogue_kinds() -> None:

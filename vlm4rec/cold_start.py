@@ -20,11 +20,13 @@ import numpy as np
 import pandas as pd
 import scipy.sparse as sp
 
-from vlm4rec.evaluation import (Candidate, EvalData, EvalSplit, MethodKey, MethodResult, select_and_test_on,
-                                users_with_targets)
+from vlm4rec.evaluation import (Candidate, ChanceReference, EvalData, EvalSplit, MethodKey, MethodResult,
+                                select_and_test_on, users_with_targets)
 from vlm4rec.matching import Ranker, Recommender, recommend
+from vlm4rec.metrics import CHANCE, pair_hits, target_pairs
 from vlm4rec.splits import History
-from vlm4rec.stats import format_p, holm_where_tested, paired_tests
+from vlm4rec.stats import (PAIRED_COLUMNS, TWO_WAY_RESAMPLING, arm_replicates, format_p, paired_row,
+                           percentile_interval, two_way_replicates, vacuous_because)
 
 CANDIDATE_SETS = ("all", "cold")
 
@@ -123,33 +125,70 @@ def select_and_test_new_items(method: str, candidates_for: Callable[[int], Seque
     return select_and_test_on(method, candidates_for, data, test_splits, seeds, ks, select_metric, out_dirs)
 
 
-def new_item_findings(per_user: pd.DataFrame, description: str, against: list[str], metric: str,
-                      n_resamples: int = 1000, seed: int = 0) -> pd.DataFrame:
-    """"Do grounded descriptions beat X on new items?" for every X in ``against``: one paired bootstrap each
-    (``description`` minus X over the users of both, CI and p over users and seeds,
-    :func:`stats.paired_tests`), ``p_holm`` Holm-corrected across the questions that got a p (a seeded arm
-    with one seed gets none: "one seed"). ``per_user`` is long (method, seed, user_idx, ``metric``); an X
-    without rows is skipped (e.g. a method not run)."""
+def _pair_grid(results: list[MethodResult], pair_users: np.ndarray, pair_items: np.ndarray, k: int) -> np.ndarray:
+    """(seeds x pairs) hits of one family's results (its seeds in result order)."""
+    return np.stack([pair_hits(r.test_topk, r.test_per_user["user_idx"].to_numpy(), pair_users, pair_items, k)
+                     for r in results]).astype(np.float64)
+
+
+def new_item_findings(results: dict[MethodKey, MethodResult], targets: sp.csr_matrix, description: str,
+                      metric: str, chance: ChanceReference | None = None, n_resamples: int = 10_000,
+                      seed: int = 0) -> pd.DataFrame:
+    """"Do grounded descriptions beat X on new items?" for every other family X in ``results`` (and
+    chance, when given), as rows of :func:`vlm4rec.stats.paired_tests`: ``description`` minus X over the test
+    users, CI and p from a two-way bootstrap over users **and** the new items (and each arm's seeds,
+    :func:`vlm4rec.stats.two_way_replicates`), computed from the per-(user, target item) hits of the saved
+    top-K lists, since a few new items carry most test pairs; ``diff_ci_low_users`` / ``diff_ci_high_users``:
+    the user-only interval, for comparison. ``metric`` is recall@K. The p-values are unadjusted: the
+    confirmatory ones are Holm-corrected in the report, with the rest of their family. A comparison that
+    would test nothing is not tested (``verdict_blocked_by``)."""
+    name, _, k = metric.partition("@")
+    if name != "recall" or not k.isdigit():
+        raise ValueError(f"cold_start.metric must be recall@K for the two-way bootstrap, got {metric!r}")
+    grouped: dict[str, list[MethodResult]] = {}
+    for key, result in results.items():
+        grouped.setdefault(key.family, []).append(result)
+    if description not in grouped:
+        return pd.DataFrame(columns=PAIRED_COLUMNS)
+    users = grouped[description][0].test_per_user["user_idx"].to_numpy()
+    pair_users, pair_items = target_pairs(targets, users)
+    per_user = {family: np.stack([r.test_per_user[metric].to_numpy() for r in rs]) for family, rs in grouped.items()}
+    hits = {family: _pair_grid(rs, pair_users, pair_items, int(k)) for family, rs in grouped.items()}
+    seeded = {family: rs[0].key.seed is not None for family, rs in grouped.items()}
+    if chance is not None:
+        chance_recall = chance.test_per_user.set_index("user_idx")[metric]
+        per_user[CHANCE] = chance_recall.loc[users].to_numpy()[None, :]
+        hits[CHANCE] = chance_recall.loc[pair_users].to_numpy()[None, :]
+        seeded[CHANCE] = False
+    others = [family for family in per_user if family != description]
+    # one draw of users and items (and of users alone) for every comparison: the arms' replicates are paired
+    two_way = two_way_replicates(pair_users, pair_items, [hits[f] for f in [description, *others]], n_resamples, seed)
+    users_only = arm_replicates([per_user[f] for f in [description, *others]], n_resamples, seed)
     rows = []
-    for other in against:
-        pair = per_user[per_user["method"].isin([description, other])]
-        if set(pair["method"]) == {description, other}:
-            rows.append(paired_tests(pair, other, metric, n_resamples, seed).iloc[0])
-    table = pd.DataFrame(rows).reset_index(drop=True)
-    if not table.empty:
-        table["p_holm"] = holm_where_tested(table["p"].to_numpy())
-    return table
+    for other, both, alone in zip(others, two_way[1:], users_only[1:]):
+        mine, theirs = per_user[description], per_user[other]
+        one_seed = (seeded[description] and len(mine) == 1) or (seeded[other] and len(theirs) == 1)
+        blocked = "one seed" if one_seed else vacuous_because(mine, theirs, metric)
+        row = paired_row(description, other, metric, mine, theirs, two_way[0] - both, blocked, n_resamples,
+                         resampling=TWO_WAY_RESAMPLING)
+        low, high = percentile_interval(users_only[0] - alone)
+        rows.append(row | {"diff_ci_low_users": low, "diff_ci_high_users": high})
+    return pd.DataFrame(rows)
 
 
 def new_item_findings_display(found: dict[str, list[dict[str, Any]]]) -> pd.DataFrame:
     """"Does the grounded description beat X on new items?": per candidate set and X, the paired difference
-    with its 95% CI and the Holm-corrected p (or why there is no verdict), from the findings records of the
-    stage's metrics (``metrics/cold_start.json``, candidate set -> records: this stage shows it, and so does
-    the report)."""
+    with its unadjusted 95% CI resampling users, items and seeds (two-way) and, for comparison, users and
+    seeds only, and the unadjusted p (or why it was not tested), from the findings records of the stage's
+    metrics (``metrics/cold_start.json``, candidate set -> records: this stage shows it, and so does the
+    report). Exploratory: the confirmatory ones (against the title and the image, among the new items) are
+    adjusted in the report's findings, with their family."""
     rows = [{"candidates": candidates, "description": r["method"], "against": r["reference"], "metric": r["metric"],
-             "difference": f"{r['mean_diff']:+.4f} [{r['diff_ci_low']:+.4f}, {r['diff_ci_high']:+.4f}]",
-             "p (Holm)": (f"{r['verdict_blocked_by']}: no verdict" if r["verdict_blocked_by"]
-                          else format_p(r["p_holm"]))}
+             "difference [95% CI, users x items x seeds]":
+                 f"{r['mean_diff']:+.4f} [{r['diff_ci_low']:+.4f}, {r['diff_ci_high']:+.4f}]",
+             "[95% CI, users x seeds]": f"[{r['diff_ci_low_users']:+.4f}, {r['diff_ci_high_users']:+.4f}]",
+             "p (exploratory, unadjusted)": (f"not tested: {r['verdict_blocked_by']}" if r["verdict_blocked_by"]
+                                             else format_p(r["p"], r["p_at_floor"]))}
             for candidates, records in found.items() for r in records]
     return pd.DataFrame(rows)
 

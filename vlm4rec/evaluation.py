@@ -23,7 +23,7 @@ import scipy.sparse as sp
 
 from vlm4rec.data import PreparedData
 from vlm4rec.matching import IterativeRecommender, Ranker, Recommender, TrainingLog, recommend
-from vlm4rec.metrics import catalogue_coverage, ranking_metrics, summarize
+from vlm4rec.metrics import catalogue_coverage, chance_metrics, ranking_metrics, summarize
 from vlm4rec.splits import History, build_history, targets_of
 from vlm4rec.stage_outputs import read_output
 
@@ -157,6 +157,33 @@ class MethodResult:
 
     def val_summary(self) -> dict[str, float]:
         return summarize(self.val_per_user)
+
+
+def chance_per_user(split: EvalSplit, ks: Sequence[int]) -> pd.DataFrame:
+    """Per-user metrics of a uniformly random ranking of what ``split`` ranks (every item not excluded for the
+    user), in expectation (:func:`~vlm4rec.metrics.chance_metrics`), for the split's users."""
+    users = split.users
+    excluded = np.asarray((split.exclude[users] > 0).sum(axis=1)).ravel()
+    return chance_metrics(split.exclude.shape[1] - excluded, np.diff(split.targets.indptr)[users], users, ks)
+
+
+@dataclass(frozen=True)
+class ChanceReference:
+    """Chance on one protocol: the expected per-user metrics of a uniformly random ranking over the same
+    candidates as the methods, on validation (where tables order it) and on test (what they report)."""
+
+    val_per_user: pd.DataFrame
+    test_per_user: pd.DataFrame
+
+    @classmethod
+    def of(cls, validation: EvalSplit, test: EvalSplit, ks: Sequence[int]) -> "ChanceReference":
+        return cls(chance_per_user(validation, ks), chance_per_user(test, ks))
+
+    def val_summary(self) -> dict[str, float]:
+        return summarize(self.val_per_user)
+
+    def test_summary(self) -> dict[str, float]:
+        return summarize(self.test_per_user)
 
 
 def per_user_long(results: dict[MethodKey, MethodResult]) -> pd.DataFrame:

@@ -1,9 +1,12 @@
 """The study's findings: each of its questions answered by a paired comparison of two method families on test.
 
-A finding is one paired bootstrap (:func:`vlm4rec.stats.paired_tests`: users and both arms' seeds resampled)
-giving the mean difference, its 95% CI and a p-value; Holm corrects the p-values across a family of findings
-(a comparison with a one-seed arm has no p and stays out of the family). Which fusion and which single
-representation are compared is decided on validation, never on test. Everything here is computed from
+A finding is one paired bootstrap (:func:`vlm4rec.stats.paired_tests`: users and both arms' seeds resampled; a
+new-item finding also resamples the new items) giving the mean difference, its unadjusted 95% CI and a
+p-value. The confirmatory family (:data:`CONFIRMATORY`, declared in docs/protocol.md "Statistics": the paper's
+questions) is Holm-corrected as one family; every other finding is exploratory and reports its unadjusted p.
+A comparison that would test nothing (one seed, identical or constant arms, too few users with a non-zero
+value) is listed as not tested, with the reason. Which fusion and which single representation are compared is
+decided on validation, never on test. Everything here is computed from
 :class:`~vlm4rec.evaluation.MethodResult` objects and the prepared data; reading and writing stage outputs is
 the report stage's (:mod:`vlm4rec.pipeline.report`).
 """
@@ -17,12 +20,20 @@ import pandas as pd
 
 from vlm4rec.config import EvalParams, FindingsParams, GraphCellParams
 from vlm4rec.data import PreparedData
-from vlm4rec.evaluation import MethodKey, MethodResult, per_user_long
+from vlm4rec.evaluation import ChanceReference, MethodKey, MethodResult
 from vlm4rec.methods import CATALOGUE, hybrid_method, is_kind
+from vlm4rec.metrics import CHANCE
 from vlm4rec.slices import HISTORY_BINS, history_lengths, item_popularity_groups, per_user_recall_on, slices_for_methods
-from vlm4rec.stats import format_p, holm_where_tested, paired_tests
+from vlm4rec.stats import USER_RESAMPLING, holm_where_tested, p_floor, p_statement, paired_tests
+from vlm4rec.tables import per_user_with_chance
 
 SIGNIFICANCE = 0.05
+# The confirmatory family (docs/protocol.md, "Statistics"): the description against the title, the image and the
+# best fusion; inside each multimodal recommender (``<model>_description_vs_title``); on new items against the
+# title and the image (ranked among the new items). Holm runs over these only.
+CONFIRMATORY_FIXED = ("description_vs_title", "description_vs_image", "description_vs_fusion",
+                      "new_items_description_vs_title", "new_items_description_vs_image")
+GRAPH_FINDING_SUFFIX = "_description_vs_title"
 
 Results = dict[MethodKey, MethodResult]
 
@@ -48,13 +59,20 @@ def best_by_validation(results: Results, candidates: list[str], metric: str) -> 
     return max(present, key=lambda c: validation_score(results, c, metric))
 
 
+def is_confirmatory(finding_id: str) -> bool:
+    """Whether a finding belongs to the confirmatory family (:data:`CONFIRMATORY_FIXED` and each multimodal
+    recommender's description-vs-title finding)."""
+    return finding_id in CONFIRMATORY_FIXED or finding_id.endswith(GRAPH_FINDING_SUFFIX)
+
+
 @dataclass
 class Finding:
     """One of the study's questions, answered by a paired comparison on test (:func:`vlm4rec.stats.paired_tests`).
 
-    ``seeds``: (method's, against's) training seeds; ``p``: the paired-bootstrap p (NaN when untested);
-    ``verdict_blocked_by``: why no verdict is given ("one seed"), empty otherwise; ``p_holm``: set by
-    :func:`holm_across`."""
+    ``seeds``: (method's, against's) training seeds; ``p``: the unadjusted paired-bootstrap p (NaN when
+    untested), ``p_at_floor``: it is the bootstrap's resolution bound; ``verdict_blocked_by``: why it was not
+    tested, empty otherwise; ``resampling``: what the interval resamples; ``p_holm`` and ``family_size``: set by
+    :func:`holm_across` for a confirmatory finding (NaN and 0 for an exploratory one)."""
 
     id: str
     question: str
@@ -70,20 +88,42 @@ class Finding:
     p: float
     verdict_blocked_by: str = ""
     p_holm: float = float("nan")
+    p_at_floor: bool = False
+    resampling: str = USER_RESAMPLING
+    family_size: int = 0
+
+    @property
+    def confirmatory(self) -> bool:
+        return is_confirmatory(self.id)
+
+    @property
+    def verdict(self) -> str:
+        """What the numbers allow: not tested (why); no clear difference (the unadjusted CI holds 0; against
+        chance: "not distinguishable from chance"); a direction only where the CI excludes 0, and for a
+        confirmatory finding only where the Holm p is below :data:`SIGNIFICANCE` too (otherwise "not
+        significant after Holm over m = N"); an exploratory direction is labelled unadjusted."""
+        if self.verdict_blocked_by:
+            return f"not tested ({self.verdict_blocked_by})"
+        if not (self.ci_low > 0 or self.ci_high < 0):
+            return "not distinguishable from chance" if self.against == CHANCE else "no clear difference"
+        direction = "yes" if self.difference > 0 else "no, it is worse"
+        if not self.confirmatory:
+            return f"{direction} (exploratory, unadjusted)"
+        if self.p_holm < SIGNIFICANCE:
+            return direction
+        return f"not significant after Holm over m = {self.family_size}"
 
     @property
     def answer(self) -> str:
-        """The finding in words: a verdict only when the Holm-corrected p is below :data:`SIGNIFICANCE` and
-        the CI excludes 0."""
-        if self.verdict_blocked_by:
-            verdict = f"{self.verdict_blocked_by}: no verdict"
-        elif self.p_holm < SIGNIFICANCE and (self.ci_low > 0 or self.ci_high < 0):
-            verdict = "yes" if self.difference > 0 else "no, it is worse"
-        else:
-            verdict = "no clear difference"
-        test = "" if self.verdict_blocked_by else f", Holm-corrected paired-bootstrap p = {format_p(self.p_holm)}"
-        return (f"{verdict}: {self.method} - {self.against} = {self.difference:+.4f} {self.metric} "
-                f"[95% CI {self.ci_low:+.4f}, {self.ci_high:+.4f}]{test}, {self.n_users:,} users ({self.users}), "
+        """The finding in words: the verdict, the difference with its unadjusted 95% CI and what it resamples,
+        the unadjusted p and, for a confirmatory finding, the Holm p over its family."""
+        numbers = (f"{self.method} - {self.against} = {self.difference:+.4f} {self.metric} "
+                   f"[unadjusted 95% CI {self.ci_low:+.4f}, {self.ci_high:+.4f}; resampling {self.resampling}]")
+        if not self.verdict_blocked_by:
+            numbers += f", {p_statement(self.p, self.p_at_floor)}"
+            numbers += (f", Holm over m = {self.family_size}: {p_statement(self.p_holm, self.p_at_floor)}"
+                        if self.confirmatory else " (exploratory, unadjusted)")
+        return (f"{self.verdict}: {numbers}, {self.n_users:,} users ({self.users}), "
                 f"{self.seeds[0]} vs {self.seeds[1]} seed(s)")
 
 
@@ -95,17 +135,25 @@ def compare(fid: str, question: str, per_user: pd.DataFrame, method: str, agains
     if set(pair["method"]) != {method, against}:
         return None
     row = paired_tests(pair, against, metric, evaluation.bootstrap_resamples, evaluation.seed).iloc[0]
-    return Finding(fid, question, method, against, metric, users, int(row["n_users"]),
-                   (int(row["n_seeds"]), int(row["n_seeds_reference"])), float(row["mean_diff"]),
-                   float(row["diff_ci_low"]), float(row["diff_ci_high"]), float(row["p"]),
-                   str(row["verdict_blocked_by"]))
+    return finding_from_row(fid, question, users, row)
+
+
+def finding_from_row(fid: str, question: str, users: str, row: Mapping) -> Finding:
+    """A :class:`Finding` from one row of :func:`vlm4rec.stats.paired_tests` (or a stage's record of one)."""
+    return Finding(fid, question, str(row["method"]), str(row["reference"]), str(row["metric"]), users,
+                   int(row["n_users"]), (int(row["n_seeds"]), int(row["n_seeds_reference"])),
+                   float(row["mean_diff"]), float(row["diff_ci_low"]), float(row["diff_ci_high"]),
+                   float("nan") if row["p"] is None else float(row["p"]), str(row["verdict_blocked_by"]),
+                   p_at_floor=bool(row["p_at_floor"]), resampling=str(row["resampling"]))
 
 
 def holm_across(found: Sequence[Finding]) -> None:
-    """Set each finding's ``p_holm``: Holm across the findings that were tested (a one-seed comparison has
-    no p and is not in the family)."""
-    for finding, p in zip(found, holm_where_tested([f.p for f in found])):
+    """Set each confirmatory finding's ``p_holm`` and ``family_size``: Holm across the confirmatory findings
+    that were tested (an untested one has no p and is not in the family); exploratory ones keep NaN."""
+    family = [f for f in found if f.confirmatory]
+    for finding, p in zip(family, holm_where_tested([f.p for f in family])):
         finding.p_holm = float(p)
+        finding.family_size = sum(not np.isnan(f.p) for f in family)
 
 
 def restricted_per_user(results: Results, names: list[str], prepared: PreparedData,
@@ -146,13 +194,17 @@ def graph_pairs(cells: Mapping[str, GraphCellParams], description: str, title: s
 
 
 def findings(results: Results, evaluation: EvalParams, params: FindingsParams, representations: list[str],
-             prepared: PreparedData, graph_cells: Mapping[str, GraphCellParams] | None = None) -> list[Finding]:
-    """The study's questions, each a paired test on test users; Holm across all of them.
+             prepared: PreparedData, graph_cells: Mapping[str, GraphCellParams] | None = None,
+             chance: ChanceReference | None = None, new_items: Sequence[Finding] = ()) -> list[Finding]:
+    """The study's questions, each a paired test on test users; Holm across the confirmatory ones
+    (:func:`is_confirmatory`), the rest exploratory.
 
     Which fusion and which single representation are compared is decided on validation; inside each
-    multimodal recommender the description + image cell is compared with the title + image cell."""
+    multimodal recommender the description + image cell is compared with the title + image cell. With
+    ``chance``, the description, the title and the image are each compared with chance; ``new_items``: the
+    new-item stage's findings (:func:`new_item_finding`), which join the family here."""
     metric, description, title, image = params.metric, params.description, params.title, params.image
-    per_user = per_user_long(results)
+    per_user = per_user_with_chance(results, chance)
     present = families(results)
     out: list[Finding | None] = [
         compare("description_vs_image", "Do grounded descriptions beat raw visual features?", per_user,
@@ -161,23 +213,32 @@ def findings(results: Results, evaluation: EvalParams, params: FindingsParams, r
                 description, title, metric, "all test users", evaluation)]
     fusions = [f for f in present if is_kind(f, "fusion")]
     singles = [r for r in representations if r in present]
-    if fusions and singles:
+    if fusions:
         best_fusion = best_by_validation(results, fusions, evaluation.select_metric)
+        out.append(compare("description_vs_fusion", "Do grounded descriptions beat the content fusion "
+                           "(chosen on validation)?", per_user, description, best_fusion, metric,
+                           "all test users", evaluation))
+    if fusions and singles:
         best_single = best_by_validation(results, singles, evaluation.select_metric)
         out.append(compare("fusion_vs_best_single", "Does the best content fusion beat the best single "
                            "representation (both chosen on validation)?", per_user, best_fusion, best_single,
                            metric, "all test users", evaluation))
     for model, (with_description, with_title) in graph_pairs(graph_cells or {}, description, title, image).items():
         if {with_description, with_title} <= set(present):
-            out.append(compare(f"{model}_description_vs_title", f"Does the grounded description help "
+            out.append(compare(f"{model}{GRAPH_FINDING_SUFFIX}", f"Does the grounded description help "
                                f"{CATALOGUE[model].display} "
                                "(description + image against title + image)?", per_user, with_description,
                                with_title, metric, "all test users", evaluation))
+    out += list(new_items)
     hybrid = hybrid_method(description)
     if hybrid in present and "ease" in present:
         out.append(compare("hybrid_vs_ease", "Do grounded descriptions add to collaborative filtering "
                            f"({hybrid} against EASE^R)?", per_user, hybrid, "ease", metric, "all test users",
                            evaluation))
+    if chance is not None:
+        out += [compare(f"{name}_vs_chance", f"Does {name} rank better than chance (a uniformly random ranking "
+                        "of the same candidates)?", per_user, name, CHANCE, metric, "all test users", evaluation)
+                for name in (description, title, image)]
     k = params.slice_k
     cold = unseen_items(prepared)
     lengths = history_lengths(prepared.interactions)
@@ -197,11 +258,26 @@ def findings(results: Results, evaluation: EvalParams, params: FindingsParams, r
     return answered
 
 
+NEW_ITEM_QUESTIONS = {"title": "Do grounded descriptions beat the title on new items (ranked among the new items)?",
+                      "image": "Do grounded descriptions beat the image on new items (ranked among the new items)?"}
+
+
+def new_item_findings_of(records: Sequence[Mapping], params: FindingsParams) -> list[Finding]:
+    """The confirmatory new-item findings from the new-item stage's records of its comparisons among the new
+    items (:func:`vlm4rec.cold_start.new_item_findings`, two-way bootstrap): the description against the title
+    and the image, where they were compared."""
+    against = {params.title: "title", params.image: "image"}
+    return [finding_from_row(f"new_items_description_vs_{against[r['reference']]}",
+                             NEW_ITEM_QUESTIONS[against[r["reference"]]], "test users with a new test item; "
+                             "recall over the new items", r)
+            for r in records if r["method"] == params.description and r["reference"] in against]
+
+
 @dataclass(frozen=True)
 class ModelComparison:
     """Inside one multimodal recommender: its description + image cell minus its title + image cell, on the
-    headline metric over all test users (``overall``) and on recall over the cold test items (``cold``: None
-    when no user has one), each Holm-corrected across the models."""
+    headline metric over all test users (``overall``: the confirmatory finding, Holm over the family) and on
+    recall over the cold test items (``cold``: exploratory, unadjusted; None when no user has one)."""
 
     model: str
     cells: tuple[str, str]
@@ -210,36 +286,35 @@ class ModelComparison:
 
 
 def graph_comparisons(results: Results, evaluation: EvalParams, params: FindingsParams,
-                      graph_cells: Mapping[str, GraphCellParams], prepared: PreparedData) -> list[ModelComparison]:
+                      graph_cells: Mapping[str, GraphCellParams], prepared: PreparedData,
+                      found: Sequence[Finding]) -> list[ModelComparison]:
     """Does the grounded description help a multimodal recommender? One :class:`ModelComparison` per model
-    whose two cells both have results (paired bootstrap over users and both cells' seeds)."""
+    with a confirmatory finding in ``found`` (:func:`findings`; the same numbers and Holm p), plus its
+    exploratory comparison on the cold test items (paired bootstrap over users and both cells' seeds)."""
+    by_id = {f.id: f for f in found}
     pairs = graph_pairs(graph_cells, params.description, params.title, params.image)
-    pairs = {m: p for m, p in pairs.items() if set(p) <= set(families(results))}
-    if not pairs:
-        return []
-    per_user = per_user_long(results)
+    pairs = {m: p for m, p in pairs.items()
+             if f"{m}{GRAPH_FINDING_SUFFIX}" in by_id and set(p) <= set(families(results))}
     cold = unseen_items(prepared)
     compared = []
     for model, cells in pairs.items():
-        overall = compare(model, "", per_user, *cells, params.metric, "", evaluation)
         cold_users = restricted_per_user(results, list(cells), prepared, items=cold, k=params.slice_k)
-        on_cold = compare(model, "", cold_users, *cells, f"recall@{params.slice_k}", "", evaluation)
-        compared.append(ModelComparison(model, cells, overall, on_cold))
-    holm_across([c.overall for c in compared])
-    holm_across([c.cold for c in compared if c.cold is not None])
+        on_cold = compare(f"{model}_cold_items", "", cold_users, *cells, f"recall@{params.slice_k}", "", evaluation)
+        compared.append(ModelComparison(model, cells, by_id[f"{model}{GRAPH_FINDING_SUFFIX}"], on_cold))
     return compared
 
 
 def p_floor_note(found: Sequence[Finding], n_resamples: int) -> str | None:
-    """A caveat when the bootstrap is too coarse for Holm: no p can fall below 2 / (n_resamples + 1), so with
-    m tested findings the smallest Holm-corrected p is at least m times that; None when that is below
-    :data:`SIGNIFICANCE`."""
-    tested = sum(not np.isnan(f.p) for f in found)
-    floor = 2 / (n_resamples + 1)
+    """A caveat when the bootstrap is too coarse for Holm: no p can fall below :func:`vlm4rec.stats.p_floor`,
+    so with m tested confirmatory findings the smallest Holm-corrected p is at least m times that; None when
+    that is below :data:`SIGNIFICANCE`."""
+    tested = sum(f.confirmatory and not np.isnan(f.p) for f in found)
+    floor = p_floor(n_resamples)
     if tested * floor < SIGNIFICANCE:
         return None
     return (f"With eval.bootstrap_resamples = {n_resamples:,} no p-value falls below {floor:.4f}, so none of the "
-            f"{tested} tested findings can reach Holm-corrected p < {SIGNIFICANCE}: raise it for verdicts.")
+            f"{tested} tested confirmatory findings can reach Holm-corrected p < {SIGNIFICANCE}: raise it for "
+            "verdicts.")
 
 
 def family_slices(results: Results, wanted: Sequence[str], prepared: PreparedData, k: int,

@@ -13,6 +13,9 @@ import numpy as np
 import pandas as pd
 import scipy.sparse as sp
 
+CHANCE = "chance"  # the method name of :func:`chance_metrics`' rows in tables, tests and figures
+
+
 def _check_topk(topk: np.ndarray, n_items: int, ks: Sequence[int]) -> None:
     """Ranked lists must be in range, hold each item at most once, and be long enough for every k."""
     if topk.ndim != 2:
@@ -82,3 +85,55 @@ def summarize(per_user: pd.DataFrame) -> dict[str, float]:
     summary = {c: float(per_user[c].mean()) for c in metric_columns}
     summary["n_users"] = len(per_user)
     return summary
+
+
+def chance_metrics(n_candidates: np.ndarray, n_relevant: np.ndarray, users: np.ndarray,
+                   ks: Sequence[int]) -> pd.DataFrame:
+    """The exact expected value of every metric of :func:`ranking_metrics` for a uniformly random ranking of
+    each user's ``n_candidates`` items, ``n_relevant`` of them relevant: chance, as per-user values that enter
+    tables and paired tests like a method's.
+
+    With n candidates, g relevant and q_p = C(n - g, p) / C(n, p) (no hit in the first p ranks): each rank
+    holds a relevant item with probability g / n, so E[hits@k] = min(k, n) g / n (recall, precision) and
+    E[DCG@k] = (g / n) sum_{p <= min(k, n)} 1 / log2(p + 1) over the ideal DCG; hit_rate@k = 1 - q_k; the
+    first hit is at rank p with probability q_{p-1} g / (n - p + 1), so mrr@k = sum_{p <= k} of that / p.
+    """
+    n = np.asarray(n_candidates, dtype=np.float64)[:, None]
+    g = np.asarray(n_relevant, dtype=np.float64)[:, None]
+    if (g < 1).any() or (g > n).any():
+        raise ValueError("every user needs 1 <= relevant items <= candidates for a chance reference")
+    ranks = np.arange(1, max(ks) + 1, dtype=np.float64)[None, :]
+    inside = ranks <= n                                              # ranks a list of n candidates fills
+    no_hit_step = np.where(inside, np.clip(n - g - ranks + 1, 0, None) / np.maximum(n - ranks + 1, 1), 0.0)
+    no_hit = np.cumprod(np.where(inside, no_hit_step, 1.0), axis=1)  # q_p for p = 1..K
+    before = np.concatenate([np.ones_like(n), no_hit[:, :-1]], axis=1)  # q_{p-1}
+    first_hit = np.where(inside, before * g / np.maximum(n - ranks + 1, 1), 0.0)
+    relevant_at = np.where(inside, g / n, 0.0)
+    discount = 1.0 / np.log2(ranks + 1)
+    ideal_cumulative = np.cumsum(discount[0])
+    columns: dict[str, np.ndarray] = {"user_idx": np.asarray(users, dtype=np.int64)}
+    for k in ks:
+        hits = relevant_at[:, :k].sum(axis=1)
+        idcg = ideal_cumulative[np.minimum(g[:, 0], k).astype(np.int64) - 1]
+        columns[f"recall@{k}"] = hits / g[:, 0]
+        columns[f"ndcg@{k}"] = (relevant_at[:, :k] * discount[:, :k]).sum(axis=1) / idcg
+        columns[f"hit_rate@{k}"] = 1.0 - no_hit[:, k - 1]
+        columns[f"mrr@{k}"] = (first_hit[:, :k] / ranks[:, :k]).sum(axis=1)
+        columns[f"precision@{k}"] = hits / k
+    return pd.DataFrame(columns)
+
+
+def target_pairs(targets: sp.csr_matrix, users: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    """(user, item) of every relevant item of ``users``, in the order of ``users`` then item index."""
+    rows = sp.csr_matrix(targets)[np.asarray(users, dtype=np.int64)].tocoo()
+    order = np.lexsort((rows.col, rows.row))
+    return np.asarray(users, dtype=np.int64)[rows.row[order]], rows.col[order].astype(np.int64)
+
+
+def pair_hits(topk: np.ndarray, users: np.ndarray, pair_users: np.ndarray, pair_items: np.ndarray,
+              k: int) -> np.ndarray:
+    """Whether each (user, item) pair's item is in that user's top-``k`` (``topk[r]`` ranks ``users[r]``):
+    the per-pair hits that a user's recall@k averages, for statistics that resample items too."""
+    row_of = pd.Series(np.arange(len(users)), index=np.asarray(users, dtype=np.int64))
+    rows = row_of.loc[pair_users].to_numpy()
+    return (topk[rows, :k] == np.asarray(pair_items)[:, None]).any(axis=1)

@@ -10,6 +10,7 @@ import pandas as pd
 import seaborn as sns
 
 from vlm4rec.data import PreparedData
+from vlm4rec.metrics import CHANCE
 
 sns.set_theme(style="whitegrid", context="notebook")
 
@@ -39,15 +40,23 @@ def description_lengths(descriptions: pd.DataFrame) -> plt.Figure:
     return fig
 
 
-def metric_bars(table: pd.DataFrame, metric: str) -> plt.Figure:
+CHANCE_STYLE = {"color": "black", "linestyle": "--", "linewidth": 1.2}
+
+
+def metric_bars(table: pd.DataFrame, metric: str, order: Sequence[str]) -> plt.Figure:
     """Bars of one metric per method with their 95% CI (table: method, metric, mean, ci_low, ci_high,
-    as :func:`vlm4rec.stats.results_table` returns it)."""
-    rows = table[table["metric"] == metric].sort_values("mean")
-    fig, ax = plt.subplots(figsize=(7, 0.35 * len(rows) + 1.2))
-    ax.barh(rows["method"], rows["mean"],
-            xerr=[rows["mean"] - rows["ci_low"], rows["ci_high"] - rows["mean"]],
-            color=sns.color_palette("deep", len(rows)), capsize=3)
-    ax.set(xlabel=f"{metric} (test, 95% bootstrap CI)", ylabel="")
+    as :func:`vlm4rec.stats.results_table` returns it), top to bottom in ``order`` (the main table's: by
+    validation, never by test); a ``chance`` method is a dashed line, not a bar."""
+    rows = table[table["metric"] == metric].set_index("method")
+    bars = rows.loc[[m for m in order if m in rows.index and m != CHANCE]]
+    fig, ax = plt.subplots(figsize=(7, 0.35 * len(bars) + 1.2))
+    ax.barh(bars.index[::-1], bars["mean"][::-1],
+            xerr=[(bars["mean"] - bars["ci_low"])[::-1], (bars["ci_high"] - bars["mean"])[::-1]],
+            color=sns.color_palette("deep", len(bars)), capsize=3)
+    if CHANCE in rows.index:
+        ax.axvline(rows.loc[CHANCE, "mean"], label="chance (random ranking)", **CHANCE_STYLE)
+        ax.legend(loc="lower right", fontsize="small")
+    ax.set(xlabel=f"{metric} (test, 95% bootstrap CI; ordered by validation)", ylabel="")
     fig.tight_layout()
     return fig
 
@@ -55,11 +64,17 @@ def metric_bars(table: pd.DataFrame, metric: str) -> plt.Figure:
 def metric_at_k_curves(curves: pd.DataFrame, metric: str = "recall", group: str | None = None) -> plt.Figure:
     """``metric``@K against K per method (curves: method, k, <metric>, and optionally a ``group`` column that
     puts each group of methods (baselines, single representations, fusions...) in its own panel, so that
-    lines stay few enough per panel to tell apart); one legend per panel, below it."""
+    lines stay few enough per panel to tell apart); a ``chance`` method (of any group) is a dashed line in every
+    panel; one legend per panel, below it."""
+    is_chance = curves["method"] == CHANCE
+    chance, curves = curves[is_chance], curves[~is_chance]
     groups = list(dict.fromkeys(curves[group])) if group else [None]
     fig, axes = plt.subplots(1, len(groups), figsize=(5.2 * len(groups), 5.2), sharey=True, squeeze=False)
     for ax, name in zip(axes[0], groups):
         part = curves if name is None else curves[curves[group] == name]
+        line = _chance_line(chance, metric, group, name, groups)
+        if not line.empty:
+            ax.plot(line.index, line.to_numpy(), label="chance (random ranking)", **CHANCE_STYLE)
         n_methods = part["method"].nunique()
         sns.lineplot(data=part, x="k", y=metric, hue="method", style="method", markers=True, dashes=False,
                      palette="tab20" if n_methods > 10 else "tab10", ax=ax)
@@ -68,6 +83,17 @@ def metric_at_k_curves(curves: pd.DataFrame, metric: str = "recall", group: str 
         ax.legend(loc="upper center", bbox_to_anchor=(0.5, -0.13), ncol=2, fontsize="small", frameon=False)
     fig.tight_layout()
     return fig
+
+
+def _chance_line(chance: pd.DataFrame, metric: str, group: str | None, name: str | None,
+                 groups: Sequence[str | None]) -> pd.Series:
+    """Chance's ``metric`` by K for the panel ``name``: its own chance rows where the panel's group has some
+    (e.g. one candidate set), else the rows of no panel's group (one chance shared by every panel)."""
+    if group is not None and (chance[group] == name).any():
+        rows = chance[chance[group] == name]
+    else:
+        rows = chance if group is None else chance[~chance[group].isin(groups)]
+    return rows.groupby("k")[metric].first()
 
 
 def slice_plot(slices: pd.DataFrame, value: str = "value", slice_col: str = "slice") -> plt.Figure:

@@ -11,6 +11,7 @@ Every fit sees the warm training history only.
 from __future__ import annotations
 
 import json
+from collections.abc import Sequence
 from dataclasses import replace
 from typing import Any
 
@@ -23,7 +24,7 @@ from vlm4rec.cold_start import (CANDIDATE_SETS, FittedOnce, NewItemData, new_ite
 from vlm4rec.config import ColdStartParams, EvalParams, FusionParams, GraphParams, ReportParams
 from vlm4rec.data import load_prepared
 from vlm4rec.distributed.matching import ranker
-from vlm4rec.evaluation import Candidate, MethodKey, MethodResult, per_user_long
+from vlm4rec.evaluation import Candidate, ChanceReference, MethodKey, MethodResult
 from vlm4rec.matching import ProfileRecommender
 from vlm4rec.multimodal import candidates as graph_candidates, regime_options
 from vlm4rec.fusion_candidates import FusionTrainer, hybrid_candidates, late_fusion_candidates
@@ -67,11 +68,12 @@ def _merge(into: Results, more: Results) -> None:
 
 
 def run(evaluation: EvalParams, cold_start: ColdStartParams, fusion: FusionParams, graph: GraphParams,
-        report: ReportParams) -> tuple[Results, NewItemMetrics]:
+        report: ReportParams) -> tuple[Results, NewItemMetrics, dict[str, ChanceReference]]:
     """Every new-item-capable method, selected on the validation cold items and tested on the test cold
     items under both candidate sets; results under ``data/results/cold_start/<all|cold>/<method>``, counts,
-    test metrics and findings in ``metrics/cold_start.json`` (:class:`NewItemMetrics`), Recall@K / NDCG@K
-    curves in ``plots/``."""
+    test metrics, chance and the findings (unadjusted two-way bootstrap p) in ``metrics/cold_start.json``
+    (:class:`NewItemMetrics`), Recall@K / NDCG@K curves in ``plots/``; returns the results, the metrics and
+    chance per candidate set."""
     ks, metric, seeds = evaluation.ks, evaluation.select_metric, cold_start.seeds
     costs: dict[str, Any] = {}
     results: Results = {name: {} for name in CANDIDATE_SETS}
@@ -106,25 +108,33 @@ def run(evaluation: EvalParams, cold_start: ColdStartParams, fusion: FusionParam
             _merge(results, select_and_test_new_items(
                 cell, lambda seed, s=spec, m=cell_modalities, g=grid: graph_candidates(s.model, m, g, fixed, seed),
                 data, ks, metric, seeds, COLD_RESULTS))
-    findings = {name: json_records(findings_table(results[name], report.findings.description,
-                                                  cold_start.metric, evaluation)) for name in CANDIDATE_SETS}
+    chance = chance_references(data, ks)
+    findings = {name: json_records(new_item_findings(
+        results[name], data.test_targets, report.findings.description, cold_start.metric, chance[name],
+        evaluation.bootstrap_resamples, evaluation.seed)) for name in CANDIDATE_SETS}
     metrics = NewItemMetrics(counts=counts, no_signal=NO_SIGNAL, hybrids=HYBRID.note,
                              methods={name: test_metrics_json(results[name]) for name in CANDIDATE_SETS},
+                             chance={name: chance_json(chance[name], metric) for name in CANDIDATE_SETS},
                              findings=findings, cost=costs | {"peak_rss_mb": round(peak_rss_mb(), 1),
                                                               "methods": timing_json(results["all"])})
     metrics.save(NewItemMetrics.path())
     PLOTS_DIR.mkdir(exist_ok=True)
-    new_item_curves(results).to_csv(PLOTS_DIR / "cold_start_at_k.csv", index=False)
-    return results, metrics
+    new_item_curves(results, chance).to_csv(PLOTS_DIR / "cold_start_at_k.csv", index=False)
+    return results, metrics, chance
 
 
-def findings_table(results: dict[MethodKey, MethodResult], description: str, metric: str,
-                   evaluation: EvalParams) -> pd.DataFrame:
-    """"Does the grounded description beat X on new items?" for every other scored method X (paired
-    bootstrap over users and seeds, Holm across the questions)."""
-    long = per_user_long(results)
-    others = [m for m in dict.fromkeys(long["method"]) if m != description]
-    return new_item_findings(long, description, others, metric, evaluation.bootstrap_resamples, evaluation.seed)
+def chance_references(data: NewItemData, ks: Sequence[int]) -> dict[str, ChanceReference]:
+    """Per candidate set, chance over the same candidates as the methods: the test new items ranked among
+    all items or among the new items; on validation, the selection's split (the validation new items ranked
+    among themselves), where the methods' validation values come from too."""
+    return {name: ChanceReference.of(data.validation(), data.with_candidates(name == "cold").test(), ks)
+            for name in CANDIDATE_SETS}
+
+
+def chance_json(chance: ChanceReference, select_metric: str) -> dict[str, Any]:
+    """Chance's entry of the stage's metrics, shaped as a method's (test macro metrics and the validation
+    selection metric), so the report's new-item table orders it like one."""
+    return {"test": chance.test_summary(), "validation": {select_metric: chance.val_summary()[select_metric]}}
 
 
 def json_records(table: pd.DataFrame) -> list[dict[str, Any]]:
@@ -132,19 +142,20 @@ def json_records(table: pd.DataFrame) -> list[dict[str, Any]]:
     return table.astype(object).where(table.notna(), None).to_dict(orient="records")
 
 
-def new_item_curves(results: Results) -> pd.DataFrame:
-    """Recall@K and NDCG@K per method family (seeds averaged) and candidate set (plot data)."""
-    frames = [metric_curves(results[name], "recall").merge(metric_curves(results[name], "ndcg"),
-                                                           on=["method", "k"]).assign(candidates=name)
+def new_item_curves(results: Results, chance: dict[str, ChanceReference]) -> pd.DataFrame:
+    """Recall@K and NDCG@K per method family (seeds averaged) and chance, per candidate set (plot data)."""
+    frames = [metric_curves(results[name], "recall", chance[name])
+              .merge(metric_curves(results[name], "ndcg", chance[name]), on=["method", "k"]).assign(candidates=name)
               for name in CANDIDATE_SETS]
     return pd.concat(frames, ignore_index=True)
 
 
-def new_item_table(results: dict[MethodKey, MethodResult], evaluation: EvalParams) -> pd.DataFrame:
+def new_item_table(results: dict[MethodKey, MethodResult], evaluation: EvalParams,
+                   chance: ChanceReference) -> pd.DataFrame:
     """:func:`~vlm4rec.tables.main_table`'s display table of one candidate set (95% CIs over users
-    and seeds), a ``note`` column on the hybrids, and one row per method with no signal for new items
-    (shown as such, never scored)."""
-    wide = main_table(results, evaluation)[1]
+    and seeds, a chance row, ordered by validation), a ``note`` column on the hybrids, and one row per method
+    with no signal for new items (shown as such, never scored)."""
+    wide = main_table(results, evaluation, chance=chance)[1]
     wide["note"] = [HYBRID.note if is_kind(m, "hybrid") else "" for m in wide.index]
     absent = pd.DataFrame({"note": list(NO_SIGNAL.values())}, index=list(NO_SIGNAL))
     return pd.concat([wide, absent]).fillna({c: "-" for c in wide.columns if c != "note"})

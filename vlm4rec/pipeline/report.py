@@ -1,10 +1,12 @@
 """Report stage: everything read back from the stage outputs, nothing recomputed but statistics.
 
 The report opens with findings generated from the numbers (:mod:`vlm4rec.findings`): each of the study's
-questions answered with the paired difference, its 95% CI and the Holm-corrected paired-bootstrap p-value
-(users and both arms' seeds resampled; Holm across the findings), plus the caveats that apply. The same
-findings go to ``metrics/report.json`` so that ``dvc exp show`` compares them across experiments. This module
-loads the stage outputs, writes the report stage's metrics and formats what the notebook shows.
+questions answered with the paired difference, its unadjusted 95% CI (and what it resamples) and its
+paired-bootstrap p-value; the confirmatory family (docs/protocol.md, "Statistics") is Holm-corrected as one
+family, every other p is exploratory and unadjusted; plus the caveats that apply. The same findings go to
+``metrics/report.json`` so that ``dvc exp show`` compares them across experiments. This module loads the
+stage outputs, writes the report stage's metrics and formats what the notebook shows. Every table is ordered
+by validation (or by family), never by test, and holds a chance row where it ranks methods.
 """
 from __future__ import annotations
 
@@ -18,9 +20,10 @@ import pandas as pd
 
 from vlm4rec.config import EvalParams, FindingsParams, GraphCellParams, GraphParams, MatchParams, ReportParams
 from vlm4rec.data import PreparedData, load_prepared
-from vlm4rec.evaluation import MethodKey, MethodResult, load_result
-from vlm4rec.findings import Finding, families, findings, graph_comparisons, p_floor_note
+from vlm4rec.evaluation import ChanceReference, EvalData, MethodKey, MethodResult, load_result
+from vlm4rec.findings import Finding, families, findings, graph_comparisons, new_item_findings_of, p_floor_note
 from vlm4rec.methods import CATALOGUE, fusion_method, is_kind
+from vlm4rec.metrics import CHANCE
 from vlm4rec.pipeline.outputs import GROUNDING_DIR, METRICS_DIR, PREPARED_DIR, read_metrics, write_json
 from vlm4rec.pipeline.stage_metrics import GraphCellMetrics, NewItemMetrics
 from vlm4rec.pipeline.study_files import StudyFiles
@@ -37,13 +40,15 @@ def load_all_results(study: StudyFiles) -> dict[MethodKey, MethodResult]:
 
 
 def graph_table(results: dict[MethodKey, MethodResult], evaluation: EvalParams, params: FindingsParams,
-                graph_cells: dict[str, GraphCellParams], prepared: PreparedData) -> pd.DataFrame:
+                graph_cells: dict[str, GraphCellParams], prepared: PreparedData,
+                found: Sequence[Finding]) -> pd.DataFrame:
     """Does the grounded description help a multimodal recommender? Per model
     (:func:`vlm4rec.findings.graph_comparisons`): the paired difference (description + image minus title +
-    image) on the headline metric and on recall over cold test items, each with its 95% CI over users and
-    both cells' seeds and the paired-bootstrap p (Holm across the models), and the two cells' wall time (all
-    seeds, from ``metrics/graph/<cell>.json``)."""
-    compared = graph_comparisons(results, evaluation, params, graph_cells, prepared)
+    image) on the headline metric (the confirmatory finding of ``found``: its unadjusted CI and its Holm p
+    over the confirmatory family, the same numbers as the findings) and on recall over cold test items
+    (exploratory, unadjusted), each with its 95% CI over users and both cells' seeds, and the two cells' wall
+    time (all seeds, from ``metrics/graph/<cell>.json``)."""
+    compared = graph_comparisons(results, evaluation, params, graph_cells, prepared, found)
     if not compared:
         return pd.DataFrame()
     rows = []
@@ -55,14 +60,24 @@ def graph_table(results: dict[MethodKey, MethodResult], evaluation: EvalParams, 
     return pd.DataFrame(rows).set_index("model")
 
 
+def finding_p(finding: Finding) -> str:
+    """A finding's p as tables print it: "not tested: <why>", the unadjusted p of an exploratory finding
+    ("(exploratory, unadjusted)"), or a confirmatory finding's Holm p with its family size; a bound at the
+    bootstrap's floor."""
+    if finding.verdict_blocked_by:
+        return f"not tested: {finding.verdict_blocked_by}"
+    if not finding.confirmatory:
+        return f"{format_p(finding.p, finding.p_at_floor)} (exploratory, unadjusted)"
+    return f"{format_p(finding.p_holm, finding.p_at_floor)} (Holm over m = {finding.family_size})"
+
+
 def _summary(finding: Finding | None, label: str) -> dict[str, str]:
     if finding is None:
-        return {f"{label}: difference [95% CI]": "no users", f"{label}: p (Holm across models)": ""}
-    p = f"{finding.verdict_blocked_by}: no verdict" if finding.verdict_blocked_by else format_p(finding.p_holm)
+        return {f"{label}: difference [unadjusted 95% CI]": "no users", f"{label}: p": ""}
     return {"seeds": f"{finding.seeds[0]} vs {finding.seeds[1]}",
-            f"{label}: difference [95% CI]":
+            f"{label}: difference [unadjusted 95% CI]":
                 f"{finding.difference:+.4f} [{finding.ci_low:+.4f}, {finding.ci_high:+.4f}]",
-            f"{label}: p (Holm across models)": p}
+            f"{label}: p": finding_p(finding)}
 
 
 def graph_training_curves(results: dict[MethodKey, MethodResult]) -> pd.DataFrame:
@@ -146,10 +161,12 @@ def load_robustness() -> dict[str, Any] | None:
     return read_metrics("robustness") if (METRICS_DIR / "robustness.json").exists() else None
 
 
-def robustness_table(metric: str, robustness: dict[str, Any] | None) -> pd.DataFrame | None:
+def robustness_table(metric: str, robustness: dict[str, Any] | None,
+                     chance: ChanceReference | None = None) -> pd.DataFrame | None:
     """Test ``metric`` of each method under the study's split (all test users) and under the robustness
     protocol on its test users with a non-empty history, with their ranks, sorted by the study split's
-    validation selection metric (None when the robustness stage has not run). The users without history
+    validation selection metric (None when the robustness stage has not run); with ``chance`` (the study
+    split's), a chance row, whose robustness value the robustness stage wrote. The users without history
     are in :func:`cold_start_table`."""
     if robustness is None:
         return None
@@ -157,6 +174,11 @@ def robustness_table(metric: str, robustness: dict[str, Any] | None) -> pd.DataF
     rows = [{"method": m, **{f"validation {k}": v for k, v in main[m]["validation"].items()},
              "study_split": main[m]["test"][metric], robustness["protocol"]: e["test_with_history"][metric]}
             for m, e in robustness["methods"].items() if m in main]
+    if chance is not None and "chance" in robustness:
+        selected = next(iter(main.values()))["validation"]
+        rows.append({"method": CHANCE, **{f"validation {k}": chance.val_summary()[k] for k in selected},
+                     "study_split": chance.test_summary()[metric],
+                     robustness["protocol"]: robustness["chance"]["test_with_history"][metric]})
     table = pd.DataFrame(rows).set_index("method")
     table = table.sort_values(table.columns[0], ascending=False, kind="stable")
     for column in ("study_split", robustness["protocol"]):
@@ -180,30 +202,36 @@ def load_new_items() -> NewItemMetrics:
 
 
 def new_item_table(metrics: Sequence[str], new_items: NewItemMetrics) -> pd.DataFrame:
-    """Per method family, each test metric on the new items ranked among all items and among the new items
-    (a seeded family: the mean over its seeds, with their number), then the methods with no signal for a new
-    item, shown as such."""
+    """Per method family and chance, each test metric on the new items ranked among all items and among the
+    new items (a seeded family: the mean over its seeds, with their number), ordered by the validation
+    selection metric (every candidate set shares the selection on the validation new items; never by test),
+    then the methods with no signal for a new item, shown as such."""
     values: dict[str, dict[str, list[float]]] = {}
+    validation: dict[str, float] = {}
     for candidates, methods in new_items.methods.items():
-        for name, entry in methods.items():
-            family = values.setdefault(MethodKey.parse(name).family, {})
+        entries = [(MethodKey.parse(name).family, entry) for name, entry in methods.items()]
+        for family, entry in entries + [(CHANCE, new_items.chance[candidates])]:
+            columns = values.setdefault(family, {})
+            validation[family] = next(iter(entry.validation.values()))
             for metric in metrics:
-                family.setdefault(f"{metric} (among {candidates})", []).append(entry.test[metric])
+                columns.setdefault(f"{metric} (among {candidates})", []).append(entry.test[metric])
     table = pd.DataFrame({family: {column: float(np.mean(v)) for column, v in columns.items()}
                           for family, columns in values.items()}).T
-    table.insert(0, "seeds", [len(next(iter(values[f].values()))) for f in table.index])
+    table.insert(0, "seeds", [len(next(iter(values[f].values()))) // len(new_items.methods) for f in table.index])
+    table.insert(1, "validation", pd.Series(validation).reindex(table.index).round(4))
     table["note"] = [new_items.hybrids if is_kind(f, "hybrid") else "" for f in table.index]
-    table = table.sort_values(table.columns[1], ascending=False, kind="stable")
+    table = table.sort_values("validation", ascending=False, kind="stable")
     absent = pd.DataFrame({"note": list(new_items.no_signal.values())}, index=list(new_items.no_signal))
     return pd.concat([table, absent]).rename_axis("method")
 
 
 def new_item_curves(new_items: NewItemMetrics, metric: str = "recall") -> pd.DataFrame:
-    """``metric``@K per method family (seeds averaged) on the new items, one ``group`` per candidate set
-    (plot data for :func:`vlm4rec.plots.metric_at_k_curves`)."""
+    """``metric``@K per method family (seeds averaged) and chance on the new items, one ``group`` per
+    candidate set (plot data for :func:`vlm4rec.plots.metric_at_k_curves`)."""
     rows = [{"group": f"among {candidates} items", "method": MethodKey.parse(name).family,
              "k": int(at_k.split("@")[1]), metric: value}
-            for candidates, methods in new_items.methods.items() for name, entry in methods.items()
+            for candidates, methods in new_items.methods.items()
+            for name, entry in list(methods.items()) + [(CHANCE, new_items.chance[candidates])]
             for at_k, value in entry.test.items() if at_k.startswith(f"{metric}@")]
     frame = pd.DataFrame(rows, columns=["group", "method", "k", metric])
     return frame.groupby(["group", "method", "k"], as_index=False, sort=False)[metric].mean()
@@ -216,20 +244,33 @@ def write_report_metrics(found: list[Finding], notes: list[str], ignored: Sequen
     def number(value: Any) -> Any:
         return None if isinstance(value, float) and np.isnan(value) else value
 
-    payload = {"findings": {f.id: {k: number(v) for k, v in asdict(f).items() if k != "id"} | {"answer": f.answer}
+    payload = {"findings": {f.id: {k: number(v) for k, v in asdict(f).items() if k != "id"}
+                            | {"confirmatory": f.confirmatory, "verdict": f.verdict, "answer": f.answer}
                             for f in found},
                "caveats": notes, "ignored": list(ignored)}
     write_json(METRICS_DIR / "report.json", payload)
     return payload
 
 
+def study_chance(prepared: PreparedData, evaluation: EvalParams) -> ChanceReference:
+    """Chance on the study split: a uniformly random ranking of each user's unseen items of the universe
+    (the candidates every method ranks), on validation and on test."""
+    data = EvalData.from_prepared(prepared)
+    return ChanceReference.of(data.validation(), data.test(), evaluation.ks)
+
+
 def write_findings(results: dict[MethodKey, MethodResult], prepared: PreparedData, evaluation: EvalParams,
                    match: MatchParams, graph: GraphParams, report: ReportParams,
-                   ignored: Sequence[str] = ()) -> tuple[list[Finding], list[str]]:
-    """The report stage's output: the findings (:func:`vlm4rec.findings.findings`) and the caveats that apply
-    to them, from the stage outputs (one names the ``ignored`` files: :meth:`StudyFiles.ignored`), written to
-    ``metrics/report.json``; returned for display."""
-    found = findings(results, evaluation, report.findings, match.representations, prepared, graph.cells)
+                   ignored: Sequence[str] = (), chance: ChanceReference | None = None
+                   ) -> tuple[list[Finding], list[str]]:
+    """The report stage's output: the findings (:func:`vlm4rec.findings.findings`, with the new-item stage's
+    confirmatory comparisons among the new items when it has run, and each representation against
+    ``chance``) and the caveats that apply to them, from the stage outputs (one names the ``ignored`` files:
+    :meth:`StudyFiles.ignored`), written to ``metrics/report.json``; returned for display."""
+    new_items = (new_item_findings_of(load_new_items().findings["cold"], report.findings)
+                 if NewItemMetrics.path().exists() else [])
+    found = findings(results, evaluation, report.findings, match.representations, prepared, graph.cells,
+                     chance, new_items)
     robustness_metrics = load_robustness()
     robustness = robustness_table(report.findings.metric, robustness_metrics)
     capped = runs_at_epoch_cap(results, read_metrics("fusion")["training"])
@@ -288,3 +329,27 @@ def load_descriptions() -> pd.DataFrame:
 
 def load_prepared_data() -> PreparedData:
     return load_prepared(PREPARED_DIR)
+
+
+def findings_markdown(found: Sequence[Finding]) -> str:
+    """The findings as the report lists them: the confirmatory family first (Holm over it), then the
+    exploratory findings (unadjusted), then the comparisons not tested, with the reason."""
+    def items(selected: list[Finding]) -> str:
+        return "\n".join(f"* **{f.question}** {f.answer}." for f in selected) or "* none"
+
+    tested = [f for f in found if not f.verdict_blocked_by]
+    sections = [("Confirmatory (Holm over this family only)", [f for f in tested if f.confirmatory]),
+                ("Exploratory (unadjusted p and 95% CIs)", [f for f in tested if not f.confirmatory]),
+                ("Not tested", [f for f in found if f.verdict_blocked_by])]
+    return "\n\n".join(f"**{title}**\n\n{items(selected)}" for title, selected in sections)
+
+
+def ablation_view(cells: pd.DataFrame, chance: ChanceReference, select_metric: str, top: int = 20) -> pd.DataFrame:
+    """The ablation grid's ``top`` configurations by validation (:func:`vlm4rec.pipeline.ablate.ablation_table`,
+    already in that order) and a chance row at its validation place: the grid ranks the study split's
+    candidates, so chance is the study split's."""
+    validation, test = chance.val_summary(), chance.test_summary()
+    row = pd.DataFrame([{"representation": CHANCE, "selected": False, f"val_{select_metric}": validation[select_metric],
+                         **{f"test_{k}": v for k, v in test.items() if k != "n_users"}}])
+    shown = pd.concat([cells.head(top), row], ignore_index=True)
+    return shown.sort_values(f"val_{select_metric}", ascending=False, kind="stable").reset_index(drop=True)

@@ -21,7 +21,7 @@ from vlm4rec.config import BaselineParams, ComputeParams, EvalParams, ProfilePar
 from vlm4rec.data import load_prepared
 from vlm4rec.distributed import ray_config
 from vlm4rec.distributed.matching import ranker
-from vlm4rec.evaluation import EvalData, MethodResult, select_and_test_methods
+from vlm4rec.evaluation import EvalData, MethodResult, chance_per_user, select_and_test_methods
 from vlm4rec.metrics import summarize
 from vlm4rec.pipeline.profiles import method_grid
 from vlm4rec.pipeline.outputs import METRICS_DIR, PREPARED_DIR, RESULTS_DIR, peak_rss_mb, timed, write_json
@@ -65,7 +65,8 @@ def run(evaluation: EvalParams, robustness: RobustnessParams, profile: ProfilePa
     ``robustness.protocol`` (global_time: one time cut for everybody, so no user's training data postdates
     another user's test data) on the same items and embeddings. The protocol decides which users have test
     items and which of them have a history; both counts go to the metrics, with each method's numbers on
-    the users with a history and on those without (:func:`history_split_metrics`)."""
+    the users with a history and on those without (:func:`history_split_metrics`), and chance on the users
+    with a history (the expected metrics of a random ranking of their unseen items)."""
     costs: dict[str, Any] = {}
     with timed(costs, "wall"):
         methods = method_grid(robustness.representations, "robustness.representations", profile, baselines)
@@ -81,7 +82,9 @@ def run(evaluation: EvalParams, robustness: RobustnessParams, profile: ProfilePa
     entries = test_metrics_json(results)
     for key, result in results.items():
         entries[key.name] |= history_split_metrics(result, with_history)
+    chance = chance_per_user(data.test(), evaluation.ks)
     metrics = {"protocol": robustness.protocol, "methods": entries,
+               "chance": {"test_with_history": summarize(chance[with_history[chance["user_idx"].to_numpy()]])},
                "split": counts.to_dict(orient="index"),
                "test_users": {"all": len(test_users), "with_history": int(with_history[test_users].sum()),
                               "cold_start": int((~with_history[test_users]).sum())},

@@ -81,15 +81,24 @@ class GraphCellMetrics(StageMetrics):
         return METRICS_DIR / "graph" / f"{cell}.json"
 
 
+class ChanceMetrics(StageMetrics):
+    """Chance's entry (:func:`vlm4rec.pipeline.cold_start.chance_json`), shaped as a method's: test macro
+    metrics and the validation selection metric."""
+
+    test: dict[str, Any]
+    validation: dict[str, Any]
+
+
 class NewItemMetrics(StageMetrics):
     """``metrics/cold_start.json``: the new-item protocol's counts, the methods listed as having no signal for a
-    new item, the hybrids' note, per candidate set the test metrics of each result and the findings, and the
-    stage's cost."""
+    new item, the hybrids' note, per candidate set the test metrics of each result, chance's (shaped as a
+    method's: test macro metrics and the validation selection metric) and the findings, and the stage's cost."""
 
     counts: dict[str, int]
     no_signal: dict[str, str]
     hybrids: str
     methods: dict[str, dict[str, MethodMetrics]]
+    chance: dict[str, ChanceMetrics]
     findings: dict[str, list[dict[str, Any]]]
     cost: dict[str, Any]
 
