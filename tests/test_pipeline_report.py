@@ -22,8 +22,8 @@ from vlm4rec.pipeline import report
 from vlm4rec.errors import StudyError
 from vlm4rec.pipeline.cold_start import json_records
 from vlm4rec.pipeline.outputs import read_metrics
-from vlm4rec.pipeline.stage_metrics import (ChanceMetrics, EmbedMetrics, FusionMetrics, GraphCellMetrics, GroundMetrics,
-                                            MatchMetrics, MethodMetrics, NewItemMetrics, PrepareMetrics,
+from vlm4rec.pipeline.stage_metrics import (EmbedMetrics, FusionMetrics, GraphCellMetrics, GroundMetrics,
+                                            MatchMetrics, NewItemMetrics, PrepareMetrics,
                                             RobustnessMetrics)
 from vlm4rec.pipeline.study_files import StudyFiles
 from vlm4rec.splits import targets_of
@@ -181,24 +181,6 @@ def test_coverage_and_chosen_configurations_are_per_family(tmp_path, monkeypatch
     assert coverage.loc["fusion_gating", "catalogue_coverage@10"] == pytest.approx((0.1 + 0.2) / 2)
     assert coverage.loc["title", "item_coverage"] == 0.75 and np.isnan(coverage.loc["fusion_gating", "item_coverage"])
     assert report.chosen_configurations(seeded)["fusion_gating"] == '{"s": 0}'
-
-
-def test_new_item_tables_group_the_seeds_named_in_the_metrics(setup) -> None:
-    def entry(test: float, validation: float) -> MethodMetrics:
-        return MethodMetrics(test={"recall@20": test}, validation={"ndcg@10": validation}, coverage={}, chosen={})
-
-    methods = {"all": {"title": entry(0.5, 0.1), "fusion_gating@seed0": entry(0.25, 0.3),
-                       "fusion_gating@seed1": entry(0.75, 0.3)}}
-    new_items = NewItemMetrics(counts={}, no_signal={"ease": "no signal"}, hybrids="", methods=methods,
-                               chance={"all": ChanceMetrics(test={"recall@20": 0.01}, validation={"ndcg@10": 0.2})},
-                               findings={}, cost={})
-    table = report.new_item_table(["recall@20"], new_items)
-    assert table.loc["fusion_gating", "recall@20 (among all)"] == 0.5 and table.loc["fusion_gating", "seeds"] == 2
-    assert table.loc["ease", "note"] == "no signal"
-    # ordered by validation (fusion 0.3, chance 0.2, title 0.1), although the title is better on test
-    assert list(table.index) == ["fusion_gating", "chance", "title", "ease"]
-    curves = report.new_item_curves(new_items).set_index("method")
-    assert curves.loc["fusion_gating", "recall"] == 0.5 and curves.loc["chance", "recall"] == 0.01
 
 
 def test_robustness_compares_users_with_history_and_reports_cold_start_apart(tmp_path, monkeypatch) -> None:

@@ -22,7 +22,7 @@ from vlm4rec.config import EvalParams, FindingsParams, GraphCellParams, GraphPar
 from vlm4rec.data import PreparedData, load_prepared
 from vlm4rec.evaluation import ChanceReference, EvalData, MethodKey, MethodResult, load_result
 from vlm4rec.findings import Finding, families, findings, graph_comparisons, new_item_findings_of, p_floor_note
-from vlm4rec.methods import CATALOGUE, fusion_method, is_kind
+from vlm4rec.methods import CATALOGUE, fusion_method
 from vlm4rec.metrics import CHANCE
 from vlm4rec.pipeline.outputs import GROUNDING_DIR, METRICS_DIR, PREPARED_DIR, write_json
 from vlm4rec.pipeline.stage_metrics import (AblationCellMetrics, EmbedMetrics, FusionMetrics, GraphCellMetrics,
@@ -201,42 +201,6 @@ def cold_start_table(metric: str, robustness: RobustnessMetrics | None) -> pd.Da
 def load_new_items() -> NewItemMetrics:
     """``metrics/cold_start.json``: the strict new-item protocol's counts, test metrics and findings."""
     return NewItemMetrics.load(NewItemMetrics.path())
-
-
-def new_item_table(metrics: Sequence[str], new_items: NewItemMetrics) -> pd.DataFrame:
-    """Per method family and chance, each test metric on the new items ranked among all items and among the
-    new items (a seeded family: the mean over its seeds, with their number), ordered by the validation
-    selection metric (every candidate set shares the selection on the validation new items; never by test),
-    then the methods with no signal for a new item, shown as such."""
-    values: dict[str, dict[str, list[float]]] = {}
-    validation: dict[str, float] = {}
-    for candidates, methods in new_items.methods.items():
-        entries = [(MethodKey.parse(name).family, entry) for name, entry in methods.items()]
-        for family, entry in entries + [(CHANCE, new_items.chance[candidates])]:
-            columns = values.setdefault(family, {})
-            validation[family] = next(iter(entry.validation.values()))
-            for metric in metrics:
-                columns.setdefault(f"{metric} (among {candidates})", []).append(entry.test[metric])
-    table = pd.DataFrame({family: {column: float(np.mean(v)) for column, v in columns.items()}
-                          for family, columns in values.items()}).T
-    table.insert(0, "seeds", [len(next(iter(values[f].values()))) // len(new_items.methods) for f in table.index])
-    table.insert(1, "validation", pd.Series(validation).reindex(table.index).round(4))
-    table["note"] = [new_items.hybrids if is_kind(f, "hybrid") else "" for f in table.index]
-    table = table.sort_values("validation", ascending=False, kind="stable")
-    absent = pd.DataFrame({"note": list(new_items.no_signal.values())}, index=list(new_items.no_signal))
-    return pd.concat([table, absent]).rename_axis("method")
-
-
-def new_item_curves(new_items: NewItemMetrics, metric: str = "recall") -> pd.DataFrame:
-    """``metric``@K per method family (seeds averaged) and chance on the new items, one ``group`` per
-    candidate set (plot data for :func:`vlm4rec.plots.metric_at_k_curves`)."""
-    rows = [{"group": f"among {candidates} items", "method": MethodKey.parse(name).family,
-             "k": int(at_k.split("@")[1]), metric: value}
-            for candidates, methods in new_items.methods.items()
-            for name, entry in list(methods.items()) + [(CHANCE, new_items.chance[candidates])]
-            for at_k, value in entry.test.items() if at_k.startswith(f"{metric}@")]
-    frame = pd.DataFrame(rows, columns=["group", "method", "k", metric])
-    return frame.groupby(["group", "method", "k"], as_index=False, sort=False)[metric].mean()
 
 
 def write_report_metrics(found: list[Finding], notes: list[str], ignored: Sequence[str] = ()) -> dict[str, Any]:
