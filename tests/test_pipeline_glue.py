@@ -1,8 +1,6 @@
 """The pure parts of the stage glue (vlm4rec/pipeline/*): grids, names, seed handling, sampling."""
 from __future__ import annotations
 
-import json
-
 import numpy as np
 import pandas as pd
 import pytest
@@ -11,6 +9,7 @@ from vlm4rec.data import RawDataset, dataset_counts, prepare
 from vlm4rec.matching import ProfileRecommender
 from vlm4rec.pipeline import ablate
 from vlm4rec.pipeline.ablate import cell_representation, parse_cell
+from vlm4rec.pipeline.stage_metrics import AblationCellMetrics
 from vlm4rec.pipeline.study_files import cell_name
 from vlm4rec.pipeline.prepare import rated_items_without_positive, sample_users, split_protocol
 from vlm4rec.pipeline.profiles import profile_candidates
@@ -50,11 +49,10 @@ def test_the_ablations_stage_writes_its_plot_table_ordered_by_validation(tmp_pat
                 "representation": representation, "chosen": {}, "select_metric": "ndcg@10",
                 "validation": {"ndcg@10": val}, "test": {"ndcg@10": test}, "wall_s": 1.0}
 
-    (tmp_path / "metrics" / "ablations").mkdir(parents=True)
     for name, rows in {"title": [row("title", "mean", 0.2, 0.9), row("title", "recency", 0.3, 0.1)],
                        "image": [row("image", "mean", 0.25, 0.5)],
                        "title_meta": [row("title_meta", "mean", 0.9, 0.9)]}.items():  # a cell params no longer names
-        (tmp_path / "metrics" / "ablations" / f"{name}.json").write_text(json.dumps({"configurations": rows}))
+        AblationCellMetrics.model_validate({"configurations": rows, "cost": {}}).save(AblationCellMetrics.path(name))
     cells = ablate.run(section("ablation", grounded=[], ungrounded=["title", "image"]))
     assert cells["cell"].tolist() == ["title / recency / cap all", "image / mean / cap all", "title / mean / cap all"]
     assert cells["selected"].tolist() == [True, True, False]

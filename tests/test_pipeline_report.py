@@ -22,7 +22,9 @@ from vlm4rec.pipeline import report
 from vlm4rec.errors import StudyError
 from vlm4rec.pipeline.cold_start import json_records
 from vlm4rec.pipeline.outputs import read_metrics
-from vlm4rec.pipeline.stage_metrics import ChanceMetrics, GraphCellMetrics, MethodMetrics, NewItemMetrics
+from vlm4rec.pipeline.stage_metrics import (EmbedMetrics, FusionMetrics, GraphCellMetrics, GroundMetrics,
+                                            MatchMetrics, NewItemMetrics, PrepareMetrics,
+                                            RobustnessMetrics)
 from vlm4rec.pipeline.study_files import StudyFiles
 from vlm4rec.splits import targets_of
 
@@ -39,9 +41,23 @@ def write_metrics(root: Path, name: str, payload: dict) -> None:
     path.write_text(json.dumps(payload))
 
 
+def ground_metrics(backend: str, description: str, arms: dict) -> GroundMetrics:
+    return GroundMetrics(grounder={"backend": backend, "model": "m", "description_of_method": description},
+                         arms=arms, cost={})
+
+
+def save_caveat_inputs() -> None:
+    """The ground, prepare and fusion metrics the report's caveats read: an LVLM, a global time split, no
+    learned fusion."""
+    ground_metrics("hf", "an LVLM", {}).save(GroundMetrics.path())
+    PrepareMetrics(dataset="d", universe="catalogue", split_protocol="global_time", counts={}, source_counts={},
+                   dropped_in_preparation={}, cost={}).save(PrepareMetrics.path())
+    FusionMetrics(methods={}, training={}, cost={}).save(FusionMetrics.path())
+
+
 def test_caveats_name_the_grounder_the_split_and_the_robustness_check() -> None:
-    grounding = {"grounder": {"backend": "tagger", "description_of_method": "tagger (not an LVLM)"},
-                 "arms": {"image_only": {"ok": 90, "items": 100, "title_mention_rate": 0.05}}}
+    grounding = ground_metrics("tagger", "tagger (not an LVLM)",
+                               {"image_only": {"ok": 90, "items": 100, "title_mention_rate": 0.05}})
     robustness = pd.DataFrame({"study_split": [0.3, 0.2, 0.1], "global_time": [0.2, 0.25, 0.05]})
     notes = report.caveats(grounding, "temporal_ratio", robustness,
                            cold_start={"all": 1785, "with_history": 1125, "cold_start": 660})
@@ -70,7 +86,7 @@ def test_runs_that_reached_their_epoch_cap_are_named_in_a_caveat(setup) -> None:
               "b": {"kind": "attention", "seed": 0, "config": {"temperature": 0.1}, "stopped_early": True}}
     capped = report.runs_at_epoch_cap(results | graph, fusion)
     assert capped == ["lightgcn", 'fusion_gating seed 2 {"temperature": 0.1}']
-    grounding = {"grounder": {"backend": "hf", "description_of_method": "an LVLM"}, "arms": {}}
+    grounding = ground_metrics("hf", "an LVLM", {})
     note = report.caveats(grounding, "global_time", None, capped)[-1]
     assert note.startswith("2 training run(s) reached their epoch cap") and "lightgcn; fusion_gating seed 2" in note
     assert list(report.graph_training_curves(graph)["cell"]) == ["lightgcn", "lightgcn", "vbpr-title-image",
@@ -90,9 +106,7 @@ def test_report_metrics_write_an_untested_p_as_null(tmp_path, monkeypatch) -> No
 def test_the_stage_writes_the_findings_and_their_caveats(tmp_path, monkeypatch, setup) -> None:
     results, data = setup
     monkeypatch.chdir(tmp_path)
-    write_metrics(tmp_path, "ground", {"grounder": {"backend": "hf", "description_of_method": "an LVLM"}, "arms": {}})
-    write_metrics(tmp_path, "prepare", {"split_protocol": "global_time"})
-    write_metrics(tmp_path, "fusion", {"training": {}})
+    save_caveat_inputs()
     params = ReportParams(findings=FINDINGS, references=["title"], gallery_methods=[], slice_methods=[],
                           gallery_users=0)
     graph = GraphParams.model_construct(cells={})  # the report stage's graph section holds only graph.cells
@@ -159,7 +173,8 @@ def test_the_report_reads_exactly_the_named_results_and_lists_the_others_as_igno
 def test_coverage_and_chosen_configurations_are_per_family(tmp_path, monkeypatch, setup) -> None:
     results, _ = setup
     monkeypatch.chdir(tmp_path)
-    write_metrics(tmp_path, "embed", {"representations": {"title": {"coverage": 0.75}}})
+    EmbedMetrics(representations={"title": {"coverage": 0.75}}, without_content=[], image_failures=[],
+                 cost={}).save(EmbedMetrics.path())
     seeded = {key: replace(r, coverage={"coverage@10": 0.1 * (1 + (key.seed or 0))}, config={"s": key.seed})
               for key, r in results.items()}
     coverage = report.coverage_columns(seeded)
@@ -168,34 +183,21 @@ def test_coverage_and_chosen_configurations_are_per_family(tmp_path, monkeypatch
     assert report.chosen_configurations(seeded)["fusion_gating"] == '{"s": 0}'
 
 
-def test_new_item_tables_group_the_seeds_named_in_the_metrics(setup) -> None:
-    def entry(test: float, validation: float) -> MethodMetrics:
-        return MethodMetrics(test={"recall@20": test}, validation={"ndcg@10": validation}, coverage={}, chosen={})
-
-    methods = {"all": {"title": entry(0.5, 0.1), "fusion_gating@seed0": entry(0.25, 0.3),
-                       "fusion_gating@seed1": entry(0.75, 0.3)}}
-    new_items = NewItemMetrics(counts={}, no_signal={"ease": "no signal"}, hybrids="", methods=methods,
-                               chance={"all": ChanceMetrics(test={"recall@20": 0.01}, validation={"ndcg@10": 0.2})},
-                               findings={}, cost={})
-    table = report.new_item_table(["recall@20"], new_items)
-    assert table.loc["fusion_gating", "recall@20 (among all)"] == 0.5 and table.loc["fusion_gating", "seeds"] == 2
-    assert table.loc["ease", "note"] == "no signal"
-    # ordered by validation (fusion 0.3, chance 0.2, title 0.1), although the title is better on test
-    assert list(table.index) == ["fusion_gating", "chance", "title", "ease"]
-    curves = report.new_item_curves(new_items).set_index("method")
-    assert curves.loc["fusion_gating", "recall"] == 0.5 and curves.loc["chance", "recall"] == 0.01
-
-
 def test_robustness_compares_users_with_history_and_reports_cold_start_apart(tmp_path, monkeypatch) -> None:
     monkeypatch.chdir(tmp_path)
-    main = {m: {"test": {"ndcg@10": t}, "validation": {"ndcg@10": v}}
+    entry = {"coverage": {}, "chosen": {}}
+    main = {m: entry | {"test": {"ndcg@10": t}, "validation": {"ndcg@10": v}}
             for m, t, v in (("ease", 0.30, 0.20), ("title", 0.10, 0.25))}
-    write_metrics(tmp_path, "match", {"methods": main})
-    robustness = {"protocol": "global_time", "test_users": {"all": 10, "with_history": 6, "cold_start": 4},
-                  "methods": {"ease": {"test": {"ndcg@10": 0.05}, "test_with_history": {"ndcg@10": 0.08},
-                                       "cold_start": {"test": {"ndcg@10": 0.01}, "lists": "one list for all"}},
-                              "title": {"test": {"ndcg@10": 0.06}, "test_with_history": {"ndcg@10": 0.09},
-                                        "cold_start": {"test": {"ndcg@10": 0.0}, "lists": "tied"}}}}
+    MatchMetrics.model_validate({"methods": main, "cost": {}}).save(MatchMetrics.path())
+    robustness = RobustnessMetrics.model_validate({
+        "protocol": "global_time", "test_users": {"all": 10, "with_history": 6, "cold_start": 4}, "split": {},
+        "methods": {"ease": entry | {"test": {"ndcg@10": 0.05}, "validation": {},
+                                     "test_with_history": {"ndcg@10": 0.08},
+                                     "cold_start": {"test": {"ndcg@10": 0.01}, "lists": "one list for all"}},
+                    "title": entry | {"test": {"ndcg@10": 0.06}, "validation": {},
+                                      "test_with_history": {"ndcg@10": 0.09},
+                                      "cold_start": {"test": {"ndcg@10": 0.0}, "lists": "tied"}}},
+        "chance": {"test_with_history": {"ndcg@10": 0.015}}, "cost": {}})
     table = report.robustness_table("ndcg@10", robustness)
     assert list(table.index) == ["title", "ease"]  # by the study split's validation, not by test
     assert list(table["global_time"]) == [0.09, 0.08] and list(table["rank (study_split)"]) == [2, 1]
@@ -204,7 +206,6 @@ def test_robustness_compares_users_with_history_and_reports_cold_start_apart(tmp
     assert report.robustness_table("ndcg@10", None) is None
     assert report.load_robustness() is None
     chance_values = pd.DataFrame({"user_idx": [0, 1], "ndcg@10": [0.01, 0.03]})  # mean 0.02
-    robustness["chance"] = {"test_with_history": {"ndcg@10": 0.015}}
     with_chance = report.robustness_table("ndcg@10", robustness, ChanceReference(chance_values * [1, 11], chance_values))
     assert list(with_chance.index) == ["title", "chance", "ease"]  # chance's validation 0.22 sits between
     assert with_chance.loc["chance", ["study_split", "global_time"]].tolist() == pytest.approx([0.02, 0.015])
@@ -230,9 +231,7 @@ def test_every_verdict_of_a_generated_report_agrees_with_its_interval_and_p(tmp_
     agrees with its unadjusted CI, its p and, when confirmatory, its Holm p over the confirmatory family."""
     results, data = setup
     monkeypatch.chdir(tmp_path)
-    write_metrics(tmp_path, "ground", {"grounder": {"backend": "hf", "description_of_method": "an LVLM"}, "arms": {}})
-    write_metrics(tmp_path, "prepare", {"split_protocol": "global_time"})
-    write_metrics(tmp_path, "fusion", {"training": {}})
+    save_caveat_inputs()
     cells = {"vbpr-title-image": GraphCellParams(model="vbpr", modalities=["title", "image"]),
              "vbpr-description-image": GraphCellParams(model="vbpr", modalities=["description", "image"])}
     graph_results = graph_cell("vbpr-title-image", data, 0.3, 3) | graph_cell("vbpr-description-image", data, 0.35, 3)

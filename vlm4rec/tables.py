@@ -122,6 +122,12 @@ def metric_curves(results: dict[MethodKey, MethodResult], metric: str = "recall"
     given (plot data)."""
     summaries = [(key.family, result.test_summary()) for key, result in results.items()]
     summaries += [(CHANCE, chance.test_summary())] if chance is not None else []
+    return summary_curves(summaries, metric)
+
+
+def summary_curves(summaries: Sequence[tuple[str, dict[str, float]]], metric: str) -> pd.DataFrame:
+    """``metric``@K per method family and K from (family, test summary) pairs, a family's summaries (its
+    seeds) averaged, in their first appearance's order."""
     rows = [{"method": family, "k": int(name.split("@")[1]), metric: value}
             for family, summary in summaries for name, value in summary.items() if name.startswith(f"{metric}@")]
     frame = pd.DataFrame(rows, columns=["method", "k", metric])

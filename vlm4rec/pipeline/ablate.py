@@ -24,8 +24,8 @@ from vlm4rec.config import AblationParams, EvalParams, ProfileParams
 from vlm4rec.data import load_prepared
 from vlm4rec.distributed.matching import ranker
 from vlm4rec.evaluation import EvalData, select_and_test
-from vlm4rec.pipeline.outputs import (ABLATIONS_DIR, EMBEDDINGS_DIR, METRICS_DIR, PLOTS_DIR, PREPARED_DIR, peak_rss_mb,
-                                      read_metrics, write_json)
+from vlm4rec.pipeline.outputs import ABLATIONS_DIR, EMBEDDINGS_DIR, PLOTS_DIR, PREPARED_DIR, peak_rss_mb
+from vlm4rec.pipeline.stage_metrics import AblationCellMetrics
 from vlm4rec.pipeline.profiles import profile_candidates
 from vlm4rec.pipeline.study_files import cell_metrics_files, cell_name
 from vlm4rec.representations import load_vectors
@@ -56,9 +56,9 @@ def run_cell(evaluation: EvalParams, profile: ProfileParams, ablation: AblationP
         rows.append({"cell": configuration, "representation": rep, "chosen": result.config,
                      "select_metric": evaluation.select_metric, "validation": result.val_summary(),
                      "test": result.test_summary(), "wall_s": round(time.perf_counter() - start, 3)})
-    write_json(METRICS_DIR / "ablations" / f"{cell_name(cell)}.json",
-               {"configurations": rows, "cost": {"wall_s": round(sum(r["wall_s"] for r in rows), 3),
-                                                 "peak_rss_mb": round(peak_rss_mb(), 1)}})
+    cost = {"wall_s": round(sum(r["wall_s"] for r in rows), 3), "peak_rss_mb": round(peak_rss_mb(), 1)}
+    AblationCellMetrics.model_validate({"configurations": rows, "cost": cost}).save(
+        AblationCellMetrics.path(cell_name(cell)))
     return rows
 
 
@@ -68,12 +68,11 @@ def ablation_table(cells: Sequence[Path]) -> pd.DataFrame:
     ``selected`` marks, per representation (and prompt arm), the configuration validation chooses."""
     rows = []
     for path in cells:
-        for row in read_metrics(f"ablations/{path.stem}")["configurations"]:
-            cell = row["cell"]
-            rows.append({**cell, "arm": cell.get("arm", "-"), "representation_file": row["representation"],
-                         "chosen": json.dumps(row["chosen"]), "select_metric": row["select_metric"],
-                         **{f"val_{k}": v for k, v in row["validation"].items()},
-                         **{f"test_{k}": v for k, v in row["test"].items()}, "wall_s": row["wall_s"]})
+        for row in AblationCellMetrics.load(AblationCellMetrics.path(path.stem)).configurations:
+            rows.append({**row.cell, "arm": row.cell.get("arm", "-"), "representation_file": row.representation,
+                         "chosen": json.dumps(row.chosen), "select_metric": row.select_metric,
+                         **{f"val_{k}": v for k, v in row.validation.items()},
+                         **{f"test_{k}": v for k, v in row.test.items()}, "wall_s": row.wall_s})
     table = pd.DataFrame(rows)
     if table.empty:
         return table

@@ -29,11 +29,12 @@ from vlm4rec.matching import ProfileRecommender
 from vlm4rec.multimodal import candidates as graph_candidates, regime_options
 from vlm4rec.fusion_candidates import FusionTrainer, hybrid_candidates, late_fusion_candidates
 from vlm4rec.gallery import user_gallery
-from vlm4rec.methods import CATALOGUE, HYBRID, fusion_method, hybrid_method, is_kind
+from vlm4rec.methods import CATALOGUE, HYBRID, fusion_method, hybrid_method
 from vlm4rec.pipeline.outputs import (EMBEDDINGS_DIR, PLOTS_DIR, PREPARED_DIR, RESULTS_DIR, chosen_ease_l2,
                                       peak_rss_mb, timed)
+from vlm4rec.pipeline.new_item_tables import new_item_curves
 from vlm4rec.pipeline.stage_metrics import NewItemMetrics
-from vlm4rec.tables import main_table, metric_curves, test_metrics_json, timing_json
+from vlm4rec.tables import test_metrics_json, timing_json
 from vlm4rec.representations import available_representations, load_vectors
 from vlm4rec.splits import assign_cold_split, cold_items
 
@@ -119,7 +120,7 @@ def run(evaluation: EvalParams, cold_start: ColdStartParams, fusion: FusionParam
                                                               "methods": timing_json(results["all"])})
     metrics.save(NewItemMetrics.path())
     PLOTS_DIR.mkdir(exist_ok=True)
-    new_item_curves(results, chance).to_csv(PLOTS_DIR / "cold_start_at_k.csv", index=False)
+    new_item_curves(metrics).to_csv(PLOTS_DIR / "cold_start_at_k.csv", index=False)
     return results, metrics, chance
 
 
@@ -140,25 +141,6 @@ def chance_json(chance: ChanceReference, select_metric: str) -> dict[str, Any]:
 def json_records(table: pd.DataFrame) -> list[dict[str, Any]]:
     """Rows of ``table`` for a metrics file: an untested p is null, not NaN (which JSON lacks)."""
     return table.astype(object).where(table.notna(), None).to_dict(orient="records")
-
-
-def new_item_curves(results: Results, chance: dict[str, ChanceReference]) -> pd.DataFrame:
-    """Recall@K and NDCG@K per method family (seeds averaged) and chance, per candidate set (plot data)."""
-    frames = [metric_curves(results[name], "recall", chance[name])
-              .merge(metric_curves(results[name], "ndcg", chance[name]), on=["method", "k"]).assign(candidates=name)
-              for name in CANDIDATE_SETS]
-    return pd.concat(frames, ignore_index=True)
-
-
-def new_item_table(results: dict[MethodKey, MethodResult], evaluation: EvalParams,
-                   chance: ChanceReference) -> pd.DataFrame:
-    """:func:`~vlm4rec.tables.main_table`'s display table of one candidate set (95% CIs over users
-    and seeds, a chance row, ordered by validation), a ``note`` column on the hybrids, and one row per method
-    with no signal for new items (shown as such, never scored)."""
-    wide = main_table(results, evaluation, chance=chance)[1]
-    wide["note"] = [HYBRID.note if is_kind(m, "hybrid") else "" for m in wide.index]
-    absent = pd.DataFrame({"note": list(NO_SIGNAL.values())}, index=list(NO_SIGNAL))
-    return pd.concat([wide, absent]).fillna({c: "-" for c in wide.columns if c != "note"})
 
 
 def gallery_rows(results: dict[MethodKey, MethodResult], methods: list[str], cold_start: ColdStartParams,

@@ -13,7 +13,8 @@ from vlm4rec.encoders import (EfficientNetLite0Features, ImageEncoder, OpenClipI
 from vlm4rec.data import load_prepared
 from vlm4rec.distributed import ray_config
 from vlm4rec.distributed.embedding import encode_image_paths_ray, encode_texts_ray
-from vlm4rec.pipeline.outputs import EMBEDDINGS_DIR, GROUNDING_DIR, METRICS_DIR, PREPARED_DIR, peak_rss_mb, timed, write_json
+from vlm4rec.pipeline.outputs import EMBEDDINGS_DIR, GROUNDING_DIR, PREPARED_DIR, peak_rss_mb, timed
+from vlm4rec.pipeline.stage_metrics import EmbedMetrics
 from vlm4rec.representations import Representation, from_features, from_texts, item_texts
 from vlm4rec.stage_outputs import read_output
 
@@ -93,5 +94,5 @@ def run(embed: EmbedParams, ground: GroundParams, compute: ComputeParams) -> tup
     metrics = {"representations": summary.drop(columns="source").to_dict(orient="index"),
                "without_content": [r.name for r in reps if not r.has_content],  # refused by every later stage
                "image_failures": features.failures.to_dict(orient="records"), "cost": costs}
-    write_json(METRICS_DIR / "embed.json", metrics)
+    EmbedMetrics.model_validate(metrics).save(EmbedMetrics.path())
     return summary, metrics

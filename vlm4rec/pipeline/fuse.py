@@ -13,8 +13,9 @@ from vlm4rec.evaluation import (Candidate, EvalData, MethodKey, MethodResult, se
                                 select_and_test_seeds)
 from vlm4rec.fusion_candidates import FusionTrainer, hybrid_candidates, late_fusion_candidates
 from vlm4rec.methods import fusion_method, hybrid_method
-from vlm4rec.pipeline.outputs import (EMBEDDINGS_DIR, METRICS_DIR, PLOTS_DIR, PREPARED_DIR, RESULTS_DIR,
-                                      chosen_ease_l2, peak_rss_mb, timed, write_json)
+from vlm4rec.pipeline.outputs import (EMBEDDINGS_DIR, PLOTS_DIR, PREPARED_DIR, RESULTS_DIR, chosen_ease_l2,
+                                      peak_rss_mb, timed)
+from vlm4rec.pipeline.stage_metrics import FusionMetrics
 from vlm4rec.tables import test_metrics_json, timing_json
 from vlm4rec.representations import load_vectors
 
@@ -43,7 +44,7 @@ def run(evaluation: EvalParams, fusion: FusionParams) -> tuple[dict[MethodKey, M
     metrics = {"methods": test_metrics_json(results), "training": training,
                "cost": costs | {"peak_rss_mb": round(peak_rss_mb(), 1), "methods": timing_json(results),
                                 "train_s": {key: round(run.train_s, 2) for key, run in trainer.runs.items()}}}
-    write_json(METRICS_DIR / "fusion.json", metrics)
+    FusionMetrics.model_validate(metrics).save(FusionMetrics.path())
     PLOTS_DIR.mkdir(exist_ok=True)
     validation_curves(training).to_csv(PLOTS_DIR / "fusion_val_loss.csv", index=False)
     return results, metrics

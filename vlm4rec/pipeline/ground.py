@@ -12,7 +12,8 @@ from vlm4rec.distributed import ray_config
 from vlm4rec.distributed.grounding import GrounderSpec, RayDescriber
 from vlm4rec.grounding import DescriptionCache, GroundingResult, build_grounder, ground_items
 from vlm4rec.grounding.runner import Describer, LocalDescriber
-from vlm4rec.pipeline.outputs import GROUNDING_DIR, METRICS_DIR, PREPARED_DIR, peak_rss_mb, timed, write_json
+from vlm4rec.pipeline.outputs import GROUNDING_DIR, PREPARED_DIR, peak_rss_mb, timed
+from vlm4rec.pipeline.stage_metrics import GroundMetrics
 
 
 def describer_from_params(ground: GroundParams, compute: ComputeParams) -> Describer:
@@ -64,5 +65,5 @@ def run(ground: GroundParams, compute: ComputeParams) -> tuple[pd.DataFrame, dic
     metrics = {"grounder": {"backend": ground.backend, "model": identity.model_id,
                             "description_of_method": identity.description_of_method},
                "arms": arms, "cost": costs | {"peak_rss_mb": round(peak_rss_mb(), 1)}}
-    write_json(METRICS_DIR / "ground.json", metrics)
+    GroundMetrics.model_validate(metrics).save(GroundMetrics.path())
     return descriptions, metrics

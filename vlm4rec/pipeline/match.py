@@ -8,9 +8,9 @@ from vlm4rec.data import load_prepared
 from vlm4rec.distributed import ray_config
 from vlm4rec.distributed.matching import ranker
 from vlm4rec.evaluation import EvalData, MethodKey, MethodResult, select_and_test_methods
-from vlm4rec.pipeline.outputs import (METRICS_DIR, PLOTS_DIR, PREPARED_DIR, RESULTS_DIR,
-                                      peak_rss_mb, timed, write_json)
+from vlm4rec.pipeline.outputs import PLOTS_DIR, PREPARED_DIR, RESULTS_DIR, peak_rss_mb, timed
 from vlm4rec.pipeline.profiles import method_grid
+from vlm4rec.pipeline.stage_metrics import MatchMetrics
 from vlm4rec.tables import metric_curves, test_metrics_json, timing_json
 
 
@@ -25,7 +25,7 @@ def run(evaluation: EvalParams, match: MatchParams, profile: ProfileParams, base
         results = select_and_test_methods(methods, data, evaluation.ks, evaluation.select_metric, RESULTS_DIR / "match")
     metrics = {"methods": test_metrics_json(results),
                "cost": costs | {"peak_rss_mb": round(peak_rss_mb(), 1), "methods": timing_json(results)}}
-    write_json(METRICS_DIR / "match.json", metrics)
+    MatchMetrics.model_validate(metrics).save(MatchMetrics.path())
     PLOTS_DIR.mkdir(exist_ok=True)
     metric_curves(results, "recall").to_csv(PLOTS_DIR / "match_recall_at_k.csv", index=False)
     metric_curves(results, "ndcg").to_csv(PLOTS_DIR / "match_ndcg_at_k.csv", index=False)

@@ -9,7 +9,8 @@ from vlm4rec.config import DataParams, SplitParams
 from vlm4rec.data import PreparedData, RawDataset, dataset_counts, id_order, prepare, save_prepared
 from vlm4rec.datasets import load_source
 from vlm4rec.pipeline.source_manifest import adapter_keys
-from vlm4rec.pipeline.outputs import METRICS_DIR, PREPARED_DIR, peak_rss_mb, timed, write_json
+from vlm4rec.pipeline.outputs import PREPARED_DIR, peak_rss_mb, timed
+from vlm4rec.pipeline.stage_metrics import PrepareMetrics
 from vlm4rec.splits import SplitConfig
 
 
@@ -57,5 +58,5 @@ def run(data: DataParams, split: SplitParams) -> tuple[PreparedData, dict[str, A
                    "items_without_positives_but_rated": rated_items_without_positive(raw, prepared)},
                "source_counts": raw.counts, "dropped_in_preparation": prepared.dropped,
                "cost": costs | {"peak_rss_mb": round(peak_rss_mb(), 1)}}
-    write_json(METRICS_DIR / "prepare.json", metrics)
+    PrepareMetrics.model_validate(metrics).save(PrepareMetrics.path())
     return prepared, metrics

@@ -22,10 +22,12 @@ from vlm4rec.config import EvalParams, FindingsParams, GraphCellParams, GraphPar
 from vlm4rec.data import PreparedData, load_prepared
 from vlm4rec.evaluation import ChanceReference, EvalData, MethodKey, MethodResult, load_result
 from vlm4rec.findings import Finding, families, findings, graph_comparisons, new_item_findings_of, p_floor_note
-from vlm4rec.methods import CATALOGUE, fusion_method, is_kind
+from vlm4rec.methods import CATALOGUE, fusion_method
 from vlm4rec.metrics import CHANCE
-from vlm4rec.pipeline.outputs import GROUNDING_DIR, METRICS_DIR, PREPARED_DIR, read_metrics, write_json
-from vlm4rec.pipeline.stage_metrics import GraphCellMetrics, NewItemMetrics
+from vlm4rec.pipeline.outputs import GROUNDING_DIR, METRICS_DIR, PREPARED_DIR, write_json
+from vlm4rec.pipeline.stage_metrics import (AblationCellMetrics, EmbedMetrics, FusionMetrics, GraphCellMetrics,
+                                            GroundMetrics, MatchMetrics, NewItemMetrics, PrepareMetrics,
+                                            RobustnessMetrics)
 from vlm4rec.pipeline.study_files import StudyFiles
 from vlm4rec.stats import format_p
 from vlm4rec.stage_outputs import read_output
@@ -120,18 +122,18 @@ def graph_tuning_note(graph_cells: Collection[str]) -> str | None:
             f"its grids on validation inside the pipeline. Cells: {', '.join(sorted(fixed))}.")
 
 
-def caveats(grounding: dict[str, Any], split: str, robustness: pd.DataFrame | None,
+def caveats(grounding: GroundMetrics, split: str, robustness: pd.DataFrame | None,
             capped_runs: Sequence[str] = (), cold_start: dict[str, int] | None = None,
             more: Sequence[str | None] = ()) -> list[str]:
     """What a reader must keep in mind when reading the findings, from the stage outputs
     (``capped_runs``: :func:`runs_at_epoch_cap`; ``cold_start``: the robustness stage's ``test_users``
     counts; ``more``: further notes such as :func:`graph_tuning_note` and
     :func:`vlm4rec.findings.p_floor_note`, None ones skipped)."""
-    notes = [f"Every description comes from: {grounding['grounder']['description_of_method']}."]
-    if grounding["grounder"]["backend"] == "tagger":
+    notes = [f"Every description comes from: {grounding.grounder.description_of_method}."]
+    if grounding.grounder.backend == "tagger":
         notes.append("The default grounder is a classifier-based tagger, not a vision-language model: the "
                      "findings on descriptions are about its descriptions and do not measure an LVLM.")
-    for arm, counts in grounding["arms"].items():
+    for arm, counts in grounding.arms.items():
         notes.append(f"Prompt arm {arm}: {counts['ok']:,} of {counts['items']:,} items described; "
                      f"{counts['title_mention_rate']:.1%} of the descriptions name their item's title.")
     if split == "source":
@@ -156,12 +158,12 @@ def caveats(grounding: dict[str, Any], split: str, robustness: pd.DataFrame | No
     return notes
 
 
-def load_robustness() -> dict[str, Any] | None:
+def load_robustness() -> RobustnessMetrics | None:
     """``metrics/robustness.json`` (None when the robustness stage has not run)."""
-    return read_metrics("robustness") if (METRICS_DIR / "robustness.json").exists() else None
+    return RobustnessMetrics.load(RobustnessMetrics.path()) if RobustnessMetrics.path().exists() else None
 
 
-def robustness_table(metric: str, robustness: dict[str, Any] | None,
+def robustness_table(metric: str, robustness: RobustnessMetrics | None,
                      chance: ChanceReference | None = None) -> pd.DataFrame | None:
     """Test ``metric`` of each method under the study's split (all test users) and under the robustness
     protocol on its test users with a non-empty history, with their ranks, sorted by the study split's
@@ -170,71 +172,35 @@ def robustness_table(metric: str, robustness: dict[str, Any] | None,
     are in :func:`cold_start_table`."""
     if robustness is None:
         return None
-    main = read_metrics("match")["methods"]
-    rows = [{"method": m, **{f"validation {k}": v for k, v in main[m]["validation"].items()},
-             "study_split": main[m]["test"][metric], robustness["protocol"]: e["test_with_history"][metric]}
-            for m, e in robustness["methods"].items() if m in main]
-    if chance is not None and "chance" in robustness:
-        selected = next(iter(main.values()))["validation"]
+    main = MatchMetrics.load(MatchMetrics.path()).methods
+    rows = [{"method": m, **{f"validation {k}": v for k, v in main[m].validation.items()},
+             "study_split": main[m].test[metric], robustness.protocol: e.test_with_history[metric]}
+            for m, e in robustness.methods.items() if m in main]
+    if chance is not None:
+        selected = next(iter(main.values())).validation
         rows.append({"method": CHANCE, **{f"validation {k}": chance.val_summary()[k] for k in selected},
                      "study_split": chance.test_summary()[metric],
-                     robustness["protocol"]: robustness["chance"]["test_with_history"][metric]})
+                     robustness.protocol: robustness.chance.test_with_history[metric]})
     table = pd.DataFrame(rows).set_index("method")
     table = table.sort_values(table.columns[0], ascending=False, kind="stable")
-    for column in ("study_split", robustness["protocol"]):
+    for column in ("study_split", robustness.protocol):
         table[f"rank ({column})"] = table[column].rank(ascending=False, method="min").astype(int)
     return table
 
 
-def cold_start_table(metric: str, robustness: dict[str, Any] | None) -> pd.DataFrame | None:
+def cold_start_table(metric: str, robustness: RobustnessMetrics | None) -> pd.DataFrame | None:
     """Per method, under the robustness protocol: its test ``metric`` on the test users without history and
     what its lists are for them (one tied list in item-index order, one list for all, or distinct lists)."""
     if robustness is None:
         return None
-    rows = {m: {f"test {metric}": e["cold_start"]["test"].get(metric, np.nan), "lists": e["cold_start"]["lists"]}
-            for m, e in robustness["methods"].items()}
+    rows = {m: {f"test {metric}": e.cold_start.test.get(metric, np.nan), "lists": e.cold_start.lists}
+            for m, e in robustness.methods.items()}
     return pd.DataFrame.from_dict(rows, orient="index").rename_axis("method")
 
 
 def load_new_items() -> NewItemMetrics:
     """``metrics/cold_start.json``: the strict new-item protocol's counts, test metrics and findings."""
     return NewItemMetrics.load(NewItemMetrics.path())
-
-
-def new_item_table(metrics: Sequence[str], new_items: NewItemMetrics) -> pd.DataFrame:
-    """Per method family and chance, each test metric on the new items ranked among all items and among the
-    new items (a seeded family: the mean over its seeds, with their number), ordered by the validation
-    selection metric (every candidate set shares the selection on the validation new items; never by test),
-    then the methods with no signal for a new item, shown as such."""
-    values: dict[str, dict[str, list[float]]] = {}
-    validation: dict[str, float] = {}
-    for candidates, methods in new_items.methods.items():
-        entries = [(MethodKey.parse(name).family, entry) for name, entry in methods.items()]
-        for family, entry in entries + [(CHANCE, new_items.chance[candidates])]:
-            columns = values.setdefault(family, {})
-            validation[family] = next(iter(entry.validation.values()))
-            for metric in metrics:
-                columns.setdefault(f"{metric} (among {candidates})", []).append(entry.test[metric])
-    table = pd.DataFrame({family: {column: float(np.mean(v)) for column, v in columns.items()}
-                          for family, columns in values.items()}).T
-    table.insert(0, "seeds", [len(next(iter(values[f].values()))) // len(new_items.methods) for f in table.index])
-    table.insert(1, "validation", pd.Series(validation).reindex(table.index).round(4))
-    table["note"] = [new_items.hybrids if is_kind(f, "hybrid") else "" for f in table.index]
-    table = table.sort_values("validation", ascending=False, kind="stable")
-    absent = pd.DataFrame({"note": list(new_items.no_signal.values())}, index=list(new_items.no_signal))
-    return pd.concat([table, absent]).rename_axis("method")
-
-
-def new_item_curves(new_items: NewItemMetrics, metric: str = "recall") -> pd.DataFrame:
-    """``metric``@K per method family (seeds averaged) and chance on the new items, one ``group`` per
-    candidate set (plot data for :func:`vlm4rec.plots.metric_at_k_curves`)."""
-    rows = [{"group": f"among {candidates} items", "method": MethodKey.parse(name).family,
-             "k": int(at_k.split("@")[1]), metric: value}
-            for candidates, methods in new_items.methods.items()
-            for name, entry in list(methods.items()) + [(CHANCE, new_items.chance[candidates])]
-            for at_k, value in entry.test.items() if at_k.startswith(f"{metric}@")]
-    frame = pd.DataFrame(rows, columns=["group", "method", "k", metric])
-    return frame.groupby(["group", "method", "k"], as_index=False, sort=False)[metric].mean()
 
 
 def write_report_metrics(found: list[Finding], notes: list[str], ignored: Sequence[str] = ()) -> dict[str, Any]:
@@ -273,9 +239,9 @@ def write_findings(results: dict[MethodKey, MethodResult], prepared: PreparedDat
                      chance, new_items)
     robustness_metrics = load_robustness()
     robustness = robustness_table(report.findings.metric, robustness_metrics)
-    capped = runs_at_epoch_cap(results, read_metrics("fusion")["training"])
-    notes = caveats(read_metrics("ground"), read_metrics("prepare")["split_protocol"], robustness, capped,
-                    robustness_metrics["test_users"] if robustness_metrics else None,
+    capped = runs_at_epoch_cap(results, FusionMetrics.load(FusionMetrics.path()).training)
+    notes = caveats(GroundMetrics.load(GroundMetrics.path()), PrepareMetrics.load(PrepareMetrics.path()).split_protocol,
+                    robustness, capped, robustness_metrics.test_users if robustness_metrics else None,
                     [graph_tuning_note(graph.cells), p_floor_note(found, evaluation.bootstrap_resamples),
                      ignored_note(ignored)])
     write_report_metrics(found, notes, ignored)
@@ -293,7 +259,7 @@ def ignored_note(ignored: Sequence[str]) -> str | None:
 def coverage_columns(results: dict[MethodKey, MethodResult]) -> pd.DataFrame:
     """Per method family: the item coverage of its representation (embed stage; NaN for methods that use
     no single representation) and its catalogue coverage@10 (mean over seeds)."""
-    embedded = read_metrics("embed")["representations"]
+    embedded = EmbedMetrics.load(EmbedMetrics.path()).representations
     catalogue = pd.Series([r.coverage["coverage@10"] for r in results.values()])
     catalogue = catalogue.groupby([key.family for key in results]).mean()
     items = pd.Series({m: embedded[m]["coverage"] if m in embedded else np.nan for m in catalogue.index})
@@ -310,12 +276,14 @@ def chosen_configurations(results: dict[MethodKey, MethodResult]) -> pd.Series:
 def cost_table(study: StudyFiles) -> pd.DataFrame:
     """Wall time, throughput and peak memory per stage (and per grounding arm), from the metrics JSON
     the stages wrote (all declared dependencies of the report stage; the ablation cells of ``study``)."""
-    stages = {name: read_metrics(name) for name in ("prepare", "ground", "embed", "match", "robustness", "fusion")}
-    rows = {name: {k: v for k, v in metrics["cost"].items() if not isinstance(v, dict)}
+    models = {"prepare": PrepareMetrics, "ground": GroundMetrics, "embed": EmbedMetrics, "match": MatchMetrics,
+              "robustness": RobustnessMetrics, "fusion": FusionMetrics}
+    stages = {name: model.load(model.path()) for name, model in models.items()}
+    rows = {name: {k: v for k, v in metrics.cost.items() if not isinstance(v, dict)}
             for name, metrics in stages.items()}
-    for arm, counts in stages["ground"]["arms"].items():
+    for arm, counts in stages["ground"].arms.items():
         rows[f"ground: {arm}"] = {k: counts[k] for k in ("wall_s", "described", "from_cache", "images_per_s")}
-    cells = [read_metrics(f"ablations/{p.stem}")["cost"] for p in study.ablation_metrics]
+    cells = [AblationCellMetrics.load(AblationCellMetrics.path(p.stem)).cost for p in study.ablation_metrics]
     if cells:
         rows[f"ablation grid ({len(cells)} cells, compute only)"] = {
             "wall_s": sum(c["wall_s"] for c in cells), "peak_rss_mb": max(c["peak_rss_mb"] for c in cells)}

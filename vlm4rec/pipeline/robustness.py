@@ -24,7 +24,8 @@ from vlm4rec.distributed.matching import ranker
 from vlm4rec.evaluation import EvalData, MethodResult, chance_per_user, select_and_test_methods
 from vlm4rec.metrics import summarize
 from vlm4rec.pipeline.profiles import method_grid
-from vlm4rec.pipeline.outputs import METRICS_DIR, PREPARED_DIR, RESULTS_DIR, peak_rss_mb, timed, write_json
+from vlm4rec.pipeline.outputs import PREPARED_DIR, RESULTS_DIR, peak_rss_mb, timed
+from vlm4rec.pipeline.stage_metrics import RobustnessMetrics
 from vlm4rec.tables import test_metrics_json, timing_json
 from vlm4rec.splits import SplitConfig, assign_split
 from vlm4rec.stage import exit_on_study_error, run_stage_function
@@ -89,7 +90,7 @@ def run(evaluation: EvalParams, robustness: RobustnessParams, profile: ProfilePa
                "test_users": {"all": len(test_users), "with_history": int(with_history[test_users].sum()),
                               "cold_start": int((~with_history[test_users]).sum())},
                "cost": costs | {"peak_rss_mb": round(peak_rss_mb(), 1), "methods": timing_json(results)}}
-    write_json(METRICS_DIR / "robustness.json", metrics)
+    RobustnessMetrics.model_validate(metrics).save(RobustnessMetrics.path())
     return metrics
 
 

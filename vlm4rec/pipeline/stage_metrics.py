@@ -10,7 +10,7 @@ from __future__ import annotations
 
 import json
 from pathlib import Path
-from typing import Any, TypeVar
+from typing import Any, ClassVar, TypeVar
 
 from pydantic import BaseModel, ConfigDict
 
@@ -36,6 +36,16 @@ class StageMetrics(BaseModel):
     def load(cls: type[Metrics], path: str | Path) -> Metrics:
         """The file's content; a missing, unparsable or off-schema file is a StudyError naming it and its stage."""
         return read_output(path, lambda file: cls.model_validate(json.loads(file.read_text())))
+
+
+class StageFileMetrics(StageMetrics):
+    """The metrics of a stage that writes one file, ``metrics/<file>``."""
+
+    file: ClassVar[str]
+
+    @classmethod
+    def path(cls) -> Path:
+        return METRICS_DIR / cls.file
 
 
 class MethodMetrics(StageMetrics):
@@ -89,10 +99,12 @@ class ChanceMetrics(StageMetrics):
     validation: dict[str, Any]
 
 
-class NewItemMetrics(StageMetrics):
+class NewItemMetrics(StageFileMetrics):
     """``metrics/cold_start.json``: the new-item protocol's counts, the methods listed as having no signal for a
     new item, the hybrids' note, per candidate set the test metrics of each result, chance's (shaped as a
     method's: test macro metrics and the validation selection metric) and the findings, and the stage's cost."""
+
+    file = "cold_start.json"
 
     counts: dict[str, int]
     no_signal: dict[str, str]
@@ -102,6 +114,129 @@ class NewItemMetrics(StageMetrics):
     findings: dict[str, list[dict[str, Any]]]
     cost: dict[str, Any]
 
+
+class PrepareMetrics(StageFileMetrics):
+    """``metrics/prepare.json``: the dataset, its item universe, the split protocol applied, the prepared and
+    source counts, what preparation dropped, and the stage's cost."""
+
+    file = "prepare.json"
+
+    dataset: str
+    universe: str
+    split_protocol: str
+    counts: dict[str, Any]
+    source_counts: dict[str, Any]
+    dropped_in_preparation: dict[str, Any]
+    cost: dict[str, Any]
+
+
+class Grounder(StageMetrics):
+    """The grounder: its backend, its model and how the method describes it."""
+
+    backend: str
+    model: str
+    description_of_method: str
+
+
+class GroundMetrics(StageFileMetrics):
+    """``metrics/ground.json``: the grounder (backend, model, how the method describes it), per prompt arm its
+    counts and title-mention rate, and the stage's cost."""
+
+    file = "ground.json"
+
+    grounder: Grounder
+    arms: dict[str, dict[str, Any]]
+    cost: dict[str, Any]
+
+
+class EmbedMetrics(StageFileMetrics):
+    """``metrics/embed.json``: per representation its dimension and coverage counts, the representations
+    without content, the image failures, and the stage's cost."""
+
+    file = "embed.json"
+
+    representations: dict[str, dict[str, Any]]
+    without_content: list[str]
+    image_failures: list[dict[str, Any]]
+    cost: dict[str, Any]
+
+
+class MatchMetrics(StageFileMetrics):
+    """``metrics/match.json``: each method's entry and the stage's cost."""
+
+    file = "match.json"
+
+    methods: dict[str, MethodMetrics]
+    cost: dict[str, Any]
+
+
+class UsersWithoutHistory(StageMetrics):
+    """A method's test metrics on the test users without a history (empty when there are none), and what its
+    lists are for them."""
+
+    test: dict[str, Any]
+    lists: str
+
+
+class RobustnessMethodMetrics(MethodMetrics):
+    """A method's entry under the robustness protocol: a method's, plus its test metrics on the users with a
+    history and on those without."""
+
+    test_with_history: dict[str, Any]
+    cold_start: UsersWithoutHistory
+
+
+class RobustnessChance(StageMetrics):
+    """Chance's test metrics on the users with a history."""
+
+    test_with_history: dict[str, Any]
+
+
+class RobustnessMetrics(StageFileMetrics):
+    """``metrics/robustness.json``: the protocol, each method's entry (a method's, plus its metrics on the test
+    users with and without a history), chance on the users with a history, the split's counts, the test
+    users' counts, and the stage's cost."""
+
+    file = "robustness.json"
+
+    protocol: str
+    methods: dict[str, RobustnessMethodMetrics]
+    chance: RobustnessChance
+    split: dict[str, Any]
+    test_users: dict[str, int]
+    cost: dict[str, Any]
+
+
+class FusionMetrics(StageFileMetrics):
+    """``metrics/fusion.json``: each method's entry, each learned fusion run's training summary, and the
+    stage's cost."""
+
+    file = "fusion.json"
+
+    methods: dict[str, MethodMetrics]
+    training: dict[str, Any]
+    cost: dict[str, Any]
+
+
+class AblationConfiguration(StageMetrics):
+    """One configuration of an ablation cell: the cell with its aggregation and cap, the representation file,
+    the chosen knobs, the selection metric, validation and test metrics, and its wall time."""
+
+    cell: dict[str, Any]
+    representation: str
+    chosen: dict[str, Any]
+    select_metric: str
+    validation: dict[str, Any]
+    test: dict[str, Any]
+    wall_s: float
+
+
+class AblationCellMetrics(StageMetrics):
+    """``metrics/ablations/<cell>.json``: a row per configuration and the cell's cost."""
+
+    configurations: list[AblationConfiguration]
+    cost: dict[str, Any]
+
     @staticmethod
-    def path() -> Path:
-        return METRICS_DIR / "cold_start.json"
+    def path(cell: str) -> Path:
+        return METRICS_DIR / "ablations" / f"{cell}.json"

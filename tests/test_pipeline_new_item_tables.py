@@ -1,0 +1,60 @@
+"""The new-item tables built once from the new-item metrics (vlm4rec/pipeline/new_item_tables.py): seeds
+grouped, ordered by validation, and the cold_start stage's plot data the same bytes as when it was built from
+the results in memory."""
+from __future__ import annotations
+
+import pandas as pd
+
+from results_helpers import EVAL, prepared, study
+from vlm4rec import tables
+from vlm4rec.evaluation import ChanceReference, EvalData
+from vlm4rec.pipeline.cold_start import chance_json
+from vlm4rec.pipeline.new_item_tables import new_item_curves, new_item_table
+from vlm4rec.pipeline.stage_metrics import ChanceMetrics, MethodMetrics, NewItemMetrics
+
+
+def test_new_item_tables_group_the_seeds_named_in_the_metrics() -> None:
+    def entry(recall: float, validation: float) -> MethodMetrics:
+        return MethodMetrics(test={"recall@20": recall, "ndcg@20": recall / 2}, validation={"ndcg@10": validation},
+                             coverage={}, chosen={})
+
+    methods = {"all": {"title": entry(0.5, 0.1), "fusion_gating@seed0": entry(0.25, 0.3),
+                       "fusion_gating@seed1": entry(0.75, 0.3)}}
+    new_items = NewItemMetrics(counts={}, no_signal={"ease": "no signal"}, hybrids="", methods=methods,
+                               chance={"all": ChanceMetrics(test={"recall@20": 0.01, "ndcg@20": 0.005},
+                                                            validation={"ndcg@10": 0.2})},
+                               findings={}, cost={})
+    table = new_item_table(["recall@20"], new_items)
+    assert table.loc["fusion_gating", "recall@20 (among all)"] == 0.5 and table.loc["fusion_gating", "seeds"] == 2
+    assert table.loc["ease", "note"] == "no signal"
+    # ordered by validation (fusion 0.3, chance 0.2, title 0.1), although the title is better on test
+    assert list(table.index) == ["fusion_gating", "chance", "title", "ease"]
+    curves = new_item_curves(new_items).set_index("method")
+    assert list(curves.columns) == ["k", "recall", "ndcg", "candidates"]
+    assert curves.loc["fusion_gating", ["k", "recall", "ndcg", "candidates"]].tolist() == [20, 0.5, 0.25, "all"]
+    assert curves.loc["chance", "recall"] == 0.01
+
+
+def test_the_stage_plot_data_keeps_the_bytes_it_had_when_built_from_the_results(tmp_path) -> None:
+    """What the cold_start stage wrote from its results and chance in memory (per candidate set, recall and
+    NDCG curves merged) and what it writes now from the metrics it saves: the same CSV bytes."""
+    data = prepared()
+    results = study(data)
+    split = EvalData.from_prepared(data)
+    chance = ChanceReference.of(split.validation(), split.test(), [5, 10])
+    sets = ("all", "cold")
+    recall, ndcg = tables.metric_curves(results, "recall", chance), tables.metric_curves(results, "ndcg", chance)
+    before = pd.concat([recall.merge(ndcg, on=["method", "k"]).assign(candidates=name) for name in sets],
+                       ignore_index=True)
+    before.to_csv(tmp_path / "before.csv", index=False)
+    metrics = NewItemMetrics(counts={}, no_signal={}, hybrids="", findings={}, cost={},
+                             methods={name: tables.test_metrics_json(results) for name in sets},
+                             chance={name: chance_json(chance, EVAL.select_metric) for name in sets})
+    new_item_curves(metrics).to_csv(tmp_path / "after.csv", index=False)
+    assert (tmp_path / "after.csv").read_bytes() == (tmp_path / "before.csv").read_bytes()
+    # read back from the file (the report's way), the same rows, in the file's (sorted) method order
+    metrics.save(tmp_path / "cold_start.json")
+    loaded = new_item_curves(NewItemMetrics.load(tmp_path / "cold_start.json"))
+    rows = ["candidates", "method", "k"]
+    pd.testing.assert_frame_equal(loaded.sort_values(rows, ignore_index=True),
+                                  before.sort_values(rows, ignore_index=True))

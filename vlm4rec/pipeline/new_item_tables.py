@@ -1,0 +1,51 @@
+"""The new-item tables, built once from the new-item metrics (:class:`NewItemMetrics`): the cold_start stage
+writes its plot data with them and the report (and both notebooks) show them. A shared helper of the stages,
+not a stage."""
+from __future__ import annotations
+
+from collections.abc import Sequence
+
+import numpy as np
+import pandas as pd
+
+from vlm4rec.evaluation import MethodKey
+from vlm4rec.methods import is_kind
+from vlm4rec.metrics import CHANCE
+from vlm4rec.pipeline.stage_metrics import NewItemMetrics
+from vlm4rec.tables import summary_curves
+
+
+def new_item_table(metrics: Sequence[str], new_items: NewItemMetrics) -> pd.DataFrame:
+    """Per method family and chance, each test metric on the new items ranked among all items and among the
+    new items (a seeded family: the mean over its seeds, with their number), ordered by the validation
+    selection metric (every candidate set shares the selection on the validation new items; never by test),
+    then the methods with no signal for a new item, shown as such."""
+    values: dict[str, dict[str, list[float]]] = {}
+    validation: dict[str, float] = {}
+    for candidates, methods in new_items.methods.items():
+        entries = [(MethodKey.parse(name).family, entry) for name, entry in methods.items()]
+        for family, entry in entries + [(CHANCE, new_items.chance[candidates])]:
+            columns = values.setdefault(family, {})
+            validation[family] = next(iter(entry.validation.values()))
+            for metric in metrics:
+                columns.setdefault(f"{metric} (among {candidates})", []).append(entry.test[metric])
+    table = pd.DataFrame({family: {column: float(np.mean(v)) for column, v in columns.items()}
+                          for family, columns in values.items()}).T
+    table.insert(0, "seeds", [len(next(iter(values[f].values()))) // len(new_items.methods) for f in table.index])
+    table.insert(1, "validation", pd.Series(validation).reindex(table.index).round(4))
+    table["note"] = [new_items.hybrids if is_kind(f, "hybrid") else "" for f in table.index]
+    table = table.sort_values("validation", ascending=False, kind="stable")
+    absent = pd.DataFrame({"note": list(new_items.no_signal.values())}, index=list(new_items.no_signal))
+    return pd.concat([table, absent]).rename_axis("method")
+
+
+def new_item_curves(new_items: NewItemMetrics) -> pd.DataFrame:
+    """Recall@K and NDCG@K per method family (seeds averaged) and chance, per ``candidates`` set (plot data), in
+    the order of the metrics' entries (the stage's results order; a file read back holds them sorted)."""
+    frames = []
+    for candidates, methods in new_items.methods.items():
+        summaries = [(MethodKey.parse(name).family, entry.test) for name, entry in methods.items()]
+        summaries.append((CHANCE, new_items.chance[candidates].test))
+        frames.append(summary_curves(summaries, "recall").merge(summary_curves(summaries, "ndcg"), on=["method", "k"])
+                      .assign(candidates=candidates))
+    return pd.concat(frames, ignore_index=True)
