@@ -30,7 +30,7 @@ import time
 from abc import ABC, abstractmethod
 from contextlib import contextmanager
 from dataclasses import dataclass
-from typing import TYPE_CHECKING, Callable, Iterator, get_args
+from typing import TYPE_CHECKING, Any, Callable, Iterator, get_args
 
 import numpy as np
 import scipy.sparse as sp
@@ -39,7 +39,7 @@ from vlm4rec.config import Aggregation
 from vlm4rec.selection import (FLOAT32_UNIT, FixedOrderDots, Rescorer, RunningTopK, dot_error_factor,
                                float32_at_most, kth_lower_bound, kth_lower_bound_torch, tie_margins)
 from vlm4rec.splits import History
-from vlm4rec.training import TrainingLog
+from vlm4rec.training import EarlyStopping, TrainingLog, train_epochs
 from vlm4rec.vectors import normalize_rows
 
 if TYPE_CHECKING:
@@ -170,6 +170,26 @@ class IterativeRecommender(Recommender):
     @abstractmethod
     def fit_monitored(self, history: History, monitor: Callable[["IterativeRecommender"], float]) -> TrainingLog:
         """Train with early stopping on ``monitor``; the model ends in its best evaluated state."""
+
+    def _refresh(self) -> None:
+        """Recompute what scoring reads (e.g. the factors) from the training state; a no-op by default."""
+
+    def train_checked(self, module: Any, run_epoch: Callable[[int], float],
+                      monitor: Callable[["IterativeRecommender"], float] | None) -> TrainingLog:
+        """:func:`~vlm4rec.training.train_epochs` of ``module`` for up to ``epochs`` epochs; with a ``monitor``,
+        a check every ``eval_every`` epochs (scoring state refreshed first) and the one early-stopping rule
+        (``patience`` checks without improvement, best state restored); the scoring state refreshed at the
+        end. The epoch loop of every iterative model that trains a torch module."""
+        def check(epoch: int) -> float:
+            assert monitor is not None
+            self._refresh()
+            return float(monitor(self))
+
+        log = train_epochs(module, run_epoch, self.epochs, check if monitor is not None else None,
+                           EarlyStopping("max", self.patience) if monitor is not None else None,
+                           eval_every=self.eval_every)
+        self._refresh()
+        return log
 
 
 # --------------------------------------------------------------------------------------------------

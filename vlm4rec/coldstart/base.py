@@ -39,7 +39,7 @@ from vlm4rec.multimodal import LightGCN
 from vlm4rec.multimodal.bpr import NegativeSampler
 from vlm4rec.reproducibility import deterministic_torch
 from vlm4rec.splits import History, binarize
-from vlm4rec.training import EarlyStopping, TrainingLog, TrainingOptions, train_epochs
+from vlm4rec.training import TrainingLog, TrainingOptions
 from vlm4rec.vectors import normalize_rows
 
 Activation = Literal["tanh", "relu"]
@@ -262,15 +262,7 @@ class DistilledRecommender(ColdStartRecommender, FactorRecommender, IterativeRec
                     losses.append(loss.item())
                 return float(np.mean(losses))
 
-            def check(epoch: int) -> float:
-                assert monitor is not None
-                self._refresh()
-                return float(monitor(self))
-
-            log = train_epochs(module, run_epoch, self.epochs, check if monitor is not None else None,
-                               EarlyStopping("max", self.patience) if monitor is not None else None,
-                               eval_every=self.eval_every)
-            self._refresh()
+            log = self.train_checked(module, run_epoch, monitor)
         return log
 
     @torch.no_grad()

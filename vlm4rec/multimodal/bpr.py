@@ -52,7 +52,7 @@ from vlm4rec.methods import BPRConfig, Init, Negatives
 from vlm4rec.matching import FactorRecommender, IterativeRecommender, stored_coordinates
 from vlm4rec.reproducibility import deterministic_torch
 from vlm4rec.splits import History, binarize, history_membership, sample_negatives
-from vlm4rec.training import EarlyStopping, TrainingLog, TrainingOptions, train_epochs
+from vlm4rec.training import TrainingLog, TrainingOptions
 from vlm4rec.vectors import check_modalities, normalize_rows
 
 INIT_STD = 0.1  # N(0, 0.1^2) initial embeddings, as LightGCN's PyTorch port (the fast regime's choice)
@@ -291,15 +291,7 @@ class BPRRecommender(FactorRecommender, IterativeRecommender):
                 schedule.step()
                 return loss
 
-            def check(epoch: int) -> float:
-                assert monitor is not None
-                self._refresh()
-                return float(monitor(self))
-
-            log = train_epochs(model, run_epoch, self.epochs, check if monitor is not None else None,
-                               EarlyStopping("max", self.patience) if monitor is not None else None,
-                               eval_every=self.eval_every)
-            self._refresh()
+            log = self.train_checked(model, run_epoch, monitor)
         return log
 
     def lr_factor(self, epoch: int) -> float:
