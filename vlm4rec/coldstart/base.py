@@ -36,7 +36,7 @@ from vlm4rec.cold_start import FittedOnce
 from vlm4rec.layers import linear
 from vlm4rec.matching import FactorRecommender, IterativeRecommender, Recommender, stored_coordinates
 from vlm4rec.multimodal import LightGCN
-from vlm4rec.multimodal.bpr import NegativeSampler
+from vlm4rec.multimodal.bpr import NegativeSampler, evaluation_factors
 from vlm4rec.reproducibility import deterministic_torch
 from vlm4rec.splits import History, binarize
 from vlm4rec.training import TrainingLog, TrainingOptions
@@ -265,14 +265,10 @@ class DistilledRecommender(ColdStartRecommender, FactorRecommender, IterativeRec
             log = self.train_checked(module, run_epoch, monitor)
         return log
 
-    @torch.no_grad()
     def _refresh(self) -> None:
         """The scoring factors from the current weights, in evaluation mode: the module's ``vectors()``."""
         assert self.module is not None
-        self.module.eval()
-        users, items = self.module.vectors()
-        self.user_factors = users.float().cpu().numpy()
-        self.item_factors = np.ascontiguousarray(items.float().cpu().numpy())
+        self.user_factors, self.item_factors = evaluation_factors(self.module)
 
     def diagnostics(self) -> dict[str, float | int]:
         size = {} if self.module is None else {"n_parameters": int(sum(p.numel() for p in self.module.parameters()))}

@@ -203,6 +203,15 @@ class BPRModel(nn.Module):
         raise NotImplementedError
 
 
+@torch.no_grad()
+def evaluation_factors(module: nn.Module) -> tuple[np.ndarray, np.ndarray]:
+    """A module's scoring factors, its ``vectors()`` in evaluation mode (no dropout), as float32 arrays (the
+    items' C-contiguous) for the matching engine."""
+    module.eval()
+    users, items = module.vectors()
+    return users.float().cpu().numpy(), np.ascontiguousarray(items.float().cpu().numpy())
+
+
 class NegativeSampler:
     """One negative per (sorted) user index, uniform over the candidate items outside that user's fitted
     history: every item (``all``) or the items with a positive in the fitted history (``seen``)."""
@@ -331,14 +340,10 @@ class BPRRecommender(FactorRecommender, IterativeRecommender):
             losses.append(loss.item())
         return float(np.mean(losses))
 
-    @torch.no_grad()
     def _refresh(self) -> None:
         """Recompute the scoring vectors from the current weights (evaluation mode: no dropout)."""
         assert self.model is not None
-        self.model.eval()
-        users, items = self.model.vectors()
-        self.user_factors = users.float().cpu().numpy()
-        self.item_factors = np.ascontiguousarray(items.float().cpu().numpy())
+        self.user_factors, self.item_factors = evaluation_factors(self.model)
 
     def diagnostics(self) -> dict[str, float | int]:
         if self.model is None:
