@@ -176,3 +176,27 @@ def test_baseline_candidates_cover_the_params_grid() -> None:
     assert baseline_candidates("ease", grid)[0].build().l2 == 1.0
     with pytest.raises(ValueError, match="unknown baseline"):
         baseline_candidates("bpr", grid)
+
+
+def _blas_threads_while(calls: list[int]):
+    """A recorder of the BLAS thread limit in force (threadpoolctl), for the functions it wraps."""
+    from threadpoolctl import threadpool_info
+
+    def record() -> None:
+        calls.append(max(info["num_threads"] for info in threadpool_info() if info["user_api"] == "blas"))
+    return record
+
+
+def test_ease_inverts_on_one_blas_thread_whatever_the_machine_allows(monkeypatch) -> None:
+    """A multi-threaded LAPACK's last bits depend on the thread count: the closed form runs on one thread."""
+    from threadpoolctl import threadpool_limits
+
+    calls: list[int] = []
+    record, factor = _blas_threads_while(calls), scipy.linalg.cho_factor
+    monkeypatch.setattr(scipy.linalg, "cho_factor", lambda *a, **k: (record(), factor(*a, **k))[1])
+    matrix = sp.random(30, 12, density=0.3, format="csr", random_state=0)
+    with threadpool_limits(limits=2, user_api="blas"):
+        weights = ease_weights(matrix, l2=10.0)
+    with threadpool_limits(limits=1, user_api="blas"):
+        assert np.array_equal(weights, ease_weights(matrix, l2=10.0))
+    assert calls == [1, 1]

@@ -468,3 +468,21 @@ class TestScoreMixContract(RecommenderContract):
                         ProfileRecommender(planted_item_vectors(seed=1), aggregation="knn_sum"), 0.5)
 
 
+
+
+def test_score_mix_scores_its_models_on_one_blas_thread() -> None:
+    """The mix is no factor product the engine can rescore exactly: its models' dense products run on one
+    BLAS thread, so that their last bits (and the mix's near-ties) do not depend on the thread count."""
+    from threadpoolctl import threadpool_info
+
+    seen: list[int] = []
+
+    class Recording(FixedScores):
+        def score_block(self, users: np.ndarray) -> np.ndarray:
+            seen.append(max(info["num_threads"] for info in threadpool_info() if info["user_api"] == "blas"))
+            return super().score_block(users)
+
+    scores = np.arange(2 * HISTORY.matrix.shape[1], dtype=np.float32).reshape(2, -1)
+    with threadpool_limits(limits=2, user_api="blas"):
+        ScoreMix(Recording(scores), Recording(scores[::-1]), alpha=0.5).fit(HISTORY).score_block(np.array([0, 1]))
+    assert seen == [1, 1]

@@ -14,6 +14,7 @@ from itertools import product
 import numpy as np
 import scipy.linalg
 import scipy.sparse as sp
+from threadpoolctl import threadpool_limits
 
 from vlm4rec.config import BaselineParams
 from vlm4rec.evaluation import Candidate
@@ -111,9 +112,12 @@ def item_gram(matrix: sp.csr_matrix) -> np.ndarray:
 
 def ease_weights_of_gram(gram: np.ndarray, l2: float) -> np.ndarray:
     """EASE^R weights from a Gram matrix G (float64 items x items, overwritten): B = I - P diag(1/diag P),
-    P = (G + l2 I)^-1, zero diagonal (the side-information EASE^R variants pass their own G)."""
+    P = (G + l2 I)^-1, zero diagonal (the side-information EASE^R variants pass their own G). The inverse
+    runs on one BLAS thread: a multi-threaded LAPACK sums in an order that depends on the thread count, and
+    its last bits would reorder near-tied scores on another machine (docs/protocol.md, "Ties, exactly")."""
     gram[np.diag_indices_from(gram)] += l2
-    precision = scipy.linalg.cho_solve(scipy.linalg.cho_factor(gram), np.eye(len(gram)))
+    with threadpool_limits(limits=1, user_api="blas"):
+        precision = scipy.linalg.cho_solve(scipy.linalg.cho_factor(gram), np.eye(len(gram)))
     weights = -precision / np.diag(precision)[None, :]
     weights[np.diag_indices_from(weights)] = 0.0
     return weights

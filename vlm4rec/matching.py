@@ -34,6 +34,7 @@ from typing import TYPE_CHECKING, Any, Callable, Iterator, get_args
 
 import numpy as np
 import scipy.sparse as sp
+from threadpoolctl import threadpool_limits
 
 from vlm4rec.config import Aggregation
 from vlm4rec.selection import (FLOAT32_UNIT, FixedOrderDots, Rescorer, RunningTopK, dot_error_factor,
@@ -679,8 +680,11 @@ class ScoreMix(Recommender):
         return self
 
     def _candidate_z(self, model: Recommender, users: np.ndarray) -> np.ndarray:
-        """``model``'s scores of ``users`` with their seen items set to -inf, standardised per user."""
-        scores = np.array(model.score_block(users), dtype=np.float32)  # a copy: masked in place
+        """``model``'s scores of ``users`` with their seen items set to -inf, standardised per user. The
+        scores come from one BLAS thread: the mix is not a factor product the engine can rescore exactly, so
+        its near-ties are kept independent of the thread count this way (docs/protocol.md, "Ties, exactly")."""
+        with threadpool_limits(limits=1, user_api="blas"):
+            scores = np.array(model.score_block(users), dtype=np.float32)  # a copy: masked in place
         mask_items(scores, self.seen[users])
         return standardize_rows(scores)
 
