@@ -1,9 +1,10 @@
-"""Which test top-50 lists of the match stage's profile methods the exact tie rule changes (issue 23, item 3).
+"""Which test top-50 lists of the match stage's profile methods and EASE^R the tie rules change (issue 23, item 3).
 
     python benchmarks/tie_rule_lists.py STUDY_DIR > benchmarks/results_tie_rule_lists.json
 
 STUDY_DIR is a checkout where `dvc repro` ran with the engine before the rule (commit 96d5f3c: ties by index
-after a float32 BLAS product, whose last bits depend on the thread count): its saved lists
+after a float32 BLAS product, whose last bits depend on the thread count; EASE^R inverted on every BLAS
+thread): its saved lists
 (data/results/match/<rep>/test_topk.npy) are compared with this engine's on the same prepared data, embeddings
 and chosen configurations, ranked with one and with two BLAS threads. Prints, per representation, how many
 users' lists differ (top-50 and top-10), whether one and two threads agree, and NDCG@10 / Recall@20 before
@@ -12,6 +13,7 @@ import json, sys
 from pathlib import Path
 import numpy as np
 from threadpoolctl import threadpool_limits
+from vlm4rec.baselines import EASE
 from vlm4rec.data import load_prepared
 from vlm4rec.evaluation import EvalData, load_result
 from vlm4rec.matching import ProfileRecommender, recommend
@@ -22,11 +24,11 @@ base = Path(sys.argv[1])
 data = load_prepared(base / "data" / "prepared")
 split = EvalData.from_prepared(data).test()
 out = {}
-for rep in ["title", "title_meta", "description_image_only", "title_description_image_title", "image"]:
+for rep in ["title", "title_meta", "description_image_only", "title_description_image_title", "image", "ease"]:
     old = load_result(base / "data" / "results" / "match" / rep)
     config = json.loads((base / "data" / "results" / "match" / rep / "chosen.json").read_text())["config"]
-    vectors = load_vectors(base / "data" / "embeddings", rep)
-    model = ProfileRecommender(vectors, name=rep, **config).fit(split.history)
+    model = (EASE(**config) if rep == "ease" else
+             ProfileRecommender(load_vectors(base / "data" / "embeddings", rep), name=rep, **config)).fit(split.history)
     lists = {}
     for threads in (1, 2):
         with threadpool_limits(threads):
