@@ -15,7 +15,7 @@ from results_helpers import EVAL, FINDINGS, graph_cell, graph_cell_metrics, prep
 from study_params import REPO
 from vlm4rec.config import GraphCellParams, GraphParams, MatchParams, ReportParams
 from vlm4rec.data import PreparedData
-from vlm4rec.evaluation import ChanceReference, MethodKey, MethodResult, save_result
+from vlm4rec.evaluation import ChanceReference, MethodKey, MethodResult, save_result, study_chance
 from vlm4rec.cold_start import new_item_findings
 from vlm4rec.findings import Finding, findings
 from vlm4rec.pipeline import report
@@ -235,7 +235,7 @@ def test_every_verdict_of_a_generated_report_agrees_with_its_interval_and_p(tmp_
     cells = {"vbpr-title-image": GraphCellParams(model="vbpr", modalities=["title", "image"]),
              "vbpr-description-image": GraphCellParams(model="vbpr", modalities=["description", "image"])}
     graph_results = graph_cell("vbpr-title-image", data, 0.3, 3) | graph_cell("vbpr-description-image", data, 0.35, 3)
-    chance = report.study_chance(data, EVAL)
+    chance = study_chance(data, EVAL.ks)
     targets = targets_of(data.interactions, "test", data.n_users, data.n_items)
     records = new_item_findings(results, targets, "description", "recall@10", chance, EVAL.bootstrap_resamples)
     NewItemMetrics(counts={}, no_signal={}, hybrids="", methods={}, chance={}, findings={"cold": json_records(records)},
@@ -275,15 +275,6 @@ def test_every_verdict_of_a_generated_report_agrees_with_its_interval_and_p(tmp_
             assert verdict.endswith("(exploratory, unadjusted)") and "(exploratory, unadjusted)" in entry["answer"]
         assert entry["p"] < 0.05 or min(abs(entry["ci_low"]), abs(entry["ci_high"])) < 1e-3, fid
     assert {"yes", "no clear difference"} <= verdicts  # the synthetic report exercises several verdicts
-
-
-def test_the_ablation_view_places_chance_by_its_validation_value() -> None:
-    cells = pd.DataFrame({"representation": ["a", "b", "c"], "selected": [True, True, False],
-                          "val_ndcg@10": [0.3, 0.2, 0.1], "test_ndcg@10": [0.1, 0.5, 0.9]})
-    values = pd.DataFrame({"user_idx": [0, 1], "ndcg@10": [0.1, 0.2]})  # validation mean 0.15
-    view = report.ablation_view(cells, ChanceReference(values, values / 10), "ndcg@10", top=2)
-    assert view["representation"].tolist() == ["a", "b", "chance"]  # top 2 by validation, then chance (0.15)
-    assert view.loc[2, "test_ndcg@10"] == pytest.approx(0.015) and not view.loc[2, "selected"]
 
 
 def test_findings_are_listed_confirmatory_first_then_exploratory_then_not_tested() -> None:

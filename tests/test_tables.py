@@ -125,3 +125,12 @@ def test_method_groups_follow_the_catalogue_kinds() -> None:
     assert [method_group(m, reps) for m in ("ease", "image", "hybrid_title_ease", "fusion_late", "smore-x")] == [
         "collaborative baselines", "profile matching (one representation)", "content fusions and hybrids",
         "content fusions and hybrids", "multimodal recommenders"]
+
+
+def test_the_ablation_view_places_chance_by_its_validation_value() -> None:
+    cells = pd.DataFrame({"representation": ["a", "b", "c"], "selected": [True, True, False],
+                          "val_ndcg@10": [0.3, 0.2, 0.1], "test_ndcg@10": [0.1, 0.5, 0.9]})
+    values = pd.DataFrame({"user_idx": [0, 1], "ndcg@10": [0.1, 0.2]})  # validation mean 0.15
+    view = tables.ablation_view(cells, ChanceReference(values, values / 10), "ndcg@10", top=2)
+    assert view["representation"].tolist() == ["a", "b", "chance"]  # top 2 by validation, then chance (0.15)
+    assert view.loc[2, "test_ndcg@10"] == pytest.approx(0.015) and not view.loc[2, "selected"]

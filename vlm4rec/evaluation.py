@@ -425,3 +425,10 @@ def _json_entries(path: Path, *keys: str) -> dict[str, Any]:
         payload = json.loads(file.read_text())
         return payload | {key: payload[key] for key in keys}
     return read_output(path, read)
+
+
+def study_chance(prepared: PreparedData, ks: Sequence[int]) -> ChanceReference:
+    """Chance on the study split: a uniformly random ranking of each user's unseen items of the universe
+    (the candidates every method ranks), on validation and on test."""
+    data = EvalData.from_prepared(prepared)
+    return ChanceReference.of(data.validation(), data.test(), ks)

@@ -166,3 +166,14 @@ def seed_spread(results: dict[MethodKey, MethodResult], metric: str) -> pd.DataF
             for n, s in zip(spread["n_seeds"], spread["std"])]
     spread["t95_low"], spread["t95_high"] = spread["mean"] - half, spread["mean"] + half
     return spread
+
+
+def ablation_view(cells: pd.DataFrame, chance: ChanceReference, select_metric: str, top: int = 20) -> pd.DataFrame:
+    """The ablation grid's ``top`` configurations by validation (:func:`vlm4rec.pipeline.ablate.ablation_table`,
+    already in that order) and a chance row at its validation place: the grid ranks the study split's
+    candidates, so chance is the study split's."""
+    validation, test = chance.val_summary(), chance.test_summary()
+    row = pd.DataFrame([{"representation": CHANCE, "selected": False, f"val_{select_metric}": validation[select_metric],
+                         **{f"test_{k}": v for k, v in test.items() if k != "n_users"}}])
+    shown = pd.concat([cells.head(top), row], ignore_index=True)
+    return shown.sort_values(f"val_{select_metric}", ascending=False, kind="stable").reset_index(drop=True)

@@ -20,7 +20,7 @@ import pandas as pd
 
 from vlm4rec.config import EvalParams, FindingsParams, GraphCellParams, GraphParams, MatchParams, ReportParams
 from vlm4rec.data import PreparedData, load_prepared
-from vlm4rec.evaluation import ChanceReference, EvalData, MethodKey, MethodResult, load_result
+from vlm4rec.evaluation import ChanceReference, MethodKey, MethodResult, load_result
 from vlm4rec.findings import Finding, families, findings, graph_comparisons, new_item_findings_of, p_floor_note
 from vlm4rec.methods import CATALOGUE, fusion_method
 from vlm4rec.metrics import CHANCE
@@ -218,13 +218,6 @@ def write_report_metrics(found: list[Finding], notes: list[str], ignored: Sequen
     return payload
 
 
-def study_chance(prepared: PreparedData, evaluation: EvalParams) -> ChanceReference:
-    """Chance on the study split: a uniformly random ranking of each user's unseen items of the universe
-    (the candidates every method ranks), on validation and on test."""
-    data = EvalData.from_prepared(prepared)
-    return ChanceReference.of(data.validation(), data.test(), evaluation.ks)
-
-
 def write_findings(results: dict[MethodKey, MethodResult], prepared: PreparedData, evaluation: EvalParams,
                    match: MatchParams, graph: GraphParams, report: ReportParams,
                    ignored: Sequence[str] = (), chance: ChanceReference | None = None
@@ -310,14 +303,3 @@ def findings_markdown(found: Sequence[Finding]) -> str:
                 ("Exploratory (unadjusted p and 95% CIs)", [f for f in tested if not f.confirmatory]),
                 ("Not tested", [f for f in found if f.verdict_blocked_by])]
     return "\n\n".join(f"**{title}**\n\n{items(selected)}" for title, selected in sections)
-
-
-def ablation_view(cells: pd.DataFrame, chance: ChanceReference, select_metric: str, top: int = 20) -> pd.DataFrame:
-    """The ablation grid's ``top`` configurations by validation (:func:`vlm4rec.pipeline.ablate.ablation_table`,
-    already in that order) and a chance row at its validation place: the grid ranks the study split's
-    candidates, so chance is the study split's."""
-    validation, test = chance.val_summary(), chance.test_summary()
-    row = pd.DataFrame([{"representation": CHANCE, "selected": False, f"val_{select_metric}": validation[select_metric],
-                         **{f"test_{k}": v for k, v in test.items() if k != "n_users"}}])
-    shown = pd.concat([cells.head(top), row], ignore_index=True)
-    return shown.sort_values(f"val_{select_metric}", ascending=False, kind="stable").reset_index(drop=True)
