@@ -36,7 +36,9 @@ can make a degree non-positive) and an item without the modality has no edges; t
 first :data:`INFO_NCE_ROWS` triples of each (shuffled) batch, the reference batch size, so that they see as
 many in-batch negatives as in the paper when batches are larger (the fast regime); the filters have no
 imaginary part at the two bins that are real for a real signal (see :func:`real_signal_filter`; the
-inverse rFFT ignores those parts, so the views are the reference's).
+inverse rFFT ignores those parts, so the views are the reference's); the L2 term is divided by the batch's
+own length, where the reference divides by the configured batch size also for an epoch's shorter last
+batch.
 """
 from __future__ import annotations
 
