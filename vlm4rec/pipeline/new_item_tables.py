@@ -31,7 +31,7 @@ def new_item_table(metrics: Sequence[str], new_items: NewItemMetrics) -> pd.Data
                 columns.setdefault(f"{metric} (among {candidates})", []).append(entry.test[metric])
     table = pd.DataFrame({family: {column: float(np.mean(v)) for column, v in columns.items()}
                           for family, columns in values.items()}).T
-    table.insert(0, "seeds", [len(next(iter(values[f].values()))) // len(new_items.methods) for f in table.index])
+    table.insert(0, "seeds", [len(next(iter(values[f].values()))) for f in table.index])  # a column: one set
     table.insert(1, "validation", pd.Series(validation).reindex(table.index).round(4))
     table["note"] = [new_items.hybrids if is_kind(f, "hybrid") else "" for f in table.index]
     table = table.sort_values("validation", ascending=False, kind="stable")
