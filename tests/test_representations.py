@@ -64,6 +64,16 @@ def test_title_meta_joins_genres_and_falls_back_to_title_without_metadata(items)
     assert texts.is_fallback.tolist() == [False, False, True, False]
 
 
+def test_genres_is_the_metadata_without_the_title_and_never_falls_back_to_it(items):
+    texts = item_texts(items, "genres")
+    assert texts.texts == ["Genres: Animation, Comedy", "Genres: Action, Crime", "", "Genres: Comedy"]
+    assert texts.n_fallback == 0 and texts.is_missing.tolist() == [False, False, True, False]
+    encoder = HashingEncoder()
+    rep = from_texts("genres", texts, encoder.embed, encoder.dim, "hash-8")
+    assert rep.n_missing == 1 and rep.coverage == 0.75 and not rep.vectors[2].any()
+    assert not any("Casino" in text or "Toy Story" in text for text in encoder.seen)
+
+
 def test_description_falls_back_to_title_for_items_without_a_description(items, descriptions):
     texts = item_texts(items, "description", descriptions)
     assert texts.texts == ["Cartoon toys on a bed.", "Heat (1995)", "A man in a suit before neon lights.",

@@ -21,7 +21,7 @@ from vlm4rec.errors import StudyError
 from vlm4rec.vectors import coverage_of, normalize_rows
 from vlm4rec.stage_outputs import read_output
 
-TextKind = Literal["title", "title_meta", "description", "title_description"]
+TextKind = Literal["title", "title_meta", "genres", "description", "title_description"]
 TEXT_KINDS: tuple[str, ...] = get_args(TextKind)
 
 _NO_DESCRIPTION_RULE = "items without a grounded description (no image or failed grounding) use their title text"
@@ -29,6 +29,7 @@ _NO_TEXT_RULE = "; items with no text at all (no title and nothing else) get no 
 FALLBACK_RULES = {
     "title": "none: items without a title get no vector (missing, ranked last)",
     "title_meta": "items with no genres/metadata use their title text",
+    "genres": "none: items without genres/metadata get no vector (missing, ranked last; never the title)",
     "description": _NO_DESCRIPTION_RULE,
     "title_description": _NO_DESCRIPTION_RULE,
 }
@@ -73,7 +74,9 @@ def _descriptions_for(items: pd.DataFrame, descriptions: pd.Series | None) -> pd
 def item_texts(items: pd.DataFrame, kind: TextKind, descriptions: pd.Series | None = None) -> TextsWithFallback:
     """The text each item is encoded from under representation ``kind``.
 
-    ``title``: the title. ``title_meta``: ``f"{title}. Genres: {meta_text}"``. ``description``: the
+    ``title``: the title. ``title_meta``: ``f"{title}. Genres: {meta_text}"``. ``genres``:
+    ``f"Genres: {meta_text}"``, the metadata without the title (what a perfect poster reader could state
+    without naming the film: a content reference beside the grounded description). ``description``: the
     grounded description. ``title_description``: ``title + ". " + description``. ``descriptions`` holds
     description text indexed by ``item_idx``, successful groundings only; an item absent from it (or with
     blank text), or with no metadata for ``title_meta``, gets its title text and is flagged as a fallback.
@@ -85,6 +88,10 @@ def item_texts(items: pd.DataFrame, kind: TextKind, descriptions: pd.Series | No
     titles = _clean(items["title"]).reset_index(drop=True)
     if kind == "title":
         return TextsWithFallback(titles.tolist(), np.zeros(len(titles), dtype=bool), FALLBACK_RULES[kind])
+    if kind == "genres":
+        genres = _clean(items["meta_text"]).reset_index(drop=True)
+        texts = ("Genres: " + genres).where(genres.ne(""), "")
+        return TextsWithFallback(texts.tolist(), np.zeros(len(texts), dtype=bool), FALLBACK_RULES[kind])
     if kind == "title_meta":
         content = _clean(items["meta_text"]).reset_index(drop=True)
         joined = _join(titles, "Genres: " + content)
@@ -193,6 +200,13 @@ def from_features(name: str, array: np.ndarray, source: str) -> Representation:
 def available_representations(directory: str | Path) -> list[str]:
     """Names of the representations saved under ``directory`` (sorted)."""
     return sorted(path.stem for path in Path(directory).glob("*.json"))
+
+
+def representations_with_content(directory: str | Path) -> list[str]:
+    """The saved representations with at least one item of their own (sorted): the ones a stage that scores
+    every representation can score (e.g. ``genres`` of a source without metadata has none)."""
+    return [name for name in available_representations(directory)
+            if Representation.load(directory, name).has_content]
 
 
 def load_vectors(directory: str | Path, name: str, key: str = "a representation name") -> np.ndarray:

@@ -1,7 +1,7 @@
 """Embed stage: every item representation the study compares, aligned to the item table."""
 from __future__ import annotations
 
-from functools import partial
+from functools import cache, partial
 from typing import Any, Callable, Sequence
 
 import numpy as np
@@ -36,11 +36,13 @@ def image_encoder_factory(embed: EmbedParams, device: str = "cpu") -> Callable[[
 def text_representations(items: pd.DataFrame, descriptions: pd.DataFrame, arms: list[str],
                          encoder_spec: str, batch_size: int, grounder: str,
                          ray: RayParams | None = None) -> list[Representation]:
-    """title, title_meta and, per prompt arm, description_<arm> and title_description_<arm>.
+    """title, title_meta and, per prompt arm, description_<arm> and title_description_<arm>; then the content
+    reference ``genres`` (the metadata without the title).
 
-    Every distinct text of all representations is encoded once, in one pass (here, or on Ray actors when
-    ``ray`` is given: the same vectors), since fallbacks repeat titles across representations."""
-    label = f"sentence encoder {encoder_spec}"
+    Every distinct text of the study's representations is encoded once, in one pass (here, or on Ray actors
+    when ``ray`` is given: the same vectors), since fallbacks repeat titles across representations; the
+    content reference is encoded in a pass of its own, so that adding it leaves every other vector unchanged
+    to the bit (the encoder batches texts by length, and a batch's padding moves last bits)."""
     jobs: list[tuple[str, str, pd.Series | None, str]] = [
         ("title", "title", None, "title"), ("title_meta", "title_meta", None, "title + genres/metadata")]
     for arm in arms:
@@ -48,13 +50,25 @@ def text_representations(items: pd.DataFrame, descriptions: pd.DataFrame, arms: 
         jobs += [(f"description_{arm}", "description", series, f"{grounder} descriptions, prompt arm {arm}"),
                  (f"title_description_{arm}", "title_description", series,
                   f"title + {grounder} descriptions, prompt arm {arm}")]
+    references = [("genres", "genres", None, "genres/metadata without the title (a content reference)")]
+    local_encoder = cache(partial(load_text_encoder, encoder_spec))  # loaded once, and only where needed
+    return [rep for group in (jobs, references)
+            for rep in encoded_in_one_pass(items, group, encoder_spec, local_encoder, batch_size, ray)]
+
+
+def encoded_in_one_pass(items: pd.DataFrame, jobs: list[tuple[str, str, pd.Series | None, str]],
+                        encoder_spec: str, local_encoder: Callable[[], Any], batch_size: int,
+                        ray: RayParams | None) -> list[Representation]:
+    """One representation per job ``(name, text kind, descriptions, what it is)``, every distinct text of the
+    jobs encoded once, in one pass (on Ray actors when ``ray`` is given, else by ``local_encoder()``)."""
+    label = f"sentence encoder {encoder_spec}"
     texts = {name: item_texts(items, kind, series) for name, kind, series, _ in jobs}
     distinct = list(dict.fromkeys(t for chosen in texts.values() for t, gone in zip(chosen.texts, chosen.is_missing)
                                   if not gone))
     if ray is not None and distinct:  # the driver loads no encoder
         vectors = encode_texts_ray(distinct, encoder_spec, batch_size, ray)
     else:  # (with nothing to encode, the local encoder still gives the width)
-        vectors = encode_texts(distinct, load_text_encoder(encoder_spec), batch_size=batch_size)
+        vectors = encode_texts(distinct, local_encoder(), batch_size=batch_size)
     row_of = {text: row for row, text in enumerate(distinct)}
 
     def encoded(chosen: Sequence[str]) -> np.ndarray:
