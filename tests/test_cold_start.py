@@ -159,6 +159,9 @@ def test_the_protocol_counts_and_a_profile_ranks_the_new_items_by_their_content(
     counts = new_item_counts(inter, val, test)
     assert counts["val_cold_items"] == counts["test_cold_items"] == 9
     assert counts["test_pairs"] == int(inter["item_idx"].isin(test).sum())
+    pairs = inter.loc[inter["item_idx"].isin(test), "item_idx"].value_counts().to_numpy()
+    assert counts["test_pairs_per_item"] == round(pairs.sum() / 9, 1)
+    assert counts["test_pairs_on_top5_items"] == round(np.sort(pairs)[-5:].sum() / pairs.sum(), 3)
     shuffled = vectors[np.random.default_rng(1).permutation(len(vectors))]
     split = NewItemData.from_cold_split(inter, 60, 60, val, test, among_cold=True).test()
     means = {name: evaluate(ProfileRecommender(x), split, [3, 10])[1]["recall@3"].mean()

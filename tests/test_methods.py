@@ -7,7 +7,7 @@ import pytest
 
 from vlm4rec import methods
 from vlm4rec.config import load_params
-from vlm4rec.methods import (CATALOGUE, FREEDOMConfig, family_of, fusion_method, hybrid_method, hybrid_representation,
+from vlm4rec.methods import (CATALOGUE, FREEDOMConfig, cold_start_method, cold_start_parts, family_of, fusion_method, hybrid_method, hybrid_representation,
                              is_kind, of_kind, option_problems)
 
 from study_params import REPO
@@ -29,7 +29,8 @@ def test_every_family_the_stages_compute_is_catalogued_with_its_kind() -> None:
 @pytest.mark.parametrize("method, kind", [
     ("title", "profile"), ("ease", "baseline"), ("mostpop", "baseline"), ("fusion_late", "fusion"),
     ("fusion_frequency_filter", "fusion"), ("hybrid_description_image_only_ease", "hybrid"),
-    ("freedom-title-image", "graph_model")])
+    ("freedom-title-image", "graph_model"), ("collective_ease-title", "cold_start_model"),
+    ("content_regression-description_image_only", "cold_start_model")])
 def test_a_lookup_per_kind(method, kind) -> None:
     found = family_of(method, ["title"], {"freedom-title-image": "freedom"})
     assert found is not None and found.kind == kind
@@ -43,7 +44,20 @@ def test_names_are_formed_and_resolved_by_the_catalogue_only() -> None:
     assert fusion_method("gating") == "fusion_gating"
     with pytest.raises(ValueError, match="unknown fusion"):
         fusion_method("concat")
-    assert of_kind("cold_start_model") == ()  # the next round's models go here
+    assert of_kind("cold_start_model") == ("content_regression", "dropoutnet", "aldi", "collective_ease",
+                                           "additive_ease")
+    assert cold_start_method("aldi", "genres") == "aldi-genres" and cold_start_parts("aldi-genres") == ("aldi", "genres")
+    assert cold_start_parts("vbpr-title") is None and cold_start_parts("aldi-") is None
+    with pytest.raises(ValueError, match="unknown cold-start model"):
+        cold_start_method("vbpr", "title")
+
+
+@pytest.mark.parametrize("model", of_kind("cold_start_model"))
+def test_each_cold_start_model_is_catalogued_with_its_class(model) -> None:
+    from vlm4rec import coldstart
+
+    implementation = CATALOGUE[model].implementation()
+    assert implementation.name == model and coldstart.MODELS[model][0] is implementation
 
 
 def test_what_each_family_can_score() -> None:

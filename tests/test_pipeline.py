@@ -51,7 +51,7 @@ def _small_params(params: dict, posters: Path) -> dict:
     params["graph"]["cells"] = {"lightgcn": {"model": "lightgcn", "modalities": []},
                                 "smore-description-image": {"model": "smore",
                                                             "modalities": ["description_image_only", "image"]}}
-    params["cold_start"] |= {"graph_cells": ["smore-description-image"], "seeds": [0, 1]}
+    params["cold_start"] |= {"graph_cells": ["smore-description-image"], "seeds": [0, 1], "backbone_epochs": 2}
     # A few cells of each matrix stage: the machinery is the same, each cell costs a process start.
     params["ablation"] = {"grounded": ["description"], "ungrounded": ["title"], "arms": ["image_only"],
                           "aggregations": ["mean", "knn_sum"], "caps": ["all"]}
@@ -133,6 +133,11 @@ def test_new_item_results_recomputed_from_the_newest_items(study: Path) -> None:
     assert counts["test_cold_items"] == len(test_items) and counts["test_users"] == len(test)
     for candidates in ("all", "cold"):
         check_saved_topk(study / "data/results/cold_start" / candidates, test)
+    # every dedicated cold-start model fed every representation, among the checked lists (seeds for the trained)
+    saved = {path.name for path in (study / "data/results/cold_start/cold").iterdir()}
+    for model in cold["models"]:
+        for rep in cold["model_content"]:
+            assert {f"{model}-{rep}", f"{model}-{rep}@seed0"} & saved, (model, rep)
     # the title scores every item (the fixture's poster subset leaves most images without a vector, and a list
     # with fewer scorable candidates than 10 is padded)
     assert set(np.load(study / "data/results/cold_start/cold/title/test_topk.npy")[:, :10].ravel().tolist()) <= test_items

@@ -45,6 +45,7 @@ Aggregation = Literal["mean", "recency", "knn_sum"]
 PromptArm = Literal["image_only", "image_title"]
 LearnedFusion = Literal[LEARNED_FUSIONS]  # type: ignore[valid-type]
 BaselineName = Literal[of_kind("baseline")]  # type: ignore[valid-type]
+ColdStartModel = Literal[of_kind("cold_start_model")]  # type: ignore[valid-type]
 GrounderBackend = Literal["tagger", "hf", "openai"]
 
 
@@ -472,6 +473,16 @@ class ColdStartParams(Section):
     fusion_learned: list[LearnedFusion] = Field(description="learned fusions evaluated on new items")
     graph_cells: list[SafeName] = Field(description="graph.cells evaluated on new items in their new-item form "
                                                "(content-free models such as LightGCN are not allowed)")
+    models: list[ColdStartModel] = Field(description="dedicated cold-start recommenders (vlm4rec/coldstart), each "
+                                                     "fed every representation of model_content")
+    model_content: list[SafeName] = Field(description="representations (data/embeddings) fed to each model of "
+                                                      "models, one cell per model and representation")
+    model_grids: dict[ColdStartModel, dict[str, list[Any]]] = Field(
+        description="per model: hyperparameter -> values tried on validation (their product); others keep the "
+                    "model's defaults (checked against its configuration before any training)")
+    backbone_epochs: PositiveInt = Field(description="epochs of the LightGCN backbone the trained cold-start "
+                                                     "models learn from (fixed, not selected: no warm validation "
+                                                     "here)")
 
 
 class GraphTrainingParams(Section):

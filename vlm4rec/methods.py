@@ -143,6 +143,14 @@ CATALOGUE: dict[str, Family] = {family.name: family for family in (
     Family("freedom", "graph_model", "FREEDOM", config=FREEDOMConfig,
            implemented_by="vlm4rec.multimodal.freedom:FREEDOM"),
     Family("smore", "graph_model", "SMORE", config=SMOREConfig, implemented_by="vlm4rec.multimodal.smore:SMORE"),
+    Family("content_regression", "cold_start_model", "content regression (DeepMusic-style)",
+           implemented_by="vlm4rec.coldstart.regression:ContentRegression"),
+    Family("dropoutnet", "cold_start_model", "DropoutNet", implemented_by="vlm4rec.coldstart.dropoutnet:DropoutNet"),
+    Family("aldi", "cold_start_model", "ALDI", implemented_by="vlm4rec.coldstart.aldi:ALDI"),
+    Family("collective_ease", "cold_start_model", "cEASE^R (collective)",
+           implemented_by="vlm4rec.coldstart.side_ease:CollectiveEASE"),
+    Family("additive_ease", "cold_start_model", "Add-EASE^R (additive)",
+           implemented_by="vlm4rec.coldstart.side_ease:AdditiveEASE"),
 )}
 
 LEARNED_FUSIONS = ("attention", "gating", "frequency_filter")
@@ -179,11 +187,26 @@ def hybrid_representation(method: str) -> str | None:
     return match.group(1) if match else None
 
 
+def cold_start_method(model: str, representation: str) -> str:
+    """The family name of the dedicated cold-start recommender ``model`` fed ``representation``
+    (``collective_ease-title``)."""
+    if CATALOGUE.get(model, PROFILE).kind != "cold_start_model":
+        raise ValueError(f"unknown cold-start model {model!r}; the catalogue's: {', '.join(of_kind('cold_start_model'))}")
+    return f"{model}-{representation}"
+
+
+def cold_start_parts(method: str) -> tuple[str, str] | None:
+    """(model, representation) of the cold-start family ``method`` (the inverse of :func:`cold_start_method`),
+    or None."""
+    model, dash, representation = method.partition("-")
+    return (model, representation) if dash and representation and model in of_kind("cold_start_model") else None
+
+
 def family_of(method: str, representations: Collection[str] = (), graph_models: Mapping[str, str] | None = None
               ) -> Family | None:
     """The catalogue family of the result family ``method``: a closed family by its name, a graph cell (a key
     of ``graph_models``, cell -> model) by its model, a name of ``representations`` as profile matching, a
-    hybrid by its name rule (:func:`hybrid_method`); None when none of these names it."""
+    hybrid and a cold-start recommender by their name rules (:func:`hybrid_method`, :func:`cold_start_method`); None when none of these names it."""
     graph_models = graph_models or {}
     if method in CATALOGUE and method not in (PROFILE.name, HYBRID.name):
         return CATALOGUE[method]
@@ -191,6 +214,8 @@ def family_of(method: str, representations: Collection[str] = (), graph_models: 
         return CATALOGUE[graph_models[method]]
     if method in representations:
         return PROFILE
+    if (parts := cold_start_parts(method)) is not None:
+        return CATALOGUE[parts[0]]
     return HYBRID if hybrid_representation(method) is not None else None
 
 

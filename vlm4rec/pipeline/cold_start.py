@@ -4,20 +4,26 @@
 Scored: mean-profile matching of every representation the embed stage wrote, the weighted late fusion, the
 learned fusions of ``cold_start.fusion_learned``, the content + EASE^R hybrids (the EASE^R part scores every
 new item 0: no signal for it) and the multimodal recommenders of ``cold_start.graph_cells`` in their new-item
-form (``unseen_items="content"``: a new item has no ID parameters and is scored from its content alone).
-Methods with no signal for a new item (MostPop, ItemKNN-CF, EASE^R, LightGCN) are listed, not scored.
-Every fit sees the warm training history only.
+form (``unseen_items="content"``: a new item has no ID parameters and is scored from its content alone), and
+the dedicated cold-start recommenders of ``cold_start.models`` (:mod:`vlm4rec.coldstart`), each fed every
+representation of ``cold_start.model_content``: the trained ones learn over one LightGCN backbone per seed
+(:func:`warm_backbone`), the side-information EASE^R ones use the match stage's chosen EASE^R penalty for
+their history part. Methods with no signal for a new item (MostPop, ItemKNN-CF, EASE^R, LightGCN) are
+listed, not scored. Every fit sees the warm training history only.
 """
 from __future__ import annotations
 
+import itertools
 import json
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import replace
+from functools import cache
 from typing import Any
 
 import numpy as np
 import pandas as pd
 
+from vlm4rec import coldstart
 from vlm4rec.baselines import EASE
 from vlm4rec.cold_start import (CANDIDATE_SETS, FittedOnce, NewItemData, new_item_counts, new_item_findings,
                                 select_and_test_new_items)
@@ -29,14 +35,16 @@ from vlm4rec.matching import ProfileRecommender
 from vlm4rec.multimodal import candidates as graph_candidates, regime_options
 from vlm4rec.fusion_candidates import FusionTrainer, hybrid_candidates, late_fusion_candidates
 from vlm4rec.gallery import user_gallery
-from vlm4rec.methods import CATALOGUE, HYBRID, fusion_method, hybrid_method
+from vlm4rec.errors import StudyError
+from vlm4rec.methods import CATALOGUE, HYBRID, cold_start_method, fusion_method, hybrid_method
 from vlm4rec.pipeline.outputs import (EMBEDDINGS_DIR, PLOTS_DIR, PREPARED_DIR, RESULTS_DIR, chosen_ease_l2,
                                       peak_rss_mb, timed)
 from vlm4rec.pipeline.new_item_tables import new_item_curves
 from vlm4rec.pipeline.stage_metrics import NewItemMetrics
 from vlm4rec.tables import test_metrics_json, timing_json
-from vlm4rec.representations import available_representations, load_vectors
+from vlm4rec.representations import load_vectors, representations_with_content
 from vlm4rec.splits import assign_cold_split, cold_items
+from vlm4rec.training import TrainingOptions
 
 COLD_RESULTS = RESULTS_DIR / "cold_start"
 #: The catalogued methods that cannot score a new item, and why (listed in the tables, never scored).
@@ -78,6 +86,7 @@ def run(evaluation: EvalParams, cold_start: ColdStartParams, fusion: FusionParam
     ks, metric, seeds = evaluation.ks, evaluation.select_metric, cold_start.seeds
     costs: dict[str, Any] = {}
     results: Results = {name: {} for name in CANDIDATE_SETS}
+    check_model_grids(cold_start)
     with timed(costs, "wall"):
         data, counts = new_item_data(cold_start, evaluation)
         print("new-item protocol:", json.dumps(counts))
@@ -86,7 +95,7 @@ def run(evaluation: EvalParams, cold_start: ColdStartParams, fusion: FusionParam
             _merge(results, select_and_test_new_items(method, lambda seed: grid, data, ks, metric,
                                                       out_dir=COLD_RESULTS))
 
-        for rep in available_representations(EMBEDDINGS_DIR):
+        for rep in representations_with_content(EMBEDDINGS_DIR):
             vectors = load_vectors(EMBEDDINGS_DIR, rep, "data/embeddings")
             unseeded(rep, [Candidate({}, lambda v=vectors, r=rep: ProfileRecommender(v, name=r))])
         modalities = {name: load_vectors(EMBEDDINGS_DIR, name, "fusion.modalities") for name in fusion.modalities}
@@ -109,6 +118,19 @@ def run(evaluation: EvalParams, cold_start: ColdStartParams, fusion: FusionParam
             _merge(results, select_and_test_new_items(
                 cell, lambda seed, s=spec, m=cell_modalities, g=grid: graph_candidates(s.model, m, g, fixed, seed),
                 data, ks, metric, seeds, COLD_RESULTS))
+        backbone = warm_backbone(graph, cold_start.backbone_epochs)
+        for model in cold_start.models:
+            grid = cold_start.model_grids.get(model, {})
+            for rep in cold_start.model_content:
+                content = load_vectors(EMBEDDINGS_DIR, rep, "cold_start.model_content")
+                if model in coldstart.TRAINED:
+                    _merge(results, select_and_test_new_items(
+                        cold_start_method(model, rep),
+                        lambda seed, m=model, c=content, g=grid: coldstart.candidates(
+                            m, c, g, {"device": graph.device}, seed, backbone(seed)),
+                        data, ks, metric, seeds, COLD_RESULTS))
+                else:
+                    unseeded(cold_start_method(model, rep), coldstart.candidates(model, content, grid, {"l2": l2}))
     chance = chance_references(data, ks)
     findings = {name: json_records(new_item_findings(
         results[name], data.test_targets, report.findings.description, cold_start.metric, chance[name],
@@ -116,12 +138,59 @@ def run(evaluation: EvalParams, cold_start: ColdStartParams, fusion: FusionParam
     metrics = NewItemMetrics(counts=counts, no_signal=NO_SIGNAL, hybrids=HYBRID.note,
                              methods={name: test_metrics_json(results[name]) for name in CANDIDATE_SETS},
                              chance={name: chance_json(chance[name], metric) for name in CANDIDATE_SETS},
-                             findings=findings, cost=costs | {"peak_rss_mb": round(peak_rss_mb(), 1),
+                             findings=findings, model_findings=model_findings(results, data, cold_start, report,
+                                                                              evaluation),
+                             cost=costs | {"peak_rss_mb": round(peak_rss_mb(), 1),
                                                               "methods": timing_json(results["all"])})
     metrics.save(NewItemMetrics.path())
     PLOTS_DIR.mkdir(exist_ok=True)
     new_item_curves(metrics).to_csv(PLOTS_DIR / "cold_start_at_k.csv", index=False)
     return results, metrics, chance
+
+
+def warm_backbone(graph: GraphParams, epochs: int) -> Callable[[int], FittedOnce]:
+    """seed -> the LightGCN backbone of the trained cold-start models (the graph stage's LightGCN: its regime,
+    its grid's first point, ``epochs`` epochs, new items without ID parameters), fitted once per seed on the
+    warm history and shared by every model, representation and grid point of that seed."""
+    options = {key: value for key, value in regime_options(graph, "lightgcn").items() if key != "device"}
+    point = {key: values[0] for key, values in graph.chosen_scale.grids.get("lightgcn", {}).items()}
+
+    @cache
+    def fitted(seed: int) -> FittedOnce:
+        return FittedOnce(coldstart.default_backbone(TrainingOptions(device=graph.device, seed=seed),
+                                                     **options | point | {"epochs": epochs}))
+    return fitted
+
+
+def check_model_grids(cold_start: ColdStartParams) -> None:
+    """Every grid point of ``cold_start.model_grids`` of a model in ``cold_start.models`` validated against the
+    model's configuration, before any training: one line naming the key."""
+    for model in cold_start.models:
+        for point in itertools.product(*(grid := cold_start.model_grids.get(model, {})).values()):
+            try:
+                coldstart.MODELS[model][1](**dict(zip(grid, point)))
+            except ValueError as err:
+                raise StudyError(f"cold_start.model_grids.{model}: {dict(zip(grid, point))} is not a "
+                                 f"configuration of {model}: {err}".replace("\n", " ")) from None
+
+
+def model_findings(results: Results, data: NewItemData, cold_start: ColdStartParams, report: ReportParams,
+                   evaluation: EvalParams) -> dict[str, dict[str, list[dict[str, Any]]]]:
+    """Does the grounded description help each dedicated cold-start model? Per model of ``cold_start.models``
+    (those fed the description, ``report.findings.description``) and candidate set: the model fed the
+    description minus the same model fed each other representation of ``cold_start.model_content``
+    (:func:`~vlm4rec.cold_start.new_item_findings`: the two-way bootstrap, unadjusted p)."""
+    description = report.findings.description
+    if description not in cold_start.model_content:
+        return {}
+    out = {}
+    for model in cold_start.models:
+        own = {cold_start_method(model, rep) for rep in cold_start.model_content}
+        out[model] = {name: json_records(new_item_findings(
+            {key: result for key, result in results[name].items() if key.family in own}, data.test_targets,
+            cold_start_method(model, description), cold_start.metric, None, evaluation.bootstrap_resamples,
+            evaluation.seed)) for name in CANDIDATE_SETS}
+    return out
 
 
 def chance_references(data: NewItemData, ks: Sequence[int]) -> dict[str, ChanceReference]:

@@ -102,16 +102,19 @@ class ChanceMetrics(StageMetrics):
 class NewItemMetrics(StageFileMetrics):
     """``metrics/cold_start.json``: the new-item protocol's counts, the methods listed as having no signal for a
     new item, the hybrids' note, per candidate set the test metrics of each result, chance's (shaped as a
-    method's: test macro metrics and the validation selection metric) and the findings, and the stage's cost."""
+    method's: test macro metrics and the validation selection metric) and the findings, per dedicated
+    cold-start model and candidate set its findings (the description fed to it against its other content
+    feeds), and the stage's cost."""
 
     file = "cold_start.json"
 
-    counts: dict[str, int]
+    counts: dict[str, int | float]
     no_signal: dict[str, str]
     hybrids: str
     methods: dict[str, dict[str, MethodMetrics]]
     chance: dict[str, ChanceMetrics]
     findings: dict[str, list[dict[str, Any]]]
+    model_findings: dict[str, dict[str, list[dict[str, Any]]]]
     cost: dict[str, Any]
 
 
