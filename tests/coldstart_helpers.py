@@ -127,4 +127,4 @@ def planted_new_item_data(planted: PlantedNewItems) -> NewItemData:
             rows.append((user, item, 1, "val" if item in val_items else "test"))
     inter = pd.DataFrame(rows, columns=["user_idx", "item_idx", "timestamp", "split"])
     return NewItemData.from_cold_split(inter, planted.history.n_users, planted.history.n_items, val_items,
-                                       test_items, among_cold=True)
+                                       test_items, "cold")

@@ -87,12 +87,33 @@ def test_new_item_splits_fit_on_warm_items_only_and_rank_the_phase_candidates():
     inter = inter.assign(split=assign_cold_split(inter, val, test))
     n_users, n_items = int(inter["user_idx"].max()) + 1, len(vectors)
     for among_cold in (False, True):
-        data = NewItemData.from_cold_split(inter, n_users, n_items, val, test, among_cold)
+        data = NewItemData.from_cold_split(inter, n_users, n_items, val, test, "cold" if among_cold else "all")
         val_split, test_split = data.validation(), data.test()
         assert not val_split.history.matrix[:, np.concatenate([val, test])].nnz
         _, per_user = evaluate(ProfileRecommender(vectors), test_split, ks=[3, 10])
         k = 3 if among_cold else 10
         assert per_user[f"recall@{k}"].mean() == pytest.approx(cold_recall(inter, vectors, k, among_cold))
+
+
+def test_the_four_settings_rank_their_candidates_against_their_targets():
+    """Items 0-1 warm, 2 a validation new item, 3 a test new item; user 0 has a warm test positive on item 1."""
+    rows = [(0, 0, 0, "train"), (1, 0, 1, "train"), (1, 1, 2, "train"), (0, 1, 3, "warm_test"),
+            (0, 2, 4, "val"), (0, 3, 5, "test"), (1, 3, 6, "test")]
+    inter = pd.DataFrame(rows, columns=["user_idx", "item_idx", "timestamp", "split"])
+    data = NewItemData.from_cold_split(inter, 2, 4, np.array([2]), np.array([3]), "cold")
+    assert data.train_history.matrix.toarray().tolist() == [[1, 0, 0, 0], [1, 1, 0, 0]]
+    assert data.warm_items.tolist() == [0, 1]
+    expected = {  # setting: (users, targets of user 0, the items user 0 cannot be recommended)
+        "all": ([0, 1], [3], [0]), "cold": ([0, 1], [3], [0, 1, 2]), "warm": ([0], [1], [0, 2, 3]),
+        "hybrid": ([0, 1], [1, 3], [0])}
+    for name, (users, targets, excluded) in expected.items():
+        split = data.with_candidates(name).test()
+        assert split.users.tolist() == users, name
+        assert split.targets[0].indices.tolist() == targets, name
+        assert np.flatnonzero(split.exclude[0].toarray()).tolist() == excluded, name
+    assert np.flatnonzero(data.validation().exclude[0].toarray()).tolist() == [0, 1, 3]  # among validation new items
+    with pytest.raises(ValueError, match="unknown candidate set"):
+        data.with_candidates("new")
 
 
 def test_the_cold_start_params_are_the_keywords_of_cold_items():
@@ -163,7 +184,7 @@ def test_the_protocol_counts_and_a_profile_ranks_the_new_items_by_their_content(
     assert counts["test_pairs_per_item"] == round(pairs.sum() / 9, 1)
     assert counts["test_pairs_on_top5_items"] == round(np.sort(pairs)[-5:].sum() / pairs.sum(), 3)
     shuffled = vectors[np.random.default_rng(1).permutation(len(vectors))]
-    split = NewItemData.from_cold_split(inter, 60, 60, val, test, among_cold=True).test()
+    split = NewItemData.from_cold_split(inter, 60, 60, val, test, "cold").test()
     means = {name: evaluate(ProfileRecommender(x), split, [3, 10])[1]["recall@3"].mean()
              for name, x in (("signal", vectors), ("shuffled", shuffled))}
     assert len(split.users) == counts["test_users"]
@@ -175,7 +196,7 @@ def planted_data(among_cold: bool = False) -> tuple[NewItemData, np.ndarray]:
     inter, vectors = planted()
     val, test = cold_items(inter, cold_share=0.3, val_share=0.5)
     inter = inter.assign(split=assign_cold_split(inter, val, test))
-    return NewItemData.from_cold_split(inter, 60, len(vectors), val, test, among_cold), vectors
+    return NewItemData.from_cold_split(inter, 60, len(vectors), val, test, "cold" if among_cold else "all"), vectors
 
 
 def cold_recall_of(results: dict, method: str, candidates: str, k: int) -> float:

@@ -133,6 +133,13 @@ def test_new_item_results_recomputed_from_the_newest_items(study: Path) -> None:
     assert counts["test_cold_items"] == len(test_items) and counts["test_users"] == len(test)
     for candidates in ("all", "cold"):
         check_saved_topk(study / "data/results/cold_start" / candidates, test)
+    # warm: each user's main-split test positives on warm items, held out of training; hybrid: those and the new
+    warm = inter[inter["split"].eq("test") & ~inter["item_idx"].isin(newest)].groupby("user_idx")["item_idx"].apply(set)
+    check_saved_topk(study / "data/results/cold_start/warm", warm)
+    check_saved_topk(study / "data/results/cold_start/hybrid", pd.concat([warm, test]).groupby(level=0).agg(
+        lambda sets: set().union(*sets)))
+    assert {"ease", "lightgcn@seed0"} <= {path.name for path in (study / "data/results/cold_start/warm").iterdir()}
+    assert not (study / "data/results/cold_start/cold/ease").exists()  # no signal for new items: not scored there
     # every dedicated cold-start model fed every representation, among the checked lists (seeds for the trained)
     saved = {path.name for path in (study / "data/results/cold_start/cold").iterdir()}
     for model in cold["models"]:

@@ -171,6 +171,13 @@ def test_time_cold_items_are_the_newest_items_split_earlier_val_later_test():
     assert set(labels[np.isin(item, [8, 9])]) == {"test"}
     assert set(labels[np.isin(item, [6, 7])]) == {"val"}
     assert set(labels[~np.isin(item, [6, 7, 8, 9])]) == {"train"}
+    # the warm test marks warm rows only: a marked row of a new item stays the new item's
+    marked = np.isin(item, [0, 8]) & (frame["user_idx"] == 0).to_numpy()
+    labels = assign_cold_split(frame, val, test, warm_test=marked)
+    assert labels[marked].tolist() == ["warm_test", "test"]
+    assert set(labels[~marked & ~np.isin(item, [6, 7, 8, 9])]) == {"train"}
+    with pytest.raises(ValueError, match="warm_test marks 2 rows"):
+        assign_cold_split(frame, val, test, warm_test=np.ones(2, dtype=bool))
 
 
 def test_random_cold_items_are_seeded_disjoint_and_sized():

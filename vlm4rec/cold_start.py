@@ -1,14 +1,17 @@
-"""The strict new-item protocol's candidate sets (docs/protocol.md, "New items").
+"""The strict new-item protocol's settings (docs/protocol.md, "New items").
 
-New items are ranked two ways for the same users: among all items (the user's seen items excluded, as in
-the main protocol) and among the cold items only (every warm item excluded too), which isolates whether the
-content orders the new items themselves from whether it lifts them above the warm catalogue.
+Each method is tested in four settings from one fit (:data:`CANDIDATE_SETS`): the test new items ranked
+among all items (the user's seen items excluded, as in the main protocol) and among the new items only
+(every warm item excluded too), which isolates whether the content orders the new items themselves from
+whether it lifts them above the warm catalogue; the warm test interactions among the warm items; and every
+test positive, warm and new, among all items (the field's warm and hybrid settings: what a gain on new items
+costs on the catalogue).
 
 Every method is fitted on the warm training history only, in validation and in test alike (a new item's
-interactions are never fitted on), selected on the validation cold items ranked among themselves (ranked
-among all items, nearly every method's validation NDCG@10 is 0 on ML-1M, which would leave the choice to the
-tie rule: the first candidate, an untrained epoch 0), and then tested once on the test cold items under both
-candidate sets from the same fitted model (:func:`select_and_test_new_items`).
+interactions, and the warm test, are never fitted on), selected on the validation cold items ranked among
+themselves (ranked among all items, nearly every method's validation NDCG@10 is 0 on ML-1M, which would
+leave the choice to the tie rule: the first candidate, an untrained epoch 0), and then tested once in each
+setting from the same fitted model (:func:`select_and_test_new_items`).
 """
 from __future__ import annotations
 
@@ -24,11 +27,19 @@ from vlm4rec.evaluation import (Candidate, ChanceReference, EvalData, EvalSplit,
                                 select_and_test_on, users_with_targets)
 from vlm4rec.matching import Ranker, Recommender, recommend
 from vlm4rec.metrics import CHANCE, pair_hits, target_pairs
-from vlm4rec.splits import History
+from vlm4rec.splits import History, targets_of
 from vlm4rec.stats import (PAIRED_COLUMNS, TWO_WAY_RESAMPLING, arm_replicates, format_p, paired_row,
                            percentile_interval, two_way_replicates, vacuous_because)
 
-CANDIDATE_SETS = ("all", "cold")
+#: The settings each new-item test is run under, from one fit: the test new items ranked among all items
+#: (``all``) and among the test new items only (``cold``, the field's cold setting); the warm test
+#: interactions among the warm items (``warm``); every test positive, warm and new, among all items
+#: (``hybrid``).
+CANDIDATE_SETS = ("all", "cold", "warm", "hybrid")
+#: The settings whose targets are the new items (the new-item findings compare on these).
+NEW_ITEM_SETS = ("all", "cold")
+#: The settings a method without a signal for new items is tested under (its warm reference).
+WARM_SETS = ("warm", "hybrid")
 
 
 def exclusion_outside(seen: sp.csr_matrix, candidates: np.ndarray | None,
@@ -54,35 +65,49 @@ def exclusion_outside(seen: sp.csr_matrix, candidates: np.ndarray | None,
 
 @dataclass(frozen=True)
 class NewItemData(EvalData):
-    """:class:`EvalData` of the strict protocol: both phases fit on the warm training history and rank the
-    phase's cold items among all items (or, ``among_cold``, among the phase's cold items only), so that
+    """:class:`EvalData` of the strict protocol: both phases fit on the warm training history; validation
+    ranks the validation new items (among themselves when ``candidates`` is ``cold``, else among all items),
+    test follows ``candidates`` (one of :data:`CANDIDATE_SETS`), so that
     :func:`~vlm4rec.evaluation.select_on_validation` and the learned fusions' trainers run on it unchanged."""
 
     val_items: np.ndarray = field(default_factory=lambda: np.empty(0, dtype=np.int64))
     test_items: np.ndarray = field(default_factory=lambda: np.empty(0, dtype=np.int64))
-    among_cold: bool = False
+    warm_targets: sp.csr_matrix | None = None
+    candidates: str = "all"
 
     @classmethod
     def from_cold_split(cls, inter: pd.DataFrame, n_users: int, n_items: int, val_items: np.ndarray,
-                        test_items: np.ndarray, among_cold: bool = False, rank: Ranker = recommend) -> "NewItemData":
-        """From interactions labelled by :func:`~vlm4rec.splits.assign_cold_split`."""
+                        test_items: np.ndarray, candidates: str = "all", rank: Ranker = recommend) -> "NewItemData":
+        """From interactions labelled by :func:`~vlm4rec.splits.assign_cold_split` (``warm_test`` rows become
+        the warm targets)."""
         base = EvalData.from_interactions(inter, n_users, n_items, rank)
         return cls(**{**base.__dict__, "trainval_history": base.train_history}, val_items=val_items,
-                   test_items=test_items, among_cold=among_cold)
+                   test_items=test_items, warm_targets=targets_of(inter, "warm_test", n_users, n_items),
+                   candidates=candidates).with_candidates(candidates)
 
-    def with_candidates(self, among_cold: bool) -> "NewItemData":
-        return replace(self, among_cold=among_cold)
+    def with_candidates(self, candidates: str) -> "NewItemData":
+        if candidates not in CANDIDATE_SETS:
+            raise ValueError(f"unknown candidate set {candidates!r}; expected one of {CANDIDATE_SETS}")
+        return replace(self, candidates=candidates)
 
-    def _split(self, targets: sp.csr_matrix, items: np.ndarray) -> EvalSplit:
+    @property
+    def warm_items(self) -> np.ndarray:
+        return np.setdiff1d(np.arange(self.n_items), np.concatenate([self.val_items, self.test_items]))
+
+    def _split(self, targets: sp.csr_matrix, items: np.ndarray | None) -> EvalSplit:
         users = users_with_targets(targets)
-        exclude = exclusion_outside(self.train_history.matrix, items if self.among_cold else None, users)
+        exclude = exclusion_outside(self.train_history.matrix, items, users)
         return EvalSplit(self.train_history, exclude, targets, users, self.rank)
 
     def validation(self) -> EvalSplit:
-        return self._split(self.val_targets, self.val_items)
+        return self._split(self.val_targets, self.val_items if self.candidates == "cold" else None)
 
     def test(self) -> EvalSplit:
-        return self._split(self.test_targets, self.test_items)
+        warm = self.warm_targets if self.warm_targets is not None else sp.csr_matrix(self.test_targets.shape)
+        targets, items = {"all": (self.test_targets, None), "cold": (self.test_targets, self.test_items),
+                          "warm": (warm, self.warm_items),
+                          "hybrid": ((self.test_targets + warm).tocsr(), None)}[self.candidates]
+        return self._split(targets, items)
 
 
 class FittedOnce(Recommender):
@@ -108,19 +133,19 @@ class FittedOnce(Recommender):
 
 def select_and_test_new_items(method: str, candidates_for: Callable[[int], Sequence[Candidate]],
                               data: NewItemData, ks: Sequence[int], select_metric: str,
-                              seeds: Sequence[int] | None = None,
-                              out_dir: Path | None = None) -> dict[str, dict[MethodKey, MethodResult]]:
-    """``method`` on the new items (:func:`~vlm4rec.evaluation.select_and_test_on`): its configuration (and
-    number of epochs) selected on ``data``'s validation split (its candidate set: the stage ranks the
-    validation cold items among themselves) with the first seed, then fitted on the warm training history once
-    per seed (once for an unseeded method, ``seeds`` None: ``candidates_for`` gets 0) and tested under both
-    candidate sets. Returns {candidate set: {result key: result}}; saved under
-    ``out_dir/<candidate set>/<key name>``."""
+                              seeds: Sequence[int] | None = None, out_dir: Path | None = None,
+                              sets: Sequence[str] = CANDIDATE_SETS) -> dict[str, dict[MethodKey, MethodResult]]:
+    """``method`` on the new-item protocol (:func:`~vlm4rec.evaluation.select_and_test_on`): its configuration
+    (and number of epochs) selected on ``data``'s validation split (the stage ranks the validation new items
+    among themselves: one choice, shared by every setting) with the first seed, then fitted on the warm
+    training history once per seed (once for an unseeded method, ``seeds`` None: ``candidates_for`` gets 0)
+    and tested under each setting of ``sets``. Returns {setting: {result key: result}}; saved under
+    ``out_dir/<setting>/<key name>``."""
     def test_splits() -> dict[str, EvalSplit]:
-        return {name: data.with_candidates(name == "cold").test() for name in CANDIDATE_SETS}
+        return {name: data.with_candidates(name).test() for name in sets}
 
     def out_dirs(key: MethodKey) -> dict[str, Path | None]:
-        return {name: out_dir / name / key.name if out_dir is not None else None for name in CANDIDATE_SETS}
+        return {name: out_dir / name / key.name if out_dir is not None else None for name in sets}
 
     return select_and_test_on(method, candidates_for, data, test_splits, seeds, ks, select_metric, out_dirs)
 
@@ -177,10 +202,10 @@ def new_item_findings(results: dict[MethodKey, MethodResult], targets: sp.csr_ma
 
 
 def new_item_findings_display(found: dict[str, list[dict[str, Any]]]) -> pd.DataFrame:
-    """"Does the grounded description beat X on new items?": per candidate set and X, the paired difference
+    """"Does the grounded description beat X on new items?": per setting and X, the paired difference
     with its unadjusted 95% CI resampling users, items and seeds (two-way) and, for comparison, users and
     seeds only, and the unadjusted p (or why it was not tested), from the findings records of the stage's
-    metrics (``metrics/cold_start.json``, candidate set -> records: this stage shows it, and so does the
+    metrics (``metrics/cold_start.json``, setting -> records: this stage shows it, and so does the
     report). Exploratory: the confirmatory ones (against the title and the image, among the new items) are
     adjusted in the report's findings, with their family."""
     rows = [{"candidates": candidates, "description": r["method"], "against": r["reference"], "metric": r["metric"],
@@ -194,13 +219,17 @@ def new_item_findings_display(found: dict[str, list[dict[str, Any]]]) -> pd.Data
 
 
 def new_item_counts(inter: pd.DataFrame, val_items: np.ndarray, test_items: np.ndarray) -> dict[str, int | float]:
-    """What the stage prints and docs/protocol.md quotes: cold items per phase, pairs, test users, the pairs per
+    """What the stage prints and docs/protocol.md quotes: cold items per phase, pairs, test users, the training
+    pairs, the warm test's pairs and users (the warm and hybrid settings), the pairs per
     new item on each side (selection on a much more popular population than the test is visible here) and the
     share of the test pairs on the five most-rated test new items (how few items carry the targets)."""
     val, test = inter[inter["split"] == "val"], inter[inter["split"] == "test"]
+    warm_test = inter[inter["split"] == "warm_test"]
     per_test_item = test.groupby("item_idx").size().sort_values(ascending=False)
     return {"val_cold_items": len(val_items), "test_cold_items": len(test_items),
             "val_pairs": len(val), "test_pairs": len(test), "test_users": int(test["user_idx"].nunique()),
+            "train_pairs": int((inter["split"] == "train").sum()), "warm_test_pairs": len(warm_test),
+            "warm_test_users": int(warm_test["user_idx"].nunique()),
             "val_pairs_per_item": round(len(val) / max(len(val_items), 1), 1),
             "test_pairs_per_item": round(len(test) / max(len(test_items), 1), 1),
             "test_pairs_on_top5_items": round(float(per_test_item.head(5).sum() / max(len(test), 1)), 3)}

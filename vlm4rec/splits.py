@@ -211,16 +211,22 @@ def cold_items(inter: pd.DataFrame, cold_share: float = 0.1, val_share: float = 
     return np.sort(cold[:n_val]), np.sort(cold[n_val:])
 
 
-def assign_cold_split(inter: pd.DataFrame, val_items: np.ndarray, test_items: np.ndarray) -> np.ndarray:
+def assign_cold_split(inter: pd.DataFrame, val_items: np.ndarray, test_items: np.ndarray,
+                      warm_test: np.ndarray | None = None) -> np.ndarray:
     """Split labels for the strict new-item protocol, in ``inter``'s row order: every interaction on a
-    validation (test) cold item is ``val`` (``test``), every other one ``train``. No interaction of a cold
-    item is ever trained on; users keep their whole warm history, whatever its time (the split is by item,
-    not by time: a warm interaction after the cut stays in training, as a deployed model keeps learning
-    on its catalogue while new items arrive)."""
+    validation (test) cold item is ``val`` (``test``); of the others, those ``warm_test`` marks (bool per row,
+    e.g. the main split's test part) are ``warm_test``, held out for the warm and hybrid settings, and the rest
+    ``train``. No interaction of a cold item is ever trained on; the split of the new items is by item, not by
+    time (a warm interaction after the cut stays in training, as a deployed model keeps learning on its
+    catalogue while new items arrive)."""
     if np.intersect1d(val_items, test_items).size:
         raise ValueError("validation and test cold items must be disjoint")
     item = inter["item_idx"].to_numpy()
     labels = np.full(len(item), "train", dtype=object)
+    if warm_test is not None:
+        if len(warm_test) != len(item):
+            raise ValueError(f"warm_test marks {len(warm_test)} rows, the interactions have {len(item)}")
+        labels[np.asarray(warm_test, dtype=bool)] = "warm_test"
     labels[np.isin(item, val_items)] = "val"
     labels[np.isin(item, test_items)] = "test"
     return labels

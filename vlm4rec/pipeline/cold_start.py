@@ -25,8 +25,8 @@ import pandas as pd
 
 from vlm4rec import coldstart
 from vlm4rec.baselines import EASE
-from vlm4rec.cold_start import (CANDIDATE_SETS, FittedOnce, NewItemData, new_item_counts, new_item_findings,
-                                select_and_test_new_items)
+from vlm4rec.cold_start import (CANDIDATE_SETS, NEW_ITEM_SETS, WARM_SETS, FittedOnce, NewItemData, new_item_counts,
+                                new_item_findings, select_and_test_new_items)
 from vlm4rec.config import ColdStartParams, EvalParams, FusionParams, GraphParams, ReportParams
 from vlm4rec.data import load_prepared
 from vlm4rec.distributed.matching import ranker
@@ -63,26 +63,35 @@ def new_item_data(cold_start: ColdStartParams, evaluation: EvalParams) -> tuple[
     """The prepared interactions re-split by ``cold_start`` (selection ranks the validation cold items among
     themselves) and the protocol's counts."""
     prepared = load_prepared(PREPARED_DIR)
-    inter = prepared.interactions.drop(columns="split", errors="ignore")
+    inter = prepared.interactions
     val_items, test_items = cold_split(inter, cold_start)
-    inter = inter.assign(split=assign_cold_split(inter, val_items, test_items))
-    data = NewItemData.from_cold_split(inter, prepared.n_users, prepared.n_items, val_items, test_items,
-                                       among_cold=True, rank=ranker(None, evaluation.device, evaluation.block_size))
+    inter = inter.assign(split=assign_cold_split(inter, val_items, test_items, warm_test=main_test(inter)))
+    data = NewItemData.from_cold_split(inter, prepared.n_users, prepared.n_items, val_items, test_items, "cold",
+                                       rank=ranker(None, evaluation.device, evaluation.block_size))
     return data, new_item_counts(inter, val_items, test_items)
 
 
+def main_test(inter: pd.DataFrame) -> np.ndarray:
+    """Which interactions the main split tests on (each user's latest positives): on the warm items they are
+    the warm and hybrid settings' warm test, held out of the new-item protocol's training."""
+    if "split" not in inter:
+        raise StudyError("the prepared interactions have no split column: run the prepare stage again")
+    return (inter["split"] == "test").to_numpy()
+
+
 def _merge(into: Results, more: Results) -> None:
-    for name in CANDIDATE_SETS:
-        into[name] |= more[name]
+    for name, found in more.items():
+        into[name] |= found
 
 
 def run(evaluation: EvalParams, cold_start: ColdStartParams, fusion: FusionParams, graph: GraphParams,
         report: ReportParams) -> tuple[Results, NewItemMetrics, dict[str, ChanceReference]]:
-    """Every new-item-capable method, selected on the validation cold items and tested on the test cold
-    items under both candidate sets; results under ``data/results/cold_start/<all|cold>/<method>``, counts,
-    test metrics, chance and the findings (unadjusted two-way bootstrap p) in ``metrics/cold_start.json``
+    """Every new-item-capable method, selected on the validation cold items and tested in each setting of
+    :data:`~vlm4rec.cold_start.CANDIDATE_SETS` (the warm references in the warm and hybrid ones only); results
+    under ``data/results/cold_start/<setting>/<method>``, counts, test metrics, chance and the findings
+    (unadjusted two-way bootstrap p, on the new-item settings) in ``metrics/cold_start.json``
     (:class:`NewItemMetrics`), Recall@K / NDCG@K curves in ``plots/``; returns the results, the metrics and
-    chance per candidate set."""
+    chance per setting."""
     ks, metric, seeds = evaluation.ks, evaluation.select_metric, cold_start.seeds
     costs: dict[str, Any] = {}
     results: Results = {name: {} for name in CANDIDATE_SETS}
@@ -131,10 +140,16 @@ def run(evaluation: EvalParams, cold_start: ColdStartParams, fusion: FusionParam
                         data, ks, metric, seeds, COLD_RESULTS))
                 else:
                     unseeded(cold_start_method(model, rep), coldstart.candidates(model, content, grid, {"l2": l2}))
+        # the warm references (no signal for new items): tested on the warm and hybrid settings only
+        _merge(results, select_and_test_new_items("ease", lambda seed: [Candidate({"l2": l2}, lambda: ease)], data,
+                                                  ks, metric, None, COLD_RESULTS, WARM_SETS))
+        _merge(results, select_and_test_new_items(
+            "lightgcn", lambda seed: [Candidate({"epochs": cold_start.backbone_epochs}, lambda: backbone(seed))],
+            data, ks, metric, seeds, COLD_RESULTS, WARM_SETS))
     chance = chance_references(data, ks)
     findings = {name: json_records(new_item_findings(
         results[name], data.test_targets, report.findings.description, cold_start.metric, chance[name],
-        evaluation.bootstrap_resamples, evaluation.seed)) for name in CANDIDATE_SETS}
+        evaluation.bootstrap_resamples, evaluation.seed)) for name in NEW_ITEM_SETS}
     metrics = NewItemMetrics(counts=counts, no_signal=NO_SIGNAL, hybrids=HYBRID.note,
                              methods={name: test_metrics_json(results[name]) for name in CANDIDATE_SETS},
                              chance={name: chance_json(chance[name], metric) for name in CANDIDATE_SETS},
@@ -177,7 +192,7 @@ def check_model_grids(cold_start: ColdStartParams) -> None:
 def model_findings(results: Results, data: NewItemData, cold_start: ColdStartParams, report: ReportParams,
                    evaluation: EvalParams) -> dict[str, dict[str, list[dict[str, Any]]]]:
     """Does the grounded description help each dedicated cold-start model? Per model of ``cold_start.models``
-    (those fed the description, ``report.findings.description``) and candidate set: the model fed the
+    (those fed the description, ``report.findings.description``) and new-item setting: the model fed the
     description minus the same model fed each other representation of ``cold_start.model_content``
     (:func:`~vlm4rec.cold_start.new_item_findings`: the two-way bootstrap, unadjusted p)."""
     description = report.findings.description
@@ -189,15 +204,14 @@ def model_findings(results: Results, data: NewItemData, cold_start: ColdStartPar
         out[model] = {name: json_records(new_item_findings(
             {key: result for key, result in results[name].items() if key.family in own}, data.test_targets,
             cold_start_method(model, description), cold_start.metric, None, evaluation.bootstrap_resamples,
-            evaluation.seed)) for name in CANDIDATE_SETS}
+            evaluation.seed)) for name in NEW_ITEM_SETS}
     return out
 
 
 def chance_references(data: NewItemData, ks: Sequence[int]) -> dict[str, ChanceReference]:
-    """Per candidate set, chance over the same candidates as the methods: the test new items ranked among
-    all items or among the new items; on validation, the selection's split (the validation new items ranked
+    """Per setting, chance over the same candidates and targets as the methods; on validation, the selection's split (the validation new items ranked
     among themselves), where the methods' validation values come from too."""
-    return {name: ChanceReference.of(data.validation(), data.with_candidates(name == "cold").test(), ks)
+    return {name: ChanceReference.of(data.validation(), data.with_candidates(name).test(), ks)
             for name in CANDIDATE_SETS}
 
 
@@ -217,7 +231,7 @@ def gallery_rows(results: dict[MethodKey, MethodResult], methods: list[str], col
     """:func:`~vlm4rec.gallery.user_gallery` on the new-item protocol: a few test users' latest
     warm history posters and each method's top new items (HIT = one of the user's test cold items)."""
     prepared = load_prepared(PREPARED_DIR)
-    inter = prepared.interactions.drop(columns="split", errors="ignore")
-    inter = inter.assign(split=assign_cold_split(inter, *cold_split(inter, cold_start)))
-    warm_and_test = replace(prepared, interactions=inter[inter["split"] != "val"])
+    inter = prepared.interactions
+    inter = inter.assign(split=assign_cold_split(inter, *cold_split(inter, cold_start), warm_test=main_test(inter)))
+    warm_and_test = replace(prepared, interactions=inter[inter["split"].isin(["train", "test"])])
     return user_gallery(results, methods, warm_and_test, n_users=n_users, seed=seed)

@@ -16,10 +16,11 @@ from vlm4rec.tables import summary_curves
 
 
 def new_item_table(metrics: Sequence[str], new_items: NewItemMetrics) -> pd.DataFrame:
-    """Per method family and chance, each test metric on the new items ranked among all items and among the
-    new items (a seeded family: the mean over its seeds, with their number), ordered by the validation
-    selection metric (every candidate set shares the selection on the validation new items; never by test),
-    then the methods with no signal for a new item, shown as such."""
+    """Per method family and chance, each test metric in each setting of the metrics (a seeded family: the mean
+    over its seeds, with their number; a family tested in some settings only, e.g. a warm reference, is blank
+    in the others), ordered by the validation selection metric (every setting shares the selection on the
+    validation new items; never by test), then the methods with no signal for a new item and no row, shown as
+    such."""
     values: dict[str, dict[str, list[float]]] = {}
     validation: dict[str, float] = {}
     for candidates, methods in new_items.methods.items():
@@ -33,9 +34,10 @@ def new_item_table(metrics: Sequence[str], new_items: NewItemMetrics) -> pd.Data
                           for family, columns in values.items()}).T
     table.insert(0, "seeds", [len(next(iter(values[f].values()))) for f in table.index])  # a column: one set
     table.insert(1, "validation", pd.Series(validation).reindex(table.index).round(4))
-    table["note"] = [new_items.hybrids if is_kind(f, "hybrid") else "" for f in table.index]
+    table["note"] = [new_items.hybrids if is_kind(f, "hybrid") else new_items.no_signal.get(f, "") for f in table.index]
     table = table.sort_values("validation", ascending=False, kind="stable")
-    absent = pd.DataFrame({"note": list(new_items.no_signal.values())}, index=list(new_items.no_signal))
+    unscored = [f for f in new_items.no_signal if f not in table.index]
+    absent = pd.DataFrame({"note": [new_items.no_signal[f] for f in unscored]}, index=unscored)
     return pd.concat([table, absent]).rename_axis("method")
 
 

@@ -101,9 +101,9 @@ class ChanceMetrics(StageMetrics):
 
 class NewItemMetrics(StageFileMetrics):
     """``metrics/cold_start.json``: the new-item protocol's counts, the methods listed as having no signal for a
-    new item, the hybrids' note, per candidate set the test metrics of each result, chance's (shaped as a
+    new item, the hybrids' note, per setting the test metrics of each result, chance's (shaped as a
     method's: test macro metrics and the validation selection metric) and the findings, per dedicated
-    cold-start model and candidate set its findings (the description fed to it against its other content
+    cold-start model and new-item setting its findings (the description fed to it against its other content
     feeds), and the stage's cost."""
 
     file = "cold_start.json"
