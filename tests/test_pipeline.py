@@ -140,6 +140,12 @@ def test_new_item_results_recomputed_from_the_newest_items(study: Path) -> None:
         lambda sets: set().union(*sets)))
     assert {"ease", "lightgcn@seed0"} <= {path.name for path in (study / "data/results/cold_start/warm").iterdir()}
     assert not (study / "data/results/cold_start/cold/ease").exists()  # no signal for new items: not scored there
+    warm_cost = json.loads((study / "metrics/cold_start.json").read_text())["warm_cost"]
+    families = {path.name.split("@")[0] for path in (study / "data/results/cold_start/warm").iterdir()}
+    assert {r["method"] for r in warm_cost["hybrid"]} == families - {"lightgcn"}
+    assert all(r["reference"] == "lightgcn" for r in warm_cost["warm"])
+    assert all(r["diff_ci_low"] <= r["mean_diff"] <= r["diff_ci_high"] for r in warm_cost["warm"]
+               if not r["verdict_blocked_by"])
     # every dedicated cold-start model fed every representation, among the checked lists (seeds for the trained)
     saved = {path.name for path in (study / "data/results/cold_start/cold").iterdir()}
     for model in cold["models"]:

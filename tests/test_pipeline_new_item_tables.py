@@ -23,11 +23,13 @@ def test_new_item_tables_group_the_seeds_named_in_the_metrics() -> None:
     methods["cold"] = {name: entry(2 * e.test["recall@20"], e.validation["ndcg@10"]) for name, e in methods["all"].items()}
     chance = ChanceMetrics(test={"recall@20": 0.01, "ndcg@20": 0.005}, validation={"ndcg@10": 0.2})
     new_items = NewItemMetrics(counts={}, no_signal={"ease": "no signal"}, hybrids="", methods=methods,
-                               chance={"all": chance, "cold": chance}, findings={}, model_findings={}, cost={})
+                               chance={"all": chance, "cold": chance}, findings={}, model_findings={}, warm_cost={},
+                               cost={})
     table = new_item_table(["recall@20"], new_items)
-    assert table.loc["fusion_gating", "recall@20 (among all)"] == 0.5 and table.loc["fusion_gating", "seeds"] == 2
-    assert table.loc["fusion_gating", "recall@20 (among cold)"] == 1.0
+    assert table.loc["fusion_gating", "recall@20 (all)"] == 0.5 and table.loc["fusion_gating", "seeds"] == 2
+    assert table.loc["fusion_gating", "recall@20 (cold)"] == 1.0
     assert table.loc["title", "seeds"] == 1 and table.loc["chance", "seeds"] == 1
+    assert list(table.columns) == ["seeds", "validation", "recall@20 (all)", "recall@20 (cold)", "note"]
     assert table.loc["ease", "note"] == "no signal"
     # ordered by validation (fusion 0.3, chance 0.2, title 0.1), although the title is better on test
     assert list(table.index) == ["fusion_gating", "chance", "title", "ease"]
@@ -49,7 +51,8 @@ def test_the_stage_plot_data_keeps_the_bytes_it_had_when_built_from_the_results(
     before = pd.concat([recall.merge(ndcg, on=["method", "k"]).assign(candidates=name) for name in sets],
                        ignore_index=True)
     before.to_csv(tmp_path / "before.csv", index=False)
-    metrics = NewItemMetrics(counts={}, no_signal={}, hybrids="", findings={}, model_findings={}, cost={},
+    metrics = NewItemMetrics(counts={}, no_signal={}, hybrids="", findings={}, model_findings={}, warm_cost={},
+                             cost={},
                              methods={name: tables.test_metrics_json(results) for name in sets},
                              chance={name: chance_json(chance, EVAL.select_metric) for name in sets})
     new_item_curves(metrics).to_csv(tmp_path / "after.csv", index=False)

@@ -20,6 +20,7 @@ NEW_ITEMS = {"counts": {"val_cold_items": 3, "test_cold_items": 4}, "no_signal":
              "chance": {"all": {"test": {"ndcg@10": 0.0625}, "validation": {"ndcg@10": 0.125}}},
              "findings": {"all": [{"method": "d", "p": None, "mean_diff": 0.125}], "cold": []},
              "model_findings": {"collective_ease": {"all": [], "cold": [{"method": "collective_ease-d", "p": 0.5}]}},
+             "warm_cost": {"warm": [{"method": "title", "reference": "lightgcn", "mean_diff": -0.25}], "hybrid": []},
              "cost": {"wall_s": 1.5, "peak_rss_mb": 10.0, "methods": {"title": {"fit_s": 0.1}}}}
 COST = {"wall_s": 2.5, "peak_rss_mb": 100.0, "methods": {"title": {"fit_s": 0.1}}}
 # What each stage wrote as a plain dictionary, with the value types it writes (numpy integers from pandas

@@ -209,12 +209,31 @@ def new_item_findings_display(found: dict[str, list[dict[str, Any]]]) -> pd.Data
     report). Exploratory: the confirmatory ones (against the title and the image, among the new items) are
     adjusted in the report's findings, with their family."""
     rows = [{"candidates": candidates, "description": r["method"], "against": r["reference"], "metric": r["metric"],
-             "difference [95% CI, users x items x seeds]":
-                 f"{r['mean_diff']:+.4f} [{r['diff_ci_low']:+.4f}, {r['diff_ci_high']:+.4f}]",
+             "difference [95% CI, users x items x seeds]": difference_with_ci(r),
              "[95% CI, users x seeds]": f"[{r['diff_ci_low_users']:+.4f}, {r['diff_ci_high_users']:+.4f}]",
-             "p (exploratory, unadjusted)": (f"not tested: {r['verdict_blocked_by']}" if r["verdict_blocked_by"]
-                                             else format_p(r["p"], r["p_at_floor"]))}
+             "p (exploratory, unadjusted)": p_or_why_not(r)}
             for candidates, records in found.items() for r in records]
+    return pd.DataFrame(rows)
+
+
+def difference_with_ci(record: dict[str, Any]) -> str:
+    """A paired-test record's mean difference with its 95% CI, as the tables print it."""
+    return f"{record['mean_diff']:+.4f} [{record['diff_ci_low']:+.4f}, {record['diff_ci_high']:+.4f}]"
+
+
+def p_or_why_not(record: dict[str, Any]) -> str:
+    """A paired-test record's unadjusted p, or why the comparison was not tested."""
+    blocked = record["verdict_blocked_by"]
+    return f"not tested: {blocked}" if blocked else format_p(record["p"], record["p_at_floor"])
+
+
+def warm_cost_display(costs: dict[str, list[dict[str, Any]]]) -> pd.DataFrame:
+    """Each method's warm cost (the new-item metrics' ``warm_cost``: setting -> paired-test records against the
+    warm backbone): per setting and method, the difference with its unadjusted 95% CI (users x seeds) and p,
+    or why it was not tested."""
+    rows = [{"setting": setting, "method": r["method"], "against": r["reference"], "metric": r["metric"],
+             "difference [95% CI, users x seeds]": difference_with_ci(r), "p (exploratory, unadjusted)": p_or_why_not(r)}
+            for setting, records in costs.items() for r in records]
     return pd.DataFrame(rows)
 
 

@@ -41,7 +41,8 @@ from vlm4rec.pipeline.outputs import (EMBEDDINGS_DIR, PLOTS_DIR, PREPARED_DIR, R
                                       peak_rss_mb, timed)
 from vlm4rec.pipeline.new_item_tables import new_item_curves
 from vlm4rec.pipeline.stage_metrics import NewItemMetrics
-from vlm4rec.tables import test_metrics_json, timing_json
+from vlm4rec.stats import PAIRED_COLUMNS
+from vlm4rec.tables import paired_test_table, test_metrics_json, timing_json
 from vlm4rec.representations import load_vectors, representations_with_content
 from vlm4rec.splits import assign_cold_split, cold_items
 from vlm4rec.training import TrainingOptions
@@ -155,6 +156,7 @@ def run(evaluation: EvalParams, cold_start: ColdStartParams, fusion: FusionParam
                              chance={name: chance_json(chance[name], metric) for name in CANDIDATE_SETS},
                              findings=findings, model_findings=model_findings(results, data, cold_start, report,
                                                                               evaluation),
+                             warm_cost=warm_costs(results, cold_start.metric, evaluation),
                              cost=costs | {"peak_rss_mb": round(peak_rss_mb(), 1),
                                                               "methods": timing_json(results["all"])})
     metrics.save(NewItemMetrics.path())
@@ -205,6 +207,21 @@ def model_findings(results: Results, data: NewItemData, cold_start: ColdStartPar
             {key: result for key, result in results[name].items() if key.family in own}, data.test_targets,
             cold_start_method(model, description), cold_start.metric, None, evaluation.bootstrap_resamples,
             evaluation.seed)) for name in NEW_ITEM_SETS}
+    return out
+
+
+#: The warm reference each method's warm cost is measured against: the cold-start models' backbone.
+WARM_REFERENCE = "lightgcn"
+
+
+def warm_costs(results: Results, metric: str, evaluation: EvalParams) -> dict[str, list[dict[str, Any]]]:
+    """What each method's new-item ability costs on the catalogue: per warm setting (warm, hybrid), each
+    method minus the LightGCN backbone on ``metric`` over the same users (:func:`vlm4rec.tables.paired_test_table`:
+    the paired bootstrap over users and both arms' seeds, unadjusted p, exploratory)."""
+    out = {}
+    for name in WARM_SETS:
+        long, _ = paired_test_table(results[name], [WARM_REFERENCE], [metric], evaluation)
+        out[name] = json_records(long[[c for c in PAIRED_COLUMNS if c in long]]) if not long.empty else []
     return out
 
 

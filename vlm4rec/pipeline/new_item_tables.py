@@ -8,6 +8,7 @@ from collections.abc import Sequence
 import numpy as np
 import pandas as pd
 
+from vlm4rec.cold_start import CANDIDATE_SETS
 from vlm4rec.evaluation import MethodKey
 from vlm4rec.methods import is_kind
 from vlm4rec.metrics import CHANCE
@@ -23,15 +24,18 @@ def new_item_table(metrics: Sequence[str], new_items: NewItemMetrics) -> pd.Data
     such."""
     values: dict[str, dict[str, list[float]]] = {}
     validation: dict[str, float] = {}
-    for candidates, methods in new_items.methods.items():
-        entries = [(MethodKey.parse(name).family, entry) for name, entry in methods.items()]
+    settings = sorted(new_items.methods, key=lambda name: CANDIDATE_SETS.index(name) if name in CANDIDATE_SETS
+                      else len(CANDIDATE_SETS))  # the settings' own order (a file read back has them sorted)
+    for candidates in settings:
+        entries = [(MethodKey.parse(name).family, entry) for name, entry in new_items.methods[candidates].items()]
         for family, entry in entries + [(CHANCE, new_items.chance[candidates])]:
             columns = values.setdefault(family, {})
             validation[family] = next(iter(entry.validation.values()))
             for metric in metrics:
-                columns.setdefault(f"{metric} (among {candidates})", []).append(entry.test[metric])
+                columns.setdefault(f"{metric} ({candidates})", []).append(entry.test[metric])
+    order = [f"{metric} ({candidates})" for candidates in settings for metric in metrics]
     table = pd.DataFrame({family: {column: float(np.mean(v)) for column, v in columns.items()}
-                          for family, columns in values.items()}).T
+                          for family, columns in values.items()}).T.reindex(columns=order)
     table.insert(0, "seeds", [len(next(iter(values[f].values()))) for f in table.index])  # a column: one set
     table.insert(1, "validation", pd.Series(validation).reindex(table.index).round(4))
     table["note"] = [new_items.hybrids if is_kind(f, "hybrid") else new_items.no_signal.get(f, "") for f in table.index]

@@ -104,7 +104,7 @@ class NewItemMetrics(StageFileMetrics):
     new item, the hybrids' note, per setting the test metrics of each result, chance's (shaped as a
     method's: test macro metrics and the validation selection metric) and the findings, per dedicated
     cold-start model and new-item setting its findings (the description fed to it against its other content
-    feeds), and the stage's cost."""
+    feeds), per warm setting each method's difference from the warm backbone, and the stage's cost."""
 
     file = "cold_start.json"
 
@@ -115,6 +115,7 @@ class NewItemMetrics(StageFileMetrics):
     chance: dict[str, ChanceMetrics]
     findings: dict[str, list[dict[str, Any]]]
     model_findings: dict[str, dict[str, list[dict[str, Any]]]]
+    warm_cost: dict[str, list[dict[str, Any]]]
     cost: dict[str, Any]
 
 
