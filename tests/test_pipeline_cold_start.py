@@ -2,12 +2,13 @@
 warm backbone per seed shared by every model and representation."""
 from __future__ import annotations
 
+import pandas as pd
 import pytest
 
 from vlm4rec.cold_start import FittedOnce
 from vlm4rec.errors import StudyError
 from vlm4rec.multimodal import LightGCN
-from vlm4rec.pipeline.cold_start import check_model_grids, warm_backbone
+from vlm4rec.pipeline.cold_start import check_model_grids, cold_split, warm_backbone
 
 from study_params import section
 
@@ -33,3 +34,11 @@ def test_one_backbone_per_seed_in_the_graph_stages_lightgcn_form() -> None:
     assert isinstance(model, LightGCN) and model.epochs == 7 and model.unseen_items == "content"
     assert model.l2 == graph.chosen_scale.grids["lightgcn"]["l2"][0]
     assert model.options.seed == 0 and other.model.options.seed == 1
+
+
+def test_a_share_that_leaves_no_new_item_on_a_side_names_its_keys() -> None:
+    inter = pd.DataFrame({"user_idx": [0, 0, 1], "item_idx": [0, 1, 2], "timestamp": [1, 2, 3]})
+    with pytest.raises(StudyError, match=r"cold_start.cold_share / cold_start.val_share: 3 items"):
+        cold_split(inter, section("cold_start", cold_share=0.1))
+    val, test = cold_split(inter, section("cold_start", cold_share=0.67))
+    assert val.tolist() == [1] and test.tolist() == [2]

@@ -3,13 +3,15 @@ grouped, ordered by validation, and the cold_start stage's plot data the same by
 the results in memory."""
 from __future__ import annotations
 
+import numpy as np
 import pandas as pd
+import pytest
 
 from results_helpers import EVAL, prepared, study
 from vlm4rec import tables
 from vlm4rec.evaluation import ChanceReference, EvalData
 from vlm4rec.pipeline.cold_start import chance_json
-from vlm4rec.pipeline.new_item_tables import new_item_curves, new_item_table
+from vlm4rec.pipeline.new_item_tables import new_item_curves, new_item_table, split_spread_table
 from vlm4rec.pipeline.stage_metrics import ChanceMetrics, MethodMetrics, NewItemMetrics
 
 
@@ -22,9 +24,9 @@ def test_new_item_tables_group_the_seeds_named_in_the_metrics() -> None:
                        "fusion_gating@seed1": entry(0.75, 0.3)}}
     methods["cold"] = {name: entry(2 * e.test["recall@20"], e.validation["ndcg@10"]) for name, e in methods["all"].items()}
     chance = ChanceMetrics(test={"recall@20": 0.01, "ndcg@20": 0.005}, validation={"ndcg@10": 0.2})
-    new_items = NewItemMetrics(counts={}, no_signal={"ease": "no signal"}, hybrids="", methods=methods,
+    new_items = NewItemMetrics(counts={}, metric="recall@20", no_signal={"ease": "no signal"}, hybrids="", methods=methods,
                                chance={"all": chance, "cold": chance}, findings={}, model_findings={}, warm_cost={},
-                               cost={})
+                               split_replicas={}, cost={})
     table = new_item_table(["recall@20"], new_items)
     assert table.loc["fusion_gating", "recall@20 (all)"] == 0.5 and table.loc["fusion_gating", "seeds"] == 2
     assert table.loc["fusion_gating", "recall@20 (cold)"] == 1.0
@@ -51,8 +53,8 @@ def test_the_stage_plot_data_keeps_the_bytes_it_had_when_built_from_the_results(
     before = pd.concat([recall.merge(ndcg, on=["method", "k"]).assign(candidates=name) for name in sets],
                        ignore_index=True)
     before.to_csv(tmp_path / "before.csv", index=False)
-    metrics = NewItemMetrics(counts={}, no_signal={}, hybrids="", findings={}, model_findings={}, warm_cost={},
-                             cost={},
+    metrics = NewItemMetrics(counts={}, metric="recall@20", no_signal={}, hybrids="", findings={}, model_findings={}, warm_cost={},
+                             split_replicas={}, cost={},
                              methods={name: tables.test_metrics_json(results) for name in sets},
                              chance={name: chance_json(chance, EVAL.select_metric) for name in sets})
     new_item_curves(metrics).to_csv(tmp_path / "after.csv", index=False)
@@ -63,3 +65,25 @@ def test_the_stage_plot_data_keeps_the_bytes_it_had_when_built_from_the_results(
     rows = ["candidates", "method", "k"]
     pd.testing.assert_frame_equal(loaded.sort_values(rows, ignore_index=True),
                                   before.sort_values(rows, ignore_index=True))
+
+
+def test_the_split_spread_gives_each_replica_and_their_mean_sd_and_range() -> None:
+    def entry(recall: float) -> MethodMetrics:
+        return MethodMetrics(test={"recall@20": recall}, validation={"ndcg@10": 0.0}, coverage={}, chosen={})
+
+    def replica(title: float, image: float, chance: float) -> dict:
+        return {"counts": {}, "methods": {"cold": {"title": {"recall@20": title}, "image": {"recall@20": image}}},
+                "chance": {"cold": {"recall@20": chance}}}
+
+    chance = ChanceMetrics(test={"recall@20": 0.1}, validation={"ndcg@10": 0.0})
+    new_items = NewItemMetrics(counts={}, metric="recall@20", no_signal={}, hybrids="", findings={}, model_findings={}, warm_cost={},
+                               methods={"cold": {"title": entry(0.5), "image": entry(0.2)}}, chance={"cold": chance},
+                               split_replicas={"random@seed0": replica(0.3, 0.4, 0.1),
+                                               "random@seed1": replica(0.5, 0.1, 0.2),
+                                               "random@seed2": replica(0.4, 0.1, 0.15)}, cost={})
+    table = split_spread_table("recall@20", new_items)
+    assert list(table.index) == ["title", "image", "chance"]  # by the random splits' mean: 0.4, 0.2, 0.15
+    assert table.loc["title"].tolist() == pytest.approx([0.5, 0.3, 0.5, 0.4, 0.4, 0.1, 0.3, 0.5])
+    assert table.loc["image", "sd"] == pytest.approx(np.std([0.4, 0.1, 0.1], ddof=1))
+    assert table.loc["chance", "recall@20 (stage split)"] == 0.1
+    assert split_spread_table("recall@20", new_items.model_copy(update={"split_replicas": {}})).empty

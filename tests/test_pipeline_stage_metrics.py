@@ -15,12 +15,14 @@ from results_helpers import graph_cell_metrics
 
 ENTRY = {"test": {"ndcg@10": 0.25, "recall@20": 0.5}, "validation": {"ndcg@10": 0.5},
          "coverage": {"coverage@10": 0.1}, "chosen": {"l2": 100, "alpha": 0.25}}
-NEW_ITEMS = {"counts": {"val_cold_items": 3, "test_cold_items": 4}, "no_signal": {"ease": "no signal"},
+NEW_ITEMS = {"counts": {"val_cold_items": 3, "test_cold_items": 4}, "metric": "recall@20",
+             "no_signal": {"ease": "no signal"},
              "hybrids": "a note", "methods": {"all": {"title": ENTRY}, "cold": {"title": ENTRY}},
              "chance": {"all": {"test": {"ndcg@10": 0.0625}, "validation": {"ndcg@10": 0.125}}},
              "findings": {"all": [{"method": "d", "p": None, "mean_diff": 0.125}], "cold": []},
              "model_findings": {"collective_ease": {"all": [], "cold": [{"method": "collective_ease-d", "p": 0.5}]}},
              "warm_cost": {"warm": [{"method": "title", "reference": "lightgcn", "mean_diff": -0.25}], "hybrid": []},
+             "split_replicas": {"random@seed0": {"counts": {"test_pairs": 3}, "methods": {"cold": {}}, "chance": {}}},
              "cost": {"wall_s": 1.5, "peak_rss_mb": 10.0, "methods": {"title": {"fit_s": 0.1}}}}
 COST = {"wall_s": 2.5, "peak_rss_mb": 100.0, "methods": {"title": {"fit_s": 0.1}}}
 # What each stage wrote as a plain dictionary, with the value types it writes (numpy integers from pandas

@@ -480,6 +480,8 @@ class ColdStartParams(Section):
     model_grids: dict[ColdStartModel, dict[str, list[Any]]] = Field(
         description="per model: hyperparameter -> values tried on validation (their product); others keep the "
                     "model's defaults (checked against its configuration before any training)")
+    split_seeds: list[int] = Field(description="seeds of the random item split's replicas (profile matching and "
+                                               "chance re-run on each; [] = none); distinct")
     backbone_epochs: PositiveInt = Field(description="epochs of the LightGCN backbone the trained cold-start "
                                                      "models learn from (fixed, not selected: no warm validation "
                                                      "here)")

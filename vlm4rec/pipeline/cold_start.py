@@ -30,7 +30,8 @@ from vlm4rec.cold_start import (CANDIDATE_SETS, NEW_ITEM_SETS, WARM_SETS, Fitted
 from vlm4rec.config import ColdStartParams, EvalParams, FusionParams, GraphParams, ReportParams
 from vlm4rec.data import load_prepared
 from vlm4rec.distributed.matching import ranker
-from vlm4rec.evaluation import Candidate, ChanceReference, MethodKey, MethodResult
+from vlm4rec.evaluation import Candidate, ChanceReference, MethodKey, MethodResult, chance_per_user, evaluate
+from vlm4rec.metrics import summarize
 from vlm4rec.matching import ProfileRecommender
 from vlm4rec.multimodal import candidates as graph_candidates, regime_options
 from vlm4rec.fusion_candidates import FusionTrainer, hybrid_candidates, late_fusion_candidates
@@ -55,9 +56,13 @@ Results = dict[str, dict[MethodKey, MethodResult]]
 
 
 def cold_split(inter: pd.DataFrame, cold_start: ColdStartParams) -> tuple[np.ndarray, np.ndarray]:
-    """(validation cold items, test cold items) of the protocol ``cold_start`` describes."""
-    return cold_items(inter, cold_share=cold_start.cold_share, val_share=cold_start.val_share,
-                      variant=cold_start.variant, seed=cold_start.seed)
+    """(validation cold items, test cold items) of the protocol ``cold_start`` describes; a share that leaves
+    no new item on a side is a :class:`StudyError` naming the keys."""
+    try:
+        return cold_items(inter, cold_share=cold_start.cold_share, val_share=cold_start.val_share,
+                          variant=cold_start.variant, seed=cold_start.seed)
+    except ValueError as err:
+        raise StudyError(f"cold_start.cold_share / cold_start.val_share: {err}") from None
 
 
 def new_item_data(cold_start: ColdStartParams, evaluation: EvalParams) -> tuple[NewItemData, dict[str, int]]:
@@ -151,12 +156,15 @@ def run(evaluation: EvalParams, cold_start: ColdStartParams, fusion: FusionParam
     findings = {name: json_records(new_item_findings(
         results[name], data.test_targets, report.findings.description, cold_start.metric, chance[name],
         evaluation.bootstrap_resamples, evaluation.seed)) for name in NEW_ITEM_SETS}
-    metrics = NewItemMetrics(counts=counts, no_signal=NO_SIGNAL, hybrids=HYBRID.note,
+    with timed(costs, "split_replicas"):
+        replicas = split_replicas(cold_start, evaluation)
+    metrics = NewItemMetrics(counts=counts, metric=cold_start.metric, no_signal=NO_SIGNAL, hybrids=HYBRID.note,
                              methods={name: test_metrics_json(results[name]) for name in CANDIDATE_SETS},
                              chance={name: chance_json(chance[name], metric) for name in CANDIDATE_SETS},
                              findings=findings, model_findings=model_findings(results, data, cold_start, report,
                                                                               evaluation),
                              warm_cost=warm_costs(results, cold_start.metric, evaluation),
+                             split_replicas=replicas,
                              cost=costs | {"peak_rss_mb": round(peak_rss_mb(), 1),
                                                               "methods": timing_json(results["all"])})
     metrics.save(NewItemMetrics.path())
@@ -207,6 +215,25 @@ def model_findings(results: Results, data: NewItemData, cold_start: ColdStartPar
             {key: result for key, result in results[name].items() if key.family in own}, data.test_targets,
             cold_start_method(model, description), cold_start.metric, None, evaluation.bootstrap_resamples,
             evaluation.seed)) for name in NEW_ITEM_SETS}
+    return out
+
+
+def split_replicas(cold_start: ColdStartParams, evaluation: EvalParams) -> dict[str, dict[str, Any]]:
+    """The field's random item split, once per seed of ``cold_start.split_seeds`` (``cold_share`` of the items
+    with a positive drawn at random, ``val_share`` of them for validation): the protocol's counts, and the test
+    macro metrics of chance and of the profile matching of each representation of ``cold_start.model_content``
+    in the new-item settings (the cheap methods and settings: the stage's budget holds no second run of the
+    trained ones; a profile has nothing to select, so each is fitted once and tested). Keyed
+    ``random@seed<seed>``; nothing is saved under ``data/results``."""
+    content = {rep: load_vectors(EMBEDDINGS_DIR, rep, "cold_start.model_content") for rep in cold_start.model_content}
+    out = {}
+    for seed in cold_start.split_seeds:
+        data, counts = new_item_data(cold_start.model_copy(update={"variant": "random", "seed": seed}), evaluation)
+        splits = {name: data.with_candidates(name).test() for name in NEW_ITEM_SETS}
+        methods = {name: {rep: summarize(evaluate(ProfileRecommender(vectors, name=rep), split, evaluation.ks)[1])
+                          for rep, vectors in content.items()} for name, split in splits.items()}
+        chance = {name: summarize(chance_per_user(split, evaluation.ks)) for name, split in splits.items()}
+        out[f"random@seed{seed}"] = {"counts": counts, "methods": methods, "chance": chance}
     return out
 
 

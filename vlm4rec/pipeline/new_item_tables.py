@@ -55,3 +55,24 @@ def new_item_curves(new_items: NewItemMetrics) -> pd.DataFrame:
         frames.append(summary_curves(summaries, "recall").merge(summary_curves(summaries, "ndcg"), on=["method", "k"])
                       .assign(candidates=candidates))
     return pd.concat(frames, ignore_index=True)
+
+
+def split_spread_table(metric: str, new_items: NewItemMetrics, setting: str = "cold") -> pd.DataFrame:
+    """``metric`` in ``setting`` per family the random item split's replicas hold (profiles and chance): its value
+    on the stage's own split, then on each random split seed, their mean, standard deviation (n - 1) and range;
+    ordered by the random splits' mean. Empty when the stage ran no replica."""
+    rows: dict[str, dict[str, float]] = {}
+    for split, replica in new_items.split_replicas.items():
+        values = replica["methods"][setting] | {CHANCE: replica["chance"][setting]}
+        for family, summary in values.items():
+            rows.setdefault(family, {})[split] = summary[metric]
+    if not rows:
+        return pd.DataFrame()
+    table = pd.DataFrame.from_dict(rows, orient="index")
+    own = {MethodKey.parse(name).family: entry.test[metric] for name, entry in new_items.methods[setting].items()}
+    own[CHANCE] = new_items.chance[setting].test[metric]
+    replicas = table.to_numpy(dtype=float)
+    table.insert(0, f"{metric} (stage split)", pd.Series(own).reindex(table.index))
+    table["mean"], table["sd"] = replicas.mean(axis=1), replicas.std(axis=1, ddof=1) if replicas.shape[1] > 1 else np.nan
+    table["min"], table["max"] = replicas.min(axis=1), replicas.max(axis=1)
+    return table.sort_values("mean", ascending=False, kind="stable").rename_axis("method")

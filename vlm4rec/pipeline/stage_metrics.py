@@ -100,15 +100,17 @@ class ChanceMetrics(StageMetrics):
 
 
 class NewItemMetrics(StageFileMetrics):
-    """``metrics/cold_start.json``: the new-item protocol's counts, the methods listed as having no signal for a
+    """``metrics/cold_start.json``: the new-item protocol's counts, the findings' metric, the methods listed as having no signal for a
     new item, the hybrids' note, per setting the test metrics of each result, chance's (shaped as a
     method's: test macro metrics and the validation selection metric) and the findings, per dedicated
     cold-start model and new-item setting its findings (the description fed to it against its other content
-    feeds), per warm setting each method's difference from the warm backbone, and the stage's cost."""
+    feeds), per warm setting each method's difference from the warm backbone, the random item split's replicas
+    (per split seed: counts, chance's and the profiles' test metrics per setting), and the stage's cost."""
 
     file = "cold_start.json"
 
     counts: dict[str, int | float]
+    metric: str
     no_signal: dict[str, str]
     hybrids: str
     methods: dict[str, dict[str, MethodMetrics]]
@@ -116,6 +118,7 @@ class NewItemMetrics(StageFileMetrics):
     findings: dict[str, list[dict[str, Any]]]
     model_findings: dict[str, dict[str, list[dict[str, Any]]]]
     warm_cost: dict[str, list[dict[str, Any]]]
+    split_replicas: dict[str, dict[str, Any]]
     cost: dict[str, Any]
 
 
