@@ -7,6 +7,7 @@ import subprocess
 import sys
 import textwrap
 import time
+from pathlib import Path
 
 import pytest
 
@@ -113,7 +114,8 @@ def test_sigkilled_run_resumes_and_describes_each_image_once(tmp_path):
     (tmp_path / "worker.py").write_text(WORKER)
     command = [sys.executable, str(tmp_path / "worker.py"), str(tmp_path)]
 
-    first = subprocess.Popen(command)
+    env = os.environ | {"PYTHONPATH": str(Path(__file__).resolve().parents[1])}  # the checkout's package
+    first = subprocess.Popen(command, env=env)
     deadline = time.time() + 60
     while time.time() < deadline and first.poll() is None:
         if (tmp_path / "cache.sqlite").exists() and len(committed(tmp_path)) >= 4:
@@ -129,7 +131,7 @@ def test_sigkilled_run_resumes_and_describes_each_image_once(tmp_path):
     # Lost work is at most the one batch in flight (batch size 2).
     assert len(started_before_kill) - len(saved) <= 2
 
-    subprocess.run(command, check=True, timeout=60)
+    subprocess.run(command, check=True, timeout=60, env=env)
     resumed = [red for batch in described_reds(tmp_path)[len(batches_before_kill):] for red in batch]
     assert not {f"red {red}" for red in resumed} & saved  # nothing committed was described again
     assert committed(tmp_path) == {f"red {red}" for red in range(n_images)}
@@ -137,7 +139,7 @@ def test_sigkilled_run_resumes_and_describes_each_image_once(tmp_path):
     assert (counts["ok"], counts["from_cache"], counts["described"]) == (n_images, len(saved), n_images - len(saved))
 
     calls_before = len(described_reds(tmp_path))
-    subprocess.run(command, check=True, timeout=60)
+    subprocess.run(command, check=True, timeout=60, env=env)
     assert len(described_reds(tmp_path)) == calls_before  # a complete cache: no describe call at all
     assert json.loads((tmp_path / "result.json").read_text())["from_cache"] == n_images
 
