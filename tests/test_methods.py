@@ -7,7 +7,8 @@ import pytest
 
 from vlm4rec import methods
 from vlm4rec.config import load_params
-from vlm4rec.methods import (CATALOGUE, FREEDOMConfig, cold_start_method, cold_start_parts, family_of, fusion_method, hybrid_method, hybrid_representation,
+from vlm4rec.methods import (CATALOGUE, FREEDOMConfig, cold_start_method, cold_start_parts, family_of, fusion_method,
+                             hybrid_method, hybrid_representation,
                              is_kind, of_kind, option_problems)
 
 from study_params import REPO
@@ -46,7 +47,8 @@ def test_names_are_formed_and_resolved_by_the_catalogue_only() -> None:
         fusion_method("concat")
     assert of_kind("cold_start_model") == ("content_regression", "dropoutnet", "aldi", "collective_ease",
                                            "additive_ease")
-    assert cold_start_method("aldi", "genres") == "aldi-genres" and cold_start_parts("aldi-genres") == ("aldi", "genres")
+    assert cold_start_method("aldi", "genres") == "aldi-genres"
+    assert cold_start_parts("aldi-genres") == ("aldi", "genres")
     assert cold_start_parts("vbpr-title") is None and cold_start_parts("aldi-") is None
     with pytest.raises(ValueError, match="unknown cold-start model"):
         cold_start_method("vbpr", "title")

@@ -22,9 +22,11 @@ def test_new_item_tables_group_the_seeds_named_in_the_metrics() -> None:
 
     methods = {"all": {"title": entry(0.5, 0.1), "fusion_gating@seed0": entry(0.25, 0.3),
                        "fusion_gating@seed1": entry(0.75, 0.3)}}
-    methods["cold"] = {name: entry(2 * e.test["recall@20"], e.validation["ndcg@10"]) for name, e in methods["all"].items()}
+    methods["cold"] = {name: entry(2 * e.test["recall@20"], e.validation["ndcg@10"])
+                       for name, e in methods["all"].items()}
     chance = ChanceMetrics(test={"recall@20": 0.01, "ndcg@20": 0.005}, validation={"ndcg@10": 0.2})
-    new_items = NewItemMetrics(counts={}, metric="recall@20", no_signal={"ease": "no signal"}, hybrids="", methods=methods,
+    new_items = NewItemMetrics(counts={}, metric="recall@20", no_signal={"ease": "no signal"}, hybrids="",
+                               methods=methods,
                                chance={"all": chance, "cold": chance}, findings={}, model_findings={}, warm_cost={},
                                split_replicas={}, cost={})
     table = new_item_table(["recall@20"], new_items)
@@ -53,7 +55,8 @@ def test_the_stage_plot_data_keeps_the_bytes_it_had_when_built_from_the_results(
     before = pd.concat([recall.merge(ndcg, on=["method", "k"]).assign(candidates=name) for name in sets],
                        ignore_index=True)
     before.to_csv(tmp_path / "before.csv", index=False)
-    metrics = NewItemMetrics(counts={}, metric="recall@20", no_signal={}, hybrids="", findings={}, model_findings={}, warm_cost={},
+    metrics = NewItemMetrics(counts={}, metric="recall@20", no_signal={}, hybrids="", findings={}, model_findings={},
+                             warm_cost={},
                              split_replicas={}, cost={},
                              methods={name: tables.test_metrics_json(results) for name in sets},
                              chance={name: chance_json(chance, EVAL.select_metric) for name in sets})
@@ -76,7 +79,8 @@ def test_the_split_spread_gives_each_replica_and_their_mean_sd_and_range() -> No
                 "chance": {"cold": {"recall@20": chance}}}
 
     chance = ChanceMetrics(test={"recall@20": 0.1}, validation={"ndcg@10": 0.0})
-    new_items = NewItemMetrics(counts={}, metric="recall@20", no_signal={}, hybrids="", findings={}, model_findings={}, warm_cost={},
+    new_items = NewItemMetrics(counts={}, metric="recall@20", no_signal={}, hybrids="", findings={},
+                               model_findings={}, warm_cost={},
                                methods={"cold": {"title": entry(0.5), "image": entry(0.2)}}, chance={"cold": chance},
                                split_replicas={"random@seed0": replica(0.3, 0.4, 0.1),
                                                "random@seed1": replica(0.5, 0.1, 0.2),

@@ -232,7 +232,8 @@ def warm_cost_display(costs: dict[str, list[dict[str, Any]]]) -> pd.DataFrame:
     warm backbone): per setting and method, the difference with its unadjusted 95% CI (users x seeds) and p,
     or why it was not tested."""
     rows = [{"setting": setting, "method": r["method"], "against": r["reference"], "metric": r["metric"],
-             "difference [95% CI, users x seeds]": difference_with_ci(r), "p (exploratory, unadjusted)": p_or_why_not(r)}
+             "difference [95% CI, users x seeds]": difference_with_ci(r),
+             "p (exploratory, unadjusted)": p_or_why_not(r)}
             for setting, records in costs.items() for r in records]
     return pd.DataFrame(rows)
 

@@ -9,7 +9,8 @@ the dedicated cold-start recommenders of ``cold_start.models`` (:mod:`vlm4rec.co
 representation of ``cold_start.model_content``: the trained ones learn over one LightGCN backbone per seed
 (:func:`warm_backbone`), the side-information EASE^R ones use the match stage's chosen EASE^R penalty for
 their history part. Methods with no signal for a new item (MostPop, ItemKNN-CF, EASE^R, LightGCN) are
-listed, not scored. Every fit sees the warm training history only.
+listed, not scored on new items; EASE^R and the LightGCN backbone are scored in the warm and hybrid settings,
+as the warm reference. Every fit sees the warm training history only (without the warm test).
 """
 from __future__ import annotations
 
@@ -65,7 +66,8 @@ def cold_split(inter: pd.DataFrame, cold_start: ColdStartParams) -> tuple[np.nda
         raise StudyError(f"cold_start.cold_share / cold_start.val_share: {err}") from None
 
 
-def new_item_data(cold_start: ColdStartParams, evaluation: EvalParams) -> tuple[NewItemData, dict[str, int]]:
+def new_item_data(cold_start: ColdStartParams, evaluation: EvalParams
+                  ) -> tuple[NewItemData, dict[str, int | float]]:
     """The prepared interactions re-split by ``cold_start`` (selection ranks the validation cold items among
     themselves) and the protocol's counts."""
     prepared = load_prepared(PREPARED_DIR)
@@ -253,8 +255,9 @@ def warm_costs(results: Results, metric: str, evaluation: EvalParams) -> dict[st
 
 
 def chance_references(data: NewItemData, ks: Sequence[int]) -> dict[str, ChanceReference]:
-    """Per setting, chance over the same candidates and targets as the methods; on validation, the selection's split (the validation new items ranked
-    among themselves), where the methods' validation values come from too."""
+    """Per setting, chance over the same candidates and targets as the methods; on validation, the selection's
+    split (the validation new items ranked among themselves), where the methods' validation values come from
+    too."""
     return {name: ChanceReference.of(data.validation(), data.with_candidates(name).test(), ks)
             for name in CANDIDATE_SETS}
 
