@@ -10,6 +10,7 @@ from threadpoolctl import threadpool_limits
 
 from vlm4rec.matching import (FactorRecommender, PhaseClock, ProfileRecommender, Recommender, ScoreMix,
                               history_weights, item_neighbours, recommend, recommend_torch, standardize_rows)
+from vlm4rec import selection
 from vlm4rec.splits import History, build_history
 
 
@@ -227,6 +228,22 @@ def test_lists_do_not_depend_on_the_blas_thread_count() -> None:
         several = recommend(model, np.arange(300), exclude, 50, block_size=64, tile_items=300)
     np.testing.assert_array_equal(one, several)
     np.testing.assert_array_equal(one[:20], reference_factor_topk(users[:20], items, exclude[:20], 50, missing))
+
+
+def test_users_without_a_vector_are_ranked_by_index_without_exact_rescoring(monkeypatch) -> None:
+    """A zero user vector ties every item at exactly 0: its list is the unseen items by index, and the
+    float64 rescoring (the cost of a history-less user under the global time cut) is skipped for it."""
+    users, items, missing, exclude = tied_factors(13, n_users=30, n_items=200, d=16)
+    model = Factors(users, items, missing).fit(None)  # type: ignore[arg-type]
+    rescored: list[np.ndarray] = []
+    exact_dots = selection.FixedOrderDots.__call__
+    monkeypatch.setattr(selection.FixedOrderDots, "__call__",
+                        lambda self, rows, columns: rescored.append(self.left[rows]) or exact_dots(self, rows, columns))
+    got = recommend(model, np.arange(30), exclude, 40)
+    np.testing.assert_array_equal(got, reference_factor_topk(users, items, exclude, 40, missing))
+    assert rescored and not any((np.abs(rows).sum(axis=1) == 0).any() for rows in rescored)
+    unseen = [i for i in range(200) if not missing[i] and i not in set(exclude[0].indices)]
+    np.testing.assert_array_equal(got[0], unseen[:40])
 
 
 def test_phase_clock_sums_the_engines_phases() -> None:

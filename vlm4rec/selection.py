@@ -180,7 +180,9 @@ class RunningTopK:
 
     def ordered(self, rescore: Rescorer | None, n_items: int) -> np.ndarray:
         """The top-k items per row (int64, best first) by the module's rule; ``rescore`` None = the float32
-        scores are exact (margins 0)."""
+        scores are exact (margins 0). Rows with margin 0 are never rescored: their float32 scores are exact
+        (a user without a profile scores every item exactly 0, so all its items tie and a rescoring of
+        every item would change nothing)."""
         k, n_rows = self.k, len(self.kth)
         missing_slots = max(k - self.scores.shape[1], 0)
         scores = np.pad(self.scores, ((0, 0), (0, missing_slots)), constant_values=-np.inf)
@@ -196,8 +198,10 @@ class RunningTopK:
         rows, columns = np.nonzero(shared)  # row-major: grouped by (row, cluster), the clusters in order
         if len(rows):
             members = items[rows, columns]
-            exact = (rescore(rows, members) if rescore is not None
-                     else scores[rows, columns].astype(np.float64))
+            exact = scores[rows, columns].astype(np.float64)
+            product = self.margins[rows] > 0  # margin 0: exact already (a zero user vector scores 0 exactly)
+            if rescore is not None and product.any():
+                exact[product] = rescore(rows[product], members[product])
             within = np.lexsort((members, -exact, clusters[rows, columns], rows))
             items[rows, columns] = members[within]
         best = items[:, :k]
