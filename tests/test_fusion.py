@@ -12,7 +12,7 @@ from torch_threads import single_thread  # noqa: F401  (autouse fixture)
 
 from recommender_contract import RecommenderContract, planted_item_vectors
 from vlm4rec import fusion as fu
-from vlm4rec.matching import ProfileRecommender, Recommender
+from vlm4rec.matching import ProfileRecommender, Recommender, recommend
 from vlm4rec.splits import History, sample_negatives
 
 
@@ -81,6 +81,22 @@ def test_weighted_late_fusion_score_is_the_weighted_sum_of_per_modality_profile_
     scores = fused.score_block(users)
     np.testing.assert_allclose(scores[:, [0, 1, 2, 3, 5]], expected[:, [0, 1, 2, 3, 5]], atol=1e-5)
     assert np.all(scores[:, 4] == -np.inf) and fused.diagnostics() == {"n_missing_items": 1}
+
+
+def test_a_zero_weight_modality_leaves_the_product_but_not_the_lists() -> None:
+    """Weight 0 drops the modality's columns (a cheaper product), the lists equal those of the full
+    concatenation with its zero block, and an item with only that modality is still scorable (at 0)."""
+    rng = np.random.default_rng(4)
+    a, b = rng.normal(size=(40, 3)).astype(np.float32), rng.normal(size=(40, 6)).astype(np.float32)
+    a[5], b[7] = 0.0, 0.0  # item 5 has only b, item 7 only a
+    history = _history(_csr([(u, i) for u in range(8) for i in rng.choice(40, 4, replace=False)], (8, 40)))
+    fused = fu.WeightedLateFusion({"a": a, "b": b}, {"a": 1.0, "b": 0.0}).fit(history)
+    assert fused.item_factors.shape == (40, 3) and fused.user_factors.shape == (8, 3)
+    full = fu.WeightedLateFusion({"a": a, "b": b}, {"a": 1.0, "b": 1e-30}).fit(history)
+    full.item_factors[:, 3:], full.user_factors[:, 3:] = 0.0, 0.0  # the zero block the weight 0 dropped
+    users, exclude = np.arange(8), history.matrix
+    np.testing.assert_array_equal(recommend(fused, users, exclude, 39), recommend(full, users, exclude, 39))
+    assert np.isfinite(fused.score_block(users)[:, 5]).all() and fused.diagnostics() == {"n_missing_items": 0}
 
 
 def test_weighted_late_fusion_rejects_bad_weights() -> None:

@@ -54,7 +54,9 @@ class WeightedLateFusion(FactorRecommender):
     profile) and ``x_i^m`` the L2-normalised item vector; an item without modality m contributes 0 for
     it (the other modalities keep their weight), an item with no modality at all is ranked last. Scored
     as one matrix product of the concatenations of ``sqrt(w_m) p_u^m`` (the user factors) and
-    ``sqrt(w_m) x_i^m`` (the item factors).
+    ``sqrt(w_m) x_i^m`` (the item factors). A modality of weight 0 adds nothing to any score and is left
+    out of the product (the lists depend on the exact scores only, :mod:`vlm4rec.selection`); its items
+    still count as having a modality.
     """
 
     def __init__(self, modalities: Mapping[str, np.ndarray], weights: Mapping[str, float],
@@ -66,17 +68,16 @@ class WeightedLateFusion(FactorRecommender):
             raise ValueError(f"weights must be finite and >= 0, got {dict(weights)}")
         self.names = tuple(modalities)
         self.weights = {name: float(weights[name]) for name in self.names}
-        self.blocks = [normalize_rows(modalities[m]) for m in self.names]
-        self.item_factors = np.concatenate([math.sqrt(self.weights[m]) * x for m, x in zip(self.names, self.blocks)],
-                                           axis=1)
-        self.missing = ~np.stack([x.any(axis=1) for x in self.blocks]).any(axis=0)
+        blocks = {m: normalize_rows(modalities[m]) for m in self.names}
+        self.missing = ~np.stack([x.any(axis=1) for x in blocks.values()]).any(axis=0)
+        self.blocks = {m: x for m, x in blocks.items() if self.weights[m] > 0} or blocks
+        self.item_factors = np.concatenate([math.sqrt(self.weights[m]) * x for m, x in self.blocks.items()], axis=1)
         self.name = name
 
     def fit(self, history: History) -> "WeightedLateFusion":
         weights = history_weights(history, "mean")
         self.user_factors = np.concatenate(
-            [math.sqrt(self.weights[m]) * user_profiles(weights, x) for m, x in zip(self.names, self.blocks)],
-            axis=1)
+            [math.sqrt(self.weights[m]) * user_profiles(weights, x) for m, x in self.blocks.items()], axis=1)
         return self
 
     def diagnostics(self) -> dict[str, float | int]:
