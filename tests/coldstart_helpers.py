@@ -126,5 +126,5 @@ def planted_new_item_data(planted: PlantedNewItems) -> NewItemData:
         for item in planted.new_items[planted.item_cluster[planted.new_items] == cluster]:
             rows.append((user, item, 1, "val" if item in val_items else "test"))
     inter = pd.DataFrame(rows, columns=["user_idx", "item_idx", "timestamp", "split"])
-    return NewItemData.from_cold_split(inter, planted.history.n_users, planted.history.n_items, val_items,
+    return NewItemData.from_new_item_split(inter, planted.history.n_users, planted.history.n_items, val_items,
                                        test_items, "cold")

@@ -18,7 +18,7 @@ from vlm4rec.metrics import chance_metrics, ranking_metrics
 from vlm4rec.multimodal import candidates as graph_candidates
 from vlm4rec.multimodal.freedom import FREEDOM
 from vlm4rec.multimodal.vbpr import VBPR
-from vlm4rec.splits import assign_cold_split, build_history, cold_items, targets_of
+from vlm4rec.splits import assign_new_item_split, build_history, new_items, targets_of
 from vlm4rec.stats import TWO_WAY_RESAMPLING, bootstrap_p, percentile_interval, two_way_replicates
 
 
@@ -50,8 +50,8 @@ def planted(n_users: int = 60, n_genres: int = 3, per_genre: int = 20,
 def cold_recall(inter: pd.DataFrame, vectors: np.ndarray, k: int, among_cold: bool) -> float:
     """Mean per-user recall@k over the test cold items, ranked among all items or among the test cold
     items only (train history excluded)."""
-    val, test = cold_items(inter, cold_share=0.3, val_share=0.5)
-    inter = inter.assign(split=assign_cold_split(inter, val, test))
+    val, test = new_items(inter, cold_share=0.3, val_share=0.5)
+    inter = inter.assign(split=assign_new_item_split(inter, val, test))
     n_users, n_items = int(inter["user_idx"].max()) + 1, len(vectors)
     history = build_history(inter, ("train",), n_users, n_items)
     targets = targets_of(inter, "test", n_users, n_items)
@@ -83,11 +83,11 @@ def test_exclusion_outside_masks_seen_items_and_non_candidates():
 
 def test_new_item_splits_fit_on_warm_items_only_and_rank_the_phase_candidates():
     inter, vectors = planted()
-    val, test = cold_items(inter, cold_share=0.3, val_share=0.5)
-    inter = inter.assign(split=assign_cold_split(inter, val, test))
+    val, test = new_items(inter, cold_share=0.3, val_share=0.5)
+    inter = inter.assign(split=assign_new_item_split(inter, val, test))
     n_users, n_items = int(inter["user_idx"].max()) + 1, len(vectors)
     for among_cold in (False, True):
-        data = NewItemData.from_cold_split(inter, n_users, n_items, val, test, "cold" if among_cold else "all")
+        data = NewItemData.from_new_item_split(inter, n_users, n_items, val, test, "cold" if among_cold else "all")
         val_split, test_split = data.validation(), data.test()
         assert not val_split.history.matrix[:, np.concatenate([val, test])].nnz
         _, per_user = evaluate(ProfileRecommender(vectors), test_split, ks=[3, 10])
@@ -100,7 +100,7 @@ def test_the_four_settings_rank_their_candidates_against_their_targets():
     rows = [(0, 0, 0, "train"), (1, 0, 1, "train"), (1, 1, 2, "train"), (0, 1, 3, "warm_test"),
             (0, 2, 4, "val"), (0, 3, 5, "test"), (1, 3, 6, "test")]
     inter = pd.DataFrame(rows, columns=["user_idx", "item_idx", "timestamp", "split"])
-    data = NewItemData.from_cold_split(inter, 2, 4, np.array([2]), np.array([3]), "cold")
+    data = NewItemData.from_new_item_split(inter, 2, 4, np.array([2]), np.array([3]), "cold")
     assert data.train_history.matrix.toarray().tolist() == [[1, 0, 0, 0], [1, 1, 0, 0]]
     assert data.warm_items.tolist() == [0, 1]
     expected = {  # setting: (users, targets of user 0, the items user 0 cannot be recommended)
@@ -116,10 +116,10 @@ def test_the_four_settings_rank_their_candidates_against_their_targets():
         data.with_candidates("new")
 
 
-def test_the_cold_start_params_are_the_keywords_of_cold_items():
+def test_the_cold_start_params_are_the_keywords_of_new_items():
     inter, _ = planted()
     params = load_params("params.yaml").cold_start.model_dump()
-    val, test = cold_items(inter, **{key: params[key] for key in ("variant", "cold_share", "val_share", "seed")})
+    val, test = new_items(inter, **{key: params[key] for key in ("variant", "cold_share", "val_share", "seed")})
     assert len(val) + len(test) == round(params["cold_share"] * inter["item_idx"].nunique())
 
 
@@ -175,8 +175,8 @@ def test_new_item_findings_resample_users_and_items_against_each_method_and_chan
 
 def test_the_protocol_counts_and_a_profile_ranks_the_new_items_by_their_content():
     inter, vectors = planted()
-    val, test = cold_items(inter, cold_share=0.3, val_share=0.5)
-    inter = inter.assign(split=assign_cold_split(inter, val, test))
+    val, test = new_items(inter, cold_share=0.3, val_share=0.5)
+    inter = inter.assign(split=assign_new_item_split(inter, val, test))
     counts = new_item_counts(inter, val, test)
     assert counts["val_cold_items"] == counts["test_cold_items"] == 9
     assert counts["test_pairs"] == int(inter["item_idx"].isin(test).sum())
@@ -184,7 +184,7 @@ def test_the_protocol_counts_and_a_profile_ranks_the_new_items_by_their_content(
     assert counts["test_pairs_per_item"] == round(pairs.sum() / 9, 1)
     assert counts["test_pairs_on_top5_items"] == round(np.sort(pairs)[-5:].sum() / pairs.sum(), 3)
     shuffled = vectors[np.random.default_rng(1).permutation(len(vectors))]
-    split = NewItemData.from_cold_split(inter, 60, 60, val, test, "cold").test()
+    split = NewItemData.from_new_item_split(inter, 60, 60, val, test, "cold").test()
     means = {name: evaluate(ProfileRecommender(x), split, [3, 10])[1]["recall@3"].mean()
              for name, x in (("signal", vectors), ("shuffled", shuffled))}
     assert len(split.users) == counts["test_users"]
@@ -194,9 +194,9 @@ def test_the_protocol_counts_and_a_profile_ranks_the_new_items_by_their_content(
 
 def planted_data(among_cold: bool = False) -> tuple[NewItemData, np.ndarray]:
     inter, vectors = planted()
-    val, test = cold_items(inter, cold_share=0.3, val_share=0.5)
-    inter = inter.assign(split=assign_cold_split(inter, val, test))
-    return NewItemData.from_cold_split(inter, 60, len(vectors), val, test, "cold" if among_cold else "all"), vectors
+    val, test = new_items(inter, cold_share=0.3, val_share=0.5)
+    inter = inter.assign(split=assign_new_item_split(inter, val, test))
+    return NewItemData.from_new_item_split(inter, 60, len(vectors), val, test, "cold" if among_cold else "all"), vectors
 
 
 def cold_recall_of(results: dict, method: str, candidates: str, k: int) -> float:

@@ -92,8 +92,8 @@ def test_recall_on_cold_items_counts_each_users_cold_test_item_in_the_top_k(setu
     """Odd users' test item is cold (25 + u % 5, never in train): their recall@10 over cold items is 1 when
     that item is in their top-10, else 0; even users have no cold test item and no row."""
     results, data = setup
-    table = F.restricted_per_user(results, ["description", "fusion_gating"], data, items=F.unseen_items(data), k=10)
-    assert F.unseen_items(data).tolist() == list(range(25, N_ITEMS))
+    table = F.restricted_per_user(results, ["description", "fusion_gating"], data, items=F.new_test_items(data), k=10)
+    assert F.new_test_items(data).tolist() == list(range(25, N_ITEMS))
     for key in (MethodKey("description"), MethodKey("fusion_gating", 1)):
         seed = -1 if key.seed is None else key.seed
         rows = table[(table["method"] == key.family) & (table["seed"].fillna(-1) == seed)]

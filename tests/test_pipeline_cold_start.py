@@ -8,7 +8,7 @@ import pytest
 from vlm4rec.cold_start import FittedOnce
 from vlm4rec.errors import StudyError
 from vlm4rec.multimodal import LightGCN
-from vlm4rec.pipeline.cold_start import check_model_grids, cold_split, warm_backbone
+from vlm4rec.pipeline.cold_start import check_model_grids, new_item_split, warm_backbone
 
 from study_params import section
 
@@ -37,8 +37,10 @@ def test_one_backbone_per_seed_in_the_graph_stages_lightgcn_form() -> None:
 
 
 def test_a_share_that_leaves_no_new_item_on_a_side_names_its_keys() -> None:
-    inter = pd.DataFrame({"user_idx": [0, 0, 1], "item_idx": [0, 1, 2], "timestamp": [1, 2, 3]})
+    inter = pd.DataFrame({"user_idx": [0, 0, 1], "item_idx": [0, 1, 2], "timestamp": [1, 2, 3],
+                          "split": ["train", "test", "test"]})
     with pytest.raises(StudyError, match=r"cold_start.cold_share / cold_start.val_share: 3 items"):
-        cold_split(inter, section("cold_start", cold_share=0.1))
-    val, test = cold_split(inter, section("cold_start", cold_share=0.67))
+        new_item_split(inter, section("cold_start", cold_share=0.1))
+    labelled, val, test = new_item_split(inter, section("cold_start", cold_share=0.67))
     assert val.tolist() == [1] and test.tolist() == [2]
+    assert labelled["split"].tolist() == ["train", "val", "test"]

@@ -7,7 +7,7 @@ import pytest
 import scipy.sparse as sp
 
 from vlm4rec import splits
-from vlm4rec.splits import (SplitConfig, assign_cold_split, assign_split, binarize, build_history, cold_items,
+from vlm4rec.splits import (SplitConfig, assign_new_item_split, assign_split, binarize, build_history, new_items,
                             sample_negatives, targets_of)
 
 
@@ -159,38 +159,38 @@ def test_both_membership_tests_draw_the_same_negatives(monkeypatch) -> None:
     assert not history.toarray()[users[:, None], drawn[0]].any()
 
 
-def test_time_cold_items_are_the_newest_items_split_earlier_val_later_test():
+def test_time_new_items_are_the_newest_items_split_earlier_val_later_test():
     # user 0 sees item i at t=i+1; user 1 sees item 9 later (t=20) and item 3 first (t=0)
     frame = pd.concat([user_rows(0, list(range(10)), list(range(1, 11))),
                        user_rows(1, [9, 3], [20, 0])], ignore_index=True)
     # item 3's first positive is now t=0, so the order by first positive is 3, 0, 1, 2, 4, ..., 9
-    val, test = cold_items(frame, cold_share=0.4, val_share=0.5)
+    val, test = new_items(frame, cold_share=0.4, val_share=0.5)
     assert val.tolist() == [6, 7] and test.tolist() == [8, 9]
-    labels = assign_cold_split(frame, val, test)
+    labels = assign_new_item_split(frame, val, test)
     item = frame["item_idx"].to_numpy()
     assert set(labels[np.isin(item, [8, 9])]) == {"test"}
     assert set(labels[np.isin(item, [6, 7])]) == {"val"}
     assert set(labels[~np.isin(item, [6, 7, 8, 9])]) == {"train"}
     # the warm test marks warm rows only: a marked row of a new item stays the new item's
     marked = np.isin(item, [0, 8]) & (frame["user_idx"] == 0).to_numpy()
-    labels = assign_cold_split(frame, val, test, warm_test=marked)
+    labels = assign_new_item_split(frame, val, test, warm_test=marked)
     assert labels[marked].tolist() == ["warm_test", "test"]
     assert set(labels[~marked & ~np.isin(item, [6, 7, 8, 9])]) == {"train"}
     with pytest.raises(ValueError, match="warm_test marks 2 rows"):
-        assign_cold_split(frame, val, test, warm_test=np.ones(2, dtype=bool))
+        assign_new_item_split(frame, val, test, warm_test=np.ones(2, dtype=bool))
 
 
-def test_random_cold_items_are_seeded_disjoint_and_sized():
+def test_random_new_items_are_seeded_disjoint_and_sized():
     frame = user_rows(0, list(range(20)), list(range(20)))
-    val, test = cold_items(frame, cold_share=0.5, val_share=0.4, variant="random", seed=3)
-    again = cold_items(frame, cold_share=0.5, val_share=0.4, variant="random", seed=3)
+    val, test = new_items(frame, cold_share=0.5, val_share=0.4, variant="random", seed=3)
+    again = new_items(frame, cold_share=0.5, val_share=0.4, variant="random", seed=3)
     assert (len(val), len(test)) == (4, 6)
     assert not np.intersect1d(val, test).size
     assert val.tolist() == again[0].tolist() and test.tolist() == again[1].tolist()
-    other = cold_items(frame, cold_share=0.5, val_share=0.4, variant="random", seed=4)
+    other = new_items(frame, cold_share=0.5, val_share=0.4, variant="random", seed=4)
     assert np.concatenate(other).tolist() != np.concatenate([val, test]).tolist()
 
 
-def test_cold_items_refuse_a_share_that_leaves_no_test_item():
+def test_new_items_refuse_a_share_that_leaves_no_test_item():
     with pytest.raises(ValueError, match="no validation or no test"):
-        cold_items(user_rows(0, [1, 2, 3], [1, 2, 3]), cold_share=0.3)
+        new_items(user_rows(0, [1, 2, 3], [1, 2, 3]), cold_share=0.3)

@@ -8,7 +8,7 @@ test positive, warm and new, among all items (the field's warm and hybrid settin
 costs on the catalogue).
 
 Every method is fitted on the warm training history only, in validation and in test alike (a new item's
-interactions, and the warm test, are never fitted on), selected on the validation cold items ranked among
+interactions, and the warm test, are never fitted on), selected on the validation new items ranked among
 themselves (ranked among all items, nearly every method's validation NDCG@10 is 0 on ML-1M, which would
 leave the choice to the tie rule: the first candidate, an untrained epoch 0), and then tested once in each
 setting from the same fitted model (:func:`select_and_test_new_items`).
@@ -76,9 +76,9 @@ class NewItemData(EvalData):
     candidates: str = "all"
 
     @classmethod
-    def from_cold_split(cls, inter: pd.DataFrame, n_users: int, n_items: int, val_items: np.ndarray,
+    def from_new_item_split(cls, inter: pd.DataFrame, n_users: int, n_items: int, val_items: np.ndarray,
                         test_items: np.ndarray, candidates: str = "all", rank: Ranker = recommend) -> "NewItemData":
-        """From interactions labelled by :func:`~vlm4rec.splits.assign_cold_split` (``warm_test`` rows become
+        """From interactions labelled by :func:`~vlm4rec.splits.assign_new_item_split` (``warm_test`` rows become
         the warm targets)."""
         base = EvalData.from_interactions(inter, n_users, n_items, rank)
         return cls(**{**base.__dict__, "trainval_history": base.train_history}, val_items=val_items,
@@ -239,7 +239,7 @@ def warm_cost_display(costs: dict[str, list[dict[str, Any]]]) -> pd.DataFrame:
 
 
 def new_item_counts(inter: pd.DataFrame, val_items: np.ndarray, test_items: np.ndarray) -> dict[str, int | float]:
-    """What the stage prints and docs/protocol.md quotes: cold items per phase, pairs, test users, the training
+    """What the stage prints and docs/protocol.md quotes: new items per phase, pairs, test users, the training
     pairs, the warm test's pairs and users (the warm and hybrid settings), the pairs per
     new item on each side (selection on a much more popular population than the test is visible here) and the
     share of the test pairs on the five most-rated test new items (how few items carry the targets)."""

@@ -462,10 +462,10 @@ GraphModel = Literal[TRAINED_MODELS]  # type: ignore[valid-type]
 
 class ColdStartParams(Section):
     variant: Literal["time", "random"] = Field(
-        description="time: the items with the newest first positive are cold; random: a seeded share of items")
-    cold_share: Share = Field(description="share of the items with a positive that are cold (held out entirely)")
-    val_share: Share = Field(description="share of the cold items for validation (time: the earlier ones); "
-                                         "the rest are the test cold items")
+        description="time: the items with the newest first positive are new; random: a seeded share of items")
+    cold_share: Share = Field(description="share of the items with a positive that are new (held out entirely)")
+    val_share: Share = Field(description="share of the new items for validation (time: the earlier ones); "
+                                         "the rest are the test new items")
     seed: int = Field(description="seed of the random variant")
     metric: str = Field(description="test metric of the new-item findings, <metric>@<k> with k among eval.ks")
     seeds: list[int] = Field(min_length=1, description="training seeds of the learned fusions and graph models "

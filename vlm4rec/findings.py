@@ -174,7 +174,7 @@ def restricted_per_user(results: Results, names: list[str], prepared: PreparedDa
     return pd.concat(frames, ignore_index=True).astype({"seed": "float64"})
 
 
-def unseen_items(prepared: PreparedData) -> np.ndarray:
+def new_test_items(prepared: PreparedData) -> np.ndarray:
     """The items without a positive in train + validation (the "cold" group of
     :func:`vlm4rec.slices.item_popularity_groups`), whose test pairs the cold-item findings score."""
     return np.flatnonzero(item_popularity_groups(prepared.interactions, prepared.n_items).to_numpy() == "cold")
@@ -240,13 +240,13 @@ def findings(results: Results, evaluation: EvalParams, params: FindingsParams, r
                         "of the same candidates)?", per_user, name, CHANCE, metric, "all test users", evaluation)
                 for name in (description, title, image)]
     k = params.slice_k
-    cold = unseen_items(prepared)
+    new = new_test_items(prepared)
     lengths = history_lengths(prepared.interactions)
     short_users = lengths.index[lengths <= params.short_history].to_numpy()
     for against in (title, image):
-        cold_table = restricted_per_user(results, [description, against], prepared, items=cold, k=k)
+        new_table = restricted_per_user(results, [description, against], prepared, items=new, k=k)
         out.append(compare(f"description_vs_{against}_cold_items",
-                           f"Do descriptions beat {against} on cold test items?", cold_table, description,
+                           f"Do descriptions beat {against} on cold test items?", new_table, description,
                            against, f"recall@{k}", "users with a cold test item; recall over those items", evaluation))
         short_table = restricted_per_user(results, [description, against], prepared, users=short_users, k=k)
         out.append(compare(f"description_vs_{against}_short_histories",
@@ -295,12 +295,12 @@ def graph_comparisons(results: Results, evaluation: EvalParams, params: Findings
     pairs = graph_pairs(graph_cells, params.description, params.title, params.image)
     pairs = {m: p for m, p in pairs.items()
              if f"{m}{GRAPH_FINDING_SUFFIX}" in by_id and set(p) <= set(families(results))}
-    cold = unseen_items(prepared)
+    new = new_test_items(prepared)
     compared = []
     for model, cells in pairs.items():
-        cold_users = restricted_per_user(results, list(cells), prepared, items=cold, k=params.slice_k)
-        on_cold = compare(f"{model}_cold_items", "", cold_users, *cells, f"recall@{params.slice_k}", "", evaluation)
-        compared.append(ModelComparison(model, cells, by_id[f"{model}{GRAPH_FINDING_SUFFIX}"], on_cold))
+        new_users = restricted_per_user(results, list(cells), prepared, items=new, k=params.slice_k)
+        on_new = compare(f"{model}_cold_items", "", new_users, *cells, f"recall@{params.slice_k}", "", evaluation)
+        compared.append(ModelComparison(model, cells, by_id[f"{model}{GRAPH_FINDING_SUFFIX}"], on_new))
     return compared
 
 

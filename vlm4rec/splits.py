@@ -180,17 +180,18 @@ def sample_negatives(history: sp.csr_matrix, users: np.ndarray, n_negatives: int
     raise RuntimeError(f"negative sampling did not converge in {max_rounds} rounds")
 
 
-ColdVariant = Literal["time", "random"]
+NewItemVariant = Literal["time", "random"]
 
 
-def cold_items(inter: pd.DataFrame, cold_share: float = 0.1, val_share: float = 0.5,
-               variant: ColdVariant = "time", seed: int = 0) -> tuple[np.ndarray, np.ndarray]:
-    """(validation cold items, test cold items), disjoint, for the strict new-item protocol.
+def new_items(inter: pd.DataFrame, cold_share: float = 0.1, val_share: float = 0.5,
+              variant: NewItemVariant = "time", seed: int = 0) -> tuple[np.ndarray, np.ndarray]:
+    """(validation new items, test new items), disjoint, for the strict new-item protocol (``cold_share``
+    keeps its params.yaml name: the share of items held out as new).
 
     ``time``: items ordered by their first positive (timestamp, then item index); the last
-    ``round(cold_share * n)`` of the ``n`` items with a positive are cold, the earlier
-    ``round(val_share * n_cold)`` of them validation, the later ones test (so test items are the newest).
-    ``random``: a seeded permutation of the items picks the cold ones and their validation part.
+    ``round(cold_share * n)`` of the ``n`` items with a positive are new, the earlier
+    ``round(val_share * n_new)`` of them validation, the later ones test (so test items are the newest).
+    ``random``: a seeded permutation of the items picks the new ones and their validation part.
     """
     if not 0 < cold_share < 1 or not 0 < val_share < 1:
         raise ValueError(f"cold_share and val_share must be in (0, 1), got {cold_share} and {val_share}")
@@ -202,25 +203,25 @@ def cold_items(inter: pd.DataFrame, cold_share: float = 0.1, val_share: float = 
         ordered = items[np.random.default_rng(seed).permutation(len(items))]
     else:
         raise ValueError(f"unknown cold-start variant {variant!r}; expected time or random")
-    n_cold = round(cold_share * len(items))
-    n_val = round(val_share * n_cold)
-    if n_val < 1 or n_cold - n_val < 1:
+    n_new = round(cold_share * len(items))
+    n_val = round(val_share * n_new)
+    if n_val < 1 or n_new - n_val < 1:
         raise ValueError(f"{len(items)} items with cold_share={cold_share} and val_share={val_share} "
-                         "leave no validation or no test cold item")
-    cold = ordered[len(items) - n_cold:]
-    return np.sort(cold[:n_val]), np.sort(cold[n_val:])
+                         "leave no validation or no test new item")
+    new = ordered[len(items) - n_new:]
+    return np.sort(new[:n_val]), np.sort(new[n_val:])
 
 
-def assign_cold_split(inter: pd.DataFrame, val_items: np.ndarray, test_items: np.ndarray,
-                      warm_test: np.ndarray | None = None) -> np.ndarray:
+def assign_new_item_split(inter: pd.DataFrame, val_items: np.ndarray, test_items: np.ndarray,
+                          warm_test: np.ndarray | None = None) -> np.ndarray:
     """Split labels for the strict new-item protocol, in ``inter``'s row order: every interaction on a
-    validation (test) cold item is ``val`` (``test``); of the others, those ``warm_test`` marks (bool per row,
+    validation (test) new item is ``val`` (``test``); of the others, those ``warm_test`` marks (bool per row,
     e.g. the main split's test part) are ``warm_test``, held out for the warm and hybrid settings, and the rest
-    ``train``. No interaction of a cold item is ever trained on; the split of the new items is by item, not by
+    ``train``. No interaction of a new item is ever trained on; the split of the new items is by item, not by
     time (a warm interaction after the cut stays in training, as a deployed model keeps learning on its
     catalogue while new items arrive)."""
     if np.intersect1d(val_items, test_items).size:
-        raise ValueError("validation and test cold items must be disjoint")
+        raise ValueError("validation and test new items must be disjoint")
     item = inter["item_idx"].to_numpy()
     labels = np.full(len(item), "train", dtype=object)
     if warm_test is not None:

@@ -1,5 +1,5 @@
 """Cold-start stage: every method that can score a new item, on the strict new-item protocol
-(docs/protocol.md, "New items"), ranked among all items and among the test cold items.
+(docs/protocol.md, "New items"), ranked among all items and among the test new items.
 
 Scored: mean-profile matching of every representation the embed stage wrote, the weighted late fusion, the
 learned fusions of ``cold_start.fusion_learned``, the content + EASE^R hybrids (the EASE^R part scores every
@@ -46,7 +46,7 @@ from vlm4rec.pipeline.stage_metrics import NewItemMetrics
 from vlm4rec.stats import PAIRED_COLUMNS
 from vlm4rec.tables import paired_test_table, test_metrics_json, timing_json
 from vlm4rec.representations import load_vectors, representations_with_content
-from vlm4rec.splits import assign_cold_split, cold_items
+from vlm4rec.splits import assign_new_item_split, new_items
 from vlm4rec.training import TrainingOptions
 
 COLD_RESULTS = RESULTS_DIR / "cold_start"
@@ -56,26 +56,27 @@ NO_SIGNAL = {name: family.no_signal for name, family in CATALOGUE.items() if not
 Results = dict[str, dict[MethodKey, MethodResult]]
 
 
-def cold_split(inter: pd.DataFrame, cold_start: ColdStartParams) -> tuple[np.ndarray, np.ndarray]:
-    """(validation cold items, test cold items) of the protocol ``cold_start`` describes; a share that leaves
-    no new item on a side is a :class:`StudyError` naming the keys."""
+def new_item_split(inter: pd.DataFrame, cold_start: ColdStartParams) -> tuple[pd.DataFrame, np.ndarray, np.ndarray]:
+    """``inter`` labelled by the protocol ``cold_start`` describes (new items' rows ``val`` / ``test``, the main
+    split's test rows on warm items ``warm_test``), with its validation and test new items; a share that
+    leaves no new item on a side is a :class:`StudyError` naming the keys."""
     try:
-        return cold_items(inter, cold_share=cold_start.cold_share, val_share=cold_start.val_share,
-                          variant=cold_start.variant, seed=cold_start.seed)
+        val_items, test_items = new_items(inter, cold_share=cold_start.cold_share, val_share=cold_start.val_share,
+                                          variant=cold_start.variant, seed=cold_start.seed)
     except ValueError as err:
         raise StudyError(f"cold_start.cold_share / cold_start.val_share: {err}") from None
+    labels = assign_new_item_split(inter, val_items, test_items, warm_test=main_test(inter))
+    return inter.assign(split=labels), val_items, test_items
 
 
 def new_item_data(cold_start: ColdStartParams, evaluation: EvalParams
                   ) -> tuple[NewItemData, dict[str, int | float]]:
-    """The prepared interactions re-split by ``cold_start`` (selection ranks the validation cold items among
+    """The prepared interactions re-split by ``cold_start`` (selection ranks the validation new items among
     themselves) and the protocol's counts."""
     prepared = load_prepared(PREPARED_DIR)
-    inter = prepared.interactions
-    val_items, test_items = cold_split(inter, cold_start)
-    inter = inter.assign(split=assign_cold_split(inter, val_items, test_items, warm_test=main_test(inter)))
-    data = NewItemData.from_cold_split(inter, prepared.n_users, prepared.n_items, val_items, test_items, "cold",
-                                       rank=ranker(None, evaluation.device, evaluation.block_size))
+    inter, val_items, test_items = new_item_split(prepared.interactions, cold_start)
+    data = NewItemData.from_new_item_split(inter, prepared.n_users, prepared.n_items, val_items, test_items, "cold",
+                                           rank=ranker(None, evaluation.device, evaluation.block_size))
     return data, new_item_counts(inter, val_items, test_items)
 
 
@@ -94,7 +95,7 @@ def _merge(into: Results, more: Results) -> None:
 
 def run(evaluation: EvalParams, cold_start: ColdStartParams, fusion: FusionParams, graph: GraphParams,
         report: ReportParams) -> tuple[Results, NewItemMetrics, dict[str, ChanceReference]]:
-    """Every new-item-capable method, selected on the validation cold items and tested in each setting of
+    """Every new-item-capable method, selected on the validation new items and tested in each setting of
     :data:`~vlm4rec.cold_start.CANDIDATE_SETS` (the warm references in the warm and hybrid ones only); results
     under ``data/results/cold_start/<setting>/<method>``, counts, test metrics, chance and the findings
     (unadjusted two-way bootstrap p, on the new-item settings) in ``metrics/cold_start.json``
@@ -276,9 +277,8 @@ def json_records(table: pd.DataFrame) -> list[dict[str, Any]]:
 def gallery_rows(results: dict[MethodKey, MethodResult], methods: list[str], cold_start: ColdStartParams,
                  n_users: int, seed: int) -> list[tuple[str, list[str | None], list[str]]]:
     """:func:`~vlm4rec.gallery.user_gallery` on the new-item protocol: a few test users' latest
-    warm history posters and each method's top new items (HIT = one of the user's test cold items)."""
+    warm history posters and each method's top new items (HIT = one of the user's test new items)."""
     prepared = load_prepared(PREPARED_DIR)
-    inter = prepared.interactions
-    inter = inter.assign(split=assign_cold_split(inter, *cold_split(inter, cold_start), warm_test=main_test(inter)))
+    inter = new_item_split(prepared.interactions, cold_start)[0]
     warm_and_test = replace(prepared, interactions=inter[inter["split"].isin(["train", "test"])])
     return user_gallery(results, methods, warm_and_test, n_users=n_users, seed=seed)
