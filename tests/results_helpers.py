@@ -66,11 +66,15 @@ def graph_cell(name: str, data: PreparedData, hit_share: float, seeds: int) -> d
             for s in range(seeds)}
 
 
-def graph_cell_metrics(scale: str = "default", grid_size: int = 1, wall_s: float = 1.0) -> GraphCellMetrics:
-    """A graph cell's metrics file with the given scale, grid size and wall time (other fields small)."""
+def graph_cell_metrics(scale: str = "default", grid_size: int = 1, wall_s: float = 1.0, model: str = "vbpr",
+                       schedule: dict[str, float | int] | None = None) -> GraphCellMetrics:
+    """A graph cell's metrics file with the given scale, grid size, wall time, model and schedule (other
+    fields small)."""
     entry = MethodMetrics(test={"ndcg@10": 0.25}, validation={"ndcg@10": 0.5}, coverage={"coverage@10": 0.1},
                           chosen={"l2": 0.01, "epochs": 4})
-    return GraphCellMetrics(model="vbpr", modalities=["title", "image"], scale=scale, regime="fast",
+    return GraphCellMetrics(model=model, modalities=["title", "image"], scale=scale, regime="fast",
+                            schedule=schedule or {"lr": 0.01, "epochs": 60, "eval_every": 4, "patience": 2},
+                            selection="refit",
                             methods={"vbpr-title-image@seed0": entry},
                             training=GraphTraining(best_epoch=4, epochs_run=8, stopped_early=True,
                                                    validation_curve=[[0, 0.1], [4, 0.5], [8, 0.4]],

@@ -7,7 +7,7 @@ import scipy.sparse as sp
 
 from vlm4rec.data import PreparedData
 from vlm4rec.evaluation import (Candidate, EvalData, MethodKey, MethodResult, evaluate, load_result, per_user_long,
-                                select_and_test, select_and_test_seeds)
+                                rank_and_score, select_and_test, select_and_test_seeds)
 from vlm4rec.stats import paired_tests
 from vlm4rec.matching import IterativeRecommender, ProfileRecommender, TrainingLog
 from vlm4rec.splits import History, SplitConfig, assign_split
@@ -247,6 +247,33 @@ def test_seeded_methods_select_on_the_first_seed_and_test_every_seed(planted, tm
     assert loaded.key == MethodKey("epochs", 6) and loaded.training == results[MethodKey("epochs", 6)].training
     with pytest.raises(ValueError, match="no seeds"):
         select_and_test_seeds("epochs", grid, data, seeds=[], ks=(10,))
+
+
+def test_without_refit_each_seed_is_tested_at_its_own_best_validation_checkpoint(planted, tmp_path):
+    """MMRec's protocol: no fit on train + validation; the first seed's test model is the selection run
+    itself, every other seed gets one train-only run early-stopped on validation, and the test ranking
+    still leaves out each user's train + validation items."""
+    data, prepared, vectors = planted
+    EpochModel.calls = []
+
+    def grid(seed: int) -> list[Candidate]:
+        return [Candidate({"good": g}, lambda g=g: EpochModel(vectors, g, seed=seed)) for g in (2, 4)]
+
+    results = select_and_test_seeds("epochs", grid, data, seeds=[5, 6], ks=(10,), out_dir=tmp_path, refit=False)
+    assert [(kind, seed) for kind, seed, _, _ in EpochModel.calls] == [
+        ("monitored", 5), ("monitored", 5), ("monitored", 6)]
+    assert all(entries(h.matrix) == pairs_in(prepared.interactions, ["train"]) for *_, h in EpochModel.calls)
+    assert all(r.config == {"good": 2, "epochs": 2} for r in results.values())
+    test = data.test()
+    for result in results.values():
+        model = EpochModel(vectors, 2)
+        model.history = data.train_history
+        model._at(2)
+        topk, per_user = rank_and_score(model, test, (10,))
+        np.testing.assert_array_equal(result.test_topk, topk)
+        pd.testing.assert_frame_equal(result.test_per_user, per_user)
+        seen = test.exclude[test.users]
+        assert not any(seen[row, item] for row, items in enumerate(result.test_topk) for item in items)
 
 
 @pytest.mark.parametrize("key, name", [(MethodKey("fusion_gating", 1), "fusion_gating@seed1"),

@@ -221,6 +221,20 @@ def test_graph_tuning_note_says_where_single_configurations_were_tuned(tmp_path,
     assert report.graph_tuning_note(["vbpr-title-image"]) is None
 
 
+def test_graph_schedule_note_shows_each_models_schedule_and_the_selection_protocol(tmp_path, monkeypatch) -> None:
+    monkeypatch.chdir(tmp_path)
+    common = {"lr": 0.05, "lr_decay": 1.0, "lr_decay_step": 50.0, "epochs": 60, "eval_every": 4, "patience": 2}
+    graph_cell_metrics(model="lightgcn", schedule=common).save(GraphCellMetrics.path("lightgcn"))
+    assert report.graph_schedule_note(["lightgcn", "not-run"]).startswith("The graph models share one schedule")
+    graph_cell_metrics(model="smore", schedule=common | {"lr_decay": 0.96}).save(GraphCellMetrics.path("smore-x"))
+    note = report.graph_schedule_note(["lightgcn", "smore-x"])
+    assert note.startswith("The graph models do not share one schedule, so a difference between two models")
+    assert ("lightgcn: Adam lr 0.05, at most 60 epochs, a validation check every 4, stop after 2 checks without "
+            "gain; smore: Adam lr 0.05 x 0.96 per 50 epochs, at most 60 epochs") in note
+    assert note.endswith("Tested after graph.selection: refit (docs/protocol.md, section 6).")
+    assert report.graph_schedule_note(["not-run"]) is None
+
+
 def interval_excludes_zero(entry: dict) -> bool:
     return entry["ci_low"] > 0 or entry["ci_high"] < 0
 

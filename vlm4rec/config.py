@@ -538,6 +538,10 @@ class GraphParams(Section):
     regime: Literal["fast", "paper"] = Field(
         description="fast = graph.training.fast (sized for a 2-core CPU); paper = graph.training.paper (the "
                     "references' optimiser settings)")
+    selection: Literal["refit", "best_checkpoint"] = Field(
+        description="refit = the chosen configuration refitted on train + validation for its chosen epochs, then "
+                    "tested; best_checkpoint = MMRec's protocol: each seed's train-only run, early-stopped on "
+                    "validation, tested at its best check (graph stage; docs/protocol.md)")
     device: Device | Literal["auto"] = Field(description="cpu | cuda | cuda:N (a GPU of this machine) | auto "
                                                          "(cuda where present)")
     training: GraphRegimes

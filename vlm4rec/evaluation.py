@@ -13,7 +13,7 @@ from __future__ import annotations
 
 import json
 import time
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import Any, Callable, Mapping, Sequence
 
@@ -247,6 +247,7 @@ class Selection:
     val_per_user: pd.DataFrame
     training: dict[str, Any] | None
     seconds: float
+    model: Recommender            # the chosen candidate as validated: fitted on train (its best checkpoint)
 
 
 def _fit_for_validation(model: Recommender, split: EvalSplit, ks: Sequence[int],
@@ -267,7 +268,7 @@ def select_on_validation(candidates: Sequence[Candidate], split: EvalSplit, ks: 
     A grid in which no candidate reaches a finite validation metric is an error, never a silent pick.
     """
     started = time.perf_counter()
-    rows, best, best_value, best_per_user, best_log = [], -1, -np.inf, None, None
+    rows, best, best_value, best_per_user, best_log, best_model = [], -1, -np.inf, None, None, None
     configs = []
     for index, cand in enumerate(candidates):
         model = cand.build()
@@ -280,13 +281,13 @@ def select_on_validation(candidates: Sequence[Candidate], split: EvalSplit, ks: 
         configs.append(config)
         rows.append({"candidate": index, "config": json.dumps(config, sort_keys=True), **macro})
         if np.isfinite(macro[select_metric]) and macro[select_metric] > best_value:
-            best, best_value, best_per_user, best_log = index, macro[select_metric], per_user, log
+            best, best_value, best_per_user, best_log, best_model = index, macro[select_metric], per_user, log, model
     if best < 0:
         raise ValueError(f"no candidate reached a finite validation {select_metric} "
                          f"({len(candidates)} candidates over {len(split.users)} validation users): "
                          "nothing to select; check the split (does validation hold any targets?)")
     return Selection(best, configs[best], pd.DataFrame(rows), best_per_user,
-                     best_log.as_dict() if best_log is not None else None, time.perf_counter() - started)
+                     best_log.as_dict() if best_log is not None else None, time.perf_counter() - started, best_model)
 
 
 def test_chosen(key: MethodKey, model: Recommender, selection: Selection, tests: Mapping[str, EvalSplit],
@@ -301,7 +302,27 @@ def test_chosen(key: MethodKey, model: Recommender, selection: Selection, tests:
         raise ValueError("the test splits of one fit must share its history")
     started = time.perf_counter()
     model.fit(next(iter(tests.values())).history)
-    fit_s = time.perf_counter() - started
+    return test_fitted(key, model, selection, tests, n_items, ks, select_metric, out_dirs,
+                       time.perf_counter() - started)
+
+
+def validated_checkpoint(model: Recommender, selection: Selection, validation: EvalSplit, ks: Sequence[int],
+                         select_metric: str) -> tuple[Selection, float]:
+    """MMRec's protocol for one more seed: the chosen configuration (``model``, built with that seed) trained
+    on the validation split's history and early-stopped on it as in selection, kept at its best checkpoint
+    (no refit). Returns ``selection`` holding that model, its epochs and training log, and the seconds."""
+    started = time.perf_counter()
+    log = _fit_for_validation(model, validation, ks, select_metric)
+    config = selection.config | ({"epochs": log.best_epoch} if log is not None else {})
+    return (replace(selection, config=config, training=log.as_dict() if log is not None else None, model=model),
+            time.perf_counter() - started)
+
+
+def test_fitted(key: MethodKey, model: Recommender, selection: Selection, tests: Mapping[str, EvalSplit],
+                n_items: int, ks: Sequence[int], select_metric: str, out_dirs: Mapping[str, Path | None],
+                fit_s: float) -> dict[str, MethodResult]:
+    """Test an already fitted ``model`` once on each of ``tests``: {split name: result}, saved under
+    ``out_dirs[name]`` when given (``fit_s``: the seconds its fit took, for the stage's cost)."""
     results = {}
     for name, split in tests.items():
         timing: dict[str, float] = {"val_s": selection.seconds, "fit_s": fit_s}
@@ -320,14 +341,18 @@ def test_chosen(key: MethodKey, model: Recommender, selection: Selection, tests:
 def select_and_test_on(method: str, candidates_for: Callable[[int], Sequence[Candidate]], data: EvalData,
                        test_splits: Callable[[], Mapping[str, EvalSplit]], seeds: Sequence[int] | None,
                        ks: Sequence[int],
-                       select_metric: str, out_dirs: Callable[[MethodKey], Mapping[str, Path | None]]
-                       ) -> dict[str, dict[MethodKey, MethodResult]]:
+                       select_metric: str, out_dirs: Callable[[MethodKey], Mapping[str, Path | None]],
+                       refit: bool = True) -> dict[str, dict[MethodKey, MethodResult]]:
     """The one select-then-test: ``method``'s configuration (and number of epochs) selected on ``data``'s
     validation split with the first seed, then the chosen configuration fitted once per seed (once, key
     without a seed, when ``seeds`` is None: ``candidates_for`` gets 0) and tested on each split of
     ``test_splits()`` (split name -> split, one fit shared; called once the choice is made, so that selection
     never holds test data). Returns {split name: {result key: result}}; ``out_dirs(key)`` says where each
-    split's result of ``key`` is saved."""
+    split's result of ``key`` is saved.
+
+    ``refit`` True: each seed's fit is on the test splits' history (train + validation) for the chosen
+    number of epochs. False (MMRec's protocol): no refit; each seed's model is the train-only run
+    early-stopped on validation, at its best checkpoint (the selection run itself for the first seed)."""
     if seeds is not None and not seeds:
         raise ValueError(f"{method}: no seeds given; a seeded method needs at least one")
     first = seeds[0] if seeds else 0
@@ -338,8 +363,16 @@ def select_and_test_on(method: str, candidates_for: Callable[[int], Sequence[Can
     for seed in seeds or [None]:
         key = MethodKey(method, seed)
         chosen = grid if seed is None or seed == first else _as_candidates(candidates_for(seed))
-        tested = test_chosen(key, chosen[selection.index].build(), selection, tests, data.n_items, ks,
-                             select_metric, out_dirs(key))
+        if refit:
+            tested = test_chosen(key, chosen[selection.index].build(), selection, tests, data.n_items, ks,
+                                 select_metric, out_dirs(key))
+        else:
+            seed_selection, fit_s = (
+                (selection, 0.0) if chosen is grid
+                else validated_checkpoint(chosen[selection.index].build(), selection, data.validation(), ks,
+                                          select_metric))
+            tested = test_fitted(key, seed_selection.model, seed_selection, tests, data.n_items, ks, select_metric,
+                                 out_dirs(key), fit_s)
         for name, result in tested.items():
             results[name][key] = result
     return results
@@ -370,9 +403,10 @@ def select_and_test_methods(methods: dict[str, Sequence[Candidate]], data: EvalD
 
 def select_and_test_seeds(method: str, candidates_for: Callable[[int], Sequence[Candidate]], data: EvalData,
                           seeds: Sequence[int], ks: Sequence[int] = DEFAULT_KS, select_metric: str = "ndcg@10",
-                          out_dir: Path | None = None) -> dict[MethodKey, MethodResult]:
+                          out_dir: Path | None = None, refit: bool = True) -> dict[MethodKey, MethodResult]:
     """A seeded method: its configuration (and number of epochs) is selected on validation with the first
-    seed; the chosen configuration is then refitted on train + validation and tested once per seed.
+    seed; the chosen configuration is then refitted on train + validation and tested once per seed (with
+    ``refit`` False: each seed's train-only run at its best validation checkpoint, :func:`select_and_test_on`).
 
     ``candidates_for(seed)`` returns the same grid, in the same order, built with ``seed``. Results are
     keyed by ``MethodKey(method, seed)`` and saved under ``out_dir/<key name>``; every seed's result carries
@@ -381,7 +415,8 @@ def select_and_test_seeds(method: str, candidates_for: Callable[[int], Sequence[
     if not seeds:
         raise ValueError(f"{method}: no seeds given; a seeded method needs at least one")
     return select_and_test_on(method, candidates_for, data, lambda: {"test": data.test()}, seeds, ks, select_metric,
-                              lambda key: {"test": out_dir / key.name if out_dir is not None else None})["test"]
+                              lambda key: {"test": out_dir / key.name if out_dir is not None else None},
+                              refit)["test"]
 
 
 def save_result(result: MethodResult, out_dir: str | Path) -> None:

@@ -3,7 +3,8 @@
 Each cell feeds representations written by the embed stage (``title``, ``description_<arm>``, ``image``...)
 to LightGCN, VBPR, FREEDOM or SMORE (:mod:`vlm4rec.multimodal`) as modalities. Its grid (``graph.<scale>``)
 and number of epochs are chosen on validation NDCG with the first seed; the chosen configuration is refitted
-on train + validation for the chosen epochs and tested once per seed. Graphs, negatives and early stopping
+on train + validation for the chosen epochs and tested once per seed (``graph.selection: refit``), or, with
+``best_checkpoint`` (MMRec's protocol), each seed's train-only run is tested at its best validation check. Graphs, negatives and early stopping
 see only the history of the phase (train, then train + validation). Every model trains in the regime
 ``graph.regime`` (``graph.training.<regime>``: fast or the references' paper settings).
 """
@@ -11,10 +12,14 @@ from __future__ import annotations
 
 import argparse
 import time
+from collections.abc import Mapping
+from typing import Any
+
 from vlm4rec.config import EvalParams, GraphParams
 from vlm4rec.data import load_prepared
 from vlm4rec.distributed.matching import ranker
 from vlm4rec.evaluation import EvalData, MethodKey, MethodResult, select_and_test_seeds
+from vlm4rec.methods import CATALOGUE
 from vlm4rec.multimodal import candidates, regime_options
 from vlm4rec.pipeline.outputs import EMBEDDINGS_DIR, PREPARED_DIR, RESULTS_DIR, peak_rss_mb
 from vlm4rec.pipeline.stage_metrics import GraphCellMetrics, GraphCost, GraphTraining
@@ -23,6 +28,16 @@ from vlm4rec.representations import load_vectors
 from vlm4rec.stage import exit_on_study_error, run_stage_function
 
 GRAPH_RESULTS = RESULTS_DIR / "graph"
+SCHEDULE_KEYS = ("lr", "lr_decay", "lr_decay_step", "epochs", "eval_every", "patience", "batch_size")
+
+
+def training_schedule(model: str, options: Mapping[str, Any]) -> dict[str, Any]:
+    """The optimiser schedule ``model`` trains with under the regime's ``options`` (its configuration's
+    defaults where the regime sets nothing): what the report shows beside every cell."""
+    config = CATALOGUE[model].config
+    assert config is not None, f"{model} is not a trained model"
+    values = config(**{key: value for key, value in options.items() if key in config.model_fields})
+    return {key: getattr(values, key) for key in SCHEDULE_KEYS}
 
 
 def run_cell(evaluation: EvalParams, graph: GraphParams, cell: str) -> dict[MethodKey, MethodResult]:
@@ -37,10 +52,12 @@ def run_cell(evaluation: EvalParams, graph: GraphParams, cell: str) -> dict[Meth
     grid = scale.grids[spec.model]
     started = time.perf_counter()
     results = select_and_test_seeds(cell, lambda seed: candidates(spec.model, modalities, grid, fixed, seed),
-                                    data, scale.seeds, evaluation.ks, evaluation.select_metric, GRAPH_RESULTS / cell)
+                                    data, scale.seeds, evaluation.ks, evaluation.select_metric, GRAPH_RESULTS / cell,
+                                    refit=graph.selection == "refit")
     first = next(iter(results.values()))
     GraphCellMetrics(
         model=spec.model, modalities=spec.modalities, scale=graph.scale, regime=graph.regime,
+        schedule=training_schedule(spec.model, fixed), selection=graph.selection,
         methods=test_metrics_json(results),
         training=GraphTraining(best_epoch=first.training["best_epoch"], epochs_run=first.training["epochs_run"],
                                stopped_early=first.training["stopped_early"],

@@ -122,6 +122,34 @@ def graph_tuning_note(graph_cells: Collection[str]) -> str | None:
             f"its grids on validation inside the pipeline. Cells: {', '.join(sorted(fixed))}.")
 
 
+def schedule_text(schedule: dict[str, Any]) -> str:
+    """One model's optimiser schedule in words (``metrics/graph/<cell>.json`` ``schedule``)."""
+    decay = (f" x {schedule['lr_decay']:g} per {schedule['lr_decay_step']:g} epochs"
+             if schedule.get("lr_decay", 1.0) != 1.0 else "")
+    return (f"Adam lr {schedule['lr']:g}{decay}, at most {schedule['epochs']} epochs, a validation check every "
+            f"{schedule['eval_every']}, stop after {schedule['patience']} checks without gain")
+
+
+def graph_schedule_note(graph_cells: Collection[str]) -> str | None:
+    """The schedule each graph model's cells trained with and the selection protocol, from the cells'
+    metrics: where the models' schedules differ, a model-vs-model difference is partly one of optimisation,
+    and the reader must see that beside the numbers. None when no cell has run."""
+    by_model: dict[str, tuple[str, str]] = {}
+    for cell in graph_cells:
+        if GraphCellMetrics.path(cell).exists():
+            metrics = GraphCellMetrics.load(GraphCellMetrics.path(cell))
+            by_model[metrics.model] = (schedule_text(metrics.schedule), metrics.selection)
+    if not by_model:
+        return None
+    schedules = "; ".join(f"{model}: {text}" for model, (text, _) in sorted(by_model.items()))
+    protocols = sorted({selection for _, selection in by_model.values()})
+    shared = ("The graph models share one schedule" if len({text for text, _ in by_model.values()}) == 1 else
+              "The graph models do not share one schedule, so a difference between two models is partly one of "
+              "optimisation, not of content alone")
+    return (f"{shared} (graph.training.<regime> and its models entries): {schedules}. Tested after "
+            f"graph.selection: {', '.join(protocols)} (docs/protocol.md, section 6).")
+
+
 def caveats(grounding: GroundMetrics, split: str, robustness: pd.DataFrame | None,
             capped_runs: Sequence[str] = (), cold_start: dict[str, int] | None = None,
             more: Sequence[str | None] = ()) -> list[str]:
@@ -235,7 +263,7 @@ def write_findings(results: dict[MethodKey, MethodResult], prepared: PreparedDat
     capped = runs_at_epoch_cap(results, FusionMetrics.load(FusionMetrics.path()).training)
     notes = caveats(GroundMetrics.load(GroundMetrics.path()), PrepareMetrics.load(PrepareMetrics.path()).split_protocol,
                     robustness, capped, robustness_metrics.test_users if robustness_metrics else None,
-                    [graph_tuning_note(graph.cells), p_floor_note(found, evaluation.bootstrap_resamples),
+                    [graph_tuning_note(graph.cells), graph_schedule_note(graph.cells), p_floor_note(found, evaluation.bootstrap_resamples),
                      ignored_note(ignored)])
     write_report_metrics(found, notes, ignored)
     return found, notes

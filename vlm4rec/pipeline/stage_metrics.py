@@ -75,13 +75,15 @@ class GraphCost(StageMetrics):
 
 
 class GraphCellMetrics(StageMetrics):
-    """``metrics/graph/<cell>.json``: a graph cell's model, modalities, scale and regime, per-seed test
-    metrics, its selection run and its cost."""
+    """``metrics/graph/<cell>.json``: a graph cell's model, modalities, scale, regime, optimiser schedule and
+    selection protocol, per-seed test metrics, its selection run and its cost."""
 
     model: str
     modalities: list[str]
     scale: str
     regime: str
+    schedule: dict[str, float | int]
+    selection: str
     methods: dict[str, MethodMetrics]
     training: GraphTraining
     cost: GraphCost
