@@ -13,13 +13,12 @@ the best epochs, and writes every seed's numbers to ``--out`` (JSON), rewritten 
 from __future__ import annotations
 
 import argparse
-import json
-import os
 import statistics
 import time
 from pathlib import Path
 from typing import Any
 
+from bench_regimes import write_atomically  # the script's folder is on sys.path
 from vlm4rec.config import load_params
 from vlm4rec.data import load_prepared
 from vlm4rec.distributed.matching import ranker
@@ -28,13 +27,6 @@ from vlm4rec.multimodal import candidates, regime_options
 from vlm4rec.representations import load_vectors
 
 METRIC = "ndcg@10"
-
-
-def write_atomically(path: Path, payload: dict[str, Any]) -> None:
-    """Replace ``path`` by ``payload`` as JSON (a kill leaves the previous or the new file, never half)."""
-    partial = path.with_suffix(path.suffix + ".partial")
-    partial.write_text(json.dumps(payload, indent=1))
-    os.replace(partial, path)
 
 
 def spread(values: list[float]) -> str:
