@@ -252,7 +252,8 @@ def test_every_verdict_of_a_generated_report_agrees_with_its_interval_and_p(tmp_
     chance = study_chance(data, EVAL.ks)
     targets = targets_of(data.interactions, "test", data.n_users, data.n_items)
     records = new_item_findings(results, targets, "description", "recall@10", chance, EVAL.bootstrap_resamples)
-    NewItemMetrics(counts={}, metric="recall@20", no_signal={}, hybrids="", methods={}, chance={}, findings={"cold": json_records(records)},
+    NewItemMetrics(counts={}, metric="recall@20", no_signal={}, hybrids="", methods={}, chance={},
+                   findings={"cold": json_records(records)},
                    model_findings={}, warm_cost={}, split_replicas={},
                    cost={}).save(NewItemMetrics.path())
     params = ReportParams(findings=FINDINGS, references=["title"], gallery_methods=[], slice_methods=[],

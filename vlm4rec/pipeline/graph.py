@@ -4,8 +4,8 @@ Each cell feeds representations written by the embed stage (``title``, ``descrip
 to LightGCN, VBPR, FREEDOM or SMORE (:mod:`vlm4rec.multimodal`) as modalities. Its grid (``graph.<scale>``)
 and number of epochs are chosen on validation NDCG with the first seed; the chosen configuration is refitted
 on train + validation for the chosen epochs and tested once per seed (``graph.selection: refit``), or, with
-``best_checkpoint`` (MMRec's protocol), each seed's train-only run is tested at its best validation check. Graphs, negatives and early stopping
-see only the history of the phase (train, then train + validation). Every model trains in the regime
+``best_checkpoint`` (MMRec's protocol), each seed's train-only run is tested at its best validation check.
+Graphs, negatives and early stopping see only the history of the phase (train, then train + validation). Every model trains in the regime
 ``graph.regime`` (``graph.training.<regime>``: fast or the references' paper settings).
 """
 from __future__ import annotations

@@ -73,6 +73,7 @@ def split_spread_table(metric: str, new_items: NewItemMetrics, setting: str = "c
     own[CHANCE] = new_items.chance[setting].test[metric]
     replicas = table.to_numpy(dtype=float)
     table.insert(0, f"{metric} (stage split)", pd.Series(own).reindex(table.index))
-    table["mean"], table["sd"] = replicas.mean(axis=1), replicas.std(axis=1, ddof=1) if replicas.shape[1] > 1 else np.nan
+    table["mean"] = replicas.mean(axis=1)
+    table["sd"] = replicas.std(axis=1, ddof=1) if replicas.shape[1] > 1 else np.nan
     table["min"], table["max"] = replicas.min(axis=1), replicas.max(axis=1)
     return table.sort_values("mean", ascending=False, kind="stable").rename_axis("method")

@@ -103,16 +103,18 @@ def runs_at_epoch_cap(results: dict[MethodKey, MethodResult], fusion_training: d
 GRAPH_TUNING_RECORD = "benchmarks/README.md, 'Validation curves on ML-1M and the cost of a study cell'"
 
 
+def run_graph_cells(graph_cells: Collection[str]) -> dict[str, GraphCellMetrics]:
+    """The metrics (``metrics/graph/<cell>.json``) of the cells of ``graph_cells`` that have run."""
+    return {cell: GraphCellMetrics.load(GraphCellMetrics.path(cell)) for cell in graph_cells
+            if GraphCellMetrics.path(cell).exists()}
+
+
 def graph_tuning_note(graph_cells: Collection[str]) -> str | None:
     """Where the graph cells' hyperparameters were chosen: cells whose grid (``metrics/graph/<cell>.json``)
     held one configuration ran defaults tuned outside this pipeline, on ML-1M validation, as recorded in
     :data:`GRAPH_TUNING_RECORD`; None when every cell searched a grid here."""
-    fixed = {}
-    for cell in graph_cells:
-        if GraphCellMetrics.path(cell).exists():
-            metrics = GraphCellMetrics.load(GraphCellMetrics.path(cell))
-            if metrics.training.grid_size == 1:
-                fixed[cell] = metrics.scale
+    fixed = {cell: metrics.scale for cell, metrics in run_graph_cells(graph_cells).items()
+             if metrics.training.grid_size == 1}
     if not fixed:
         return None
     scales = ", ".join(sorted(set(fixed.values())))
@@ -134,11 +136,8 @@ def graph_schedule_note(graph_cells: Collection[str]) -> str | None:
     """The schedule each graph model's cells trained with and the selection protocol, from the cells'
     metrics: where the models' schedules differ, a model-vs-model difference is partly one of optimisation,
     and the reader must see that beside the numbers. None when no cell has run."""
-    by_model: dict[str, tuple[str, str]] = {}
-    for cell in graph_cells:
-        if GraphCellMetrics.path(cell).exists():
-            metrics = GraphCellMetrics.load(GraphCellMetrics.path(cell))
-            by_model[metrics.model] = (schedule_text(metrics.schedule), metrics.selection)
+    by_model = {metrics.model: (schedule_text(metrics.schedule), metrics.selection)
+                for metrics in run_graph_cells(graph_cells).values()}
     if not by_model:
         return None
     schedules = "; ".join(f"{model}: {text}" for model, (text, _) in sorted(by_model.items()))
@@ -263,7 +262,8 @@ def write_findings(results: dict[MethodKey, MethodResult], prepared: PreparedDat
     capped = runs_at_epoch_cap(results, FusionMetrics.load(FusionMetrics.path()).training)
     notes = caveats(GroundMetrics.load(GroundMetrics.path()), PrepareMetrics.load(PrepareMetrics.path()).split_protocol,
                     robustness, capped, robustness_metrics.test_users if robustness_metrics else None,
-                    [graph_tuning_note(graph.cells), graph_schedule_note(graph.cells), p_floor_note(found, evaluation.bootstrap_resamples),
+                    [graph_tuning_note(graph.cells), graph_schedule_note(graph.cells),
+                     p_floor_note(found, evaluation.bootstrap_resamples),
                      ignored_note(ignored)])
     write_report_metrics(found, notes, ignored)
     return found, notes

@@ -102,8 +102,8 @@ class ChanceMetrics(StageMetrics):
 
 
 class NewItemMetrics(StageFileMetrics):
-    """``metrics/cold_start.json``: the new-item protocol's counts, the findings' metric, the methods listed as having no signal for a
-    new item, the hybrids' note, per setting the test metrics of each result, chance's (shaped as a
+    """``metrics/cold_start.json``: the new-item protocol's counts, the findings' metric, the methods listed as
+    having no signal for a new item, the hybrids' note, per setting the test metrics of each result, chance's (shaped as a
     method's: test macro metrics and the validation selection metric) and the findings, per dedicated
     cold-start model and new-item setting its findings (the description fed to it against its other content
     feeds), per warm setting each method's difference from the warm backbone, the random item split's replicas
