@@ -10,7 +10,7 @@ from threadpoolctl import threadpool_limits
 
 from vlm4rec.matching import (FactorRecommender, PhaseClock, ProfileRecommender, Recommender, ScoreMix,
                               history_weights, item_neighbours, recommend, recommend_torch, standardize_rows)
-from vlm4rec import selection
+from vlm4rec import matching, selection
 from vlm4rec.splits import History, build_history
 
 
@@ -265,6 +265,24 @@ def test_item_neighbours_are_the_exact_top_k_with_index_ties() -> None:
         assert list(np.flatnonzero(neighbours[i])) == sorted(best)
         np.testing.assert_allclose(neighbours[i, best], [sims[j] for j in best], rtol=1e-6)
     assert not neighbours[missing].any() and not neighbours[:, missing].any()
+
+
+def test_item_neighbours_served_from_a_longer_memoised_search_equal_a_fresh_search() -> None:
+    _, items, missing, _ = tied_factors(4, n_items=60)
+    items[missing] = 0.0
+    fresh = {}
+    for k in (3, 7, 20):
+        matching._NEIGHBOUR_LISTS.clear()
+        fresh[k] = item_neighbours(items, k)
+    matching._NEIGHBOUR_LISTS.clear()
+    item_neighbours(items, 20)
+    for k in (3, 7, 20):  # served from the K = 20 search: the same matrix, byte for byte
+        served = item_neighbours(items, k)
+        assert len(matching._NEIGHBOUR_LISTS) == 1
+        for part in ("data", "indices", "indptr"):
+            np.testing.assert_array_equal(getattr(served, part), getattr(fresh[k], part))
+    other = 2 * items
+    assert (item_neighbours(other, 7) != fresh[7]).nnz and len(matching._NEIGHBOUR_LISTS) == 2  # keyed on the bytes
 
 
 def test_all_zero_scores_rank_by_index_with_seen_items_last() -> None:

@@ -26,8 +26,10 @@
 """
 from __future__ import annotations
 
+import hashlib
 import time
 from abc import ABC, abstractmethod
+from collections import OrderedDict
 from contextlib import contextmanager
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any, Callable, Iterator, get_args
@@ -540,21 +542,58 @@ class _ItemSimilarity(FactorRecommender):
         return self
 
 
+@dataclass(frozen=True)
+class _NeighbourLists:
+    """Each item's top-K other items by the engine's rule (a total order: any top-k is the first k columns)."""
+
+    best: np.ndarray   # (n_items, K) int64, best first
+    kept: np.ndarray   # (n_items, K) bool: a represented item's represented neighbour other than itself
+    sims: np.ndarray   # (n_items, K) float32: the exact similarity where kept, 0 elsewhere
+
+
+_NEIGHBOUR_LISTS: OrderedDict[tuple, _NeighbourLists] = OrderedDict()
+_NEIGHBOUR_LISTS_SIZE = 8  # matrices memoised per process: a stage's representations, each with its longest K
+
+
+def _search_neighbours(items: np.ndarray, k: int, block_size: int) -> _NeighbourLists:
+    """The top-k other items of every item, searched by the engine, with their fixed-order similarities."""
+    model = _ItemSimilarity(items)
+    best = recommend(model, np.arange(len(items)), sp.identity(len(items), format="csr"), k, block_size)
+    rows = np.broadcast_to(np.arange(len(items))[:, None], best.shape)
+    kept = ~model.missing[best] & ~model.missing[rows] & (best != rows)
+    sims = np.zeros(best.shape, dtype=np.float32)
+    sims[kept] = FixedOrderDots(items, items)(rows[kept], best[kept]).astype(np.float32)
+    return _NeighbourLists(best, kept, sims)
+
+
+def _neighbour_lists(items: np.ndarray, k: int, block_size: int) -> _NeighbourLists:
+    """:func:`_search_neighbours` memoised on the items' bytes, served from any held list at least k long:
+    a grid over ``knn_k`` and every refit on the same vectors search once per longer K."""
+    key = (hashlib.blake2b(items.tobytes(), digest_size=16).hexdigest(), items.shape)
+    held = _NEIGHBOUR_LISTS.get(key)
+    if held is None or held.best.shape[1] < k:
+        held = _NEIGHBOUR_LISTS[key] = _search_neighbours(items, k, block_size)
+    _NEIGHBOUR_LISTS.move_to_end(key)
+    if len(_NEIGHBOUR_LISTS) > _NEIGHBOUR_LISTS_SIZE:
+        _NEIGHBOUR_LISTS.popitem(last=False)
+    return held
+
+
 def item_neighbours(items: np.ndarray, knn_k: int, block_size: int = 1024) -> sp.csr_matrix:
     """Cosine similarities (items x items) kept only for each item's ``knn_k`` most similar other
     represented items, chosen and valued by the engine's exact rule (:mod:`vlm4rec.selection`: the
     similarity is the fixed-order float64 product, rounded to float32), so no thread count changes them;
-    no items x items dense matrix exists."""
+    no items x items dense matrix exists. The lists are memoised per process (:func:`_neighbour_lists`)."""
+    items = np.ascontiguousarray(items, dtype=np.float32)
     n_items = items.shape[0]
     k = min(knn_k, n_items - 1)
     if k < 1:
         return sp.csr_matrix((n_items, n_items), dtype=np.float32)
-    model = _ItemSimilarity(np.asarray(items, dtype=np.float32))
-    best = recommend(model, np.arange(n_items), sp.identity(n_items, format="csr"), k, block_size)
+    lists = _neighbour_lists(items, k, block_size)
+    best, kept = lists.best[:, :k], lists.kept[:, :k]
     rows = np.broadcast_to(np.arange(n_items)[:, None], best.shape)
-    kept = ~model.missing[best] & ~model.missing[rows] & (best != rows)
-    sims = FixedOrderDots(model.item_factors, model.item_factors)(rows[kept], best[kept]).astype(np.float32)
-    return sp.csr_matrix((sims, (rows[kept], best[kept])), shape=(n_items, n_items), dtype=np.float32)
+    return sp.csr_matrix((lists.sims[:, :k][kept], (rows[kept], best[kept])), shape=(n_items, n_items),
+                         dtype=np.float32)
 
 
 class ProfileRecommender(FactorRecommender):

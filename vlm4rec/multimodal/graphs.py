@@ -7,7 +7,8 @@
                               2023; SMORE, Ong & Khong, WSDM 2025): each item's ``k`` most cosine-similar
                               items, the item itself among them (as the references' top-k) or not,
                               binary (FREEDOM) or weighted by the cosine (SMORE), normalised D^-1/2 S D^-1/2
-                              with D the row sums; memoised per process (seeds and refits reuse them).
+                              with D the row sums; the neighbour search is memoised per process (seeds and
+                              refits reuse it).
 ``max_fusion``                SMORE's fusion graph: the element-wise maximum of the modality graphs.
 ``degree_sensitive_dropout``  FREEDOM's degree-sensitive edge pruning of the user-item graph.
 ``GraphOperator``             a fixed sparse matrix as a differentiable torch operation: torch CSR products
@@ -17,9 +18,7 @@
 """
 from __future__ import annotations
 
-import hashlib
 import warnings
-from collections import OrderedDict
 
 import numpy as np
 import scipy.sparse as sp
@@ -54,10 +53,6 @@ def interaction_graph(history: sp.spmatrix) -> sp.csr_matrix:
     return sym_normalize(sp.bmat([[None, history], [history.T, None]], format="csr"))
 
 
-_KNN_CACHE: OrderedDict[tuple, sp.csr_matrix] = OrderedDict()
-_KNN_CACHE_SIZE = 16
-
-
 def knn_graph(features: np.ndarray, k: int, weighted: bool, self_loops: bool = False) -> sp.csr_matrix:
     """Normalised item-item kNN graph of one modality ``(n_items, d)``.
 
@@ -66,14 +61,10 @@ def knn_graph(features: np.ndarray, k: int, weighted: bool, self_loops: bool = F
     reference code take the top-k of a similarity matrix whose diagonal they keep), so it has ``k - 1``
     other neighbours; otherwise ``k`` others. Items whose feature row is all zero get no edges and are
     nobody's neighbour. ``weighted`` keeps the cosine as the edge weight (SMORE; non-positive cosines are
-    dropped so that degrees stay positive), otherwise every edge weighs 1 (FREEDOM). The result is memoised
-    on the features' bytes and the options (the graphs depend on the features only, not on the history).
+    dropped so that degrees stay positive), otherwise every edge weighs 1 (FREEDOM). The neighbour search
+    is memoised (:func:`~vlm4rec.matching.item_neighbours`): the graphs depend on the features only, not on
+    the history, so seeds and refits search once.
     """
-    features = np.ascontiguousarray(features, dtype=np.float32)
-    key = (hashlib.blake2b(features.tobytes(), digest_size=16).hexdigest(), features.shape, k, weighted, self_loops)
-    if key in _KNN_CACHE:
-        _KNN_CACHE.move_to_end(key)
-        return _KNN_CACHE[key]
     unit = normalize_rows(features)
     neighbours = item_neighbours(unit, k - 1 if self_loops else k) if k > int(self_loops) else \
         sp.csr_matrix((len(unit), len(unit)), dtype=np.float32)
@@ -85,11 +76,7 @@ def knn_graph(features: np.ndarray, k: int, weighted: bool, self_loops: bool = F
         neighbours.eliminate_zeros()
     else:
         neighbours.data[:] = 1.0
-    graph = sym_normalize(neighbours)
-    _KNN_CACHE[key] = graph
-    if len(_KNN_CACHE) > _KNN_CACHE_SIZE:
-        _KNN_CACHE.popitem(last=False)
-    return graph
+    return sym_normalize(neighbours)
 
 
 def weighted_sum(graphs: list[sp.csr_matrix], weights: list[float]) -> sp.csr_matrix:
