@@ -35,7 +35,7 @@ from torch import nn
 
 from vlm4rec.matching import FactorRecommender, history_weights, user_profiles
 from vlm4rec.config import LearnedFusion
-from vlm4rec.layers import linear
+from vlm4rec.layers import linear, rows
 from vlm4rec.reproducibility import deterministic_torch
 from vlm4rec.splits import History, binarize, sample_negatives
 from vlm4rec.training import EarlyStopping, TrainingLog, TrainingOptions, train_epochs
@@ -249,9 +249,9 @@ def _batch_loss(model: FusionModule, features: Mapping[str, torch.Tensor], histo
                 temperature: float) -> torch.Tensor:
     """Sampled softmax of the held-out positive against the negatives, scored by cosine with the profile
     built from the rest of each user's history."""
-    rows = history[users].tocoo()
-    keep = rows.col != held_out[rows.row]
-    profile_rows, profile_items = rows.row[keep], rows.col[keep]
+    histories = history[users].tocoo()
+    keep = histories.col != held_out[histories.row]
+    profile_rows, profile_items = histories.row[keep], histories.col[keep]
     items, inverse = np.unique(np.concatenate([profile_items, held_out, negatives.ravel()]),
                                return_inverse=True)
     fused = _fuse(model, features, torch.as_tensor(items))
@@ -263,8 +263,8 @@ def _batch_loss(model: FusionModule, features: Mapping[str, torch.Tensor], histo
         torch.stack([torch.as_tensor(profile_rows, dtype=torch.long), profile_idx]),
         torch.ones(n_prof), (n_users, len(items)), check_invariants=False)
     profiles = F.normalize(torch.sparse.mm(membership, fused), dim=-1, eps=_EPS)
-    positive = (profiles * fused[positive_idx]).sum(dim=-1, keepdim=True)
-    negative = torch.einsum("bd,bkd->bk", profiles, fused[negative_idx])
+    positive = (profiles * rows(fused, positive_idx)).sum(dim=-1, keepdim=True)
+    negative = torch.einsum("bd,bkd->bk", profiles, rows(fused, negative_idx))
     logits = torch.cat([positive, negative], dim=1) / temperature
     return F.cross_entropy(logits, torch.zeros(n_users, dtype=torch.long))
 

@@ -100,12 +100,6 @@ def bpr_rows_loss(user_table: torch.Tensor, item_table: torch.Tensor, users: tor
     return _GatheredBPR.apply(user_table, item_table, users, positives, negatives)
 
 
-def rows(table: torch.Tensor, index: torch.Tensor) -> torch.Tensor:
-    """``table[index]`` for a 2-d table; its backward pass (an embedding-gradient kernel) is several times
-    faster on CPU than that of plain indexing, which matters with batches of tens of thousands."""
-    return F.embedding(index, table)
-
-
 def l2_penalty(*tensors: torch.Tensor) -> torch.Tensor:
     """0.5 * (sum of squared entries of ``tensors``) / batch size (their first dimension): the per-triple
     L2 term of LightGCN's reference loss, applied to the embeddings a batch touches."""

@@ -19,10 +19,10 @@ from __future__ import annotations
 import scipy.sparse as sp
 import torch
 
+from vlm4rec.layers import rows
 from vlm4rec.methods import LightGCNConfig
 from vlm4rec.multimodal.graphs import GraphOperator, interaction_graph, layer_mean
-from vlm4rec.multimodal.bpr import (BPRModel, BPRRecommender, Init, bpr_rows_loss, embedding_tables,
-                                         l2_penalty, rows)
+from vlm4rec.multimodal.bpr import BPRModel, BPRRecommender, Init, bpr_rows_loss, embedding_tables, l2_penalty
 
 
 class LightGCNModel(BPRModel):

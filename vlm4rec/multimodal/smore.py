@@ -52,8 +52,8 @@ from torch import nn
 from vlm4rec.methods import SMOREConfig
 from vlm4rec.multimodal.graphs import GraphOperator, knn_graph, max_fusion
 from vlm4rec.multimodal.lightgcn import LightGCN, LightGCNModel
-from vlm4rec.layers import LinearInit, linear
-from vlm4rec.multimodal.bpr import ContentFeatures, Init, bpr_loss, dropout, info_nce, l2_penalty, rows
+from vlm4rec.layers import LinearInit, linear, rows
+from vlm4rec.multimodal.bpr import ContentFeatures, Init, bpr_loss, dropout, info_nce, l2_penalty
 
 INFO_NCE_ROWS = 2048
 

@@ -35,9 +35,9 @@ import torch
 from torch import nn
 
 from vlm4rec.methods import VBPRConfig
-from vlm4rec.layers import linear
+from vlm4rec.layers import linear, rows
 from vlm4rec.multimodal.bpr import (BPRModel, BPRRecommender, ContentFeatures, Init, bpr_loss, embedding_tables,
-                                    l2_penalty, rows)
+                                    l2_penalty)
 
 
 class VBPRModel(BPRModel):
