@@ -10,6 +10,7 @@ import scipy.sparse as sp
 from recommender_contract import RecommenderContract, mean_recall_at_10
 from study_params import section
 
+from vlm4rec import baselines
 from vlm4rec.baselines import EASE, ItemKNNCF, MostPop, baseline_candidates, cosine_topk_similarity, ease_weights
 from vlm4rec.config import BaselineName
 from vlm4rec.matching import Recommender, recommend
@@ -197,6 +198,28 @@ def test_ease_inverts_on_one_blas_thread_whatever_the_machine_allows(monkeypatch
     matrix = sp.random(30, 12, density=0.3, format="csr", random_state=0)
     with threadpool_limits(limits=2, user_api="blas"):
         weights = ease_weights(matrix, l2=10.0)
+    baselines._EASE_WEIGHTS.clear()  # computed again, not served from the memo
     with threadpool_limits(limits=1, user_api="blas"):
         assert np.array_equal(weights, ease_weights(matrix, l2=10.0))
     assert calls == [1, 1]
+
+
+def test_ease_weights_are_reused_only_for_the_same_history_and_l2() -> None:
+    """The memo serves a history with the same contents (another object too) and never another history's or
+    another penalty's weights; its weights are read-only."""
+    x = (np.random.default_rng(3).random((8, 6)) < 0.4).astype(np.float64)
+
+    def dense(x: np.ndarray, l2: float) -> np.ndarray:
+        precision = np.linalg.inv(x.T @ x + l2 * np.eye(x.shape[1]))
+        weights = np.eye(x.shape[1]) - precision / np.diag(precision)
+        np.fill_diagonal(weights, 0.0)
+        return weights
+
+    first = ease_weights(sp.csr_matrix(x), 2.0)
+    assert ease_weights(sp.csr_matrix(x.copy()), 2.0) is first
+    np.testing.assert_allclose(first, dense(x, 2.0), rtol=1e-6, atol=1e-9)
+    np.testing.assert_allclose(ease_weights(sp.csr_matrix(x), 3.0), dense(x, 3.0), rtol=1e-6, atol=1e-9)
+    other = x.copy()
+    other[3, 0] = 1.0 - other[3, 0]  # one interaction more or less: new weights, never the memoised ones
+    np.testing.assert_allclose(ease_weights(sp.csr_matrix(other), 2.0), dense(other, 2.0), rtol=1e-6, atol=1e-9)
+    assert not first.flags.writeable

@@ -11,7 +11,6 @@ from recommender_contract import RecommenderContract, planted_item_vectors
 
 from vlm4rec.baselines import EASE
 from vlm4rec.coldstart import AdditiveEASE, CollectiveEASE
-from vlm4rec.coldstart.side_ease import history_ease_weights
 from vlm4rec.matching import Recommender
 from vlm4rec.splits import History
 
@@ -65,19 +64,6 @@ def test_additive_ease_blends_two_closed_forms(tiny):
     expected = x @ (0.75 * dense_ease(x.T @ x, 2.0) + 0.25 * dense_ease(c @ c.T, 0.5))
     expected[:, 5] = -np.inf
     np.testing.assert_allclose(model.score_block(np.arange(5)), expected, rtol=1e-5, atol=1e-6)
-
-
-def test_the_history_part_is_reused_only_for_the_same_history_and_l2(tiny):
-    history, x, _ = tiny
-    first = history_ease_weights(history.matrix, 2.0)
-    assert history_ease_weights(history.matrix.copy(), 2.0) is first  # same history, other object: reused
-    np.testing.assert_allclose(first, dense_ease(x.T @ x, 2.0), rtol=1e-6, atol=1e-9)
-    np.testing.assert_allclose(history_ease_weights(history.matrix, 3.0), dense_ease(x.T @ x, 3.0), rtol=1e-6)
-    other = x.copy()
-    other[3, 0] = 1.0  # one more interaction: new weights, never the cached ones
-    np.testing.assert_allclose(history_ease_weights(sp.csr_matrix(other), 2.0), dense_ease(other.T @ other, 2.0),
-                               rtol=1e-6, atol=1e-9)
-    assert not first.flags.writeable
 
 
 def test_without_content_weight_both_are_ease_on_warm_items(tiny):

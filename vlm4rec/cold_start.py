@@ -112,8 +112,9 @@ class NewItemData(EvalData):
 
 class FittedOnce(Recommender):
     """``model`` refitted only when given another history object: in the strict protocol both phases fit on
-    the same warm training history, so a grid's candidates (e.g. the hybrids' content weights) can share one
-    costly fit (EASE^R's inverse) instead of repeating it per candidate and phase."""
+    the same warm training history, so a grid's candidates (every content representation and grid point of
+    the cold-start models) can share one costly fit (their trained backbone) instead of repeating it per
+    candidate and phase."""
 
     def __init__(self, model: Recommender):
         self.model, self.name, self._fitted_on = model, model.name, None

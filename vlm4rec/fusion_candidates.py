@@ -15,7 +15,7 @@ from vlm4rec.baselines import EASE
 from vlm4rec.config import FusionParams
 from vlm4rec.evaluation import Candidate, EvalData, MethodKey
 from vlm4rec.fusion import FusionResult, WeightedLateFusion, fit_fusion_seeds, modality_ablation
-from vlm4rec.matching import ProfileRecommender, Recommender, ScoreMix
+from vlm4rec.matching import ProfileRecommender, ScoreMix
 from vlm4rec.methods import fusion_method, hybrid_method
 
 
@@ -34,12 +34,11 @@ def late_fusion_candidates(modalities: dict[str, np.ndarray], step: float) -> li
             for w in simplex_grid(list(modalities), step)]
 
 
-def hybrid_candidates(vectors: np.ndarray, l2: float, alphas: list[float], name: str,
-                      ease: Recommender | None = None) -> list[Candidate]:
-    """Content profile score mixed with EASE^R (its L2 as chosen on validation by the match stage): a fresh
-    EASE^R per candidate, or the given ``ease`` model (built with that L2) shared by them."""
+def hybrid_candidates(vectors: np.ndarray, l2: float, alphas: list[float], name: str) -> list[Candidate]:
+    """Content profile score mixed with EASE^R (its L2 as chosen on validation by the match stage); the
+    candidates share EASE^R's inverse per history (:func:`~vlm4rec.baselines.ease_weights` is memoised)."""
     return [Candidate({"alpha": a, "ease_l2": l2},
-                      lambda a=a: ScoreMix(ProfileRecommender(vectors, name=name), ease or EASE(l2=l2), alpha=a,
+                      lambda a=a: ScoreMix(ProfileRecommender(vectors, name=name), EASE(l2=l2), alpha=a,
                                            name=hybrid_method(name)))
             for a in alphas]
 

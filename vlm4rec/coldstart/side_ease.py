@@ -21,14 +21,13 @@ tag matrix (so C C^T is the items' cosine similarity); Add-EASE^R's content mode
 """
 from __future__ import annotations
 
-import hashlib
 from abc import abstractmethod
 
 import numpy as np
 import scipy.sparse as sp
 from pydantic import Field
 
-from vlm4rec.baselines import ease_weights_of_gram, item_gram
+from vlm4rec.baselines import ease_weights, ease_weights_of_gram, item_gram
 from vlm4rec.coldstart.base import ColdStartConfig, ColdStartRecommender
 from vlm4rec.splits import History
 
@@ -99,26 +98,5 @@ class AdditiveEASE(SideInfoEASE):
 
     def weights(self, matrix: sp.csr_matrix, content: np.ndarray) -> np.ndarray:
         beta = self.config.beta
-        return ((1 - beta) * history_ease_weights(matrix, self.config.l2)
+        return ((1 - beta) * ease_weights(matrix, self.config.l2)
                 + beta * ease_weights_of_gram(content_gram(content), self.config.content_l2))
-
-
-#: (the history's fingerprint, l2) -> EASE^R weights of the last history seen (one entry: ~110 MB at ML-1M)
-_LAST_HISTORY_WEIGHTS: dict[tuple[str, float], np.ndarray] = {}
-
-
-def history_ease_weights(matrix: sp.csr_matrix, l2: float) -> np.ndarray:
-    """EASE^R's weights of the binary history ``matrix`` (read-only): Add-EASE^R's interaction model is the
-    same for every content and content grid point, so its inverse is computed once per history and ``l2``
-    and reused (keyed by a hash of the matrix's structure, so another history is never served stale weights)."""
-    matrix = sp.csr_matrix(matrix)
-    digest = hashlib.sha256()
-    for part in (np.asarray(matrix.shape, dtype=np.int64), matrix.indptr, matrix.indices, matrix.data):
-        digest.update(np.ascontiguousarray(part).tobytes())
-    key = (digest.hexdigest(), float(l2))
-    if key not in _LAST_HISTORY_WEIGHTS:
-        _LAST_HISTORY_WEIGHTS.clear()
-        weights = ease_weights_of_gram(item_gram(matrix), l2)
-        weights.flags.writeable = False
-        _LAST_HISTORY_WEIGHTS[key] = weights
-    return _LAST_HISTORY_WEIGHTS[key]

@@ -119,10 +119,9 @@ def run(evaluation: EvalParams, cold_start: ColdStartParams, fusion: FusionParam
         modalities = {name: load_vectors(EMBEDDINGS_DIR, name, "fusion.modalities") for name in fusion.modalities}
         unseeded(fusion_method("late"), late_fusion_candidates(modalities, fusion.concat_grid_step))
         l2 = chosen_ease_l2()
-        ease = FittedOnce(EASE(l2=l2))  # one fit of the warm history, shared by every hybrid
         for rep in fusion.hybrid_representations:
             vectors = load_vectors(EMBEDDINGS_DIR, rep, "fusion.hybrid_representations")
-            unseeded(hybrid_method(rep), hybrid_candidates(vectors, l2, fusion.hybrid_alpha_grid, rep, ease))
+            unseeded(hybrid_method(rep), hybrid_candidates(vectors, l2, fusion.hybrid_alpha_grid, rep))
         trainer = FusionTrainer(modalities, data, fusion)
         for kind in cold_start.fusion_learned:
             _merge(results, select_and_test_new_items(fusion_method(kind), trainer.candidates_for(kind), data, ks,
@@ -150,7 +149,7 @@ def run(evaluation: EvalParams, cold_start: ColdStartParams, fusion: FusionParam
                 else:
                     unseeded(cold_start_method(model, rep), coldstart.candidates(model, content, grid, {"l2": l2}))
         # the warm references (no signal for new items): tested on the warm and hybrid settings only
-        _merge(results, select_and_test_new_items("ease", lambda seed: [Candidate({"l2": l2}, lambda: ease)], data,
+        _merge(results, select_and_test_new_items("ease", lambda seed: [Candidate({"l2": l2}, lambda: EASE(l2=l2))], data,
                                                   ks, metric, None, COLD_RESULTS, WARM_SETS))
         _merge(results, select_and_test_new_items(
             "lightgcn", lambda seed: [Candidate({"epochs": cold_start.backbone_epochs}, lambda: backbone(seed))],
