@@ -76,3 +76,34 @@ def test_reference_initialisation_is_xavier():
     assert np.abs(users).max() <= np.sqrt(6 / (30 + 8)) and np.abs(users).max() > 0.5 * np.sqrt(6 / 38)
     projection = model.model.projection.weight.detach().numpy()
     assert projection.std() == pytest.approx(np.sqrt(2 / (40 + 4)), rel=0.25)
+
+
+def test_paper_penalty_is_lambda_theta_on_the_batch_ids_and_lambda_e_on_e_and_beta_prime():
+    """penalty="paper": BPR + l2 * 0.5 * (||[gamma_u, theta_u]||^2 + ||gamma_p||^2 + beta_p^2 + ||gamma_n||^2
+    + beta_n^2) / batch + l2_content * 0.5 * (||E||^2 + ||beta'||^2): recomputed with numpy; split="each"
+    gives gamma and theta dim columns each (MMRec's 64 + 64)."""
+    rng = np.random.default_rng(4)
+    image = rng.normal(size=(6, 5)).astype(np.float32)
+    model = VBPR({"image": image}, dim=4, l2=0.3, penalty="paper", l2_content=0.2, split="each",
+                 **TINY | {"epochs": 2}).fit(history_of(random_history(7, 6, 0.5, 1).toarray()))
+    m = model.model
+    assert m.user_factors.shape == (7, 8) and m.item_factors.shape == (6, 4) and m.projection.weight.shape == (4, 5)
+    users, positives, negatives = np.array([0, 2, 2, 5]), np.array([1, 3, 0, 4]), np.array([5, 1, 2, 0])
+    with torch.no_grad():
+        loss = float(m.loss(*(torch.as_tensor(a) for a in (users, positives, negatives))))
+    f = unit_rows(image).astype(np.float64)
+    gamma_theta, gamma = m.user_factors.detach().double().numpy(), m.item_factors.detach().double().numpy()
+    e, beta = m.projection.weight.detach().double().numpy(), m.item_bias.detach().double().numpy()
+    content_bias = m.content_bias.detach().double().numpy()
+    items = np.hstack([gamma, f @ e.T, beta + f @ content_bias])
+    u = np.hstack([gamma_theta[users], np.ones((len(users), 1))])
+    margin = (u * (items[positives] - items[negatives])).sum(axis=1)
+    ids = 0.5 * ((gamma_theta[users] ** 2).sum() + (gamma[positives] ** 2).sum() + (beta[positives] ** 2).sum()
+                 + (gamma[negatives] ** 2).sum() + (beta[negatives] ** 2).sum()) / len(users)
+    content = 0.5 * ((e ** 2).sum() + (content_bias ** 2).sum())
+    assert loss == pytest.approx(np.mean(np.log1p(np.exp(-margin))) + 0.3 * ids + 0.2 * content, rel=1e-5)
+
+
+def test_a_content_penalty_without_the_paper_penalty_is_refused():
+    with pytest.raises(ValueError, match="l2_content"):
+        VBPR({"image": np.ones((5, 2), dtype=np.float32)}, l2_content=0.1)

@@ -24,7 +24,7 @@ import re
 from dataclasses import dataclass
 from typing import Any, Collection, Literal, Mapping
 
-from pydantic import BaseModel, ConfigDict, Field, ValidationError
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_validator
 
 Kind = Literal["profile", "baseline", "fusion", "hybrid", "graph_model", "cold_start_model"]
 Init = Literal["normal", "reference"]
@@ -61,9 +61,26 @@ class LightGCNConfig(BPRConfig):
     layers: int = Field(3, ge=0, description="propagation depth K")
 
 
+VBPRPenalty = Literal["batch", "paper"]
+VBPRSplit = Literal["half", "each"]
+
+
 class VBPRConfig(BPRConfig):
     lr: float = Field(0.01, gt=0, description="Adam learning rate")
-    l2: float = Field(1e-2, ge=0, description="weight of the L2 term on the batch's scoring vectors")
+    l2: float = Field(1e-2, ge=0, description="batch: the L2 term on the batch's scoring vectors; paper: "
+                                               "lambda_Theta on the batch's ID parameters")
+    penalty: VBPRPenalty = Field("batch", description="batch (the scoring vectors, as MMRec) | paper (lambda_Theta "
+                                                      "on the ID parameters, l2_content on E and beta')")
+    l2_content: float = Field(0.0, ge=0, description="the paper penalty's lambda_E on E and beta'")
+    split: VBPRSplit = Field("half", description="half (gamma and theta dim / 2 each) | each (dim each: "
+                                                 "MMRec's 64 + 64)")
+
+    @model_validator(mode="after")
+    def _content_penalty_needs_the_paper_penalty(self) -> "VBPRConfig":
+        if self.l2_content and self.penalty != "paper":
+            raise ValueError(f"l2_content={self.l2_content} applies only with penalty='paper' "
+                             f"(penalty={self.penalty!r} penalises E and beta' through the scoring vectors)")
+        return self
 
 
 class FREEDOMConfig(LightGCNConfig):

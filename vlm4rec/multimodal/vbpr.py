@@ -11,16 +11,20 @@ the concatenation equals the sum of one projection per modality (E [f; g] = E_f 
 the per-modality variant without extra code, and normalising first keeps a 1280-d image vector from
 outweighing a 384-d text vector by scale alone.
 
-Loss: BPR plus ``l2`` * 0.5 * (||u||^2 + ||p||^2 + ||n||^2) / batch, with u = [gamma_u, theta_u] the batch's
-user vectors and p, n = [gamma_i, E f_i, beta_i + beta' . f_i] its positive and negative item vectors: the
-L2 term falls on what the batch scores with, so E and beta' are penalised through the content they project
-(a separate, unpenalised E overfitted within 5 epochs here). The paper instead penalises the parameters
-themselves: lambda_Theta (||gamma_u||^2, ||theta_u||^2, ||gamma_i||^2, beta_i^2) and a separate lambda_E
-(||E||^2, ||beta'||^2). MMRec's VBPR (``src/models/vbpr.py``) penalises the same three batch blocks as here
-but with ``EmbLoss``, the sum of their Frobenius norms, not squared and not halved, divided by the batch
-size; so an ``l2`` value here is not MMRec's ``reg_weight`` value (its grid: 2, 1, 0.1, ..., 1e-5).
-MMRec's VBPR also has no biases and gives the user 2 x 64 dimensions (64 ID + 64 content); here the
-embedding size ``dim`` is split in half, plus the bias column.
+Loss (``penalty="batch"``, the default): BPR plus ``l2`` * 0.5 * (||u||^2 + ||p||^2 + ||n||^2) / batch, with
+u = [gamma_u, theta_u] the batch's user vectors and p, n = [gamma_i, E f_i, beta_i + beta' . f_i] its positive
+and negative item vectors: the L2 term falls on what the batch scores with, so E and beta' are penalised
+through the content they project (a separate, unpenalised E overfitted within 5 epochs here).
+``penalty="paper"`` penalises the parameters themselves, as the paper: per triple, ``l2`` (lambda_Theta) *
+0.5 * (||gamma_u||^2 + ||theta_u||^2 + ||gamma_i||^2 + beta_i^2 + ||gamma_j||^2 + beta_j^2), averaged over
+the batch, plus ``l2_content`` (lambda_E) * 0.5 * (||E||^2 + ||beta'||^2) once per step (per triple, as
+the paper's per-sample SGD step applies it). MMRec's VBPR (``src/models/vbpr.py``) penalises the same three
+batch blocks as the default but with ``EmbLoss``, the sum of their Frobenius norms, not squared and not
+halved, divided by the batch size; so an ``l2`` value here is not MMRec's ``reg_weight`` value (its grid:
+2, 1, 0.1, ..., 1e-5).
+MMRec's VBPR also has no biases and gives the user 2 x 64 dimensions (64 ID + 64 content): ``split="each"``
+gives gamma and theta ``dim`` each as MMRec; the default ``split="half"`` splits ``dim`` in half (the same
+64-number user vector as every other model of the study), plus the bias column in both.
 
 ``init="reference"`` (the paper regime) starts from MMRec's initialisation: Xavier-uniform user and item
 tables, a Xavier-normal projection E; biases start at zero in both regimes.
@@ -36,25 +40,25 @@ from torch import nn
 
 from vlm4rec.methods import VBPRConfig
 from vlm4rec.layers import linear, rows
-from vlm4rec.multimodal.bpr import (BPRModel, BPRRecommender, ContentFeatures, Init, bpr_loss, embedding_tables,
-                                    l2_penalty)
+from vlm4rec.multimodal.bpr import BPRModel, BPRRecommender, ContentFeatures, bpr_loss, embedding_tables, l2_penalty
 
 
 class VBPRModel(BPRModel):
     """User vector [gamma_u, theta_u, 1], item vector [gamma_i, E f_i, beta_i + beta' . f_i]."""
 
-    def __init__(self, n_users: int, features: ContentFeatures, dim: int, l2: float, generator: torch.Generator,
-                 init: Init):
+    def __init__(self, n_users: int, features: ContentFeatures, config: VBPRConfig, generator: torch.Generator):
         super().__init__()
-        self.l2 = l2
+        self.l2, self.penalty, self.l2_content = config.l2, config.penalty, config.l2_content
         content = torch.cat(features.matrices(), dim=1)
         self.register_buffer("content", content, persistent=False)
-        n_items, id_dim = content.shape[0], dim // 2
-        self.user_factors = embedding_tables((n_users,), dim, generator, init)       # [gamma_u, theta_u]
-        self.item_factors = embedding_tables((n_items,), id_dim, generator, init)    # gamma_i
-        self.item_bias = nn.Parameter(torch.zeros(n_items, 1))                        # beta_i
-        self.projection = linear(content.shape[1], dim - id_dim, generator, bias=False,  # E
-                                 init="xavier_normal" if init == "reference" else "xavier_uniform")
+        n_items = content.shape[0]
+        id_dim, content_dim = (config.dim // 2, config.dim - config.dim // 2) if config.split == "half" else \
+            (config.dim, config.dim)
+        self.user_factors = embedding_tables((n_users,), id_dim + content_dim, generator, config.init)  # gamma, theta
+        self.item_factors = embedding_tables((n_items,), id_dim, generator, config.init)     # gamma_i
+        self.item_bias = nn.Parameter(torch.zeros(n_items, 1))                                # beta_i
+        self.projection = linear(content.shape[1], content_dim, generator, bias=False,        # E
+                                 init="xavier_normal" if config.init == "reference" else "xavier_uniform")
         self.content_bias = nn.Parameter(torch.zeros(content.shape[1], 1))    # beta'
 
     def item_vectors(self) -> torch.Tensor:
@@ -69,7 +73,12 @@ class VBPRModel(BPRModel):
         items = self.item_vectors()
         batch = [rows(self.user_factors, users), rows(items, positives), rows(items, negatives)]
         ranking_loss = bpr_loss(self.user_vectors(users), *batch[1:])
-        return ranking_loss + self.l2 * l2_penalty(*batch)
+        if self.penalty == "batch":
+            return ranking_loss + self.l2 * l2_penalty(*batch)
+        item_ids = torch.cat([self.item_factors, self.item_bias], dim=1)  # [gamma_i, beta_i]
+        ids = l2_penalty(batch[0], rows(item_ids, positives), rows(item_ids, negatives))
+        content = 0.5 * (self.projection.weight.pow(2).sum() + self.content_bias.pow(2).sum())
+        return ranking_loss + self.l2 * ids + self.l2_content * content
 
     def forget_items(self, items: torch.Tensor) -> None:
         """A new item keeps its content term theta_u . E f_i and content bias beta' . f_i only."""
@@ -97,4 +106,4 @@ class VBPR(BPRRecommender):
 
     def build(self, history: sp.csr_matrix, generator: torch.Generator, device: torch.device) -> VBPRModel:
         features = ContentFeatures(self.modalities, history.shape[1])
-        return VBPRModel(history.shape[0], features, self.dim, self.l2, generator, self.init).to(device)
+        return VBPRModel(history.shape[0], features, self.config, generator).to(device)
