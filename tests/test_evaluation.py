@@ -7,7 +7,8 @@ import scipy.sparse as sp
 
 from vlm4rec.data import PreparedData
 from vlm4rec.evaluation import (Candidate, EvalData, MethodKey, MethodResult, evaluate, load_result, per_user_long,
-                                rank_and_score, select_and_test, select_and_test_seeds)
+                                rank_and_score, select_and_test, select_and_test_seeds, validation_monitor)
+from vlm4rec.metrics import summarize
 from vlm4rec.stats import paired_tests
 from vlm4rec.matching import IterativeRecommender, ProfileRecommender, TrainingLog
 from vlm4rec.splits import History, SplitConfig, assign_split
@@ -315,3 +316,17 @@ def test_result_files_hold_no_wall_times_and_are_identical_across_runs(planted, 
                  "test_topk.npy", "summary.json"):
         assert (tmp_path / "a" / name).read_bytes() == (tmp_path / "b" / name).read_bytes(), name
     assert "_s" not in (tmp_path / "a" / "summary.json").read_text()
+
+
+@pytest.mark.parametrize("select_metric", ["ndcg@10", "recall@5", "mrr@20"])
+def test_the_monitor_ranking_to_its_own_cutoff_gives_the_selections_value_exactly(planted, select_metric):
+    """Early stopping ranks only to the metric's cut-off; on tied vectors (many exact and near ties) its value
+    is the one the selection computes from the full lists, to the last bit."""
+    data, _, vectors = planted
+    tied = np.round(vectors, 1)  # repeated coordinates: exact ties between items
+    model = ProfileRecommender(tied).fit(data.validation().history)
+    split = data.validation()
+    full = summarize(rank_and_score(model, split, [5, 10, 20, 50])[1])[select_metric]
+    assert validation_monitor(split, [5, 10, 20, 50], select_metric)(model) == full
+    with pytest.raises(ValueError, match="cut-off"):
+        validation_monitor(split, [5, 20], "ndcg@10")

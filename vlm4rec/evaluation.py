@@ -231,9 +231,15 @@ def _as_candidates(candidates: Sequence[Candidate] | Callable[[], Recommender]) 
 
 def validation_monitor(split: EvalSplit, ks: Sequence[int], select_metric: str) -> Callable[[Recommender], float]:
     """The selection metric of a fitted model on ``split``, through the same ranking and metrics as the
-    selection itself (what early stopping of an :class:`IterativeRecommender` watches)."""
+    selection itself (what early stopping of an :class:`IterativeRecommender` watches). It ranks only to the
+    metric's own cut-off: by the engine's total order that list is the first k of the selection's longer one,
+    so the value is the same, for less selection work at every check."""
+    cutoff = int(select_metric.partition("@")[2])
+    if cutoff not in ks:
+        raise ValueError(f"select_metric {select_metric!r} has a cut-off outside ks {list(ks)}")
+
     def monitor(model: Recommender) -> float:
-        return summarize(rank_and_score(model, split, ks)[1])[select_metric]
+        return summarize(rank_and_score(model, split, [cutoff])[1])[select_metric]
     return monitor
 
 
