@@ -83,3 +83,15 @@ def test_new_items_are_placed_by_their_content(make):
     shuffled = new_item_precision(make(planted.shuffled_content()).fit(planted.history), planted)
     assert real > 0.8
     assert real > shuffled + 0.3
+
+
+def test_a_refit_on_the_same_history_content_and_configuration_reuses_its_weights(tiny):
+    """The strict protocol's phases fit on the same warm history: one solve per (model, configuration,
+    history, content); another configuration or model is solved anew."""
+    history, x, content = tiny
+    first = CollectiveEASE(content, l2=2.0, alpha=0.5).fit(history).item_weights
+    assert CollectiveEASE(content.copy(), l2=2.0, alpha=0.5).fit(history).item_weights is first
+    other = CollectiveEASE(content, l2=2.0, alpha=0.7).fit(history).item_weights
+    assert other is not first and not np.allclose(other, first)
+    additive = AdditiveEASE(content, l2=2.0, content_l2=0.5, beta=0.0).fit(history).item_weights
+    assert additive is not first and not first.flags.writeable

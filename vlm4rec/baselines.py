@@ -9,8 +9,6 @@ by item index, so scores here are raw. :func:`baseline_candidates` is each one's
 """
 from __future__ import annotations
 
-import hashlib
-from collections import OrderedDict
 from itertools import product
 
 import numpy as np
@@ -21,6 +19,7 @@ from threadpoolctl import threadpool_limits
 from vlm4rec.config import BaselineParams
 from vlm4rec.evaluation import Candidate
 from vlm4rec.matching import Recommender
+from vlm4rec.memo import ContentMemo, fingerprint
 from vlm4rec.methods import of_kind
 from vlm4rec.splits import History, binarize
 
@@ -102,9 +101,9 @@ class ItemKNNCF(_HistoryRecommender):
         return (self._history_rows(users) @ self.similarity).toarray().astype(np.float32)
 
 
-#: (the history's fingerprint, l2) -> EASE^R weights, for the histories seen last (~110 MB each at ML-1M)
-_EASE_WEIGHTS: OrderedDict[tuple[str, float], np.ndarray] = OrderedDict()
-_EASE_WEIGHTS_SIZE = 2  # a stage's two histories: train (validation) and train + validation (test)
+#: (history, l2) -> EASE^R weights for a stage's two histories, train (validation) and train + validation
+#: (test): ~110 MB each at ML-1M
+_EASE_WEIGHTS: ContentMemo[np.ndarray] = ContentMemo(size=2)
 
 
 def ease_weights(matrix: sp.csr_matrix, l2: float) -> np.ndarray:
@@ -113,17 +112,14 @@ def ease_weights(matrix: sp.csr_matrix, l2: float) -> np.ndarray:
     a stage and Add-EASE^R's every content share one inverse per history (another history is never served
     stale weights)."""
     matrix = sp.csr_matrix(matrix)
-    digest = hashlib.sha256()
-    for part in (np.asarray(matrix.shape, dtype=np.int64), matrix.indptr, matrix.indices, matrix.data):
-        digest.update(np.ascontiguousarray(part).tobytes())
-    key = (digest.hexdigest(), float(l2))
-    if key not in _EASE_WEIGHTS:
-        _EASE_WEIGHTS[key] = ease_weights_of_gram(item_gram(matrix), l2)
-        _EASE_WEIGHTS[key].flags.writeable = False
-    _EASE_WEIGHTS.move_to_end(key)
-    if len(_EASE_WEIGHTS) > _EASE_WEIGHTS_SIZE:
-        _EASE_WEIGHTS.popitem(last=False)
-    return _EASE_WEIGHTS[key]
+    return _EASE_WEIGHTS.get((fingerprint(matrix), float(l2)),
+                             lambda: read_only(ease_weights_of_gram(item_gram(matrix), l2)))
+
+
+def read_only(array: np.ndarray) -> np.ndarray:
+    """``array``, flagged read-only: a memoised result that no caller may change in place."""
+    array.flags.writeable = False
+    return array
 
 
 def item_gram(matrix: sp.csr_matrix) -> np.ndarray:

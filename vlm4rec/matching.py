@@ -26,10 +26,8 @@
 """
 from __future__ import annotations
 
-import hashlib
 import time
 from abc import ABC, abstractmethod
-from collections import OrderedDict
 from contextlib import contextmanager
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any, Callable, Iterator, get_args
@@ -39,6 +37,7 @@ import scipy.sparse as sp
 from threadpoolctl import threadpool_limits
 
 from vlm4rec.config import Aggregation
+from vlm4rec.memo import ContentMemo, fingerprint
 from vlm4rec.selection import (FLOAT32_UNIT, FixedOrderDots, Rescorer, RunningTopK, dot_error_factor,
                                float32_at_most, kth_lower_bound, kth_lower_bound_torch, tie_margins)
 from vlm4rec.splits import History
@@ -552,8 +551,8 @@ class _NeighbourLists:
     sims: np.ndarray   # (n_items, K) float32: the exact similarity where kept, 0 elsewhere
 
 
-_NEIGHBOUR_LISTS: OrderedDict[tuple, _NeighbourLists] = OrderedDict()
-_NEIGHBOUR_LISTS_SIZE = 8  # matrices memoised per process: a stage's representations, each with its longest K
+#: a stage's representations, each with its longest K
+_NEIGHBOUR_LISTS: ContentMemo[_NeighbourLists] = ContentMemo(size=8)
 
 
 def _search_neighbours(items: np.ndarray, k: int, block_size: int) -> _NeighbourLists:
@@ -570,13 +569,10 @@ def _search_neighbours(items: np.ndarray, k: int, block_size: int) -> _Neighbour
 def _neighbour_lists(items: np.ndarray, k: int, block_size: int) -> _NeighbourLists:
     """:func:`_search_neighbours` memoised on the items' bytes, served from any held list at least k long:
     a grid over ``knn_k`` and every refit on the same vectors search once per longer K."""
-    key = (hashlib.blake2b(items.tobytes(), digest_size=16).hexdigest(), items.shape)
-    held = _NEIGHBOUR_LISTS.get(key)
+    key = fingerprint(items)
+    held = _NEIGHBOUR_LISTS.lookup(key)
     if held is None or held.best.shape[1] < k:
-        held = _NEIGHBOUR_LISTS[key] = _search_neighbours(items, k, block_size)
-    _NEIGHBOUR_LISTS.move_to_end(key)
-    if len(_NEIGHBOUR_LISTS) > _NEIGHBOUR_LISTS_SIZE:
-        _NEIGHBOUR_LISTS.popitem(last=False)
+        held = _NEIGHBOUR_LISTS.store(key, _search_neighbours(items, k, block_size))
     return held
 
 
