@@ -20,6 +20,8 @@ def test_fingerprints_follow_contents_not_objects() -> None:
     assert fingerprint(m) == fingerprint(m.copy()) != fingerprint(sp.csr_matrix(2 * np.eye(4)))
     assert fingerprint(m) != fingerprint(sp.csc_matrix(np.eye(4)))
     assert fingerprint(m, x) != fingerprint(m, y)
+    with pytest.raises(TypeError, match="CSR or CSC"):
+        fingerprint(sp.coo_matrix(np.eye(4)))
 
 
 def test_the_memo_computes_once_per_key_and_drops_the_least_recently_used() -> None:

@@ -19,7 +19,7 @@ from threadpoolctl import threadpool_limits
 from vlm4rec.config import BaselineParams
 from vlm4rec.evaluation import Candidate
 from vlm4rec.matching import Recommender
-from vlm4rec.memo import ContentMemo, fingerprint
+from vlm4rec.memo import ContentMemo, fingerprint, read_only
 from vlm4rec.methods import of_kind
 from vlm4rec.splits import History, binarize
 
@@ -114,12 +114,6 @@ def ease_weights(matrix: sp.csr_matrix, l2: float) -> np.ndarray:
     matrix = sp.csr_matrix(matrix)
     return _EASE_WEIGHTS.get((fingerprint(matrix), float(l2)),
                              lambda: read_only(ease_weights_of_gram(item_gram(matrix), l2)))
-
-
-def read_only(array: np.ndarray) -> np.ndarray:
-    """``array``, flagged read-only: a memoised result that no caller may change in place."""
-    array.flags.writeable = False
-    return array
 
 
 def item_gram(matrix: sp.csr_matrix) -> np.ndarray:

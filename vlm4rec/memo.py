@@ -14,15 +14,22 @@ Value = TypeVar("Value")
 
 
 def fingerprint(*parts: np.ndarray | sp.spmatrix) -> str:
-    """A digest of arrays' and sparse matrices' shapes, dtypes and stored contents (in storage order)."""
+    """A digest of arrays' and CSR / CSC matrices' shapes, dtypes and stored contents (in storage order)."""
     digest = hashlib.blake2b(digest_size=16)
     for part in parts:
-        arrays = ((part.indptr, part.indices, part.data) if sp.issparse(part) and part.format in ("csr", "csc")
-                  else (np.asarray(part),))
+        if sp.issparse(part) and part.format not in ("csr", "csc"):
+            raise TypeError(f"fingerprint reads CSR or CSC matrices, got {part.format}")
+        arrays = (part.indptr, part.indices, part.data) if sp.issparse(part) else (np.asarray(part),)
         digest.update(repr((type(part).__name__, part.shape, part.dtype)).encode())
         for array in arrays:
             digest.update(np.ascontiguousarray(array).tobytes())
     return digest.hexdigest()
+
+
+def read_only(array: np.ndarray) -> np.ndarray:
+    """``array``, flagged read-only: a memoised result that no caller may change in place."""
+    array.flags.writeable = False
+    return array
 
 
 class ContentMemo(Generic[Value]):

@@ -27,9 +27,9 @@ import numpy as np
 import scipy.sparse as sp
 from pydantic import Field
 
-from vlm4rec.baselines import ease_weights, ease_weights_of_gram, item_gram, read_only
+from vlm4rec.baselines import ease_weights, ease_weights_of_gram, item_gram
 from vlm4rec.coldstart.base import ColdStartConfig, ColdStartRecommender
-from vlm4rec.memo import ContentMemo, fingerprint
+from vlm4rec.memo import ContentMemo, fingerprint, read_only
 from vlm4rec.splits import History
 
 

@@ -75,8 +75,8 @@ class VBPRModel(BPRModel):
         ranking_loss = bpr_loss(self.user_vectors(users), *batch[1:])
         if self.penalty == "batch":
             return ranking_loss + self.l2 * l2_penalty(*batch)
-        item_ids = torch.cat([self.item_factors, self.item_bias], dim=1)  # [gamma_i, beta_i]
-        ids = l2_penalty(batch[0], rows(item_ids, positives), rows(item_ids, negatives))
+        ids = l2_penalty(batch[0], *(rows(table, items) for table in (self.item_factors, self.item_bias)
+                                     for items in (positives, negatives)))  # gamma_u, theta_u; gamma_i, beta_i
         content = 0.5 * (self.projection.weight.pow(2).sum() + self.content_bias.pow(2).sum())
         return ranking_loss + self.l2 * ids + self.l2_content * content
 

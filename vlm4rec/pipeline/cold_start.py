@@ -149,8 +149,8 @@ def run(evaluation: EvalParams, cold_start: ColdStartParams, fusion: FusionParam
                 else:
                     unseeded(cold_start_method(model, rep), coldstart.candidates(model, content, grid, {"l2": l2}))
         # the warm references (no signal for new items): tested on the warm and hybrid settings only
-        _merge(results, select_and_test_new_items("ease", lambda seed: [Candidate({"l2": l2}, lambda: EASE(l2=l2))], data,
-                                                  ks, metric, None, COLD_RESULTS, WARM_SETS))
+        _merge(results, select_and_test_new_items("ease", lambda seed: [Candidate({"l2": l2}, lambda: EASE(l2=l2))],
+                                                  data, ks, metric, None, COLD_RESULTS, WARM_SETS))
         _merge(results, select_and_test_new_items(
             "lightgcn", lambda seed: [Candidate({"epochs": cold_start.backbone_epochs}, lambda: backbone(seed))],
             data, ks, metric, seeds, COLD_RESULTS, WARM_SETS))
