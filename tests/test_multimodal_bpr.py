@@ -31,9 +31,29 @@ def test_bpr_loss_hand_computed():
 
 
 def test_l2_penalty_hand_computed():
-    # 0.5 * (1 + 4 + 9 + 16 + 4) / batch of 2
-    rows = torch.tensor([[1.0, 2.0], [3.0, 4.0]]), torch.tensor([0.0, 2.0])
-    assert l2_penalty(*rows).item() == pytest.approx(0.5 * 34 / 2)
+    # rows [1, 2], [3, 4] (batch of 2), then [0, 2] twice: 0.5 * (1 + 4 + 9 + 16 + 4 + 4) / 2
+    table = torch.tensor([[1.0, 2.0], [3.0, 4.0], [0.0, 2.0], [9.0, 9.0]])
+    assert l2_penalty(table, torch.tensor([0, 1]), torch.tensor([2, 2])).item() == pytest.approx(0.5 * 38 / 2)
+    # frobenius (MMRec's EmbLoss): (sqrt(30) + sqrt(8)) / 2
+    frobenius = l2_penalty(table, torch.tensor([0, 1]), torch.tensor([2, 2]), norm="frobenius").item()
+    assert frobenius == pytest.approx((30 ** 0.5 + 8 ** 0.5) / 2)
+
+
+def test_l2_penalty_matches_squaring_the_gathered_rows_in_value_and_gradient():
+    """The counted form against the squares of the gathered rows under autograd, with rows gathered
+    several times across and within the index tensors and rows never gathered."""
+    table = torch.randn(6, 3, generator=torch.Generator().manual_seed(0), dtype=torch.float64)
+    indices = torch.tensor([0, 4, 0, 2]), torch.tensor([1, 1, 4, 0]), torch.tensor([3, 2, 1, 1])
+    results = []
+    for penalty in (lambda t: l2_penalty(t, *indices),
+                    lambda t: 0.5 * sum(t[i].pow(2).sum() for i in indices) / len(indices[0])):
+        leaf = table.clone().requires_grad_()
+        value = penalty(leaf)
+        value.backward()
+        results.append((value.item(), leaf.grad))
+    assert results[0][0] == pytest.approx(results[1][0], rel=1e-12)
+    torch.testing.assert_close(results[0][1], results[1][1], rtol=1e-12, atol=1e-15)
+    assert results[0][1][5].abs().sum() == 0  # a row outside the batch gets no gradient
 
 
 def test_info_nce_hand_computed():

@@ -31,6 +31,7 @@ Init = Literal["normal", "reference"]
 Negatives = Literal["all", "seen"]
 NewItemScoring = Literal["learned", "content"]
 ModalityMix = Literal["fixed", "learned"]
+L2Norm = Literal["squared", "frobenius"]
 
 
 # ----------------------------------------------------------------------------------------------- configurations
@@ -45,6 +46,8 @@ class BPRConfig(BaseModel):
     dim: int = Field(64, ge=1, description="embedding size")
     lr: float = Field(0.05, gt=0, description="Adam learning rate")
     l2: float = Field(1e-4, ge=0, description="weight of the model's L2 term")
+    l2_norm: L2Norm = Field("squared", description="squared (0.5 * squared rows / batch: the papers' L2) | "
+                                                   "frobenius (MMRec's EmbLoss: each block's norm / batch)")
     epochs: int = Field(60, ge=0, description="epochs of fit; the most fit_monitored trains")
     batch_size: int = Field(32768, ge=1, description="(user, positive, negative) triples per Adam step")
     eval_every: int = Field(5, ge=1, description="epochs between validation checks")
@@ -80,6 +83,9 @@ class VBPRConfig(BPRConfig):
         if self.l2_content and self.penalty != "paper":
             raise ValueError(f"l2_content={self.l2_content} applies only with penalty='paper' "
                              f"(penalty={self.penalty!r} penalises E and beta' through the scoring vectors)")
+        if self.penalty == "paper" and self.l2_norm != "squared":
+            raise ValueError(f"penalty='paper' is the paper's squared L2; l2_norm={self.l2_norm!r} applies only "
+                             f"with penalty='batch' (MMRec's EmbLoss of the scoring vectors)")
         return self
 
 

@@ -41,7 +41,7 @@ import scipy.sparse as sp
 import torch
 from torch import nn
 
-from vlm4rec.methods import FREEDOMConfig
+from vlm4rec.methods import FREEDOMConfig, L2Norm
 from vlm4rec.multimodal.graphs import (GraphOperator, degree_sensitive_dropout, interaction_graph, knn_graph,
                                        weighted_sum)
 from vlm4rec.multimodal.lightgcn import LightGCN, LightGCNModel
@@ -63,8 +63,9 @@ class FreedomModel(LightGCNModel):
 
     def __init__(self, history: sp.csr_matrix, features: ContentFeatures, dim: int, layers: int,
                  item_layers: int, knn_k: int, edge_drop: float, projection_weight: float, l2: float,
-                 mix_weights: list[float] | None, generator: torch.Generator, device: torch.device, init: Init):
-        super().__init__(history, dim, layers, l2, generator, device, init)
+                 mix_weights: list[float] | None, generator: torch.Generator, device: torch.device, init: Init,
+                 l2_norm: L2Norm = "squared"):
+        super().__init__(history, dim, layers, l2, generator, device, init, l2_norm)
         self.history, self.graph_device = history, device
         self.item_layers, self.edge_drop, self.projection_weight = item_layers, edge_drop, projection_weight
         self.features = features
@@ -145,4 +146,5 @@ class FREEDOM(LightGCN):
         mix = (role_weights(features.names, self.image_modality, self.image_weight)
                if self.modality_mix == "fixed" else None)
         return FreedomModel(history, features, self.dim, self.layers, self.item_layers, self.knn_k, self.edge_drop,
-                            self.projection_weight, self.l2, mix, generator, device, self.init).to(device)
+                            self.projection_weight, self.l2, mix, generator, device, self.init,
+                            self.l2_norm).to(device)

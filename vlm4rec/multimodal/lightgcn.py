@@ -10,17 +10,17 @@ authors' implementations apply it per batch). FREEDOM and SMORE reuse this branc
 Reference code: MMRec's ``lightgcn.py`` (the LightGCN every FREEDOM and SMORE table is compared with)
 and the authors' TensorFlow code both initialise the user and item tables Xavier-uniform (``init=
 "reference"``); the authors' PyTorch port draws N(0, 0.1^2) (``init="normal"``, the fast regime).
-Deviation from MMRec: MMRec's ``EmbLoss`` penalises the sum of the three ego blocks' Frobenius norms (not
-squared) / batch; this follows the paper (squared, halved), so an ``l2`` value is not MMRec's
-``reg_weight`` value. The reference grid (MMRec ``LightGCNTorch.yaml``) is layers 1-4, l2 1e-2..1e-6.
+MMRec's ``EmbLoss`` penalises the sum of the three ego blocks' Frobenius norms (not squared) / batch; by
+default (``l2_norm="squared"``) this follows the paper (squared, halved), so an ``l2`` value is not MMRec's
+``reg_weight`` value; ``l2_norm="frobenius"`` applies ``EmbLoss`` itself, the scale of MMRec's grid
+(``LightGCN.yaml``: layers 1-4, reg_weight 1e-2..1e-6; the full scale's grid).
 """
 from __future__ import annotations
 
 import scipy.sparse as sp
 import torch
 
-from vlm4rec.layers import rows
-from vlm4rec.methods import LightGCNConfig
+from vlm4rec.methods import L2Norm, LightGCNConfig
 from vlm4rec.multimodal.graphs import GraphOperator, interaction_graph, layer_mean
 from vlm4rec.multimodal.bpr import BPRModel, BPRRecommender, Init, bpr_rows_loss, embedding_tables, l2_penalty
 
@@ -29,10 +29,10 @@ class LightGCNModel(BPRModel):
     """The user-item branch: ego embeddings (users first) and their layer-mean propagation."""
 
     def __init__(self, history: sp.csr_matrix, dim: int, layers: int, l2: float, generator: torch.Generator,
-                 device: torch.device, init: Init = "normal"):
+                 device: torch.device, init: Init = "normal", l2_norm: L2Norm = "squared"):
         super().__init__()
         self.n_users, self.n_items = history.shape
-        self.layers, self.l2 = layers, l2
+        self.layers, self.l2, self.l2_norm = layers, l2, l2_norm
         self.adjacency = GraphOperator(interaction_graph(history), device, symmetric=True)
         self.ego = embedding_tables((self.n_users, self.n_items), dim, generator, init)
 
@@ -45,8 +45,8 @@ class LightGCNModel(BPRModel):
         """``l2`` times the L2 term of the batch's ego embeddings (not computed at ``l2`` = 0, FREEDOM's default)."""
         if self.l2 == 0:
             return torch.zeros((), device=self.ego.device)
-        return self.l2 * l2_penalty(rows(self.ego, users), rows(self.ego, self.n_users + positives),
-                                    rows(self.ego, self.n_users + negatives))
+        return self.l2 * l2_penalty(self.ego, users, self.n_users + positives, self.n_users + negatives,
+                                    norm=self.l2_norm)
 
     def loss(self, users: torch.Tensor, positives: torch.Tensor, negatives: torch.Tensor) -> torch.Tensor:
         user_final, item_final = self.propagate(self.adjacency)
@@ -68,4 +68,5 @@ class LightGCN(BPRRecommender):
     Config = LightGCNConfig
 
     def build(self, history: sp.csr_matrix, generator: torch.Generator, device: torch.device) -> LightGCNModel:
-        return LightGCNModel(history, self.dim, self.layers, self.l2, generator, device, self.init).to(device)
+        return LightGCNModel(history, self.dim, self.layers, self.l2, generator, device, self.init,
+                             self.l2_norm).to(device)

@@ -49,11 +49,11 @@ import scipy.sparse as sp
 import torch
 from torch import nn
 
-from vlm4rec.methods import SMOREConfig
+from vlm4rec.methods import L2Norm, SMOREConfig
 from vlm4rec.multimodal.graphs import GraphOperator, knn_graph, max_fusion
 from vlm4rec.multimodal.lightgcn import LightGCN, LightGCNModel
 from vlm4rec.layers import LinearInit, linear, rows
-from vlm4rec.multimodal.bpr import ContentFeatures, Init, bpr_loss, dropout, info_nce, l2_penalty
+from vlm4rec.multimodal.bpr import ContentFeatures, Init, bpr_rows_loss, dropout, info_nce, l2_penalty
 
 INFO_NCE_ROWS = 2048
 
@@ -115,8 +115,9 @@ class SmoreModel(LightGCNModel):
 
     def __init__(self, history: sp.csr_matrix, features: ContentFeatures, dim: int, layers: int,
                  item_layers: int, knn_ks: list[int], l2: float, cl_weight: float, temperature: float,
-                 dropout: float, generator: torch.Generator, device: torch.device, init: Init):
-        super().__init__(history, dim, layers, l2, generator, device, init)
+                 dropout: float, generator: torch.Generator, device: torch.device, init: Init,
+                 l2_norm: L2Norm = "squared"):
+        super().__init__(history, dim, layers, l2, generator, device, init, l2_norm)
         self.features, self.generator = features, generator
         self.item_layers, self.cl_weight, self.temperature, self.dropout = item_layers, cl_weight, temperature, dropout
         n_views = len(features) + 1  # every modality, then the fusion
@@ -159,8 +160,9 @@ class SmoreModel(LightGCNModel):
     def loss(self, users: torch.Tensor, positives: torch.Tensor, negatives: torch.Tensor) -> torch.Tensor:
         behavioural, side = self.views()
         final = behavioural + side
-        batch = [rows(final, users), rows(final, self.n_users + positives), rows(final, self.n_users + negatives)]
-        loss = bpr_loss(*batch) + self.l2 * l2_penalty(*batch)
+        items = (self.n_users + positives, self.n_users + negatives)
+        loss = bpr_rows_loss(final, final, users, *items) + self.l2 * l2_penalty(final, users, *items,
+                                                                                 norm=self.l2_norm)
         if self.cl_weight > 0:
             u, i = users[:INFO_NCE_ROWS], self.n_users + positives[:INFO_NCE_ROWS]
             loss = loss + self.cl_weight * (info_nce(rows(side, i), rows(behavioural, i), self.temperature)
@@ -205,4 +207,4 @@ class SMORE(LightGCN):
         features = ContentFeatures(self.modalities, history.shape[1], trainable=self.finetune_features)
         return SmoreModel(history, features, self.dim, self.layers, self.item_layers,
                           [self.image_knn_k, self.text_knn_k], self.l2, self.cl_weight, self.temperature,
-                          self.dropout, generator, device, self.init).to(device)
+                          self.dropout, generator, device, self.init, self.l2_norm).to(device)

@@ -21,7 +21,8 @@ the batch, plus ``l2_content`` (lambda_E) * 0.5 * (||E||^2 + ||beta'||^2) once p
 the paper's per-sample SGD step applies it). MMRec's VBPR (``src/models/vbpr.py``) penalises the same three
 batch blocks as the default but with ``EmbLoss``, the sum of their Frobenius norms, not squared and not
 halved, divided by the batch size; so an ``l2`` value here is not MMRec's ``reg_weight`` value (its grid:
-2, 1, 0.1, ..., 1e-5).
+2, 1, 0.1, ..., 1e-5) unless ``l2_norm="frobenius"``, which applies ``EmbLoss`` itself (the full scale's grid,
+on its own scale; the bias column stays in the item block).
 MMRec's VBPR also has no biases and gives the user 2 x 64 dimensions (64 ID + 64 content): ``split="each"``
 gives gamma and theta ``dim`` each as MMRec; the default ``split="half"`` splits ``dim`` in half (the same
 64-number user vector as every other model of the study), plus the bias column in both.
@@ -48,7 +49,7 @@ class VBPRModel(BPRModel):
 
     def __init__(self, n_users: int, features: ContentFeatures, config: VBPRConfig, generator: torch.Generator):
         super().__init__()
-        self.l2, self.penalty, self.l2_content = config.l2, config.penalty, config.l2_content
+        self.l2, self.penalty, self.l2_content, self.l2_norm = config.l2, config.penalty, config.l2_content, config.l2_norm
         content = torch.cat(features.matrices(), dim=1)
         self.register_buffer("content", content, persistent=False)
         n_items = content.shape[0]
@@ -71,12 +72,13 @@ class VBPRModel(BPRModel):
 
     def loss(self, users: torch.Tensor, positives: torch.Tensor, negatives: torch.Tensor) -> torch.Tensor:
         items = self.item_vectors()
-        batch = [rows(self.user_factors, users), rows(items, positives), rows(items, negatives)]
-        ranking_loss = bpr_loss(self.user_vectors(users), *batch[1:])
+        ranking_loss = bpr_loss(self.user_vectors(users), rows(items, positives), rows(items, negatives))
+        users_penalty = l2_penalty(self.user_factors, users, norm=self.l2_norm)  # gamma_u, theta_u
         if self.penalty == "batch":
-            return ranking_loss + self.l2 * l2_penalty(*batch)
-        ids = l2_penalty(batch[0], *(rows(table, items) for table in (self.item_factors, self.item_bias)
-                                     for items in (positives, negatives)))  # gamma_u, theta_u; gamma_i, beta_i
+            return ranking_loss + self.l2 * (users_penalty + l2_penalty(items, positives, negatives,
+                                                                        norm=self.l2_norm))
+        ids = users_penalty + sum(l2_penalty(table, positives, negatives)  # gamma_i, beta_i
+                                  for table in (self.item_factors, self.item_bias))
         content = 0.5 * (self.projection.weight.pow(2).sum() + self.content_bias.pow(2).sum())
         return ranking_loss + self.l2 * ids + self.l2_content * content
 
