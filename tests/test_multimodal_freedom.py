@@ -62,7 +62,7 @@ def test_the_learned_mix_is_a_named_variant_whose_weights_train(fitted):
     alpha = torch.softmax(logits, 0).numpy()
     expected = alpha[0] * dense_knn_graph(modalities["text"], 3) @ ego + alpha[1] * dense_knn_graph(
         modalities["image"], 3) @ ego
-    np.testing.assert_allclose(model.model.item_graph_embeddings().detach().numpy(), expected, rtol=1e-4, atol=1e-6)
+    np.testing.assert_allclose(model.model.item_graph_embeddings(model.model.item_graphs).detach().numpy(), expected, rtol=1e-4, atol=1e-6)
 
 
 def test_no_embedding_l2_by_default():
@@ -119,3 +119,30 @@ def test_runs_with_a_single_modality_and_without_projection_loss(fitted):
         assert np.isfinite(model.score_block(np.arange(12))).all()
         np.testing.assert_allclose(model.model.item_graphs[0].matrix.toarray(),
                                    dense_knn_graph(modalities["text"], 2), rtol=1e-6)
+
+
+def test_inductive_content_graph_trains_on_the_warm_graph_and_scores_new_items_by_their_warm_neighbours():
+    """content_graph="inductive": training propagates over the graph of the warm items alone; a new item's
+    vector is its inserted row of the scoring graph applied to the trained item embeddings (its own ID
+    embedding and user-item edges are absent)."""
+    rng = np.random.default_rng(1)
+    dense = random_history(12, 8, 0.5, 3).toarray()
+    dense[:, [2, 6]] = 0.0  # new items
+    text = rng.normal(size=(8, 4)).astype(np.float32)
+    model = FREEDOM({"text": text}, knn_k=3, edge_drop=0.0, dim=4, unseen_items="content",
+                    content_graph="inductive", **TINY | {"epochs": 2}).fit(history_of(dense))
+    net = model.model
+    warm = dense.sum(axis=0) > 0
+    trained_graph = net.item_graphs[0].matrix.toarray()
+    assert not trained_graph[~warm].any() and not trained_graph[:, ~warm].any()
+    scoring_graph = net.scoring_item_graphs[0].matrix.toarray()
+    np.testing.assert_allclose(scoring_graph[warm], trained_graph[warm], rtol=1e-6)
+    items = net.ego[net.n_users:].detach().numpy().astype(np.float64)
+    assert not items[~warm].any()
+    np.testing.assert_allclose(model.item_factors[~warm], (scoring_graph @ items)[~warm], rtol=1e-5, atol=1e-6)
+    assert np.abs(model.item_factors[~warm]).sum() > 0
+
+
+def test_inductive_content_graph_needs_new_items_scored_from_content():
+    with pytest.raises(ValueError, match="unseen_items"):
+        FREEDOM({"text": np.ones((4, 2), dtype=np.float32)}, content_graph="inductive")

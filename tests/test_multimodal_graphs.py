@@ -7,8 +7,9 @@ import scipy.sparse as sp
 import torch
 from multimodal_helpers import dense_normalized_adjacency, random_history
 
-from vlm4rec.multimodal.graphs import (GraphOperator, degree_sensitive_dropout, first_maximum_per_row,
-                                       interaction_graph, knn_graph, layer_mean, max_fusion, sym_normalize)
+from vlm4rec.multimodal.graphs import (GraphOperator, content_graph_features, degree_sensitive_dropout,
+                                       first_maximum_per_row, interaction_graph, knn_graph, layer_mean, max_fusion,
+                                       sym_normalize)
 
 
 def test_interaction_graph_hand_example():
@@ -175,3 +176,41 @@ def test_knn_graph_with_self_loops_counts_the_item_among_its_k():
     graph = knn_graph(x, 2, weighted=False, self_loops=True).toarray()
     assert [list(np.flatnonzero(row)) for row in graph] == [[0, 1], [0, 1], [1, 2], []]
     np.testing.assert_allclose(graph[0], [0.5, 0.5, 0, 0], rtol=1e-6)  # D^-1/2 S D^-1/2, row sums 2
+
+
+def brute_force_inserted_knn(features: np.ndarray, k: int, weighted: bool, warm: np.ndarray) -> np.ndarray:
+    """Each represented item, itself and its k - 1 most cosine-similar represented warm items other than
+    itself (ties: lower index), cosine-weighted or binary, then D^-1/2 S D^-1/2 with D the row sums."""
+    norms = np.linalg.norm(features, axis=1)
+    present = norms > 0
+    s = np.zeros((len(features), len(features)))
+    for i in np.flatnonzero(present):
+        s[i, i] = 1.0
+        sims = sorted((-(features[i] @ features[j]) / (norms[i] * norms[j]), j)
+                      for j in np.flatnonzero(present & warm) if j != i)
+        for negative_cos, j in sims[:k - 1]:
+            s[i, j] = -negative_cos if weighted else 1.0
+    s[s < 0] = 0.0
+    degree = s.sum(axis=1)
+    scale = np.divide(1.0, np.sqrt(degree), out=np.zeros_like(degree), where=degree > 0)
+    return scale[:, None] * s * scale[None, :]
+
+
+@pytest.mark.parametrize("weighted", [False, True])
+def test_inductive_knn_graph_keeps_the_warm_graph_and_inserts_each_new_item_by_its_warm_neighbours(weighted):
+    """Warm rows: exactly the graph of the warm items alone (what training propagates over); a new item's
+    row: itself and its nearest warm items; no new item is any other item's neighbour."""
+    rng = np.random.default_rng(7)
+    features = rng.normal(size=(12, 4)).astype(np.float32)
+    features[7] = 0.0                              # missing: no edges
+    features[3] = features[10] = features[9]       # exact ties: the lower index first
+    warm = np.ones(12, dtype=bool)
+    warm[[2, 5, 10]] = False
+    graph = knn_graph(features, 3, weighted, self_loops=True, warm=warm).toarray()
+    np.testing.assert_allclose(graph, brute_force_inserted_knn(features.astype(np.float64), 3, weighted, warm),
+                               rtol=1e-5, atol=1e-6)
+    warm_alone = knn_graph(content_graph_features([features], warm)[0], 3, weighted, self_loops=True).toarray()
+    np.testing.assert_allclose(graph[warm], warm_alone[warm], rtol=1e-6)
+    assert not warm_alone[~warm].any() and not warm_alone[:, ~warm].any()
+    for new in (2, 5, 10):
+        assert list(np.flatnonzero(graph[:, new])) == [new]

@@ -112,3 +112,18 @@ def test_selection_and_refits_see_only_their_own_histories(attribute, name, monk
     assert len(monitored) == 2 and all(pairs(split.targets) == split_pairs(data, ("val",)) for split in monitored)
     chosen_epochs = results[evaluation.MethodKey(name, 0)].config["epochs"]
     assert all(result.config["epochs"] == chosen_epochs for result in results.values())
+
+
+@pytest.mark.parametrize("name", ["freedom", "smore"])
+def test_inductive_content_graphs_carry_an_informative_image_to_new_items(attribute, name):
+    """The strictly inductive new-item form (graphs of the warm items, new items inserted at scoring) still
+    reaches the cold items through an informative image, and not through a shuffled one."""
+    data, eval_data = attribute
+    history = eval_data.trainval_history
+    options = FAST | {"unseen_items": "content", "content_graph": "inductive"}
+    extra = {"text": np.random.default_rng(5).normal(size=data.image.shape).astype(np.float32)} \
+        if name == "smore" else {}
+    informative = cold_auc(MODELS[name]({"image": data.image} | extra, **options).fit(history), data, eval_data)
+    shuffled = cold_auc(MODELS[name]({"image": shuffled_rows(data.image)} | extra, **options).fit(history),
+                        data, eval_data)
+    assert informative > shuffled + 0.25, (name, informative, shuffled)

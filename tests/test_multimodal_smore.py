@@ -160,7 +160,7 @@ def test_views_attention_and_preference_gates_equal_a_dense_reimplementation(mod
     net = reference_init.model
     net.eval()
     with torch.no_grad():
-        behavioural, side = (t.double().numpy() for t in net.views())
+        behavioural, side = (t.double().numpy() for t in net.views(net.item_graphs))
     expected_behavioural, expected_side = dense_views(net, modalities, HISTORY, (3, 2))
     np.testing.assert_allclose(behavioural, expected_behavioural, rtol=1e-4, atol=1e-6)
     np.testing.assert_allclose(side, expected_side, rtol=1e-4, atol=1e-6)

@@ -19,7 +19,8 @@ from pydantic import (AfterValidator, BaseModel, ConfigDict, Field, PrivateAttr,
                       field_validator, model_validator)
 
 from vlm4rec.errors import StudyError
-from vlm4rec.methods import CATALOGUE, LEARNED_FUSIONS, TRAINED_MODELS, fusion_method, hybrid_method, of_kind, option_problems
+from vlm4rec.methods import (CATALOGUE, LEARNED_FUSIONS, TRAINED_MODELS, ContentGraph, fusion_method, hybrid_method,
+                             of_kind, option_problems)
 from vlm4rec.names import SafeName, checked_name
 from vlm4rec.secrets import SECRET_ERROR, KeyVariable, key_variable
 
@@ -473,6 +474,9 @@ class ColdStartParams(Section):
     fusion_learned: list[LearnedFusion] = Field(description="learned fusions evaluated on new items")
     graph_cells: list[SafeName] = Field(description="graph.cells evaluated on new items in their new-item form "
                                                "(content-free models such as LightGCN are not allowed)")
+    content_graph: ContentGraph = Field(description="the item-item content graphs of the cells' FREEDOM and SMORE: "
+                                                    "transductive (every item's features) | inductive (the warm "
+                                                    "items', new items inserted at scoring)")
     models: list[ColdStartModel] = Field(description="dedicated cold-start recommenders (vlm4rec/coldstart), each "
                                                      "fed every representation of model_content")
     model_content: list[SafeName] = Field(description="representations (data/embeddings) fed to each model of "

@@ -32,6 +32,7 @@ Negatives = Literal["all", "seen"]
 NewItemScoring = Literal["learned", "content"]
 ModalityMix = Literal["fixed", "learned"]
 L2Norm = Literal["squared", "frobenius"]
+ContentGraph = Literal["transductive", "inductive"]
 
 
 # ----------------------------------------------------------------------------------------------- configurations
@@ -89,7 +90,22 @@ class VBPRConfig(BPRConfig):
         return self
 
 
-class FREEDOMConfig(LightGCNConfig):
+class ItemGraphConfig(LightGCNConfig):
+    """The options of the models with item-item content graphs (FREEDOM, SMORE)."""
+
+    content_graph: ContentGraph = Field(
+        "transductive", description="new items: graphs over every item's features (transductive in content) | "
+                                    "over the warm items, each new item inserted at scoring (inductive)")
+
+    @model_validator(mode="after")
+    def _inductive_graphs_need_new_items(self) -> "ItemGraphConfig":
+        if self.content_graph == "inductive" and self.unseen_items != "content":
+            raise ValueError("content_graph='inductive' inserts the new items at scoring; it needs "
+                             f"unseen_items='content' (got {self.unseen_items!r})")
+        return self
+
+
+class FREEDOMConfig(ItemGraphConfig):
     layers: int = Field(2, ge=0, description="user-item LightGCN layers")
     l2: float = Field(0.0, ge=0, description="LightGCN's ego-embedding L2 term (0: the reference loss)")
     item_layers: int = Field(1, ge=1, description="item-item graph convolutions")
@@ -103,7 +119,7 @@ class FREEDOMConfig(LightGCNConfig):
     finetune_features: bool = Field(False, description="train the normalised feature tables too")
 
 
-class SMOREConfig(LightGCNConfig):
+class SMOREConfig(ItemGraphConfig):
     lr_decay: float = Field(0.96, gt=0, le=1, description="learning rate * lr_decay^(epoch / lr_decay_step)")
     item_layers: int = Field(1, ge=1, description="item-item graph convolutions per view")
     image_knn_k: int = Field(10, ge=1, description="neighbours per item in the image graph, itself included")

@@ -16,6 +16,9 @@ Recommendation", ACM MM 2023). Follows the authors' code in MMRec (``src/models/
   3.2.2): each epoch keeps a share ``1 - edge_drop`` of the training edges, sampled without replacement
   with probability proportional to 1 / sqrt(d_u d_i), and is renormalised; scoring uses the full graph.
 - Final user = LightGCN user; final item = LightGCN item + h.
+- New items (``unseen_items="content"``): ``content_graph="transductive"`` (the reference's form) builds the
+  item-item graphs from every item's features; ``"inductive"`` trains over the warm items' graph alone and
+  inserts each new item at scoring by its nearest warm items (:func:`~vlm4rec.multimodal.graphs.knn_graph`).
 - Loss: BPR on the final embeddings + ``projection_weight`` * sum_m BPR(user, W_m f_i + b_m) with the
   projected modality features as item representations (the reference's ``reg_weight``, grid 0, 1e-5, 1e-4,
   1e-3: it weighs these projection losses, there is no embedding L2 in the reference) + ``l2`` * the
@@ -42,8 +45,8 @@ import torch
 from torch import nn
 
 from vlm4rec.methods import FREEDOMConfig, L2Norm
-from vlm4rec.multimodal.graphs import (GraphOperator, degree_sensitive_dropout, interaction_graph, knn_graph,
-                                       weighted_sum)
+from vlm4rec.multimodal.graphs import (GraphOperator, content_graph_features, degree_sensitive_dropout,
+                                       interaction_graph, knn_graph, warm_items, weighted_sum)
 from vlm4rec.multimodal.lightgcn import LightGCN, LightGCNModel
 from vlm4rec.layers import linear
 from vlm4rec.multimodal.bpr import ContentFeatures, Init, bpr_rows_loss
@@ -64,18 +67,16 @@ class FreedomModel(LightGCNModel):
     def __init__(self, history: sp.csr_matrix, features: ContentFeatures, dim: int, layers: int,
                  item_layers: int, knn_k: int, edge_drop: float, projection_weight: float, l2: float,
                  mix_weights: list[float] | None, generator: torch.Generator, device: torch.device, init: Init,
-                 l2_norm: L2Norm = "squared"):
+                 l2_norm: L2Norm = "squared", warm: np.ndarray | None = None):
         super().__init__(history, dim, layers, l2, generator, device, init, l2_norm)
         self.history, self.graph_device = history, device
         self.item_layers, self.edge_drop, self.projection_weight = item_layers, edge_drop, projection_weight
-        self.features = features
-        graphs = [knn_graph(x, knn_k, weighted=False, self_loops=True) for x in features.initial()]
-        if mix_weights is None:  # learned mix: one graph per modality, softmax weights
-            self.item_graphs = [GraphOperator(g, device) for g in graphs]
-            self.modality_logits = nn.Parameter(torch.zeros(len(features)))
-        else:
-            self.item_graphs = [GraphOperator(weighted_sum(graphs, mix_weights), device)]
-            self.modality_logits = None
+        self.features, self.mix_weights = features, mix_weights
+        self.modality_logits = nn.Parameter(torch.zeros(len(features))) if mix_weights is None else None
+        self.item_graphs = self.mixed([knn_graph(x, knn_k, weighted=False, self_loops=True)
+                                       for x in content_graph_features(features.initial(), warm)])
+        self.scoring_item_graphs = self.item_graphs if warm is None else self.mixed(
+            [knn_graph(x, knn_k, weighted=False, self_loops=True, warm=warm) for x in features.initial()])
         linear_init = "torch" if init == "reference" else "xavier_uniform"
         self.projections = nn.ModuleList(linear(x.shape[1], dim, generator, init=linear_init)
                                          for x in features.matrices())
@@ -86,23 +87,29 @@ class FreedomModel(LightGCNModel):
             kept = degree_sensitive_dropout(self.history, self.edge_drop, rng)
             self.train_adjacency = GraphOperator(interaction_graph(kept), self.graph_device, symmetric=True)
 
-    def item_graph_embeddings(self) -> torch.Tensor:
+    def mixed(self, graphs: list[sp.csr_matrix]) -> list[GraphOperator]:
+        """The modality graphs as operators: one per modality (learned mix) or their fixed mix."""
+        if self.mix_weights is None:
+            return [GraphOperator(g, self.graph_device) for g in graphs]
+        return [GraphOperator(weighted_sum(graphs, self.mix_weights), self.graph_device)]
+
+    def item_graph_embeddings(self, item_graphs: list[GraphOperator]) -> torch.Tensor:
         """h = (sum_m alpha_m S_m)^item_layers applied to the items' ID (ego) embeddings."""
         h = self.ego[self.n_users:]
         for _ in range(self.item_layers):
             if self.modality_logits is None:
-                h = self.item_graphs[0] @ h
+                h = item_graphs[0] @ h
             else:
                 weights = torch.softmax(self.modality_logits, dim=0)
-                h = sum(w * (graph @ h) for w, graph in zip(weights, self.item_graphs))
+                h = sum(w * (graph @ h) for w, graph in zip(weights, item_graphs))
         return h
 
-    def final(self, adjacency: GraphOperator) -> tuple[torch.Tensor, torch.Tensor]:
+    def final(self, adjacency: GraphOperator, item_graphs: list[GraphOperator]) -> tuple[torch.Tensor, torch.Tensor]:
         users, items = self.propagate(adjacency)
-        return users, items + self.item_graph_embeddings()
+        return users, items + self.item_graph_embeddings(item_graphs)
 
     def loss(self, users: torch.Tensor, positives: torch.Tensor, negatives: torch.Tensor) -> torch.Tensor:
-        user_final, item_final = self.final(self.train_adjacency)
+        user_final, item_final = self.final(self.train_adjacency, self.item_graphs)
         loss = bpr_rows_loss(user_final, item_final, users, positives, negatives)
         if self.projection_weight > 0:
             projected = self.features.projected(self.projections)
@@ -111,7 +118,7 @@ class FreedomModel(LightGCNModel):
         return loss + self.ego_penalty(users, positives, negatives)
 
     def vectors(self) -> tuple[torch.Tensor, torch.Tensor]:
-        return self.final(self.adjacency)
+        return self.final(self.adjacency, self.scoring_item_graphs)
 
 
 class FREEDOM(LightGCN):
@@ -147,4 +154,4 @@ class FREEDOM(LightGCN):
                if self.modality_mix == "fixed" else None)
         return FreedomModel(history, features, self.dim, self.layers, self.item_layers, self.knn_k, self.edge_drop,
                             self.projection_weight, self.l2, mix, generator, device, self.init,
-                            self.l2_norm).to(device)
+                            self.l2_norm, warm_items(history, self.content_graph)).to(device)

@@ -8,7 +8,9 @@
                               items, the item itself among them (as the references' top-k) or not,
                               binary (FREEDOM) or weighted by the cosine (SMORE), normalised D^-1/2 S D^-1/2
                               with D the row sums; the neighbour search is memoised per process (seeds and
-                              refits reuse it).
+                              refits reuse it). Given the warm items, the strictly inductive form: warm
+                              items only as neighbours, each new item inserted by its warm neighbours.
+``warm_items``, ``content_graph_features``  what the inductive form builds the training graphs from.
 ``max_fusion``                SMORE's fusion graph: the element-wise maximum of the modality graphs.
 ``degree_sensitive_dropout``  FREEDOM's degree-sensitive edge pruning of the user-item graph.
 ``GraphOperator``             a fixed sparse matrix as a differentiable torch operation: torch CSR products
@@ -25,6 +27,7 @@ import scipy.sparse as sp
 import torch
 
 from vlm4rec.matching import item_neighbours, stored_coordinates
+from vlm4rec.methods import ContentGraph
 from vlm4rec.vectors import normalize_rows
 
 
@@ -53,7 +56,8 @@ def interaction_graph(history: sp.spmatrix) -> sp.csr_matrix:
     return sym_normalize(sp.bmat([[None, history], [history.T, None]], format="csr"))
 
 
-def knn_graph(features: np.ndarray, k: int, weighted: bool, self_loops: bool = False) -> sp.csr_matrix:
+def knn_graph(features: np.ndarray, k: int, weighted: bool, self_loops: bool = False,
+              warm: np.ndarray | None = None) -> sp.csr_matrix:
     """Normalised item-item kNN graph of one modality ``(n_items, d)``.
 
     Row i holds the ``k`` items with the highest cosine to item i (ties to the lower index). With
@@ -64,10 +68,20 @@ def knn_graph(features: np.ndarray, k: int, weighted: bool, self_loops: bool = F
     dropped so that degrees stay positive), otherwise every edge weighs 1 (FREEDOM). The neighbour search
     is memoised (:func:`~vlm4rec.matching.item_neighbours`): the graphs depend on the features only, not on
     the history, so seeds and refits search once.
+
+    ``warm`` (a bool per item; the strictly inductive new-item form): only warm items are neighbours. The
+    warm items' rows are exactly the graph of the warm items alone (what training propagates over: build
+    it by zeroing the other items' features), and each other item with the modality is inserted with a row
+    of its own ``k`` nearest warm items (itself among them with ``self_loops``): the graph at scoring.
     """
     unit = normalize_rows(features)
-    neighbours = item_neighbours(unit, k - 1 if self_loops else k) if k > int(self_loops) else \
-        sp.csr_matrix((len(unit), len(unit)), dtype=np.float32)
+    n_others = k - 1 if self_loops else k
+    if warm is None:
+        neighbours = item_neighbours(unit, n_others) if n_others > 0 else \
+            sp.csr_matrix((len(unit), len(unit)), dtype=np.float32)
+    else:
+        warm = np.asarray(warm, dtype=bool)
+        neighbours = knn_edges_of_warm(unit, warm, n_others)
     if self_loops:
         present = unit.any(axis=1).astype(np.float32)
         neighbours = (neighbours + sp.diags(present)).tocsr()
@@ -77,6 +91,37 @@ def knn_graph(features: np.ndarray, k: int, weighted: bool, self_loops: bool = F
     else:
         neighbours.data[:] = 1.0
     return sym_normalize(neighbours)
+
+
+def knn_edges_of_warm(unit: np.ndarray, warm: np.ndarray, k: int) -> sp.csr_matrix:
+    """Cosine kNN edges (``k`` per represented item, to the lower index on ties) whose targets are warm
+    items only: the warm items' rows as among the warm items alone, every other represented item's row
+    against the warm items (the engine's exact similarity: the float64 product rounded to float32)."""
+    warm_unit = unit * warm[:, None]
+    edges = item_neighbours(warm_unit, k) if k > 0 else sp.csr_matrix((len(unit), len(unit)), dtype=np.float32)
+    inserted = np.flatnonzero(~warm & unit.any(axis=1))
+    warm_items = np.flatnonzero(warm & unit.any(axis=1))
+    k = min(k, len(warm_items))
+    if k == 0 or len(inserted) == 0:
+        return edges
+    sims = (unit[inserted].astype(np.float64) @ unit[warm_items].astype(np.float64).T).astype(np.float32)
+    best = np.argsort(-sims, axis=1, kind="stable")[:, :k]  # stable: ties to the lower warm index
+    rows = np.repeat(inserted, k)
+    values = np.take_along_axis(sims, best, axis=1).ravel()
+    new_rows = sp.csr_matrix((values, (rows, warm_items[best].ravel())), shape=edges.shape, dtype=np.float32)
+    return (edges + new_rows).tocsr()
+
+
+def warm_items(history: sp.csr_matrix, content_graph: ContentGraph) -> np.ndarray | None:
+    """The items with a positive in ``history`` (a bool per item) for ``inductive`` content graphs; None for
+    ``transductive`` ones (built from every item's features)."""
+    return np.asarray(history.getnnz(axis=0) > 0) if content_graph == "inductive" else None
+
+
+def content_graph_features(features: list[np.ndarray], warm: np.ndarray | None) -> list[np.ndarray]:
+    """The features the training graphs are built from: every item's (``warm`` None), or the warm items'
+    only, the others' rows zeroed (they get no edges and are nobody's neighbour)."""
+    return features if warm is None else [x * warm[:, None].astype(x.dtype) for x in features]
 
 
 def weighted_sum(graphs: list[sp.csr_matrix], weights: list[float]) -> sp.csr_matrix:

@@ -14,7 +14,9 @@ modality.
    the item itself among them (the reference's top-k), weighted by the cosine, normalised D^-1/2 S D^-1/2;
    the fusion graph is their element-wise maximum. Each view is convolved ``item_layers`` times over its
    graph; user views are the normalised user-item matrix times the item views. The behavioural view is
-   LightGCN over the user-item graph.
+   LightGCN over the user-item graph. New items (``unseen_items="content"``): the graphs are built from
+   every item's features (``content_graph="transductive"``, the reference's form) or from the warm items'
+   only, each new item inserted at scoring by its nearest warm items (``"inductive"``).
 4. Modality-aware preference: each uni-modal view is weighted by a softmax attention over the embedding
    axis computed from the fusion view; a sigmoid preference gate from the behavioural view (with
    ``dropout``) scales every view; side = mean of the gated views; final = behavioural + side.
@@ -50,7 +52,7 @@ import torch
 from torch import nn
 
 from vlm4rec.methods import L2Norm, SMOREConfig
-from vlm4rec.multimodal.graphs import GraphOperator, knn_graph, max_fusion
+from vlm4rec.multimodal.graphs import GraphOperator, content_graph_features, knn_graph, max_fusion, warm_items
 from vlm4rec.multimodal.lightgcn import LightGCN, LightGCNModel
 from vlm4rec.layers import LinearInit, linear, rows
 from vlm4rec.multimodal.bpr import ContentFeatures, Init, bpr_rows_loss, dropout, info_nce, l2_penalty
@@ -110,19 +112,27 @@ def attention_query(dim: int, generator: torch.Generator, init: LinearInit) -> n
                          linear(dim, dim, generator, bias=False, init=init))
 
 
+def view_graphs(features: list[np.ndarray], knn_ks: list[int], warm: np.ndarray | None,
+                device: torch.device) -> list[GraphOperator]:
+    """The item-item graph of each modality (cosine-weighted, self-loops) and their max-fusion graph."""
+    graphs = [knn_graph(x, k, weighted=True, self_loops=True, warm=warm) for x, k in zip(features, knn_ks)]
+    return [GraphOperator(g, device) for g in graphs] + [GraphOperator(max_fusion(graphs), device)]
+
+
 class SmoreModel(LightGCNModel):
     """Behavioural LightGCN view plus gated, spectrally fused modality views over item-item graphs."""
 
     def __init__(self, history: sp.csr_matrix, features: ContentFeatures, dim: int, layers: int,
                  item_layers: int, knn_ks: list[int], l2: float, cl_weight: float, temperature: float,
                  dropout: float, generator: torch.Generator, device: torch.device, init: Init,
-                 l2_norm: L2Norm = "squared"):
+                 l2_norm: L2Norm = "squared", warm: np.ndarray | None = None):
         super().__init__(history, dim, layers, l2, generator, device, init, l2_norm)
         self.features, self.generator = features, generator
         self.item_layers, self.cl_weight, self.temperature, self.dropout = item_layers, cl_weight, temperature, dropout
         n_views = len(features) + 1  # every modality, then the fusion
-        graphs = [knn_graph(x, k, weighted=True, self_loops=True) for x, k in zip(features.initial(), knn_ks)]
-        self.item_graphs = [GraphOperator(g, device) for g in graphs] + [GraphOperator(max_fusion(graphs), device)]
+        self.item_graphs = view_graphs(content_graph_features(features.initial(), warm), knn_ks, None, device)
+        self.scoring_item_graphs = self.item_graphs if warm is None else view_graphs(
+            features.initial(), knn_ks, warm, device)
         self.user_items = GraphOperator(self.adjacency.matrix[:self.n_users, self.n_users:], device)
         linear_init: LinearInit = "torch" if init == "reference" else "xavier_uniform"
         self.projections = nn.ModuleList(linear(x.shape[1], dim, generator, init=linear_init)
@@ -137,14 +147,14 @@ class SmoreModel(LightGCNModel):
         self.queries = nn.ModuleList(attention_query(dim, generator, linear_init) for _ in features.matrices())
         self.preference_gates = nn.ModuleList(gate(dim, generator, linear_init) for _ in range(n_views))
 
-    def views(self) -> tuple[torch.Tensor, torch.Tensor]:
-        """(behavioural, side) embeddings of all users then all items."""
+    def views(self, item_graphs: list[GraphOperator]) -> tuple[torch.Tensor, torch.Tensor]:
+        """(behavioural, side) embeddings of all users then all items, the item views over ``item_graphs``."""
         behavioural = torch.cat(self.propagate(self.adjacency))
         denoised, fused = spectral_fusion(self.features.projected(self.projections), self.modality_filters,
                                           self.fused_filter)
         item_ids = self.ego[self.n_users:]
         item_views = []
-        for feature, id_gate, graph in zip(denoised + [fused], self.id_gates, self.item_graphs):
+        for feature, id_gate, graph in zip(denoised + [fused], self.id_gates, item_graphs):
             items = item_ids * id_gate(feature)
             for _ in range(self.item_layers):
                 items = graph @ items
@@ -158,7 +168,7 @@ class SmoreModel(LightGCNModel):
         return behavioural, side
 
     def loss(self, users: torch.Tensor, positives: torch.Tensor, negatives: torch.Tensor) -> torch.Tensor:
-        behavioural, side = self.views()
+        behavioural, side = self.views(self.item_graphs)
         final = behavioural + side
         items = (self.n_users + positives, self.n_users + negatives)
         loss = bpr_rows_loss(final, final, users, *items) + self.l2 * l2_penalty(final, users, *items,
@@ -170,7 +180,7 @@ class SmoreModel(LightGCNModel):
         return loss
 
     def vectors(self) -> tuple[torch.Tensor, torch.Tensor]:
-        behavioural, side = self.views()
+        behavioural, side = self.views(self.scoring_item_graphs)
         final = behavioural + side
         return final[:self.n_users], final[self.n_users:]
 
@@ -207,4 +217,5 @@ class SMORE(LightGCN):
         features = ContentFeatures(self.modalities, history.shape[1], trainable=self.finetune_features)
         return SmoreModel(history, features, self.dim, self.layers, self.item_layers,
                           [self.image_knn_k, self.text_knn_k], self.l2, self.cl_weight, self.temperature,
-                          self.dropout, generator, device, self.init, self.l2_norm).to(device)
+                          self.dropout, generator, device, self.init, self.l2_norm,
+                          warm_items(history, self.content_graph)).to(device)

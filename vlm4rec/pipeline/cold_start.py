@@ -38,7 +38,7 @@ from vlm4rec.multimodal import candidates as graph_candidates, regime_options
 from vlm4rec.fusion_candidates import FusionTrainer, hybrid_candidates, late_fusion_candidates
 from vlm4rec.gallery import user_gallery
 from vlm4rec.errors import StudyError
-from vlm4rec.methods import CATALOGUE, HYBRID, cold_start_method, fusion_method, hybrid_method
+from vlm4rec.methods import CATALOGUE, HYBRID, ContentGraph, cold_start_method, fusion_method, hybrid_method
 from vlm4rec.pipeline.outputs import (EMBEDDINGS_DIR, PLOTS_DIR, PREPARED_DIR, RESULTS_DIR, chosen_ease_l2,
                                       peak_rss_mb, timed)
 from vlm4rec.pipeline.new_item_tables import new_item_curves
@@ -128,7 +128,7 @@ def run(evaluation: EvalParams, cold_start: ColdStartParams, fusion: FusionParam
                                                       metric, seeds, COLD_RESULTS))
         for cell in cold_start.graph_cells:
             spec = graph.cells[cell]
-            fixed = regime_options(graph, spec.model) | {"unseen_items": "content"}
+            fixed = new_item_options(graph, spec.model, cold_start.content_graph)
             cell_modalities = {name: load_vectors(EMBEDDINGS_DIR, name, f"graph.cells.{cell}.modalities")
                                for name in spec.modalities}
             grid = graph.chosen_scale.grids[spec.model]
@@ -173,6 +173,16 @@ def run(evaluation: EvalParams, cold_start: ColdStartParams, fusion: FusionParam
     PLOTS_DIR.mkdir(exist_ok=True)
     new_item_curves(metrics).to_csv(PLOTS_DIR / "cold_start_at_k.csv", index=False)
     return results, metrics, chance
+
+
+def new_item_options(graph: GraphParams, model: str, content_graph: ContentGraph) -> dict[str, Any]:
+    """A graph cell's options in its new-item form: the regime's, new items scored from content alone and,
+    for the models with item-item content graphs, the form of those graphs."""
+    options = regime_options(graph, model) | {"unseen_items": "content"}
+    config = CATALOGUE[model].config
+    if config is not None and "content_graph" in config.model_fields:
+        options["content_graph"] = content_graph
+    return options
 
 
 def warm_backbone(graph: GraphParams, epochs: int) -> Callable[[int], FittedOnce]:
