@@ -11,6 +11,7 @@ from threadpoolctl import threadpool_limits
 from vlm4rec.matching import (FactorRecommender, PhaseClock, ProfileRecommender, Recommender, ScoreMix,
                               history_weights, item_neighbours, recommend, recommend_torch, standardize_rows)
 from vlm4rec import matching, selection
+from vlm4rec.selection import RunningTopK
 from vlm4rec.splits import History, build_history
 
 
@@ -135,6 +136,21 @@ def test_recommend_equals_stable_full_sort_on_large_tied_rows(k: int) -> None:
                                                 tile_items=tile_items), expected)
         np.testing.assert_array_equal(recommend_on_torch_cpu(FixedScores(scores), np.arange(40), none_seen, k,
                                                              tile_items=tile_items), expected)
+
+
+def test_running_top_k_holds_only_the_exact_ties_the_tie_rule_can_still_rank() -> None:
+    """With margin 0 an all-tied row keeps its k lowest items, not the whole tile, and a row that brings
+    many candidates is merged apart from the others without changing what either holds."""
+    k, width = 3, 100
+    scores = np.zeros((2, width), dtype=np.float32)
+    scores[1, :5] = [5.0, 4.0, 4.0, 4.0, 1.0]  # row 1: one above the k-th score, then three tied at it
+    scores[1, 5:] = -np.inf
+    held = RunningTopK(2, k, np.zeros(2))
+    rows, columns = np.nonzero(scores > -np.inf)
+    held.merge(rows, columns, scores[rows, columns])
+    assert held.scores.shape[1] == k
+    np.testing.assert_array_equal(held.items, [[0, 1, 2], [0, 1, 2]])
+    np.testing.assert_array_equal(held.ordered(None, width), [[0, 1, 2], [0, 1, 2]])
 
 
 # ---- the tie rule of factor models: exact scores, then item index ---------------------------------

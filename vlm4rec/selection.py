@@ -125,6 +125,9 @@ def kth_lower_bound_torch(scores: torch.Tensor, k: int) -> torch.Tensor:
     return maxima.topk(k, dim=1).values[:, -1]
 
 
+WIDE_ARRIVALS = 8  # a row bringing more than this many times k candidates to a merge is merged apart
+
+
 class RunningTopK:
     """The candidates of a block of users, merged tile by tile in increasing item order.
 
@@ -147,9 +150,24 @@ class RunningTopK:
         return floors
 
     def merge(self, rows: np.ndarray, items: np.ndarray, scores: np.ndarray) -> None:
-        """Add candidates (block row, item, float32 score), grouped by row, all after the items held."""
+        """Add candidates (block row, item, float32 score), grouped by row, all after the items held. Rows
+        that bring many more candidates than ``WIDE_ARRIVALS`` * k (a user whose items all tie) are merged
+        apart from the others, so that the rest are not padded to their width."""
         if not len(rows):
             return
+        arrivals = np.bincount(rows, minlength=len(self.kth))
+        wide = arrivals > WIDE_ARRIVALS * self.k
+        if wide.any() and (arrivals[~wide] > 0).any():
+            apart = wide[rows]
+            self._merge_rows(rows[~apart], items[~apart], scores[~apart])
+            self._merge_rows(rows[apart], items[apart], scores[apart])
+        else:
+            self._merge_rows(rows, items, scores)
+
+    def _merge_rows(self, rows: np.ndarray, items: np.ndarray, scores: np.ndarray) -> None:
+        """:meth:`merge` of candidates padded to their widest row: per row, the new running k-th score and
+        the candidates still in reach of it (of exact ties at it, only the ones the tie rule can still rank:
+        the lowest item indices, as many as the places left)."""
         arrivals = np.bincount(rows, minlength=len(self.kth))
         hit = np.flatnonzero(arrivals)
         arrivals = arrivals[hit]
@@ -164,6 +182,10 @@ class RunningTopK:
         kth = (np.partition(merged, width - self.k, axis=1)[:, width - self.k] if width >= self.k
                else np.full(len(hit), -np.inf, dtype=np.float32))
         keep = (merged >= (kth - self.margins[hit])[:, None]) & (merged > -np.inf)
+        ties = (merged == kth[:, None]) & (self.margins[hit] == 0)[:, None]  # merged is in item order
+        if ties.any():
+            places = self.k - np.count_nonzero(merged > kth[:, None], axis=1)
+            keep &= ~ties | (np.cumsum(ties, axis=1) <= places[:, None])
         counts = np.count_nonzero(keep, axis=1)
         if counts.max() > self.scores.shape[1]:
             grow = counts.max() - self.scores.shape[1]
