@@ -25,7 +25,7 @@ from __future__ import annotations
 import math
 import time
 from dataclasses import dataclass
-from typing import Any, Literal, Mapping, Sequence
+from typing import Any, Callable, Literal, Mapping, Sequence
 
 import numpy as np
 import scipy.sparse as sp
@@ -37,7 +37,7 @@ from vlm4rec.matching import FactorRecommender, history_weights, user_profiles
 from vlm4rec.config import LearnedFusion
 from vlm4rec.layers import linear, rows
 from vlm4rec.reproducibility import deterministic_torch
-from vlm4rec.splits import History, binarize, sample_negatives
+from vlm4rec.splits import History, binarize, history_membership, sample_negatives
 from vlm4rec.training import EarlyStopping, TrainingLog, TrainingOptions, train_epochs
 from vlm4rec.vectors import check_modalities, normalize_rows
 
@@ -360,8 +360,10 @@ class FusionResult:
 
 def _train_epoch(model: FusionModule, optimizer: torch.optim.Optimizer,
                  features: Mapping[str, torch.Tensor], history: sp.csr_matrix, rng: np.random.Generator,
-                 batch_size: int, negatives: int, temperature: float) -> float:
-    """One pass over the users with >= 2 train items (one held-out positive each); mean batch loss."""
+                 batch_size: int, negatives: int, temperature: float,
+                 in_history: Callable[[np.ndarray], np.ndarray]) -> float:
+    """One pass over the users with >= 2 train items (one held-out positive each); mean batch loss.
+    ``in_history``: :func:`~vlm4rec.splits.history_membership` of ``history``, built once per training."""
     users, held_out = held_out_examples(history, rng)
     if not len(users):
         raise ValueError("no user has >= 2 train items: nothing to train on")
@@ -370,7 +372,7 @@ def _train_epoch(model: FusionModule, optimizer: torch.optim.Optimizer,
     model.train()
     for start in range(0, len(order), batch_size):
         batch = order[start:start + batch_size]
-        sampled = sample_negatives(history, users[batch], negatives, rng)
+        sampled = sample_negatives(history, users[batch], negatives, rng, in_history=in_history)
         loss = _batch_loss(model, features, history, users[batch], held_out[batch], sampled, temperature)
         optimizer.zero_grad()
         loss.backward()
@@ -406,8 +408,10 @@ def train_fusion(model: FusionModule, modalities: Mapping[str, np.ndarray], trai
     if validation.n_pairs == 0:
         raise ValueError("no validation pairs: no user has both validation positives and a history")
     optimizer = torch.optim.Adam(model.parameters(), lr=lr, weight_decay=weight_decay)
+    in_history = history_membership(history)
     log = train_epochs(
-        model, lambda epoch: _train_epoch(model, optimizer, features, history, rng, batch_size, negatives, temperature),
+        model, lambda epoch: _train_epoch(model, optimizer, features, history, rng, batch_size, negatives, temperature,
+                                          in_history),
         epochs, check=lambda epoch: validation_loss(encode(model, modalities), validation, temperature),
         stopping=EarlyStopping("min", patience),
         progress=f"{type(model).__name__} seed {seed}" if progress else None)
