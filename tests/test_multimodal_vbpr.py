@@ -46,15 +46,22 @@ def test_needs_a_modality_with_one_row_per_item():
         VBPR({"image": np.ones((5, 2), dtype=np.float32)}).fit(history_of(np.eye(4)))
 
 
-def test_training_loss_is_bpr_plus_the_squared_penalty_of_the_scored_vectors():
-    """BPR + l2 * 0.5 * (||[gamma_u, theta_u]||^2 + ||item vector_p||^2 + ||item vector_n||^2) / batch, item
-    vector = [gamma_i, E f_i, beta_i + beta'.f_i]: recomputed with numpy from the parameters."""
+BATCH_PENALTIES = {  # of the batch's blocks of scoring vectors, over the batch size
+    "squared": lambda blocks, batch: 0.5 * sum((block ** 2).sum() for block in blocks) / batch,
+    "frobenius": lambda blocks, batch: sum(np.linalg.norm(block) for block in blocks) / batch}
+
+
+@pytest.mark.parametrize("l2_norm", sorted(BATCH_PENALTIES))
+def test_training_loss_is_bpr_plus_the_penalty_of_the_scored_vectors(l2_norm):
+    """BPR + l2 * the penalty of the blocks [gamma_u, theta_u], item vector_p and item vector_n, item vector =
+    [gamma_i, E f_i, beta_i + beta'.f_i]: 0.5 * their squared norms (the default) or their Frobenius norms
+    (MMRec's EmbLoss), summed over the blocks / batch; recomputed with numpy from the parameters."""
     rng = np.random.default_rng(3)
     image = rng.normal(size=(6, 5)).astype(np.float32)
-    model = VBPR({"image": image}, dim=8, l2=0.7, init="reference", **TINY | {"epochs": 2}).fit(
+    model = VBPR({"image": image}, dim=8, l2=0.7, l2_norm=l2_norm, init="reference", **TINY | {"epochs": 2}).fit(
         history_of(random_history(7, 6, 0.5, 1).toarray()))
     m = model.model
-    users, positives, negatives = np.array([1, 1, 3, 6]), np.array([0, 2, 5, 1]), np.array([4, 3, 0, 2])
+    users, positives, negatives = np.array([1, 1, 3, 6]), np.array([0, 2, 5, 2]), np.array([4, 3, 0, 1])
     with torch.no_grad():
         loss = float(m.loss(*(torch.as_tensor(a) for a in (users, positives, negatives))))
     f = unit_rows(image).astype(np.float64)
@@ -63,8 +70,7 @@ def test_training_loss_is_bpr_plus_the_squared_penalty_of_the_scored_vectors():
                        m.item_bias.detach().double().numpy() + f @ m.content_bias.detach().double().numpy()])
     u = np.hstack([gamma_theta[users], np.ones((len(users), 1))])
     margin = (u * (items[positives] - items[negatives])).sum(axis=1)
-    penalty = 0.5 * ((gamma_theta[users] ** 2).sum() + (items[positives] ** 2).sum()
-                     + (items[negatives] ** 2).sum()) / len(users)
+    penalty = BATCH_PENALTIES[l2_norm]([gamma_theta[users], items[positives], items[negatives]], len(users))
     assert loss == pytest.approx(np.mean(np.log1p(np.exp(-margin))) + 0.7 * penalty, rel=1e-5)
 
 
@@ -107,26 +113,5 @@ def test_paper_penalty_is_lambda_theta_on_the_batch_ids_and_lambda_e_on_e_and_be
 def test_a_content_penalty_without_the_paper_penalty_is_refused():
     with pytest.raises(ValueError, match="l2_content"):
         VBPR({"image": np.ones((5, 2), dtype=np.float32)}, l2_content=0.1)
-
-
-def test_frobenius_norm_is_mmrecs_emb_loss_of_the_scored_vectors():
-    """l2_norm="frobenius": BPR + l2 * (||U_b||_F + ||P_b||_F + ||N_b||_F) / batch over the same blocks as the
-    default penalty (MMRec's EmbLoss, norms not squared), recomputed with numpy; the paper penalty refuses it."""
-    rng = np.random.default_rng(3)
-    image = rng.normal(size=(6, 5)).astype(np.float32)
-    model = VBPR({"image": image}, dim=8, l2=0.7, l2_norm="frobenius", **TINY | {"epochs": 2}).fit(
-        history_of(random_history(7, 6, 0.5, 1).toarray()))
-    m = model.model
-    users, positives, negatives = np.array([1, 1, 3, 6]), np.array([0, 2, 5, 2]), np.array([4, 3, 0, 1])
-    with torch.no_grad():
-        loss = float(m.loss(*(torch.as_tensor(a) for a in (users, positives, negatives))))
-    f = unit_rows(image).astype(np.float64)
-    gamma_theta = m.user_factors.detach().double().numpy()
-    items = np.hstack([m.item_factors.detach().double().numpy(), f @ m.projection.weight.detach().double().numpy().T,
-                       m.item_bias.detach().double().numpy() + f @ m.content_bias.detach().double().numpy()])
-    margin = (np.hstack([gamma_theta[users], np.ones((4, 1))]) * (items[positives] - items[negatives])).sum(axis=1)
-    emb_loss = (np.linalg.norm(gamma_theta[users]) + np.linalg.norm(items[positives])
-                + np.linalg.norm(items[negatives])) / 4
-    assert loss == pytest.approx(np.mean(np.log1p(np.exp(-margin))) + 0.7 * emb_loss, rel=1e-5)
-    with pytest.raises(ValueError, match="l2_norm"):
-        VBPR({"image": image}, penalty="paper", l2_norm="frobenius")
+    with pytest.raises(ValueError, match="l2_norm"):  # the paper penalty is the paper's squared L2
+        VBPR({"image": np.ones((5, 2), dtype=np.float32)}, penalty="paper", l2_norm="frobenius")
