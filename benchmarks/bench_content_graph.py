@@ -29,8 +29,8 @@ from vlm4rec.config import load_params
 from vlm4rec.evaluation import MethodKey, MethodResult
 from vlm4rec.methods import ContentGraph
 from vlm4rec.metrics import CHANCE
-from vlm4rec.multimodal import candidates
-from vlm4rec.pipeline.cold_start import chance_references, new_item_data, new_item_options
+from vlm4rec.multimodal import candidates, new_item_options
+from vlm4rec.pipeline.new_item_data import chance_references, new_item_data
 from vlm4rec.pipeline.outputs import EMBEDDINGS_DIR
 from vlm4rec.representations import load_vectors
 

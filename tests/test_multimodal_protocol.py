@@ -6,10 +6,11 @@ import numpy as np
 import pytest
 import scipy.sparse as sp
 from multimodal_helpers import TINY, attribute_data, shuffled_rows
+from study_params import section
 from torch_threads import single_thread  # noqa: F401  (autouse fixture)
 
 from vlm4rec.evaluation import EvalData
-from vlm4rec.multimodal import MODELS
+from vlm4rec.multimodal import MODELS, new_item_options
 
 
 FAST = TINY | {"batch_size": 128, "lr": 0.05, "epochs": 15}
@@ -127,3 +128,13 @@ def test_inductive_content_graphs_carry_an_informative_image_to_new_items(attrib
     shuffled = cold_auc(MODELS[name]({"image": shuffled_rows(data.image)} | extra, **options).fit(history),
                         data, eval_data)
     assert informative > shuffled + 0.25, (name, informative, shuffled)
+
+
+@pytest.mark.parametrize("content_graph", ["transductive", "inductive"])
+def test_new_item_options_score_from_content_and_give_the_graph_form_to_the_models_with_content_graphs(
+        content_graph) -> None:
+    graph = section("graph")
+    for model in ("vbpr", "freedom", "smore"):
+        options = new_item_options(graph, model, content_graph)
+        assert options["unseen_items"] == "content"
+        assert options.get("content_graph") == (None if model == "vbpr" else content_graph)

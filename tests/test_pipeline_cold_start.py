@@ -8,7 +8,8 @@ import pytest
 from vlm4rec.cold_start import FittedOnce
 from vlm4rec.errors import StudyError
 from vlm4rec.multimodal import LightGCN
-from vlm4rec.pipeline.cold_start import check_model_grids, new_item_options, new_item_split, warm_backbone
+from vlm4rec.pipeline.cold_start import check_model_grids, warm_backbone
+from vlm4rec.pipeline.new_item_data import new_item_split
 
 from study_params import section
 
@@ -34,16 +35,6 @@ def test_one_backbone_per_seed_in_the_graph_stages_lightgcn_form() -> None:
     assert isinstance(model, LightGCN) and model.epochs == 7 and model.unseen_items == "content"
     assert model.l2 == graph.chosen_scale.grids["lightgcn"]["l2"][0]
     assert model.options.seed == 0 and other.model.options.seed == 1
-
-
-@pytest.mark.parametrize("content_graph", ["transductive", "inductive"])
-def test_new_item_options_score_from_content_and_give_the_graph_form_to_the_models_with_content_graphs(
-        content_graph) -> None:
-    graph = section("graph")
-    for model in ("vbpr", "freedom", "smore"):
-        options = new_item_options(graph, model, content_graph)
-        assert options["unseen_items"] == "content"
-        assert options.get("content_graph") == (None if model == "vbpr" else content_graph)
 
 
 def test_a_share_that_leaves_no_new_item_on_a_side_names_its_keys() -> None:

@@ -110,7 +110,7 @@ def test_write_replaces_stale_lists_in_place_and_then_finds_them_current(tmp_pat
 
 #: Modules of vlm4rec/pipeline that several stages share and that are no stage themselves (no ``run``).
 PIPELINE_HELPERS = {"__init__", "outputs", "profiles", "source_manifest", "stage_metrics", "study_files", "descriptions",
-                    "new_item_tables"}
+                    "new_item_data", "new_item_tables"}
 
 
 def pipeline_imports(path: Path) -> set[str]:

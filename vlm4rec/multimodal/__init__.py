@@ -31,7 +31,7 @@ import numpy as np
 
 from vlm4rec.config import GraphParams
 from vlm4rec.evaluation import Candidate
-from vlm4rec.methods import CATALOGUE, TRAINED_MODELS
+from vlm4rec.methods import CATALOGUE, TRAINED_MODELS, ContentGraph
 from vlm4rec.multimodal.bpr import BPRRecommender
 from vlm4rec.multimodal.freedom import FREEDOM
 from vlm4rec.multimodal.lightgcn import LightGCN
@@ -41,7 +41,7 @@ from vlm4rec.training import TrainingOptions
 
 #: Every model of ``params.yaml: graph.cells.*.model`` (:data:`vlm4rec.methods.TRAINED_MODELS`), by name.
 MODELS: dict[str, type[BPRRecommender]] = {name: CATALOGUE[name].implementation() for name in TRAINED_MODELS}
-__all__ = ["FREEDOM", "LightGCN", "MODELS", "SMORE", "VBPR", "candidates", "regime_options"]
+__all__ = ["FREEDOM", "LightGCN", "MODELS", "SMORE", "VBPR", "candidates", "new_item_options", "regime_options"]
 CONTENT_FREE: frozenset[str] = frozenset(name for name in TRAINED_MODELS if not CATALOGUE[name].uses_content)
 
 
@@ -49,6 +49,16 @@ def regime_options(graph: GraphParams, model: str) -> dict[str, Any]:
     """The training options every candidate of ``model`` gets in the chosen regime
     (:meth:`~vlm4rec.config.GraphTrainingParams.model_options`) and the device, ``graph.device``."""
     return graph.chosen_regime.model_options(model) | {"device": graph.device}
+
+
+def new_item_options(graph: GraphParams, model: str, content_graph: ContentGraph) -> dict[str, Any]:
+    """A graph cell's options in its new-item form: the regime's, new items scored from content alone and,
+    for the models with item-item content graphs, the form of those graphs."""
+    options = regime_options(graph, model) | {"unseen_items": "content"}
+    config = CATALOGUE[model].config
+    if config is not None and "content_graph" in config.model_fields:
+        options["content_graph"] = content_graph
+    return options
 
 
 def candidates(model: str, modalities: Mapping[str, np.ndarray], grid: Mapping[str, Sequence[Any]],

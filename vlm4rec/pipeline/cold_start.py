@@ -16,37 +16,35 @@ from __future__ import annotations
 
 import itertools
 import json
-from collections.abc import Callable, Sequence
+from collections.abc import Callable
 from dataclasses import replace
 from functools import cache
 from typing import Any
 
-import numpy as np
 import pandas as pd
 
 from vlm4rec import coldstart
 from vlm4rec.baselines import EASE
-from vlm4rec.cold_start import (CANDIDATE_SETS, NEW_ITEM_SETS, WARM_SETS, FittedOnce, NewItemData, new_item_counts,
-                                new_item_findings, select_and_test_new_items)
+from vlm4rec.cold_start import (CANDIDATE_SETS, NEW_ITEM_SETS, WARM_SETS, FittedOnce, NewItemData, new_item_findings,
+                                select_and_test_new_items)
 from vlm4rec.config import ColdStartParams, EvalParams, FusionParams, GraphParams, ReportParams
 from vlm4rec.data import load_prepared
-from vlm4rec.distributed.matching import ranker
 from vlm4rec.evaluation import Candidate, ChanceReference, MethodKey, MethodResult, chance_per_user, evaluate
 from vlm4rec.metrics import summarize
 from vlm4rec.matching import ProfileRecommender
-from vlm4rec.multimodal import candidates as graph_candidates, regime_options
+from vlm4rec.multimodal import candidates as graph_candidates, new_item_options, regime_options
 from vlm4rec.fusion_candidates import FusionTrainer, hybrid_candidates, late_fusion_candidates
 from vlm4rec.gallery import user_gallery
 from vlm4rec.errors import StudyError
-from vlm4rec.methods import CATALOGUE, HYBRID, ContentGraph, cold_start_method, fusion_method, hybrid_method
+from vlm4rec.methods import CATALOGUE, HYBRID, cold_start_method, fusion_method, hybrid_method
 from vlm4rec.pipeline.outputs import (EMBEDDINGS_DIR, PLOTS_DIR, PREPARED_DIR, RESULTS_DIR, chosen_ease_l2,
                                       peak_rss_mb, timed)
+from vlm4rec.pipeline.new_item_data import chance_references, new_item_data, new_item_split
 from vlm4rec.pipeline.new_item_tables import new_item_curves
 from vlm4rec.pipeline.stage_metrics import NewItemMetrics
 from vlm4rec.stats import PAIRED_COLUMNS
 from vlm4rec.tables import paired_test_table, test_metrics_json, timing_json
 from vlm4rec.representations import load_vectors, representations_with_content
-from vlm4rec.splits import assign_new_item_split, new_items
 from vlm4rec.training import TrainingOptions
 
 COLD_RESULTS = RESULTS_DIR / "cold_start"
@@ -54,38 +52,6 @@ COLD_RESULTS = RESULTS_DIR / "cold_start"
 NO_SIGNAL = {name: family.no_signal for name, family in CATALOGUE.items() if not family.scores_new}
 
 Results = dict[str, dict[MethodKey, MethodResult]]
-
-
-def new_item_split(inter: pd.DataFrame, cold_start: ColdStartParams) -> tuple[pd.DataFrame, np.ndarray, np.ndarray]:
-    """``inter`` labelled by the protocol ``cold_start`` describes (new items' rows ``val`` / ``test``, the main
-    split's test rows on warm items ``warm_test``), with its validation and test new items; a share that
-    leaves no new item on a side is a :class:`StudyError` naming the keys."""
-    try:
-        val_items, test_items = new_items(inter, cold_share=cold_start.cold_share, val_share=cold_start.val_share,
-                                          variant=cold_start.variant, seed=cold_start.seed)
-    except ValueError as err:
-        raise StudyError(f"cold_start.cold_share / cold_start.val_share: {err}") from None
-    labels = assign_new_item_split(inter, val_items, test_items, warm_test=main_test(inter))
-    return inter.assign(split=labels), val_items, test_items
-
-
-def new_item_data(cold_start: ColdStartParams, evaluation: EvalParams
-                  ) -> tuple[NewItemData, dict[str, int | float]]:
-    """The prepared interactions re-split by ``cold_start`` (selection ranks the validation new items among
-    themselves) and the protocol's counts."""
-    prepared = load_prepared(PREPARED_DIR)
-    inter, val_items, test_items = new_item_split(prepared.interactions, cold_start)
-    data = NewItemData.from_new_item_split(inter, prepared.n_users, prepared.n_items, val_items, test_items, "cold",
-                                           rank=ranker(None, evaluation.device, evaluation.block_size))
-    return data, new_item_counts(inter, val_items, test_items)
-
-
-def main_test(inter: pd.DataFrame) -> np.ndarray:
-    """Which interactions the main split tests on (each user's latest positives): on the warm items they are
-    the warm and hybrid settings' warm test, held out of the new-item protocol's training."""
-    if "split" not in inter:
-        raise StudyError("the prepared interactions have no split column: run the prepare stage again")
-    return (inter["split"] == "test").to_numpy()
 
 
 def _merge(into: Results, more: Results) -> None:
@@ -175,16 +141,6 @@ def run(evaluation: EvalParams, cold_start: ColdStartParams, fusion: FusionParam
     return results, metrics, chance
 
 
-def new_item_options(graph: GraphParams, model: str, content_graph: ContentGraph) -> dict[str, Any]:
-    """A graph cell's options in its new-item form: the regime's, new items scored from content alone and,
-    for the models with item-item content graphs, the form of those graphs."""
-    options = regime_options(graph, model) | {"unseen_items": "content"}
-    config = CATALOGUE[model].config
-    if config is not None and "content_graph" in config.model_fields:
-        options["content_graph"] = content_graph
-    return options
-
-
 def warm_backbone(graph: GraphParams, epochs: int) -> Callable[[int], FittedOnce]:
     """seed -> the LightGCN backbone of the trained cold-start models (the graph stage's LightGCN: its regime,
     its grid's first point, ``epochs`` epochs, new items without ID parameters), fitted once per seed on the
@@ -262,14 +218,6 @@ def warm_costs(results: Results, metric: str, evaluation: EvalParams) -> dict[st
         long, _ = paired_test_table(results[name], [WARM_REFERENCE], [metric], evaluation)
         out[name] = json_records(long[[c for c in PAIRED_COLUMNS if c in long]]) if not long.empty else []
     return out
-
-
-def chance_references(data: NewItemData, ks: Sequence[int]) -> dict[str, ChanceReference]:
-    """Per setting, chance over the same candidates and targets as the methods; on validation, the selection's
-    split (the validation new items ranked among themselves), where the methods' validation values come from
-    too."""
-    return {name: ChanceReference.of(data.validation(), data.with_candidates(name).test(), ks)
-            for name in CANDIDATE_SETS}
 
 
 def chance_json(chance: ChanceReference, select_metric: str) -> dict[str, Any]:
