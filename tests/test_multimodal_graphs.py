@@ -7,9 +7,9 @@ import scipy.sparse as sp
 import torch
 from multimodal_helpers import dense_normalized_adjacency, random_history
 
-from vlm4rec.multimodal.graphs import (GraphOperator, content_graph_features, degree_sensitive_dropout,
-                                       first_maximum_per_row, interaction_graph, knn_graph, layer_mean, max_fusion,
-                                       sym_normalize)
+from vlm4rec.multimodal.graphs import (GraphOperator, degree_sensitive_dropout, first_maximum_per_row,
+                                       interaction_graph, knn_graph, layer_mean, max_fusion, sym_normalize,
+                                       warm_rows)
 
 
 def test_interaction_graph_hand_example():
@@ -209,8 +209,9 @@ def test_inductive_knn_graph_keeps_the_warm_graph_and_inserts_each_new_item_by_i
     graph = knn_graph(features, 3, weighted, self_loops=True, warm=warm).toarray()
     np.testing.assert_allclose(graph, brute_force_inserted_knn(features.astype(np.float64), 3, weighted, warm),
                                rtol=1e-5, atol=1e-6)
-    warm_alone = knn_graph(content_graph_features([features], warm)[0], 3, weighted, self_loops=True).toarray()
+    warm_alone = knn_graph(features * warm[:, None], 3, weighted, self_loops=True).toarray()
     np.testing.assert_allclose(graph[warm], warm_alone[warm], rtol=1e-6)
     assert not warm_alone[~warm].any() and not warm_alone[:, ~warm].any()
+    np.testing.assert_allclose(warm_rows(sp.csr_matrix(graph), warm).toarray(), warm_alone, rtol=1e-6)
     for new in (2, 5, 10):
         assert list(np.flatnonzero(graph[:, new])) == [new]

@@ -45,8 +45,8 @@ import torch
 from torch import nn
 
 from vlm4rec.methods import FREEDOMConfig, L2Norm
-from vlm4rec.multimodal.graphs import (GraphOperator, content_graph_features, degree_sensitive_dropout,
-                                       interaction_graph, knn_graph, warm_items, weighted_sum)
+from vlm4rec.multimodal.graphs import (GraphOperator, degree_sensitive_dropout, interaction_graph, knn_graph,
+                                       warm_items, warm_rows, weighted_sum)
 from vlm4rec.multimodal.lightgcn import LightGCN, LightGCNModel
 from vlm4rec.layers import linear
 from vlm4rec.multimodal.bpr import ContentFeatures, Init, bpr_rows_loss
@@ -73,10 +73,10 @@ class FreedomModel(LightGCNModel):
         self.item_layers, self.edge_drop, self.projection_weight = item_layers, edge_drop, projection_weight
         self.features, self.mix_weights = features, mix_weights
         self.modality_logits = nn.Parameter(torch.zeros(len(features))) if mix_weights is None else None
-        self.item_graphs = self.mixed([knn_graph(x, knn_k, weighted=False, self_loops=True)
-                                       for x in content_graph_features(features.initial(), warm)])
-        self.scoring_item_graphs = self.item_graphs if warm is None else self.mixed(
-            [knn_graph(x, knn_k, weighted=False, self_loops=True, warm=warm) for x in features.initial()])
+        graphs = [knn_graph(x, knn_k, weighted=False, self_loops=True, warm=warm) for x in features.initial()]
+        self.scoring_item_graphs = self.mixed(graphs)
+        self.item_graphs = self.scoring_item_graphs if warm is None else self.mixed(
+            [warm_rows(g, warm) for g in graphs])
         linear_init = "torch" if init == "reference" else "xavier_uniform"
         self.projections = nn.ModuleList(linear(x.shape[1], dim, generator, init=linear_init)
                                          for x in features.matrices())

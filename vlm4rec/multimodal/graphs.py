@@ -10,7 +10,7 @@
                               with D the row sums; the neighbour search is memoised per process (seeds and
                               refits reuse it). Given the warm items, the strictly inductive form: warm
                               items only as neighbours, each new item inserted by its warm neighbours.
-``warm_items``, ``content_graph_features``  what the inductive form builds the training graphs from.
+``warm_items``, ``warm_rows``  the inductive form's warm items, and its training graph (the warm rows).
 ``max_fusion``                SMORE's fusion graph: the element-wise maximum of the modality graphs.
 ``degree_sensitive_dropout``  FREEDOM's degree-sensitive edge pruning of the user-item graph.
 ``GraphOperator``             a fixed sparse matrix as a differentiable torch operation: torch CSR products
@@ -70,9 +70,9 @@ def knn_graph(features: np.ndarray, k: int, weighted: bool, self_loops: bool = F
     the history, so seeds and refits search once.
 
     ``warm`` (a bool per item; the strictly inductive new-item form): only warm items are neighbours. The
-    warm items' rows are exactly the graph of the warm items alone (what training propagates over: build
-    it by zeroing the other items' features), and each other item with the modality is inserted with a row
-    of its own ``k`` nearest warm items (itself among them with ``self_loops``): the graph at scoring.
+    warm items' rows are exactly the graph of the warm items alone (what training propagates over:
+    :func:`warm_rows`), and each other item with the modality is inserted with a row of its own ``k``
+    nearest warm items (itself among them with ``self_loops``): the graph at scoring.
     """
     unit = normalize_rows(features)
     n_others = k - 1 if self_loops else k
@@ -96,7 +96,7 @@ def knn_graph(features: np.ndarray, k: int, weighted: bool, self_loops: bool = F
 def knn_edges_of_warm(unit: np.ndarray, warm: np.ndarray, k: int) -> sp.csr_matrix:
     """Cosine kNN edges (``k`` per represented item, to the lower index on ties) whose targets are warm
     items only: the warm items' rows as among the warm items alone, every other represented item's row
-    against the warm items (the engine's exact similarity: the float64 product rounded to float32)."""
+    against the warm items (cosines as the float64 product rounded to float32)."""
     warm_unit = unit * warm[:, None]
     edges = item_neighbours(warm_unit, k) if k > 0 else sp.csr_matrix((len(unit), len(unit)), dtype=np.float32)
     inserted = np.flatnonzero(~warm & unit.any(axis=1))
@@ -118,10 +118,12 @@ def warm_items(history: sp.csr_matrix, content_graph: ContentGraph) -> np.ndarra
     return np.asarray(history.getnnz(axis=0) > 0) if content_graph == "inductive" else None
 
 
-def content_graph_features(features: list[np.ndarray], warm: np.ndarray | None) -> list[np.ndarray]:
-    """The features the training graphs are built from: every item's (``warm`` None), or the warm items'
-    only, the others' rows zeroed (they get no edges and are nobody's neighbour)."""
-    return features if warm is None else [x * warm[:, None].astype(x.dtype) for x in features]
+def warm_rows(graph: sp.csr_matrix, warm: np.ndarray) -> sp.csr_matrix:
+    """The warm items' rows of an inductive :func:`knn_graph` (the others empty): the graph of the warm items
+    alone, since an inserted item is nobody's neighbour and the warm rows' degrees do not count it."""
+    kept = (sp.diags(warm.astype(graph.dtype)) @ graph).tocsr()
+    kept.eliminate_zeros()
+    return kept
 
 
 def weighted_sum(graphs: list[sp.csr_matrix], weights: list[float]) -> sp.csr_matrix:

@@ -52,7 +52,7 @@ import torch
 from torch import nn
 
 from vlm4rec.methods import L2Norm, SMOREConfig
-from vlm4rec.multimodal.graphs import GraphOperator, content_graph_features, knn_graph, max_fusion, warm_items
+from vlm4rec.multimodal.graphs import GraphOperator, knn_graph, max_fusion, warm_items, warm_rows
 from vlm4rec.multimodal.lightgcn import LightGCN, LightGCNModel
 from vlm4rec.layers import LinearInit, linear, rows
 from vlm4rec.multimodal.bpr import ContentFeatures, Init, bpr_rows_loss, dropout, info_nce, l2_penalty
@@ -112,10 +112,8 @@ def attention_query(dim: int, generator: torch.Generator, init: LinearInit) -> n
                          linear(dim, dim, generator, bias=False, init=init))
 
 
-def view_graphs(features: list[np.ndarray], knn_ks: list[int], warm: np.ndarray | None,
-                device: torch.device) -> list[GraphOperator]:
-    """The item-item graph of each modality (cosine-weighted, self-loops) and their max-fusion graph."""
-    graphs = [knn_graph(x, k, weighted=True, self_loops=True, warm=warm) for x, k in zip(features, knn_ks)]
+def view_graphs(graphs: list[sp.csr_matrix], device: torch.device) -> list[GraphOperator]:
+    """The item-item graph of each modality and their max-fusion graph, as operators."""
     return [GraphOperator(g, device) for g in graphs] + [GraphOperator(max_fusion(graphs), device)]
 
 
@@ -130,9 +128,11 @@ class SmoreModel(LightGCNModel):
         self.features, self.generator = features, generator
         self.item_layers, self.cl_weight, self.temperature, self.dropout = item_layers, cl_weight, temperature, dropout
         n_views = len(features) + 1  # every modality, then the fusion
-        self.item_graphs = view_graphs(content_graph_features(features.initial(), warm), knn_ks, None, device)
-        self.scoring_item_graphs = self.item_graphs if warm is None else view_graphs(
-            features.initial(), knn_ks, warm, device)
+        graphs = [knn_graph(x, k, weighted=True, self_loops=True, warm=warm)
+                  for x, k in zip(features.initial(), knn_ks)]
+        self.scoring_item_graphs = view_graphs(graphs, device)
+        self.item_graphs = self.scoring_item_graphs if warm is None else view_graphs(
+            [warm_rows(g, warm) for g in graphs], device)
         self.user_items = GraphOperator(self.adjacency.matrix[:self.n_users, self.n_users:], device)
         linear_init: LinearInit = "torch" if init == "reference" else "xavier_uniform"
         self.projections = nn.ModuleList(linear(x.shape[1], dim, generator, init=linear_init)

@@ -49,7 +49,8 @@ class VBPRModel(BPRModel):
 
     def __init__(self, n_users: int, features: ContentFeatures, config: VBPRConfig, generator: torch.Generator):
         super().__init__()
-        self.l2, self.penalty, self.l2_content, self.l2_norm = config.l2, config.penalty, config.l2_content, config.l2_norm
+        self.l2, self.penalty, self.l2_content = config.l2, config.penalty, config.l2_content
+        self.l2_norm = config.l2_norm
         content = torch.cat(features.matrices(), dim=1)
         self.register_buffer("content", content, persistent=False)
         n_items = content.shape[0]
