@@ -108,7 +108,7 @@ def l2_penalty(table: torch.Tensor, *indices: torch.Tensor, norm: L2Norm = "squa
     ``squared``: 0.5 * the sum of the blocks' squared entries / batch (the papers' L2, LightGCN's reference
     loss), computed as each row's squared norm weighted by how often the batch gathers it: the same value
     and gradient as squaring the gathered rows (up to rounding), at O(rows of the table) instead of
-    O(batch x dim) (a third of a LightGCN epoch on a CPU went to squaring and scattering back 98,304 rows).
+    O(batch x dim) (about 30% of a LightGCN epoch on a CPU went to squaring and scattering back 98,304 rows).
     ``frobenius``: the sum of the blocks' Frobenius norms (not squared) / batch: MMRec's ``EmbLoss``, the
     penalty its LightGCN and VBPR ``reg_weight`` grids are written for."""
     if norm == "frobenius":
