@@ -9,7 +9,7 @@ from multimodal_helpers import dense_normalized_adjacency, random_history
 
 from vlm4rec.multimodal.graphs import (GraphOperator, degree_sensitive_dropout, first_maximum_per_row,
                                        interaction_graph, knn_graph, layer_mean, max_fusion, sym_normalize,
-                                       warm_rows)
+                                       torch_csr, warm_rows)
 
 
 def test_interaction_graph_hand_example():
@@ -58,6 +58,19 @@ def test_graph_operator_gradient_is_the_transposed_product(symmetric):
     x_dense = x.detach().clone().requires_grad_(True)
     ((x_dense + dense @ x_dense + dense @ (dense @ x_dense)) / 3 * weights).sum().backward()
     np.testing.assert_allclose(x.grad.numpy(), x_dense.grad.numpy(), rtol=1e-5, atol=1e-6)
+
+
+def test_int32_indexed_product_is_bit_identical_to_int64():
+    """torch_csr keeps int32 indices (faster on CPU); the product must be the int64 tensor's, bit for bit."""
+    matrix = sp.random(300, 200, density=0.05, random_state=6, dtype=np.float32).tocsr()
+    x = torch.tensor(np.random.default_rng(7).normal(size=(200, 16)), dtype=torch.float32)
+    int32 = torch_csr(matrix, torch.device("cpu"))
+    assert int32.crow_indices().dtype == torch.int32
+    int64 = torch.sparse_csr_tensor(torch.as_tensor(matrix.indptr, dtype=torch.long),
+                                    torch.as_tensor(matrix.indices, dtype=torch.long),
+                                    torch.as_tensor(matrix.data), matrix.shape)
+    assert torch.equal(int32 @ x, int64 @ x)
+    np.testing.assert_allclose((int32 @ x).numpy(), matrix @ x.numpy(), rtol=1e-5, atol=1e-6)
 
 
 def brute_force_knn(features: np.ndarray, k: int, weighted: bool) -> np.ndarray:

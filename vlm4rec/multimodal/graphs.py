@@ -181,13 +181,16 @@ def degree_sensitive_dropout(history: sp.csr_matrix, drop: float, rng: np.random
 
 
 def torch_csr(matrix: sp.csr_matrix, device: torch.device) -> torch.Tensor:
-    """A scipy csr matrix as a torch sparse CSR tensor on ``device`` (int64 indices, float32 values)."""
+    """A scipy csr matrix as a torch sparse CSR tensor on ``device`` (float32 values). Its indices are int32
+    where they fit: torch's MKL product then uses them as they are, where int64 indices are converted on
+    every call (the same products, bit for bit, about 20% faster on ML-1M's graph; benchmarks/README.md)."""
     matrix = sp.csr_matrix(matrix, dtype=np.float32)
     matrix.sort_indices()
+    index = torch.int32 if max(matrix.nnz, *matrix.shape) < np.iinfo(np.int32).max else torch.long
     with warnings.catch_warnings():
         warnings.simplefilter("ignore")  # "sparse CSR tensor support is in beta state"
-        return torch.sparse_csr_tensor(torch.as_tensor(matrix.indptr, dtype=torch.long),
-                                       torch.as_tensor(matrix.indices, dtype=torch.long),
+        return torch.sparse_csr_tensor(torch.as_tensor(matrix.indptr, dtype=index),
+                                       torch.as_tensor(matrix.indices, dtype=index),
                                        torch.as_tensor(matrix.data), matrix.shape, device=device)
 
 
