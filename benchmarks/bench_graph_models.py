@@ -5,8 +5,8 @@ build time (graphs, kNN), seconds per training epoch (every train positive once,
 and seconds per evaluation (scoring vectors + top-50 for every validation user + metrics, the path early
 stopping calls). For the sparse propagation, all from the same run: the GFLOP/s of the user-item graph
 products as training runs them (LightGCN's 3 layers forward and backward through the autograd function),
-against the machine's raw sparse-dense rates on the same matrix (torch CSR, the kernel used; scipy
-single-threaded; torch COO ``sparse.mm``).
+against the machine's raw sparse-dense rates on the same matrix (torch CSR with int32 indices, the kernel
+used, and with int64 indices; scipy single-threaded; torch COO ``sparse.mm``).
 
 Data: synthetic at ML-1M size by default (6,040 users, 3,706 items, ~575k positives with Zipf-like item
 popularity and log-normal history lengths, temporal 70/10/20 split, random features); ``--prepared DIR
@@ -70,7 +70,8 @@ def best_seconds(fn: Callable[[], object], repeats: int) -> float:
 
 def propagation_rates(history: sp.csr_matrix, repeats: int) -> dict[str, float]:
     """GFLOP/s (2 * nnz * DIM per product) of the raw sparse-dense products on the user-item graph (scipy
-    csr @ dense, single-threaded; torch COO sparse.mm; torch CSR @ dense, the kernel GraphOperator uses) and
+    csr @ dense, single-threaded; torch COO sparse.mm; torch CSR @ dense with int32 indices, the kernel
+    GraphOperator uses, and with int64 indices) and
     of the training propagation (layer_mean over GraphOperator, forward + backward: 2 * LAYERS products,
     plus autograd and the layer sums)."""
     graph = interaction_graph(history)
@@ -80,6 +81,8 @@ def propagation_rates(history: sp.csr_matrix, repeats: int) -> dict[str, float]:
     torch_coo = torch.sparse_coo_tensor(np.vstack([coo.row, coo.col]), coo.data, graph.shape,
                                         check_invariants=False).coalesce()
     csr = torch_csr(graph, torch.device("cpu"))
+    csr_int64 = torch.sparse_csr_tensor(csr.crow_indices().long(), csr.col_indices().long(), csr.values(),
+                                        graph.shape)
     x_torch = torch.from_numpy(x)
     operator = GraphOperator(graph, symmetric=True)
     weights = torch.randn(graph.shape[0], DIM)
@@ -93,6 +96,7 @@ def propagation_rates(history: sp.csr_matrix, repeats: int) -> dict[str, float]:
             "scipy": flop / best_seconds(lambda: graph @ x, repeats) / 1e9,
             "torch_coo": flop / best_seconds(lambda: torch.sparse.mm(torch_coo, x_torch), repeats) / 1e9,
             "torch_csr": flop / best_seconds(lambda: csr @ x_torch, repeats) / 1e9,
+            "torch_csr_int64": flop / best_seconds(lambda: csr_int64 @ x_torch, repeats) / 1e9,
             "training": 2 * LAYERS * flop / best_seconds(training_propagation, repeats) / 1e9}
 
 
@@ -131,7 +135,8 @@ def print_propagation_rates(history: sp.csr_matrix, repeats: int) -> None:
     print(f"\nsparse propagation, user-item graph nnz={rates['nnz']}, d={DIM} (GFLOP/s, best of {repeats}):")
     print(f"  scipy csr @ dense (single-threaded)            {rates['scipy']:6.2f}")
     print(f"  torch.sparse.mm, COO                           {rates['torch_coo']:6.2f}")
-    print(f"  torch CSR @ dense (GraphOperator's kernel)     {rates['torch_csr']:6.2f}")
+    print(f"  torch CSR @ dense (GraphOperator's kernel)     {rates['torch_csr']:6.2f}  (int32 indices)")
+    print(f"  torch CSR @ dense, int64 indices               {rates['torch_csr_int64']:6.2f}")
     print(f"  training propagation ({LAYERS} layers, fwd + bwd)     {rates['training']:6.2f}  "
           f"= {rates['training'] / rates['torch_csr']:.0%} of torch CSR, "
           f"{rates['training'] / rates['scipy']:.0%} of scipy")
