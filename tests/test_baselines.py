@@ -11,7 +11,8 @@ from recommender_contract import RecommenderContract, mean_recall_at_10
 from study_params import section
 
 from vlm4rec import baselines
-from vlm4rec.baselines import EASE, ItemKNNCF, MostPop, baseline_candidates, cosine_topk_similarity, ease_weights
+from vlm4rec.baselines import (EASE, ItemKNNCF, MostPop, baseline_candidates, cosine_topk_similarity, ease_weights,
+                               spd_inverse)
 from vlm4rec.config import BaselineName
 from vlm4rec.matching import Recommender, recommend
 from vlm4rec.splits import History
@@ -193,8 +194,8 @@ def test_ease_inverts_on_one_blas_thread_whatever_the_machine_allows(monkeypatch
     from threadpoolctl import threadpool_limits
 
     calls: list[int] = []
-    record, factor = _blas_threads_while(calls), scipy.linalg.cho_factor
-    monkeypatch.setattr(scipy.linalg, "cho_factor", lambda *a, **k: (record(), factor(*a, **k))[1])
+    record, factor = _blas_threads_while(calls), scipy.linalg.lapack.dpotrf
+    monkeypatch.setattr(scipy.linalg.lapack, "dpotrf", lambda *a, **k: (record(), factor(*a, **k))[1])
     matrix = sp.random(30, 12, density=0.3, format="csr", random_state=0)
     with threadpool_limits(limits=2, user_api="blas"):
         weights = ease_weights(matrix, l2=10.0)

@@ -123,15 +123,28 @@ def item_gram(matrix: sp.csr_matrix) -> np.ndarray:
 
 def ease_weights_of_gram(gram: np.ndarray, l2: float) -> np.ndarray:
     """EASE^R weights from a Gram matrix G (float64 items x items, overwritten): B = I - P diag(1/diag P),
-    P = (G + l2 I)^-1, zero diagonal (the side-information EASE^R variants pass their own G). The inverse
-    runs on one BLAS thread: a multi-threaded LAPACK sums in an order that depends on the thread count, and
-    its last bits would reorder near-tied scores on another machine (docs/protocol.md, "Ties, exactly")."""
+    P = (G + l2 I)^-1, zero diagonal (the side-information EASE^R variants pass their own G)."""
     gram[np.diag_indices_from(gram)] += l2
-    with threadpool_limits(limits=1, user_api="blas"):
-        precision = scipy.linalg.cho_solve(scipy.linalg.cho_factor(gram), np.eye(len(gram)))
+    precision = spd_inverse(gram)
     weights = -precision / np.diag(precision)[None, :]
     weights[np.diag_indices_from(weights)] = 0.0
     return weights
+
+
+def spd_inverse(matrix: np.ndarray) -> np.ndarray:
+    """The inverse of a symmetric positive definite float64 matrix (overwritten): Cholesky factor and its
+    inverse (LAPACK potrf + potri, about half the work of solving against the identity), one triangle
+    mirrored. It runs on one BLAS thread: a multi-threaded LAPACK sums in an order that depends on the thread
+    count, and its last bits would reorder near-tied scores on another machine (docs/protocol.md, "Ties,
+    exactly")."""
+    upper = matrix.T  # the same symmetric matrix, Fortran-ordered: LAPACK works on it in place
+    with threadpool_limits(limits=1, user_api="blas"):
+        factor, info = scipy.linalg.lapack.dpotrf(upper, lower=False, clean=False, overwrite_a=True)
+        if info == 0:
+            factor, info = scipy.linalg.lapack.dpotri(factor, lower=False, overwrite_c=True)
+    if info != 0:
+        raise np.linalg.LinAlgError(f"the matrix is not positive definite (LAPACK info {info})")
+    return np.triu(factor) + np.triu(factor, 1).T
 
 
 class EASE(_HistoryRecommender):
