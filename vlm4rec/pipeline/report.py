@@ -13,6 +13,7 @@ from __future__ import annotations
 import json
 from collections.abc import Collection, Sequence
 from dataclasses import asdict
+from pathlib import Path
 from typing import Any
 
 import numpy as np
@@ -149,6 +150,50 @@ def graph_schedule_note(graph_cells: Collection[str]) -> str | None:
             f"graph.selection: {', '.join(protocols)} (docs/protocol.md, section 6).")
 
 
+#: The regime gaps the report states (``benchmarks/regime_gaps.py`` writes it from the raw regime runs)
+REGIME_GAP_RECORD = Path("benchmarks/regime_gaps.json")
+#: The study's rule (docs/protocol.md, section 6): a fast regime more than this far below its paper regime
+#: (settled validation level, mean over seeds) puts a caveat on the model's findings
+REGIME_GAP_LIMIT = 0.02
+
+
+def load_regime_gaps(path: Path = REGIME_GAP_RECORD) -> dict[str, Any] | None:
+    """The regime-gap record (None when there is none)."""
+    return json.loads(path.read_text(encoding="utf-8")) if path.exists() else None
+
+
+def regime_gap_note(record: dict[str, Any] | None, models: Collection[str]) -> str | None:
+    """Per graph model of the study, how far its fast regime's settled validation level is from its paper
+    regime's (means over the seeds of ``record``, runs with the study's options only) and which models'
+    findings carry a caveat: a fast regime more than :data:`REGIME_GAP_LIMIT` below, or no measured gap.
+    None when the study has no graph model."""
+    if not models:
+        return None
+    measured, unmeasured, beyond = [], [], []
+    for model in sorted(models):
+        display = CATALOGUE[model].display
+        runs = (record or {}).get("models", {}).get(model, {})
+        fast, paper = runs.get("fast", []), runs.get("paper", [])
+        if not fast or not paper:
+            unmeasured.append(display)
+            continue
+        gap = np.mean([r["settled"] for r in fast]) / np.mean([r["settled"] for r in paper]) - 1
+        measured.append(f"{display} {gap:+.1%} ({len(fast)} vs {len(paper)} seed(s))")
+        if gap < -REGIME_GAP_LIMIT:
+            beyond.append(display)
+    parts = []
+    if measured:
+        parts.append("Regime gaps (the study's fast regime against the references' paper regime, settled "
+                     f"validation NDCG@10, means over seeds; {REGIME_GAP_RECORD}): {'; '.join(measured)}.")
+    if beyond:
+        parts.append(f"More than the study's {REGIME_GAP_LIMIT:.0%} below the paper regime: {', '.join(beyond)}; "
+                     "their findings carry this caveat (the fast regime may under-train them).")
+    if unmeasured:
+        parts.append(f"Regime gap not measured with the study's options: {', '.join(unmeasured)}; their findings "
+                     "carry that caveat.")
+    return " ".join(parts)
+
+
 def caveats(grounding: GroundMetrics, split: str, robustness: pd.DataFrame | None,
             capped_runs: Sequence[str] = (), cold_start: dict[str, int] | None = None,
             more: Sequence[str | None] = ()) -> list[str]:
@@ -263,6 +308,7 @@ def write_findings(results: dict[MethodKey, MethodResult], prepared: PreparedDat
     notes = caveats(GroundMetrics.load(GroundMetrics.path()), PrepareMetrics.load(PrepareMetrics.path()).split_protocol,
                     robustness, capped, robustness_metrics.test_users if robustness_metrics else None,
                     [graph_tuning_note(graph.cells), graph_schedule_note(graph.cells),
+                     regime_gap_note(load_regime_gaps(), {cell.model for cell in graph.cells.values()}),
                      p_floor_note(found, evaluation.bootstrap_resamples),
                      ignored_note(ignored)])
     write_report_metrics(found, notes, ignored)
