@@ -251,6 +251,22 @@ def test_regime_gap_note_gives_each_models_gap_and_the_caveats_of_the_2_percent_
     assert report.regime_gap_note(record, set()) is None
 
 
+def test_common_schedule_note_is_restated_only_beside_the_results_it_was_measured_with() -> None:
+    schedule = {"lr": 0.0125, "lr_decay": 1.0, "lr_decay_step": 50.0, "epochs": 100, "eval_every": 2, "patience": 10}
+    difference = {"method": "a-description-image", "against": "a-title-image", "difference": -0.0032,
+                  "ci_low": -0.005, "ci_high": -0.0013}
+    record = {"default": {"cells": [{"cell": "lightgcn", "test_mean": 0.0973}]},
+              "common": {"cells": [{"cell": "lightgcn", "test_mean": 0.1012, "schedule": schedule}],
+                         "within_model": [difference], "between_models": []}}
+    note = report.common_schedule_note(record, {"lightgcn": 0.0973, "title": 0.05})
+    assert "(Adam lr 0.0125, at most 100 epochs, a validation check every 2, stop after 10 checks" in note
+    assert "default -> common: lightgcn 0.0973 -> 0.1012." in note
+    assert "a-description-image - a-title-image -0.0032 [-0.0050, -0.0013]" in note
+    assert "not restated" in report.common_schedule_note(record, {"lightgcn": 0.0970})
+    assert "not restated" in report.common_schedule_note(record, {})
+    assert report.common_schedule_note(None, {"lightgcn": 0.0973}) is None
+
+
 def interval_excludes_zero(entry: dict) -> bool:
     return entry["ci_low"] > 0 or entry["ci_high"] < 0
 

@@ -194,6 +194,48 @@ def regime_gap_note(record: dict[str, Any] | None, models: Collection[str]) -> s
     return " ".join(parts)
 
 
+#: The graph cells under one common schedule beside the default's (``benchmarks/compare_schedules.py``)
+COMMON_SCHEDULE_RECORD = Path("benchmarks/results_common_schedule.json")
+
+
+def load_common_schedule(path: Path = COMMON_SCHEDULE_RECORD) -> dict[str, Any] | None:
+    """The common-schedule record (None when there is none)."""
+    return json.loads(path.read_text(encoding="utf-8")) if path.exists() else None
+
+
+def family_test_means(results: dict[MethodKey, MethodResult], metric: str) -> dict[str, float]:
+    """Per method family, its test ``metric`` averaged over users, then over seeds."""
+    by_family: dict[str, list[float]] = {}
+    for key, result in results.items():
+        by_family.setdefault(key.family, []).append(float(result.test_per_user[metric].mean()))
+    return {family: float(np.mean(values)) for family, values in by_family.items()}
+
+
+def _differences(rows: Sequence[dict[str, Any]]) -> str:
+    return "; ".join(f"{d['method']} - {d['against']} {d['difference']:+.4f} [{d['ci_low']:+.4f}, "
+                     f"{d['ci_high']:+.4f}]" for d in rows)
+
+
+def common_schedule_note(record: dict[str, Any] | None, current: dict[str, float]) -> str | None:
+    """What the graph comparisons become when every model trains with one common schedule, from ``record``
+    (:func:`load_common_schedule`), restated only where its default side is this run's (every cell's test
+    NDCG@10 equal to ``current``'s, :func:`family_test_means`); None without a record."""
+    if record is None:
+        return None
+    default = {row["cell"]: row["test_mean"] for row in record["default"]["cells"]}
+    if any(cell not in current or abs(current[cell] - mean) > 1e-9 for cell, mean in default.items()):
+        return (f"{COMMON_SCHEDULE_RECORD} was measured beside other graph results than this run's, so its "
+                "comparison under one common schedule is not restated here.")
+    common = record["common"]
+    moved = "; ".join(f"{row['cell']} {default[row['cell']]:.4f} -> {row['test_mean']:.4f}"
+                      for row in common["cells"] if row["cell"] in default)
+    return (f"With one common schedule for every graph model ({schedule_text(common['cells'][0]['schedule'])}; "
+            f"{COMMON_SCHEDULE_RECORD}, measured beside this run's results; outside the default budget), test "
+            f"NDCG@10 per cell, default -> common: {moved}. Under it, description + image minus title + image: "
+            f"{_differences(common['within_model'])}; between the title + image cells: "
+            f"{_differences(common['between_models'])} (unadjusted 95% CIs over users and seeds).")
+
+
 def caveats(grounding: GroundMetrics, split: str, robustness: pd.DataFrame | None,
             capped_runs: Sequence[str] = (), cold_start: dict[str, int] | None = None,
             more: Sequence[str | None] = ()) -> list[str]:
@@ -309,6 +351,7 @@ def write_findings(results: dict[MethodKey, MethodResult], prepared: PreparedDat
                     robustness, capped, robustness_metrics.test_users if robustness_metrics else None,
                     [graph_tuning_note(graph.cells), graph_schedule_note(graph.cells),
                      regime_gap_note(load_regime_gaps(), {cell.model for cell in graph.cells.values()}),
+                     common_schedule_note(load_common_schedule(), family_test_means(results, "ndcg@10")),
                      p_floor_note(found, evaluation.bootstrap_resamples),
                      ignored_note(ignored)])
     write_report_metrics(found, notes, ignored)
