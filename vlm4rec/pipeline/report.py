@@ -157,8 +157,8 @@ REGIME_GAP_RECORD = Path("benchmarks/regime_gaps.json")
 REGIME_GAP_LIMIT = 0.02
 
 
-def load_regime_gaps(path: Path = REGIME_GAP_RECORD) -> dict[str, Any] | None:
-    """The regime-gap record (None when there is none)."""
+def load_record(path: Path) -> dict[str, Any] | None:
+    """A measured record of benchmarks/ the report restates (None when there is none)."""
     return json.loads(path.read_text(encoding="utf-8")) if path.exists() else None
 
 
@@ -198,11 +198,6 @@ def regime_gap_note(record: dict[str, Any] | None, models: Collection[str]) -> s
 COMMON_SCHEDULE_RECORD = Path("benchmarks/results_common_schedule.json")
 
 
-def load_common_schedule(path: Path = COMMON_SCHEDULE_RECORD) -> dict[str, Any] | None:
-    """The common-schedule record (None when there is none)."""
-    return json.loads(path.read_text(encoding="utf-8")) if path.exists() else None
-
-
 def family_test_means(results: dict[MethodKey, MethodResult], metric: str) -> dict[str, float]:
     """Per method family, its test ``metric`` averaged over users, then over seeds."""
     by_family: dict[str, list[float]] = {}
@@ -218,7 +213,7 @@ def _differences(rows: Sequence[dict[str, Any]]) -> str:
 
 def common_schedule_note(record: dict[str, Any] | None, current: dict[str, float]) -> str | None:
     """What the graph comparisons become when every model trains with one common schedule, from ``record``
-    (:func:`load_common_schedule`), restated only where its default side is this run's (every cell's test
+    (:data:`COMMON_SCHEDULE_RECORD`), restated only where its default side is this run's (every cell's test
     NDCG@10 equal to ``current``'s, :func:`family_test_means`); None without a record."""
     if record is None:
         return None
@@ -350,8 +345,8 @@ def write_findings(results: dict[MethodKey, MethodResult], prepared: PreparedDat
     notes = caveats(GroundMetrics.load(GroundMetrics.path()), PrepareMetrics.load(PrepareMetrics.path()).split_protocol,
                     robustness, capped, robustness_metrics.test_users if robustness_metrics else None,
                     [graph_tuning_note(graph.cells), graph_schedule_note(graph.cells),
-                     regime_gap_note(load_regime_gaps(), {cell.model for cell in graph.cells.values()}),
-                     common_schedule_note(load_common_schedule(), family_test_means(results, "ndcg@10")),
+                     regime_gap_note(load_record(REGIME_GAP_RECORD), {cell.model for cell in graph.cells.values()}),
+                     common_schedule_note(load_record(COMMON_SCHEDULE_RECORD), family_test_means(results, "ndcg@10")),
                      p_floor_note(found, evaluation.bootstrap_resamples),
                      ignored_note(ignored)])
     write_report_metrics(found, notes, ignored)
