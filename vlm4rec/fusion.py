@@ -35,7 +35,7 @@ from torch import nn
 
 from vlm4rec.matching import FactorRecommender, history_weights, user_profiles
 from vlm4rec.config import LearnedFusion
-from vlm4rec.layers import linear, rows
+from vlm4rec.layers import linear
 from vlm4rec.reproducibility import deterministic_torch
 from vlm4rec.splits import History, binarize, history_membership, sample_negatives
 from vlm4rec.training import EarlyStopping, TrainingLog, TrainingOptions, train_epochs
@@ -248,7 +248,9 @@ def _batch_loss(model: FusionModule, features: Mapping[str, torch.Tensor], histo
                 users: np.ndarray, held_out: np.ndarray, negatives: np.ndarray,
                 temperature: float) -> torch.Tensor:
     """Sampled softmax of the held-out positive against the negatives, scored by cosine with the profile
-    built from the rest of each user's history."""
+    built from the rest of each user's history. The logits are gathered from one product of the profiles
+    with the batch's fused items: its backward pass is a scatter into a (users, items) matrix and two
+    products, several times faster on CPU than gathering a (users, negatives, dim) tensor of item rows."""
     histories = history[users].tocoo()
     keep = histories.col != held_out[histories.row]
     profile_rows, profile_items = histories.row[keep], histories.col[keep]
@@ -263,9 +265,8 @@ def _batch_loss(model: FusionModule, features: Mapping[str, torch.Tensor], histo
         torch.stack([torch.as_tensor(profile_rows, dtype=torch.long), profile_idx]),
         torch.ones(n_prof), (n_users, len(items)), check_invariants=False)
     profiles = F.normalize(torch.sparse.mm(membership, fused), dim=-1, eps=_EPS)
-    positive = (profiles * rows(fused, positive_idx)).sum(dim=-1, keepdim=True)
-    negative = torch.einsum("bd,bkd->bk", profiles, rows(fused, negative_idx))
-    logits = torch.cat([positive, negative], dim=1) / temperature
+    candidates = torch.cat([positive_idx.unsqueeze(1), negative_idx], dim=1)
+    logits = torch.gather(profiles @ fused.T, 1, candidates) / temperature
     return F.cross_entropy(logits, torch.zeros(n_users, dtype=torch.long))
 
 
