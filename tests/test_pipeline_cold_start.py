@@ -1,14 +1,19 @@
-"""The new-item stage's glue for the dedicated cold-start recommenders: grids checked before any training, one
-warm backbone per seed shared by every model and representation."""
+"""The new-item stage's glue: the dedicated cold-start recommenders' grids checked before any training, one warm
+backbone per seed shared by every model and representation, and the random item split's replicas (what each
+re-runs, a seeded method's mean over its seeds)."""
 from __future__ import annotations
+
+from types import SimpleNamespace
 
 import pandas as pd
 import pytest
 
-from vlm4rec.cold_start import FittedOnce
+from vlm4rec.cold_start import CANDIDATE_SETS, NEW_ITEM_SETS, FittedOnce
 from vlm4rec.errors import StudyError
+from vlm4rec.evaluation import MethodKey
 from vlm4rec.multimodal import LightGCN
-from vlm4rec.pipeline.cold_start import check_model_grids, warm_backbone
+from vlm4rec.pipeline import cold_start as stage
+from vlm4rec.pipeline.cold_start import check_model_grids, split_replicas, warm_backbone
 from vlm4rec.pipeline.new_item_data import new_item_split
 
 from study_params import section
@@ -45,3 +50,52 @@ def test_a_share_that_leaves_no_new_item_on_a_side_names_its_keys() -> None:
     labelled, val, test = new_item_split(inter, section("cold_start", cold_share=0.67))
     assert val.tolist() == [1] and test.tolist() == [2]
     assert labelled["split"].tolist() == ["train", "val", "test"]
+
+
+def _result(recall: float, ndcg: float) -> SimpleNamespace:
+    """A stand-in for a MethodResult: only its test summary is read."""
+    return SimpleNamespace(test_summary=lambda: {"recall@20": recall, "ndcg@10": ndcg})
+
+
+class _Split:
+    """A new-item split whose settings' test splits are named after the replica's seed and the setting."""
+
+    def __init__(self, seed: int):
+        self.seed = seed
+
+    def with_candidates(self, name: str) -> SimpleNamespace:
+        return SimpleNamespace(test=lambda: (self.seed, name))
+
+
+@pytest.mark.parametrize("replica_methods", ["profiles", "all"])
+def test_each_random_split_reruns_the_methods_its_switch_names(monkeypatch, replica_methods: str) -> None:
+    drawn, scored = [], []
+
+    def new_item_data(cold_start, evaluation):
+        assert cold_start.variant == "random"
+        drawn.append(cold_start.seed)
+        return _Split(cold_start.seed), {"test_items": cold_start.seed}
+
+    def score_methods(data, evaluation, cold_start, fusion, graph, out_dir):
+        assert out_dir is None  # the replicas save nothing under data/results
+        scored.append(data.seed)
+        return {name: {MethodKey("gating", 0): _result(data.seed, 0.0), MethodKey("gating", 1): _result(data.seed + 1, 0.0)}
+                for name in CANDIDATE_SETS}
+
+    monkeypatch.setattr(stage, "new_item_data", new_item_data)
+    monkeypatch.setattr(stage, "score_methods", score_methods)
+    monkeypatch.setattr(stage, "profile_test_summaries", lambda split, cold_start, evaluation: {"title": {"split": split}})
+    monkeypatch.setattr(stage, "chance_per_user", lambda split, ks: split)
+    monkeypatch.setattr(stage, "summarize", lambda split: {"chance of": split})
+    cold = section("cold_start", split_seeds=[3, 5], replica_methods=replica_methods)
+    out = split_replicas(section("eval"), cold, section("fusion"), section("graph"))
+    assert drawn == [3, 5] and list(out) == ["random@seed3", "random@seed5"]
+    replica = out["random@seed5"]
+    assert replica["counts"] == {"test_items": 5}
+    if replica_methods == "all":
+        assert scored == [3, 5] and list(replica["methods"]) == list(CANDIDATE_SETS)
+        assert replica["methods"]["warm"] == {"gating": {"recall@20": 5.5, "ndcg@10": 0.0}}
+    else:
+        assert scored == [] and list(replica["methods"]) == list(NEW_ITEM_SETS)
+        assert replica["methods"]["cold"] == {"title": {"split": (5, "cold")}}
+    assert replica["chance"] == {name: {"chance of": (5, name)} for name in replica["methods"]}

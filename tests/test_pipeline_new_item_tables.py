@@ -91,3 +91,19 @@ def test_the_split_spread_gives_each_replica_and_their_mean_sd_and_range() -> No
     assert table.loc["image", "sd"] == pytest.approx(np.std([0.4, 0.1, 0.1], ddof=1))
     assert table.loc["chance", "recall@20 (stage split)"] == 0.1
     assert split_spread_table("recall@20", new_items.model_copy(update={"split_replicas": {}})).empty
+    assert split_spread_table("recall@20", new_items, "warm").empty  # no replica holds the warm setting
+
+
+def test_a_seeded_family_on_the_stage_split_is_the_mean_over_its_seeds() -> None:
+    def entry(recall: float) -> MethodMetrics:
+        return MethodMetrics(test={"recall@20": recall}, validation={"ndcg@10": 0.0}, coverage={}, chosen={})
+
+    chance = ChanceMetrics(test={"recall@20": 0.1}, validation={"ndcg@10": 0.0})
+    replica = {"counts": {}, "methods": {"cold": {"fusion_gating": {"recall@20": 0.3}}},
+               "chance": {"cold": {"recall@20": 0.1}}}
+    new_items = NewItemMetrics(counts={}, metric="recall@20", no_signal={}, hybrids="", findings={},
+                               model_findings={}, warm_cost={}, chance={"cold": chance},
+                               methods={"cold": {"fusion_gating@seed0": entry(0.2), "fusion_gating@seed1": entry(0.5)}},
+                               split_replicas={"random@seed0": replica, "random@seed1": replica}, cost={})
+    table = split_spread_table("recall@20", new_items)
+    assert table.loc["fusion_gating", "recall@20 (stage split)"] == pytest.approx(0.35)

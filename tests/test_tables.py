@@ -134,3 +134,18 @@ def test_the_ablation_view_places_chance_by_its_validation_value() -> None:
     view = tables.ablation_view(cells, ChanceReference(values, values / 10), "ndcg@10", top=2)
     assert view["representation"].tolist() == ["a", "b", "chance"]  # top 2 by validation, then chance (0.15)
     assert view.loc[2, "test_ndcg@10"] == pytest.approx(0.015) and not view.loc[2, "selected"]
+
+
+def test_a_seeded_family_is_summarised_by_the_mean_over_its_seeds() -> None:
+    def result(key: MethodKey, recall: list[float]) -> MethodResult:
+        per_user = pd.DataFrame({"user_idx": range(len(recall)), "recall@20": recall})
+        return MethodResult(key=key, config={}, val_grid=pd.DataFrame(), val_per_user=per_user,
+                            test_per_user=per_user, test_topk=np.zeros((len(recall), 1), dtype=np.int64),
+                            coverage={}, timing={}, diagnostics={}, select_metric="recall@20")
+
+    results = {MethodKey("gating", 0): result(MethodKey("gating", 0), [0.0, 0.4]),
+               MethodKey("gating", 1): result(MethodKey("gating", 1), [0.2, 0.6]),
+               MethodKey("title"): result(MethodKey("title"), [0.1, 0.2])}
+    summaries = tables.family_test_summaries(results)
+    assert summaries["gating"] == pytest.approx({"recall@20": 0.3, "n_users": 2})  # (0.2 + 0.4) / 2
+    assert summaries["title"] == pytest.approx({"recall@20": 0.15, "n_users": 2})

@@ -484,8 +484,12 @@ class ColdStartParams(Section):
     model_grids: dict[ColdStartModel, dict[str, list[Any]]] = Field(
         description="per model: hyperparameter -> values tried on validation (their product); others keep the "
                     "model's defaults (checked against its configuration before any training)")
-    split_seeds: list[int] = Field(description="seeds of the random item split's replicas (profile matching and "
-                                               "chance re-run on each; [] = none); distinct")
+    split_seeds: list[int] = Field(description="seeds of the random item split's replicas (chance and the methods "
+                                               "of replica_methods re-run on each; [] = none); distinct")
+    replica_methods: Literal["profiles", "all"] = Field(
+        description="what each random split re-runs: profiles (the profile matching of model_content, in the "
+                    "new-item settings) | all (every method of the stage, selected on the replica's own "
+                    "validation new items, in every setting)")
     backbone_epochs: PositiveInt = Field(description="epochs of the LightGCN backbone the trained cold-start "
                                                      "models learn from (fixed, not selected: no warm validation "
                                                      "here)")

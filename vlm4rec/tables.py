@@ -145,6 +145,15 @@ def test_metrics_json(results: dict[MethodKey, MethodResult]) -> dict[str, Any]:
     return entries
 
 
+def family_test_summaries(results: dict[MethodKey, MethodResult]) -> dict[str, dict[str, float]]:
+    """Each method family's test macro metrics (:func:`~vlm4rec.metrics.summarize`), averaged over its seeds."""
+    by_family: dict[str, list[dict[str, float]]] = {}
+    for key, result in results.items():
+        by_family.setdefault(key.family, []).append(result.test_summary())
+    return {family: {metric: float(np.mean([summary[metric] for summary in summaries])) for metric in summaries[0]}
+            for family, summaries in by_family.items()}
+
+
 def timing_json(results: dict[MethodKey, MethodResult]) -> dict[str, dict[str, float]]:
     """Per method name: selection, fit and scoring seconds and users/s (the ``cost`` part of a stage's
     metrics)."""

@@ -19,6 +19,7 @@ import json
 from collections.abc import Callable
 from dataclasses import replace
 from functools import cache
+from pathlib import Path
 from typing import Any
 
 import pandas as pd
@@ -29,7 +30,8 @@ from vlm4rec.cold_start import (CANDIDATE_SETS, NEW_ITEM_SETS, WARM_SETS, Fitted
                                 select_and_test_new_items)
 from vlm4rec.config import ColdStartParams, EvalParams, FusionParams, GraphParams, ReportParams
 from vlm4rec.data import load_prepared
-from vlm4rec.evaluation import Candidate, ChanceReference, MethodKey, MethodResult, chance_per_user, evaluate
+from vlm4rec.evaluation import (Candidate, ChanceReference, EvalSplit, MethodKey, MethodResult, chance_per_user,
+                                evaluate)
 from vlm4rec.metrics import summarize
 from vlm4rec.matching import ProfileRecommender
 from vlm4rec.multimodal import candidates as graph_candidates, new_item_options, regime_options
@@ -43,7 +45,7 @@ from vlm4rec.pipeline.new_item_data import chance_references, new_item_data, new
 from vlm4rec.pipeline.new_item_tables import new_item_curves
 from vlm4rec.pipeline.stage_metrics import NewItemMetrics
 from vlm4rec.stats import PAIRED_COLUMNS
-from vlm4rec.tables import paired_test_table, test_metrics_json, timing_json
+from vlm4rec.tables import family_test_summaries, paired_test_table, test_metrics_json, timing_json
 from vlm4rec.representations import load_vectors, representations_with_content
 from vlm4rec.training import TrainingOptions
 
@@ -67,65 +69,19 @@ def run(evaluation: EvalParams, cold_start: ColdStartParams, fusion: FusionParam
     (unadjusted two-way bootstrap p, on the new-item settings) in ``metrics/cold_start.json``
     (:class:`NewItemMetrics`), Recall@K / NDCG@K curves in ``plots/``; returns the results, the metrics and
     chance per setting."""
-    ks, metric, seeds = evaluation.ks, evaluation.select_metric, cold_start.seeds
+    ks, metric = evaluation.ks, evaluation.select_metric
     costs: dict[str, Any] = {}
-    results: Results = {name: {} for name in CANDIDATE_SETS}
     check_model_grids(cold_start)
     with timed(costs, "wall"):
         data, counts = new_item_data(cold_start, evaluation)
         print("new-item protocol:", json.dumps(counts))
-
-        def unseeded(method: str, grid: list[Candidate]) -> None:
-            _merge(results, select_and_test_new_items(method, lambda seed: grid, data, ks, metric,
-                                                      out_dir=COLD_RESULTS))
-
-        for rep in representations_with_content(EMBEDDINGS_DIR):
-            vectors = load_vectors(EMBEDDINGS_DIR, rep, "data/embeddings")
-            unseeded(rep, [Candidate({}, lambda v=vectors, r=rep: ProfileRecommender(v, name=r))])
-        modalities = {name: load_vectors(EMBEDDINGS_DIR, name, "fusion.modalities") for name in fusion.modalities}
-        unseeded(fusion_method("late"), late_fusion_candidates(modalities, fusion.concat_grid_step))
-        l2 = chosen_ease_l2()
-        for rep in fusion.hybrid_representations:
-            vectors = load_vectors(EMBEDDINGS_DIR, rep, "fusion.hybrid_representations")
-            unseeded(hybrid_method(rep), hybrid_candidates(vectors, l2, fusion.hybrid_alpha_grid, rep))
-        trainer = FusionTrainer(modalities, data, fusion)
-        for kind in cold_start.fusion_learned:
-            _merge(results, select_and_test_new_items(fusion_method(kind), trainer.candidates_for(kind), data, ks,
-                                                      metric, seeds, COLD_RESULTS))
-        for cell in cold_start.graph_cells:
-            spec = graph.cells[cell]
-            fixed = new_item_options(graph, spec.model, cold_start.content_graph)
-            cell_modalities = {name: load_vectors(EMBEDDINGS_DIR, name, f"graph.cells.{cell}.modalities")
-                               for name in spec.modalities}
-            grid = graph.chosen_scale.grids[spec.model]
-            _merge(results, select_and_test_new_items(
-                cell, lambda seed, s=spec, m=cell_modalities, g=grid: graph_candidates(s.model, m, g, fixed, seed),
-                data, ks, metric, seeds, COLD_RESULTS))
-        backbone = warm_backbone(graph, cold_start.backbone_epochs)
-        for model in cold_start.models:
-            grid = cold_start.model_grids.get(model, {})
-            for rep in cold_start.model_content:
-                content = load_vectors(EMBEDDINGS_DIR, rep, "cold_start.model_content")
-                if model in coldstart.TRAINED:
-                    _merge(results, select_and_test_new_items(
-                        cold_start_method(model, rep),
-                        lambda seed, m=model, c=content, g=grid: coldstart.candidates(
-                            m, c, g, {"device": graph.device}, seed, backbone(seed)),
-                        data, ks, metric, seeds, COLD_RESULTS))
-                else:
-                    unseeded(cold_start_method(model, rep), coldstart.candidates(model, content, grid, {"l2": l2}))
-        # the warm references (no signal for new items): tested on the warm and hybrid settings only
-        _merge(results, select_and_test_new_items("ease", lambda seed: [Candidate({"l2": l2}, lambda: EASE(l2=l2))],
-                                                  data, ks, metric, None, COLD_RESULTS, WARM_SETS))
-        _merge(results, select_and_test_new_items(
-            "lightgcn", lambda seed: [Candidate({"epochs": cold_start.backbone_epochs}, lambda: backbone(seed))],
-            data, ks, metric, seeds, COLD_RESULTS, WARM_SETS))
+        results = score_methods(data, evaluation, cold_start, fusion, graph, COLD_RESULTS)
     chance = chance_references(data, ks)
     findings = {name: json_records(new_item_findings(
         results[name], data.test_targets, report.findings.description, cold_start.metric, chance[name],
         evaluation.bootstrap_resamples, evaluation.seed)) for name in NEW_ITEM_SETS}
     with timed(costs, "split_replicas"):
-        replicas = split_replicas(cold_start, evaluation)
+        replicas = split_replicas(evaluation, cold_start, fusion, graph)
     metrics = NewItemMetrics(counts=counts, metric=cold_start.metric, no_signal=NO_SIGNAL, hybrids=HYBRID.note,
                              methods={name: test_metrics_json(results[name]) for name in CANDIDATE_SETS},
                              chance={name: chance_json(chance[name], metric) for name in CANDIDATE_SETS},
@@ -139,6 +95,61 @@ def run(evaluation: EvalParams, cold_start: ColdStartParams, fusion: FusionParam
     PLOTS_DIR.mkdir(exist_ok=True)
     new_item_curves(metrics).to_csv(PLOTS_DIR / "cold_start_at_k.csv", index=False)
     return results, metrics, chance
+
+
+def score_methods(data: NewItemData, evaluation: EvalParams, cold_start: ColdStartParams, fusion: FusionParams,
+                  graph: GraphParams, out_dir: Path | None) -> Results:
+    """Every new-item-capable method of the stage on the split ``data``: selected on its validation new items,
+    tested in each setting of :data:`~vlm4rec.cold_start.CANDIDATE_SETS` (the warm references in the warm and
+    hybrid ones only); results saved under ``out_dir/<setting>/<method>`` (None: kept in memory only)."""
+    ks, metric, seeds = evaluation.ks, evaluation.select_metric, cold_start.seeds
+    results: Results = {name: {} for name in CANDIDATE_SETS}
+
+    def unseeded(method: str, grid: list[Candidate]) -> None:
+        _merge(results, select_and_test_new_items(method, lambda seed: grid, data, ks, metric, out_dir=out_dir))
+
+    for rep in representations_with_content(EMBEDDINGS_DIR):
+        vectors = load_vectors(EMBEDDINGS_DIR, rep, "data/embeddings")
+        unseeded(rep, [Candidate({}, lambda v=vectors, r=rep: ProfileRecommender(v, name=r))])
+    modalities = {name: load_vectors(EMBEDDINGS_DIR, name, "fusion.modalities") for name in fusion.modalities}
+    unseeded(fusion_method("late"), late_fusion_candidates(modalities, fusion.concat_grid_step))
+    l2 = chosen_ease_l2()
+    for rep in fusion.hybrid_representations:
+        vectors = load_vectors(EMBEDDINGS_DIR, rep, "fusion.hybrid_representations")
+        unseeded(hybrid_method(rep), hybrid_candidates(vectors, l2, fusion.hybrid_alpha_grid, rep))
+    trainer = FusionTrainer(modalities, data, fusion)
+    for kind in cold_start.fusion_learned:
+        _merge(results, select_and_test_new_items(fusion_method(kind), trainer.candidates_for(kind), data, ks,
+                                                  metric, seeds, out_dir))
+    for cell in cold_start.graph_cells:
+        spec = graph.cells[cell]
+        fixed = new_item_options(graph, spec.model, cold_start.content_graph)
+        cell_modalities = {name: load_vectors(EMBEDDINGS_DIR, name, f"graph.cells.{cell}.modalities")
+                           for name in spec.modalities}
+        grid = graph.chosen_scale.grids[spec.model]
+        _merge(results, select_and_test_new_items(
+            cell, lambda seed, s=spec, m=cell_modalities, g=grid: graph_candidates(s.model, m, g, fixed, seed),
+            data, ks, metric, seeds, out_dir))
+    backbone = warm_backbone(graph, cold_start.backbone_epochs)
+    for model in cold_start.models:
+        grid = cold_start.model_grids.get(model, {})
+        for rep in cold_start.model_content:
+            content = load_vectors(EMBEDDINGS_DIR, rep, "cold_start.model_content")
+            if model in coldstart.TRAINED:
+                _merge(results, select_and_test_new_items(
+                    cold_start_method(model, rep),
+                    lambda seed, m=model, c=content, g=grid: coldstart.candidates(
+                        m, c, g, {"device": graph.device}, seed, backbone(seed)),
+                    data, ks, metric, seeds, out_dir))
+            else:
+                unseeded(cold_start_method(model, rep), coldstart.candidates(model, content, grid, {"l2": l2}))
+    # the warm references (no signal for new items): tested on the warm and hybrid settings only
+    _merge(results, select_and_test_new_items("ease", lambda seed: [Candidate({"l2": l2}, lambda: EASE(l2=l2))],
+                                              data, ks, metric, None, out_dir, WARM_SETS))
+    _merge(results, select_and_test_new_items(
+        "lightgcn", lambda seed: [Candidate({"epochs": cold_start.backbone_epochs}, lambda: backbone(seed))],
+        data, ks, metric, seeds, out_dir, WARM_SETS))
+    return results
 
 
 def warm_backbone(graph: GraphParams, epochs: int) -> Callable[[int], FittedOnce]:
@@ -186,23 +197,37 @@ def model_findings(results: Results, data: NewItemData, cold_start: ColdStartPar
     return out
 
 
-def split_replicas(cold_start: ColdStartParams, evaluation: EvalParams) -> dict[str, dict[str, Any]]:
+def split_replicas(evaluation: EvalParams, cold_start: ColdStartParams, fusion: FusionParams,
+                   graph: GraphParams) -> dict[str, dict[str, Any]]:
     """The field's random item split, once per seed of ``cold_start.split_seeds`` (``cold_share`` of the items
-    with a positive drawn at random, ``val_share`` of them for validation): the protocol's counts, and the test
-    macro metrics of chance and of the profile matching of each representation of ``cold_start.model_content``
-    in the new-item settings (the cheap methods and settings: the stage's budget holds no second run of the
-    trained ones; a profile has nothing to select, so each is fitted once and tested). Keyed
-    ``random@seed<seed>``; nothing is saved under ``data/results``."""
-    content = {rep: load_vectors(EMBEDDINGS_DIR, rep, "cold_start.model_content") for rep in cold_start.model_content}
+    with a positive drawn at random, ``val_share`` of them for validation): the protocol's counts, chance's test
+    macro metrics and, per ``cold_start.replica_methods``, those of the methods re-run on it. ``profiles``: the
+    profile matching of each representation of ``cold_start.model_content`` in the new-item settings (a profile
+    has nothing to select, so each is fitted once and tested). ``all``: every method of the stage
+    (:func:`score_methods`), each selected on the replica's own validation new items, in every setting; a seeded
+    method's metrics are the mean over its seeds. Keyed ``random@seed<seed>``; nothing is saved under
+    ``data/results``."""
     out = {}
     for seed in cold_start.split_seeds:
         data, counts = new_item_data(cold_start.model_copy(update={"variant": "random", "seed": seed}), evaluation)
-        splits = {name: data.with_candidates(name).test() for name in NEW_ITEM_SETS}
-        methods = {name: {rep: summarize(evaluate(ProfileRecommender(vectors, name=rep), split, evaluation.ks)[1])
-                          for rep, vectors in content.items()} for name, split in splits.items()}
+        every_method = cold_start.replica_methods == "all"
+        splits = {name: data.with_candidates(name).test() for name in (CANDIDATE_SETS if every_method else NEW_ITEM_SETS)}
+        if every_method:
+            scored = score_methods(data, evaluation, cold_start, fusion, graph, None)
+            methods = {name: family_test_summaries(scored[name]) for name in splits}
+        else:
+            methods = {name: profile_test_summaries(split, cold_start, evaluation) for name, split in splits.items()}
         chance = {name: summarize(chance_per_user(split, evaluation.ks)) for name, split in splits.items()}
         out[f"random@seed{seed}"] = {"counts": counts, "methods": methods, "chance": chance}
     return out
+
+
+def profile_test_summaries(split: EvalSplit, cold_start: ColdStartParams,
+                           evaluation: EvalParams) -> dict[str, dict[str, float]]:
+    """Test macro metrics of the profile matching of each representation of ``cold_start.model_content``."""
+    return {rep: summarize(evaluate(ProfileRecommender(load_vectors(EMBEDDINGS_DIR, rep, "cold_start.model_content"),
+                                                       name=rep), split, evaluation.ks)[1])
+            for rep in cold_start.model_content}
 
 
 #: The warm reference each method's warm cost is measured against: the cold-start models' backbone.

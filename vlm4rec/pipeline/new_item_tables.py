@@ -58,18 +58,24 @@ def new_item_curves(new_items: NewItemMetrics) -> pd.DataFrame:
 
 
 def split_spread_table(metric: str, new_items: NewItemMetrics, setting: str = "cold") -> pd.DataFrame:
-    """``metric`` in ``setting`` per family the random item split's replicas hold (profiles and chance): its value
-    on the stage's own split, then on each random split seed, their mean, standard deviation (n - 1) and range;
-    ordered by the random splits' mean. Empty when the stage ran no replica."""
+    """``metric`` in ``setting`` per family the random item split's replicas hold (``cold_start.replica_methods``
+    and chance): its value on the stage's own split (a seeded family: the mean over its seeds, as on the
+    replicas), then on each random split seed, their mean, standard deviation (n - 1) and range; ordered by the
+    random splits' mean. Empty when no replica holds ``setting``."""
     rows: dict[str, dict[str, float]] = {}
     for split, replica in new_items.split_replicas.items():
+        if setting not in replica["methods"]:
+            continue
         values = replica["methods"][setting] | {CHANCE: replica["chance"][setting]}
         for family, summary in values.items():
             rows.setdefault(family, {})[split] = summary[metric]
     if not rows:
         return pd.DataFrame()
     table = pd.DataFrame.from_dict(rows, orient="index")
-    own = {MethodKey.parse(name).family: entry.test[metric] for name, entry in new_items.methods[setting].items()}
+    by_family: dict[str, list[float]] = {}
+    for name, entry in new_items.methods[setting].items():
+        by_family.setdefault(MethodKey.parse(name).family, []).append(entry.test[metric])
+    own = {family: float(np.mean(values)) for family, values in by_family.items()}
     own[CHANCE] = new_items.chance[setting].test[metric]
     replicas = table.to_numpy(dtype=float)
     table.insert(0, f"{metric} (stage split)", pd.Series(own).reindex(table.index))

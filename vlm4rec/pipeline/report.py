@@ -31,6 +31,7 @@ from vlm4rec.pipeline.stage_metrics import (AblationCellMetrics, EmbedMetrics, F
                                             RobustnessMetrics)
 from vlm4rec.pipeline.study_files import StudyFiles
 from vlm4rec.stats import format_p
+from vlm4rec.tables import family_test_summaries
 from vlm4rec.stage_outputs import read_output
 
 
@@ -198,14 +199,6 @@ def regime_gap_note(record: dict[str, Any] | None, models: Collection[str]) -> s
 COMMON_SCHEDULE_RECORD = Path("benchmarks/results_common_schedule.json")
 
 
-def family_test_means(results: dict[MethodKey, MethodResult], metric: str) -> dict[str, float]:
-    """Per method family, its test ``metric`` averaged over users, then over seeds."""
-    by_family: dict[str, list[float]] = {}
-    for key, result in results.items():
-        by_family.setdefault(key.family, []).append(float(result.test_per_user[metric].mean()))
-    return {family: float(np.mean(values)) for family, values in by_family.items()}
-
-
 def _differences(rows: Sequence[dict[str, Any]]) -> str:
     return "; ".join(f"{d['method']} - {d['against']} {d['difference']:+.4f} [{d['ci_low']:+.4f}, "
                      f"{d['ci_high']:+.4f}]" for d in rows)
@@ -214,7 +207,7 @@ def _differences(rows: Sequence[dict[str, Any]]) -> str:
 def common_schedule_note(record: dict[str, Any] | None, current: dict[str, float]) -> str | None:
     """What the graph comparisons become when every model trains with one common schedule, from ``record``
     (:data:`COMMON_SCHEDULE_RECORD`), restated only where its default side is this run's (every cell's test
-    NDCG@10 equal to ``current``'s, :func:`family_test_means`); None without a record."""
+    NDCG@10 equal to ``current``'s, :func:`~vlm4rec.tables.family_test_summaries`); None without a record."""
     if record is None:
         return None
     default = {row["cell"]: row["test_mean"] for row in record["default"]["cells"]}
@@ -342,11 +335,12 @@ def write_findings(results: dict[MethodKey, MethodResult], prepared: PreparedDat
     robustness_metrics = load_robustness()
     robustness = robustness_table(report.findings.metric, robustness_metrics)
     capped = runs_at_epoch_cap(results, FusionMetrics.load(FusionMetrics.path()).training)
+    test_ndcg = {family: summary["ndcg@10"] for family, summary in family_test_summaries(results).items()}
     notes = caveats(GroundMetrics.load(GroundMetrics.path()), PrepareMetrics.load(PrepareMetrics.path()).split_protocol,
                     robustness, capped, robustness_metrics.test_users if robustness_metrics else None,
                     [graph_tuning_note(graph.cells), graph_schedule_note(graph.cells),
                      regime_gap_note(load_record(REGIME_GAP_RECORD), {cell.model for cell in graph.cells.values()}),
-                     common_schedule_note(load_record(COMMON_SCHEDULE_RECORD), family_test_means(results, "ndcg@10")),
+                     common_schedule_note(load_record(COMMON_SCHEDULE_RECORD), test_ndcg),
                      p_floor_note(found, evaluation.bootstrap_resamples),
                      ignored_note(ignored)])
     write_report_metrics(found, notes, ignored)
