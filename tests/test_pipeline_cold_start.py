@@ -5,6 +5,7 @@ from __future__ import annotations
 
 from types import SimpleNamespace
 
+import numpy as np
 import pandas as pd
 import pytest
 
@@ -13,8 +14,9 @@ from vlm4rec.errors import StudyError
 from vlm4rec.evaluation import MethodKey
 from vlm4rec.multimodal import LightGCN
 from vlm4rec.pipeline import cold_start as stage
-from vlm4rec.pipeline.cold_start import check_model_grids, split_replicas, warm_backbone
+from vlm4rec.pipeline.cold_start import check_content_names, check_model_grids, split_replicas, warm_backbone
 from vlm4rec.pipeline.new_item_data import new_item_split
+from vlm4rec.representations import Representation
 
 from study_params import section
 
@@ -29,6 +31,22 @@ def test_every_grid_point_is_checked_against_its_model_before_training() -> None
         check_model_grids(unknown)
     # a grid of a model the stage does not run is not its concern
     check_model_grids(section("cold_start", models=[], model_grids={"aldi": {"depth": [2]}}))
+
+
+def test_every_representation_fed_to_a_model_is_checked_before_training(tmp_path, monkeypatch) -> None:
+    embeddings = tmp_path / "data" / "embeddings"
+    embeddings.mkdir(parents=True)
+    for name in ("title", "image"):
+        Representation(name, np.eye(3, dtype=np.float32), source="test", coverage=1.0, n_fallback=0,
+                       n_missing=0).save(embeddings)
+    monkeypatch.chdir(tmp_path)
+    graph = section("graph", cells={"vbpr-title-image": {"model": "vbpr", "modalities": ["title", "image"]}})
+    check_content_names(section("cold_start", model_content=["title"], graph_cells=["vbpr-title-image"]), graph)
+    with pytest.raises(StudyError, match=r"cold_start.model_content names 'genres'.*title"):
+        check_content_names(section("cold_start", model_content=["title", "genres"], graph_cells=[]), graph)
+    graph = section("graph", cells={"vbpr-x-image": {"model": "vbpr", "modalities": ["x", "image"]}})
+    with pytest.raises(StudyError, match=r"graph.cells.vbpr-x-image.modalities names 'x'"):
+        check_content_names(section("cold_start", model_content=["title"], graph_cells=["vbpr-x-image"]), graph)
 
 
 def test_one_backbone_per_seed_in_the_graph_stages_lightgcn_form() -> None:

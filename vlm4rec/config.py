@@ -676,7 +676,7 @@ class StudyParams(Section):
         """``cold_start.fusion_learned`` are among the fusions ``fusion.learned`` trains;
         ``report.findings.slice_k`` is among ``eval.ks``; a representation named ``description_<arm>`` or
         ``title_description_<arm>`` (in ``match``, ``robustness``, ``fusion``, ``graph.cells``' modalities,
-        ``ablation.ungrounded``, ``report.findings``) has its arm among ``ground.prompt_arms`` (the embed stage
+        ``ablation.ungrounded``, ``cold_start.model_content``, ``report.findings``) has its arm among ``ground.prompt_arms`` (the embed stage
         writes no other)."""
         problems = []
         untrained = [kind for kind in self.cold_start.fusion_learned if kind not in self.fusion.learned]
@@ -691,6 +691,7 @@ class StudyParams(Section):
                  "fusion.modalities": self.fusion.modalities,
                  "fusion.hybrid_representations": self.fusion.hybrid_representations,
                  "ablation.ungrounded": self.ablation.ungrounded,
+                 "cold_start.model_content": self.cold_start.model_content,
                  "report.findings": [self.report.findings.description, self.report.findings.title,
                                      self.report.findings.image],
                  **{f"graph.cells.{cell}.modalities": spec.modalities for cell, spec in self.graph.cells.items()}}

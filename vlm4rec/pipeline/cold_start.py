@@ -72,6 +72,7 @@ def run(evaluation: EvalParams, cold_start: ColdStartParams, fusion: FusionParam
     ks, metric = evaluation.ks, evaluation.select_metric
     costs: dict[str, Any] = {}
     check_model_grids(cold_start)
+    check_content_names(cold_start, graph)
     with timed(costs, "wall"):
         data, counts = new_item_data(cold_start, evaluation)
         print("new-item protocol:", json.dumps(counts))
@@ -176,6 +177,17 @@ def check_model_grids(cold_start: ColdStartParams) -> None:
             except ValueError as err:
                 raise StudyError(f"cold_start.model_grids.{model}: {dict(zip(grid, point))} is not a "
                                  f"configuration of {model}: {err}".replace("\n", " ")) from None
+
+
+def check_content_names(cold_start: ColdStartParams, graph: GraphParams) -> None:
+    """Every representation the stage feeds a model (``cold_start.model_content``, the modalities of
+    ``cold_start.graph_cells``) is one the embed stage wrote with content of its own, before any training: a
+    :class:`~vlm4rec.errors.StudyError` naming the key (:func:`~vlm4rec.representations.load_vectors`)."""
+    named = {"cold_start.model_content": cold_start.model_content,
+             **{f"graph.cells.{cell}.modalities": graph.cells[cell].modalities for cell in cold_start.graph_cells}}
+    for key, names in named.items():
+        for name in names:
+            load_vectors(EMBEDDINGS_DIR, name, key)
 
 
 def model_findings(results: Results, data: NewItemData, cold_start: ColdStartParams, report: ReportParams,
