@@ -20,10 +20,9 @@ from __future__ import annotations
 import argparse
 import statistics
 import time
-from pathlib import Path
 from typing import Any
 
-from bench_regimes import write_atomically  # the script's folder is on sys.path
+from bench_regimes import measure_and_record  # the script's folder is on sys.path
 from vlm4rec.cold_start import new_item_findings, select_and_test_new_items
 from vlm4rec.config import load_params
 from vlm4rec.evaluation import MethodKey, MethodResult
@@ -107,13 +106,7 @@ def main() -> None:
     params = load_params()
     cells = args.cells or [cell for cell in params.cold_start.graph_cells
                            if params.graph.cells[cell].model in ("freedom", "smore")]
-    entries = []
-    for cell in cells:
-        entries.append(measure_cell(cell, args.resamples))
-        for line in summary_lines(entries[-1]):
-            print(line, flush=True)
-        if args.out:
-            write_atomically(Path(args.out), {"cells": entries})
+    measure_and_record(cells, lambda cell: measure_cell(cell, args.resamples), summary_lines, args.out, "cells")
 
 
 if __name__ == "__main__":

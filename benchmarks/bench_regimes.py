@@ -21,7 +21,7 @@ import json
 import os
 import time
 from pathlib import Path
-from typing import Any, Callable
+from typing import Any, Callable, Sequence
 
 from vlm4rec.config import GraphParams, load_params
 from vlm4rec.data import load_prepared
@@ -48,6 +48,19 @@ def write_atomically(path: Path, payload: dict[str, Any]) -> None:
     partial = path.with_suffix(path.suffix + ".partial")
     partial.write_text(json.dumps(payload, indent=1))
     os.replace(partial, path)
+
+
+def measure_and_record(names: Sequence[str], measure: Callable[[str], dict[str, Any]],
+                       summary_lines: Callable[[dict[str, Any]], list[str]], out: str | None, key: str) -> None:
+    """Measure each of ``names``, print its summary lines and, with ``out``, rewrite it as ``{key: [entries]}``
+    after each one, so that a killed run keeps what finished."""
+    entries = []
+    for name in names:
+        entries.append(measure(name))
+        for line in summary_lines(entries[-1]):
+            print(line, flush=True)
+        if out:
+            write_atomically(Path(out), {key: entries})
 
 
 def recording_monitor(monitor: Callable[[IterativeRecommender], float], eval_every: int, epochs: int,
