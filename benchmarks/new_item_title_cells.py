@@ -18,9 +18,9 @@ import argparse
 from typing import Any
 
 from bench_regimes import measure_and_record  # the script's folder is on sys.path
-from vlm4rec.cold_start import NEW_ITEM_SETS, new_item_findings, p_or_why_not
-from vlm4rec.config import load_params
-from vlm4rec.evaluation import MethodKey, MethodResult, load_result
+from vlm4rec.cold_start import NEW_ITEM_SETS, NewItemData, new_item_findings, p_or_why_not
+from vlm4rec.config import StudyParams, load_params
+from vlm4rec.evaluation import ChanceReference, MethodKey, MethodResult, load_result
 from vlm4rec.pipeline.new_item_data import chance_references, new_item_data
 from vlm4rec.pipeline.outputs import RESULTS_DIR
 from vlm4rec.tables import family_test_summaries
@@ -39,13 +39,12 @@ def saved_families(setting: str, families: set[str]) -> dict[MethodKey, MethodRe
     return found
 
 
-def compare_model(model: str, n_resamples: int) -> dict[str, Any]:
-    """One model's two cells and the profiles they are read against, per new-item setting."""
-    params = load_params()
+def compare_model(model: str, params: StudyParams, data: NewItemData, chance: dict[str, ChanceReference],
+                  n_resamples: int) -> dict[str, Any]:
+    """One model's two cells and the profiles they are read against, per new-item setting of ``data`` (the
+    stage's split) with its ``chance``."""
     cold_start, evaluation, description = params.cold_start, params.eval, params.report.findings.description
     cells = {f"{model}-description-image", f"{model}-title-image"}
-    data, _ = new_item_data(cold_start, evaluation)
-    chance = chance_references(data, evaluation.ks)
     out: dict[str, Any] = {"model": model, "metric": cold_start.metric, "variant": cold_start.variant,
                            "seeds": cold_start.seeds, "settings": {}}
     for setting in NEW_ITEM_SETS:
@@ -85,7 +84,11 @@ def main() -> None:
     parser.add_argument("--out", default=None, help="JSON file for the numbers")
     parser.add_argument("--resamples", type=int, default=10_000, help="bootstrap resamples (the report's)")
     args = parser.parse_args()
-    measure_and_record(args.models, lambda model: compare_model(model, args.resamples), summary_lines, args.out, "models")
+    params = load_params()
+    data, _ = new_item_data(params.cold_start, params.eval)
+    chance = chance_references(data, params.eval.ks)
+    measure_and_record(args.models, lambda model: compare_model(model, params, data, chance, args.resamples),
+                       summary_lines, args.out, "models")
 
 
 if __name__ == "__main__":

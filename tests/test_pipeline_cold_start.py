@@ -97,14 +97,17 @@ def test_each_random_split_reruns_the_methods_its_switch_names(monkeypatch, repl
     def score_methods(data, evaluation, cold_start, fusion, graph, out_dir):
         assert out_dir is None  # the replicas save nothing under data/results
         scored.append(data.seed)
-        return {name: {MethodKey("gating", 0): _result(data.seed, 0.0), MethodKey("gating", 1): _result(data.seed + 1, 0.0)}
-                for name in CANDIDATE_SETS}
+        seeds = {MethodKey("gating", 0): _result(data.seed, 0.0), MethodKey("gating", 1): _result(data.seed + 1, 0.0)}
+        return {name: seeds for name in CANDIDATE_SETS}
 
     monkeypatch.setattr(stage, "new_item_data", new_item_data)
     monkeypatch.setattr(stage, "score_methods", score_methods)
-    monkeypatch.setattr(stage, "profile_test_summaries", lambda split, cold_start, evaluation: {"title": {"split": split}})
+    loaded = []
+    monkeypatch.setattr(stage, "load_vectors",
+                        lambda directory, name, key: loaded.append(name) or np.eye(3, dtype=np.float32))
+    monkeypatch.setattr(stage, "evaluate", lambda model, split, ks: (None, (model.name, split)))
     monkeypatch.setattr(stage, "chance_per_user", lambda split, ks: split)
-    monkeypatch.setattr(stage, "summarize", lambda split: {"chance of": split})
+    monkeypatch.setattr(stage, "summarize", lambda split: {"summary of": split})
     cold = section("cold_start", split_seeds=[3, 5], replica_methods=replica_methods)
     out = split_replicas(section("eval"), cold, section("fusion"), section("graph"))
     assert drawn == [3, 5] and list(out) == ["random@seed3", "random@seed5"]
@@ -115,5 +118,6 @@ def test_each_random_split_reruns_the_methods_its_switch_names(monkeypatch, repl
         assert replica["methods"]["warm"] == {"gating": {"recall@20": 5.5, "ndcg@10": 0.0}}
     else:
         assert scored == [] and list(replica["methods"]) == list(NEW_ITEM_SETS)
-        assert replica["methods"]["cold"] == {"title": {"split": (5, "cold")}}
-    assert replica["chance"] == {name: {"chance of": (5, name)} for name in replica["methods"]}
+        assert loaded == cold.model_content  # each representation read once, not once per split and setting
+        assert replica["methods"]["cold"] == {rep: {"summary of": (rep, (5, "cold"))} for rep in cold.model_content}
+    assert replica["chance"] == {name: {"summary of": (5, name)} for name in replica["methods"]}

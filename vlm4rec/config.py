@@ -676,8 +676,8 @@ class StudyParams(Section):
         """``cold_start.fusion_learned`` are among the fusions ``fusion.learned`` trains;
         ``report.findings.slice_k`` is among ``eval.ks``; a representation named ``description_<arm>`` or
         ``title_description_<arm>`` (in ``match``, ``robustness``, ``fusion``, ``graph.cells``' modalities,
-        ``ablation.ungrounded``, ``cold_start.model_content``, ``report.findings``) has its arm among ``ground.prompt_arms`` (the embed stage
-        writes no other)."""
+        ``ablation.ungrounded``, ``cold_start.model_content``, ``report.findings``) has its arm among
+        ``ground.prompt_arms`` (the embed stage writes no other)."""
         problems = []
         untrained = [kind for kind in self.cold_start.fusion_learned if kind not in self.fusion.learned]
         if untrained:

@@ -219,27 +219,24 @@ def split_replicas(evaluation: EvalParams, cold_start: ColdStartParams, fusion: 
     (:func:`score_methods`), each selected on the replica's own validation new items, in every setting; a seeded
     method's metrics are the mean over its seeds. Keyed ``random@seed<seed>``; nothing is saved under
     ``data/results``."""
+    every_method = cold_start.replica_methods == "all"
+    sets = CANDIDATE_SETS if every_method else NEW_ITEM_SETS
+    profiles = {} if every_method else {
+        rep: ProfileRecommender(load_vectors(EMBEDDINGS_DIR, rep, "cold_start.model_content"), name=rep)
+        for rep in cold_start.model_content}
     out = {}
     for seed in cold_start.split_seeds:
         data, counts = new_item_data(cold_start.model_copy(update={"variant": "random", "seed": seed}), evaluation)
-        every_method = cold_start.replica_methods == "all"
-        splits = {name: data.with_candidates(name).test() for name in (CANDIDATE_SETS if every_method else NEW_ITEM_SETS)}
+        splits = {name: data.with_candidates(name).test() for name in sets}
         if every_method:
             scored = score_methods(data, evaluation, cold_start, fusion, graph, None)
             methods = {name: family_test_summaries(scored[name]) for name in splits}
-        else:
-            methods = {name: profile_test_summaries(split, cold_start, evaluation) for name, split in splits.items()}
+        else:  # a profile has nothing to select: fitted on each split's warm history and tested
+            methods = {name: {rep: summarize(evaluate(profile, split, evaluation.ks)[1])
+                              for rep, profile in profiles.items()} for name, split in splits.items()}
         chance = {name: summarize(chance_per_user(split, evaluation.ks)) for name, split in splits.items()}
         out[f"random@seed{seed}"] = {"counts": counts, "methods": methods, "chance": chance}
     return out
-
-
-def profile_test_summaries(split: EvalSplit, cold_start: ColdStartParams,
-                           evaluation: EvalParams) -> dict[str, dict[str, float]]:
-    """Test macro metrics of the profile matching of each representation of ``cold_start.model_content``."""
-    return {rep: summarize(evaluate(ProfileRecommender(load_vectors(EMBEDDINGS_DIR, rep, "cold_start.model_content"),
-                                                       name=rep), split, evaluation.ks)[1])
-            for rep in cold_start.model_content}
 
 
 #: The warm reference each method's warm cost is measured against: the cold-start models' backbone.
